@@ -1,0 +1,262 @@
+//! `skiff`: the one binary. `skiff up` runs a node; every other command is a client of a
+//! node's HTTP API (`SKIFF_API`, default `http://127.0.0.1:7700`).
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use skiff_spec::{DeployParams, parse_bytes, parse_duration, parse_env};
+
+use crate::client::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Run WebAssembly apps like containers",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// The node's API.
+    #[arg(
+        long,
+        env = "SKIFF_API",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    api: String,
+    /// API token (default: the token file in the node's data dir).
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node in the foreground: API, ingress, supervisor.
+    Up(UpArgs),
+    /// Deploy (or redeploy) a .wasm file as an app.
+    Deploy {
+        /// The .wasm file.
+        file: PathBuf,
+        /// App name (a DNS label); default: the file name without .wasm.
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_parser = parse_env_arg)]
+        env: Vec<(String, String)>,
+        /// Memory limit per instance, e.g. 64MiB.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// Request timeout, e.g. 2s.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Replicas to run.
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Concurrent requests per replica.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Host the app may call over HTTP (repeatable; `*` for any).
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List apps.
+    #[command(alias = "ls")]
+    Apps {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show one app as JSON.
+    Inspect {
+        /// App name.
+        name: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print an app's stdout and stderr.
+    Logs {
+        /// App name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Lines from the end to show first ("all" for every kept line).
+        #[arg(long, default_value = "100")]
+        tail: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove apps.
+    Rm {
+        /// App names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Where the node keeps its state.
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// API listen address.
+    #[arg(long, env = "SKIFF_API_ADDR", default_value = "127.0.0.1:7700")]
+    api_addr: SocketAddr,
+    /// Ingress listen address.
+    #[arg(long, env = "SKIFF_INGRESS_ADDR", default_value = "127.0.0.1:7780")]
+    ingress_addr: SocketAddr,
+    /// Apps are served at http://<app>.<domain>:<ingress port>/.
+    #[arg(long, env = "SKIFF_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// Largest accepted upload, e.g. 64MiB.
+    #[arg(long, env = "SKIFF_UPLOAD_LIMIT", default_value = "64MiB", value_parser = parse_bytes)]
+    upload_limit: u64,
+    /// Do not try the pooling instance allocator.
+    #[arg(long, env = "SKIFF_NO_POOLING")]
+    no_pooling: bool,
+}
+
+fn parse_env_arg(s: &str) -> Result<(String, String), String> {
+    parse_env(s).map_err(|e| e.to_string())
+}
+
+/// `$SKIFF_DATA_DIR`, else `$XDG_DATA_HOME/skiff`, else `~/.local/share/skiff`.
+pub(crate) fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SKIFF_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("skiff");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/skiff")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Deploy {
+            file,
+            name,
+            env,
+            memory,
+            timeout,
+            replicas,
+            concurrency,
+            allow_hosts,
+            client,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| s.replace('_', "-").to_ascii_lowercase())
+                    .context("cannot derive an app name from the file name; pass --name")?,
+            };
+            let params = DeployParams {
+                env,
+                memory_bytes: memory,
+                timeout,
+                replicas,
+                concurrency,
+                allowed_hosts: allow_hosts,
+            };
+            Client::new(&client)?.deploy(&file, &name, &params).await
+        }
+        Command::Apps { client } => Client::new(&client)?.apps().await,
+        Command::Inspect { name, client } => Client::new(&client)?.inspect(&name).await,
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            client,
+        } => Client::new(&client)?.logs(&name, &tail, follow).await,
+        Command::Rm { names, client } => {
+            let c = Client::new(&client)?;
+            for name in names {
+                c.rm(&name).await?;
+                println!("{name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let mut config = skiff_node::NodeConfig::new(data_dir);
+    config.api_addr = args.api_addr;
+    config.ingress_addr = args.ingress_addr;
+    config.domain = args.domain;
+    config.upload_cap = args.upload_limit;
+    config.pooling = !args.no_pooling;
+    let node = skiff_node::start(config.clone()).await?;
+    let verb = if node.token_created {
+        "created"
+    } else {
+        "using"
+    };
+    println!("skiff is up");
+    println!(
+        "  API:     http://{}  (token {verb} at {})",
+        node.api_addr,
+        node.token_path.display()
+    );
+    println!(
+        "  ingress: http://<app>.{}:{}/",
+        config.domain,
+        node.ingress_addr.port()
+    );
+    println!(
+        "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",
+        node.token_path.display(),
+        node.api_addr
+    );
+    let shutdown = node.shutdown_token();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        shutdown.cancel();
+    });
+    node.wait().await;
+    Ok(())
+}

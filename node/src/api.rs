@@ -1,0 +1,297 @@
+//! The node's HTTP API (axum): apps, logs, metrics, health.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt as _;
+use skiff_image::StoreError;
+use skiff_spec::api::{ErrorBody, ErrorDetail, LogLine};
+use skiff_spec::{AppName, DeployParams};
+use subtle::ConstantTimeEq as _;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::Shared;
+
+/// The API's one error type: a status, a stable code and a message. 4xx carry the
+/// detail; 5xx are logged with an id and the client sees only the id.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+
+    /// 413.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: message.into(),
+        }
+    }
+
+    /// 401.
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: "missing or invalid bearer token (see the token file in the node's data dir)"
+                .into(),
+        }
+    }
+
+    /// 500; the detail goes to the log only.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        let mut id = [0u8; 6];
+        let _ = getrandom::fill(&mut id);
+        let id = hex::encode(id);
+        error!(request_id = %id, error = %err, "internal error");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: format!("internal error (request id {id})"),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let authed = Router::new()
+        .route("/v1/apps", get(list_apps))
+        .route(
+            "/v1/apps/{name}",
+            get(get_app).put(put_app).delete(delete_app),
+        )
+        .route("/v1/apps/{name}/logs", get(logs))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        // Uploads are streamed and capped by the handler itself.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(shared)
+}
+
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(shared.token.as_bytes())) {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn app_name(name: String) -> Result<AppName, ApiError> {
+    AppName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))
+}
+
+async fn list_apps(State(shared): State<Arc<Shared>>) -> Json<Vec<skiff_spec::api::AppStatus>> {
+    Json(shared.apps.list().await)
+}
+
+async fn get_app(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = app_name(name)?;
+    Ok(Json(shared.apps.status(&name).await?).into_response())
+}
+
+async fn delete_app(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = app_name(name)?;
+    shared.apps.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/apps/{name}`: the body is the .wasm, the query the deploy parameters.
+async fn put_app(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = app_name(name)?;
+    let params =
+        DeployParams::from_pairs(form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
+            .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
+    let cap = shared.config.upload_cap;
+    let too_large = || ApiError::too_large(format!("upload is larger than the {cap}-byte limit"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > cap) {
+        return Err(too_large());
+    }
+    let mut writer = shared.blobs.writer(cap).map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("bad_body", format!("failed to read the upload: {e}"))
+        })?;
+        writer.write(&chunk).map_err(|e| match e {
+            StoreError::TooLarge { .. } => too_large(),
+            other => ApiError::internal(other),
+        })?;
+    }
+    if writer.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_wasm",
+            "the upload is empty: send the .wasm file as the request body",
+        ));
+    }
+    let staged = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let (created, status) = shared.apps.deploy(name, params, staged).await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(status)).into_response())
+}
+
+/// `GET /v1/apps/{name}/logs?tail=N&follow=true`: NDJSON lines of [`LogLine`].
+async fn logs(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let name = app_name(name)?;
+    let mut tail = 100usize;
+    let mut follow = false;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "tail" => {
+                tail = if v == "all" {
+                    usize::MAX
+                } else {
+                    v.parse().map_err(|_| {
+                        ApiError::bad_request(
+                            "invalid_parameter",
+                            format!("invalid parameter tail: {v:?} is not a number or \"all\""),
+                        )
+                    })?
+                }
+            }
+            "follow" => follow = matches!(&*v, "" | "1" | "true" | "yes"),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("invalid parameter {other}: unknown (known: tail, follow)"),
+                ));
+            }
+        }
+    }
+    let book = shared.apps.log(&name).await?;
+    let (past, rx) = book.tail_and_subscribe(tail);
+    let encode = |l: &LogLine| {
+        let mut s = serde_json::to_string(l).expect("log lines serialize");
+        s.push('\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))
+    };
+    let past = futures_util::stream::iter(past.iter().map(encode).collect::<Vec<_>>());
+    let body = if follow {
+        let shutdown: CancellationToken = shared.shutdown.clone();
+        let live = tokio_stream_from(rx).map(move |l| encode(&l));
+        Body::from_stream(past.chain(live).take_until(shutdown.cancelled_owned()))
+    } else {
+        Body::from_stream(past)
+    };
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// A broadcast receiver as a stream that skips over lines it lagged behind on and ends
+/// when the app's log is dropped (the app was removed).
+fn tokio_stream_from(
+    rx: tokio::sync::broadcast::Receiver<LogLine>,
+) -> impl futures_util::Stream<Item = LogLine> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => return Some((line, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}

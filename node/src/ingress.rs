@@ -1,0 +1,229 @@
+//! The data plane: HTTP/1.1 on the ingress address, `Host: <app>.<domain>` to the app's
+//! replicas through the gateway's routing table.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use skiff_runtime::{BoxError, HandleError, RequestInfo, ResponseBody};
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Shared;
+
+/// Accepts connections until `shutdown`, then lets in-flight requests finish (up to
+/// `drain`) before returning.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "ingress listener has no address");
+            return;
+        }
+    };
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "ingress accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small responses should not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let info = RequestInfo { remote, local };
+        let service = hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, req, &info).await) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "ingress connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?drain,
+            "ingress drain timed out with connections still open"
+        );
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
+    let body = Full::new(Bytes::from(text + "\n"))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(
+    shared: &Shared,
+    req: Request<Incoming>,
+    info: &RequestInfo,
+) -> Response<ResponseBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("")
+        .to_string();
+    let domain = &shared.config.domain;
+    let Some(label) = skiff_gateway::host_label(&host, domain) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "skiff: no app is served at host {host:?}; apps answer at http://<app>.{domain}:{}/",
+                info.local.port()
+            ),
+        );
+    };
+    let label = label.to_ascii_lowercase();
+    let Some(backends) = shared.table.get(&label) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("skiff: no app named {label:?} on this node"),
+        );
+    };
+    let Some(container) = backends.pick() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("skiff: app {label} has no ready replicas"),
+        );
+    };
+    let Some(permit) = container.try_permit() else {
+        shared.metrics.request(&label, 503, 0.0);
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("skiff: app {label} is at its concurrency limit"),
+        );
+    };
+    let start = Instant::now();
+    let result = container.workload().handle(req, info).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    if !matches!(result, Err(HandleError::Instantiate(_))) {
+        shared.metrics.instance_start(&label);
+    }
+    let mut response = match result {
+        Ok(response) => {
+            // The permit is held until the body is finished, so concurrency and draining
+            // count streaming responses too.
+            response.map(|body| {
+                GuardedBody {
+                    inner: body,
+                    _permit: permit,
+                }
+                .boxed_unsync()
+            })
+        }
+        Err(e) => {
+            let (status, text) = match &e {
+                HandleError::Timeout(t) => {
+                    shared.metrics.trap(&label, "timeout");
+                    (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("skiff: app {label} did not answer within {t:?}"),
+                    )
+                }
+                HandleError::Trap { kind, .. } => {
+                    shared.metrics.trap(&label, kind.as_str());
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!(
+                            "skiff: app {label} failed while handling the request ({})",
+                            kind.as_str()
+                        ),
+                    )
+                }
+                HandleError::BadResponse(why) => (
+                    StatusCode::BAD_GATEWAY,
+                    format!("skiff: app {label} gave an invalid response: {why}"),
+                ),
+                HandleError::BodyTooLarge(cap) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("skiff: request body is larger than {cap} bytes"),
+                ),
+                HandleError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("skiff: {why}")),
+                HandleError::Instantiate(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("skiff: app {label} could not be started for this request"),
+                ),
+            };
+            warn!(app = %label, container = %container.name, status = status.as_u16(), error = %e, "request failed");
+            plain(status, text)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&container.name) {
+        response.headers_mut().insert("x-skiff-container", v);
+    }
+    shared
+        .metrics
+        .request(&label, response.status().as_u16(), elapsed);
+    response
+}
+
+/// A response body that holds the container's concurrency permit until it is done.
+struct GuardedBody {
+    inner: ResponseBody,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

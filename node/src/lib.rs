@@ -1,0 +1,262 @@
+//! The node agent: everything `skiff up` runs on one machine.
+//!
+//! - [`api`]: the HTTP API (axum) on `--api-addr`: uploads, apps, logs, metrics; bearer
+//!   token auth with a constant-time comparison; one error type mapped to HTTP.
+//! - [`apps`]: the supervisor. Desired state (app records in redb, see [`state`]) is
+//!   turned into running [`container`]s, and the gateway's routing table is pointed at
+//!   them; redeploys swap the route atomically and drain the old containers.
+//! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
+//!   replica, concurrency permits (503 when saturated), error mapping (504/500/502).
+//! - [`metrics`]: Prometheus exposition.
+//!
+//! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
+//! `lock` (one node per data dir), `state.redb`, `images/blobs/sha256/…`, `cache/…`.
+//! The cluster (chitchat, raft) joins as `cluster/` with its own issue.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod apps;
+pub mod container;
+pub mod ingress;
+pub mod metrics;
+pub mod state;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use skiff_gateway::RoutingTable;
+use skiff_image::BlobStore;
+use skiff_runtime::{Runtime, RuntimeConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::apps::Apps;
+use crate::container::Container;
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+
+/// Node settings. Every address and directory has a flag and an env twin in the CLI.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the node keeps its state.
+    pub data_dir: PathBuf,
+    /// API listener. Default `127.0.0.1:7700`.
+    pub api_addr: SocketAddr,
+    /// Ingress listener. Default `127.0.0.1:7780`.
+    pub ingress_addr: SocketAddr,
+    /// Apps are served at `<app>.<domain>`. Default `localhost`.
+    pub domain: String,
+    /// Largest upload accepted, in bytes. Default 64 MiB.
+    pub upload_cap: u64,
+    /// How long shutdown waits for in-flight requests. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Try the pooling allocator. Default true.
+    pub pooling: bool,
+}
+
+impl NodeConfig {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            ingress_addr: SocketAddr::from(([127, 0, 0, 1], 7780)),
+            domain: "localhost".into(),
+            upload_cap: 64 << 20,
+            drain_timeout: Duration::from_secs(10),
+            pooling: true,
+        }
+    }
+
+    /// Defaults with both listeners on ephemeral loopback ports.
+    pub fn for_test(data_dir: PathBuf) -> Self {
+        Self {
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ingress_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::new(data_dir)
+        }
+    }
+}
+
+/// What the API handlers and the ingress share.
+pub(crate) struct Shared {
+    config: NodeConfig,
+    token: String,
+    blobs: BlobStore,
+    apps: Apps,
+    table: Arc<RoutingTable<Container>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+/// A started node.
+pub struct RunningNode {
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where the ingress listens.
+    pub ingress_addr: SocketAddr,
+    /// The API token file.
+    pub token_path: PathBuf,
+    /// Whether the token was created by this start.
+    pub token_created: bool,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+impl RunningNode {
+    /// A token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for shutdown, then for in-flight requests to drain.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.shared
+            .apps
+            .drain_all(self.shared.config.drain_timeout)
+            .await;
+        info!("node stopped");
+    }
+}
+
+/// Reads the token file, creating it (mode 0600) on first start.
+fn load_or_create_secret(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> anyhow::Result<(String, bool)> {
+    match fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_string(), false)),
+        Ok(_) => bail!(
+            "{} is empty; delete it to have a new one made",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+    let secret = make();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok((secret, true))
+}
+
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    hex::encode(bytes)
+}
+
+/// Opens the data dir, restores the apps, binds both listeners and starts serving.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let dir = &config.data_dir;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create data dir {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to restrict {}", dir.display()))?;
+    let lock = File::create(dir.join("lock")).context("failed to create the data dir lock")?;
+    if lock.try_lock().is_err() {
+        bail!("data dir {} is in use by another skiff node", dir.display());
+    }
+    let token_path = dir.join("token");
+    let (token, token_created) = load_or_create_secret(&token_path, || random_hex(32))?;
+    let (key_hex, _) = load_or_create_secret(&dir.join("node.key"), || random_hex(32))?;
+    let mut cache_key = [0u8; 32];
+    hex::decode_to_slice(key_hex.trim(), &mut cache_key)
+        .context("node.key is not 64 hex digits")?;
+
+    let blobs = BlobStore::open(&dir.join("images")).context("failed to open the image store")?;
+    let state = Arc::new(
+        StateStore::open(&dir.join("state.redb")).context("failed to open the state database")?,
+    );
+    let mut rt_config = RuntimeConfig::new(dir.join("cache"), cache_key);
+    rt_config.pooling = config.pooling;
+    let runtime = Runtime::new(rt_config).context("failed to start the wasm runtime")?;
+
+    let api_listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("failed to bind the API to {}", config.api_addr))?;
+    let ingress_listener = TcpListener::bind(config.ingress_addr)
+        .await
+        .with_context(|| format!("failed to bind the ingress to {}", config.ingress_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let ingress_addr = ingress_listener.local_addr()?;
+
+    let table = Arc::new(RoutingTable::default());
+    let metrics = Arc::new(Metrics::default());
+    let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
+    let apps = Apps::new(
+        runtime,
+        blobs.clone(),
+        state,
+        table.clone(),
+        metrics.clone(),
+        url_suffix,
+    );
+    apps.restore().await?;
+
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        token,
+        blobs,
+        apps,
+        table,
+        metrics,
+        shutdown: shutdown.clone(),
+    });
+
+    let ingress = tokio::spawn(ingress::serve(
+        ingress_listener,
+        shared.clone(),
+        shutdown.clone(),
+        config.drain_timeout,
+    ));
+    let api = {
+        let router = api::router(shared.clone());
+        let shutdown = shutdown.clone();
+        let drain = config.drain_timeout;
+        tokio::spawn(async move {
+            let serve = axum::serve(api_listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            let stopped = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(drain).await;
+            };
+            tokio::select! {
+                r = serve => if let Err(e) = r { tracing::error!(error = %e, "API server failed") },
+                _ = stopped => tracing::warn!("API drain timed out"),
+            }
+        })
+    };
+    info!(%api_addr, %ingress_addr, data_dir = %dir.display(), "node started");
+    Ok(RunningNode {
+        api_addr,
+        ingress_addr,
+        token_path,
+        token_created,
+        shutdown,
+        tasks: vec![ingress, api],
+        shared,
+        _lock: lock,
+    })
+}

@@ -1,0 +1,161 @@
+//! Desired state on disk (redb): one record per app. Every commit is durable before the
+//! API acknowledges it, so a `kill -9` loses nothing that was answered.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use skiff_spec::{AppName, AppSpec};
+
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps/v1");
+
+/// An app as persisted: its spec plus bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRecord {
+    /// What the user asked for.
+    pub spec: AppSpec,
+    /// First deploy (Unix ms).
+    pub created_ms: u64,
+    /// Last deploy (Unix ms).
+    pub updated_ms: u64,
+    /// 1 at creation, +1 per redeploy.
+    pub generation: u64,
+}
+
+/// Failures of the state database, naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// redb failed.
+    #[error("state database: failed to {op}: {message}")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// redb's message.
+        message: String,
+    },
+    /// A record did not decode (written by an incompatible version, or corrupt).
+    #[error("state database: record {key:?} is unreadable: {message}")]
+    Decode {
+        /// The record's key.
+        key: String,
+        /// serde's message.
+        message: String,
+    },
+}
+
+fn db_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> StateError {
+    move |e| StateError::Db {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// The node's desired-state store.
+pub struct StateStore {
+    db: Database,
+}
+
+impl StateStore {
+    /// Opens (or creates) the database file.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let db = Database::create(path).map_err(db_err("open"))?;
+        let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
+        txn.open_table(APPS)
+            .map_err(db_err("create the apps table"))?;
+        txn.commit().map_err(db_err("commit"))?;
+        Ok(Self { db })
+    }
+
+    /// Inserts or replaces an app record, durably.
+    pub fn put_app(&self, record: &AppRecord) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(record).expect("records serialize");
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        {
+            let mut table = txn
+                .open_table(APPS)
+                .map_err(db_err("open the apps table"))?;
+            table
+                .insert(record.spec.name.as_str(), bytes.as_slice())
+                .map_err(db_err("write an app"))?;
+        }
+        txn.commit().map_err(db_err("commit"))
+    }
+
+    /// Deletes an app record, durably. Returns whether it existed.
+    pub fn delete_app(&self, name: &AppName) -> Result<bool, StateError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        let existed = {
+            let mut table = txn
+                .open_table(APPS)
+                .map_err(db_err("open the apps table"))?;
+            table
+                .remove(name.as_str())
+                .map_err(db_err("delete an app"))?
+                .is_some()
+        };
+        txn.commit().map_err(db_err("commit"))?;
+        Ok(existed)
+    }
+
+    /// Every app record.
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn
+            .open_table(APPS)
+            .map_err(db_err("open the apps table"))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err("list apps"))? {
+            let (key, value) = item.map_err(db_err("read an app"))?;
+            let record = serde_json::from_slice(value.value()).map_err(|e| StateError::Decode {
+                key: key.value().to_string(),
+                message: e.to_string(),
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_spec::{AppKind, DeployParams};
+
+    use super::*;
+
+    fn record(name: &str, generation: u64) -> AppRecord {
+        let digest = format!("sha256:{}", "2".repeat(64)).parse().unwrap();
+        AppRecord {
+            spec: DeployParams::default().into_spec(
+                AppName::new(name).unwrap(),
+                digest,
+                AppKind::Http,
+            ),
+            created_ms: 1,
+            updated_ms: 2,
+            generation,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = StateStore::open(&path).unwrap();
+            s.put_app(&record("a", 1)).unwrap();
+            s.put_app(&record("b", 1)).unwrap();
+            s.put_app(&record("a", 2)).unwrap();
+            assert!(s.delete_app(&AppName::new("b").unwrap()).unwrap());
+            assert!(!s.delete_app(&AppName::new("zz").unwrap()).unwrap());
+        }
+        let s = StateStore::open(&path).unwrap();
+        assert_eq!(s.apps().unwrap(), vec![record("a", 2)]);
+    }
+}

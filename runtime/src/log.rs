@@ -1,0 +1,191 @@
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use skiff_spec::api::LogLine;
+pub use skiff_spec::api::LogStream;
+use tokio::sync::broadcast;
+
+/// Longest line kept; longer output is split so one guest cannot balloon the ring.
+const MAX_LINE: usize = 16 * 1024;
+
+/// The recent output of one app's containers: a bounded ring of lines plus a broadcast
+/// channel for followers (`skiff logs -f`). Writers never block on slow readers: a
+/// follower that lags loses lines, the guest does not wait.
+#[derive(Debug)]
+pub struct LogBook {
+    lines: Mutex<VecDeque<LogLine>>,
+    capacity: usize,
+    tx: broadcast::Sender<LogLine>,
+}
+
+impl LogBook {
+    /// A book keeping the last `capacity` lines.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            lines: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+            tx,
+        })
+    }
+
+    /// Appends one line (without its newline).
+    pub fn push(&self, container: &str, stream: LogStream, line: &str) {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let entry = LogLine {
+            ts_ms,
+            container: container.to_string(),
+            stream,
+            line: line.to_string(),
+        };
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == self.capacity {
+            lines.pop_front();
+        }
+        lines.push_back(entry.clone());
+        // Sent under the lock so that `tail_and_subscribe` sees every line exactly once.
+        // No receivers is fine: nobody is following.
+        let _ = self.tx.send(entry);
+    }
+
+    /// The last `n` lines, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<LogLine> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .skip(lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    /// The last `n` lines and a receiver of every line written after them, with no
+    /// line missed or repeated between the two.
+    pub fn tail_and_subscribe(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.tx.subscribe();
+        (
+            lines
+                .iter()
+                .skip(lines.len().saturating_sub(n))
+                .cloned()
+                .collect(),
+            rx,
+        )
+    }
+
+    /// A writer that splits what a guest writes into lines of this book.
+    pub(crate) fn writer(self: &Arc<Self>, container: Arc<str>, stream: LogStream) -> LogWriter {
+        LogWriter {
+            book: self.clone(),
+            container,
+            stream,
+            partial: Vec::new(),
+        }
+    }
+}
+
+/// Line-splitting sink for one guest stream; flushes a partial last line on shutdown
+/// or drop.
+pub(crate) struct LogWriter {
+    book: Arc<LogBook>,
+    container: Arc<str>,
+    stream: LogStream,
+    partial: Vec<u8>,
+}
+
+impl LogWriter {
+    fn emit(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        self.book.push(&self.container, self.stream, text);
+    }
+
+    fn take(&mut self, mut buf: &[u8]) {
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                self.emit(&buf[..pos]);
+            } else {
+                self.partial.extend_from_slice(&buf[..pos]);
+                let line = std::mem::take(&mut self.partial);
+                self.emit(&line);
+            }
+            buf = &buf[pos + 1..];
+        }
+        self.partial.extend_from_slice(buf);
+        while self.partial.len() >= MAX_LINE {
+            let rest = self.partial.split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.partial, rest);
+            self.emit(&line);
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line);
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl tokio::io::AsyncWrite for LogWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().take(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().finish();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_and_keeps_the_tail() {
+        let book = LogBook::new(3);
+        let (past, mut rx) = book.tail_and_subscribe(5);
+        assert!(past.is_empty());
+        {
+            let mut w = book.writer("c1".into(), LogStream::Stdout);
+            w.take(b"one\ntw");
+            w.take(b"o\r\nthree\nfour\nunterminated");
+        }
+        let tail: Vec<String> = book.tail(10).into_iter().map(|l| l.line).collect();
+        assert_eq!(tail, ["three", "four", "unterminated"]);
+        assert_eq!(book.tail(1)[0].line, "unterminated");
+        assert_eq!(rx.try_recv().unwrap().line, "one");
+        assert_eq!(rx.try_recv().unwrap().line, "two");
+    }
+
+    #[test]
+    fn splits_endless_lines() {
+        let book = LogBook::new(10);
+        let mut w = book.writer("c".into(), LogStream::Stderr);
+        w.take(&vec![b'x'; MAX_LINE * 2 + 5]);
+        drop(w);
+        let lens: Vec<usize> = book.tail(10).iter().map(|l| l.line.len()).collect();
+        assert_eq!(lens, [MAX_LINE, MAX_LINE, 5]);
+    }
+}

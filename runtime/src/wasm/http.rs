@@ -1,0 +1,192 @@
+//! `wasi:http/incoming-handler` components: one fresh instance per request.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks, WasiHttpView as _};
+
+use super::ContainerConfig;
+use super::guest::{HttpState, Limiter, bound_store, classify, wasi_builder};
+use crate::{BoxError, HandleError, ResponseBody};
+
+/// A container of an http app: its pre-instantiated component and settings.
+pub struct HttpWorkload {
+    pre: ProxyPre<HttpState>,
+    config: ContainerConfig,
+}
+
+impl HttpWorkload {
+    pub(crate) fn new(pre: ProxyPre<HttpState>, config: ContainerConfig) -> Self {
+        Self { pre, config }
+    }
+
+    pub(crate) async fn handle<B>(
+        &self,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<ResponseBody>, HandleError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let timeout = self.config.limits.timeout();
+        let deadline = Instant::now() + timeout;
+        let (limiter, memory_hit) = Limiter::new(self.config.limits.memory_bytes);
+        let state = HttpState {
+            wasi: wasi_builder(&self.config).build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter,
+            outbound: OutboundPolicy {
+                allowed: self.config.allowed_hosts.clone(),
+            },
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        bound_store(&mut store, deadline, |s: &mut HttpState| &mut s.limiter);
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| HandleError::BadRequest(format!("{e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(tx)
+            .map_err(|e| HandleError::Instantiate(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+
+        // The guest runs in its own task so it can keep streaming the body after the head
+        // is sent. The task, and with it the store, ends at the deadline whatever the guest
+        // is doing: computing (epoch interrupt) or waiting in a host call (this timeout).
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| Err(e))?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, out)
+                    .await
+                    .map_err(Ok)
+            };
+            match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(Ok(())) => Ok(()),
+                // Instantiation failed: not the guest's doing.
+                Ok(Err(Err(e))) => Err(HandleError::Instantiate(format!("{e:#}"))),
+                Ok(Err(Ok(e))) => Err(classify(&e, memory_hit.load(Ordering::Relaxed), timeout)),
+                Err(_) => Err(HandleError::Timeout(timeout)),
+            }
+        });
+
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(Ok(response))) => {
+                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            }
+            Ok(Ok(Err(code))) => Err(HandleError::BadResponse(format!(
+                "guest answered with error code {code:?}"
+            ))),
+            // The guest dropped the response outparam: the task says why.
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err(HandleError::BadResponse(
+                    "guest returned without setting a response".into(),
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(join) => Err(HandleError::Instantiate(format!(
+                    "guest task failed: {join}"
+                ))),
+            },
+            Err(_) => {
+                task.abort();
+                Err(HandleError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// Which hosts a guest may send HTTP requests to. Everything else is refused with
+/// `HTTP-request-denied` before any connection is made.
+pub(crate) struct OutboundPolicy {
+    pub(crate) allowed: Arc<[String]>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, authority: &str) -> bool {
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_ascii_lowercase();
+        let authority = authority.to_ascii_lowercase();
+        self.allowed
+            .iter()
+            .any(|a| a == "*" || *a == authority || *a == host)
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        if !self.allows(&authority) {
+            tracing::debug!(%authority, "outgoing request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(|b| b.boxed_unsync()),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_policy_matches_host_or_authority() {
+        let p = OutboundPolicy {
+            allowed: vec!["api.example.com".to_string(), "db:5432".to_string()].into(),
+        };
+        assert!(p.allows("api.example.com"));
+        assert!(p.allows("API.example.com:8080"));
+        assert!(p.allows("db:5432"));
+        assert!(!p.allows("db:80"));
+        assert!(!p.allows("evil.example.com"));
+        let none = OutboundPolicy {
+            allowed: Vec::new().into(),
+        };
+        assert!(!none.allows("127.0.0.1:80"));
+        let all = OutboundPolicy {
+            allowed: vec!["*".to_string()].into(),
+        };
+        assert!(all.allows("anything:1"));
+    }
+}

@@ -1,0 +1,92 @@
+//! The JSON the node's HTTP API speaks; shared by the node and every client.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AppKind, Digest, Limits};
+
+/// Every error answer: `{"error":{"code":"invalid_wasm","message":"..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a human-readable message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `invalid_wasm`, `not_found`, `payload_too_large`.
+    pub code: String,
+    /// What went wrong, naming the thing.
+    pub message: String,
+}
+
+/// One app as `GET /v1/apps/{name}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// The app's name.
+    pub name: String,
+    /// What kind of workload it is.
+    pub kind: AppKind,
+    /// The image it runs.
+    pub image: Digest,
+    /// Size of the image in bytes.
+    pub image_size: u64,
+    /// Desired replicas.
+    pub replicas: u32,
+    /// Replicas ready to serve.
+    pub ready: u32,
+    /// Deploy generation: 1 at creation, +1 on every redeploy.
+    pub generation: u64,
+    /// When the app was first deployed (Unix milliseconds).
+    pub created_ms: u64,
+    /// When the app was last deployed (Unix milliseconds).
+    pub updated_ms: u64,
+    /// Bounds of its containers.
+    pub limits: Limits,
+    /// Names of the environment variables set (values are not shown).
+    pub env_keys: Vec<String>,
+    /// Hosts it may call.
+    pub allowed_hosts: Vec<String>,
+    /// Where the ingress serves it.
+    pub url: String,
+    /// Why it is not (fully) ready, when it is not.
+    pub message: Option<String>,
+    /// Its containers.
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// One container (replica) of an app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// `<app>-<image short digest>-<n>`, like a pod name.
+    pub name: String,
+    /// Lifecycle state, e.g. `ready`, `draining`, `stopped`, `failed`.
+    pub state: String,
+    /// When it started (Unix milliseconds).
+    pub started_ms: u64,
+    /// Requests it is serving right now.
+    pub in_flight: u32,
+}
+
+/// Which stream a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The guest's stdout.
+    Stdout,
+    /// The guest's stderr.
+    Stderr,
+}
+
+/// One line of an app's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When the line was written (Unix milliseconds).
+    pub ts_ms: u64,
+    /// The container that wrote it.
+    pub container: String,
+    /// stdout or stderr.
+    pub stream: LogStream,
+    /// The text, without its newline.
+    pub line: String,
+}

@@ -1,0 +1,19 @@
+//! skiff's shared vocabulary.
+//!
+//! Everything two crates (or a client and a node) must agree on lives here, as plain data
+//! with no I/O: validated names ([`AppName`]), content digests ([`Digest`]), what an app is
+//! and how it is bounded ([`AppSpec`], [`Limits`]), and the JSON the API speaks ([`api`]).
+//! No tokio, no wasmtime: this crate is cheap to depend on from anywhere.
+
+#![deny(missing_docs)]
+
+pub mod api;
+mod app;
+mod digest;
+mod limits;
+mod name;
+
+pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env};
+pub use digest::{Digest, DigestError};
+pub use limits::{Limits, parse_bytes, parse_duration};
+pub use name::{AppName, NameError};
