@@ -216,6 +216,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = skiff_node::NodeConfig::new(data_dir);

@@ -120,6 +120,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .layer(middleware::from_fn(close_after_refused_uploads))
         // Uploads are streamed and capped by the handler itself.
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
@@ -141,6 +142,21 @@ async fn require_token(
     } else {
         Err(ApiError::unauthorized())
     }
+}
+
+/// A request refused before its body was read leaves that body on the connection; say
+/// `Connection: close` so clients do not reuse it (hyper closes it either way).
+async fn close_after_refused_uploads(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 fn app_name(name: String) -> Result<AppName, ApiError> {
@@ -195,10 +211,17 @@ async fn put_app(
         let chunk = chunk.map_err(|e| {
             ApiError::bad_request("bad_body", format!("failed to read the upload: {e}"))
         })?;
-        writer.write(&chunk).map_err(|e| match e {
-            StoreError::TooLarge { .. } => too_large(),
-            other => ApiError::internal(other),
-        })?;
+        match writer.write(&chunk) {
+            Ok(()) => {}
+            Err(StoreError::TooLarge { .. }) => {
+                // Nothing past the cap is kept; a little more is read and dropped so a
+                // client that overshot slightly sees the 413 rather than a reset.
+                drop(writer);
+                discard(&mut stream, OVERSHOOT_DRAIN).await;
+                return Err(too_large());
+            }
+            Err(other) => return Err(ApiError::internal(other)),
+        }
     }
     if writer.is_empty() {
         return Err(ApiError::bad_request(
@@ -217,6 +240,23 @@ async fn put_app(
         StatusCode::OK
     };
     Ok((code, Json(status)).into_response())
+}
+
+/// How much of an oversized upload is read (and dropped) before answering 413.
+const OVERSHOOT_DRAIN: u64 = 1 << 20;
+
+/// Reads and drops up to `limit` bytes of a body, for at most a second.
+async fn discard(stream: &mut axum::body::BodyDataStream, limit: u64) {
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// `GET /v1/apps/{name}/logs?tail=N&follow=true`: NDJSON lines of [`LogLine`].

@@ -114,8 +114,13 @@ fn echo(request: IncomingRequest, out: ResponseOutparam) {
         .into_iter()
         .next()
         .unwrap_or_else(|| b"application/octet-stream".to_vec());
-    let response =
-        OutgoingResponse::new(Fields::from_list(&[("content-type".into(), content_type)]).unwrap());
+    // HTTP/1.1 servers send only the trailers the head announces.
+    let headers = Fields::from_list(&[
+        ("content-type".into(), content_type),
+        ("trailer".into(), b"x-echo-bytes".to_vec()),
+    ])
+    .unwrap();
+    let response = OutgoingResponse::new(headers);
     let outgoing = response.body().unwrap();
     ResponseOutparam::set(out, Ok(response));
     let incoming = request.consume().unwrap();

@@ -1,0 +1,275 @@
+//! Starts real `skiff up` processes on ephemeral loopback ports in temp dirs, and talks to
+//! them over real HTTP.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Builds the sample apps (once per test process; cargo makes repeat builds no-ops).
+fn samples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples");
+        for (pkg, target) in [
+            ("hello-http", "wasm32-wasip2"),
+            ("wagi-hello", "wasm32-wasip1"),
+        ] {
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "--target",
+                    target,
+                    "-p",
+                    pkg,
+                ])
+                .current_dir(&dir)
+                .status()
+                .expect("run cargo to build the samples");
+            assert!(
+                status.success(),
+                "building sample {pkg} for {target} failed (is the target installed? run ./test)"
+            );
+        }
+        dir.join("target")
+    })
+}
+
+/// The wasi:http hello component.
+pub fn hello_wasm() -> Vec<u8> {
+    std::fs::read(samples().join("wasm32-wasip2/release/hello_http.wasm")).unwrap()
+}
+
+/// The WAGI hello module.
+pub fn wagi_wasm() -> Vec<u8> {
+    std::fs::read(samples().join("wasm32-wasip1/release/wagi-hello.wasm")).unwrap()
+}
+
+/// A WAT guest, compiled to binary.
+pub fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+/// A running `skiff up`.
+pub struct Node {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub api: String,
+    pub ingress: SocketAddr,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Node {
+    /// A node in a fresh temp dir.
+    pub async fn start() -> Node {
+        Self::start_with(&[]).await
+    }
+
+    /// A node in a fresh temp dir with extra `skiff up` flags.
+    pub async fn start_with(extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = Self::start_in(tmp.path(), extra).await;
+        node._tmp = Some(tmp);
+        node
+    }
+
+    /// A node on an existing data dir (restart).
+    pub async fn start_in(dir: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(SKIFF)
+            .args([
+                "up",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--ingress-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start skiff up");
+        let stdout = child.stdout.take().unwrap();
+        // `skiff up` prints its addresses once it is serving; read them off stdout, and
+        // keep draining it so the node never writes into a closed pipe.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let done = line.trim_start().starts_with("deploy:");
+                lines.push(line);
+                if done && let Some(tx) = tx.take() {
+                    let _ = tx.send(std::mem::take(&mut lines));
+                }
+            }
+        });
+        let lines = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("skiff up did not print its addresses in 30 s")
+            .expect("skiff up exited before printing its addresses");
+        let find = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.trim_start().strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} line in {lines:?}"))
+                .to_string()
+        };
+        let api = find("API:").split_whitespace().next().unwrap().to_string();
+        let ingress_port: u16 = find("ingress:")
+            .trim()
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let token = std::fs::read_to_string(dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Node {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            api,
+            ingress: SocketAddr::from(([127, 0, 0, 1], ingress_port)),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// `PUT /v1/apps/{name}?{query}` with `wasm` as the body.
+    pub async fn deploy(&self, name: &str, wasm: Vec<u8>, query: &str) -> reqwest::Response {
+        self.http
+            .put(format!("{}/v1/apps/{name}?{query}", self.api))
+            .bearer_auth(&self.token)
+            .body(wasm)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Deploys and asserts success; returns the status JSON.
+    pub async fn deploy_ok(&self, name: &str, wasm: Vec<u8>, query: &str) -> Value {
+        let resp = self.deploy(name, wasm, query).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "deploy {name} failed: {status} {body}");
+        body
+    }
+
+    /// An authenticated API GET.
+    pub async fn api_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A request to `app` through the ingress (Host: `<app>.localhost`).
+    pub fn app(&self, method: reqwest::Method, app: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("http://{}{path}", self.ingress))
+            .header("host", format!("{app}.localhost:{}", self.ingress.port()))
+    }
+
+    /// GET through the ingress; returns (status, body).
+    pub async fn get(&self, app: &str, path: &str) -> (u16, String) {
+        let r = self
+            .app(reqwest::Method::GET, app, path)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> String {
+        let r = self.api_get("/metrics").await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// Sends SIGTERM (what Ctrl-C does) and waits for a clean exit.
+    pub async fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "skiff up exited with {status}");
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A metric's value from the exposition text (first sample whose line starts with
+/// `series`), or 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().split(' ').next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}

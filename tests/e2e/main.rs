@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `skiff` binary, real sockets, real HTTP.
+
+mod harness;
+
+mod api;
+mod bounds;
+mod cli;
+mod kinds;
+mod lifecycle;
+mod observe;
