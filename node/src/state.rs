@@ -69,7 +69,7 @@ impl StateStore {
 
     /// Inserts or replaces an app record, durably.
     pub fn put_app(&self, record: &AppRecord) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(record).expect("records serialize");
+        let bytes = serde_json::to_vec(record).map_err(db_err("encode an app record"))?;
         let txn = self
             .db
             .begin_write()

@@ -101,7 +101,7 @@ impl DeployParams {
                 "env" => p.env.push(parse_env(v)?),
                 "memory" => {
                     let bytes = parse_bytes(v).map_err(|e| param_err(k, e))?;
-                    if bytes < (1 << 20) || bytes > Limits::MAX_MEMORY_BYTES {
+                    if !((1 << 20)..=Limits::MAX_MEMORY_BYTES).contains(&bytes) {
                         return Err(param_err(k, format!("{v} is outside 1MiB..=4GiB")));
                     }
                     p.memory_bytes = Some(bytes);

@@ -56,9 +56,7 @@ async fn http_component_trailers_reach_the_client() {
     let node = Node::start().await;
     node.deploy_ok("hello", hello_wasm(), "").await;
     let mut sock = tokio::net::TcpStream::connect(node.ingress).await.unwrap();
-    let req = format!(
-        "POST /echo HTTP/1.1\r\nHost: hello.localhost\r\nTE: trailers\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
-    );
+    let req = "POST /echo HTTP/1.1\r\nHost: hello.localhost\r\nTE: trailers\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
     sock.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(

@@ -148,6 +148,12 @@ pub(crate) fn bound_store<T: 'static>(
     });
 }
 
+/// Why a run ended early: the host could not create the instance, or the guest failed.
+pub(crate) enum RunError {
+    Instantiate(wasmtime::Error),
+    Guest(wasmtime::Error),
+}
+
 /// Classifies an error that came out of guest execution.
 pub(crate) fn classify(
     err: &wasmtime::Error,

@@ -13,7 +13,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks, WasiHttpView as _};
 
 use super::ContainerConfig;
-use super::guest::{HttpState, Limiter, bound_store, classify, wasi_builder};
+use super::guest::{HttpState, Limiter, RunError, bound_store, classify, wasi_builder};
 use crate::{BoxError, HandleError, ResponseBody};
 
 /// A container of an http app: its pre-instantiated component and settings.
@@ -71,18 +71,22 @@ impl HttpWorkload {
                 let proxy = pre
                     .instantiate_async(&mut store)
                     .await
-                    .map_err(|e| Err(e))?;
+                    .map_err(RunError::Instantiate)?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, out)
                     .await
-                    .map_err(Ok)
+                    .map_err(RunError::Guest)
             };
             match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(Ok(())) => Ok(()),
                 // Instantiation failed: not the guest's doing.
-                Ok(Err(Err(e))) => Err(HandleError::Instantiate(format!("{e:#}"))),
-                Ok(Err(Ok(e))) => Err(classify(&e, memory_hit.load(Ordering::Relaxed), timeout)),
+                Ok(Err(RunError::Instantiate(e))) => {
+                    Err(HandleError::Instantiate(format!("{e:#}")))
+                }
+                Ok(Err(RunError::Guest(e))) => {
+                    Err(classify(&e, memory_hit.load(Ordering::Relaxed), timeout))
+                }
                 Err(_) => Err(HandleError::Timeout(timeout)),
             }
         });

@@ -11,7 +11,7 @@ use wasmtime::{InstancePre, Store};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 use super::ContainerConfig;
-use super::guest::{Limiter, WagiState, bound_store, classify, wasi_builder};
+use super::guest::{Limiter, RunError, WagiState, bound_store, classify, wasi_builder};
 use crate::{BoxError, HandleError, RequestInfo, ResponseBody};
 
 /// Largest request body handed to a WAGI guest on stdin.
@@ -79,24 +79,29 @@ impl WagiWorkload {
                 .pre
                 .instantiate_async(&mut store)
                 .await
-                .map_err(|e| Err(e))?;
+                .map_err(RunError::Instantiate)?;
             let start = instance
                 .get_typed_func::<(), ()>(&mut store, "_start")
-                .map_err(|e| Err(e))?;
-            start.call_async(&mut store, ()).await.map_err(Ok)
+                .map_err(RunError::Instantiate)?;
+            start
+                .call_async(&mut store, ())
+                .await
+                .map_err(RunError::Guest)
         };
         match tokio::time::timeout_at(deadline.into(), run).await {
             Err(_) => return Err(HandleError::Timeout(timeout)),
             Ok(Ok(())) => {}
-            Ok(Err(Err(e))) => return Err(HandleError::Instantiate(format!("{e:#}"))),
-            Ok(Err(Ok(e))) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Ok(Err(RunError::Instantiate(e))) => {
+                return Err(HandleError::Instantiate(format!("{e:#}")));
+            }
+            Ok(Err(RunError::Guest(e))) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 // `exit(0)` is how many CGI programs end.
                 Some(exit) if exit.0 == 0 => {}
                 _ => return Err(classify(&e, memory_hit.load(Ordering::Relaxed), timeout)),
             },
         }
         drop(store);
-        parse_cgi(stdout.contents()).map_err(HandleError::BadResponse)
+        parse_cgi(&stdout.contents()).map_err(HandleError::BadResponse)
     }
 }
 
@@ -196,8 +201,8 @@ fn cgi_args(script: &str, query: &str) -> Vec<String> {
 }
 
 /// Turns CGI output (header fields, a blank line, the body) into a response.
-fn parse_cgi(output: Bytes) -> Result<hyper::Response<ResponseBody>, String> {
-    let (head_end, body_start) = find_blank_line(&output).ok_or_else(|| {
+fn parse_cgi(output: &Bytes) -> Result<hyper::Response<ResponseBody>, String> {
+    let (head_end, body_start) = find_blank_line(output).ok_or_else(|| {
         format!(
             "no blank line after the CGI header block in {} bytes of output",
             output.len()
@@ -277,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn parses_cgi_output() {
-        let r = parse_cgi(Bytes::from_static(
+        let r = parse_cgi(&Bytes::from_static(
             b"Content-Type: text/plain\nX-A: 1\n\nhello\n",
         ))
         .unwrap();
@@ -285,14 +290,14 @@ mod tests {
         assert_eq!(r.headers()["x-a"], "1");
         assert_eq!(body_of(r).await, "hello\n");
 
-        let r = parse_cgi(Bytes::from_static(
+        let r = parse_cgi(&Bytes::from_static(
             b"Status: 404 Not Found\r\nContent-Type: text/html\r\n\r\n<h1>no</h1>",
         ))
         .unwrap();
         assert_eq!(r.status(), 404);
         assert_eq!(body_of(r).await, "<h1>no</h1>");
 
-        let r = parse_cgi(Bytes::from_static(b"Location: /there\n\n")).unwrap();
+        let r = parse_cgi(&Bytes::from_static(b"Location: /there\n\n")).unwrap();
         assert_eq!(r.status(), 302);
         assert_eq!(r.headers()["location"], "/there");
     }
@@ -306,7 +311,7 @@ mod tests {
             (b"X-Only: 1\n\n", "none of Status"),
             (b"Bad Name: 1\n\n", "invalid CGI header name"),
         ] {
-            let err = parse_cgi(Bytes::copy_from_slice(bad)).unwrap_err();
+            let err = parse_cgi(&Bytes::copy_from_slice(bad)).unwrap_err();
             assert!(err.contains(why), "{err}");
         }
     }
