@@ -18,17 +18,21 @@ const MAX_LINE: usize = 16 * 1024;
 pub struct LogBook {
     lines: Mutex<VecDeque<LogLine>>,
     capacity: usize,
-    tx: broadcast::Sender<LogLine>,
+    /// Made on the first follow: a broadcast channel preallocates its whole ring, and a
+    /// node holds thousands of apps nobody follows.
+    tx: Mutex<Option<broadcast::Sender<LogLine>>>,
 }
+
+/// Lines a follower may fall behind before it skips ahead.
+const FOLLOW_BUFFER: usize = 256;
 
 impl LogBook {
     /// A book keeping the last `capacity` lines.
     pub fn new(capacity: usize) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(1024);
         Arc::new(Self {
-            lines: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            lines: Mutex::new(VecDeque::new()),
             capacity,
-            tx,
+            tx: Mutex::new(None),
         })
     }
 
@@ -48,9 +52,11 @@ impl LogBook {
             lines.pop_front();
         }
         lines.push_back(entry.clone());
-        // Sent under the lock so that `tail_and_subscribe` sees every line exactly once.
-        // No receivers is fine: nobody is following.
-        let _ = self.tx.send(entry);
+        // Sent under the lines lock so that `tail_and_subscribe` sees every line exactly
+        // once. No receivers is fine: nobody is following.
+        if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(entry);
+        }
     }
 
     /// The last `n` lines, oldest first.
@@ -67,7 +73,10 @@ impl LogBook {
     /// line missed or repeated between the two.
     pub fn tail_and_subscribe(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = self.tx.subscribe();
+        let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = tx
+            .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe();
         (
             lines
                 .iter()

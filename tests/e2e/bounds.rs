@@ -174,3 +174,39 @@ async fn past_the_concurrency_limit_requests_get_503_at_once() {
     assert_eq!(busy.await.unwrap(), (200, "slept\n".to_string()));
     assert_eq!(node.get("one", "/").await.0, 200, "the slot is free again");
 }
+
+#[tokio::test]
+async fn without_address_space_for_the_pool_the_node_falls_back_and_says_so() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("node.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let node = Node::start_customised(dir.path(), &[], |cmd| {
+        cmd.stderr(log_file);
+        // SAFETY: only setrlimit(2) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // 64 GiB of address space: plenty for the node and on-demand instances,
+                // far too little for a pool of 1000 4-GiB memory slots.
+                let limit = libc::rlimit {
+                    rlim_cur: 64 << 30,
+                    rlim_max: 64 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("falling back to on-demand allocation"),
+        "{text}"
+    );
+    node.deploy_ok("hello", hello_wasm(), "memory=32MiB").await;
+    assert_eq!(node.get("hello", "/").await.0, 200);
+    let (s, text) = node.get("hello", "/grow").await;
+    assert_eq!(s, 500, "memory is still bounded without the pool: {text}");
+}

@@ -104,22 +104,31 @@ impl Node {
 
     /// A node on an existing data dir (restart).
     pub async fn start_in(dir: &Path, extra: &[&str]) -> Node {
-        let mut child = Command::new(SKIFF)
-            .args([
-                "up",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--ingress-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start skiff up");
+        Self::start_customised(dir, extra, |_| {}).await
+    }
+
+    /// A node whose command is adjusted by `customise` before it starts.
+    pub async fn start_customised(
+        dir: &Path,
+        extra: &[&str],
+        customise: impl FnOnce(&mut Command),
+    ) -> Node {
+        let mut cmd = Command::new(SKIFF);
+        cmd.args([
+            "up",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--ingress-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        customise(&mut cmd);
+        let mut child = cmd.spawn().expect("start skiff up");
         let stdout = child.stdout.take().unwrap();
         // `skiff up` prints its addresses once it is serving; read them off stdout, and
         // keep draining it so the node never writes into a closed pipe.

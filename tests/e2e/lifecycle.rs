@@ -86,6 +86,39 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     );
     let status: serde_json::Value = node.api_get("/v1/apps/one").await.json().await.unwrap();
     assert_eq!(status["generation"], 2);
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, r#"skiff_compile_duration_seconds_count{cache="miss"}"#),
+        0.0,
+        "not recompiled: {m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_redeploy_finishes_on_the_old_version() {
+    let node = Arc::new(Node::start().await);
+    node.deploy_ok("app", hello_wasm(), "env=GREETING=old")
+        .await;
+    let slow = {
+        let node = node.clone();
+        tokio::spawn(async move { node.get("app", "/sleep?ms=800").await })
+    };
+    wait_for(
+        "the slow request to be in flight",
+        Duration::from_secs(10),
+        || async {
+            let v: serde_json::Value = node.api_get("/v1/apps/app").await.json().await.ok()?;
+            (v["containers"][0]["in_flight"] == 1).then_some(())
+        },
+    )
+    .await;
+    node.deploy_ok("app", hello_wasm(), "env=GREETING=new")
+        .await;
+    assert_eq!(
+        node.get("app", "/").await,
+        (200, "new from skiff\n".to_string())
+    );
+    assert_eq!(slow.await.unwrap(), (200, "slept\n".to_string()));
 }
 
 #[tokio::test]
