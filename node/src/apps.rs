@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest as _, Sha256};
 use skiff_gateway::RoutingTable;
 use skiff_image::{BlobStore, StagedBlob, detect_kind};
 use skiff_runtime::{Compiled, ContainerConfig, LogBook, Runtime};
@@ -154,7 +155,10 @@ impl Apps {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let allowed: Arc<[String]> = spec.allowed_hosts.clone().into();
-        let generation_tag = &spec.image.hex()[..10];
+        // Like a pod-template hash: containers of the same spec share it, a redeploy
+        // with other settings (even of the same image) gets new names.
+        let spec_json = serde_json::to_vec(spec).map_err(ApiError::internal)?;
+        let generation_tag = &hex::encode(Sha256::digest(&spec_json))[..10];
         let started = now_ms();
         (0..spec.replicas)
             .map(|i| {
@@ -218,12 +222,14 @@ impl Apps {
                 .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone())
         };
         let containers = self.containers(&spec, &compiled, &log)?;
+
+        let mut apps = self.apps.lock().await;
+        // Committed under the lock: a removal collecting unused images cannot delete this
+        // blob between its commit and the record that refers to it.
         tokio::task::spawn_blocking(move || staged.commit())
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
-
-        let mut apps = self.apps.lock().await;
         let now = now_ms();
         let previous = apps.get(&name).map(|e| e.record.clone());
         let record = AppRecord {
