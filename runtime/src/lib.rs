@@ -14,16 +14,19 @@
 //!   epoch deadline, instantiates, runs, and maps every way a guest can fail to a
 //!   [`HandleError`] that the ingress turns into a status code.
 //!
-//! Only `wasm/` imports wasmtime. Static sites and OCI containers join [`Workload`] as
-//! further variants with their own issues.
+//! Only `wasm/` imports wasmtime. Static sites ([`StaticSite`], module `site`: `static`
+//! is a keyword) are served by the node itself from an extracted image through a
+//! `cap_std` directory; OCI containers join [`Workload`] with their own issue.
 
 #![deny(missing_docs)]
 
 mod log;
+mod site;
 mod wasm;
 mod workload;
 
 pub use log::{LogBook, LogStream};
+pub use site::StaticSite;
 pub use wasm::{
     CompileError, Compiled, ContainerConfig, PrepareError, Runtime, RuntimeConfig, RuntimeError,
 };

@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::site::StaticSite;
 use crate::wasm::{HttpWorkload, WagiWorkload};
 
 /// Errors inside response bodies.
@@ -28,6 +29,8 @@ pub enum Workload {
     Http(HttpWorkload),
     /// A WAGI command module.
     Wagi(WagiWorkload),
+    /// Files served from an image.
+    Static(StaticSite),
 }
 
 impl fmt::Debug for Workload {
@@ -35,6 +38,7 @@ impl fmt::Debug for Workload {
         match self {
             Workload::Http(_) => f.write_str("Workload::Http"),
             Workload::Wagi(_) => f.write_str("Workload::Wagi"),
+            Workload::Static(_) => f.write_str("Workload::Static"),
         }
     }
 }
@@ -53,6 +57,7 @@ impl Workload {
         match self {
             Workload::Http(w) => w.handle(req).await,
             Workload::Wagi(w) => w.handle(req, info).await,
+            Workload::Static(site) => Ok(site.handle(req.method(), req.uri(), req.headers()).await),
         }
     }
 }
