@@ -11,8 +11,14 @@
 
 #![deny(missing_docs)]
 
+pub mod archive;
 mod detect;
+mod layout;
+pub mod oci;
+mod reference;
 mod store;
 
 pub use detect::{DetectError, detect_kind};
+pub use layout::{ImageError, ImageInfo, ImageStore, ImageSummary, Runnable};
+pub use reference::{ImageName, NameError};
 pub use store::{BlobStore, BlobWriter, StagedBlob, StoreError};

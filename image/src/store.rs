@@ -104,6 +104,23 @@ impl BlobStore {
         Ok(bytes)
     }
 
+    /// Every stored blob.
+    pub fn list(&self) -> Result<Vec<Digest>, StoreError> {
+        let entries = fs::read_dir(&self.blobs).map_err(io_err("list", &self.blobs))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &self.blobs))?;
+            if let Some(d) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes a blob; removing one that is not there is not an error.
     pub fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
         let path = self.path(digest);

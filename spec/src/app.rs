@@ -16,6 +16,8 @@ pub enum AppKind {
     Http,
     /// A WASI preview1 command module run CGI-style (RFC 3875) per request.
     Wagi,
+    /// Files from an image, served by the node (index.html, ETags, ranges...).
+    Static,
 }
 
 impl fmt::Display for AppKind {
@@ -23,6 +25,7 @@ impl fmt::Display for AppKind {
         f.write_str(match self {
             AppKind::Http => "http",
             AppKind::Wagi => "wagi",
+            AppKind::Static => "static",
         })
     }
 }

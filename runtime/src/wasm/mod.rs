@@ -267,15 +267,24 @@ impl Runtime {
     ) -> Result<Compiled, CompileError> {
         let start = Instant::now();
         let engine = &self.inner.engine;
+        let component = match kind {
+            AppKind::Http => true,
+            AppKind::Wagi => false,
+            AppKind::Static => {
+                return Err(CompileError::Invalid {
+                    digest,
+                    message: "a static site has no code to compile".into(),
+                });
+            }
+        };
         if let Some(bytes) = self.inner.cache.load(&digest, kind) {
             // SAFETY: the bytes were produced by `serialize` on this node and are
             // authenticated by the cache's MAC, keyed with this node's secret; the
             // directory name carries the engine's compatibility hash.
-            let code = match kind {
-                AppKind::Http => {
-                    unsafe { Component::deserialize(engine, &bytes) }.map(Code::Component)
-                }
-                AppKind::Wagi => unsafe { Module::deserialize(engine, &bytes) }.map(Code::Module),
+            let code = if component {
+                unsafe { Component::deserialize(engine, &bytes) }.map(Code::Component)
+            } else {
+                unsafe { Module::deserialize(engine, &bytes) }.map(Code::Module)
             };
             match code {
                 Ok(code) => {
@@ -293,17 +302,14 @@ impl Runtime {
             digest,
             message: format!("{e:#}"),
         };
-        let (code, bytes) = match kind {
-            AppKind::Http => {
-                let c = Component::new(engine, wasm).map_err(invalid)?;
-                let bytes = c.serialize().map_err(invalid)?;
-                (Code::Component(c), bytes)
-            }
-            AppKind::Wagi => {
-                let m = Module::new(engine, wasm).map_err(invalid)?;
-                let bytes = m.serialize().map_err(invalid)?;
-                (Code::Module(m), bytes)
-            }
+        let (code, bytes) = if component {
+            let c = Component::new(engine, wasm).map_err(invalid)?;
+            let bytes = c.serialize().map_err(invalid)?;
+            (Code::Component(c), bytes)
+        } else {
+            let m = Module::new(engine, wasm).map_err(invalid)?;
+            let bytes = m.serialize().map_err(invalid)?;
+            (Code::Module(m), bytes)
         };
         let took = start.elapsed();
         if let Err(e) = self.inner.cache.store(&digest, kind, &bytes) {
