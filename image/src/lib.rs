@@ -12,7 +12,9 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod build;
 mod detect;
+pub mod layer;
 mod layout;
 pub mod oci;
 mod reference;
