@@ -187,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 replicas,
                 concurrency,
                 allowed_hosts: allow_hosts,
+                image: None,
             };
             Client::new(&client)?.deploy(&file, &name, &params).await
         }

@@ -148,10 +148,11 @@ fn source_date() -> (u64, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0u64);
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    (secs, httpdate_rfc3339(t))
+    (secs, rfc3339(t))
 }
 
-fn httpdate_rfc3339(t: std::time::SystemTime) -> String {
+/// `t` as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
     // Days-to-civil (Howard Hinnant), to avoid a date crate for one format.
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
@@ -833,7 +834,7 @@ mod tests {
         assert!(ig.ignored("secret/inner/file"));
         assert!(!ig.ignored("public/index.html"));
         assert_eq!(
-            httpdate_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+            rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
             "2023-11-14T22:13:20Z"
         );
     }

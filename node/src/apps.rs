@@ -6,17 +6,21 @@
 //! The old containers drain: requests already on them finish, new ones go to the new
 //! containers. No request fails because of a redeploy.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
 use skiff_gateway::RoutingTable;
-use skiff_image::{BlobStore, StagedBlob, detect_kind};
-use skiff_runtime::{Compiled, ContainerConfig, LogBook, Runtime};
+use skiff_image::oci::{Descriptor, RunConfig};
+use skiff_image::{
+    ImageError, ImageName, ImageStore, ImageSummary, Runnable, StagedBlob, detect_kind,
+};
+use skiff_runtime::{Compiled, ContainerConfig, LogBook, Runtime, StaticSite, Workload};
 use skiff_spec::api::AppStatus;
-use skiff_spec::{AppName, AppSpec, DeployParams};
-use tokio::sync::Mutex;
+use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
+use tokio::sync::{Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use crate::api::ApiError;
@@ -33,6 +37,68 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An image made ready to run: compiled code, or an extracted site.
+enum Prepared {
+    Wasm(Arc<Compiled>),
+    Static { root: PathBuf, tag: String },
+}
+
+/// Extracts a site's layers beside `dest` and renames the tree into place, so a crash
+/// never leaves half a site where a whole one is expected.
+fn extract_site(
+    images: &ImageStore,
+    layers: &[Descriptor],
+    sites: &Path,
+    dest: &Path,
+) -> Result<(), ApiError> {
+    std::fs::create_dir_all(sites).map_err(ApiError::internal)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".extract-")
+        .tempdir_in(sites)
+        .map_err(ApiError::internal)?;
+    skiff_image::layer::extract(images.blobs(), layers, tmp.path())
+        .map_err(|e| ApiError::bad_request("unsupported_image", e.to_string()))?;
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, dest) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Another deploy of the same image won the race: its tree is identical.
+        if !dest.is_dir() {
+            return Err(ApiError::internal(e));
+        }
+    }
+    Ok(())
+}
+
+/// Deploy parameters, with what the image itself says (env, `dev.skiff.*` limit labels)
+/// filling what the deploy left open.
+fn with_image_defaults(mut params: DeployParams, run: &RunConfig) -> DeployParams {
+    let mut env: Vec<(String, String)> = run
+        .env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.retain(|(k, _)| !params.env.iter().any(|(pk, _)| pk == k));
+    env.append(&mut params.env);
+    params.env = env;
+    let label = |k: &str| run.labels.get(k).map(String::as_str);
+    if params.memory_bytes.is_none() {
+        params.memory_bytes = label("dev.skiff.memory").and_then(|m| parse_bytes(m).ok());
+    }
+    if params.timeout.is_none() {
+        params.timeout = label("dev.skiff.timeout").and_then(|t| parse_duration(t).ok());
+    }
+    if params.concurrency.is_none() {
+        params.concurrency = label("dev.skiff.concurrency").and_then(|c| c.parse().ok());
+    }
+    params
+}
+
+/// Now as RFC 3339 (UTC, seconds).
+fn now_rfc3339() -> String {
+    skiff_image::build::rfc3339(SystemTime::now())
+}
+
 /// What runs for one app.
 struct AppEntry {
     record: AppRecord,
@@ -46,7 +112,9 @@ struct AppEntry {
 /// The node's apps: desired state, running containers, routes.
 pub struct Apps {
     runtime: Runtime,
-    blobs: BlobStore,
+    images: Arc<ImageStore>,
+    /// Extracted static sites, by image digest.
+    sites: PathBuf,
     state: Arc<StateStore>,
     table: Arc<RoutingTable<Container>>,
     metrics: Arc<Metrics>,
@@ -59,7 +127,8 @@ pub struct Apps {
 impl Apps {
     pub(crate) fn new(
         runtime: Runtime,
-        blobs: BlobStore,
+        images: Arc<ImageStore>,
+        sites: PathBuf,
         state: Arc<StateStore>,
         table: Arc<RoutingTable<Container>>,
         metrics: Arc<Metrics>,
@@ -67,7 +136,8 @@ impl Apps {
     ) -> Self {
         Self {
             runtime,
-            blobs,
+            images,
+            sites,
             state,
             table,
             metrics,
@@ -92,7 +162,15 @@ impl Apps {
                 message: None,
                 record,
             };
-            match self.start_containers(&entry.record.spec, &entry.log).await {
+            let started = async {
+                let summary = self.summary(entry.record.spec.image).await?;
+                let prepared = self.prepare(&summary).await?;
+                Ok::<_, ApiError>((
+                    self.containers(&entry.record.spec, &prepared, &entry.log)?,
+                    summary.size,
+                ))
+            };
+            match started.await {
                 Ok((containers, size)) => {
                     entry.image_size = size;
                     self.route(&name, &containers);
@@ -110,27 +188,69 @@ impl Apps {
         Ok(())
     }
 
-    /// Compiles the app's image and starts its replicas (not yet routed).
-    async fn start_containers(
-        &self,
-        spec: &AppSpec,
-        log: &Arc<LogBook>,
-    ) -> Result<(Vec<Arc<Container>>, u64), ApiError> {
-        let blobs = self.blobs.clone();
-        let digest = spec.image;
-        let wasm = tokio::task::spawn_blocking(move || blobs.read_verified(&digest))
+    async fn summary(&self, digest: Digest) -> Result<ImageSummary, ApiError> {
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || images.summary(&digest))
             .await
             .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-        let size = wasm.len() as u64;
-        let compiled = self.compile(spec, wasm).await?;
-        Ok((self.containers(spec, &compiled, log)?, size))
+            .map_err(|e| match e {
+                ImageError::NotFound(_) => ApiError::not_found(e.to_string()),
+                ImageError::Unsupported { .. } => {
+                    ApiError::bad_request("unsupported_image", e.to_string())
+                }
+                other => ApiError::internal(other),
+            })
     }
 
-    async fn compile(&self, spec: &AppSpec, wasm: Vec<u8>) -> Result<Arc<Compiled>, ApiError> {
+    /// Compiles a Wasm image or extracts a static site: everything slow, before any
+    /// state changes.
+    async fn prepare(&self, summary: &ImageSummary) -> Result<Prepared, ApiError> {
+        match &summary.runnable {
+            Runnable::Wasm { kind, layer } => {
+                let images = self.images.clone();
+                let layer = *layer;
+                let wasm =
+                    tokio::task::spawn_blocking(move || images.blobs().read_verified(&layer))
+                        .await
+                        .map_err(ApiError::internal)?
+                        .map_err(ApiError::internal)?;
+                Ok(Prepared::Wasm(self.compile(layer, *kind, wasm).await?))
+            }
+            Runnable::Static { layers, site_root } => {
+                let dir = self.sites.join(summary.digest.hex());
+                if !dir.is_dir() {
+                    let images = self.images.clone();
+                    let (layers, sites, dest) = (layers.clone(), self.sites.clone(), dir.clone());
+                    tokio::task::spawn_blocking(move || {
+                        extract_site(&images, &layers, &sites, &dest)
+                    })
+                    .await
+                    .map_err(ApiError::internal)??;
+                }
+                let root = dir.join(site_root.trim_start_matches('/'));
+                if !root.is_dir() {
+                    return Err(ApiError::bad_request(
+                        "unsupported_image",
+                        format!("the image has no directory {site_root} to serve"),
+                    ));
+                }
+                Ok(Prepared::Static {
+                    root,
+                    tag: summary.digest.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn compile(
+        &self,
+        layer: Digest,
+        kind: AppKind,
+        wasm: Vec<u8>,
+    ) -> Result<Arc<Compiled>, ApiError> {
         let compiled = self
             .runtime
-            .compile(spec.image, spec.kind, wasm.into())
+            .compile(layer, kind, wasm.into())
             .await
             .map_err(|e| match e {
                 skiff_runtime::CompileError::Invalid { .. } => {
@@ -140,13 +260,16 @@ impl Apps {
             })?;
         self.metrics
             .compile(compiled.from_cache, compiled.took.as_secs_f64());
+        self.runtime
+            .check_links(&compiled)
+            .map_err(|e| ApiError::bad_request("unsupported_imports", e.to_string()))?;
         Ok(compiled)
     }
 
     fn containers(
         &self,
         spec: &AppSpec,
-        compiled: &Compiled,
+        prepared: &Prepared,
         log: &Arc<LogBook>,
     ) -> Result<Vec<Arc<Container>>, ApiError> {
         let env: Vec<(String, String)> = spec
@@ -163,17 +286,23 @@ impl Apps {
         (0..spec.replicas)
             .map(|i| {
                 let name = format!("{}-{generation_tag}-{i}", spec.name);
-                let config = ContainerConfig {
-                    name: name.clone().into(),
-                    env: env.clone(),
-                    limits: spec.limits.clone(),
-                    allowed_hosts: allowed.clone(),
-                    log: log.clone(),
+                let workload = match prepared {
+                    Prepared::Wasm(compiled) => {
+                        let config = ContainerConfig {
+                            name: name.clone().into(),
+                            env: env.clone(),
+                            limits: spec.limits.clone(),
+                            allowed_hosts: allowed.clone(),
+                            log: log.clone(),
+                        };
+                        self.runtime.prepare(compiled, config).map_err(|e| {
+                            ApiError::bad_request("unsupported_imports", e.to_string())
+                        })?
+                    }
+                    Prepared::Static { root, tag } => {
+                        Workload::Static(StaticSite::open(root, tag).map_err(ApiError::internal)?)
+                    }
                 };
-                let workload = self
-                    .runtime
-                    .prepare(compiled, config)
-                    .map_err(|e| ApiError::bad_request("unsupported_imports", e.to_string()))?;
                 let c = Container::new(
                     name,
                     spec.name.clone(),
@@ -196,9 +325,9 @@ impl Apps {
         self.table.set(name.as_str(), containers.to_vec())
     }
 
-    /// Deploys (or redeploys) `name` from an uploaded binary. Nothing changes unless the
-    /// binary validates, compiles and links.
-    pub async fn deploy(
+    /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
+    /// it. Nothing changes unless the binary validates, compiles and links.
+    pub async fn deploy_upload(
         &self,
         name: AppName,
         params: DeployParams,
@@ -213,23 +342,78 @@ impl Apps {
         let wasm = wasm.map_err(ApiError::internal)?;
         let kind =
             detect_kind(&wasm).map_err(|e| ApiError::bad_request("invalid_wasm", e.to_string()))?;
-        let spec = params.into_spec(name.clone(), staged.digest(), kind);
-        let image_size = staged.len();
-        let compiled = self.compile(&spec, wasm).await?;
-        let log = {
-            let apps = self.apps.lock().await;
-            apps.get(&name)
-                .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone())
-        };
-        let containers = self.containers(&spec, &compiled, &log)?;
+        let layer = staged.digest();
+        let compiled = self.compile(layer, kind, wasm).await?;
 
-        let mut apps = self.apps.lock().await;
-        // Committed under the lock: a removal collecting unused images cannot delete this
-        // blob between its commit and the record that refers to it.
-        tokio::task::spawn_blocking(move || staged.commit())
+        let apps = self.apps.lock().await;
+        // Stored and tagged under the lock, so garbage collection (which also runs under
+        // it) never sees the new blobs untagged.
+        let images = self.images.clone();
+        let image_name = ImageName::parse(&format!("{name}:latest")).map_err(ApiError::internal)?;
+        let created = now_rfc3339();
+        let desc = tokio::task::spawn_blocking(move || {
+            let size = staged.len();
+            let layer = staged.commit()?;
+            let desc = images.add_wasm(layer, size, kind, RunConfig::default(), &created)?;
+            images.tag(&image_name, &desc)?;
+            Ok::<_, ImageError>(desc)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+        let summary = self.summary(desc.digest).await?;
+        self.install(apps, name, params, summary, Prepared::Wasm(compiled))
+            .await
+    }
+
+    /// Deploys (or redeploys) `name` from an image in the store.
+    pub async fn deploy_image(
+        &self,
+        name: AppName,
+        params: DeployParams,
+        reference: &str,
+    ) -> Result<(bool, AppStatus), ApiError> {
+        let images = self.images.clone();
+        let reference = reference.to_string();
+        let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
             .await
             .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+            .map_err(|e| match e {
+                ImageError::NotFound(_) | ImageError::Ambiguous(_) => {
+                    ApiError::not_found(e.to_string())
+                }
+                other => ApiError::internal(other),
+            })?;
+        let summary = self.summary(digest).await?;
+        let prepared = self.prepare(&summary).await?;
+        let apps = self.apps.lock().await;
+        if !self.images.blobs().contains(&digest) {
+            return Err(ApiError::not_found(format!(
+                "image {digest} was removed during the deploy"
+            )));
+        }
+        self.install(apps, name, params, summary, prepared).await
+    }
+
+    /// Persists the record, starts the containers, swaps the route, retires the old ones.
+    async fn install(
+        &self,
+        mut apps: MutexGuard<'_, HashMap<AppName, AppEntry>>,
+        name: AppName,
+        params: DeployParams,
+        summary: ImageSummary,
+        prepared: Prepared,
+    ) -> Result<(bool, AppStatus), ApiError> {
+        let kind = match &summary.runnable {
+            Runnable::Wasm { kind, .. } => *kind,
+            Runnable::Static { .. } => AppKind::Static,
+        };
+        let spec =
+            with_image_defaults(params, &summary.run).into_spec(name.clone(), summary.digest, kind);
+        let log = apps
+            .get(&name)
+            .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone());
+        let containers = self.containers(&spec, &prepared, &log)?;
         let now = now_ms();
         let previous = apps.get(&name).map(|e| e.record.clone());
         let record = AppRecord {
@@ -250,7 +434,7 @@ impl Apps {
             name.clone(),
             AppEntry {
                 record,
-                image_size,
+                image_size: summary.size,
                 log,
                 containers,
                 message: None,
@@ -259,11 +443,55 @@ impl Apps {
         self.metrics.set_apps(apps.len());
         if let Some(old) = old {
             self.retire(old.containers, &old.record.spec);
-            self.collect_image(&apps, old.record.spec.image);
         }
+        self.collect_garbage(&apps).await;
         let entry = &apps[&name];
         info!(app = %name, image = %spec.image, kind = %spec.kind, replicas = spec.replicas, generation = entry.record.generation, "app deployed");
         Ok((previous.is_none(), self.status_of(entry)))
+    }
+
+    /// The images apps use.
+    pub async fn images_in_use(&self) -> BTreeSet<Digest> {
+        self.apps
+            .lock()
+            .await
+            .values()
+            .map(|e| e.record.spec.image)
+            .collect()
+    }
+
+    /// Deletes blobs and extracted sites no tagged image and no app refers to.
+    async fn collect_garbage(&self, apps: &HashMap<AppName, AppEntry>) {
+        let keep: BTreeSet<Digest> = apps.values().map(|e| e.record.spec.image).collect();
+        let images = self.images.clone();
+        let sites = self.sites.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let removed = images.collect_garbage(&keep)?;
+            // Extracted sites of images that are gone.
+            if let Ok(dirs) = std::fs::read_dir(&sites) {
+                for d in dirs.flatten() {
+                    let name = d.file_name().to_string_lossy().into_owned();
+                    let live = Digest::from_hex(&name)
+                        .is_ok_and(|digest| images.blobs().contains(&digest));
+                    if !live {
+                        let _ = std::fs::remove_dir_all(d.path());
+                    }
+                }
+            }
+            Ok::<_, ImageError>(removed)
+        })
+        .await;
+        match result {
+            Ok(Ok(n)) if n > 0 => info!(blobs = n, "collected unused image data"),
+            Ok(Err(e)) => warn!(error = %e, "garbage collection failed"),
+            _ => {}
+        }
+    }
+
+    /// Runs garbage collection now (after an image was untagged).
+    pub async fn collect_garbage_now(&self) {
+        let apps = self.apps.lock().await;
+        self.collect_garbage(&apps).await;
     }
 
     /// Drains replaced or removed containers in the background.
@@ -271,16 +499,6 @@ impl Apps {
         let grace = spec.limits.timeout() + Duration::from_secs(1);
         for c in containers {
             tokio::spawn(async move { c.drain(grace).await });
-        }
-    }
-
-    /// Deletes an image blob no app refers to any more.
-    fn collect_image(&self, apps: &HashMap<AppName, AppEntry>, digest: skiff_spec::Digest) {
-        if apps.values().any(|e| e.record.spec.image == digest) {
-            return;
-        }
-        if let Err(e) = self.blobs.remove(&digest) {
-            warn!(image = %digest, error = %e, "failed to remove unused image");
         }
     }
 
@@ -300,7 +518,7 @@ impl Apps {
         let entry = apps.remove(name).expect("checked above");
         self.metrics.set_apps(apps.len());
         self.retire(entry.containers, &entry.record.spec);
-        self.collect_image(&apps, entry.record.spec.image);
+        self.collect_garbage(&apps).await;
         info!(app = %name, "app removed");
         Ok(())
     }

@@ -10,7 +10,8 @@
 //! - [`metrics`]: Prometheus exposition.
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
-//! `lock` (one node per data dir), `state.redb`, `images/blobs/sha256/…`, `cache/…`.
+//! `lock` (one node per data dir), `state.redb`, `images/` (an OCI image layout),
+//! `sites/<image>/` (extracted static sites), `cache/…` (compiled code).
 //! The cluster (chitchat, raft) joins as `cluster/` with its own issue.
 
 #![deny(missing_docs)]
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use skiff_gateway::RoutingTable;
-use skiff_image::BlobStore;
+use skiff_image::ImageStore;
 use skiff_runtime::{Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -91,7 +92,7 @@ impl NodeConfig {
 pub(crate) struct Shared {
     config: NodeConfig,
     token: String,
-    blobs: BlobStore,
+    images: Arc<ImageStore>,
     apps: Apps,
     table: Arc<RoutingTable<Container>>,
     metrics: Arc<Metrics>,
@@ -184,7 +185,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     hex::decode_to_slice(key_hex.trim(), &mut cache_key)
         .context("node.key is not 64 hex digits")?;
 
-    let blobs = BlobStore::open(&dir.join("images")).context("failed to open the image store")?;
+    let images =
+        Arc::new(ImageStore::open(&dir.join("images")).context("failed to open the image store")?);
     let state = Arc::new(
         StateStore::open(&dir.join("state.redb")).context("failed to open the state database")?,
     );
@@ -206,7 +208,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let apps = Apps::new(
         runtime,
-        blobs.clone(),
+        images.clone(),
+        dir.join("sites"),
         state,
         table.clone(),
         metrics.clone(),
@@ -218,7 +221,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         token,
-        blobs,
+        images,
         apps,
         table,
         metrics,

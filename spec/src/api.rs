@@ -90,3 +90,29 @@ pub struct LogLine {
     /// The text, without its newline.
     pub line: String,
 }
+
+/// One image as `GET /v1/images` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// Manifest digest.
+    pub id: Digest,
+    /// Names pointing at it.
+    pub tags: Vec<String>,
+    /// `http`, `wagi`, `static`, or `unknown`.
+    pub kind: String,
+    /// Config and layers, in bytes.
+    pub size: u64,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Apps running it.
+    pub used_by: Vec<String>,
+}
+
+/// An image that `POST /v1/images` loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedImage {
+    /// Manifest digest.
+    pub id: Digest,
+    /// Names it was tagged with.
+    pub tags: Vec<String>,
+}

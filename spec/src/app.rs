@@ -68,6 +68,8 @@ pub struct DeployParams {
     pub concurrency: Option<u32>,
     /// `allow_host=api.example.com`, repeatable.
     pub allowed_hosts: Vec<String>,
+    /// `image=hello:v2`: deploy an image already on the node instead of an uploaded body.
+    pub image: Option<String>,
 }
 
 /// A deploy parameter that could not be accepted.
@@ -146,10 +148,16 @@ impl DeployParams {
                     }
                     p.allowed_hosts.push(v.to_ascii_lowercase());
                 }
+                "image" => {
+                    if v.is_empty() {
+                        return Err(param_err(k, "empty image reference"));
+                    }
+                    p.image = Some(v.to_string());
+                }
                 other => {
                     return Err(param_err(
                         other,
-                        "unknown parameter (known: env, memory, timeout, replicas, concurrency, allow_host)",
+                        "unknown parameter (known: env, memory, timeout, replicas, concurrency, allow_host, image)",
                     ));
                 }
             }
@@ -177,6 +185,9 @@ impl DeployParams {
         }
         for h in &self.allowed_hosts {
             out.push(("allow_host".into(), h.clone()));
+        }
+        if let Some(image) = &self.image {
+            out.push(("image".into(), image.clone()));
         }
         out
     }
@@ -229,6 +240,7 @@ mod tests {
             ("timeout", "2s"),
             ("replicas", "2"),
             ("allow_host", "Example.com:8080"),
+            ("image", "hello:v2"),
         ])
         .unwrap();
         assert_eq!(DeployParams::from_pairs(p.to_pairs()).unwrap(), p);

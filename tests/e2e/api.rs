@@ -70,16 +70,30 @@ async fn replicas_share_the_load() {
 }
 
 #[tokio::test]
-async fn remove_stops_serving_and_frees_the_image() {
+async fn remove_stops_serving_and_rmi_frees_the_image() {
     let node = Node::start().await;
     let status = node.deploy_ok("gone", hello_wasm(), "").await;
-    let digest = status["image"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let blob = node.dir.join("images/blobs/sha256").join(&digest);
-    assert!(blob.is_file());
+    let digest = status["image"].as_str().unwrap().to_string();
+    let blobs = node.dir.join("images/blobs/sha256");
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        3,
+        "manifest, config and the wasm layer"
+    );
+    let images: Value = node.api_get("/v1/images").await.json().await.unwrap();
+    assert_eq!(images[0]["tags"][0], "gone:latest");
+    assert_eq!(images[0]["id"], digest.as_str());
+    assert_eq!(images[0]["used_by"][0], "gone");
+
+    // An image in use keeps its last name unless forced.
+    let r = node
+        .http
+        .delete(format!("{}/v1/images?ref=gone", node.api))
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
     let r = node
         .http
         .delete(format!("{}/v1/apps/gone", node.api))
@@ -90,7 +104,6 @@ async fn remove_stops_serving_and_frees_the_image() {
     assert_eq!(r.status(), 204);
     assert_eq!(node.get("gone", "/").await.0, 404);
     assert_eq!(node.api_get("/v1/apps/gone").await.status(), 404);
-    assert!(!blob.exists(), "an image no app uses is deleted");
     let r = node
         .http
         .delete(format!("{}/v1/apps/gone", node.api))
@@ -99,6 +112,25 @@ async fn remove_stops_serving_and_frees_the_image() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        3,
+        "removing an app keeps its image, as docker rm does"
+    );
+
+    let r = node
+        .http
+        .delete(format!("{}/v1/images?ref=gone", node.api))
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "an image nothing names or runs is deleted"
+    );
 }
 
 async fn refused(node: &Node, name: &str, body: Vec<u8>, query: &str) -> (u16, String, String) {

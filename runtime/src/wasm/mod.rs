@@ -324,6 +324,31 @@ impl Runtime {
         })
     }
 
+    /// Checks that the code's imports are all ones skiff provides, without making a
+    /// container: a deploy calls this before it changes anything.
+    pub fn check_links(&self, compiled: &Compiled) -> Result<(), PrepareError> {
+        match &compiled.code {
+            Code::Component(c) => self
+                .inner
+                .component_linker
+                .instantiate_pre(c)
+                .map(drop)
+                .map_err(|e| PrepareError {
+                    kind: AppKind::Http,
+                    message: format!("{e:#}"),
+                }),
+            Code::Module(m) => self
+                .inner
+                .module_linker
+                .instantiate_pre(m)
+                .map(drop)
+                .map_err(|e| PrepareError {
+                    kind: AppKind::Wagi,
+                    message: format!("{e:#}"),
+                }),
+        }
+    }
+
     /// Links compiled code into one container's workload (an `InstancePre`).
     pub fn prepare(
         &self,

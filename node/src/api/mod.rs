@@ -19,6 +19,8 @@ use tracing::error;
 
 use crate::Shared;
 
+mod images;
+
 /// The API's one error type: a status, a stable code and a message. 4xx carry the
 /// detail; 5xx are logged with an id and the client sees only the id.
 #[derive(Debug)]
@@ -52,6 +54,15 @@ impl ApiError {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large",
+            message: message.into(),
+        }
+    }
+
+    /// 409: the request conflicts with what is running.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
             message: message.into(),
         }
     }
@@ -111,6 +122,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(get_app).put(put_app).delete(delete_app),
         )
         .route("/v1/apps/{name}/logs", get(logs))
+        .route(
+            "/v1/images",
+            get(images::list).post(images::load).delete(images::remove),
+        )
+        .route("/v1/images/tag", axum::routing::post(images::tag))
+        .route("/v1/images/archive", get(images::save))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -205,7 +222,11 @@ async fn put_app(
     if declared.is_some_and(|len| len > cap) {
         return Err(too_large());
     }
-    let mut writer = shared.blobs.writer(cap).map_err(ApiError::internal)?;
+    let mut writer = shared
+        .images
+        .blobs()
+        .writer(cap)
+        .map_err(ApiError::internal)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -233,7 +254,7 @@ async fn put_app(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let (created, status) = shared.apps.deploy(name, params, staged).await?;
+    let (created, status) = shared.apps.deploy_upload(name, params, staged).await?;
     let code = if created {
         StatusCode::CREATED
     } else {
@@ -246,7 +267,7 @@ async fn put_app(
 const OVERSHOOT_DRAIN: u64 = 1 << 20;
 
 /// Reads and drops up to `limit` bytes of a body, for at most a second.
-async fn discard(stream: &mut axum::body::BodyDataStream, limit: u64) {
+pub(crate) async fn discard(stream: &mut axum::body::BodyDataStream, limit: u64) {
     let drain = async {
         let mut read = 0u64;
         while let Some(Ok(chunk)) = stream.next().await {

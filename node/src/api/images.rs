@@ -1,0 +1,252 @@
+//! `/v1/images`: list, load (OCI layout tarball), tag, remove, save.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use skiff_image::archive::{self, ArchiveError};
+use skiff_image::{ImageError, ImageName};
+use skiff_spec::api::{ImageStatus, LoadedImage};
+
+use super::{ApiError, discard};
+use crate::Shared;
+
+fn image_err(e: ImageError) -> ApiError {
+    match e {
+        ImageError::NotFound(_) | ImageError::Ambiguous(_) => ApiError::not_found(e.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+fn query_pairs(query: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn one(pairs: &[(String, String)], key: &str) -> Result<String, ApiError> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_parameter", format!("missing parameter {key}"))
+        })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// `GET /v1/images`
+pub(super) async fn list(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<Vec<ImageStatus>>, ApiError> {
+    let images = shared.images.clone();
+    let infos = blocking(move || images.list()).await?.map_err(image_err)?;
+    let apps = shared.apps.list().await;
+    Ok(Json(
+        infos
+            .into_iter()
+            .map(|i| ImageStatus {
+                used_by: apps
+                    .iter()
+                    .filter(|a| a.image == i.digest)
+                    .map(|a| a.name.clone())
+                    .collect(),
+                id: i.digest,
+                tags: i.tags,
+                kind: i.kind,
+                size: i.size,
+                created: i.created,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /v1/images`: the body is an OCI image layout tarball (`skiff save` output).
+pub(super) async fn load(
+    State(shared): State<Arc<Shared>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let cap = shared.config.upload_cap;
+    // Spooled to a temp file under the cap, then checked and loaded off the executor.
+    let mut spool = tempfile::tempfile().map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("bad_body", format!("failed to read the upload: {e}"))
+        })?;
+        total += chunk.len() as u64;
+        if total > cap {
+            discard(&mut stream, 1 << 20).await;
+            return Err(ApiError::too_large(format!(
+                "image archive is larger than the {cap}-byte limit"
+            )));
+        }
+        spool.write_all(&chunk).map_err(ApiError::internal)?;
+    }
+    let images = shared.images.clone();
+    let loaded = blocking(move || {
+        use std::io::Seek as _;
+        spool
+            .rewind()
+            .map_err(|e| ArchiveError::Tar(e.to_string()))?;
+        archive::import(&images, spool, cap)
+    })
+    .await?
+    .map_err(|e| match e {
+        ArchiveError::Store(_) | ArchiveError::Write(_) => ApiError::internal(e),
+        ArchiveError::TooLarge(_) => ApiError::too_large(e.to_string()),
+        other => ApiError::bad_request("invalid_archive", other.to_string()),
+    })?;
+    let out: Vec<LoadedImage> = loaded
+        .into_iter()
+        .map(|l| LoadedImage {
+            id: l.digest,
+            tags: l.tags,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// `POST /v1/images/tag?source=REF&target=NAME`
+pub(super) async fn tag(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let pairs = query_pairs(q);
+    let source = one(&pairs, "source")?;
+    let target = ImageName::parse(&one(&pairs, "target")?)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    let images = shared.images.clone();
+    blocking(move || {
+        let digest = images.resolve(&source)?;
+        let size = images.blobs().size(&digest)?;
+        let desc = skiff_image::oci::Descriptor {
+            media_type: skiff_image::oci::MANIFEST_V1.into(),
+            digest,
+            size,
+            annotations: Default::default(),
+            platform: None,
+        };
+        images.tag(&target, &desc)
+    })
+    .await?
+    .map_err(image_err)?;
+    shared.apps.collect_garbage_now().await;
+    Ok(StatusCode::CREATED)
+}
+
+/// `DELETE /v1/images?ref=REF&force=true`: untags (a name) or removes every tag (an id).
+/// An image an app runs keeps running; without `force`, removing its last name is refused.
+pub(super) async fn remove(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let pairs = query_pairs(q);
+    let reference = one(&pairs, "ref")?;
+    let force = pairs
+        .iter()
+        .any(|(k, v)| k == "force" && matches!(v.as_str(), "" | "1" | "true"));
+    let images = shared.images.clone();
+    let r = reference.clone();
+    let (digest, tags) = blocking(move || {
+        let digest = images.resolve(&r)?;
+        let tags = images.tags_of(&digest)?;
+        Ok::<_, ImageError>((digest, tags))
+    })
+    .await?
+    .map_err(image_err)?;
+    // A name removes that name; an id removes all of them.
+    let by_name = ImageName::parse(&reference)
+        .ok()
+        .map(|n| n.to_string())
+        .filter(|n| tags.contains(n));
+    let removing: Vec<String> = match &by_name {
+        Some(n) => vec![n.clone()],
+        None => tags.clone(),
+    };
+    let last = removing.len() == tags.len();
+    if last && !force {
+        let users: Vec<String> = shared
+            .apps
+            .list()
+            .await
+            .into_iter()
+            .filter(|a| a.image == digest)
+            .map(|a| a.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "image {reference} is used by app {}; remove the app first or force it (-f)",
+                users.join(", ")
+            )));
+        }
+    }
+    let images = shared.images.clone();
+    blocking(move || {
+        for t in removing {
+            images.untag(&ImageName::parse(&t).expect("stored names parse"))?;
+        }
+        Ok::<_, ImageError>(())
+    })
+    .await?
+    .map_err(image_err)?;
+    shared.apps.collect_garbage_now().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/images/archive?ref=A&ref=B`: an OCI layout tarball of those images.
+pub(super) async fn save(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let refs: Vec<String> = query_pairs(q)
+        .into_iter()
+        .filter(|(k, _)| k == "ref")
+        .map(|(_, v)| v)
+        .collect();
+    if refs.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "name at least one image: ref=NAME",
+        ));
+    }
+    let images = shared.images.clone();
+    let tar = blocking(move || {
+        let mut picked = Vec::new();
+        let mut seen = BTreeSet::new();
+        for r in &refs {
+            let digest = images.resolve(r)?;
+            let name = ImageName::parse(r).ok().filter(|n| {
+                images
+                    .tags_of(&digest)
+                    .is_ok_and(|t| t.contains(&n.to_string()))
+            });
+            if seen.insert((name.clone(), digest)) {
+                picked.push((name, digest));
+            }
+        }
+        let mut out = Vec::new();
+        archive::export(&images, &picked, &mut out).map_err(|e| ImageError::Unsupported {
+            image: "archive".into(),
+            message: e.to_string(),
+        })?;
+        Ok::<_, ImageError>(out)
+    })
+    .await?
+    .map_err(image_err)?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
+}
