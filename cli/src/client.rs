@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
+use skiff_image::{ImageName, ImageStore};
 use skiff_spec::DeployParams;
-use skiff_spec::api::{AppStatus, ErrorBody, LogLine, LogStream};
+use skiff_spec::api::{AppStatus, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream};
 
 use crate::ClientOpts;
 
@@ -58,26 +59,134 @@ impl Client {
 
     pub(crate) async fn deploy(
         &self,
-        file: &Path,
+        file: Option<&Path>,
         name: &str,
         params: &DeployParams,
     ) -> anyhow::Result<()> {
-        let wasm = tokio::fs::read(file)
-            .await
-            .with_context(|| format!("failed to read {}", file.display()))?;
-        let resp = self
-            .send(
-                self.http
-                    .put(self.url(&format!("/v1/apps/{name}")))
-                    .query(&params.to_pairs())
-                    .body(wasm),
-            )
-            .await?;
+        let mut req = self
+            .http
+            .put(self.url(&format!("/v1/apps/{name}")))
+            .query(&params.to_pairs());
+        if let Some(file) = file {
+            let wasm = tokio::fs::read(file)
+                .await
+                .with_context(|| format!("failed to read {}", file.display()))?;
+            req = req.body(wasm);
+        }
+        let resp = self.send(req).await?;
         let status: AppStatus = resp.json().await.context("invalid API response")?;
         println!(
             "{} {} ({}, {}/{} ready) at {}",
             status.name, status.image, status.kind, status.ready, status.replicas, status.url
         );
+        Ok(())
+    }
+
+    /// Builds locally into a scratch image layout, then loads the result into the node.
+    pub(crate) async fn build(
+        &self,
+        tag: &str,
+        file: Option<&Path>,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        let name = ImageName::parse(tag)?;
+        let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
+        let store = ImageStore::open(scratch.path())?;
+        let (desc, kind) = skiff_image::build::build(&store, dir, file)?;
+        let mut tar = Vec::new();
+        skiff_image::archive::export(&store, &[(Some(name.clone()), desc.digest)], &mut tar)?;
+        self.send(self.http.post(self.url("/v1/images")).body(tar))
+            .await?;
+        println!("{} {name} ({kind})", desc.digest);
+        Ok(())
+    }
+
+    pub(crate) async fn images(&self) -> anyhow::Result<()> {
+        let images: Vec<ImageStatus> = self
+            .send(self.http.get(self.url("/v1/images")))
+            .await?
+            .json()
+            .await?;
+        let mut rows = Vec::new();
+        for i in images {
+            let tags = if i.tags.is_empty() {
+                vec!["<none>:<none>".to_string()]
+            } else {
+                i.tags.clone()
+            };
+            for t in tags {
+                let (repo, tag) = t.rsplit_once(':').unwrap_or((&t, ""));
+                rows.push([
+                    repo.to_string(),
+                    tag.to_string(),
+                    i.id.short(),
+                    i.kind.clone(),
+                    i.created.clone(),
+                    human_size(i.size),
+                ]);
+            }
+        }
+        print_table(
+            &["REPOSITORY", "TAG", "IMAGE ID", "KIND", "CREATED", "SIZE"],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn tag(&self, source: &str, target: &str) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .post(self.url("/v1/images/tag"))
+                .query(&[("source", source), ("target", target)]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn rmi(&self, image: &str, force: bool) -> anyhow::Result<()> {
+        let mut q = vec![("ref", image)];
+        if force {
+            q.push(("force", "true"));
+        }
+        self.send(self.http.delete(self.url("/v1/images")).query(&q))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn save(&self, output: &Path, images: &[String]) -> anyhow::Result<()> {
+        let q: Vec<(&str, &str)> = images.iter().map(|i| ("ref", i.as_str())).collect();
+        let bytes = self
+            .send(self.http.get(self.url("/v1/images/archive")).query(&q))
+            .await?
+            .bytes()
+            .await?;
+        let tmp = output.with_extension("partial");
+        tokio::fs::write(&tmp, &bytes)
+            .await
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+        tokio::fs::rename(&tmp, output)
+            .await
+            .with_context(|| format!("failed to write {}", output.display()))?;
+        Ok(())
+    }
+
+    pub(crate) async fn load(&self, input: &Path) -> anyhow::Result<()> {
+        let tar = tokio::fs::read(input)
+            .await
+            .with_context(|| format!("failed to read {}", input.display()))?;
+        let loaded: Vec<LoadedImage> = self
+            .send(self.http.post(self.url("/v1/images")).body(tar))
+            .await?
+            .json()
+            .await?;
+        for l in loaded {
+            if l.tags.is_empty() {
+                println!("Loaded image ID: {}", l.id);
+            }
+            for t in l.tags {
+                println!("Loaded image: {t}");
+            }
+        }
         Ok(())
     }
 
@@ -172,6 +281,17 @@ fn age(ms: u64) -> String {
         60..3600 => format!("{}m", s / 60),
         3600..86400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Docker-style sizes: 512B, 1.5kB, 12.3MB (decimal units, as `docker images`).
+fn human_size(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        _ if n < 1e3 => format!("{n}B"),
+        _ if n < 1e6 => format!("{:.1}kB", n / 1e3),
+        _ if n < 1e9 => format!("{:.1}MB", n / 1e6),
+        _ => format!("{:.2}GB", n / 1e9),
     }
 }
 

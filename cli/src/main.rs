@@ -44,11 +44,11 @@ struct ClientOpts {
 enum Command {
     /// Run a node in the foreground: API, ingress, supervisor.
     Up(UpArgs),
-    /// Deploy (or redeploy) a .wasm file as an app.
+    /// Deploy (or redeploy) an app from a .wasm file or an image on the node.
     Deploy {
-        /// The .wasm file.
-        file: PathBuf,
-        /// App name (a DNS label); default: the file name without .wasm.
+        /// A .wasm file (uploaded), or the name or id of an image on the node.
+        source: String,
+        /// App name (a DNS label); default: the file or image name.
         #[arg(long)]
         name: Option<String>,
         /// Environment variable KEY=VALUE (repeatable).
@@ -69,6 +69,63 @@ enum Command {
         /// Host the app may call over HTTP (repeatable; `*` for any).
         #[arg(long = "allow-host")]
         allow_hosts: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Build an image from skiff.toml or a Dockerfile and load it into the node.
+    Build {
+        /// Name and tag, e.g. my-web-app or my-web-app:v1.
+        #[arg(short = 't', long = "tag")]
+        tag: String,
+        /// Build file (default: DIR/skiff.toml, else DIR/Dockerfile).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Build context.
+        dir: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List images.
+    Images {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Existing name or id.
+        source: String,
+        /// New name[:tag].
+        target: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove image names (and images nothing names or runs).
+    Rmi {
+        /// Remove even the last name of an image an app runs.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Write images to an OCI layout tarball.
+    Save {
+        /// Output file.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Load images from an OCI layout tarball.
+    Load {
+        /// Input file.
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -162,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Deploy {
-            file,
+            source,
             name,
             env,
             memory,
@@ -172,13 +229,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             allow_hosts,
             client,
         } => {
+            let file = PathBuf::from(&source);
+            let is_file = file.exists() || source.ends_with(".wasm");
             let name = match name {
                 Some(n) => n,
-                None => file
+                None if is_file => file
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .map(|s| s.replace('_', "-").to_ascii_lowercase())
                     .context("cannot derive an app name from the file name; pass --name")?,
+                None => source
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&source)
+                    .split([':', '@'])
+                    .next()
+                    .unwrap_or(&source)
+                    .to_string(),
             };
             let params = DeployParams {
                 env,
@@ -187,10 +254,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 replicas,
                 concurrency,
                 allowed_hosts: allow_hosts,
-                image: None,
+                image: (!is_file).then(|| source.clone()),
             };
-            Client::new(&client)?.deploy(&file, &name, &params).await
+            Client::new(&client)?
+                .deploy(is_file.then_some(file.as_path()), &name, &params)
+                .await
         }
+        Command::Build {
+            tag,
+            file,
+            dir,
+            client,
+        } => {
+            Client::new(&client)?
+                .build(&tag, file.as_deref(), &dir)
+                .await
+        }
+        Command::Images { client } => Client::new(&client)?.images().await,
+        Command::Tag {
+            source,
+            target,
+            client,
+        } => Client::new(&client)?.tag(&source, &target).await,
+        Command::Rmi {
+            force,
+            images,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            for image in images {
+                c.rmi(&image, force).await?;
+                println!("Untagged: {image}");
+            }
+            Ok(())
+        }
+        Command::Save {
+            output,
+            images,
+            client,
+        } => Client::new(&client)?.save(&output, &images).await,
+        Command::Load { input, client } => Client::new(&client)?.load(&input).await,
         Command::Apps { client } => Client::new(&client)?.apps().await,
         Command::Inspect { name, client } => Client::new(&client)?.inspect(&name).await,
         Command::Logs {

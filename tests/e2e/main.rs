@@ -5,6 +5,7 @@ mod harness;
 mod api;
 mod bounds;
 mod cli;
+mod images;
 mod kinds;
 mod lifecycle;
 mod observe;

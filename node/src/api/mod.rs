@@ -209,11 +209,40 @@ async fn put_app(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = app_name(name)?;
-    let params =
-        DeployParams::from_pairs(form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
-            .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
     let cap = shared.config.upload_cap;
+    let checked = app_name(name).and_then(|name| {
+        DeployParams::from_pairs(form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
+            .map(|params| (name, params))
+            .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))
+    });
+    let (name, params) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            // The client is authenticated and the upload within bounds: read it to the
+            // end (up to the cap) so the client sees this answer instead of a reset.
+            discard(&mut body.into_data_stream(), cap).await;
+            return Err(e);
+        }
+    };
+    if let Some(image) = params.image.clone() {
+        let mut stream = body.into_data_stream();
+        if let Some(Ok(chunk)) = stream.next().await
+            && !chunk.is_empty()
+        {
+            discard(&mut stream, cap).await;
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "give the app either a body (a .wasm) or image=, not both",
+            ));
+        }
+        let (created, status) = shared.apps.deploy_image(name, params, &image).await?;
+        let code = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((code, Json(status)).into_response());
+    }
     let too_large = || ApiError::too_large(format!("upload is larger than the {cap}-byte limit"));
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -1,0 +1,288 @@
+//! Images: build, list, tag, rmi, save/load, and static sites built from the nginx example.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::harness::{Node, SKIFF, hello_wasm};
+
+async fn skiff(node: &Node, args: &[&str]) -> Output {
+    tokio::process::Command::new(SKIFF)
+        .args(args)
+        .env("SKIFF_API", &node.api)
+        .env("SKIFF_TOKEN", &node.token)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "skiff failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "skiff should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The classic nginx example: a Dockerfile and an html folder.
+fn nginx_example(dir: &Path) {
+    std::fs::create_dir_all(dir.join("html/docs")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\nEXPOSE 80\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("html/index.html"),
+        "<h1>Hello from the nginx example</h1>\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("html/docs/index.html"), "<h1>docs</h1>\n").unwrap();
+    std::fs::write(dir.join("html/404.html"), "<h1>not here</h1>\n").unwrap();
+    std::fs::write(dir.join("html/app.js"), "console.log('plain')\n").unwrap();
+    std::fs::write(dir.join("html/app.js.gz"), b"\x1f\x8b-pretend-gzip").unwrap();
+    std::fs::write(dir.join("html/big.txt"), "0123456789".repeat(1000)).unwrap();
+}
+
+async fn raw_get(node: &Node, path: &str) -> String {
+    let mut sock = tokio::net::TcpStream::connect(node.ingress).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    sock.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn the_nginx_example_builds_and_serves_like_nginx() {
+    let node = Node::start().await;
+    let ctx = tempfile::tempdir().unwrap();
+    nginx_example(ctx.path());
+    let out = ok(&skiff(
+        &node,
+        &["build", "-t", "my-web-app", ctx.path().to_str().unwrap()],
+    )
+    .await);
+    assert!(out.contains("my-web-app:latest (static)"), "{out}");
+    let again = ok(&skiff(
+        &node,
+        &["build", "-t", "my-web-app:v2", ctx.path().to_str().unwrap()],
+    )
+    .await);
+    assert_eq!(
+        out.split(' ').next(),
+        again.split(' ').next(),
+        "reproducible: same digest"
+    );
+
+    let table = ok(&skiff(&node, &["images"]).await);
+    assert!(table.starts_with("REPOSITORY"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("my-web-app") && l.contains(" latest ") && l.contains("static")),
+        "{table}"
+    );
+
+    ok(&skiff(&node, &["deploy", "my-web-app", "--name", "web"]).await);
+    let (s, body) = node.get("web", "/").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "<h1>Hello from the nginx example</h1>\n")
+    );
+
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        c.get(format!("http://{}{path}", node.ingress))
+            .header("host", "web.localhost")
+    };
+    let r = get("/docs").send().await.unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "/docs/");
+    let r = get("/nope").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().await.unwrap(), "<h1>not here</h1>\n");
+    let r = get("/index.html").send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/html");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let last_modified = r.headers()["last-modified"].to_str().unwrap().to_string();
+    assert_eq!(
+        get("/index.html")
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    assert_eq!(
+        get("/index.html")
+            .header("if-modified-since", &last_modified)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    let r = get("/big.txt")
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 10-19/10000");
+    assert_eq!(r.text().await.unwrap(), "0123456789");
+    assert_eq!(
+        get("/big.txt")
+            .header("range", "bytes=20000-")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        416
+    );
+    let r = c
+        .head(format!("http://{}/big.txt", node.ingress))
+        .header("host", "web.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["content-length"].to_str().unwrap()
+        ),
+        (200, "10000")
+    );
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    let r = c
+        .post(format!("http://{}/", node.ingress))
+        .header("host", "web.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = get("/app.js")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(r.headers()["content-type"], "text/javascript");
+
+    // Nothing outside the site root, however the path is spelled.
+    for evil in [
+        "/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2f..%2fetc%2fpasswd",
+        "/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/index.html%00.js",
+        "/docs/../../Dockerfile",
+    ] {
+        let raw = raw_get(&node, evil).await;
+        let status: u16 = raw[9..12].parse().unwrap();
+        assert!(status == 400 || status == 404, "{evil}: {raw}");
+        assert!(
+            !raw.contains("root:") && !raw.contains("FROM nginx"),
+            "{evil} leaked: {raw}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn save_load_tag_and_rmi() {
+    let a = Node::start().await;
+    let b = Node::start().await;
+    let ctx = tempfile::tempdir().unwrap();
+    nginx_example(ctx.path());
+    ok(&skiff(
+        &a,
+        &["build", "-t", "site:v1", ctx.path().to_str().unwrap()],
+    )
+    .await);
+    a.deploy_ok("hello", hello_wasm(), "").await;
+    let tar = ctx.path().join("images.tar");
+    ok(&skiff(
+        &a,
+        &["save", "-o", tar.to_str().unwrap(), "site:v1", "hello"],
+    )
+    .await);
+    let loaded = ok(&skiff(&b, &["load", "-i", tar.to_str().unwrap()]).await);
+    assert!(
+        loaded.contains("Loaded image: site:v1") && loaded.contains("Loaded image: hello:latest"),
+        "{loaded}"
+    );
+    let list_a: Value = a.api_get("/v1/images").await.json().await.unwrap();
+    let list_b: Value = b.api_get("/v1/images").await.json().await.unwrap();
+    let ids = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&list_a), ids(&list_b), "same ids on both nodes");
+    ok(&skiff(&b, &["deploy", "hello"]).await);
+    ok(&skiff(&b, &["deploy", "site:v1", "--name", "site"]).await);
+    assert_eq!(b.get("hello", "/").await.0, 200);
+    assert_eq!(b.get("site", "/").await.0, 200);
+
+    ok(&skiff(&b, &["tag", "site:v1", "site:stable"]).await);
+    ok(&skiff(&b, &["rmi", "site:v1"]).await);
+    let e = err(&skiff(&b, &["rmi", "site:stable"]).await);
+    assert!(e.contains("used by app site"), "{e}");
+    ok(&skiff(&b, &["rm", "site"]).await);
+    ok(&skiff(&b, &["rmi", "site:stable"]).await);
+    let e = err(&skiff(&b, &["rmi", "site:stable"]).await);
+    assert!(e.contains("not found"), "{e}");
+    let e = err(&skiff(&b, &["deploy", "site:v1", "--name", "again"]).await);
+    assert!(e.contains("not found"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_builds_and_archives_are_one_line_errors() {
+    let node = Node::start().await;
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM nginx\nRUN rm -rf /\n").unwrap();
+    let e = err(&skiff(&node, &["build", "-t", "bad", ctx.path().to_str().unwrap()]).await);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("Dockerfile:2: RUN is not supported"), "{e}");
+
+    let junk = ctx.path().join("junk.tar");
+    std::fs::write(&junk, b"definitely not a tarball").unwrap();
+    let e = err(&skiff(&node, &["load", "-i", junk.to_str().unwrap()]).await);
+    assert_eq!(e.lines().count(), 1, "{e}");
+
+    // A blob whose bytes do not match its name.
+    let mut t = tar::Builder::new(Vec::new());
+    let name = format!("blobs/sha256/{}", "b".repeat(64));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    t.append_data(&mut h, &name, &b"wrong"[..]).unwrap();
+    std::fs::write(&junk, t.into_inner().unwrap()).unwrap();
+    let e = err(&skiff(&node, &["load", "-i", junk.to_str().unwrap()]).await);
+    assert!(e.contains("does not match its digest"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(node.dir.join("images/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing partial was kept"
+    );
+}
