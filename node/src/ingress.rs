@@ -141,7 +141,7 @@ async fn handle(
     let start = Instant::now();
     let result = container.workload().handle(req, info).await;
     let elapsed = start.elapsed().as_secs_f64();
-    if !matches!(result, Err(HandleError::Instantiate(_))) {
+    if container.workload().instantiates() && !matches!(result, Err(HandleError::Instantiate(_))) {
         shared.metrics.instance_start(&label);
     }
     let mut response = match result {

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -36,7 +36,7 @@ pub struct StaticSite {
     root: Dir,
     /// Distinguishes this image's ETags from any other's.
     tag: String,
-    cache: Mutex<Cache>,
+    cache: RwLock<Cache>,
 }
 
 /// Paths looked up so far, including directories and misses (so a missing `.gz`
@@ -56,6 +56,8 @@ struct Entry {
     len: u64,
     etag: String,
     last_modified: SystemTime,
+    /// `last_modified` formatted once, as sent.
+    last_modified_http: String,
     content_type: HeaderValue,
     encoding: Option<&'static str>,
 }
@@ -81,7 +83,7 @@ impl StaticSite {
         Ok(Self {
             root,
             tag: image_tag.to_string(),
-            cache: Mutex::new(Cache::default()),
+            cache: RwLock::new(Cache::default()),
         })
     }
 
@@ -156,7 +158,7 @@ impl StaticSite {
     fn resolve(&self, file: &str, original: &str, encoding: Option<&'static str>) -> Found {
         if let Some(found) = self
             .cache
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .paths
             .get(file)
@@ -164,7 +166,7 @@ impl StaticSite {
             return found.clone();
         }
         let (found, cost) = self.load(file, original, encoding);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.paths.len() < CACHE_PATHS && cache.bytes + cost <= CACHE_BUDGET {
             cache.bytes += cost;
             cache.paths.insert(file.to_string(), found.clone());
@@ -214,6 +216,7 @@ impl StaticSite {
             len,
             etag,
             last_modified,
+            last_modified_http: httpdate::fmt_http_date(last_modified),
             content_type,
             encoding,
         };
@@ -227,10 +230,10 @@ impl StaticSite {
         head: bool,
         status: StatusCode,
     ) -> Response<ResponseBody> {
-        let last_modified = httpdate::fmt_http_date(e.last_modified);
+        let last_modified = &e.last_modified_http;
         let mut builder = Response::builder()
             .header(header::CONTENT_TYPE, e.content_type.clone())
-            .header(header::LAST_MODIFIED, &last_modified)
+            .header(header::LAST_MODIFIED, last_modified)
             .header(header::ETAG, &e.etag)
             .header(header::ACCEPT_RANGES, "bytes");
         if let Some(enc) = e.encoding {
@@ -241,7 +244,7 @@ impl StaticSite {
         if status == StatusCode::OK && not_modified(req, e) {
             return finish(builder.status(StatusCode::NOT_MODIFIED), empty());
         }
-        let range = if status == StatusCode::OK && if_range_holds(req, e, &last_modified) {
+        let range = if status == StatusCode::OK && if_range_holds(req, e, last_modified) {
             req.get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .map(|r| parse_range(r, e.len))

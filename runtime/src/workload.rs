@@ -44,6 +44,11 @@ impl fmt::Debug for Workload {
 }
 
 impl Workload {
+    /// Whether each request creates a Wasm instance (static sites do not).
+    pub fn instantiates(&self) -> bool {
+        !matches!(self, Workload::Static(_))
+    }
+
     /// Serves one request in a fresh instance, bounded by the container's limits.
     pub async fn handle<B>(
         &self,
