@@ -86,46 +86,18 @@ async fn remove_stops_serving_and_rmi_frees_the_image() {
     assert_eq!(images[0]["used_by"][0], "gone");
 
     // An image in use keeps its last name unless forced.
-    let r = node
-        .http
-        .delete(format!("{}/v1/images?ref=gone", node.api))
-        .bearer_auth(&node.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let r = node
-        .http
-        .delete(format!("{}/v1/apps/gone", node.api))
-        .bearer_auth(&node.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(node.api_delete("/v1/images?ref=gone").await, 409);
+    assert_eq!(node.api_delete("/v1/apps/gone").await, 204);
     assert_eq!(node.get("gone", "/").await.0, 404);
     assert_eq!(node.api_get("/v1/apps/gone").await.status(), 404);
-    let r = node
-        .http
-        .delete(format!("{}/v1/apps/gone", node.api))
-        .bearer_auth(&node.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(node.api_delete("/v1/apps/gone").await, 404);
     assert_eq!(
         std::fs::read_dir(&blobs).unwrap().count(),
         3,
         "removing an app keeps its image, as docker rm does"
     );
 
-    let r = node
-        .http
-        .delete(format!("{}/v1/images?ref=gone", node.api))
-        .bearer_auth(&node.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(node.api_delete("/v1/images?ref=gone").await, 204);
     assert_eq!(
         std::fs::read_dir(&blobs).unwrap().count(),
         0,

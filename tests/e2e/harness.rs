@@ -214,6 +214,18 @@ impl Node {
             .unwrap()
     }
 
+    /// An authenticated API DELETE; returns the status.
+    pub async fn api_delete(&self, path: &str) -> u16 {
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    }
+
     /// A request to `app` through the ingress (Host: `<app>.localhost`).
     pub fn app(&self, method: reqwest::Method, app: &str, path: &str) -> reqwest::RequestBuilder {
         self.http

@@ -113,6 +113,12 @@ pub struct Compiled {
     pub took: Duration,
 }
 
+/// Code linked against skiff's imports, ready to instantiate.
+enum Linked {
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
+    Wagi(wasmtime::InstancePre<WagiState>),
+}
+
 #[derive(Clone)]
 enum Code {
     Component(Component),
@@ -327,26 +333,7 @@ impl Runtime {
     /// Checks that the code's imports are all ones skiff provides, without making a
     /// container: a deploy calls this before it changes anything.
     pub fn check_links(&self, compiled: &Compiled) -> Result<(), PrepareError> {
-        match &compiled.code {
-            Code::Component(c) => self
-                .inner
-                .component_linker
-                .instantiate_pre(c)
-                .map(drop)
-                .map_err(|e| PrepareError {
-                    kind: AppKind::Http,
-                    message: format!("{e:#}"),
-                }),
-            Code::Module(m) => self
-                .inner
-                .module_linker
-                .instantiate_pre(m)
-                .map(drop)
-                .map_err(|e| PrepareError {
-                    kind: AppKind::Wagi,
-                    message: format!("{e:#}"),
-                }),
-        }
+        self.link(compiled).map(drop)
     }
 
     /// Links compiled code into one container's workload (an `InstancePre`).
@@ -355,30 +342,33 @@ impl Runtime {
         compiled: &Compiled,
         config: ContainerConfig,
     ) -> Result<Workload, PrepareError> {
+        Ok(match self.link(compiled)? {
+            Linked::Http(pre) => Workload::Http(HttpWorkload::new(pre, config)),
+            Linked::Wagi(pre) => Workload::Wagi(WagiWorkload::new(pre, config)),
+        })
+    }
+
+    fn link(&self, compiled: &Compiled) -> Result<Linked, PrepareError> {
+        let failed = |kind| {
+            move |e: wasmtime::Error| PrepareError {
+                kind,
+                message: format!("{e:#}"),
+            }
+        };
         match &compiled.code {
-            Code::Component(c) => {
-                let pre = self
-                    .inner
-                    .component_linker
-                    .instantiate_pre(c)
-                    .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
-                    .map_err(|e| PrepareError {
-                        kind: AppKind::Http,
-                        message: format!("{e:#}"),
-                    })?;
-                Ok(Workload::Http(HttpWorkload::new(pre, config)))
-            }
-            Code::Module(m) => {
-                let pre =
-                    self.inner
-                        .module_linker
-                        .instantiate_pre(m)
-                        .map_err(|e| PrepareError {
-                            kind: AppKind::Wagi,
-                            message: format!("{e:#}"),
-                        })?;
-                Ok(Workload::Wagi(WagiWorkload::new(pre, config)))
-            }
+            Code::Component(c) => self
+                .inner
+                .component_linker
+                .instantiate_pre(c)
+                .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
+                .map(Linked::Http)
+                .map_err(failed(AppKind::Http)),
+            Code::Module(m) => self
+                .inner
+                .module_linker
+                .instantiate_pre(m)
+                .map(Linked::Wagi)
+                .map_err(failed(AppKind::Wagi)),
         }
     }
 }
