@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
-use skiff_gateway::RoutingTable;
 use skiff_image::oci::{Descriptor, RunConfig};
 use skiff_image::{
     ImageError, ImageName, ImageStore, ImageSummary, Runnable, StagedBlob, detect_kind,
@@ -21,11 +20,16 @@ use skiff_runtime::{Compiled, ContainerConfig, LogBook, Runtime, StaticSite, Wor
 use skiff_spec::api::AppStatus;
 use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
 use tokio::sync::{Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+mod standalone;
+
+pub use standalone::RunRequest;
 
 use crate::api::ApiError;
 use crate::container::{Container, ContainerState};
-use crate::metrics::Metrics;
+use crate::ingress::Ingress;
 use crate::state::{AppRecord, StateStore};
 
 /// Lines of output kept per app.
@@ -116,10 +120,16 @@ pub struct Apps {
     /// Extracted static sites, by image digest.
     sites: PathBuf,
     state: Arc<StateStore>,
-    table: Arc<RoutingTable<Container>>,
-    metrics: Arc<Metrics>,
+    /// Routing table and metrics, shared with the ingress listeners.
+    ingress: Arc<Ingress>,
     /// One deploy or removal at a time changes the app map; compiles run outside it.
     apps: Mutex<HashMap<AppName, AppEntry>>,
+    /// `skiff run` containers by id. Locked after `apps` when both are needed.
+    standalone: Mutex<HashMap<String, standalone::Standalone>>,
+    /// Stops published-port listeners with the node.
+    shutdown: CancellationToken,
+    /// How long stopping listeners wait for requests in flight.
+    drain: Duration,
     /// `http://{name}.{domain}:{port}/`
     url_suffix: String,
 }
@@ -130,19 +140,22 @@ impl Apps {
         images: Arc<ImageStore>,
         sites: PathBuf,
         state: Arc<StateStore>,
-        table: Arc<RoutingTable<Container>>,
-        metrics: Arc<Metrics>,
+        ingress: Arc<Ingress>,
         url_suffix: String,
+        shutdown: CancellationToken,
+        drain: Duration,
     ) -> Self {
         Self {
             runtime,
             images,
             sites,
             state,
-            table,
-            metrics,
+            ingress,
             apps: Mutex::new(HashMap::new()),
+            standalone: Mutex::new(HashMap::new()),
             url_suffix,
+            shutdown,
+            drain,
         }
     }
 
@@ -184,8 +197,9 @@ impl Apps {
             }
             apps.insert(name, entry);
         }
-        self.metrics.set_apps(apps.len());
-        Ok(())
+        self.ingress.metrics.set_apps(apps.len());
+        drop(apps);
+        self.restore_standalone().await
     }
 
     async fn summary(&self, digest: Digest) -> Result<ImageSummary, ApiError> {
@@ -258,7 +272,8 @@ impl Apps {
                 }
                 other => ApiError::internal(other),
             })?;
-        self.metrics
+        self.ingress
+            .metrics
             .compile(compiled.from_cache, compiled.took.as_secs_f64());
         self.runtime
             .check_links(&compiled)
@@ -322,7 +337,7 @@ impl Apps {
         name: &AppName,
         containers: &[Arc<Container>],
     ) -> Option<Arc<skiff_gateway::Backends<Container>>> {
-        self.table.set(name.as_str(), containers.to_vec())
+        self.ingress.table.set(name.as_str(), containers.to_vec())
     }
 
     /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
@@ -440,7 +455,7 @@ impl Apps {
                 message: None,
             },
         );
-        self.metrics.set_apps(apps.len());
+        self.ingress.metrics.set_apps(apps.len());
         if let Some(old) = old {
             self.retire(old.containers, &old.record.spec);
         }
@@ -514,9 +529,9 @@ impl Apps {
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
-        self.table.remove(name.as_str());
+        self.ingress.table.remove(name.as_str());
         let entry = apps.remove(name).expect("checked above");
-        self.metrics.set_apps(apps.len());
+        self.ingress.metrics.set_apps(apps.len());
         self.retire(entry.containers, &entry.record.spec);
         self.collect_garbage(&apps).await;
         info!(app = %name, "app removed");
@@ -578,6 +593,7 @@ impl Apps {
 
     /// Stops routing to every container and drains them (node shutdown).
     pub async fn drain_all(&self, grace: Duration) {
+        self.stop_all_standalone().await;
         let apps = self.apps.lock().await;
         let drains = apps
             .values()

@@ -60,7 +60,9 @@ pub struct TransitionError {
 
 /// One replica: its workload, its concurrency permits and its state.
 pub struct Container {
-    /// `<app>-<image short digest>-<n>`.
+    /// 64 random hex digits, as Docker's ids.
+    pub id: String,
+    /// `<app>-<spec hash>-<n>` for replicas, the container's own name otherwise.
     pub name: String,
     /// The app it belongs to.
     pub app: AppName,
@@ -90,7 +92,10 @@ impl Container {
         concurrency: u32,
         started_ms: u64,
     ) -> Self {
+        let mut id = [0u8; 32];
+        getrandom::fill(&mut id).expect("the OS has randomness");
         Self {
+            id: hex::encode(id),
             name,
             app,
             started_ms,

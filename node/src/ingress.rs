@@ -21,13 +21,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::Shared;
+use crate::container::Container;
+use crate::metrics::Metrics;
+use skiff_gateway::Endpoint as _;
 
 /// Accepts connections until `shutdown`, then lets in-flight requests finish (up to
 /// `drain`) before returning.
 pub(crate) async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Ingress>,
+    target: Target,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -56,10 +59,10 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let info = RequestInfo { remote, local };
+        let target = target.clone();
         let service = hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, req, &info).await) }
+            let (shared, target, info) = (shared.clone(), target.clone(), info.clone());
+            async move { Ok::<_, Infallible>(handle(&shared, &target, req, &info).await) }
         });
         let conn = http1::Builder::new()
             .keep_alive(true)
@@ -96,11 +99,28 @@ fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
     r
 }
 
-async fn handle(
-    shared: &Shared,
-    req: Request<Incoming>,
+/// What every ingress listener shares: the domain, the routing table, the metrics.
+pub(crate) struct Ingress {
+    pub(crate) domain: String,
+    pub(crate) table: Arc<skiff_gateway::RoutingTable<Container>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// What a listener serves.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// Every app and container, by `Host: <name>.<domain>` (the ingress).
+    ByHost,
+    /// One container, whatever the Host (a port published with `-p`).
+    Fixed(Arc<Container>),
+}
+
+/// The container a request goes to, or the answer saying why there is none.
+fn pick(
+    shared: &Ingress,
+    req: &Request<Incoming>,
     info: &RequestInfo,
-) -> Response<ResponseBody> {
+) -> Result<Arc<Container>, Response<ResponseBody>> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -108,29 +128,51 @@ async fn handle(
         .or_else(|| req.uri().host())
         .unwrap_or("")
         .to_string();
-    let domain = &shared.config.domain;
+    let domain = &shared.domain;
     let Some(label) = skiff_gateway::host_label(&host, domain) else {
-        return plain(
+        return Err(plain(
             StatusCode::NOT_FOUND,
             format!(
                 "skiff: no app is served at host {host:?}; apps answer at http://<app>.{domain}:{}/",
                 info.local.port()
             ),
-        );
+        ));
     };
     let label = label.to_ascii_lowercase();
     let Some(backends) = shared.table.get(&label) else {
-        return plain(
+        return Err(plain(
             StatusCode::NOT_FOUND,
             format!("skiff: no app named {label:?} on this node"),
-        );
+        ));
     };
-    let Some(container) = backends.pick() else {
-        return plain(
+    backends.pick().ok_or_else(|| {
+        plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("skiff: app {label} has no ready replicas"),
-        );
+        )
+    })
+}
+
+async fn handle(
+    shared: &Ingress,
+    target: &Target,
+    req: Request<Incoming>,
+    info: &RequestInfo,
+) -> Response<ResponseBody> {
+    let container = match target {
+        Target::ByHost => match pick(shared, &req, info) {
+            Ok(c) => c,
+            Err(response) => return response,
+        },
+        Target::Fixed(c) if c.is_ready() => c.clone(),
+        Target::Fixed(c) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("skiff: container {} is not running", c.name),
+            );
+        }
     };
+    let label = container.app.to_string();
     let Some(permit) = container.try_permit() else {
         shared.metrics.request(&label, 503, 0.0);
         return plain(

@@ -41,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::apps::Apps;
-use crate::container::Container;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
 
@@ -94,7 +93,6 @@ pub(crate) struct Shared {
     token: String,
     images: Arc<ImageStore>,
     apps: Apps,
-    table: Arc<RoutingTable<Container>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -205,32 +203,38 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let table = Arc::new(RoutingTable::default());
     let metrics = Arc::new(Metrics::default());
+    let ingress = Arc::new(ingress::Ingress {
+        domain: config.domain.clone(),
+        table: table.clone(),
+        metrics: metrics.clone(),
+    });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
+    let shutdown = CancellationToken::new();
     let apps = Apps::new(
         runtime,
         images.clone(),
         dir.join("sites"),
         state,
-        table.clone(),
-        metrics.clone(),
+        ingress.clone(),
         url_suffix,
+        shutdown.clone(),
+        config.drain_timeout,
     );
     apps.restore().await?;
 
-    let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         config: config.clone(),
         token,
         images,
         apps,
-        table,
         metrics,
         shutdown: shutdown.clone(),
     });
 
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
-        shared.clone(),
+        ingress.clone(),
+        ingress::Target::ByHost,
         shutdown.clone(),
         config.drain_timeout,
     ));

@@ -5,9 +5,36 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use skiff_spec::{AppName, AppSpec};
+use skiff_spec::{AppName, AppSpec, PortMapping, RestartPolicy};
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps/v1");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers/v1");
+
+/// A `skiff run` container as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRecord {
+    /// 64 hex digits.
+    pub id: String,
+    /// What runs (`spec.name` is the container name, one replica).
+    pub spec: AppSpec,
+    /// The image as the user named it.
+    pub image_ref: String,
+    /// Published host ports.
+    pub ports: Vec<PortMapping>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Created (Unix ms).
+    pub created_ms: u64,
+    /// Whether it should be running.
+    pub running: bool,
+    /// Last start (Unix ms).
+    pub started_ms: u64,
+    /// Last stop (Unix ms).
+    pub finished_ms: u64,
+    /// Last exit code.
+    pub exit_code: Option<i32>,
+}
 
 /// An app as persisted: its spec plus bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +90,8 @@ impl StateStore {
         let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
         txn.open_table(APPS)
             .map_err(db_err("create the apps table"))?;
+        txn.open_table(CONTAINERS)
+            .map_err(db_err("create the containers table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Self { db })
     }
@@ -118,6 +147,60 @@ impl StateStore {
                 message: e.to_string(),
             })?;
             out.push(record);
+        }
+        Ok(out)
+    }
+}
+
+impl StateStore {
+    /// Inserts or replaces a container record, durably.
+    pub fn put_container(&self, record: &ContainerRecord) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(record).map_err(db_err("encode a container record"))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        {
+            let mut table = txn
+                .open_table(CONTAINERS)
+                .map_err(db_err("open the containers table"))?;
+            table
+                .insert(record.id.as_str(), bytes.as_slice())
+                .map_err(db_err("write a container"))?;
+        }
+        txn.commit().map_err(db_err("commit"))
+    }
+
+    /// Deletes a container record, durably.
+    pub fn delete_container(&self, id: &str) -> Result<(), StateError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        {
+            let mut table = txn
+                .open_table(CONTAINERS)
+                .map_err(db_err("open the containers table"))?;
+            table.remove(id).map_err(db_err("delete a container"))?;
+        }
+        txn.commit().map_err(db_err("commit"))
+    }
+
+    /// Every container record.
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn
+            .open_table(CONTAINERS)
+            .map_err(db_err("open the containers table"))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err("list containers"))? {
+            let (key, value) = item.map_err(db_err("read a container"))?;
+            out.push(
+                serde_json::from_slice(value.value()).map_err(|e| StateError::Decode {
+                    key: key.value().to_string(),
+                    message: e.to_string(),
+                })?,
+            );
         }
         Ok(out)
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AppKind, Digest, Limits};
+use crate::{AppKind, Digest, Limits, PortMapping, RestartPolicy};
 
 /// Every error answer: `{"error":{"code":"invalid_wasm","message":"..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,4 +115,39 @@ pub struct LoadedImage {
     pub id: Digest,
     /// Names it was tagged with.
     pub tags: Vec<String>,
+}
+
+/// One container as `GET /v1/containers` lists it (what `docker ps` shows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// 64 hex digits.
+    pub id: String,
+    /// Its name (also its host label).
+    pub name: String,
+    /// The image as given (`my-web-app`, `hello:latest`).
+    pub image: String,
+    /// The image's digest.
+    pub image_id: Digest,
+    /// What it runs.
+    pub kind: AppKind,
+    /// `created`, `running`, `exited`.
+    pub state: String,
+    /// When it was created (Unix ms).
+    pub created_ms: u64,
+    /// When it last started (Unix ms; 0 if never).
+    pub started_ms: u64,
+    /// When it last stopped (Unix ms; 0 if never).
+    pub finished_ms: u64,
+    /// Its last exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// Published host ports.
+    pub ports: Vec<PortMapping>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// The deployment that manages it, for replicas; `None` for `skiff run` containers.
+    pub deployment: Option<String>,
+    /// Bounds.
+    pub limits: Limits,
+    /// Environment variable names.
+    pub env_keys: Vec<String>,
 }

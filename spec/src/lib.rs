@@ -9,11 +9,13 @@
 
 pub mod api;
 mod app;
+mod container;
 mod digest;
 mod limits;
 mod name;
 
 pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env};
+pub use container::{PortMapping, RestartPolicy};
 pub use digest::{Digest, DigestError};
 pub use limits::{Limits, parse_bytes, parse_duration};
 pub use name::{AppName, NameError};

@@ -19,6 +19,7 @@ use tracing::error;
 
 use crate::Shared;
 
+mod containers;
 mod images;
 
 /// The API's one error type: a status, a stable code and a message. 4xx carry the
@@ -128,6 +129,27 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/images/tag", axum::routing::post(images::tag))
         .route("/v1/images/archive", get(images::save))
+        .route(
+            "/v1/containers",
+            get(containers::list).post(containers::run),
+        )
+        .route(
+            "/v1/containers/{key}",
+            get(containers::inspect).delete(containers::remove),
+        )
+        .route(
+            "/v1/containers/{key}/stop",
+            axum::routing::post(containers::stop),
+        )
+        .route(
+            "/v1/containers/{key}/start",
+            axum::routing::post(containers::start),
+        )
+        .route(
+            "/v1/containers/{key}/restart",
+            axum::routing::post(containers::restart),
+        )
+        .route("/v1/containers/{key}/logs", get(containers::logs))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -316,6 +338,17 @@ async fn logs(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let name = app_name(name)?;
+    let book = shared.apps.log(&name).await?;
+    log_response(&shared, &book, query)
+}
+
+/// NDJSON lines of `book`: `tail=N|all` first, then, with `follow`, new lines as they
+/// come until the node shuts down or the log is dropped.
+pub(crate) fn log_response(
+    shared: &Shared,
+    book: &skiff_runtime::LogBook,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
     let mut tail = 100usize;
     let mut follow = false;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -341,7 +374,6 @@ async fn logs(
             }
         }
     }
-    let book = shared.apps.log(&name).await?;
     let (past, rx) = book.tail_and_subscribe(tail);
     let encode = |l: &LogLine| {
         let mut s = serde_json::to_string(l).expect("log lines serialize");

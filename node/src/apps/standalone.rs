@@ -1,0 +1,458 @@
+//! `skiff run` containers: the same [`Container`] object a deployment's replicas are,
+//! routed by name through the ingress like them, plus what `docker run` gives a single
+//! container: an id, published host ports, a restart policy, and a stop/start lifecycle
+//! that survives node restarts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use skiff_runtime::LogBook;
+use skiff_spec::api::ContainerInfo;
+use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Apps, LOG_LINES, now_ms};
+use crate::api::ApiError;
+use crate::container::Container;
+use crate::ingress::{self, Target};
+use crate::state::ContainerRecord;
+
+/// What `POST /v1/containers` asks for.
+pub struct RunRequest {
+    /// Image name or id.
+    pub image: String,
+    /// Container name; generated when absent.
+    pub name: Option<String>,
+    /// Env and limits.
+    pub params: DeployParams,
+    /// `-p` mappings.
+    pub ports: Vec<PortMapping>,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+}
+
+/// One `skiff run` container: its record and, while running, its container and ports.
+pub(super) struct Standalone {
+    record: ContainerRecord,
+    log: Arc<LogBook>,
+    running: Option<Running>,
+}
+
+struct Running {
+    container: Arc<Container>,
+    /// Published-port listeners; cancelled on stop.
+    ports: CancellationToken,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+/// Docker-like generated names, made DNS labels since names are host labels here.
+fn generated_name(taken: impl Fn(&str) -> bool) -> String {
+    const ADJECTIVES: &[&str] = &[
+        "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nifty",
+        "quiet", "vivid", "witty", "zen",
+    ];
+    const NOUNS: &[&str] = &[
+        "turing", "hopper", "lovelace", "knuth", "ritchie", "thompson", "liskov", "dijkstra",
+        "hamilton", "curie", "noether", "shannon",
+    ];
+    loop {
+        let mut r = [0u8; 3];
+        let _ = getrandom::fill(&mut r);
+        let mut name = format!(
+            "{}-{}",
+            ADJECTIVES[r[0] as usize % ADJECTIVES.len()],
+            NOUNS[r[1] as usize % NOUNS.len()]
+        );
+        if taken(&name) {
+            name = format!("{name}-{}", r[2]);
+        }
+        if !taken(&name) {
+            return name;
+        }
+    }
+}
+
+fn new_id() -> String {
+    let mut id = [0u8; 32];
+    getrandom::fill(&mut id).expect("the OS has randomness");
+    hex::encode(id)
+}
+
+impl Apps {
+    /// Creates and starts a container from an image (`docker run -d`).
+    pub async fn run(&self, req: RunRequest) -> Result<ContainerInfo, ApiError> {
+        let images = self.images.clone();
+        let reference = req.image.clone();
+        let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::not_found(e.to_string()))?;
+        let summary = self.summary(digest).await?;
+        let apps = self.apps.lock().await;
+        let mut standalone = self.standalone.lock().await;
+        let taken = |n: &str| {
+            AppName::new(n).is_ok_and(|n| apps.contains_key(&n))
+                || standalone
+                    .values()
+                    .any(|s| s.record.spec.name.as_str() == n)
+        };
+        let name = match req.name {
+            Some(n) => {
+                let name = AppName::new(n)
+                    .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+                if taken(name.as_str()) {
+                    return Err(ApiError::conflict(format!(
+                        "the name {name} is already in use by an app or container"
+                    )));
+                }
+                name
+            }
+            None => AppName::new(generated_name(taken)).map_err(ApiError::internal)?,
+        };
+        for p in &req.ports {
+            if standalone
+                .values()
+                .any(|s| s.record.ports.iter().any(|q| q.host_port == p.host_port))
+            {
+                return Err(ApiError::conflict(format!(
+                    "host port {} is already published by another container",
+                    p.host_port
+                )));
+            }
+        }
+        let kind = match &summary.runnable {
+            skiff_image::Runnable::Wasm { kind, .. } => *kind,
+            skiff_image::Runnable::Static { .. } => skiff_spec::AppKind::Static,
+        };
+        let mut spec =
+            super::with_image_defaults(req.params, &summary.run).into_spec(name, digest, kind);
+        spec.replicas = 1;
+        let now = now_ms();
+        let record = ContainerRecord {
+            id: new_id(),
+            spec,
+            image_ref: req.image,
+            ports: req.ports,
+            restart: req.restart,
+            created_ms: now,
+            running: false,
+            started_ms: 0,
+            finished_ms: 0,
+            exit_code: None,
+        };
+        let mut entry = Standalone {
+            record,
+            log: LogBook::new(LOG_LINES),
+            running: None,
+        };
+        self.start_entry(&mut entry).await?;
+        let info = self.info_of(&entry);
+        info!(container = %entry.record.spec.name, id = %&entry.record.id[..12], image = %entry.record.image_ref, "container started");
+        standalone.insert(entry.record.id.clone(), entry);
+        drop(apps);
+        Ok(info)
+    }
+
+    /// Starts a stopped (or new) container: prepares its image, binds its ports, routes
+    /// its name, and persists that it runs. A port that cannot be bound fails the start
+    /// and leaves the container stopped.
+    async fn start_entry(&self, entry: &mut Standalone) -> Result<(), ApiError> {
+        if entry.running.is_some() {
+            return Ok(());
+        }
+        let summary = self.summary(entry.record.spec.image).await?;
+        let prepared = self.prepare(&summary).await?;
+        let mut spec = entry.record.spec.clone();
+        spec.replicas = 1;
+        let container = self
+            .containers(&spec, &prepared, &entry.log)?
+            .pop()
+            .ok_or_else(|| ApiError::internal("no container made"))?;
+        let ports = self.shutdown.child_token();
+        let mut listeners = Vec::new();
+        for p in &entry.record.ports {
+            let addr = std::net::SocketAddr::new(p.host_ip, p.host_port);
+            let listener = match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    ports.cancel();
+                    return Err(ApiError::conflict(format!("cannot publish {addr}: {e}")));
+                }
+            };
+            listeners.push(tokio::spawn(ingress::serve(
+                listener,
+                self.ingress.clone(),
+                Target::Fixed(container.clone()),
+                ports.clone(),
+                self.drain,
+            )));
+        }
+        self.ingress
+            .table
+            .set(spec.name.as_str(), vec![container.clone()]);
+        entry.record.running = true;
+        entry.record.started_ms = now_ms();
+        entry.record.exit_code = None;
+        self.persist(&entry.record).await?;
+        entry.running = Some(Running {
+            container,
+            ports,
+            listeners,
+        });
+        Ok(())
+    }
+
+    /// Stops a running container: unroutes it, closes its ports, lets requests in flight
+    /// finish (up to `grace`), and records exit code 0.
+    async fn stop_entry(
+        &self,
+        entry: &mut Standalone,
+        grace: std::time::Duration,
+    ) -> Result<(), ApiError> {
+        let Some(running) = entry.running.take() else {
+            return Ok(());
+        };
+        self.ingress.table.remove(entry.record.spec.name.as_str());
+        running.ports.cancel();
+        running.container.drain(grace).await;
+        for l in running.listeners {
+            let _ = l.await;
+        }
+        entry.record.running = false;
+        entry.record.finished_ms = now_ms();
+        entry.record.exit_code = Some(0);
+        self.persist(&entry.record).await
+    }
+
+    async fn persist(&self, record: &ContainerRecord) -> Result<(), ApiError> {
+        let state = self.state.clone();
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || state.put_container(&record))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)
+    }
+
+    /// The id of the container named or id-prefixed by `key`.
+    fn find(standalone: &HashMap<String, Standalone>, key: &str) -> Result<String, ApiError> {
+        if let Some(s) = standalone
+            .values()
+            .find(|s| s.record.spec.name.as_str() == key)
+        {
+            return Ok(s.record.id.clone());
+        }
+        let matches: Vec<&String> = standalone
+            .keys()
+            .filter(|id| key.len() >= 4 && id.starts_with(key))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ApiError::not_found(format!("no such container: {key}"))),
+            _ => Err(ApiError::bad_request(
+                "ambiguous",
+                format!("container id {key} is ambiguous; give more digits"),
+            )),
+        }
+    }
+
+    /// `docker stop`.
+    pub async fn stop_container(
+        &self,
+        key: &str,
+        grace: std::time::Duration,
+    ) -> Result<ContainerInfo, ApiError> {
+        let mut standalone = self.standalone.lock().await;
+        let id = Self::find(&standalone, key)
+            .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
+        let entry = standalone.get_mut(&id).expect("found");
+        self.stop_entry(entry, grace).await?;
+        Ok(self.info_of(entry))
+    }
+
+    /// `docker start`.
+    pub async fn start_container(&self, key: &str) -> Result<ContainerInfo, ApiError> {
+        let mut standalone = self.standalone.lock().await;
+        let id = Self::find(&standalone, key)
+            .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
+        let entry = standalone.get_mut(&id).expect("found");
+        self.start_entry(entry).await?;
+        Ok(self.info_of(entry))
+    }
+
+    /// `docker rm [-f]`.
+    pub async fn remove_container(&self, key: &str, force: bool) -> Result<(), ApiError> {
+        let mut standalone = self.standalone.lock().await;
+        let id = Self::find(&standalone, key)
+            .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
+        let entry = standalone.get_mut(&id).expect("found");
+        if entry.running.is_some() {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "container {} is running: stop it first or remove it with -f",
+                    entry.record.spec.name
+                )));
+            }
+            self.stop_entry(entry, std::time::Duration::ZERO).await?;
+        }
+        let state = self.state.clone();
+        let id2 = id.clone();
+        tokio::task::spawn_blocking(move || state.delete_container(&id2))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        let entry = standalone.remove(&id).expect("found");
+        info!(container = %entry.record.spec.name, "container removed");
+        drop(standalone);
+        self.collect_garbage_now().await;
+        Ok(())
+    }
+
+    /// A replica of a deployment is managed by it: say so instead of "not found".
+    fn managed_refusal(&self, key: &str) -> Option<ApiError> {
+        let table = &self.ingress.table;
+        let label = key.split('-').next().unwrap_or(key);
+        table.get(label).and_then(|b| {
+            b.endpoints().iter().find(|c| c.name == key || c.id.starts_with(key)).map(|c| {
+                ApiError::conflict(format!("container {} belongs to deployment {}; change or remove the deployment instead", c.name, c.app))
+            })
+        })
+    }
+
+    /// The log book of a container.
+    pub async fn container_log(&self, key: &str) -> Result<Arc<LogBook>, ApiError> {
+        let standalone = self.standalone.lock().await;
+        if let Ok(id) = Self::find(&standalone, key) {
+            return Ok(standalone[&id].log.clone());
+        }
+        drop(standalone);
+        // A replica's output is in its deployment's log.
+        let apps = self.apps.lock().await;
+        apps.values()
+            .find(|e| {
+                e.containers
+                    .iter()
+                    .any(|c| c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
+            })
+            .map(|e| e.log.clone())
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
+    }
+
+    /// `docker ps [-a]`: standalone containers and the replicas of deployments.
+    pub async fn list_containers(&self, all: bool) -> Vec<ContainerInfo> {
+        let apps = self.apps.lock().await;
+        let standalone = self.standalone.lock().await;
+        let mut out: Vec<ContainerInfo> = standalone
+            .values()
+            .filter(|s| all || s.running.is_some())
+            .map(|s| self.info_of(s))
+            .collect();
+        for e in apps.values() {
+            for c in &e.containers {
+                out.push(ContainerInfo {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: e.record.spec.image.short(),
+                    image_id: e.record.spec.image,
+                    kind: e.record.spec.kind,
+                    state: "running".into(),
+                    created_ms: c.started_ms,
+                    started_ms: c.started_ms,
+                    finished_ms: 0,
+                    exit_code: None,
+                    ports: vec![],
+                    restart: RestartPolicy::Always,
+                    deployment: Some(e.record.spec.name.to_string()),
+                    limits: e.record.spec.limits.clone(),
+                    env_keys: e.record.spec.env.keys().cloned().collect(),
+                });
+            }
+        }
+        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        out
+    }
+
+    /// `docker inspect`.
+    pub async fn inspect_container(&self, key: &str) -> Result<ContainerInfo, ApiError> {
+        let all = self.list_containers(true).await;
+        all.into_iter()
+            .find(|c| c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
+            .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
+    }
+
+    fn info_of(&self, s: &Standalone) -> ContainerInfo {
+        let r = &s.record;
+        let state = match (s.running.is_some(), r.started_ms) {
+            (true, _) => "running",
+            (false, 0) => "created",
+            (false, _) => "exited",
+        };
+        ContainerInfo {
+            id: r.id.clone(),
+            name: r.spec.name.to_string(),
+            image: r.image_ref.clone(),
+            image_id: r.spec.image,
+            kind: r.spec.kind,
+            state: state.into(),
+            created_ms: r.created_ms,
+            started_ms: r.started_ms,
+            finished_ms: r.finished_ms,
+            exit_code: r.exit_code,
+            ports: r.ports.clone(),
+            restart: r.restart,
+            deployment: None,
+            limits: r.spec.limits.clone(),
+            env_keys: r.spec.env.keys().cloned().collect(),
+        }
+    }
+
+    /// Brings back `skiff run` containers after a node start, per restart policy: a
+    /// container that was running when the node died (not stopped) counts as exited
+    /// with 255.
+    pub(super) async fn restore_standalone(&self) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let records = tokio::task::spawn_blocking(move || state.containers()).await??;
+        let mut standalone = self.standalone.lock().await;
+        for mut record in records {
+            let crashed = record.running;
+            if crashed {
+                record.running = false;
+                record.exit_code = Some(255);
+                record.finished_ms = now_ms();
+            }
+            let start = match record.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => record.exit_code.is_some_and(|c| c != 0),
+                RestartPolicy::No => false,
+            };
+            let mut entry = Standalone {
+                record,
+                log: LogBook::new(LOG_LINES),
+                running: None,
+            };
+            if start {
+                if let Err(e) = self.start_entry(&mut entry).await {
+                    warn!(container = %entry.record.spec.name, error = %e, "container could not be restarted");
+                }
+            } else if crashed {
+                self.persist(&entry.record)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            standalone.insert(entry.record.id.clone(), entry);
+        }
+        Ok(())
+    }
+
+    /// Node shutdown: stop every container, recording a clean exit.
+    pub(super) async fn stop_all_standalone(&self) {
+        let mut standalone = self.standalone.lock().await;
+        for entry in standalone.values_mut() {
+            if let Err(e) = self.stop_entry(entry, self.drain).await {
+                warn!(container = %entry.record.spec.name, error = %e, "container did not stop cleanly");
+            }
+        }
+    }
+}
