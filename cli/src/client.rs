@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use skiff_image::{ImageName, ImageStore};
-use skiff_spec::DeployParams;
-use skiff_spec::api::{AppStatus, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream};
+use skiff_spec::api::{
+    AppStatus, ContainerInfo, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream,
+};
+use skiff_spec::{DeployParams, PortMapping, RestartPolicy};
 
 use crate::ClientOpts;
 
@@ -46,6 +48,11 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("cannot reach the skiff API at {}", self.api))?;
+        self.check(resp).await
+    }
+
+    /// The response if it succeeded, else the API's error message as the error.
+    async fn check(&self, resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -219,7 +226,10 @@ impl Client {
 
     pub(crate) async fn inspect(&self, name: &str) -> anyhow::Result<()> {
         let status: serde_json::Value = self
-            .send(self.http.get(self.url(&format!("/v1/apps/{name}"))))
+            .first_found(
+                &[format!("/v1/containers/{name}"), format!("/v1/apps/{name}")],
+                &[],
+            )
             .await?
             .json()
             .await?;
@@ -233,10 +243,12 @@ impl Client {
             query.push(("follow", "true".into()));
         }
         let resp = self
-            .send(
-                self.http
-                    .get(self.url(&format!("/v1/apps/{name}/logs")))
-                    .query(&query),
+            .first_found(
+                &[
+                    format!("/v1/containers/{name}/logs"),
+                    format!("/v1/apps/{name}/logs"),
+                ],
+                &query,
             )
             .await?;
         let mut stream = resp.bytes_stream();
@@ -260,9 +272,157 @@ impl Client {
         Ok(())
     }
 
-    pub(crate) async fn rm(&self, name: &str) -> anyhow::Result<()> {
-        self.send(self.http.delete(self.url(&format!("/v1/apps/{name}"))))
+    /// GETs the first of `paths` that exists: names a container or an app.
+    async fn first_found(
+        &self,
+        paths: &[String],
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        for path in &paths[..paths.len() - 1] {
+            let r = self
+                .http
+                .get(self.url(path))
+                .query(query)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the skiff API at {}", self.api))?;
+            if r.status() != reqwest::StatusCode::NOT_FOUND {
+                return self.check(r).await;
+            }
+        }
+        self.send(
+            self.http
+                .get(self.url(&paths[paths.len() - 1]))
+                .query(query),
+        )
+        .await
+    }
+
+    /// Removes a container by name or id, else an app by name.
+    pub(crate) async fn rm(&self, name: &str, force: bool) -> anyhow::Result<()> {
+        let mut q = vec![];
+        if force {
+            q.push(("force", "true"));
+        }
+        let r = self
+            .http
+            .delete(self.url(&format!("/v1/containers/{name}")))
+            .query(&q)
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+        if let Ok(r) = &r
+            && r.status() == reqwest::StatusCode::NOT_FOUND
+        {
+            self.send(self.http.delete(self.url(&format!("/v1/apps/{name}"))))
+                .await?;
+            return Ok(());
+        }
+        self.check(r.with_context(|| format!("cannot reach the skiff API at {}", self.api))?)
             .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn run(
+        &self,
+        image: &str,
+        name: Option<&str>,
+        ports: &[PortMapping],
+        restart: RestartPolicy,
+        params: &DeployParams,
+    ) -> anyhow::Result<String> {
+        let mut q = params.to_pairs();
+        q.push(("image".into(), image.into()));
+        q.push(("restart".into(), restart.to_string()));
+        if let Some(n) = name {
+            q.push(("name".into(), n.into()));
+        }
+        for p in ports {
+            q.push((
+                "publish".into(),
+                format!("{}:{}:{}", p.host_ip, p.host_port, p.container_port),
+            ));
+        }
+        let info: ContainerInfo = self
+            .send(self.http.post(self.url("/v1/containers")).query(&q))
+            .await?
+            .json()
+            .await?;
+        Ok(info.id)
+    }
+
+    pub(crate) async fn ps(&self, all: bool, quiet: bool) -> anyhow::Result<()> {
+        let q = if all { vec![("all", "true")] } else { vec![] };
+        let list: Vec<ContainerInfo> = self
+            .send(self.http.get(self.url("/v1/containers")).query(&q))
+            .await?
+            .json()
+            .await?;
+        if quiet {
+            for c in list {
+                println!("{}", &c.id[..12]);
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        let rows: Vec<[String; 7]> = list
+            .iter()
+            .map(|c| {
+                let status = match c.state.as_str() {
+                    "running" => format!("Up {}", human_duration(now.saturating_sub(c.started_ms))),
+                    "exited" => format!(
+                        "Exited ({}) {} ago",
+                        c.exit_code.unwrap_or(0),
+                        human_duration(now.saturating_sub(c.finished_ms))
+                    ),
+                    _ => "Created".to_string(),
+                };
+                let ports = c
+                    .ports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                [
+                    c.id[..12].to_string(),
+                    c.image.clone(),
+                    c.kind.to_string(),
+                    format!("{} ago", human_duration(now.saturating_sub(c.created_ms))),
+                    status,
+                    ports,
+                    c.name.clone(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "CONTAINER ID",
+                "IMAGE",
+                "KIND",
+                "CREATED",
+                "STATUS",
+                "PORTS",
+                "NAMES",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn container_action(
+        &self,
+        name: &str,
+        action: &str,
+        time: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let q: Vec<(&str, String)> = time.map(|t| vec![("t", t.to_string())]).unwrap_or_default();
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/containers/{name}/{action}")))
+                .query(&q),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -281,6 +441,21 @@ fn age(ms: u64) -> String {
         60..3600 => format!("{}m", s / 60),
         3600..86400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Docker-style durations: "Less than a second", "5 seconds", "About a minute", "3 hours".
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..60 => format!("{s} seconds"),
+        60..120 => "About a minute".into(),
+        120..3600 => format!("{} minutes", s / 60),
+        3600..7200 => "About an hour".into(),
+        7200..172_800 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
     }
 }
 

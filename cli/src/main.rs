@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use skiff_spec::{DeployParams, parse_bytes, parse_duration, parse_env};
+use skiff_spec::{
+    DeployParams, PortMapping, RestartPolicy, parse_bytes, parse_duration, parse_env,
+};
 
 use crate::client::Client;
 
@@ -155,9 +157,84 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Remove apps.
+    /// Remove containers (or apps, by app name).
     Rm {
-        /// App names.
+        /// Remove running containers too.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Container names or ids, or app names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Run a container from an image, like `docker run`.
+    Run {
+        /// Detach: print the id and return (otherwise follow its logs).
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Container name (a DNS label); generated when absent.
+        #[arg(long)]
+        name: Option<String>,
+        /// Publish a host port: [IP:]HOST:CONTAINER (repeatable).
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<PortMapping>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_parser = parse_env_arg)]
+        env: Vec<(String, String)>,
+        /// Memory limit per instance, e.g. 64m.
+        #[arg(long, short = 'm', value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// Request timeout, e.g. 2s.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Concurrent requests.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Restart policy: no, on-failure, always.
+        #[arg(long, default_value = "no")]
+        restart: RestartPolicy,
+        /// Image name or id.
+        image: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List containers.
+    Ps {
+        /// Show stopped containers too.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only ids.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stop containers (SIGTERM-like: requests in flight finish, up to -t seconds).
+    Stop {
+        /// Seconds to wait for requests in flight.
+        #[arg(short = 't', long = "time", default_value = "10")]
+        time: u64,
+        /// Container names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Start stopped containers.
+    Start {
+        /// Container names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stop, then start containers.
+    Restart {
+        /// Seconds to wait for requests in flight.
+        #[arg(short = 't', long = "time", default_value = "10")]
+        time: u64,
+        /// Container names or ids.
         #[arg(required = true)]
         names: Vec<String>,
         #[command(flatten)]
@@ -302,10 +379,77 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
             client,
         } => Client::new(&client)?.logs(&name, &tail, follow).await,
-        Command::Rm { names, client } => {
+        Command::Rm {
+            force,
+            names,
+            client,
+        } => {
             let c = Client::new(&client)?;
             for name in names {
-                c.rm(&name).await?;
+                c.rm(&name, force).await?;
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::Run {
+            detach,
+            name,
+            publish,
+            env,
+            memory,
+            timeout,
+            concurrency,
+            restart,
+            image,
+            client,
+        } => {
+            let params = DeployParams {
+                env,
+                memory_bytes: memory,
+                timeout,
+                concurrency,
+                ..Default::default()
+            };
+            let c = Client::new(&client)?;
+            let id = c
+                .run(&image, name.as_deref(), &publish, restart, &params)
+                .await?;
+            println!("{id}");
+            if detach {
+                Ok(())
+            } else {
+                c.logs(&id, "all", true).await
+            }
+        }
+        Command::Ps { all, quiet, client } => Client::new(&client)?.ps(all, quiet).await,
+        Command::Stop {
+            time,
+            names,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            for name in names {
+                c.container_action(&name, "stop", Some(time)).await?;
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::Start { names, client } => {
+            let c = Client::new(&client)?;
+            for name in names {
+                c.container_action(&name, "start", None).await?;
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::Restart {
+            time,
+            names,
+            client,
+        } => {
+            let c = Client::new(&client)?;
+            for name in names {
+                c.container_action(&name, "restart", Some(time)).await?;
                 println!("{name}");
             }
             Ok(())

@@ -113,6 +113,18 @@ struct AppEntry {
     message: Option<String>,
 }
 
+/// Where and how the supervisor works.
+pub(crate) struct Settings {
+    /// Directory for extracted static sites.
+    pub(crate) sites: PathBuf,
+    /// `{domain}:{port}/`, for app URLs.
+    pub(crate) url_suffix: String,
+    /// The node's shutdown: published-port listeners stop with it.
+    pub(crate) shutdown: CancellationToken,
+    /// How long stops wait for requests in flight.
+    pub(crate) drain: Duration,
+}
+
 /// The node's apps: desired state, running containers, routes.
 pub struct Apps {
     runtime: Runtime,
@@ -138,13 +150,16 @@ impl Apps {
     pub(crate) fn new(
         runtime: Runtime,
         images: Arc<ImageStore>,
-        sites: PathBuf,
         state: Arc<StateStore>,
         ingress: Arc<Ingress>,
-        url_suffix: String,
-        shutdown: CancellationToken,
-        drain: Duration,
+        settings: Settings,
     ) -> Self {
+        let Settings {
+            sites,
+            url_suffix,
+            shutdown,
+            drain,
+        } = settings;
         Self {
             runtime,
             images,
@@ -423,6 +438,17 @@ impl Apps {
             Runnable::Wasm { kind, .. } => *kind,
             Runnable::Static { .. } => AppKind::Static,
         };
+        if self
+            .standalone
+            .lock()
+            .await
+            .values()
+            .any(|c| c.name() == name.as_str())
+        {
+            return Err(ApiError::conflict(format!(
+                "the name {name} is already used by a container"
+            )));
+        }
         let spec =
             with_image_defaults(params, &summary.run).into_spec(name.clone(), summary.digest, kind);
         let log = apps

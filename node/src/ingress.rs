@@ -120,7 +120,7 @@ fn pick(
     shared: &Ingress,
     req: &Request<Incoming>,
     info: &RequestInfo,
-) -> Result<Arc<Container>, Response<ResponseBody>> {
+) -> Result<Arc<Container>, (StatusCode, String)> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -130,7 +130,7 @@ fn pick(
         .to_string();
     let domain = &shared.domain;
     let Some(label) = skiff_gateway::host_label(&host, domain) else {
-        return Err(plain(
+        return Err((
             StatusCode::NOT_FOUND,
             format!(
                 "skiff: no app is served at host {host:?}; apps answer at http://<app>.{domain}:{}/",
@@ -140,13 +140,13 @@ fn pick(
     };
     let label = label.to_ascii_lowercase();
     let Some(backends) = shared.table.get(&label) else {
-        return Err(plain(
+        return Err((
             StatusCode::NOT_FOUND,
             format!("skiff: no app named {label:?} on this node"),
         ));
     };
     backends.pick().ok_or_else(|| {
-        plain(
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("skiff: app {label} has no ready replicas"),
         )
@@ -162,7 +162,7 @@ async fn handle(
     let container = match target {
         Target::ByHost => match pick(shared, &req, info) {
             Ok(c) => c,
-            Err(response) => return response,
+            Err((status, text)) => return plain(status, text),
         },
         Target::Fixed(c) if c.is_ready() => c.clone(),
         Target::Fixed(c) => {

@@ -210,16 +210,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let shutdown = CancellationToken::new();
-    let apps = Apps::new(
-        runtime,
-        images.clone(),
-        dir.join("sites"),
-        state,
-        ingress.clone(),
+    let settings = apps::Settings {
+        sites: dir.join("sites"),
         url_suffix,
-        shutdown.clone(),
-        config.drain_timeout,
-    );
+        shutdown: shutdown.clone(),
+        drain: config.drain_timeout,
+    };
+    let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;
 
     let shared = Arc::new(Shared {

@@ -5,6 +5,7 @@ mod harness;
 mod api;
 mod bounds;
 mod cli;
+mod containers;
 mod images;
 mod kinds;
 mod lifecycle;

@@ -48,6 +48,12 @@ struct Running {
     listeners: Vec<JoinHandle<()>>,
 }
 
+impl Standalone {
+    pub(super) fn name(&self) -> &str {
+        self.record.spec.name.as_str()
+    }
+}
+
 /// Docker-like generated names, made DNS labels since names are host labels here.
 fn generated_name(taken: impl Fn(&str) -> bool) -> String {
     const ADJECTIVES: &[&str] = &[
@@ -370,7 +376,7 @@ impl Apps {
                 });
             }
         }
-        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_ms));
         out
     }
 

@@ -1,0 +1,301 @@
+//! Docker's verbs for single containers: run, ps, stop, start, restart, rm, logs, inspect.
+
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::harness::{Node, SKIFF, hello_wasm, wait_for};
+
+async fn skiff(node: &Node, args: &[&str]) -> Output {
+    tokio::process::Command::new(SKIFF)
+        .args(args)
+        .env("SKIFF_API", &node.api)
+        .env("SKIFF_TOKEN", &node.token)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "skiff failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "skiff should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn on_port(port: u16, path: &str) -> Result<(u16, String), reqwest::Error> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_ps_stop_start_rm_with_a_published_port() {
+    let node = Node::start().await;
+    node.deploy_ok("hello", hello_wasm(), "env=GREETING=app")
+        .await;
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let id = ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &publish,
+            "-e",
+            "GREETING=box",
+            "--memory",
+            "64m",
+            "hello",
+        ],
+    )
+    .await);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+
+    assert_eq!(
+        on_port(port, "/").await.unwrap(),
+        (200, "box from skiff\n".to_string()),
+        "the published port"
+    );
+    assert_eq!(
+        node.get("web", "/").await,
+        (200, "box from skiff\n".to_string()),
+        "the ingress host route"
+    );
+
+    let ps = ok(&skiff(&node, &["ps"]).await);
+    let header: Vec<&str> = ps
+        .lines()
+        .next()
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "CONTAINER ID",
+            "IMAGE",
+            "KIND",
+            "CREATED",
+            "STATUS",
+            "PORTS",
+            "NAMES"
+        ]
+    );
+    let row = ps
+        .lines()
+        .find(|l| l.ends_with(" web"))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(
+        row.starts_with(&id[..12])
+            && row.contains("Up ")
+            && row.contains(&format!("127.0.0.1:{port}->80/tcp")),
+        "{row}"
+    );
+    assert!(
+        ps.lines().any(|l| l.contains(" hello-")),
+        "deployment replicas are containers too: {ps}"
+    );
+    let quiet = ok(&skiff(&node, &["ps", "-q"]).await);
+    assert!(quiet.lines().any(|l| l == &id[..12]), "{quiet}");
+
+    let e = err(&skiff(&node, &["rm", "web"]).await);
+    assert!(e.contains("is running"), "{e}");
+    let e = err(&skiff(&node, &["run", "-d", "--name", "web", "hello"]).await);
+    assert!(e.contains("already in use"), "{e}");
+    let e = err(&skiff(&node, &["run", "-d", "--name", "hello", "hello"]).await);
+    assert!(
+        e.contains("already in use"),
+        "an app's name is taken too: {e}"
+    );
+    let e = err(&skiff(&node, &["deploy", "hello", "--name", "web"]).await);
+    assert!(e.contains("already used by a container"), "{e}");
+    let e = err(&skiff(
+        &node,
+        &["run", "-d", "--name", "other", "-p", &publish, "hello"],
+    )
+    .await);
+    assert!(
+        e.contains(&port.to_string()),
+        "a taken port is a clear error: {e}"
+    );
+
+    ok(&skiff(&node, &["stop", "-t", "1", "web"]).await);
+    assert!(
+        on_port(port, "/").await.is_err(),
+        "a stopped container's port is closed"
+    );
+    assert_eq!(node.get("web", "/").await.0, 404);
+    let ps = ok(&skiff(&node, &["ps"]).await);
+    assert!(!ps.contains(" web"), "ps hides stopped containers: {ps}");
+    let ps = ok(&skiff(&node, &["ps", "-a"]).await);
+    assert!(
+        ps.lines()
+            .any(|l| l.ends_with(" web") && l.contains("Exited (0)") && l.contains("ago")),
+        "{ps}"
+    );
+
+    ok(&skiff(&node, &["start", "web"]).await);
+    assert_eq!(on_port(port, "/").await.unwrap().0, 200);
+    ok(&skiff(&node, &["restart", &id[..12]]).await);
+    assert_eq!(on_port(port, "/").await.unwrap().0, 200);
+
+    assert_eq!(node.get("web", "/log?from=web").await.0, 200);
+    let logs = ok(&skiff(&node, &["logs", "--tail", "1", "web"]).await);
+    assert!(logs.contains("stderr: hello on stderr: from=web"), "{logs}");
+
+    let inspect: Value =
+        serde_json::from_str(&ok(&skiff(&node, &["inspect", "web"]).await)).unwrap();
+    assert_eq!(inspect["id"], id.as_str());
+    assert_eq!(inspect["limits"]["memory_bytes"], 64 << 20);
+    assert_eq!(inspect["state"], "running");
+
+    let replica = ps
+        .lines()
+        .find(|l| l.contains(" hello-"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let e = err(&skiff(&node, &["stop", &replica]).await);
+    assert!(e.contains("deployment hello"), "{e}");
+
+    ok(&skiff(&node, &["rm", "-f", "web"]).await);
+    assert!(on_port(port, "/").await.is_err());
+    let ps = ok(&skiff(&node, &["ps", "-a"]).await);
+    assert!(!ps.contains(" web"), "{ps}");
+    let e = err(&skiff(&node, &["rm", "web"]).await);
+    assert!(e.contains("not found"), "{e}");
+    assert_eq!(
+        node.get("hello", "/").await,
+        (200, "app from skiff\n".to_string()),
+        "the deployment is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policies_across_node_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_in(dir.path(), &[]).await;
+    node.deploy_ok("hello", hello_wasm(), "").await;
+    let (pa, pn, pf) = (free_port(), free_port(), free_port());
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "always",
+            "--restart",
+            "always",
+            "-p",
+            &format!("{pa}:80"),
+            "hello",
+        ],
+    )
+    .await);
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "never",
+            "--restart",
+            "no",
+            "-p",
+            &format!("{pn}:80"),
+            "hello",
+        ],
+    )
+    .await);
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "flaky",
+            "--restart",
+            "on-failure",
+            "-p",
+            &format!("{pf}:80"),
+            "hello",
+        ],
+    )
+    .await);
+    node.stop().await;
+
+    // A clean stop: `always` comes back, the others stay down (exit 0 is no failure).
+    let node = Node::start_in(dir.path(), &[]).await;
+    assert_eq!(on_port(pa, "/").await.unwrap().0, 200);
+    assert!(on_port(pn, "/").await.is_err());
+    assert!(on_port(pf, "/").await.is_err());
+    let list: Value = node
+        .api_get("/v1/containers?all=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let state = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["state"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        (state("always"), state("never"), state("flaky")),
+        ("running".into(), "exited".into(), "exited".into())
+    );
+
+    // A crash (kill -9) counts as a failure: on-failure comes back too.
+    ok(&skiff(&node, &["start", "flaky", "never"]).await);
+    node.kill9();
+    let node = Node::start_in(dir.path(), &[]).await;
+    assert_eq!(on_port(pa, "/").await.unwrap().0, 200);
+    assert_eq!(on_port(pf, "/").await.unwrap().0, 200);
+    assert!(on_port(pn, "/").await.is_err());
+    let never: Value = node
+        .api_get("/v1/containers/never")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (never["state"].as_str(), never["exit_code"].as_i64()),
+        (Some("exited"), Some(255))
+    );
+    wait_for(
+        "the node to serve the app",
+        std::time::Duration::from_secs(5),
+        || async { (node.get("hello", "/").await.0 == 200).then_some(()) },
+    )
+    .await;
+}
