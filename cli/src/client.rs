@@ -12,6 +12,7 @@ use skiff_spec::api::{
 use skiff_spec::{DeployParams, PortMapping, RestartPolicy};
 
 use crate::ClientOpts;
+use crate::registry::{Reference, Registry};
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -105,6 +106,47 @@ impl Client {
         self.send(self.http.post(self.url("/v1/images")).body(tar))
             .await?;
         println!("{} {name} ({kind})", desc.digest);
+        Ok(())
+    }
+
+    pub(crate) async fn push(
+        &self,
+        image: &str,
+        reference: &str,
+        insecure: bool,
+    ) -> anyhow::Result<()> {
+        let target = Reference::parse(reference)?;
+        let tar = self
+            .send(
+                self.http
+                    .get(self.url("/v1/images/archive"))
+                    .query(&[("ref", image)]),
+            )
+            .await?
+            .bytes()
+            .await?;
+        let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
+        let store = ImageStore::open(scratch.path())?;
+        let loaded = skiff_image::archive::import(&store, tar.as_ref(), u64::MAX)?;
+        let digest = loaded.first().context("the node sent no image")?.digest;
+        Registry::new(target, insecure)?
+            .push(&store, digest)
+            .await?;
+        println!("{reference}: {digest}");
+        Ok(())
+    }
+
+    pub(crate) async fn pull(&self, reference: &str, insecure: bool) -> anyhow::Result<()> {
+        let source = Reference::parse(reference)?;
+        let name = ImageName::parse(&source.local_name())?;
+        let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
+        let store = ImageStore::open(scratch.path())?;
+        let digest = Registry::new(source, insecure)?.pull(&store).await?;
+        let mut tar = Vec::new();
+        skiff_image::archive::export(&store, &[(Some(name.clone()), digest)], &mut tar)?;
+        self.send(self.http.post(self.url("/v1/images")).body(tar))
+            .await?;
+        println!("{name}: {digest}");
         Ok(())
     }
 

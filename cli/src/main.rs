@@ -2,6 +2,7 @@
 //! node's HTTP API (`SKIFF_API`, default `http://127.0.0.1:7700`).
 
 mod client;
+mod registry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,28 @@ enum Command {
         file: Option<PathBuf>,
         /// Build context.
         dir: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Push an image to an OCI registry.
+    Push {
+        /// Image name or id on the node.
+        image: String,
+        /// Where: HOST[:PORT]/REPOSITORY[:TAG].
+        reference: String,
+        /// Allow plain HTTP to a registry that is not on loopback.
+        #[arg(long)]
+        insecure: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Pull an image from an OCI registry into the node.
+    Pull {
+        /// HOST[:PORT]/REPOSITORY[:TAG|@DIGEST].
+        reference: String,
+        /// Allow plain HTTP to a registry that is not on loopback.
+        #[arg(long)]
+        insecure: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -347,6 +370,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .build(&tag, file.as_deref(), &dir)
                 .await
         }
+        Command::Push {
+            image,
+            reference,
+            insecure,
+            client,
+        } => {
+            Client::new(&client)?
+                .push(&image, &reference, insecure)
+                .await
+        }
+        Command::Pull {
+            reference,
+            insecure,
+            client,
+        } => Client::new(&client)?.pull(&reference, insecure).await,
         Command::Images { client } => Client::new(&client)?.images().await,
         Command::Tag {
             source,

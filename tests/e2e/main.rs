@@ -10,3 +10,4 @@ mod images;
 mod kinds;
 mod lifecycle;
 mod observe;
+mod registry;
