@@ -6,7 +6,7 @@
 //! The old containers drain: requests already on them finish, new ones go to the new
 //! containers. No request fails because of a redeploy.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -491,19 +491,33 @@ impl Apps {
         Ok((previous.is_none(), self.status_of(entry)))
     }
 
-    /// The images apps use.
-    pub async fn images_in_use(&self) -> BTreeSet<Digest> {
-        self.apps
-            .lock()
-            .await
-            .values()
-            .map(|e| e.record.spec.image)
-            .collect()
+    /// Who runs each image: app names and container names, by image.
+    pub async fn image_users(&self) -> BTreeMap<Digest, Vec<String>> {
+        let apps = self.apps.lock().await;
+        self.users(&apps).await
     }
 
-    /// Deletes blobs and extracted sites no tagged image and no app refers to.
+    async fn users(&self, apps: &HashMap<AppName, AppEntry>) -> BTreeMap<Digest, Vec<String>> {
+        let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        for e in apps.values() {
+            users
+                .entry(e.record.spec.image)
+                .or_default()
+                .push(format!("app {}", e.record.spec.name));
+        }
+        for c in self.standalone.lock().await.values() {
+            users
+                .entry(c.image())
+                .or_default()
+                .push(format!("container {}", c.name()));
+        }
+        users
+    }
+
+    /// Deletes blobs and extracted sites no tagged image, app or container refers to.
     async fn collect_garbage(&self, apps: &HashMap<AppName, AppEntry>) {
-        let keep: BTreeSet<Digest> = apps.values().map(|e| e.record.spec.image).collect();
+        // Images of apps and of containers (running or stopped) stay.
+        let keep: BTreeSet<Digest> = self.users(apps).await.into_keys().collect();
         let images = self.images.clone();
         let sites = self.sites.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -83,7 +83,7 @@ async fn remove_stops_serving_and_rmi_frees_the_image() {
     let images: Value = node.api_get("/v1/images").await.json().await.unwrap();
     assert_eq!(images[0]["tags"][0], "gone:latest");
     assert_eq!(images[0]["id"], digest.as_str());
-    assert_eq!(images[0]["used_by"][0], "gone");
+    assert_eq!(images[0]["used_by"][0], "app gone");
 
     // An image in use keeps its last name unless forced.
     assert_eq!(node.api_delete("/v1/images?ref=gone").await, 409);

@@ -185,6 +185,24 @@ async fn run_ps_stop_start_rm_with_a_published_port() {
     let e = err(&skiff(&node, &["stop", &replica]).await);
     assert!(e.contains("deployment hello"), "{e}");
 
+    // The image a container runs (even a stopped one) keeps its last name unless forced.
+    ok(&skiff(&node, &["tag", "hello", "boxed"]).await);
+    ok(&skiff(&node, &["run", "-d", "--name", "boxed", "boxed"]).await);
+    ok(&skiff(&node, &["stop", "boxed"]).await);
+    ok(&skiff(&node, &["rmi", "hello"]).await);
+    let e = err(&skiff(&node, &["rmi", "boxed"]).await);
+    assert!(
+        e.contains("container boxed") && e.contains("app hello"),
+        "{e}"
+    );
+    ok(&skiff(&node, &["rmi", "-f", "boxed"]).await);
+    ok(&skiff(&node, &["start", "boxed"]).await);
+    assert_eq!(
+        node.get("boxed", "/").await.0,
+        200,
+        "a forced rmi keeps the data a container runs"
+    );
+
     ok(&skiff(&node, &["rm", "-f", "web"]).await);
     assert!(on_port(port, "/").await.is_err());
     let ps = ok(&skiff(&node, &["ps", "-a"]).await);

@@ -54,16 +54,12 @@ pub(super) async fn list(
 ) -> Result<Json<Vec<ImageStatus>>, ApiError> {
     let images = shared.images.clone();
     let infos = blocking(move || images.list()).await?.map_err(image_err)?;
-    let apps = shared.apps.list().await;
+    let users = shared.apps.image_users().await;
     Ok(Json(
         infos
             .into_iter()
             .map(|i| ImageStatus {
-                used_by: apps
-                    .iter()
-                    .filter(|a| a.image == i.digest)
-                    .map(|a| a.name.clone())
-                    .collect(),
+                used_by: users.get(&i.digest).cloned().unwrap_or_default(),
                 id: i.digest,
                 tags: i.tags,
                 kind: i.kind,
@@ -180,17 +176,15 @@ pub(super) async fn remove(
     };
     let last = removing.len() == tags.len();
     if last && !force {
-        let users: Vec<String> = shared
+        let users = shared
             .apps
-            .list()
+            .image_users()
             .await
-            .into_iter()
-            .filter(|a| a.image == digest)
-            .map(|a| a.name)
-            .collect();
+            .remove(&digest)
+            .unwrap_or_default();
         if !users.is_empty() {
             return Err(ApiError::conflict(format!(
-                "image {reference} is used by app {}; remove the app first or force it (-f)",
+                "image {reference} is used by {}; remove them first or force it (-f)",
                 users.join(", ")
             )));
         }

@@ -52,6 +52,10 @@ impl Standalone {
     pub(super) fn name(&self) -> &str {
         self.record.spec.name.as_str()
     }
+
+    pub(super) fn image(&self) -> skiff_spec::Digest {
+        self.record.spec.image
+    }
 }
 
 /// Docker-like generated names, made DNS labels since names are host labels here.
