@@ -16,6 +16,9 @@ use crate::layer::{LayerFile, write_tar};
 use crate::oci::{self, Descriptor, ImageConfig, RunConfig};
 use crate::{ImageStore, detect_kind};
 
+/// The label carrying an image's routes (comma-separated).
+pub const ROUTES_LABEL: &str = "dev.skiff.routes";
+
 /// Where nginx images serve from; a `FROM nginx` build serves the same directory.
 pub const NGINX_ROOT: &str = "/usr/share/nginx/html";
 
@@ -191,6 +194,9 @@ struct Manifest {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     ports: Vec<u16>,
+    /// Paths the app answers: `/api/...` (prefix) or `/health` (exact).
+    #[serde(default)]
+    routes: Vec<String>,
     #[serde(default)]
     limits: ManifestLimits,
 }
@@ -248,6 +254,16 @@ fn plan_from_manifest(text: &str, file: &str, context: &Path) -> Result<Plan, Bu
     if let Some(c) = m.limits.concurrency {
         run.labels
             .insert("dev.skiff.concurrency".into(), c.to_string());
+    }
+    for r in &m.routes {
+        if !r.starts_with('/') || r.contains([',', ' ', '?', '#']) {
+            return Err(other(format!(
+                "{file}: route {r:?} must be a path like /api/... or /health"
+            )));
+        }
+    }
+    if !m.routes.is_empty() {
+        run.labels.insert(ROUTES_LABEL.into(), m.routes.join(","));
     }
     let content =
         match m.kind {
@@ -746,7 +762,7 @@ mod tests {
         let ctx = context(&[
             ("Dockerfile", b"FROM scratch\nENV A=1 B=\"two words\"\nCOPY app.wasm /app.wasm\nENTRYPOINT [\"/app.wasm\", \"--flag\"]\nLABEL team=web\n"),
             ("app.wasm", &wasm()),
-            ("skiff.toml", b"version = 1\nkind = \"wasm\"\nwasm = \"app.wasm\"\n[env]\nGREETING = \"hi\"\n[limits]\nmemory = \"64MiB\"\n"),
+            ("skiff.toml", b"version = 1\nkind = \"wasm\"\nwasm = \"app.wasm\"\nroutes = [\"/api/...\", \"/health\"]\n[env]\nGREETING = \"hi\"\n[limits]\nmemory = \"64MiB\"\n"),
         ]);
         let out = tempfile::tempdir().unwrap();
         let store = ImageStore::open(out.path()).unwrap();
@@ -764,6 +780,7 @@ mod tests {
         let s = store.summary(&d.digest).unwrap();
         assert_eq!(s.run.env, ["GREETING=hi"]);
         assert_eq!(s.run.labels["dev.skiff.memory"], "64MiB");
+        assert_eq!(s.run.labels[ROUTES_LABEL], "/api/...,/health");
     }
 
     #[test]

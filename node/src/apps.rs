@@ -98,6 +98,23 @@ fn with_image_defaults(mut params: DeployParams, run: &RunConfig) -> DeployParam
     params
 }
 
+/// The spec of an app or container running `summary` under `name`: the deploy's
+/// parameters, the image's defaults for what they leave open, the image's routes.
+fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> AppSpec {
+    let kind = match &summary.runnable {
+        Runnable::Wasm { kind, .. } => *kind,
+        Runnable::Static { .. } => AppKind::Static,
+    };
+    let mut spec = with_image_defaults(params, &summary.run).into_spec(name, summary.digest, kind);
+    spec.routes = summary
+        .run
+        .labels
+        .get(skiff_image::build::ROUTES_LABEL)
+        .map(|r| r.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    spec
+}
+
 /// Now as RFC 3339 (UTC, seconds).
 fn now_rfc3339() -> String {
     skiff_image::build::rfc3339(SystemTime::now())
@@ -339,6 +356,7 @@ impl Apps {
                     workload,
                     spec.limits.concurrency,
                     started,
+                    spec.routes.clone(),
                 );
                 c.transition(ContainerState::Ready)
                     .map_err(ApiError::internal)?;
@@ -434,10 +452,6 @@ impl Apps {
         summary: ImageSummary,
         prepared: Prepared,
     ) -> Result<(bool, AppStatus), ApiError> {
-        let kind = match &summary.runnable {
-            Runnable::Wasm { kind, .. } => *kind,
-            Runnable::Static { .. } => AppKind::Static,
-        };
         if self
             .standalone
             .lock()
@@ -449,8 +463,7 @@ impl Apps {
                 "the name {name} is already used by a container"
             )));
         }
-        let spec =
-            with_image_defaults(params, &summary.run).into_spec(name.clone(), summary.digest, kind);
+        let spec = image_spec(params, &summary, name.clone());
         let log = apps
             .get(&name)
             .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone());

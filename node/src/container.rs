@@ -72,6 +72,8 @@ pub struct Container {
     permits: Arc<Semaphore>,
     concurrency: u32,
     state: Mutex<ContainerState>,
+    /// Paths it answers (empty: all), from its image.
+    routes: Vec<String>,
 }
 
 impl fmt::Debug for Container {
@@ -91,6 +93,7 @@ impl Container {
         workload: Workload,
         concurrency: u32,
         started_ms: u64,
+        routes: Vec<String>,
     ) -> Self {
         let mut id = [0u8; 32];
         getrandom::fill(&mut id).expect("the OS has randomness");
@@ -103,6 +106,7 @@ impl Container {
             permits: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
             state: Mutex::new(ContainerState::Starting),
+            routes,
         }
     }
 
@@ -123,6 +127,11 @@ impl Container {
         }
         *state = next;
         Ok(())
+    }
+
+    /// Whether `path` is one of the routes it answers.
+    pub fn serves(&self, path: &str) -> bool {
+        skiff_spec::route_matches(&self.routes, path)
     }
 
     /// The code it runs.

@@ -139,18 +139,24 @@ fn pick(
         ));
     };
     let label = label.to_ascii_lowercase();
-    let Some(backends) = shared.table.get(&label) else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            format!("skiff: no app named {label:?} on this node"),
-        ));
-    };
-    backends.pick().ok_or_else(|| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("skiff: app {label} has no ready replicas"),
-        )
-    })
+    // A redeploy swaps the route, then drains the old replicas: a request that loaded the
+    // old set just before the swap may find none of it ready. The table already holds the
+    // new set by then, so look once more before answering 503.
+    for _ in 0..2 {
+        let Some(backends) = shared.table.get(&label) else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("skiff: no app named {label:?} on this node"),
+            ));
+        };
+        if let Some(container) = backends.pick() {
+            return Ok(container);
+        }
+    }
+    Err((
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("skiff: app {label} has no ready replicas"),
+    ))
 }
 
 async fn handle(
@@ -173,6 +179,12 @@ async fn handle(
         }
     };
     let label = container.app.to_string();
+    if !container.serves(req.uri().path()) {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("skiff: app {label} has no route for {}", req.uri().path()),
+        );
+    }
     let Some(permit) = container.try_permit() else {
         shared.metrics.request(&label, 503, 0.0);
         return plain(

@@ -50,6 +50,25 @@ pub struct AppSpec {
     /// Hosts (`host` or `host:port`, or `*`) the app may send outgoing HTTP requests to.
     /// Empty: none.
     pub allowed_hosts: Vec<String>,
+    /// Paths the app answers, Spin-style: `/api/...` is a prefix, `/health` exact.
+    /// Empty: every path. Set by the image (`routes` in skiff.toml).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
+
+/// Whether `path` is one of `routes` (an empty list takes every path).
+pub fn route_matches(routes: &[String], path: &str) -> bool {
+    routes.is_empty()
+        || routes.iter().any(|r| match r.strip_suffix("/...") {
+            Some(prefix) => {
+                prefix.is_empty()
+                    || path == prefix
+                    || path
+                        .strip_prefix(prefix)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            None => path == r,
+        })
 }
 
 /// The knobs of a deploy, as the API takes them in the query string of
@@ -209,6 +228,7 @@ impl DeployParams {
             },
             replicas: self.replicas.unwrap_or(1),
             allowed_hosts: self.allowed_hosts,
+            routes: Vec::new(),
         }
     }
 }
@@ -253,6 +273,20 @@ mod tests {
         assert_eq!(spec.limits.concurrency, Limits::default().concurrency);
         assert_eq!(spec.replicas, 2);
         assert_eq!(spec.allowed_hosts, ["example.com:8080"]);
+    }
+
+    #[test]
+    fn routes_match_like_spin() {
+        let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(route_matches(&[], "/anything"));
+        assert!(route_matches(&r(&["/..."]), "/x/y"));
+        let api = r(&["/api/...", "/health"]);
+        assert!(route_matches(&api, "/api"));
+        assert!(route_matches(&api, "/api/users/1"));
+        assert!(route_matches(&api, "/health"));
+        assert!(!route_matches(&api, "/apix"));
+        assert!(!route_matches(&api, "/health/deep"));
+        assert!(!route_matches(&api, "/"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod digest;
 mod limits;
 mod name;
 
-pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env};
+pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_matches};
 pub use container::{PortMapping, RestartPolicy};
 pub use digest::{Digest, DigestError};
 pub use limits::{Limits, parse_bytes, parse_duration};

@@ -286,3 +286,60 @@ async fn bad_builds_and_archives_are_one_line_errors() {
         "nothing partial was kept"
     );
 }
+
+#[tokio::test]
+async fn skiff_toml_builds_with_env_limits_and_routes() {
+    let node = Node::start().await;
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("hello.wasm"), hello_wasm()).unwrap();
+    std::fs::write(
+        ctx.path().join("skiff.toml"),
+        "version = 1\nkind = \"wasm\"\nwasm = \"hello.wasm\"\nroutes = [\"/\", \"/env\", \"/api/...\"]\n[env]\nGREETING = \"built\"\n[limits]\nmemory = \"48MiB\"\ntimeout = \"3s\"\n",
+    )
+    .unwrap();
+    ok(&skiff(
+        &node,
+        &["build", "-t", "toml-app:v1", ctx.path().to_str().unwrap()],
+    )
+    .await);
+    ok(&skiff(&node, &["deploy", "toml-app:v1", "--name", "t"]).await);
+    assert_eq!(
+        node.get("t", "/").await,
+        (200, "built from skiff\n".to_string()),
+        "env from the image"
+    );
+    let (s, env) = node.get("t", "/env").await;
+    assert!(s == 200 && env.contains("GREETING=built"), "{env}");
+    let (s, text) = node.get("t", "/headers").await;
+    assert_eq!(s, 404, "outside the image's routes: {text}");
+    assert!(text.contains("no route"), "{text}");
+    assert_eq!(
+        node.get("t", "/api/anything").await.0,
+        404,
+        "the app's own 404 inside its routes"
+    );
+    let status: Value = node.api_get("/v1/apps/t").await.json().await.unwrap();
+    assert_eq!(
+        status["limits"]["memory_bytes"],
+        48 << 20,
+        "limits from the image"
+    );
+    assert_eq!(status["limits"]["timeout_ms"], 3000);
+    // Deploy parameters win over the image's.
+    ok(&skiff(
+        &node,
+        &[
+            "deploy",
+            "toml-app:v1",
+            "--name",
+            "t",
+            "--env",
+            "GREETING=override",
+        ],
+    )
+    .await);
+    assert_eq!(
+        node.get("t", "/").await,
+        (200, "override from skiff\n".to_string())
+    );
+}

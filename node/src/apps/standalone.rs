@@ -133,12 +133,7 @@ impl Apps {
                 )));
             }
         }
-        let kind = match &summary.runnable {
-            skiff_image::Runnable::Wasm { kind, .. } => *kind,
-            skiff_image::Runnable::Static { .. } => skiff_spec::AppKind::Static,
-        };
-        let mut spec =
-            super::with_image_defaults(req.params, &summary.run).into_spec(name, digest, kind);
+        let mut spec = super::image_spec(req.params, &summary, name);
         spec.replicas = 1;
         let now = now_ms();
         let record = ContainerRecord {
