@@ -167,9 +167,9 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Print an app's stdout and stderr.
+    /// Print a container's or an app's stdout and stderr, with timestamps.
     Logs {
-        /// App name.
+        /// Container name or id, or app name.
         name: String,
         /// Keep printing new lines.
         #[arg(long, short = 'f')]
@@ -177,6 +177,9 @@ enum Command {
         /// Lines from the end to show first ("all" for every kept line).
         #[arg(long, default_value = "100")]
         tail: String,
+        /// Show timestamps (`docker logs -t`); skiff always shows them.
+        #[arg(long = "timestamps", short = 't')]
+        _timestamps: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -411,12 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load { input, client } => Client::new(&client)?.load(&input).await,
         Command::Apps { client } => Client::new(&client)?.apps().await,
         Command::Inspect { name, client } => Client::new(&client)?.inspect(&name).await,
-        Command::Logs {
-            name,
-            follow,
-            tail,
-            client,
-        } => Client::new(&client)?.logs(&name, &tail, follow).await,
+        Command::Logs { name, follow, tail, client, .. } => Client::new(&client)?.logs(&name, &tail, follow).await,
         Command::Rm {
             force,
             names,

@@ -2,9 +2,13 @@
 //!
 //! - [`api`]: the HTTP API (axum) on `--api-addr`: uploads, apps, logs, metrics; bearer
 //!   token auth with a constant-time comparison; one error type mapped to HTTP.
-//! - [`apps`]: the supervisor. Desired state (app records in redb, see [`state`]) is
-//!   turned into running [`container`]s, and the gateway's routing table is pointed at
-//!   them; redeploys swap the route atomically and drain the old containers.
+//! - [`apps`]: the supervisor. Desired state (app and container records in redb, see
+//!   [`state`]) is turned into running [`container`]s, and the gateway's routing table
+//!   is pointed at them; redeploys swap the route atomically and drain the old
+//!   containers. `skiff run` containers are the same objects with an id, published
+//!   ports, a restart policy and a stop/start lifecycle. Logs are kept per app (replicas
+//!   share one book, each line naming its container) rather than per replica, so
+//!   `logs -f` of an app follows it across redeploys.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
 //!   replica, concurrency permits (503 when saturated), error mapping (504/500/502).
 //! - [`metrics`]: Prometheus exposition.
