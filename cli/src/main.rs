@@ -414,19 +414,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load { input, client } => Client::new(&client)?.load(&input).await,
         Command::Apps { client } => Client::new(&client)?.apps().await,
         Command::Inspect { name, client } => Client::new(&client)?.inspect(&name).await,
-        Command::Logs { name, follow, tail, client, .. } => Client::new(&client)?.logs(&name, &tail, follow).await,
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            client,
+            ..
+        } => Client::new(&client)?.logs(&name, &tail, follow).await,
         Command::Rm {
             force,
             names,
             client,
-        } => {
-            let c = Client::new(&client)?;
-            for name in names {
-                c.rm(&name, force).await?;
-                println!("{name}");
-            }
-            Ok(())
-        }
+        } => each(&Client::new(&client)?, &names, |c, n| c.rm(n, force)).await,
         Command::Run {
             detach,
             name,
@@ -463,34 +462,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             names,
             client,
         } => {
-            let c = Client::new(&client)?;
-            for name in names {
-                c.container_action(&name, "stop", Some(time)).await?;
-                println!("{name}");
-            }
-            Ok(())
+            each(&Client::new(&client)?, &names, |c, n| {
+                c.container_action(n, "stop", Some(time))
+            })
+            .await
         }
         Command::Start { names, client } => {
-            let c = Client::new(&client)?;
-            for name in names {
-                c.container_action(&name, "start", None).await?;
-                println!("{name}");
-            }
-            Ok(())
+            each(&Client::new(&client)?, &names, |c, n| {
+                c.container_action(n, "start", None)
+            })
+            .await
         }
         Command::Restart {
             time,
             names,
             client,
         } => {
-            let c = Client::new(&client)?;
-            for name in names {
-                c.container_action(&name, "restart", Some(time)).await?;
-                println!("{name}");
-            }
-            Ok(())
+            each(&Client::new(&client)?, &names, |c, n| {
+                c.container_action(n, "restart", Some(time))
+            })
+            .await
         }
     }
+}
+
+/// Applies `action` to each name in turn, printing each name once done (as Docker does);
+/// stops at the first failure.
+async fn each<'a, F, Fut>(client: &'a Client, names: &'a [String], action: F) -> anyhow::Result<()>
+where
+    F: Fn(&'a Client, &'a str) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    for name in names {
+        action(client, name).await?;
+        println!("{name}");
+    }
+    Ok(())
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {

@@ -7,8 +7,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use skiff_spec::{AppName, AppSpec, PortMapping, RestartPolicy};
 
-const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps/v1");
-const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers/v1");
+/// Every table maps a key to a JSON record.
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+const APPS: Table = TableDefinition::new("apps/v1");
+const CONTAINERS: Table = TableDefinition::new("containers/v1");
 
 /// A `skiff run` container as persisted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,103 +101,67 @@ impl StateStore {
 
     /// Inserts or replaces an app record, durably.
     pub fn put_app(&self, record: &AppRecord) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(record).map_err(db_err("encode an app record"))?;
+        self.put(APPS, record.spec.name.as_str(), record)
+    }
+
+    /// Deletes an app record, durably. Returns whether it existed.
+    pub fn delete_app(&self, name: &AppName) -> Result<bool, StateError> {
+        self.delete(APPS, name.as_str())
+    }
+
+    /// Every app record.
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
+        self.all(APPS)
+    }
+
+    /// Inserts or replaces a container record, durably.
+    pub fn put_container(&self, record: &ContainerRecord) -> Result<(), StateError> {
+        self.put(CONTAINERS, &record.id, record)
+    }
+
+    /// Deletes a container record, durably. Returns whether it existed.
+    pub fn delete_container(&self, id: &str) -> Result<bool, StateError> {
+        self.delete(CONTAINERS, id)
+    }
+
+    /// Every container record.
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, StateError> {
+        self.all(CONTAINERS)
+    }
+
+    fn put<T: Serialize>(&self, table: Table, key: &str, record: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(record).map_err(db_err("encode a record"))?;
         let txn = self
             .db
             .begin_write()
             .map_err(db_err("begin a transaction"))?;
         {
-            let mut table = txn
-                .open_table(APPS)
-                .map_err(db_err("open the apps table"))?;
-            table
-                .insert(record.spec.name.as_str(), bytes.as_slice())
-                .map_err(db_err("write an app"))?;
+            let mut t = txn.open_table(table).map_err(db_err("open a table"))?;
+            t.insert(key, bytes.as_slice())
+                .map_err(db_err("write a record"))?;
         }
         txn.commit().map_err(db_err("commit"))
     }
 
-    /// Deletes an app record, durably. Returns whether it existed.
-    pub fn delete_app(&self, name: &AppName) -> Result<bool, StateError> {
+    fn delete(&self, table: Table, key: &str) -> Result<bool, StateError> {
         let txn = self
             .db
             .begin_write()
             .map_err(db_err("begin a transaction"))?;
         let existed = {
-            let mut table = txn
-                .open_table(APPS)
-                .map_err(db_err("open the apps table"))?;
-            table
-                .remove(name.as_str())
-                .map_err(db_err("delete an app"))?
-                .is_some()
+            let mut t = txn.open_table(table).map_err(db_err("open a table"))?;
+            t.remove(key).map_err(db_err("delete a record"))?.is_some()
         };
         txn.commit().map_err(db_err("commit"))?;
         Ok(existed)
     }
 
-    /// Every app record.
-    pub fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
+    fn all<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, StateError> {
         let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
-        let table = txn
-            .open_table(APPS)
-            .map_err(db_err("open the apps table"))?;
+        let t = txn.open_table(table).map_err(db_err("open a table"))?;
         let mut out = Vec::new();
-        for item in table.iter().map_err(db_err("list apps"))? {
-            let (key, value) = item.map_err(db_err("read an app"))?;
-            let record = serde_json::from_slice(value.value()).map_err(|e| StateError::Decode {
-                key: key.value().to_string(),
-                message: e.to_string(),
-            })?;
-            out.push(record);
-        }
-        Ok(out)
-    }
-}
-
-impl StateStore {
-    /// Inserts or replaces a container record, durably.
-    pub fn put_container(&self, record: &ContainerRecord) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(record).map_err(db_err("encode a container record"))?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db_err("begin a transaction"))?;
-        {
-            let mut table = txn
-                .open_table(CONTAINERS)
-                .map_err(db_err("open the containers table"))?;
-            table
-                .insert(record.id.as_str(), bytes.as_slice())
-                .map_err(db_err("write a container"))?;
-        }
-        txn.commit().map_err(db_err("commit"))
-    }
-
-    /// Deletes a container record, durably.
-    pub fn delete_container(&self, id: &str) -> Result<(), StateError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db_err("begin a transaction"))?;
-        {
-            let mut table = txn
-                .open_table(CONTAINERS)
-                .map_err(db_err("open the containers table"))?;
-            table.remove(id).map_err(db_err("delete a container"))?;
-        }
-        txn.commit().map_err(db_err("commit"))
-    }
-
-    /// Every container record.
-    pub fn containers(&self) -> Result<Vec<ContainerRecord>, StateError> {
-        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
-        let table = txn
-            .open_table(CONTAINERS)
-            .map_err(db_err("open the containers table"))?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err("list containers"))? {
-            let (key, value) = item.map_err(db_err("read a container"))?;
+        for item in t.iter().map_err(db_err("list records"))? {
+            let (key, value) = item.map_err(db_err("read a record"))?;
             out.push(
                 serde_json::from_slice(value.value()).map_err(|e| StateError::Decode {
                     key: key.value().to_string(),

@@ -2,15 +2,7 @@
 
 use std::process::Output;
 
-use crate::harness::{Node, SKIFF, hello_wasm};
-
-async fn skiff(node: &Node, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(SKIFF);
-    cmd.args(args)
-        .env("SKIFF_API", &node.api)
-        .env("SKIFF_TOKEN", &node.token);
-    cmd.output().await.unwrap()
-}
+use crate::harness::{Node, SKIFF, hello_wasm, skiff};
 
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

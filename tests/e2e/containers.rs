@@ -1,38 +1,8 @@
 //! Docker's verbs for single containers: run, ps, stop, start, restart, rm, logs, inspect.
 
-use std::process::Output;
-
 use serde_json::Value;
 
-use crate::harness::{Node, SKIFF, hello_wasm, wait_for};
-
-async fn skiff(node: &Node, args: &[&str]) -> Output {
-    tokio::process::Command::new(SKIFF)
-        .args(args)
-        .env("SKIFF_API", &node.api)
-        .env("SKIFF_TOKEN", &node.token)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "skiff failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "skiff should have failed: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

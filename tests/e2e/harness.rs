@@ -294,3 +294,40 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Runs the `skiff` CLI against `node`, with extra environment variables.
+pub async fn skiff_env(node: &Node, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(SKIFF);
+    cmd.args(args)
+        .env("SKIFF_API", &node.api)
+        .env("SKIFF_TOKEN", &node.token);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.unwrap()
+}
+
+/// Runs the `skiff` CLI against `node`.
+pub async fn skiff(node: &Node, args: &[&str]) -> std::process::Output {
+    skiff_env(node, args, &[]).await
+}
+
+/// Its stdout, asserting it succeeded.
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "skiff failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Its stderr, asserting it failed.
+pub fn err(o: &std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "skiff should have failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,40 +1,11 @@
 //! Images: build, list, tag, rmi, save/load, and static sites built from the nginx example.
 
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::harness::{Node, SKIFF, hello_wasm};
-
-async fn skiff(node: &Node, args: &[&str]) -> Output {
-    tokio::process::Command::new(SKIFF)
-        .args(args)
-        .env("SKIFF_API", &node.api)
-        .env("SKIFF_TOKEN", &node.token)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "skiff failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "skiff should have failed: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::harness::{Node, err, hello_wasm, ok, skiff};
 
 /// The classic nginx example: a Dockerfile and an html folder.
 fn nginx_example(dir: &Path) {

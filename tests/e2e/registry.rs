@@ -2,12 +2,12 @@
 //! with another OCI tool (skopeo) both ways.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{Node, SKIFF, hello_wasm, wait_for};
+use crate::harness::{Node, err, hello_wasm, ok, skiff_env, wait_for};
 
 /// A `docker-registry serve` on a free loopback port, stopped on drop.
 struct Registry {
@@ -78,35 +78,6 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-async fn skiff(node: &Node, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(SKIFF);
-    cmd.args(args)
-        .env("SKIFF_API", &node.api)
-        .env("SKIFF_TOKEN", &node.token);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().await.unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "skiff failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "skiff should have failed: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn skopeo(args: &[&str]) -> String {
     let bin = which("skopeo")
         .expect("skopeo is not installed: ./test installs it (apt-get install skopeo)");
@@ -132,7 +103,7 @@ async fn push_and_pull_through_a_real_registry() {
         "FROM nginx\nCOPY ./html /usr/share/nginx/html\n",
     )
     .unwrap();
-    ok(&skiff(
+    ok(&skiff_env(
         &a,
         &["build", "-t", "site", site.path().to_str().unwrap()],
         &[],
@@ -143,12 +114,12 @@ async fn push_and_pull_through_a_real_registry() {
 
     let web_ref = format!("{}/team/site:v1", registry.addr);
     let hello_ref = format!("{}/hello:v1", registry.addr);
-    let out = ok(&skiff(&a, &["push", "site", &web_ref], &[]).await);
+    let out = ok(&skiff_env(&a, &["push", "site", &web_ref], &[]).await);
     assert!(
         out.starts_with(&web_ref),
         "quiet output off a terminal: {out}"
     );
-    ok(&skiff(&a, &["push", "hello", &hello_ref], &[]).await);
+    ok(&skiff_env(&a, &["push", "hello", &hello_ref], &[]).await);
 
     // Another OCI tool reads what skiff pushed: the static image fully, the Wasm
     // artifact's manifest (skopeo refuses image-only operations on artifacts by design).
@@ -190,10 +161,10 @@ async fn push_and_pull_through_a_real_registry() {
     );
     assert_eq!(raw["layers"][0]["mediaType"], "application/wasm");
 
-    ok(&skiff(&b, &["pull", &web_ref], &[]).await);
-    ok(&skiff(&b, &["pull", &hello_ref], &[]).await);
-    ok(&skiff(&b, &["deploy", &web_ref, "--name", "web"], &[]).await);
-    ok(&skiff(&b, &["deploy", &hello_ref, "--name", "hi"], &[]).await);
+    ok(&skiff_env(&b, &["pull", &web_ref], &[]).await);
+    ok(&skiff_env(&b, &["pull", &hello_ref], &[]).await);
+    ok(&skiff_env(&b, &["deploy", &web_ref, "--name", "web"], &[]).await);
+    ok(&skiff_env(&b, &["deploy", &hello_ref, "--name", "hi"], &[]).await);
     assert_eq!(b.get("web", "/").await, (200, "pushed site\n".to_string()));
     assert_eq!(
         b.get("hi", "/").await,
@@ -209,7 +180,7 @@ async fn push_and_pull_through_a_real_registry() {
         "same id after the round trip: {images}"
     );
 
-    let e = err(&skiff(
+    let e = err(&skiff_env(
         &b,
         &["pull", &format!("{}/nothing:here", registry.addr)],
         &[],
@@ -217,7 +188,7 @@ async fn push_and_pull_through_a_real_registry() {
     .await);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.contains("404") && e.contains("MANIFEST_UNKNOWN"), "{e}");
-    let e = err(&skiff(&b, &["pull", "registry.invalid/app:v1"], &[]).await);
+    let e = err(&skiff_env(&b, &["pull", "registry.invalid/app:v1"], &[]).await);
     assert!(e.contains("cannot reach registry registry.invalid"), "{e}");
 }
 
@@ -263,8 +234,8 @@ async fn a_wasm_artifact_pushed_by_another_tool_runs() {
         &format!("docker://{target}"),
     ]);
 
-    ok(&skiff(&node, &["pull", &target], &[]).await);
-    ok(&skiff(&node, &["run", "-d", "--name", "foreign", &target], &[]).await);
+    ok(&skiff_env(&node, &["pull", &target], &[]).await);
+    ok(&skiff_env(&node, &["run", "-d", "--name", "foreign", &target], &[]).await);
     assert_eq!(
         node.get("foreign", "/").await,
         (200, "hello from skiff\n".to_string())
@@ -293,20 +264,20 @@ async fn registries_that_refuse_get_one_line_errors() {
     let node = Node::start().await;
     node.deploy_ok("hello", hello_wasm(), "").await;
     let target = format!("{}/hello:v1", locked.addr);
-    let e = err(&skiff(&node, &["push", "hello", &target], &[]).await);
+    let e = err(&skiff_env(&node, &["push", "hello", &target], &[]).await);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(
         e.contains("401") && e.contains("SKIFF_REGISTRY_AUTH"),
         "{e}"
     );
-    let e = err(&skiff(
+    let e = err(&skiff_env(
         &node,
         &["push", "hello", &target],
         &[("SKIFF_REGISTRY_AUTH", "user:wrong")],
     )
     .await);
     assert!(e.contains("401") && e.contains("refused"), "{e}");
-    ok(&skiff(
+    ok(&skiff_env(
         &node,
         &["push", "hello", &target],
         &[("SKIFF_REGISTRY_AUTH", "user:secret")],
@@ -331,7 +302,7 @@ async fn registries_that_refuse_get_one_line_errors() {
             });
         }
     });
-    let e = err(&skiff(&node, &["pull", &format!("{addr}/app:v1")], &[]).await);
+    let e = err(&skiff_env(&node, &["pull", &format!("{addr}/app:v1")], &[]).await);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.contains("500") && e.contains("disk on fire"), "{e}");
     let before = node
