@@ -314,3 +314,93 @@ async fn skiff_toml_builds_with_env_limits_and_routes() {
         (200, "override from skiff\n".to_string())
     );
 }
+
+/// An OCI layout tarball holding one static-site image whose layer is `layer`.
+fn site_archive(layer: &[u8]) -> Vec<u8> {
+    use sha2::{Digest as _, Sha256};
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let config = br#"{"created":"1970-01-01T00:00:00Z","architecture":"wasm","os":"static","dev.skiff.siteRoot":"/site"}"#;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+        digest(config),
+        config.len(),
+        digest(layer),
+        layer.len()
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"hostile:latest"}}}}]}}"#,
+        digest(manifest.as_bytes()),
+        manifest.len()
+    );
+    let mut t = tar::Builder::new(Vec::new());
+    let mut add = |path: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, path, data).unwrap();
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json".into(), index.as_bytes());
+    for blob in [&config[..], manifest.as_bytes(), layer] {
+        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob);
+    }
+    t.into_inner().unwrap()
+}
+
+/// A tar layer with raw entries (name, type, link target), bypassing the tar crate's
+/// own path checks.
+fn raw_layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, kind, link) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        t.append(&h, data).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn hostile_layers_are_refused_naming_the_entry() {
+    use tar::EntryType::*;
+    let node = Node::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[(&str, tar::EntryType, &str)], &str)] = &[
+        (
+            &[
+                ("site/index.html", Regular, ""),
+                ("../../escape", Regular, ""),
+            ],
+            "../../escape",
+        ),
+        (&[("/etc/cron.d/evil", Regular, "")], "/etc/cron.d/evil"),
+        (
+            &[("site/passwd", Symlink, "../../../etc/passwd")],
+            "site/passwd",
+        ),
+        (&[("site/hard", Link, "../../etc/shadow")], "site/hard"),
+    ];
+    for (i, (entries, entry)) in cases.iter().enumerate() {
+        let tar = dir.path().join(format!("hostile{i}.tar"));
+        std::fs::write(&tar, site_archive(&raw_layer(entries))).unwrap();
+        ok(&skiff(&node, &["load", "-i", tar.to_str().unwrap()]).await);
+        let e = err(&skiff(&node, &["run", "-d", "--name", &format!("h{i}"), "hostile"]).await);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(entry), "the error names {entry:?}: {e}");
+        let sites = node.dir.join("sites");
+        let extracted = std::fs::read_dir(&sites).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(
+            extracted,
+            0,
+            "no partial site was left in {}",
+            sites.display()
+        );
+        assert!(!node.dir.join("escape").exists() && !dir.path().join("escape").exists());
+        ok(&skiff(&node, &["rmi", "hostile"]).await);
+    }
+}
