@@ -347,9 +347,11 @@ fn site_archive(layer: &[u8]) -> Vec<u8> {
     t.into_inner().unwrap()
 }
 
-/// A tar layer with raw entries (name, type, link target), bypassing the tar crate's
-/// own path checks.
-fn raw_layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+/// A tar entry: name, type, link target.
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a str);
+
+/// A tar layer with raw entries, bypassing the tar crate's own path checks.
+fn raw_layer(entries: &[RawEntry]) -> Vec<u8> {
     let mut t = tar::Builder::new(Vec::new());
     for (path, kind, link) in entries {
         let mut h = tar::Header::new_old();
@@ -370,7 +372,7 @@ async fn hostile_layers_are_refused_naming_the_entry() {
     use tar::EntryType::*;
     let node = Node::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&[(&str, tar::EntryType, &str)], &str)] = &[
+    let cases: &[(&[RawEntry], &str)] = &[
         (
             &[
                 ("site/index.html", Regular, ""),
