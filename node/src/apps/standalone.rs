@@ -101,6 +101,9 @@ impl Apps {
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::not_found(e.to_string()))?;
         let summary = self.summary(digest).await?;
+        // Compile (or extract) before taking the locks, so other deploys do not wait on
+        // it; holding the result keeps it in the runtime's cache for the start below.
+        let _prepared = self.prepare(&summary).await?;
         let apps = self.apps.lock().await;
         let mut standalone = self.standalone.lock().await;
         let taken = |n: &str| {
