@@ -12,19 +12,29 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks, WasiHttpView as _};
 
-use super::ContainerConfig;
 use super::guest::{HttpState, Limiter, RunError, bound_store, classify, wasi_builder};
+use super::{Compiled, ContainerConfig};
 use crate::{BoxError, HandleError, ResponseBody};
 
 /// A container of an http app: its pre-instantiated component and settings.
 pub struct HttpWorkload {
     pre: ProxyPre<HttpState>,
     config: ContainerConfig,
+    /// Keeps the code in the runtime's shared cache while this container lives.
+    _code: Arc<Compiled>,
 }
 
 impl HttpWorkload {
-    pub(crate) fn new(pre: ProxyPre<HttpState>, config: ContainerConfig) -> Self {
-        Self { pre, config }
+    pub(crate) fn new(
+        pre: ProxyPre<HttpState>,
+        config: ContainerConfig,
+        code: Arc<Compiled>,
+    ) -> Self {
+        Self {
+            pre,
+            config,
+            _code: code,
+        }
     }
 
     pub(crate) async fn handle<B>(

@@ -160,7 +160,9 @@ struct Inner {
     cache: CodeCache,
     compile_permits: Semaphore,
     compile_timeout: Duration,
-    /// Compiled code by digest, so a thousand apps of the same image share one copy.
+    /// Compiled code by digest, so a thousand apps of the same image share one copy:
+    /// every workload holds an `Arc` of its code, so an entry lives as long as any
+    /// container runs it.
     loaded: Mutex<HashMap<(Digest, AppKind), Weak<Compiled>>>,
     pooling: bool,
     _ticker: EpochTicker,
@@ -339,12 +341,12 @@ impl Runtime {
     /// Links compiled code into one container's workload (an `InstancePre`).
     pub fn prepare(
         &self,
-        compiled: &Compiled,
+        compiled: &Arc<Compiled>,
         config: ContainerConfig,
     ) -> Result<Workload, PrepareError> {
         Ok(match self.link(compiled)? {
-            Linked::Http(pre) => Workload::Http(HttpWorkload::new(pre, config)),
-            Linked::Wagi(pre) => Workload::Wagi(WagiWorkload::new(pre, config)),
+            Linked::Http(pre) => Workload::Http(HttpWorkload::new(pre, config, compiled.clone())),
+            Linked::Wagi(pre) => Workload::Wagi(WagiWorkload::new(pre, config, compiled.clone())),
         })
     }
 

@@ -1,5 +1,6 @@
 //! WAGI: a WASI preview1 command module run once per request, CGI style (RFC 3875).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -10,8 +11,8 @@ use percent_encoding::percent_decode_str;
 use wasmtime::{InstancePre, Store};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
-use super::ContainerConfig;
 use super::guest::{Limiter, RunError, WagiState, bound_store, classify, wasi_builder};
+use super::{Compiled, ContainerConfig};
 use crate::{BoxError, HandleError, RequestInfo, ResponseBody};
 
 /// Largest request body handed to a WAGI guest on stdin.
@@ -23,11 +24,21 @@ const MAX_OUTPUT: usize = 32 << 20;
 pub struct WagiWorkload {
     pre: InstancePre<WagiState>,
     config: ContainerConfig,
+    /// Keeps the code in the runtime's shared cache while this container lives.
+    _code: Arc<Compiled>,
 }
 
 impl WagiWorkload {
-    pub(crate) fn new(pre: InstancePre<WagiState>, config: ContainerConfig) -> Self {
-        Self { pre, config }
+    pub(crate) fn new(
+        pre: InstancePre<WagiState>,
+        config: ContainerConfig,
+        code: Arc<Compiled>,
+    ) -> Self {
+        Self {
+            pre,
+            config,
+            _code: code,
+        }
     }
 
     pub(crate) async fn handle<B>(
