@@ -299,8 +299,9 @@ impl Registry {
                 continue;
             }
             self.show(&format!(
-                "{}: uploading {} bytes ({}/{})",
+                "{} {} uploading {} bytes ({}/{})",
                 blob.digest.short(),
+                bar(i as u64, blobs.len() as u64),
                 blob.size,
                 i + 1,
                 blobs.len()
@@ -418,8 +419,9 @@ impl Registry {
                     chunk.with_context(|| format!("download of {} broke off", blob.digest))?;
                 writer.write(&chunk)?;
                 self.show(&format!(
-                    "{}: {} / {} bytes ({}/{})",
+                    "{} {} {} / {} bytes ({}/{})",
                     blob.digest.short(),
+                    bar(writer.len(), blob.size),
                     writer.len(),
                     blob.size,
                     i + 1,
@@ -466,6 +468,19 @@ impl Registry {
     }
 }
 
+/// `[########------------]`: how much of `total` is `done`.
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 24;
+    let filled = (done.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled as usize),
+        "-".repeat((WIDTH - filled) as usize)
+    )
+}
+
 fn check_digest(bytes: &[u8], want: Digest, what: &str) -> anyhow::Result<()> {
     let got = Digest::from_sha256(Sha256::digest(bytes).into());
     if got != want {
@@ -477,6 +492,16 @@ fn check_digest(bytes: &[u8], want: Digest, what: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bars() {
+        assert_eq!(bar(0, 100), format!("[{}]", "-".repeat(24)));
+        assert_eq!(
+            bar(50, 100),
+            format!("[{}{}]", "#".repeat(12), "-".repeat(12))
+        );
+        assert_eq!(bar(200, 100), format!("[{}]", "#".repeat(24)));
+    }
 
     #[test]
     fn references() {

@@ -112,6 +112,13 @@ fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> Ap
         .get(skiff_image::build::ROUTES_LABEL)
         .map(|r| r.split(',').map(str::to_string).collect())
         .unwrap_or_default();
+    spec.args = summary
+        .run
+        .entrypoint
+        .iter()
+        .chain(&summary.run.cmd)
+        .cloned()
+        .collect();
     spec
 }
 
@@ -338,6 +345,7 @@ impl Apps {
                         let config = ContainerConfig {
                             name: name.clone().into(),
                             env: env.clone(),
+                            args: spec.args.clone(),
                             limits: spec.limits.clone(),
                             allowed_hosts: allowed.clone(),
                             log: log.clone(),

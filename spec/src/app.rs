@@ -54,6 +54,9 @@ pub struct AppSpec {
     /// Empty: every path. Set by the image (`routes` in skiff.toml).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// Arguments after argv\[0\]: the image's ENTRYPOINT arguments, then its CMD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// Whether `path` is one of `routes` (an empty list takes every path).
@@ -229,6 +232,7 @@ impl DeployParams {
             replicas: self.replicas.unwrap_or(1),
             allowed_hosts: self.allowed_hosts,
             routes: Vec::new(),
+            args: Vec::new(),
         }
     }
 }

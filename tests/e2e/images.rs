@@ -406,3 +406,32 @@ async fn hostile_layers_are_refused_naming_the_entry() {
         ok(&skiff(&node, &["rmi", "hostile"]).await);
     }
 }
+
+#[tokio::test]
+async fn scratch_dockerfiles_build_wasm_images_with_their_settings() {
+    let node = Node::start().await;
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("app.wasm"), crate::harness::wagi_wasm()).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nENV GREETING=docker\nCOPY app.wasm /app.wasm\nENTRYPOINT [\"/app.wasm\", \"--verbose\"]\nCMD [\"serve\"]\nLABEL team=web\nEXPOSE 8080\n",
+    )
+    .unwrap();
+    let out = ok(&skiff(
+        &node,
+        &["build", "-t", "cgi-app", ctx.path().to_str().unwrap()],
+    )
+    .await);
+    assert!(
+        out.contains("(wagi)"),
+        "kind detected from the binary: {out}"
+    );
+    ok(&skiff(&node, &["run", "-d", "--name", "cgi", "cgi-app"]).await);
+    let (s, body) = node.get("cgi", "/?a=1").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("args=--verbose,serve,a=1"),
+        "ENTRYPOINT args, CMD, then the query: {body}"
+    );
+    assert!(body.contains("GREETING=docker"), "ENV: {body}");
+}

@@ -126,6 +126,8 @@ pub(crate) fn wasi_builder(config: &ContainerConfig) -> wasmtime_wasi::WasiCtxBu
         stream: LogStream::Stderr,
     });
     b.envs(&config.env);
+    b.arg(&*config.name);
+    b.args(&config.args);
     b
 }
 

@@ -139,6 +139,9 @@ pub struct ContainerConfig {
     pub name: Arc<str>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
+    /// Arguments after argv\[0\] (the image's ENTRYPOINT arguments, then CMD). WAGI
+    /// appends the query's words after them.
+    pub args: Vec<String>,
     /// Bounds.
     pub limits: Limits,
     /// Hosts outgoing HTTP may go to (`host`, `host:port` or `*`).

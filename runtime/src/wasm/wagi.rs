@@ -69,10 +69,7 @@ impl WagiWorkload {
         let mut builder = wasi_builder(&self.config);
         builder
             .envs(&cgi_env(&parts, info, body.len()))
-            .args(&cgi_args(
-                &self.config.name,
-                parts.uri.query().unwrap_or(""),
-            ))
+            .args(&cgi_args(parts.uri.query().unwrap_or("")))
             .stdin(MemoryInputPipe::new(body))
             .stdout(stdout.clone());
         let (limiter, memory_hit) = Limiter::new(self.config.limits.memory_bytes);
@@ -195,10 +192,10 @@ fn cgi_env(
     env
 }
 
-/// argv for a request: the script name, then the query's words. RFC 3875 4.4 splits an
+/// The query's words, which follow the container's own argv. RFC 3875 4.4 splits an
 /// "indexed" query (no `=`) on `+`; like WAGI we also pass `a=b&c=d` as `a=b`, `c=d`.
-fn cgi_args(script: &str, query: &str) -> Vec<String> {
-    let mut args = vec![script.to_string()];
+fn cgi_args(query: &str) -> Vec<String> {
+    let mut args = Vec::new();
     if query.is_empty() {
         return args;
     }
@@ -329,15 +326,9 @@ mod tests {
 
     #[test]
     fn query_becomes_argv() {
-        assert_eq!(cgi_args("app", ""), ["app"]);
-        assert_eq!(
-            cgi_args("app", "a=1&b=two%20words"),
-            ["app", "a=1", "b=two words"]
-        );
-        assert_eq!(
-            cgi_args("app", "hello+world%21"),
-            ["app", "hello", "world!"]
-        );
+        assert!(cgi_args("").is_empty());
+        assert_eq!(cgi_args("a=1&b=two%20words"), ["a=1", "b=two words"]);
+        assert_eq!(cgi_args("hello+world%21"), ["hello", "world!"]);
     }
 
     #[test]
