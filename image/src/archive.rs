@@ -138,9 +138,35 @@ pub fn export(
         .map_err(ArchiveError::Write)
 }
 
-/// Loads an OCI layout tarball of at most `cap` bytes of content into `store`.
+/// One image in a `docker save` archive's `manifest.json`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// The parts of an image config that tie it to its layers.
+#[derive(serde::Deserialize)]
+struct DockerConfig {
+    rootfs: DockerRootFs,
+}
+
+#[derive(serde::Deserialize)]
+struct DockerRootFs {
+    diff_ids: Vec<Digest>,
+}
+
+/// Loads an image archive of at most `cap` bytes of content into `store`: an OCI image
+/// layout tarball (`skiff save`, `docker save` since 25), or a classic `docker save`
+/// tarball (`manifest.json` naming a config and layer tars by path).
 pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Loaded>, ArchiveError> {
     let mut staged: BTreeMap<Digest, StagedBlob> = BTreeMap::new();
+    // Where each file of the archive went, for `docker save`'s path references.
+    let mut by_path: BTreeMap<String, Digest> = BTreeMap::new();
+    let mut docker: Option<Vec<DockerEntry>> = None;
     let mut index: Option<Index> = None;
     let mut total = 0u64;
     let mut archive = tar::Archive::new(input);
@@ -154,7 +180,12 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
             .into_owned();
         let name = path.trim_start_matches("./").to_string();
         let kind = entry.header().entry_type();
-        if kind.is_dir() && matches!(name.trim_end_matches('/'), "" | "blobs" | "blobs/sha256") {
+        let escapes = name.starts_with('/') || name.split('/').any(|c| c == "..");
+        if escapes {
+            return Err(ArchiveError::Unexpected(path));
+        }
+        if kind.is_dir() {
+            // blobs/, blobs/sha256/, and docker save's per-layer directories.
             continue;
         }
         if !kind.is_file() {
@@ -181,12 +212,28 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
                     ArchiveError::Invalid(format!("index.json is not an OCI index: {e}"))
                 })?);
             }
+            "manifest.json" => {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(tar_err)?;
+                docker = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    ArchiveError::Invalid(format!(
+                        "manifest.json is not a docker save manifest: {e}"
+                    ))
+                })?);
+            }
+            // Legacy docker save metadata that the manifest and configs repeat.
+            "repositories" => {}
+            other if other.ends_with("/VERSION") || other.ends_with("/json") => {}
             other => {
-                let hex = other
-                    .strip_prefix("blobs/sha256/")
-                    .ok_or_else(|| ArchiveError::Unexpected(path.clone()))?;
-                let expected =
-                    Digest::from_hex(hex).map_err(|_| ArchiveError::Unexpected(path.clone()))?;
+                let expected = match other.strip_prefix("blobs/sha256/") {
+                    Some(hex) => Some(
+                        Digest::from_hex(hex)
+                            .map_err(|_| ArchiveError::Unexpected(path.clone()))?,
+                    ),
+                    // docker save names configs and layers by path: staged, checked below.
+                    None if other.ends_with(".json") || other.ends_with(".tar") => None,
+                    None => return Err(ArchiveError::Unexpected(path.clone())),
+                };
                 let mut writer = store.blobs().writer(cap)?;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -197,18 +244,26 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
                     writer.write(&buf[..n])?;
                 }
                 let blob = writer.finish()?;
-                if blob.digest() != expected {
+                if expected.is_some_and(|e| e != blob.digest()) {
                     return Err(ArchiveError::DigestMismatch {
                         name: other.to_string(),
                         actual: blob.digest(),
                     });
                 }
-                staged.insert(expected, blob);
+                by_path.insert(other.to_string(), blob.digest());
+                staged.insert(blob.digest(), blob);
             }
         }
     }
-    let index =
-        index.ok_or_else(|| ArchiveError::Invalid("the archive has no index.json".into()))?;
+    let index = match (index, docker) {
+        (Some(index), _) => index,
+        (None, Some(entries)) => docker_index(store, &entries, &by_path, &mut staged)?,
+        (None, None) => {
+            return Err(ArchiveError::Invalid(
+                "the archive has neither an index.json (OCI layout) nor a manifest.json (docker save)".into(),
+            ));
+        }
+    };
     let have = |d: &Digest| staged.contains_key(d) || store.blobs().contains(d);
     let read = |d: &Digest| -> Result<Vec<u8>, ArchiveError> {
         match staged.get(d) {
@@ -273,6 +328,108 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
         out.push(Loaded { tags, digest });
     }
     Ok(out)
+}
+
+/// Turns `docker save`'s manifest.json into the OCI index the rest of `import` reads:
+/// each image gets an OCI manifest over its (staged) config and layers, after checking
+/// that the layers are exactly the ones its config's `rootfs.diff_ids` name.
+fn docker_index(
+    store: &ImageStore,
+    entries: &[DockerEntry],
+    by_path: &BTreeMap<String, Digest>,
+    staged: &mut BTreeMap<Digest, StagedBlob>,
+) -> Result<Index, ArchiveError> {
+    let find = |p: &String| {
+        by_path
+            .get(p.trim_start_matches("./"))
+            .copied()
+            .ok_or_else(|| {
+                ArchiveError::Invalid(format!(
+                    "manifest.json names {p}, which is not in the archive"
+                ))
+            })
+    };
+    let mut index = Index {
+        schema_version: 2,
+        media_type: Some(oci::INDEX_V1.into()),
+        manifests: vec![],
+    };
+    for e in entries {
+        let config = find(&e.config)?;
+        let cfg_bytes = staged
+            .get(&config)
+            .map(StagedBlob::read)
+            .transpose()?
+            .unwrap_or_default();
+        let cfg: DockerConfig = serde_json::from_slice(&cfg_bytes).map_err(|err| {
+            ArchiveError::Invalid(format!("{} is not an image config: {err}", e.config))
+        })?;
+        if cfg.rootfs.diff_ids.len() != e.layers.len() {
+            return Err(ArchiveError::Invalid(format!(
+                "{} lists {} layers but manifest.json gives {}",
+                e.config,
+                cfg.rootfs.diff_ids.len(),
+                e.layers.len()
+            )));
+        }
+        let mut layers = Vec::new();
+        for (path, diff_id) in e.layers.iter().zip(&cfg.rootfs.diff_ids) {
+            let digest = find(path)?;
+            if digest != *diff_id {
+                return Err(ArchiveError::DigestMismatch {
+                    name: path.clone(),
+                    actual: digest,
+                });
+            }
+            layers.push(Descriptor {
+                media_type: oci::LAYER_TAR.into(),
+                digest,
+                size: staged.get(&digest).map_or(0, StagedBlob::len),
+                annotations: BTreeMap::new(),
+                platform: None,
+            });
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(oci::MANIFEST_V1.into()),
+            artifact_type: None,
+            config: Descriptor {
+                media_type: oci::CONFIG_V1.into(),
+                digest: config,
+                size: staged.get(&config).map_or(0, StagedBlob::len),
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            layers,
+            annotations: BTreeMap::new(),
+        };
+        // Staged like every other blob: nothing is visible until the whole archive checks out.
+        let bytes = serde_json::to_vec(&manifest).expect("manifests serialize");
+        let mut w = store.blobs().writer(u64::MAX)?;
+        w.write(&bytes)?;
+        let blob = w.finish()?;
+        let desc = Descriptor {
+            media_type: oci::MANIFEST_V1.into(),
+            digest: blob.digest(),
+            size: blob.len(),
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
+        staged.insert(blob.digest(), blob);
+        let tags = e.repo_tags.clone().unwrap_or_default();
+        if tags.is_empty() {
+            index.manifests.push(desc.clone());
+        }
+        for tag in tags {
+            let mut d = desc.clone();
+            // docker save writes `busybox:latest`; Docker Hub's library/ prefix is implied.
+            let name = tag.strip_prefix("docker.io/").unwrap_or(&tag);
+            let name = name.strip_prefix("library/").unwrap_or(name);
+            d.annotations.insert(oci::REF_NAME.into(), name.to_string());
+            index.manifests.push(d);
+        }
+    }
+    Ok(index)
 }
 
 #[cfg(test)]
@@ -407,5 +564,57 @@ mod tests {
             "nothing partial was kept"
         );
         assert!(other.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn loads_docker_save_tarballs_checking_layers_against_the_config() {
+        use sha2::{Digest as _, Sha256};
+        let layer = crate::layer::write_tar(
+            &BTreeMap::from([(
+                "bin/hello".to_string(),
+                crate::layer::LayerFile {
+                    data: b"#!/bin/sh".to_vec(),
+                    mode: 0o755,
+                },
+            )]),
+            0,
+        );
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        );
+        let manifest = br#"[{"Config":"abc123.json","RepoTags":["busybox:latest"],"Layers":["l1/layer.tar"]}]"#;
+        let archive = tar_of(&[
+            ("manifest.json", manifest),
+            ("repositories", b"{}"),
+            ("abc123.json", config.as_bytes()),
+            ("l1/VERSION", b"1.0"),
+            ("l1/json", b"{}"),
+            ("l1/layer.tar", &layer),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let loaded = import(&store, archive.as_slice(), 1 << 30).unwrap();
+        assert_eq!(loaded[0].tags, ["busybox:latest"]);
+        let digest = store.resolve("busybox").unwrap();
+        let m = store.manifest(&digest).unwrap();
+        assert_eq!(m.layers[0].digest.to_string(), diff_id);
+        let err = store.summary(&digest).unwrap_err().to_string();
+        assert!(err.contains("linux/amd64") && err.contains("runc"), "{err}");
+
+        // A layer that is not the one the config names is refused, and nothing stays.
+        let bad = tar_of(&[
+            ("manifest.json", manifest),
+            ("abc123.json", config.as_bytes()),
+            ("l1/layer.tar", b"other bytes"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let err = import(&store, bad.as_slice(), 1 << 30).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::DigestMismatch { name, .. } if name == "l1/layer.tar"),
+            "{err}"
+        );
+        assert!(store.blobs().list().unwrap().is_empty());
     }
 }

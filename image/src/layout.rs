@@ -280,6 +280,11 @@ impl ImageStore {
                 kind,
                 layer: layer.digest,
             }
+        } else if config.os == "linux" {
+            return Err(unsupported(format!(
+                "a {}/{} container image; running Linux images needs the OCI (runc) backend, which this node does not provide",
+                config.os, config.architecture
+            )));
         } else {
             return Err(unsupported(format!(
                 "config {} with layers [{}] is neither a Wasm artifact nor a static site",

@@ -120,6 +120,7 @@ pub struct RunConfig {
 #[serde(rename_all = "camelCase")]
 pub struct ImageConfig {
     /// RFC 3339 creation time (fixed for reproducible builds).
+    #[serde(default)]
     pub created: String,
     /// `wasm` for Wasm images and static sites.
     pub architecture: String,
