@@ -48,6 +48,16 @@ struct Running {
     listeners: Vec<JoinHandle<()>>,
 }
 
+impl Running {
+    /// Lets requests in flight finish (up to `grace`) and the listeners wind down.
+    async fn finish(self, grace: std::time::Duration) {
+        self.container.drain(grace).await;
+        for l in self.listeners {
+            let _ = l.await;
+        }
+    }
+}
+
 impl Standalone {
     pub(super) fn name(&self) -> &str {
         self.record.spec.name.as_str()
@@ -220,19 +230,27 @@ impl Apps {
         entry: &mut Standalone,
         grace: std::time::Duration,
     ) -> Result<(), ApiError> {
+        let running = self.begin_stop(entry).await?;
+        if let Some(running) = running {
+            running.finish(grace).await;
+        }
+        Ok(())
+    }
+
+    /// The quick half of a stop, done under the lock: no new requests reach the container
+    /// (route gone, ports closed) and the record says it exited. The caller drains the
+    /// returned container, preferably after releasing the lock.
+    async fn begin_stop(&self, entry: &mut Standalone) -> Result<Option<Running>, ApiError> {
         let Some(running) = entry.running.take() else {
-            return Ok(());
+            return Ok(None);
         };
         self.ingress.table.remove(entry.record.spec.name.as_str());
         running.ports.cancel();
-        running.container.drain(grace).await;
-        for l in running.listeners {
-            let _ = l.await;
-        }
         entry.record.running = false;
         entry.record.finished_ms = now_ms();
         entry.record.exit_code = Some(0);
-        self.persist(&entry.record).await
+        self.persist(&entry.record).await?;
+        Ok(Some(running))
     }
 
     async fn persist(&self, record: &ContainerRecord) -> Result<(), ApiError> {
@@ -276,8 +294,14 @@ impl Apps {
         let id = Self::find(&standalone, key)
             .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
         let entry = standalone.get_mut(&id).expect("found");
-        self.stop_entry(entry, grace).await?;
-        Ok(self.info_of(entry))
+        let running = self.begin_stop(entry).await?;
+        let info = self.info_of(entry);
+        // Drained without the lock: `ps` and the other verbs need not wait up to -t.
+        drop(standalone);
+        if let Some(running) = running {
+            running.finish(grace).await;
+        }
+        Ok(info)
     }
 
     /// `docker start`.
