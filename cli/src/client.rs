@@ -252,7 +252,11 @@ impl Client {
                 [
                     a.name.clone(),
                     a.kind.to_string(),
-                    a.image.short(),
+                    if a.image_ref.is_empty() {
+                        a.image.short()
+                    } else {
+                        a.image_ref.clone()
+                    },
                     a.replicas.to_string(),
                     a.ready.to_string(),
                     age(now.saturating_sub(a.created_ms)),

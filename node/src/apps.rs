@@ -418,8 +418,15 @@ impl Apps {
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
         let summary = self.summary(desc.digest).await?;
-        self.install(apps, name, params, summary, Prepared::Wasm(compiled))
-            .await
+        let image_ref = format!("{name}:latest");
+        self.install(
+            apps,
+            name,
+            params,
+            (summary, image_ref),
+            Prepared::Wasm(compiled),
+        )
+        .await
     }
 
     /// Deploys (or redeploys) `name` from an image in the store.
@@ -430,6 +437,7 @@ impl Apps {
         reference: &str,
     ) -> Result<(bool, AppStatus), ApiError> {
         let images = self.images.clone();
+        let image_ref = reference.to_string();
         let reference = reference.to_string();
         let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
             .await
@@ -448,7 +456,8 @@ impl Apps {
                 "image {digest} was removed during the deploy"
             )));
         }
-        self.install(apps, name, params, summary, prepared).await
+        self.install(apps, name, params, (summary, image_ref), prepared)
+            .await
     }
 
     /// Persists the record, starts the containers, swaps the route, retires the old ones.
@@ -457,7 +466,7 @@ impl Apps {
         mut apps: MutexGuard<'_, HashMap<AppName, AppEntry>>,
         name: AppName,
         params: DeployParams,
-        summary: ImageSummary,
+        (summary, image_ref): (ImageSummary, String),
         prepared: Prepared,
     ) -> Result<(bool, AppStatus), ApiError> {
         if self
@@ -480,6 +489,7 @@ impl Apps {
         let previous = apps.get(&name).map(|e| e.record.clone());
         let record = AppRecord {
             spec: spec.clone(),
+            image_ref,
             created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
             updated_ms: now,
             generation: previous.as_ref().map_or(1, |p| p.generation + 1),
@@ -637,6 +647,7 @@ impl Apps {
             name: spec.name.to_string(),
             kind: spec.kind,
             image: spec.image,
+            image_ref: e.record.image_ref.clone(),
             image_size: e.image_size,
             replicas: spec.replicas,
             ready,

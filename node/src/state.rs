@@ -45,6 +45,9 @@ pub struct ContainerRecord {
 pub struct AppRecord {
     /// What the user asked for.
     pub spec: AppSpec,
+    /// The image as the user named it (`hello:latest`); empty in records from before.
+    #[serde(default)]
+    pub image_ref: String,
     /// First deploy (Unix ms).
     pub created_ms: u64,
     /// Last deploy (Unix ms).
@@ -187,6 +190,7 @@ mod tests {
                 digest,
                 AppKind::Http,
             ),
+            image_ref: format!("{name}:latest"),
             created_ms: 1,
             updated_ms: 2,
             generation,

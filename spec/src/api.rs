@@ -29,6 +29,8 @@ pub struct AppStatus {
     pub kind: AppKind,
     /// The image it runs.
     pub image: Digest,
+    /// The image as it was named at deploy (`hello:latest`).
+    pub image_ref: String,
     /// Size of the image in bytes.
     pub image_size: u64,
     /// Desired replicas.

@@ -65,8 +65,7 @@ async fn deploy_list_logs_inspect_rm() {
         .unwrap()
         .split_whitespace()
         .collect();
-    assert_eq!(&row[..5], ["hello", "http", row[2], "2", "2"]);
-    assert_eq!(row[2].len(), 12);
+    assert_eq!(&row[..5], ["hello", "http", "hello:latest", "2", "2"]);
 
     assert_eq!(node.get("hello", "/log?from=cli").await.0, 200);
     let o = skiff(&node, &["logs", "hello", "--tail", "1"]).await;

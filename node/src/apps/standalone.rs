@@ -386,7 +386,11 @@ impl Apps {
                 out.push(ContainerInfo {
                     id: c.id.clone(),
                     name: c.name.clone(),
-                    image: e.record.spec.image.short(),
+                    image: if e.record.image_ref.is_empty() {
+                        e.record.spec.image.short()
+                    } else {
+                        e.record.image_ref.clone()
+                    },
                     image_id: e.record.spec.image,
                     kind: e.record.spec.kind,
                     state: "running".into(),
