@@ -377,8 +377,12 @@ impl Client {
         ports: &[PortMapping],
         restart: RestartPolicy,
         params: &DeployParams,
+        args: &[String],
     ) -> anyhow::Result<String> {
         let mut q = params.to_pairs();
+        for a in args {
+            q.push(("arg".into(), a.clone()));
+        }
         q.push(("image".into(), image.into()));
         q.push(("restart".into(), restart.to_string()));
         if let Some(n) = name {

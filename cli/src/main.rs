@@ -222,6 +222,9 @@ enum Command {
         restart: RestartPolicy,
         /// Image name or id.
         image: String,
+        /// Arguments replacing the image's CMD (after its ENTRYPOINT arguments).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -436,6 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             restart,
             image,
+            args,
             client,
         } => {
             let params = DeployParams {
@@ -447,7 +451,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let c = Client::new(&client)?;
             let id = c
-                .run(&image, name.as_deref(), &publish, restart, &params)
+                .run(&image, name.as_deref(), &publish, restart, &params, &args)
                 .await?;
             println!("{id}");
             if detach {

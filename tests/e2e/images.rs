@@ -434,4 +434,13 @@ async fn scratch_dockerfiles_build_wasm_images_with_their_settings() {
         "ENTRYPOINT args, CMD, then the query: {body}"
     );
     assert!(body.contains("GREETING=docker"), "ENV: {body}");
+
+    // As docker run IMAGE ARGS...: the arguments replace CMD, the ENTRYPOINT's stay.
+    ok(&skiff(
+        &node,
+        &["run", "-d", "--name", "cgi2", "cgi-app", "one", "--two"],
+    )
+    .await);
+    let (_, body) = node.get("cgi2", "/?a=1").await;
+    assert!(body.contains("args=--verbose,one,--two,a=1"), "{body}");
 }

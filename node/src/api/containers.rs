@@ -42,6 +42,7 @@ pub(super) async fn run(
     let mut name = None;
     let mut ports = Vec::new();
     let mut restart = RestartPolicy::No;
+    let mut args = None::<Vec<String>>;
     let mut rest = Vec::new();
     for (k, v) in pairs(q) {
         match k.as_str() {
@@ -49,6 +50,7 @@ pub(super) async fn run(
             "name" => name = Some(v),
             "publish" => ports.push(v.parse::<PortMapping>().map_err(|e| bad("publish", e))?),
             "restart" => restart = v.parse().map_err(|e| bad("restart", e))?,
+            "arg" => args.get_or_insert_with(Vec::new).push(v),
             _ => rest.push((k, v)),
         }
     }
@@ -69,6 +71,7 @@ pub(super) async fn run(
             params,
             ports,
             restart,
+            args,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())

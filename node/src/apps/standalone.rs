@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub ports: Vec<PortMapping>,
     /// `--restart`.
     pub restart: RestartPolicy,
+    /// Arguments replacing the image's CMD (`skiff run IMAGE ARGS...`).
+    pub args: Option<Vec<String>>,
 }
 
 /// One `skiff run` container: its record and, while running, its container and ports.
@@ -147,6 +149,10 @@ impl Apps {
             }
         }
         let mut spec = super::image_spec(req.params, &summary, name);
+        if let Some(args) = req.args {
+            // As `docker run IMAGE ARGS...`: the arguments replace CMD, ENTRYPOINT stays.
+            spec.args = summary.run.entrypoint.iter().cloned().chain(args).collect();
+        }
         spec.replicas = 1;
         let now = now_ms();
         let record = ContainerRecord {
