@@ -14,6 +14,24 @@ use skiff_spec::{DeployParams, PortMapping, RestartPolicy};
 use crate::ClientOpts;
 use crate::registry::{Reference, Registry};
 
+/// What `skiff run` asks for.
+pub(crate) struct RunOptions<'a> {
+    pub(crate) image: &'a str,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) ports: &'a [PortMapping],
+    pub(crate) restart: RestartPolicy,
+    pub(crate) params: &'a DeployParams,
+    pub(crate) args: &'a [String],
+    pub(crate) extras: RunExtras,
+}
+
+/// `skiff run` options that only Linux containers take.
+pub(crate) struct RunExtras {
+    pub(crate) cpus: Option<f64>,
+    pub(crate) pids_limit: Option<i64>,
+    pub(crate) network: String,
+}
+
 pub(crate) struct Client {
     http: reqwest::Client,
     api: String,
@@ -370,25 +388,33 @@ impl Client {
         Ok(())
     }
 
-    pub(crate) async fn run(
-        &self,
-        image: &str,
-        name: Option<&str>,
-        ports: &[PortMapping],
-        restart: RestartPolicy,
-        params: &DeployParams,
-        args: &[String],
-    ) -> anyhow::Result<String> {
+    pub(crate) async fn run(&self, run: &RunOptions<'_>) -> anyhow::Result<String> {
+        let RunOptions {
+            image,
+            name,
+            ports,
+            restart,
+            params,
+            args,
+            extras,
+        } = run;
         let mut q = params.to_pairs();
-        for a in args {
+        if let Some(c) = extras.cpus {
+            q.push(("cpus".into(), c.to_string()));
+        }
+        if let Some(p) = extras.pids_limit {
+            q.push(("pids_limit".into(), p.to_string()));
+        }
+        q.push(("network".into(), extras.network.clone()));
+        for a in *args {
             q.push(("arg".into(), a.clone()));
         }
-        q.push(("image".into(), image.into()));
+        q.push(("image".into(), image.to_string()));
         q.push(("restart".into(), restart.to_string()));
         if let Some(n) = name {
-            q.push(("name".into(), n.into()));
+            q.push(("name".into(), n.to_string()));
         }
-        for p in ports {
+        for p in *ports {
             q.push((
                 "publish".into(),
                 format!("{}:{}:{}", p.host_ip, p.host_port, p.container_port),

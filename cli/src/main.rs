@@ -14,7 +14,7 @@ use skiff_spec::{
     DeployParams, PortMapping, RestartPolicy, parse_bytes, parse_duration, parse_env,
 };
 
-use crate::client::Client;
+use crate::client::{Client, RunExtras, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -220,6 +220,15 @@ enum Command {
         /// Restart policy: no, on-failure, always.
         #[arg(long, default_value = "no")]
         restart: RestartPolicy,
+        /// CPUs a Linux container may use, e.g. 0.5.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Most processes a Linux container may have.
+        #[arg(long = "pids-limit")]
+        pids_limit: Option<i64>,
+        /// A Linux container's network: bridge (its own namespace) or host.
+        #[arg(long, default_value = "bridge")]
+        network: String,
         /// Image name or id.
         image: String,
         /// Arguments replacing the image's CMD (after its ENTRYPOINT arguments).
@@ -438,6 +447,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             concurrency,
             restart,
+            cpus,
+            pids_limit,
+            network,
             image,
             args,
             client,
@@ -451,7 +463,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let c = Client::new(&client)?;
             let id = c
-                .run(&image, name.as_deref(), &publish, restart, &params, &args)
+                .run(&RunOptions {
+                    image: &image,
+                    name: name.as_deref(),
+                    ports: &publish,
+                    restart,
+                    params: &params,
+                    args: &args,
+                    extras: RunExtras {
+                        cpus,
+                        pids_limit,
+                        network,
+                    },
+                })
                 .await?;
             println!("{id}");
             if detach {

@@ -80,6 +80,11 @@ pub enum Runnable {
         /// The binary's blob.
         layer: Digest,
     },
+    /// A Linux container image: tar layers applied in order make its root filesystem.
+    Oci {
+        /// Layers in order.
+        layers: Vec<Descriptor>,
+    },
     /// Files from tar layers, served from `site_root`.
     Static {
         /// Layers in order.
@@ -281,10 +286,15 @@ impl ImageStore {
                 layer: layer.digest,
             }
         } else if config.os == "linux" {
-            return Err(unsupported(format!(
-                "a {}/{} container image; running Linux images needs the OCI (runc) backend, which this node does not provide",
-                config.os, config.architecture
-            )));
+            if config.architecture != "amd64" {
+                return Err(unsupported(format!(
+                    "a linux/{} image; this node runs linux/amd64",
+                    config.architecture
+                )));
+            }
+            Runnable::Oci {
+                layers: manifest.layers.clone(),
+            }
         } else {
             return Err(unsupported(format!(
                 "config {} with layers [{}] is neither a Wasm artifact nor a static site",
@@ -430,11 +440,16 @@ impl ImageStore {
                 .map(|c| c.created)
                 .unwrap_or_default();
             let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
-            let kind = manifest
-                .annotations
-                .get(oci::KIND_ANNOTATION)
-                .cloned()
-                .unwrap_or_else(|| "unknown".into());
+            let kind = match manifest.annotations.get(oci::KIND_ANNOTATION) {
+                Some(k) => k.clone(),
+                // Made by another tool: say what it runs as, if anything.
+                None => match self.summary(&digest).map(|s| s.runnable) {
+                    Ok(Runnable::Wasm { kind, .. }) => kind.to_string(),
+                    Ok(Runnable::Static { .. }) => "static".into(),
+                    Ok(Runnable::Oci { .. }) => "oci".into(),
+                    Err(_) => "unknown".into(),
+                },
+            };
             out.push(ImageInfo {
                 digest,
                 tags,

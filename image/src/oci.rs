@@ -112,6 +112,9 @@ pub struct RunConfig {
     /// Default arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// `uid[:gid]` (Linux images).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
 
 /// The config blob of a skiff image: the OCI image config's fields (so other tools can

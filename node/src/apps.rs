@@ -41,10 +41,12 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// An image made ready to run: compiled code, or an extracted site.
+/// An image made ready to run: compiled code, an extracted site, or a Linux image's
+/// extracted tree.
 enum Prepared {
     Wasm(Arc<Compiled>),
     Static { root: PathBuf, tag: String },
+    Oci { root: PathBuf },
 }
 
 /// Extracts a site's layers beside `dest` and renames the tree into place, so a crash
@@ -104,6 +106,7 @@ fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> Ap
     let kind = match &summary.runnable {
         Runnable::Wasm { kind, .. } => *kind,
         Runnable::Static { .. } => AppKind::Static,
+        Runnable::Oci { .. } => AppKind::Oci,
     };
     let mut spec = with_image_defaults(params, &summary.run).into_spec(name, summary.digest, kind);
     spec.routes = summary
@@ -147,6 +150,8 @@ pub(crate) struct Settings {
     pub(crate) shutdown: CancellationToken,
     /// How long stops wait for requests in flight.
     pub(crate) drain: Duration,
+    /// The node's data dir.
+    pub(crate) data: PathBuf,
 }
 
 /// The node's apps: desired state, running containers, routes.
@@ -168,6 +173,13 @@ pub struct Apps {
     drain: Duration,
     /// `http://{name}.{domain}:{port}/`
     url_suffix: String,
+    /// The node's data dir (Linux containers' bundles live in `containers/`).
+    data: PathBuf,
+    /// runc, if this node can run Linux containers; else why not.
+    oci: Result<skiff_runtime::oci::OciHost, String>,
+    /// Linux containers' exits, handled by [`Apps::run_exit_loop`].
+    exits: tokio::sync::mpsc::UnboundedSender<standalone::Exited>,
+    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<standalone::Exited>>>,
 }
 
 impl Apps {
@@ -183,7 +195,13 @@ impl Apps {
             url_suffix,
             shutdown,
             drain,
+            data,
         } = settings;
+        let oci = skiff_runtime::oci::OciHost::probe(&data.join("runc")).map_err(|e| e.to_string());
+        if let Err(why) = &oci {
+            info!(reason = %why, "Linux containers are not available on this node; Wasm is");
+        }
+        let (exits, exit_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             runtime,
             images,
@@ -195,6 +213,31 @@ impl Apps {
             url_suffix,
             shutdown,
             drain,
+            data,
+            oci,
+            exits,
+            exit_rx: std::sync::Mutex::new(Some(exit_rx)),
+        }
+    }
+
+    /// Handles Linux containers' exits until the node stops. Run once, by the node.
+    pub(crate) async fn run_exit_loop(&self, shutdown: CancellationToken) {
+        let Some(mut rx) = self
+            .exit_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.on_exit(ev).await,
+                    None => return,
+                },
+            }
         }
     }
 
@@ -268,6 +311,21 @@ impl Apps {
                         .map_err(ApiError::internal)?
                         .map_err(ApiError::internal)?;
                 Ok(Prepared::Wasm(self.compile(layer, *kind, wasm).await?))
+            }
+            Runnable::Oci { layers } => {
+                // The image's read-only tree, shared by its containers (each gets an
+                // overlay on it).
+                let dir = self.sites.join(summary.digest.hex());
+                if !dir.is_dir() {
+                    let images = self.images.clone();
+                    let (layers, sites, dest) = (layers.clone(), self.sites.clone(), dir.clone());
+                    tokio::task::spawn_blocking(move || {
+                        extract_site(&images, &layers, &sites, &dest)
+                    })
+                    .await
+                    .map_err(ApiError::internal)??;
+                }
+                Ok(Prepared::Oci { root: dir })
             }
             Runnable::Static { layers, site_root } => {
                 let dir = self.sites.join(summary.digest.hex());
@@ -353,6 +411,12 @@ impl Apps {
                         self.runtime.prepare(compiled, config).map_err(|e| {
                             ApiError::bad_request("unsupported_imports", e.to_string())
                         })?
+                    }
+                    Prepared::Oci { .. } => {
+                        return Err(ApiError::bad_request(
+                            "unsupported_image",
+                            "deployments of Linux images are not supported yet; run one with skiff run",
+                        ));
                     }
                     Prepared::Static { root, tag } => {
                         Workload::Static(StaticSite::open(root, tag).map_err(ApiError::internal)?)

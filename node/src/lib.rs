@@ -219,6 +219,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         url_suffix,
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
+        data: dir.clone(),
     };
     let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;
@@ -232,6 +233,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shutdown: shutdown.clone(),
     });
 
+    let exits = {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move { shared.apps.run_exit_loop(shutdown).await })
+    };
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
         ingress.clone(),
@@ -263,7 +268,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         token_path,
         token_created,
         shutdown,
-        tasks: vec![ingress, api],
+        tasks: vec![ingress, api, exits],
         shared,
         _lock: lock,
     })

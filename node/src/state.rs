@@ -37,6 +37,23 @@ pub struct ContainerRecord {
     pub finished_ms: u64,
     /// Last exit code.
     pub exit_code: Option<i32>,
+    /// Settings only Linux containers have.
+    #[serde(default)]
+    pub oci: OciOptions,
+}
+
+/// `docker run` settings that only Linux containers take.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciOptions {
+    /// `--memory` (bytes); none: unlimited, as Docker.
+    pub memory_bytes: Option<u64>,
+    /// `--cpus` in thousandths.
+    pub milli_cpus: Option<u32>,
+    /// `--pids-limit`.
+    pub pids_limit: Option<i64>,
+    /// `--network host`.
+    pub host_network: bool,
 }
 
 /// An app as persisted: its spec plus bookkeeping.

@@ -16,11 +16,13 @@
 //!
 //! Only `wasm/` imports wasmtime. Static sites ([`StaticSite`], module `site`: `static`
 //! is a keyword) are served by the node itself from an extracted image through a
-//! `cap_std` directory; OCI containers join [`Workload`] with their own issue.
+//! `cap_std` directory; Linux containers ([`oci`]) are run by runc and reached over
+//! HTTP.
 
 #![deny(missing_docs)]
 
 mod log;
+pub mod oci;
 mod site;
 mod wasm;
 mod workload;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::oci::OciWorkload;
 use crate::site::StaticSite;
 use crate::wasm::{HttpWorkload, WagiWorkload};
 
@@ -31,6 +32,8 @@ pub enum Workload {
     Wagi(WagiWorkload),
     /// Files served from an image.
     Static(StaticSite),
+    /// A Linux container run by runc, reached over HTTP.
+    Oci(OciWorkload),
 }
 
 impl fmt::Debug for Workload {
@@ -39,6 +42,7 @@ impl fmt::Debug for Workload {
             Workload::Http(_) => f.write_str("Workload::Http"),
             Workload::Wagi(_) => f.write_str("Workload::Wagi"),
             Workload::Static(_) => f.write_str("Workload::Static"),
+            Workload::Oci(_) => f.write_str("Workload::Oci"),
         }
     }
 }
@@ -46,7 +50,7 @@ impl fmt::Debug for Workload {
 impl Workload {
     /// Whether each request creates a Wasm instance (static sites do not).
     pub fn instantiates(&self) -> bool {
-        !matches!(self, Workload::Static(_))
+        matches!(self, Workload::Http(_) | Workload::Wagi(_))
     }
 
     /// Serves one request in a fresh instance, bounded by the container's limits.
@@ -63,6 +67,7 @@ impl Workload {
             Workload::Http(w) => w.handle(req).await,
             Workload::Wagi(w) => w.handle(req, info).await,
             Workload::Static(site) => Ok(site.handle(req.method(), req.uri(), req.headers()).await),
+            Workload::Oci(w) => w.handle(req).await,
         }
     }
 }

@@ -18,6 +18,8 @@ pub enum AppKind {
     Wagi,
     /// Files from an image, served by the node (index.html, ETags, ranges...).
     Static,
+    /// A Linux container image run by runc; the node forwards HTTP to it.
+    Oci,
 }
 
 impl fmt::Display for AppKind {
@@ -26,6 +28,7 @@ impl fmt::Display for AppKind {
             AppKind::Http => "http",
             AppKind::Wagi => "wagi",
             AppKind::Static => "static",
+            AppKind::Oci => "oci",
         })
     }
 }

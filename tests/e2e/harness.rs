@@ -276,7 +276,18 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A clean stop, so the node takes down what it started (Linux containers
+        // outlive a killed node); SIGKILL if it does not stop within 10 s.
         if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -10,4 +10,5 @@ mod images;
 mod kinds;
 mod lifecycle;
 mod observe;
+mod oci;
 mod registry;

@@ -43,6 +43,7 @@ pub(super) async fn run(
     let mut ports = Vec::new();
     let mut restart = RestartPolicy::No;
     let mut args = None::<Vec<String>>;
+    let mut oci = crate::state::OciOptions::default();
     let mut rest = Vec::new();
     for (k, v) in pairs(q) {
         match k.as_str() {
@@ -51,6 +52,26 @@ pub(super) async fn run(
             "publish" => ports.push(v.parse::<PortMapping>().map_err(|e| bad("publish", e))?),
             "restart" => restart = v.parse().map_err(|e| bad("restart", e))?,
             "arg" => args.get_or_insert_with(Vec::new).push(v),
+            "cpus" => {
+                let cpus: f64 = v
+                    .parse()
+                    .map_err(|_| bad("cpus", format!("{v:?} is not a number")))?;
+                if !(0.001..=1024.0).contains(&cpus) {
+                    return Err(bad("cpus", format!("{v} is outside 0.001..=1024")));
+                }
+                oci.milli_cpus = Some((cpus * 1000.0).round() as u32);
+            }
+            "pids_limit" => {
+                oci.pids_limit = Some(
+                    v.parse()
+                        .map_err(|_| bad("pids_limit", format!("{v:?} is not a number")))?,
+                )
+            }
+            "network" => match v.as_str() {
+                "host" => oci.host_network = true,
+                "bridge" | "default" => oci.host_network = false,
+                other => return Err(bad("network", format!("{other:?}: use bridge or host"))),
+            },
             _ => rest.push((k, v)),
         }
     }
@@ -63,6 +84,8 @@ pub(super) async fn run(
             "a container is one instance; deploy an app for replicas",
         ));
     }
+    // Linux containers get a memory limit only when asked, as with docker run.
+    oci.memory_bytes = params.memory_bytes;
     let info = shared
         .apps
         .run(RunRequest {
@@ -72,6 +95,7 @@ pub(super) async fn run(
             ports,
             restart,
             args,
+            oci,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())

@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use skiff_runtime::LogBook;
+use skiff_runtime::oci::{IpLease, OciProcess, OciSpec, OciWorkload};
+use skiff_runtime::{LogBook, Workload};
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
 use tokio::net::TcpListener;
@@ -18,7 +20,7 @@ use super::{Apps, LOG_LINES, now_ms};
 use crate::api::ApiError;
 use crate::container::Container;
 use crate::ingress::{self, Target};
-use crate::state::ContainerRecord;
+use crate::state::{ContainerRecord, OciOptions};
 
 /// What `POST /v1/containers` asks for.
 pub struct RunRequest {
@@ -34,6 +36,8 @@ pub struct RunRequest {
     pub restart: RestartPolicy,
     /// Arguments replacing the image's CMD (`skiff run IMAGE ARGS...`).
     pub args: Option<Vec<String>>,
+    /// Settings only Linux containers have.
+    pub oci: OciOptions,
 }
 
 /// One `skiff run` container: its record and, while running, its container and ports.
@@ -41,6 +45,8 @@ pub(super) struct Standalone {
     record: ContainerRecord,
     log: Arc<LogBook>,
     running: Option<Running>,
+    /// Quick failures in a row, for the restart back-off.
+    restarts: u32,
 }
 
 struct Running {
@@ -48,15 +54,48 @@ struct Running {
     /// Published-port listeners; cancelled on stop.
     ports: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
+    /// The runc process, for Linux containers.
+    oci: Option<Arc<OciInstance>>,
+}
+
+/// A Linux container's process and the lease on its bridge address (released when the
+/// instance goes).
+pub(crate) struct OciInstance {
+    process: OciProcess,
+    _lease: IpLease,
+}
+
+/// What happens to Linux containers behind the API's back.
+pub(crate) enum Exited {
+    /// A container's process ended.
+    Exited {
+        /// The container (record id).
+        id: String,
+        /// Which start of it (the Container object's id).
+        instance: String,
+        /// Its exit code.
+        code: i32,
+    },
+    /// A restart the policy asked for, after its back-off.
+    Restart {
+        /// The container (record id).
+        id: String,
+    },
 }
 
 impl Running {
-    /// Lets requests in flight finish (up to `grace`) and the listeners wind down.
-    async fn finish(self, grace: std::time::Duration) {
+    /// Lets requests in flight finish (up to `grace`) and the listeners wind down; a
+    /// Linux container then gets SIGTERM, SIGKILL after `grace`, and is cleaned up.
+    /// Returns its exit code, for Linux containers.
+    async fn finish(self, grace: std::time::Duration) -> Option<i32> {
         self.container.drain(grace).await;
         for l in self.listeners {
             let _ = l.await;
         }
+        let oci = self.oci?;
+        let code = oci.process.stop(grace).await;
+        oci.process.cleanup().await;
+        Some(code)
     }
 }
 
@@ -161,6 +200,7 @@ impl Apps {
             image_ref: req.image,
             ports: req.ports,
             restart: req.restart,
+            oci: req.oci,
             created_ms: now,
             running: false,
             started_ms: 0,
@@ -171,6 +211,7 @@ impl Apps {
             record,
             log: LogBook::new(LOG_LINES),
             running: None,
+            restarts: 0,
         };
         self.start_entry(&mut entry).await?;
         let info = self.info_of(&entry);
@@ -191,29 +232,42 @@ impl Apps {
         let prepared = self.prepare(&summary).await?;
         let mut spec = entry.record.spec.clone();
         spec.replicas = 1;
-        let container = self
-            .containers(&spec, &prepared, &entry.log)?
-            .pop()
-            .ok_or_else(|| ApiError::internal("no container made"))?;
-        let ports = self.shutdown.child_token();
-        let mut listeners = Vec::new();
+        // Ports first: a taken port fails the start before anything runs.
+        let mut bound = Vec::new();
         for p in &entry.record.ports {
             let addr = std::net::SocketAddr::new(p.host_ip, p.host_port);
-            let listener = match TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    ports.cancel();
-                    return Err(ApiError::conflict(format!("cannot publish {addr}: {e}")));
-                }
-            };
-            listeners.push(tokio::spawn(ingress::serve(
-                listener,
-                self.ingress.clone(),
-                Target::Fixed(container.clone()),
-                ports.clone(),
-                self.drain,
-            )));
+            bound.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ApiError::conflict(format!("cannot publish {addr}: {e}")))?,
+            );
         }
+        let (container, oci) = match &prepared {
+            super::Prepared::Oci { root } => {
+                let (container, process) = self.start_oci(entry, &summary, root).await?;
+                (container, Some(process))
+            }
+            other => {
+                let container = self
+                    .containers(&spec, other, &entry.log)?
+                    .pop()
+                    .ok_or_else(|| ApiError::internal("no container made"))?;
+                (container, None)
+            }
+        };
+        let ports = self.shutdown.child_token();
+        let listeners = bound
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(ingress::serve(
+                    listener,
+                    self.ingress.clone(),
+                    Target::Fixed(container.clone()),
+                    ports.clone(),
+                    self.drain,
+                ))
+            })
+            .collect();
         self.ingress
             .table
             .set(spec.name.as_str(), vec![container.clone()]);
@@ -225,8 +279,172 @@ impl Apps {
             container,
             ports,
             listeners,
+            oci,
         });
         Ok(())
+    }
+
+    /// Starts a Linux container with runc and watches for its exit.
+    async fn start_oci(
+        &self,
+        entry: &Standalone,
+        summary: &skiff_image::ImageSummary,
+        root: &std::path::Path,
+    ) -> Result<(Arc<Container>, Arc<OciInstance>), ApiError> {
+        let host = self
+            .oci
+            .as_ref()
+            .map_err(|why| ApiError::bad_request("oci_unavailable", why.clone()))?;
+        let r = &entry.record;
+        if r.spec.args.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "the image has no ENTRYPOINT or CMD: give a command after the image",
+            ));
+        }
+        let lease = IpLease::take().map_err(|e| ApiError::internal(e.to_string()))?;
+        let ip = lease.ip();
+        let name: Arc<str> = r.spec.name.as_str().into();
+        let spec = OciSpec {
+            id: r.id.clone(),
+            name: name.clone(),
+            image_root: root.to_path_buf(),
+            dir: self.data.join("containers").join(&r.id[..32]),
+            args: r.spec.args.clone(),
+            env: r.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: summary.run.working_dir.clone(),
+            user: summary.run.user.clone(),
+            memory: r.oci.memory_bytes,
+            cpus: r.oci.milli_cpus.map(|m| f64::from(m) / 1000.0),
+            pids: r.oci.pids_limit,
+            host_network: r.oci.host_network,
+            ip,
+            log: entry.log.clone(),
+        };
+        let started = async {
+            let mut process = host
+                .start(spec)
+                .await
+                .map_err(|e| ApiError::bad_request("oci_failed", e.to_string()))?;
+            process
+                .spawn(name.clone(), entry.log.clone())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            // Until runc has made the container, a stop could not reach it.
+            if let Err(e) = process.wait_started().await {
+                process.stop(std::time::Duration::ZERO).await;
+                process.cleanup().await;
+                return Err(ApiError::internal(e.to_string()));
+            }
+            Ok::<_, ApiError>(process)
+        };
+        // A failed start drops the lease, freeing the address.
+        let process = Arc::new(OciInstance {
+            process: started.await?,
+            _lease: lease,
+        });
+        // The port it serves HTTP on: the first published one's container side, else the
+        // first EXPOSEd one, else 80.
+        let port = r
+            .ports
+            .first()
+            .map(|p| p.container_port)
+            .or_else(|| {
+                summary
+                    .run
+                    .exposed_ports
+                    .keys()
+                    .find_map(|k| k.split('/').next()?.parse().ok())
+            })
+            .unwrap_or(80);
+        let addr = match process.process.ip {
+            Some(ip) => std::net::SocketAddr::from((ip, port)),
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let container = Container::new(
+            r.spec.name.to_string(),
+            r.spec.name.clone(),
+            Workload::Oci(OciWorkload::new(addr)),
+            r.spec.limits.concurrency,
+            now_ms(),
+            r.spec.routes.clone(),
+        );
+        container
+            .transition(crate::container::ContainerState::Ready)
+            .map_err(ApiError::internal)?;
+        let container = Arc::new(container);
+        let (events, id, instance, watched) = (
+            self.exits.clone(),
+            r.id.clone(),
+            container.id.clone(),
+            process.clone(),
+        );
+        tokio::spawn(async move {
+            let code = watched.process.wait().await;
+            let _ = events.send(Exited::Exited { id, instance, code });
+        });
+        info!(container = %r.spec.name, %addr, "linux container started");
+        Ok((container, process))
+    }
+
+    /// A Linux container's process ended by itself: record it and apply the restart
+    /// policy, with Docker's back-off (100 ms doubling to 10 s while it keeps failing
+    /// within 10 s of starting). Exits of containers being stopped are theirs to record.
+    pub(crate) async fn on_exit(&self, ev: Exited) {
+        let (id, instance, code) = match ev {
+            Exited::Exited { id, instance, code } => (id, instance, code),
+            Exited::Restart { id } => {
+                let mut standalone = self.standalone.lock().await;
+                if let Some(entry) = standalone.get_mut(&id)
+                    && entry.running.is_none()
+                    && entry.record.restart != RestartPolicy::No
+                    && let Err(e) = self.start_entry(entry).await
+                {
+                    warn!(container = %entry.record.spec.name, error = %e, "container could not be restarted");
+                }
+                return;
+            }
+        };
+        let mut standalone = self.standalone.lock().await;
+        let Some(entry) = standalone.get_mut(&id) else {
+            return;
+        };
+        if entry
+            .running
+            .as_ref()
+            .is_none_or(|r| r.container.id != instance)
+        {
+            return;
+        }
+        let running = entry.running.take().expect("checked");
+        self.ingress.table.remove(entry.record.spec.name.as_str());
+        running.ports.cancel();
+        if let Some(oci) = &running.oci {
+            oci.process.cleanup().await;
+        }
+        let now = now_ms();
+        let quick = now.saturating_sub(entry.record.started_ms) < 10_000;
+        entry.restarts = if quick { entry.restarts + 1 } else { 0 };
+        entry.record.running = false;
+        entry.record.finished_ms = now;
+        entry.record.exit_code = Some(code);
+        info!(container = %entry.record.spec.name, code, "container exited");
+        if let Err(e) = self.persist(&entry.record).await {
+            warn!(error = %e, "failed to record a container's exit");
+        }
+        let restart = match entry.record.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != 0,
+            RestartPolicy::No => false,
+        };
+        if restart {
+            let delay = Duration::from_millis(100u64 << entry.restarts.saturating_sub(1).min(7))
+                .min(Duration::from_secs(10));
+            let events = self.exits.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = events.send(Exited::Restart { id });
+            });
+        }
     }
 
     /// Stops a running container: unroutes it, closes its ports, lets requests in flight
@@ -236,9 +454,11 @@ impl Apps {
         entry: &mut Standalone,
         grace: std::time::Duration,
     ) -> Result<(), ApiError> {
-        let running = self.begin_stop(entry).await?;
-        if let Some(running) = running {
-            running.finish(grace).await;
+        if let Some(running) = self.begin_stop(entry).await?
+            && let Some(code) = running.finish(grace).await
+        {
+            entry.record.exit_code = Some(code);
+            self.persist(&entry.record).await?;
         }
         Ok(())
     }
@@ -301,11 +521,21 @@ impl Apps {
             .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
         let entry = standalone.get_mut(&id).expect("found");
         let running = self.begin_stop(entry).await?;
-        let info = self.info_of(entry);
+        let mut info = self.info_of(entry);
         // Drained without the lock: `ps` and the other verbs need not wait up to -t.
         drop(standalone);
-        if let Some(running) = running {
-            running.finish(grace).await;
+        if let Some(running) = running
+            && let Some(code) = running.finish(grace).await
+        {
+            // A Linux container's own exit code replaces the provisional 0.
+            let mut standalone = self.standalone.lock().await;
+            if let Some(entry) = standalone.get_mut(&id)
+                && entry.running.is_none()
+            {
+                entry.record.exit_code = Some(code);
+                self.persist(&entry.record).await?;
+                info = self.info_of(entry);
+            }
         }
         Ok(info)
     }
@@ -459,6 +689,17 @@ impl Apps {
         let mut standalone = self.standalone.lock().await;
         for mut record in records {
             let crashed = record.running;
+            if crashed
+                && record.spec.kind == skiff_spec::AppKind::Oci
+                && let Ok(host) = &self.oci
+            {
+                // runc outlives a killed node: the old container goes before anything else.
+                host.clean_leftovers(
+                    &record.id,
+                    &self.data.join("containers").join(&record.id[..32]),
+                )
+                .await;
+            }
             if crashed {
                 record.running = false;
                 record.exit_code = Some(255);
@@ -473,6 +714,7 @@ impl Apps {
                 record,
                 log: LogBook::new(LOG_LINES),
                 running: None,
+                restarts: 0,
             };
             if start {
                 if let Err(e) = self.start_entry(&mut entry).await {

@@ -281,10 +281,10 @@ impl Runtime {
         let component = match kind {
             AppKind::Http => true,
             AppKind::Wagi => false,
-            AppKind::Static => {
+            AppKind::Static | AppKind::Oci => {
                 return Err(CompileError::Invalid {
                     digest,
-                    message: "a static site has no code to compile".into(),
+                    message: format!("a {kind} image has no Wasm to compile"),
                 });
             }
         };

@@ -1,0 +1,412 @@
+//! Linux containers run by runc: a busybox image built here from Debian's
+//! busybox-static, loaded as a `docker save` and as an OCI layout tarball, run with its own
+//! network namespace on the node bridge.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A rootfs layer: busybox, its applets, and a web root; plus `extra` raw entries.
+fn busybox_layer(extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let busybox = std::fs::read(BUSYBOX).expect("busybox-static is installed by ./test");
+    let mut t = tar::Builder::new(Vec::new());
+    let mut file = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        t.append_data(&mut h, path, data).unwrap();
+    };
+    file("bin/busybox", &busybox, 0o755);
+    file(
+        "www/index.html",
+        b"<h1>busybox httpd in skiff</h1>\n",
+        0o644,
+    );
+    for applet in ["sh", "httpd", "echo", "pwd", "dd", "tr", "sleep", "cat"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        t.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let mut t = t;
+    for (path, data) in extra {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append(&h, *data).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn config(layer: &[u8]) -> Vec<u8> {
+    format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin","FOO=bar"],"Cmd":["sh"],"WorkingDir":"/www","ExposedPorts":{{"80/tcp":{{}}}}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+        sha(layer)
+    )
+    .into_bytes()
+}
+
+fn tar_of(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, path, data.as_slice()).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+/// `docker save` format: manifest.json naming a config and a layer tar by path.
+fn docker_save(name: &str, layer: &[u8]) -> Vec<u8> {
+    let config = config(layer);
+    tar_of(&BTreeMap::from([
+        (
+            "manifest.json".to_string(),
+            format!(r#"[{{"Config":"cfg.json","RepoTags":["{name}"],"Layers":["l1/layer.tar"]}}]"#)
+                .into_bytes(),
+        ),
+        ("cfg.json".to_string(), config),
+        ("l1/layer.tar".to_string(), layer.to_vec()),
+    ]))
+}
+
+/// The same image as an OCI layout tarball.
+fn oci_layout(name: &str, layer: &[u8]) -> Vec<u8> {
+    let config = config(layer);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":{}}}]}}"#,
+        sha(&config),
+        config.len(),
+        sha(layer),
+        layer.len()
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{name}"}}}}]}}"#,
+        sha(manifest.as_bytes()),
+        manifest.len()
+    );
+    tar_of(&BTreeMap::from([
+        (
+            "oci-layout".to_string(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        ("index.json".to_string(), index.into_bytes()),
+        (format!("blobs/sha256/{}", sha(&config)), config.clone()),
+        (
+            format!("blobs/sha256/{}", sha(manifest.as_bytes())),
+            manifest.into_bytes(),
+        ),
+        (format!("blobs/sha256/{}", sha(layer)), layer.to_vec()),
+    ]))
+}
+
+async fn load(node: &Node, archive: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image.tar");
+    std::fs::write(&path, archive).unwrap();
+    ok(&skiff(node, &["load", "-i", path.to_str().unwrap()]).await);
+}
+
+async fn state(node: &Node, name: &str) -> serde_json::Value {
+    node.api_get(&format!("/v1/containers/{name}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn exited(node: &Node, name: &str) -> serde_json::Value {
+    wait_for(
+        &format!("{name} to exit"),
+        Duration::from_secs(20),
+        || async {
+            let s = state(node, name).await;
+            (s["state"] == "exited").then_some(s)
+        },
+    )
+    .await
+}
+
+fn leftovers(node: &Node, id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&netns.stdout).contains(&format!("skiff-{}", &id[..12])) {
+        found.push("network namespace".into());
+    }
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&links.stdout).contains(&format!("vh{}", &id[..10])) {
+        found.push("veth".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    if mounts.contains(&node.dir.to_string_lossy().to_string()) {
+        found.push("mount".into());
+    }
+    if node.dir.join("containers").join(&id[..32]).exists() {
+        found.push("bundle directory".into());
+    }
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(node.dir.join("runc"))
+        .arg("list")
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&runc.stdout).contains(&id[..32]) {
+        found.push("runc state".into());
+    }
+    found
+}
+
+fn need_root_and_runc() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the OCI tests run as root (CI does)"
+    );
+    assert!(
+        Path::new("/usr/sbin/runc").exists() || Path::new("/usr/bin/runc").exists(),
+        "runc is installed by ./test"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_nothing() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("busybox:latest", &busybox_layer(&[]))).await;
+    let images = ok(&skiff(&node, &["images"]).await);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("busybox") && l.contains("oci")),
+        "{images}"
+    );
+    let port = free_port();
+    let id = ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &format!("{port}:80"),
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "100",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    )
+    .await);
+    let id = id.trim().to_string();
+    let url = format!("http://127.0.0.1:{port}/");
+    let body = wait_for(
+        "httpd to answer on the published port",
+        Duration::from_secs(20),
+        // The container starts at once; httpd needs a moment before it listens.
+        || async {
+            let r = reqwest::get(&url).await.ok()?;
+            if r.status() == 200 {
+                r.text().await.ok()
+            } else {
+                None
+            }
+        },
+    )
+    .await;
+    assert_eq!(body, "<h1>busybox httpd in skiff</h1>\n");
+    assert_eq!(
+        node.get("web", "/").await,
+        (200, "<h1>busybox httpd in skiff</h1>\n".to_string())
+    );
+    let ps = ok(&skiff(&node, &["ps"]).await);
+    assert!(
+        ps.lines()
+            .any(|l| l.ends_with(" web") && l.contains(" oci ") && l.contains("Up ")),
+        "{ps}"
+    );
+
+    // httpd as pid 1 ignores SIGTERM: stop falls back to SIGKILL after -t, as Docker's.
+    ok(&skiff(&node, &["stop", "-t", "1", "web"]).await);
+    let s = state(&node, "web").await;
+    assert_eq!(
+        (s["state"].as_str(), s["exit_code"].as_i64()),
+        (Some("exited"), Some(137))
+    );
+    assert!(reqwest::get(&url).await.is_err(), "its port is closed");
+    assert!(
+        leftovers(&node, &id).is_empty(),
+        "a stopped container keeps nothing: {:?}",
+        leftovers(&node, &id)
+    );
+
+    ok(&skiff(&node, &["start", "web"]).await);
+    wait_for("httpd to answer again", Duration::from_secs(20), || async {
+        reqwest::get(&url).await.ok().map(drop)
+    })
+    .await;
+    ok(&skiff(&node, &["rm", "-f", "web"]).await);
+    assert_eq!(
+        leftovers(&node, &id),
+        Vec::<String>::new(),
+        "rm leaves nothing behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_settings_logs_exit_codes_and_the_memory_limit() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &oci_layout("bb:v1", &busybox_layer(&[]))).await;
+
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "echo",
+            "bb:v1",
+            "sh",
+            "-c",
+            "echo FOO=$FOO; pwd; echo oops >&2; exit 3",
+        ],
+    )
+    .await);
+    let s = exited(&node, "echo").await;
+    assert_eq!(s["exit_code"], 3);
+    let logs = ok(&skiff(&node, &["logs", "echo"]).await);
+    assert!(
+        logs.contains("stdout: FOO=bar"),
+        "Env from the image: {logs}"
+    );
+    assert!(
+        logs.contains("stdout: /www"),
+        "WorkingDir from the image: {logs}"
+    );
+    assert!(logs.contains("stderr: oops"), "{logs}");
+    let ps = ok(&skiff(&node, &["ps", "-a"]).await);
+    assert!(
+        ps.lines()
+            .any(|l| l.ends_with(" echo") && l.contains("Exited (3)")),
+        "{ps}"
+    );
+
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "hog",
+            "--memory",
+            "16m",
+            "bb:v1",
+            "sh",
+            "-c",
+            "x=$(dd if=/dev/zero bs=1M count=64 2>/dev/null | tr '\\0' a); echo survived",
+        ],
+    )
+    .await);
+    let s = exited(&node, "hog").await;
+    assert_eq!(s["exit_code"], 137, "killed by its memory limit");
+    assert!(!ok(&skiff(&node, &["logs", "hog"]).await).contains("survived"));
+
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "again",
+            "--restart",
+            "on-failure",
+            "bb:v1",
+            "sh",
+            "-c",
+            "echo started; exit 1",
+        ],
+    )
+    .await);
+    wait_for(
+        "on-failure to restart it",
+        Duration::from_secs(30),
+        || async {
+            let logs = ok(&skiff(&node, &["logs", "again"]).await);
+            (logs.matches("started").count() >= 2).then_some(())
+        },
+    )
+    .await;
+    ok(&skiff(&node, &["rm", "-f", "again"]).await);
+
+    // Deployments of Linux images are not there yet: one line saying so.
+    let e = err(&skiff(&node, &["deploy", "bb:v1", "--name", "bbapp"]).await);
+    assert!(e.contains("skiff run"), "{e}");
+}
+
+#[tokio::test]
+async fn hostile_layers_and_missing_runc_are_one_line_errors() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(
+        &node,
+        &docker_save("evil:latest", &busybox_layer(&[("../../escape", b"x")])),
+    )
+    .await;
+    let e = err(&skiff(&node, &["run", "-d", "--name", "evil", "evil"]).await);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("../../escape"), "{e}");
+
+    // A node that cannot find runc still runs Wasm, and says why it cannot run Linux images.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Node::start_customised(dir.path(), &[], |cmd| {
+        cmd.env("PATH", "/nonexistent");
+    })
+    .await;
+    load(&plain, &docker_save("busybox:latest", &busybox_layer(&[]))).await;
+    let e = err(&skiff(&plain, &["run", "-d", "busybox", "sh"]).await);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("runc"), "{e}");
+    plain.deploy_ok("hello", hello_wasm(), "").await;
+    assert_eq!(plain.get("hello", "/").await.0, 200);
+}
