@@ -12,6 +12,18 @@ use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
 
 const BUSYBOX: &str = "/usr/bin/busybox";
 
+/// A GET that gives up after 5 s, so a wait never hangs on one attempt.
+async fn get(url: &str) -> Option<reqwest::Response> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .ok()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -245,7 +257,7 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
         Duration::from_secs(20),
         // The container starts at once; httpd needs a moment before it listens.
         || async {
-            let r = reqwest::get(&url).await.ok()?;
+            let r = get(&url).await?;
             if r.status() == 200 {
                 r.text().await.ok()
             } else {
@@ -273,7 +285,7 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
         (s["state"].as_str(), s["exit_code"].as_i64()),
         (Some("exited"), Some(137))
     );
-    assert!(reqwest::get(&url).await.is_err(), "its port is closed");
+    assert!(get(&url).await.is_none(), "its port is closed");
     assert!(
         leftovers(&node, &id).is_empty(),
         "a stopped container keeps nothing: {:?}",
@@ -282,7 +294,7 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
 
     ok(&skiff(&node, &["start", "web"]).await);
     wait_for("httpd to answer again", Duration::from_secs(20), || async {
-        reqwest::get(&url).await.ok().map(drop)
+        (get(&url).await?.status() == 200).then_some(())
     })
     .await;
     ok(&skiff(&node, &["rm", "-f", "web"]).await);

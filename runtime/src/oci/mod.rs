@@ -289,6 +289,8 @@ impl OciHost {
             )
             .await?;
             run("ip", &["link", "set", &host_if, "master", BRIDGE, "up"]).await?;
+            // Forget any MAC a previous holder of the address left in the host's cache.
+            let _ = run("ip", &["neigh", "del", &spec.ip.to_string(), "dev", BRIDGE]).await;
             run("ip", &["link", "set", &peer_if, "netns", ns]).await?;
             let in_ns = |args: &[&str]| {
                 let mut v = vec!["netns", "exec", ns.as_str(), "ip"];
@@ -429,11 +431,18 @@ pub struct IpLease {
 impl IpLease {
     const DIR: &'static str = "/run/skiff/ips";
 
-    /// The lowest free address in 10.213.1.2 and up.
+    /// A free address in 10.213.1.2 and up. The search starts at a random place, so an
+    /// address just given back is not handed out again at once (peers may still have it
+    /// cached with the old container's MAC).
     pub fn take() -> Result<Self, OciError> {
+        const ADDRESSES: u32 = 64_000;
         std::fs::create_dir_all(Self::DIR).map_err(setup(format!("create {}", Self::DIR)))?;
         let me = std::process::id();
-        for i in 0u32..64_000 {
+        let mut seed = [0u8; 4];
+        let _ = getrandom::fill(&mut seed);
+        let start = u32::from_le_bytes(seed) % ADDRESSES;
+        for n in 0..ADDRESSES {
+            let i = (start + n) % ADDRESSES;
             let ip = Ipv4Addr::new(10, 213, (1 + i / 250) as u8, (2 + i % 250) as u8);
             let path = Path::new(Self::DIR).join(ip.to_string());
             let mut open = std::fs::OpenOptions::new();
