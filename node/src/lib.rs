@@ -6,7 +6,9 @@
 //!   [`state`]) is turned into running [`container`]s, and the gateway's routing table
 //!   is pointed at them; redeploys swap the route atomically and drain the old
 //!   containers. `skiff run` containers are the same objects with an id, published
-//!   ports, a restart policy and a stop/start lifecycle. Logs are kept per app (replicas
+//!   ports, a restart policy and a stop/start lifecycle; Linux images among them run
+//!   under runc (`skiff_runtime::oci`), their exits reported back through an event loop
+//!   that applies the restart policy. Logs are kept per app (replicas
 //!   share one book, each line naming its container) rather than per replica, so
 //!   `logs -f` of an app follows it across redeploys.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
@@ -15,7 +17,8 @@
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
 //! `lock` (one node per data dir), `state.redb`, `images/` (an OCI image layout),
-//! `sites/<image>/` (extracted static sites), `cache/…` (compiled code).
+//! `sites/<image>/` (extracted static sites and Linux image trees), `cache/…` (compiled
+//! code), `containers/<id>/` (runc bundles), `runc/` (runc state).
 //! The cluster (chitchat, raft) joins as `cluster/` with its own issue.
 
 #![deny(missing_docs)]
