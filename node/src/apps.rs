@@ -312,32 +312,13 @@ impl Apps {
                         .map_err(ApiError::internal)?;
                 Ok(Prepared::Wasm(self.compile(layer, *kind, wasm).await?))
             }
-            Runnable::Oci { layers } => {
-                // The image's read-only tree, shared by its containers (each gets an
-                // overlay on it).
-                let dir = self.sites.join(summary.digest.hex());
-                if !dir.is_dir() {
-                    let images = self.images.clone();
-                    let (layers, sites, dest) = (layers.clone(), self.sites.clone(), dir.clone());
-                    tokio::task::spawn_blocking(move || {
-                        extract_site(&images, &layers, &sites, &dest)
-                    })
-                    .await
-                    .map_err(ApiError::internal)??;
-                }
-                Ok(Prepared::Oci { root: dir })
-            }
+            // The image's read-only tree, shared by its containers (each Linux container
+            // gets an overlay on it).
+            Runnable::Oci { layers } => Ok(Prepared::Oci {
+                root: self.extracted(summary.digest, layers).await?,
+            }),
             Runnable::Static { layers, site_root } => {
-                let dir = self.sites.join(summary.digest.hex());
-                if !dir.is_dir() {
-                    let images = self.images.clone();
-                    let (layers, sites, dest) = (layers.clone(), self.sites.clone(), dir.clone());
-                    tokio::task::spawn_blocking(move || {
-                        extract_site(&images, &layers, &sites, &dest)
-                    })
-                    .await
-                    .map_err(ApiError::internal)??;
-                }
+                let dir = self.extracted(summary.digest, layers).await?;
                 let root = dir.join(site_root.trim_start_matches('/'));
                 if !root.is_dir() {
                     return Err(ApiError::bad_request(
@@ -351,6 +332,19 @@ impl Apps {
                 })
             }
         }
+    }
+
+    /// The image's layers extracted once, under `sites/<digest>`.
+    async fn extracted(&self, digest: Digest, layers: &[Descriptor]) -> Result<PathBuf, ApiError> {
+        let dir = self.sites.join(digest.hex());
+        if !dir.is_dir() {
+            let images = self.images.clone();
+            let (layers, sites, dest) = (layers.to_vec(), self.sites.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || extract_site(&images, &layers, &sites, &dest))
+                .await
+                .map_err(ApiError::internal)??;
+        }
+        Ok(dir)
     }
 
     async fn compile(

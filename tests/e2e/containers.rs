@@ -2,15 +2,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::harness::{Node, err, free_port, hello_wasm, ok, skiff, wait_for};
 
 async fn on_port(port: u16, path: &str) -> Result<(u16, String), reqwest::Error> {
     let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
+use crate::harness::{Node, err, free_port, hello_wasm, ok, skiff, wait_for};
 
 const BUSYBOX: &str = "/usr/bin/busybox";
 
@@ -22,14 +22,6 @@ async fn get(url: &str) -> Option<reqwest::Response> {
         .send()
         .await
         .ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A rootfs layer: busybox, its applets, and a web root; plus `extra` raw entries.
