@@ -93,10 +93,12 @@ pub struct OciSpec {
 }
 
 /// The node's runc setup.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct OciHost {
     runc: PathBuf,
     state: PathBuf,
+    /// The bridge, forwarding and NAT rule are in place (checked once per node).
+    bridge_ready: std::sync::atomic::AtomicBool,
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -121,6 +123,36 @@ async fn run(cmd: &str, args: &[&str]) -> Result<String, OciError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip [-n NS] -batch -` with `lines`: one process for many changes.
+async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), OciError> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = tokio::process::Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(setup("run ip"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(lines.join("\n").as_bytes())
+        .await
+        .map_err(setup("write to ip"))?;
+    drop(stdin);
+    let out = child.wait_with_output().await.map_err(setup("run ip"))?;
+    if !out.status.success() {
+        return Err(OciError::Setup {
+            step: format!("ip {}", lines.join("; ")),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 impl OciHost {
@@ -167,11 +199,15 @@ impl OciHost {
         Ok(Self {
             runc,
             state: state.to_path_buf(),
+            bridge_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// The bridge, its address, forwarding and NAT, created once (idempotent).
     async fn ensure_bridge(&self) -> Result<(), OciError> {
+        if self.bridge_ready.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         if run("ip", &["link", "show", BRIDGE]).await.is_err() {
             run("ip", &["link", "add", BRIDGE, "type", "bridge"]).await?;
             run(
@@ -200,6 +236,8 @@ impl OciHost {
         {
             run("iptables", &[&["-t", "nat", "-A"][..], &rule[..]].concat()).await?;
         }
+        self.bridge_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -280,39 +318,29 @@ impl OciHost {
             self.ensure_bridge().await?;
             let host_if = format!("vh{}", &spec.id[..10]);
             let peer_if = format!("vc{}", &spec.id[..10]);
-            run("ip", &["netns", "add", ns]).await?;
-            run(
-                "ip",
+            ip_batch(
+                None,
                 &[
-                    "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+                    format!("netns add {ns}"),
+                    format!("link add {host_if} type veth peer name {peer_if}"),
+                    format!("link set {host_if} master {BRIDGE} up"),
+                    format!("link set {peer_if} netns {ns}"),
                 ],
             )
             .await?;
-            run("ip", &["link", "set", &host_if, "master", BRIDGE, "up"]).await?;
             // Forget any MAC a previous holder of the address left in the host's cache.
             let _ = run("ip", &["neigh", "del", &spec.ip.to_string(), "dev", BRIDGE]).await;
-            run("ip", &["link", "set", &peer_if, "netns", ns]).await?;
-            let in_ns = |args: &[&str]| {
-                let mut v = vec!["netns", "exec", ns.as_str(), "ip"];
-                v.extend_from_slice(args);
-                v.into_iter().map(str::to_string).collect::<Vec<_>>()
-            };
-            for args in [
-                in_ns(&["link", "set", &peer_if, "name", "eth0"]),
-                in_ns(&[
-                    "addr",
-                    "add",
-                    &format!("{}/{PREFIX}", spec.ip),
-                    "dev",
-                    "eth0",
-                ]),
-                in_ns(&["link", "set", "eth0", "up"]),
-                in_ns(&["link", "set", "lo", "up"]),
-                in_ns(&["route", "add", "default", "via", &GATEWAY.to_string()]),
-            ] {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run("ip", &args).await?;
-            }
+            ip_batch(
+                Some(ns),
+                &[
+                    format!("link set {peer_if} name eth0"),
+                    format!("addr add {}/{PREFIX} dev eth0", spec.ip),
+                    "link set eth0 up".into(),
+                    "link set lo up".into(),
+                    format!("route add default via {GATEWAY}"),
+                ],
+            )
+            .await?;
         }
         self.write_config(spec, p)?;
         Ok(())
