@@ -171,6 +171,20 @@ async fn run_ps_stop_start_rm_with_a_published_port() {
     assert!(!ps.contains(" web"), "{ps}");
     let e = err(&skiff(&node, &["rm", "web"]).await);
     assert!(e.contains("not found"), "{e}");
+    // Replicas of deployments with hyphenated names are recognised too (an image
+    // uploaded in the same second as hello's may share its digest, so this comes last).
+    node.deploy_ok("two-words", hello_wasm(), "").await;
+    let ps = ok(&skiff(&node, &["ps"]).await);
+    let replica = ps
+        .lines()
+        .find(|l| l.contains(" two-words-"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let e = err(&skiff(&node, &["rm", "-f", &replica]).await);
+    assert!(e.contains("deployment two-words"), "{e}");
     assert_eq!(
         node.get("hello", "/").await,
         (200, "app from skiff\n".to_string()),
@@ -184,51 +198,28 @@ async fn restart_policies_across_node_restarts() {
     let node = Node::start_in(dir.path(), &[]).await;
     node.deploy_ok("hello", hello_wasm(), "").await;
     let (pa, pn, pf) = (free_port(), free_port(), free_port());
-    ok(&skiff(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "always",
-            "--restart",
-            "always",
-            "-p",
-            &format!("{pa}:80"),
-            "hello",
-        ],
-    )
-    .await);
-    ok(&skiff(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "never",
-            "--restart",
-            "no",
-            "-p",
-            &format!("{pn}:80"),
-            "hello",
-        ],
-    )
-    .await);
-    ok(&skiff(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "flaky",
-            "--restart",
-            "on-failure",
-            "-p",
-            &format!("{pf}:80"),
-            "hello",
-        ],
-    )
-    .await);
+    for (name, policy, port) in [
+        ("always", "always", pa),
+        ("never", "no", pn),
+        ("flaky", "on-failure", pf),
+    ] {
+        let publish = format!("{port}:80");
+        ok(&skiff(
+            &node,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--restart",
+                policy,
+                "-p",
+                &publish,
+                "hello",
+            ],
+        )
+        .await);
+    }
     node.stop().await;
 
     // A clean stop: `always` comes back, the others stay down (exit 0 is no failure).

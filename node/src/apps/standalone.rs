@@ -12,6 +12,7 @@ use skiff_runtime::{LogBook, Workload};
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
 use tokio::net::TcpListener;
+use tokio::sync::MutexGuard;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -134,6 +135,11 @@ fn generated_name(taken: impl Fn(&str) -> bool) -> String {
             return name;
         }
     }
+}
+
+/// Whether `key` is the container's name or a prefix (4+ digits) of its id.
+fn names(c: &Container, key: &str) -> bool {
+    c.name == key || (key.len() >= 4 && c.id.starts_with(key))
 }
 
 fn new_id() -> String {
@@ -516,9 +522,7 @@ impl Apps {
         key: &str,
         grace: std::time::Duration,
     ) -> Result<ContainerInfo, ApiError> {
-        let mut standalone = self.standalone.lock().await;
-        let id = Self::find(&standalone, key)
-            .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
+        let (mut standalone, id) = self.locate(key).await?;
         let entry = standalone.get_mut(&id).expect("found");
         let running = self.begin_stop(entry).await?;
         let mut info = self.info_of(entry);
@@ -542,9 +546,7 @@ impl Apps {
 
     /// `docker start`.
     pub async fn start_container(&self, key: &str) -> Result<ContainerInfo, ApiError> {
-        let mut standalone = self.standalone.lock().await;
-        let id = Self::find(&standalone, key)
-            .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
+        let (mut standalone, id) = self.locate(key).await?;
         let entry = standalone.get_mut(&id).expect("found");
         self.start_entry(entry).await?;
         Ok(self.info_of(entry))
@@ -552,9 +554,7 @@ impl Apps {
 
     /// `docker rm [-f]`.
     pub async fn remove_container(&self, key: &str, force: bool) -> Result<(), ApiError> {
-        let mut standalone = self.standalone.lock().await;
-        let id = Self::find(&standalone, key)
-            .or_else(|e| self.managed_refusal(key).map_or(Err(e), Err))?;
+        let (mut standalone, id) = self.locate(key).await?;
         let entry = standalone.get_mut(&id).expect("found");
         if entry.running.is_some() {
             if !force {
@@ -578,15 +578,31 @@ impl Apps {
         Ok(())
     }
 
-    /// A replica of a deployment is managed by it: say so instead of "not found".
-    fn managed_refusal(&self, key: &str) -> Option<ApiError> {
-        let table = &self.ingress.table;
-        let label = key.split('-').next().unwrap_or(key);
-        table.get(label).and_then(|b| {
-            b.endpoints().iter().find(|c| c.name == key || c.id.starts_with(key)).map(|c| {
-                ApiError::conflict(format!("container {} belongs to deployment {}; change or remove the deployment instead", c.name, c.app))
-            })
-        })
+    /// The container named or id-prefixed by `key`, with the lock that guards it. A
+    /// deployment's replica is managed by the deployment: that is said instead of "not
+    /// found". (Locks `apps` only after releasing `standalone`, keeping the lock order.)
+    async fn locate(
+        &self,
+        key: &str,
+    ) -> Result<(MutexGuard<'_, HashMap<String, Standalone>>, String), ApiError> {
+        let standalone = self.standalone.lock().await;
+        let not_found = match Self::find(&standalone, key) {
+            Ok(id) => return Ok((standalone, id)),
+            Err(e) => e,
+        };
+        drop(standalone);
+        let apps = self.apps.lock().await;
+        let owner = apps.values().find_map(|e| {
+            e.containers
+                .iter()
+                .find(|c| names(c, key))
+                .map(|c| (c.name.clone(), e.record.spec.name.clone()))
+        });
+        Err(owner.map_or(not_found, |(container, app)| {
+            ApiError::conflict(format!(
+                "container {container} belongs to deployment {app}; change or remove the deployment instead"
+            ))
+        }))
     }
 
     /// The log book of a container.
@@ -599,11 +615,7 @@ impl Apps {
         // A replica's output is in its deployment's log.
         let apps = self.apps.lock().await;
         apps.values()
-            .find(|e| {
-                e.containers
-                    .iter()
-                    .any(|c| c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
-            })
+            .find(|e| e.containers.iter().any(|c| names(c, key)))
             .map(|e| e.log.clone())
             .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
     }
