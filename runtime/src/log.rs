@@ -59,16 +59,6 @@ impl LogBook {
         }
     }
 
-    /// The last `n` lines, oldest first.
-    pub fn tail(&self, n: usize) -> Vec<LogLine> {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines
-            .iter()
-            .skip(lines.len().saturating_sub(n))
-            .cloned()
-            .collect()
-    }
-
     /// The last `n` lines and a receiver of every line written after them, with no
     /// line missed or repeated between the two.
     pub fn tail_and_subscribe(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
@@ -181,9 +171,14 @@ mod tests {
             w.take(b"one\ntw");
             w.take(b"o\r\nthree\nfour\nunterminated");
         }
-        let tail: Vec<String> = book.tail(10).into_iter().map(|l| l.line).collect();
+        let tail: Vec<String> = book
+            .tail_and_subscribe(10)
+            .0
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
         assert_eq!(tail, ["three", "four", "unterminated"]);
-        assert_eq!(book.tail(1)[0].line, "unterminated");
+        assert_eq!(book.tail_and_subscribe(1).0[0].line, "unterminated");
         assert_eq!(rx.try_recv().unwrap().line, "one");
         assert_eq!(rx.try_recv().unwrap().line, "two");
     }
@@ -194,7 +189,12 @@ mod tests {
         let mut w = book.writer("c".into(), LogStream::Stderr);
         w.take(&vec![b'x'; MAX_LINE * 2 + 5]);
         drop(w);
-        let lens: Vec<usize> = book.tail(10).iter().map(|l| l.line.len()).collect();
+        let lens: Vec<usize> = book
+            .tail_and_subscribe(10)
+            .0
+            .iter()
+            .map(|l| l.line.len())
+            .collect();
         assert_eq!(lens, [MAX_LINE, MAX_LINE, 5]);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Node, hello_wasm, metric, wait_for, wat};
+use crate::harness::{Node, hello_wasm, metric, wat};
 
 fn vm_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -151,18 +151,7 @@ async fn past_the_concurrency_limit_requests_get_503_at_once() {
         let node = node.clone();
         tokio::spawn(async move { node.get("one", "/sleep?ms=1500").await })
     };
-    wait_for(
-        "the first request to be in flight",
-        Duration::from_secs(10),
-        || {
-            let node = node.clone();
-            async move {
-                let v: serde_json::Value = node.api_get("/v1/apps/one").await.json().await.ok()?;
-                (v["containers"][0]["in_flight"] == 1).then_some(())
-            }
-        },
-    )
-    .await;
+    node.wait_in_flight("one").await;
     let start = Instant::now();
     let (s, text) = node.get("one", "/").await;
     assert_eq!(s, 503, "{text}");

@@ -243,6 +243,24 @@ impl Node {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// Waits (up to 10 s) until one of `app`'s containers is serving a request.
+    pub async fn wait_in_flight(&self, app: &str) {
+        wait_for("a request in flight", Duration::from_secs(10), || async {
+            let v: serde_json::Value = self
+                .api_get(&format!("/v1/apps/{app}"))
+                .await
+                .json()
+                .await
+                .ok()?;
+            v["containers"]
+                .as_array()?
+                .iter()
+                .any(|c| c["in_flight"] == 1)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// The metrics text.
     pub async fn metrics(&self) -> String {
         let r = self.api_get("/metrics").await;

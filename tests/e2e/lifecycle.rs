@@ -27,15 +27,7 @@ async fn graceful_restart_drains_then_serves_the_same_apps_from_cache() {
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     });
-    wait_for("a request in flight", Duration::from_secs(10), || async {
-        let v: serde_json::Value = node.api_get("/v1/apps/hello").await.json().await.ok()?;
-        v["containers"]
-            .as_array()?
-            .iter()
-            .any(|c| c["in_flight"] == 1)
-            .then_some(())
-    })
-    .await;
+    node.wait_in_flight("hello").await;
     node.stop().await;
     assert_eq!(
         in_flight.await.unwrap(),
@@ -103,15 +95,7 @@ async fn a_request_in_flight_during_a_redeploy_finishes_on_the_old_version() {
         let node = node.clone();
         tokio::spawn(async move { node.get("app", "/sleep?ms=800").await })
     };
-    wait_for(
-        "the slow request to be in flight",
-        Duration::from_secs(10),
-        || async {
-            let v: serde_json::Value = node.api_get("/v1/apps/app").await.json().await.ok()?;
-            (v["containers"][0]["in_flight"] == 1).then_some(())
-        },
-    )
-    .await;
+    node.wait_in_flight("app").await;
     node.deploy_ok("app", hello_wasm(), "env=GREETING=new")
         .await;
     assert_eq!(

@@ -105,7 +105,6 @@ pub struct PrepareError {
 /// Compiled code for one image, shared by every container running that image.
 #[derive(Clone)]
 pub struct Compiled {
-    digest: Digest,
     code: Code,
     /// Whether the code came from the on-disk cache rather than the compiler.
     pub from_cache: bool,
@@ -123,13 +122,6 @@ enum Linked {
 enum Code {
     Component(Component),
     Module(Module),
-}
-
-impl Compiled {
-    /// The image this code was compiled from.
-    pub fn digest(&self) -> Digest {
-        self.digest
-    }
 }
 
 /// One container's settings.
@@ -167,7 +159,6 @@ struct Inner {
     /// every workload holds an `Arc` of its code, so an entry lives as long as any
     /// container runs it.
     loaded: Mutex<HashMap<(Digest, AppKind), Weak<Compiled>>>,
-    pooling: bool,
     _ticker: EpochTicker,
 }
 
@@ -175,7 +166,7 @@ impl Runtime {
     /// Builds the engine (probing for the pooling allocator), the linkers and the epoch
     /// ticker.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let (engine, pooling) = build_engine(&config)?;
+        let engine = build_engine(&config)?;
         let mut component_linker = ComponentLinker::new(&engine);
         // The full WASI 0.2 set, not only the proxy world's: a Rust component built for
         // wasm32-wasip2 imports wasi:cli/environment and friends even when it only serves
@@ -205,15 +196,9 @@ impl Runtime {
                 compile_permits: Semaphore::new(config.compile_concurrency.max(1)),
                 compile_timeout: config.compile_timeout,
                 loaded: Mutex::new(HashMap::new()),
-                pooling,
                 _ticker: ticker,
             }),
         })
-    }
-
-    /// Whether the pooling allocator is in use.
-    pub fn pooling(&self) -> bool {
-        self.inner.pooling
     }
 
     /// Compiles `wasm` (or loads this node's cached compilation of it). Runs on the
@@ -300,7 +285,6 @@ impl Runtime {
             match code {
                 Ok(code) => {
                     return Ok(Compiled {
-                        digest,
                         code,
                         from_cache: true,
                         took: start.elapsed(),
@@ -328,7 +312,6 @@ impl Runtime {
         }
         info!(%digest, %kind, took_ms = took.as_millis() as u64, "compiled");
         Ok(Compiled {
-            digest,
             code,
             from_cache: false,
             took,
@@ -388,7 +371,7 @@ fn base_config() -> Config {
     config
 }
 
-fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> {
+fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
     if config.pooling {
         // The probe is building the engine: the pool reserves its address space up front,
         // which fails where virtual memory is limited (ulimit -v, some containers).
@@ -406,7 +389,7 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> 
                     instances = config.max_instances,
                     "using the pooling instance allocator"
                 );
-                return Ok((engine, true));
+                return Ok(engine);
             }
             Err(e) => {
                 warn!(error = %e, "pooling allocator unavailable; falling back to on-demand allocation")
@@ -414,7 +397,7 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, bool), RuntimeError> 
         }
     }
     let engine = Engine::new(&base_config()).map_err(wrap("create the wasmtime engine"))?;
-    Ok((engine, false))
+    Ok(engine)
 }
 
 /// Increments the engine's epoch every [`EPOCH_TICK`] until dropped.
