@@ -37,6 +37,9 @@ pub struct ContainerRecord {
     pub finished_ms: u64,
     /// Last exit code.
     pub exit_code: Option<i32>,
+    /// The OOM killer ended the last run.
+    #[serde(default)]
+    pub oom_killed: bool,
     /// Settings only Linux containers have.
     #[serde(default)]
     pub oci: OciOptions,

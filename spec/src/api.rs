@@ -142,6 +142,12 @@ pub struct ContainerInfo {
     pub finished_ms: u64,
     /// Its last exit code, once exited.
     pub exit_code: Option<i32>,
+    /// Whether the kernel's OOM killer ended its last run (Docker's `OOMKilled`).
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Why its last run ended, when more than the exit code says (`OOMKilled: ...`).
+    #[serde(default)]
+    pub exit_reason: Option<String>,
     /// Published host ports.
     pub ports: Vec<PortMapping>,
     /// Restart policy.

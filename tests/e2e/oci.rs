@@ -277,6 +277,10 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
         (s["state"].as_str(), s["exit_code"].as_i64()),
         (Some("exited"), Some(137))
     );
+    assert_eq!(
+        s["oom_killed"], false,
+        "SIGKILL after -t is not an OOM kill"
+    );
     assert!(get(&url).await.is_none(), "its port is closed");
     assert!(
         leftovers(&node, &id).is_empty(),
@@ -354,6 +358,15 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
     .await);
     let s = exited(&node, "hog").await;
     assert_eq!(s["exit_code"], 137, "killed by its memory limit");
+    assert_eq!(
+        s["oom_killed"], true,
+        "inspect says the OOM killer did it: {s}"
+    );
+    let reason = s["exit_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("OOMKilled") && reason.contains(&(16u64 << 20).to_string()),
+        "the reason names the limit: {reason}"
+    );
     assert!(!ok(&skiff(&node, &["logs", "hog"]).await).contains("survived"));
 
     ok(&skiff(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_runtime::oci::{IpLease, OciProcess, OciSpec, OciWorkload};
+use skiff_runtime::oci::{Exit, IpLease, OciProcess, OciSpec, OciWorkload};
 use skiff_runtime::{LogBook, Workload};
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
@@ -74,8 +74,8 @@ pub(crate) enum Exited {
         id: String,
         /// Which start of it (the Container object's id).
         instance: String,
-        /// Its exit code.
-        code: i32,
+        /// How it ended.
+        exit: Exit,
     },
     /// A restart the policy asked for, after its back-off.
     Restart {
@@ -87,16 +87,16 @@ pub(crate) enum Exited {
 impl Running {
     /// Lets requests in flight finish (up to `grace`) and the listeners wind down; a
     /// Linux container then gets SIGTERM, SIGKILL after `grace`, and is cleaned up.
-    /// Returns its exit code, for Linux containers.
-    async fn finish(self, grace: std::time::Duration) -> Option<i32> {
+    /// Returns how it exited, for Linux containers.
+    async fn finish(self, grace: std::time::Duration) -> Option<Exit> {
         self.container.drain(grace).await;
         for l in self.listeners {
             let _ = l.await;
         }
         let oci = self.oci?;
-        let code = oci.process.stop(grace).await;
+        let exit = oci.process.stop(grace).await;
         oci.process.cleanup().await;
-        Some(code)
+        Some(exit)
     }
 }
 
@@ -212,6 +212,7 @@ impl Apps {
             started_ms: 0,
             finished_ms: 0,
             exit_code: None,
+            oom_killed: false,
         };
         let mut entry = Standalone {
             record,
@@ -280,6 +281,7 @@ impl Apps {
         entry.record.running = true;
         entry.record.started_ms = now_ms();
         entry.record.exit_code = None;
+        entry.record.oom_killed = false;
         self.persist(&entry.record).await?;
         entry.running = Some(Running {
             container,
@@ -385,8 +387,8 @@ impl Apps {
             process.clone(),
         );
         tokio::spawn(async move {
-            let code = watched.process.wait().await;
-            let _ = events.send(Exited::Exited { id, instance, code });
+            let exit = watched.process.wait().await;
+            let _ = events.send(Exited::Exited { id, instance, exit });
         });
         info!(container = %r.spec.name, %addr, "linux container started");
         Ok((container, process))
@@ -396,8 +398,8 @@ impl Apps {
     /// policy, with Docker's back-off (100 ms doubling to 10 s while it keeps failing
     /// within 10 s of starting). Exits of containers being stopped are theirs to record.
     pub(crate) async fn on_exit(&self, ev: Exited) {
-        let (id, instance, code) = match ev {
-            Exited::Exited { id, instance, code } => (id, instance, code),
+        let (id, instance, Exit { code, oom_killed }) = match ev {
+            Exited::Exited { id, instance, exit } => (id, instance, exit),
             Exited::Restart { id } => {
                 let mut standalone = self.standalone.lock().await;
                 if let Some(entry) = standalone.get_mut(&id)
@@ -433,7 +435,8 @@ impl Apps {
         entry.record.running = false;
         entry.record.finished_ms = now;
         entry.record.exit_code = Some(code);
-        info!(container = %entry.record.spec.name, code, "container exited");
+        entry.record.oom_killed = oom_killed;
+        info!(container = %entry.record.spec.name, code, oom_killed, "container exited");
         if let Err(e) = self.persist(&entry.record).await {
             warn!(error = %e, "failed to record a container's exit");
         }
@@ -461,9 +464,10 @@ impl Apps {
         grace: std::time::Duration,
     ) -> Result<(), ApiError> {
         if let Some(running) = self.begin_stop(entry).await?
-            && let Some(code) = running.finish(grace).await
+            && let Some(exit) = running.finish(grace).await
         {
-            entry.record.exit_code = Some(code);
+            entry.record.exit_code = Some(exit.code);
+            entry.record.oom_killed = exit.oom_killed;
             self.persist(&entry.record).await?;
         }
         Ok(())
@@ -529,14 +533,15 @@ impl Apps {
         // Drained without the lock: `ps` and the other verbs need not wait up to -t.
         drop(standalone);
         if let Some(running) = running
-            && let Some(code) = running.finish(grace).await
+            && let Some(exit) = running.finish(grace).await
         {
             // A Linux container's own exit code replaces the provisional 0.
             let mut standalone = self.standalone.lock().await;
             if let Some(entry) = standalone.get_mut(&id)
                 && entry.running.is_none()
             {
-                entry.record.exit_code = Some(code);
+                entry.record.exit_code = Some(exit.code);
+                entry.record.oom_killed = exit.oom_killed;
                 self.persist(&entry.record).await?;
                 info = self.info_of(entry);
             }
@@ -646,6 +651,8 @@ impl Apps {
                     started_ms: c.started_ms,
                     finished_ms: 0,
                     exit_code: None,
+                    oom_killed: false,
+                    exit_reason: None,
                     ports: vec![],
                     restart: RestartPolicy::Always,
                     deployment: Some(e.record.spec.name.to_string()),
@@ -684,6 +691,11 @@ impl Apps {
             started_ms: r.started_ms,
             finished_ms: r.finished_ms,
             exit_code: r.exit_code,
+            oom_killed: r.oom_killed,
+            exit_reason: r.oom_killed.then(|| match r.oci.memory_bytes {
+                Some(limit) => format!("OOMKilled: it reached its memory limit of {limit} bytes"),
+                None => "OOMKilled: the kernel ran out of memory".to_string(),
+            }),
             ports: r.ports.clone(),
             restart: r.restart,
             deployment: None,

@@ -34,6 +34,8 @@ use crate::{LogBook, LogStream};
 const BRIDGE: &str = "skiff0";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 const PREFIX: u8 = 16;
+/// Where named network namespaces live (as `ip netns` keeps them).
+const NETNS_DIR: &str = "/run/netns";
 
 /// Why a Linux container could not be run or managed.
 #[derive(Debug, thiserror::Error)]
@@ -280,26 +282,8 @@ impl OciHost {
         for d in [&rootfs, &upper, &work] {
             std::fs::create_dir_all(d).map_err(setup(format!("create {}", d.display())))?;
         }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            spec.image_root.display(),
-            upper.display(),
-            work.display()
-        );
-        match run(
-            "mount",
-            &[
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                &opts,
-                rootfs.to_str().unwrap_or_default(),
-            ],
-        )
-        .await
-        {
-            Ok(_) => p.mounted.store(true, std::sync::atomic::Ordering::Relaxed),
+        match mount_overlay(&spec.image_root, &upper, &work, &rootfs) {
+            Ok(()) => p.mounted.store(true, std::sync::atomic::Ordering::Relaxed),
             Err(e) => {
                 // Kernels without overlayfs (or nested in one): a private copy instead.
                 debug!(error = %e, "overlayfs refused; copying the image tree");
@@ -386,7 +370,7 @@ impl OciHost {
                 namespaces.push(
                     LinuxNamespaceBuilder::default()
                         .typ(LinuxNamespaceType::Network)
-                        .path(PathBuf::from("/var/run/netns").join(ns))
+                        .path(Path::new(NETNS_DIR).join(ns))
                         .build()
                         .map_err(bad)?,
                 );
@@ -438,6 +422,58 @@ impl OciHost {
         config.set_hostname(Some(spec.name.to_string()));
         config.set_linux(Some(linux));
         config.save(spec.dir.join("config.json")).map_err(bad)
+    }
+}
+
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))
+}
+
+/// Mounts an overlay of `upper` on `lower` at `target` (mount(2), no `mount` process).
+fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std::io::Result<()> {
+    let opts = std::ffi::CString::new(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    ))
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    let target = c_path(target)?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Unmounts `path`, lazily if it is busy.
+fn unmount(path: &Path) -> std::io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the calls.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let first = std::io::Error::last_os_error();
+    if first.raw_os_error() != Some(libc::EBUSY) {
+        return Err(first);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -512,6 +548,33 @@ impl Drop for IpLease {
     }
 }
 
+/// How a container's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Its exit code (128+signal when killed).
+    pub code: i32,
+    /// The kernel's OOM killer killed a process of it (its memory limit was reached).
+    pub oom_killed: bool,
+}
+
+/// How many processes of container `runc_id` the OOM killer has killed: `oom_kill` of
+/// its memory cgroup (cgroup v1 `memory.oom_control`, v2 `memory.events`), read while
+/// `runc run --keep` keeps the cgroup after the exit.
+fn oom_kills(runc_id: &str) -> u64 {
+    let candidates = [
+        format!("/sys/fs/cgroup/memory/skiff/{runc_id}/memory.oom_control"),
+        format!("/sys/fs/cgroup/skiff/{runc_id}/memory.events"),
+    ];
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A started (or startable) container: `spawn` runs it, `stop` ends it, `cleanup`
 /// leaves nothing behind.
 pub struct OciProcess {
@@ -525,7 +588,7 @@ pub struct OciProcess {
     host_if: Option<String>,
     /// The container's address on the bridge (`None` with host networking).
     pub ip: Option<Ipv4Addr>,
-    exit: Option<watch::Receiver<Option<i32>>>,
+    exit: Option<watch::Receiver<Option<Exit>>>,
     mounted: std::sync::atomic::AtomicBool,
 }
 
@@ -535,7 +598,9 @@ impl OciProcess {
         let mut child = tokio::process::Command::new(&self.runc)
             .arg("--root")
             .arg(&self.state)
-            .args(["run", "--bundle"])
+            // --keep: the stopped container (and its cgroup, which says whether the
+            // kernel's OOM killer struck) stays until `cleanup` deletes it.
+            .args(["run", "--keep", "--bundle"])
             .arg(&self.dir)
             .arg(&self.runc_id)
             .stdin(Stdio::null())
@@ -570,6 +635,7 @@ impl OciProcess {
             });
         }
         let (tx, rx) = watch::channel(None);
+        let runc_id = self.runc_id.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status.code().unwrap_or_else(|| {
@@ -581,62 +647,54 @@ impl OciProcess {
                     255
                 }
             };
-            let _ = tx.send(Some(code));
+            let oom_killed = oom_kills(&runc_id) > 0;
+            let _ = tx.send(Some(Exit { code, oom_killed }));
         });
         self.exit = Some(rx);
         Ok(())
     }
 
-    /// Waits (up to 10 s) until runc reports the container running, or it already
-    /// exited: until then `runc kill` would not find it.
+    /// Waits (up to 10 s) until runc has made the container (its state file exists), or
+    /// it already exited: until then `runc kill` would not find it. Polls a `stat`, not
+    /// `runc state`, so a start costs no extra runc process.
     pub async fn wait_started(&self) -> Result<(), OciError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let state = self.state.join(&self.runc_id).join("state.json");
         loop {
-            if self.exit.as_ref().is_some_and(|rx| rx.borrow().is_some()) {
-                return Ok(());
-            }
-            let state = tokio::process::Command::new(&self.runc)
-                .arg("--root")
-                .arg(&self.state)
-                .args(["state", &self.runc_id])
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .await
-                .map_err(setup("ask runc for the container's state"))?;
-            let status = serde_json::from_slice::<serde_json::Value>(&state.stdout)
-                .ok()
-                .and_then(|v| v.get("status")?.as_str().map(str::to_string));
-            if matches!(status.as_deref(), Some("running" | "stopped")) {
+            if self.exit.as_ref().is_some_and(|rx| rx.borrow().is_some()) || state.exists() {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(OciError::Setup {
                     step: "start the container".into(),
-                    message: "runc did not report it running within 10 s".into(),
+                    message: "runc did not create it within 10 s".into(),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
-    /// Waits for the container to exit; its exit code (128+signal when killed).
-    pub async fn wait(&self) -> i32 {
+    /// Waits for the container to exit.
+    pub async fn wait(&self) -> Exit {
+        let lost = Exit {
+            code: 255,
+            oom_killed: false,
+        };
         let Some(mut rx) = self.exit.clone() else {
-            return 255;
+            return lost;
         };
         loop {
-            if let Some(code) = *rx.borrow() {
-                return code;
+            if let Some(exit) = *rx.borrow() {
+                return exit;
             }
             if rx.changed().await.is_err() {
-                return 255;
+                return lost;
             }
         }
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; returns the exit code.
-    pub async fn stop(&self, grace: Duration) -> i32 {
+    /// SIGTERM, then SIGKILL after `grace`; returns how it exited.
+    pub async fn stop(&self, grace: Duration) -> Exit {
         let kill = |sig: &'static str| {
             let (runc, state, id) = (self.runc.clone(), self.state.clone(), self.runc_id.clone());
             async move {
@@ -652,51 +710,56 @@ impl OciProcess {
             }
         };
         kill("TERM").await;
-        if let Ok(code) = tokio::time::timeout(grace, self.wait()).await {
-            return code;
+        if let Ok(exit) = tokio::time::timeout(grace, self.wait()).await {
+            return exit;
         }
         kill("KILL").await;
         match tokio::time::timeout(Duration::from_secs(10), self.wait()).await {
-            Ok(code) => code,
+            Ok(exit) => exit,
             Err(_) => {
                 warn!(container = %self.runc_id, "container did not die after SIGKILL");
-                137
+                Exit {
+                    code: 137,
+                    oom_killed: false,
+                }
             }
         }
     }
 
     /// Removes everything the container had: runc state, cgroup, mount, network
-    /// namespace (and with it the veth pair), directory.
+    /// namespace (and with it the veth pair), directory. Each step first looks whether
+    /// there is anything to remove, so cleaning up after nothing costs a few `stat`s.
     pub async fn cleanup(&self) {
-        let _ = tokio::process::Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.state)
-            .args(["delete", "--force", &self.runc_id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+        if self.state.join(&self.runc_id).exists() {
+            let _ = tokio::process::Command::new(&self.runc)
+                .arg("--root")
+                .arg(&self.state)
+                .args(["delete", "--force", &self.runc_id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        }
         if self
             .mounted
             .swap(false, std::sync::atomic::Ordering::Relaxed)
+            && let Err(e) = unmount(&self.dir.join("rootfs"))
         {
-            let rootfs = self.dir.join("rootfs");
-            if let Err(e) = run("umount", &[rootfs.to_str().unwrap_or_default()]).await {
-                warn!(error = %e, "failed to unmount a container rootfs");
+            warn!(error = %e, "failed to unmount a container rootfs");
+        }
+        if let Some(ns) = &self.netns {
+            let path = Path::new(NETNS_DIR).join(ns);
+            if path.exists() {
+                // What `ip netns del` does: the namespace goes with its last reference.
+                let _ = unmount(&path);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!(error = %e, "failed to delete a network namespace");
+                }
             }
         }
-        if let Some(ns) = &self.netns
-            && run("ip", &["netns", "list"]).await.is_ok_and(|l| {
-                l.lines()
-                    .any(|n| n.split_whitespace().next() == Some(ns.as_str()))
-            })
-            && let Err(e) = run("ip", &["netns", "del", ns]).await
-        {
-            warn!(error = %e, "failed to delete a network namespace");
-        }
         if let Some(host_if) = &self.host_if
-            && run("ip", &["link", "show", host_if]).await.is_ok()
+            && Path::new("/sys/class/net").join(host_if).exists()
         {
             let _ = run("ip", &["link", "del", host_if]).await;
         }
