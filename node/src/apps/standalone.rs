@@ -337,12 +337,6 @@ impl Apps {
             process
                 .spawn(name.clone(), entry.log.clone())
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            // Until runc has made the container, a stop could not reach it.
-            if let Err(e) = process.wait_started().await {
-                process.stop(std::time::Duration::ZERO).await;
-                process.cleanup().await;
-                return Err(ApiError::internal(e.to_string()));
-            }
             Ok::<_, ApiError>(process)
         };
         // A failed start drops the lease, freeing the address.

@@ -301,23 +301,22 @@ impl OciHost {
         if let Some(ns) = &p.netns {
             self.ensure_bridge().await?;
             let host_if = format!("vh{}", &spec.id[..10]);
-            let peer_if = format!("vc{}", &spec.id[..10]);
+            // The peer is made inside the namespace: moving an interface between
+            // namespaces afterwards costs the kernel ~15-20 ms (RCU grace periods).
             ip_batch(
                 None,
                 &[
                     format!("netns add {ns}"),
-                    format!("link add {host_if} type veth peer name {peer_if}"),
+                    format!("link add {host_if} type veth peer name eth0 netns {ns}"),
                     format!("link set {host_if} master {BRIDGE} up"),
-                    format!("link set {peer_if} netns {ns}"),
+                    // Forget any MAC a previous holder of the address left in the cache.
+                    format!("neigh flush to {} dev {BRIDGE}", spec.ip),
                 ],
             )
             .await?;
-            // Forget any MAC a previous holder of the address left in the host's cache.
-            let _ = run("ip", &["neigh", "del", &spec.ip.to_string(), "dev", BRIDGE]).await;
             ip_batch(
                 Some(ns),
                 &[
-                    format!("link set {peer_if} name eth0"),
                     format!("addr add {}/{PREFIX} dev eth0", spec.ip),
                     "link set eth0 up".into(),
                     "link set lo up".into(),
@@ -656,8 +655,10 @@ impl OciProcess {
 
     /// Waits (up to 10 s) until runc has made the container (its state file exists), or
     /// it already exited: until then `runc kill` would not find it. Polls a `stat`, not
-    /// `runc state`, so a start costs no extra runc process.
-    pub async fn wait_started(&self) -> Result<(), OciError> {
+    /// `runc state`, so it costs no runc process. A start does not wait for this (the
+    /// container is routed while runc builds it, and answers once its process listens);
+    /// a stop does.
+    async fn wait_created(&self) -> Result<(), OciError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let state = self.state.join(&self.runc_id).join("state.json");
         loop {
@@ -709,6 +710,9 @@ impl OciProcess {
                     .await;
             }
         };
+        if let Err(e) = self.wait_created().await {
+            warn!(container = %self.runc_id, error = %e, "stopping a container runc never made");
+        }
         kill("TERM").await;
         if let Ok(exit) = tokio::time::timeout(grace, self.wait()).await {
             return exit;
