@@ -724,6 +724,9 @@ impl Apps {
     /// Stops routing to every container and drains them (node shutdown).
     pub async fn drain_all(&self, grace: Duration) {
         self.stop_all_standalone().await;
+        if let Ok(host) = &self.oci {
+            host.shutdown();
+        }
         let apps = self.apps.lock().await;
         let drains = apps
             .values()

@@ -150,6 +150,12 @@ pub struct ContainerInfo {
     pub exit_reason: Option<String>,
     /// Published host ports.
     pub ports: Vec<PortMapping>,
+    /// A running Linux container's address on the node bridge.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// A running Linux container's network namespace (Docker's `SandboxKey`).
+    #[serde(default)]
+    pub sandbox_key: Option<String>,
     /// Restart policy.
     pub restart: RestartPolicy,
     /// The deployment that manages it, for replicas; `None` for `skiff run` containers.

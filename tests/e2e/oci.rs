@@ -156,32 +156,46 @@ async fn exited(node: &Node, name: &str) -> serde_json::Value {
     .await
 }
 
-fn leftovers(node: &Node, id: &str) -> Vec<String> {
+/// What of container `id` is still there; `net` is its inspect output while it ran (its
+/// network namespace, veth and address lease).
+fn leftovers(dir: &Path, id: &str, net: &serde_json::Value) -> Vec<String> {
     let mut found = Vec::new();
+    let sandbox = net["sandbox_key"]
+        .as_str()
+        .expect("a running container's sandbox_key");
+    let ns = sandbox.rsplit('/').next().unwrap();
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
         .unwrap();
-    if String::from_utf8_lossy(&netns.stdout).contains(&format!("skiff-{}", &id[..12])) {
+    if Path::new(sandbox).exists() || String::from_utf8_lossy(&netns.stdout).contains(ns) {
         found.push("network namespace".into());
     }
     let links = std::process::Command::new("ip")
         .args(["-o", "link"])
         .output()
         .unwrap();
-    if String::from_utf8_lossy(&links.stdout).contains(&format!("vh{}", &id[..10])) {
+    let veth = format!("vh{}", &ns["skiff-".len()..][..10]);
+    if String::from_utf8_lossy(&links.stdout).contains(&veth) {
         found.push("veth".into());
     }
+    let ip = net["ip_address"]
+        .as_str()
+        .expect("a running container's ip_address");
+    if Path::new("/run/skiff/ips").join(ip).exists() {
+        found.push("address lease".into());
+    }
+    let bundle = dir.join("containers").join(&id[..32]);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    if mounts.contains(&node.dir.to_string_lossy().to_string()) {
+    if mounts.contains(&*bundle.to_string_lossy()) {
         found.push("mount".into());
     }
-    if node.dir.join("containers").join(&id[..32]).exists() {
+    if bundle.exists() {
         found.push("bundle directory".into());
     }
     let runc = std::process::Command::new("runc")
         .arg("--root")
-        .arg(node.dir.join("runc"))
+        .arg(dir.join("runc"))
         .arg("list")
         .output()
         .unwrap();
@@ -243,6 +257,13 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
     )
     .await);
     let id = id.trim().to_string();
+    let net = state(&node, "web").await;
+    assert!(
+        net["ip_address"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.213.")),
+        "inspect shows its bridge address: {net}"
+    );
     let url = format!("http://127.0.0.1:{port}/");
     let body = wait_for(
         "httpd to answer on the published port",
@@ -282,10 +303,10 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
         "SIGKILL after -t is not an OOM kill"
     );
     assert!(get(&url).await.is_none(), "its port is closed");
-    assert!(
-        leftovers(&node, &id).is_empty(),
-        "a stopped container keeps nothing: {:?}",
-        leftovers(&node, &id)
+    assert_eq!(
+        leftovers(&node.dir, &id, &net),
+        Vec::<String>::new(),
+        "a stopped container keeps nothing"
     );
 
     ok(&skiff(&node, &["start", "web"]).await);
@@ -293,9 +314,10 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
         (get(&url).await?.status() == 200).then_some(())
     })
     .await;
+    let net = state(&node, "web").await;
     ok(&skiff(&node, &["rm", "-f", "web"]).await);
     assert_eq!(
-        leftovers(&node, &id),
+        leftovers(&node.dir, &id, &net),
         Vec::<String>::new(),
         "rm leaves nothing behind"
     );
@@ -426,4 +448,140 @@ async fn hostile_layers_and_missing_runc_are_one_line_errors() {
     assert!(e.contains("runc"), "{e}");
     plain.deploy_ok("hello", hello_wasm(), "").await;
     assert_eq!(plain.get("hello", "/").await.0, 200);
+}
+
+/// Address leases (under /run/skiff/ips) held by process `pid`.
+fn leases_of(pid: i32) -> Vec<String> {
+    std::fs::read_dir("/run/skiff/ips")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|s| s.split_whitespace().next() == Some(&pid.to_string()))
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policies_and_node_restarts_for_linux_containers() {
+    need_root_and_runc();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_in(dir.path(), &[]).await;
+    load(&node, &docker_save("busybox:latest", &busybox_layer(&[]))).await;
+    // httpd ignores SIGTERM as pid 1; a shell that exits on it keeps clean stops quick.
+    let serve = "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
+    let (pa, pn, pf) = (free_port(), free_port(), free_port());
+    for (name, policy, port) in [
+        ("always", "always", pa),
+        ("never", "no", pn),
+        ("flaky", "on-failure", pf),
+    ] {
+        let publish = format!("{port}:80");
+        ok(&skiff(
+            &node,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--restart",
+                policy,
+                "-p",
+                &publish,
+                "busybox",
+                "sh",
+                "-c",
+                serve,
+            ],
+        )
+        .await);
+    }
+    let answers = |port: u16| async move {
+        wait_for("httpd to answer", Duration::from_secs(20), || async move {
+            let r = get(&format!("http://127.0.0.1:{port}/")).await?;
+            (r.status() == 200).then_some(())
+        })
+        .await
+    };
+    for port in [pa, pn, pf] {
+        answers(port).await;
+    }
+    let before: Vec<serde_json::Value> =
+        futures_util::future::join_all(["always", "never", "flaky"].map(|n| state(&node, n))).await;
+
+    // kill -9: the containers outlive the node; the next node removes them, their
+    // namespaces, veths and leases, and brings back `always` and `on-failure`.
+    let old_pid = node.pid();
+    node.kill9();
+    let node = Node::start_in(dir.path(), &[]).await;
+    for (old, name) in before.iter().zip(["always", "never", "flaky"]) {
+        let left = leftovers(dir.path(), old["id"].as_str().unwrap(), old);
+        // always and flaky run again under the same id: only their old network must go.
+        let left: Vec<String> = match name {
+            "never" => left,
+            _ => left
+                .into_iter()
+                .filter(|l| ["network namespace", "veth", "address lease"].contains(&l.as_str()))
+                .collect(),
+        };
+        assert_eq!(
+            left,
+            Vec::<String>::new(),
+            "{name}: what the killed node left is gone"
+        );
+    }
+    assert_eq!(
+        leases_of(old_pid),
+        Vec::<String>::new(),
+        "no lease of the dead node is left"
+    );
+    answers(pa).await;
+    answers(pf).await;
+    assert!(get(&format!("http://127.0.0.1:{pn}/")).await.is_none());
+    let never = state(&node, "never").await;
+    assert_eq!(
+        (never["state"].as_str(), never["exit_code"].as_i64()),
+        (Some("exited"), Some(255)),
+        "a crash counts as exit 255"
+    );
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(dir.path().join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&runc.stdout).lines().count();
+    assert_eq!(
+        listed,
+        2,
+        "only always and flaky run: {}",
+        String::from_utf8_lossy(&runc.stdout)
+    );
+
+    // A clean stop takes every container and namespace down; `always` comes back.
+    let after: Vec<serde_json::Value> =
+        futures_util::future::join_all(["always", "flaky"].map(|n| state(&node, n))).await;
+    let pid = node.pid();
+    node.stop().await;
+    for net in &after {
+        assert_eq!(
+            leftovers(dir.path(), net["id"].as_str().unwrap(), net),
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(
+        leases_of(pid),
+        Vec::<String>::new(),
+        "a stopped node holds no lease"
+    );
+    let node = Node::start_in(dir.path(), &[]).await;
+    answers(pa).await;
+    assert!(
+        get(&format!("http://127.0.0.1:{pf}/")).await.is_none(),
+        "exit 0 is no failure"
+    );
+    assert_eq!(state(&node, "flaky").await["state"], "exited");
 }

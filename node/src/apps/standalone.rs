@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_runtime::oci::{Exit, IpLease, OciProcess, OciSpec, OciWorkload};
+use skiff_runtime::oci::{Exit, OciProcess, OciSpec, OciWorkload};
 use skiff_runtime::{LogBook, Workload};
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
@@ -56,14 +56,7 @@ struct Running {
     ports: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
     /// The runc process, for Linux containers.
-    oci: Option<Arc<OciInstance>>,
-}
-
-/// A Linux container's process and the lease on its bridge address (released when the
-/// instance goes).
-pub(crate) struct OciInstance {
-    process: OciProcess,
-    _lease: IpLease,
+    oci: Option<Arc<OciProcess>>,
 }
 
 /// What happens to Linux containers behind the API's back.
@@ -94,8 +87,8 @@ impl Running {
             let _ = l.await;
         }
         let oci = self.oci?;
-        let exit = oci.process.stop(grace).await;
-        oci.process.cleanup().await;
+        let exit = oci.stop(grace).await;
+        oci.cleanup().await;
         Some(exit)
     }
 }
@@ -298,7 +291,7 @@ impl Apps {
         entry: &Standalone,
         summary: &skiff_image::ImageSummary,
         root: &std::path::Path,
-    ) -> Result<(Arc<Container>, Arc<OciInstance>), ApiError> {
+    ) -> Result<(Arc<Container>, Arc<OciProcess>), ApiError> {
         let host = self
             .oci
             .as_ref()
@@ -310,8 +303,6 @@ impl Apps {
                 "the image has no ENTRYPOINT or CMD: give a command after the image",
             ));
         }
-        let lease = IpLease::take().map_err(|e| ApiError::internal(e.to_string()))?;
-        let ip = lease.ip();
         let name: Arc<str> = r.spec.name.as_str().into();
         let spec = OciSpec {
             id: r.id.clone(),
@@ -326,24 +317,17 @@ impl Apps {
             cpus: r.oci.milli_cpus.map(|m| f64::from(m) / 1000.0),
             pids: r.oci.pids_limit,
             host_network: r.oci.host_network,
-            ip,
             log: entry.log.clone(),
         };
-        let started = async {
-            let mut process = host
-                .start(spec)
-                .await
-                .map_err(|e| ApiError::bad_request("oci_failed", e.to_string()))?;
-            process
-                .spawn(name.clone(), entry.log.clone())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok::<_, ApiError>(process)
-        };
-        // A failed start drops the lease, freeing the address.
-        let process = Arc::new(OciInstance {
-            process: started.await?,
-            _lease: lease,
-        });
+        let mut process = host
+            .start(spec)
+            .await
+            .map_err(|e| ApiError::bad_request("oci_failed", e.to_string()))?;
+        if let Err(e) = process.spawn(name.clone(), entry.log.clone()) {
+            process.cleanup().await;
+            return Err(ApiError::internal(e.to_string()));
+        }
+        let process = Arc::new(process);
         // The port it serves HTTP on: the first published one's container side, else the
         // first EXPOSEd one, else 80.
         let port = r
@@ -358,7 +342,7 @@ impl Apps {
                     .find_map(|k| k.split('/').next()?.parse().ok())
             })
             .unwrap_or(80);
-        let addr = match process.process.ip {
+        let addr = match process.ip {
             Some(ip) => std::net::SocketAddr::from((ip, port)),
             None => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         };
@@ -381,7 +365,7 @@ impl Apps {
             process.clone(),
         );
         tokio::spawn(async move {
-            let exit = watched.process.wait().await;
+            let exit = watched.wait().await;
             let _ = events.send(Exited::Exited { id, instance, exit });
         });
         info!(container = %r.spec.name, %addr, "linux container started");
@@ -421,7 +405,7 @@ impl Apps {
         self.ingress.table.remove(entry.record.spec.name.as_str());
         running.ports.cancel();
         if let Some(oci) = &running.oci {
-            oci.process.cleanup().await;
+            oci.cleanup().await;
         }
         let now = now_ms();
         let quick = now.saturating_sub(entry.record.started_ms) < 10_000;
@@ -648,6 +632,8 @@ impl Apps {
                     oom_killed: false,
                     exit_reason: None,
                     ports: vec![],
+                    ip_address: None,
+                    sandbox_key: None,
                     restart: RestartPolicy::Always,
                     deployment: Some(e.record.spec.name.to_string()),
                     limits: e.record.spec.limits.clone(),
@@ -674,6 +660,7 @@ impl Apps {
             (false, 0) => "created",
             (false, _) => "exited",
         };
+        let oci = s.running.as_ref().and_then(|r| r.oci.as_deref());
         ContainerInfo {
             id: r.id.clone(),
             name: r.spec.name.to_string(),
@@ -691,6 +678,8 @@ impl Apps {
                 None => "OOMKilled: the kernel ran out of memory".to_string(),
             }),
             ports: r.ports.clone(),
+            ip_address: oci.and_then(|p| p.ip).map(|ip| ip.to_string()),
+            sandbox_key: oci.and_then(|p| p.netns()).map(|p| p.display().to_string()),
             restart: r.restart,
             deployment: None,
             limits: r.spec.limits.clone(),

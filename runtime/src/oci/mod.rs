@@ -7,9 +7,15 @@
 //! read-only paths; `no_new_privileges`), and a network namespace of its own, wired to
 //! the node bridge `skiff0` (10.213.0.0/16, outbound NAT) by a veth pair.
 //!
-//! `runc run` stays in the foreground as our child, so its exit status is the
-//! container's (128+signal when killed) and its stdout/stderr are the container's.
+//! The namespaces are made ahead of time by a small pool (`net.rs`), so a start costs an
+//! overlay mount, a `config.json` and a `runc run`; `skiff run` answers once runc is
+//! spawned, and a stop waits until runc has made the container before signalling it.
+//!
+//! `runc run --keep` stays in the foreground as our child, so its exit status is the
+//! container's (128+signal when killed) and its stdout/stderr are the container's; the
+//! stopped container (and its cgroup, read for OOM kills) stays until `cleanup`.
 
+mod net;
 mod proxy;
 
 use std::net::Ipv4Addr;
@@ -18,6 +24,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use net::Net;
+use net::NetPool;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxPidsBuilder, LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
@@ -29,13 +37,6 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{LogBook, LogStream};
-
-/// The node bridge and its network.
-const BRIDGE: &str = "skiff0";
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
-const PREFIX: u8 = 16;
-/// Where named network namespaces live (as `ip netns` keeps them).
-const NETNS_DIR: &str = "/run/netns";
 
 /// Why a Linux container could not be run or managed.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,7 @@ pub enum OciError {
     },
 }
 
-fn setup(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> OciError {
+pub(super) fn setup(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> OciError {
     let step = step.into();
     move |e| OciError::Setup {
         step,
@@ -88,8 +89,6 @@ pub struct OciSpec {
     pub pids: Option<i64>,
     /// Share the node's network instead of a namespace of its own.
     pub host_network: bool,
-    /// The container's address on the bridge (ignored with `host_network`).
-    pub ip: Ipv4Addr,
     /// Where stdout and stderr go.
     pub log: Arc<LogBook>,
 }
@@ -99,8 +98,8 @@ pub struct OciSpec {
 pub struct OciHost {
     runc: PathBuf,
     state: PathBuf,
-    /// The bridge, forwarding and NAT rule are in place (checked once per node).
-    bridge_ready: std::sync::atomic::AtomicBool,
+    /// Network namespaces made ahead of time.
+    nets: Arc<NetPool>,
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -111,7 +110,7 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-async fn run(cmd: &str, args: &[&str]) -> Result<String, OciError> {
+pub(super) async fn run(cmd: &str, args: &[&str]) -> Result<String, OciError> {
     let out = tokio::process::Command::new(cmd)
         .args(args)
         .stdin(Stdio::null())
@@ -127,52 +126,31 @@ async fn run(cmd: &str, args: &[&str]) -> Result<String, OciError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `ip [-n NS] -batch -` with `lines`: one process for many changes.
-async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), OciError> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut cmd = tokio::process::Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(setup("run ip"))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    stdin
-        .write_all(lines.join("\n").as_bytes())
-        .await
-        .map_err(setup("write to ip"))?;
-    drop(stdin);
-    let out = child.wait_with_output().await.map_err(setup("run ip"))?;
-    if !out.status.success() {
-        return Err(OciError::Setup {
-            step: format!("ip {}", lines.join("; ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
-}
-
 impl OciHost {
     /// Removes what a container of a crashed node may have left: its runc container
-    /// (killed), mount, network namespace and directory.
+    /// (killed), mount and directory. (Its network namespace went with the dead node's
+    /// lease when this host was probed.)
     pub async fn clean_leftovers(&self, id: &str, dir: &Path) {
-        let process = OciProcess {
+        self.process(id, dir).cleanup().await;
+    }
+
+    /// Container `id` (in `dir`) as far as the disk knows it: not started, no network.
+    fn process(&self, id: &str, dir: &Path) -> OciProcess {
+        OciProcess {
             runc: self.runc.clone(),
             state: self.state.clone(),
             runc_id: id[..32].to_string(),
             dir: dir.to_path_buf(),
-            netns: Some(format!("skiff-{}", &id[..12])),
-            host_if: Some(format!("vh{}", &id[..10])),
+            net: std::sync::Mutex::new(None),
             ip: None,
             exit: None,
             mounted: std::sync::atomic::AtomicBool::new(is_mounted(&dir.join("rootfs"))),
-        };
-        process.cleanup().await;
+        }
+    }
+
+    /// Removes the namespaces made ahead of time (node shutdown).
+    pub fn shutdown(&self) {
+        self.nets.drain();
     }
 
     /// Whether this node can run Linux containers: root, runc, iproute2, iptables.
@@ -198,74 +176,26 @@ impl OciHost {
         std::fs::create_dir_all(state).map_err(|e| {
             OciError::Unavailable(format!("cannot create {}: {e}", state.display()))
         })?;
+        NetPool::sweep();
         Ok(Self {
             runc,
             state: state.to_path_buf(),
-            bridge_ready: std::sync::atomic::AtomicBool::new(false),
+            nets: Arc::default(),
         })
-    }
-
-    /// The bridge, its address, forwarding and NAT, created once (idempotent).
-    async fn ensure_bridge(&self) -> Result<(), OciError> {
-        if self.bridge_ready.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        if run("ip", &["link", "show", BRIDGE]).await.is_err() {
-            run("ip", &["link", "add", BRIDGE, "type", "bridge"]).await?;
-            run(
-                "ip",
-                &["addr", "add", &format!("{GATEWAY}/{PREFIX}"), "dev", BRIDGE],
-            )
-            .await?;
-        }
-        run("ip", &["link", "set", BRIDGE, "up"]).await?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(setup("enable IP forwarding"))?;
-        let subnet = format!("{}/{PREFIX}", Ipv4Addr::new(10, 213, 0, 0));
-        let rule = [
-            "POSTROUTING",
-            "-s",
-            subnet.as_str(),
-            "!",
-            "-o",
-            BRIDGE,
-            "-j",
-            "MASQUERADE",
-        ];
-        if run("iptables", &[&["-t", "nat", "-C"][..], &rule[..]].concat())
-            .await
-            .is_err()
-        {
-            run("iptables", &[&["-t", "nat", "-A"][..], &rule[..]].concat()).await?;
-        }
-        self.bridge_ready
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
     }
 
     /// Sets up and starts a container. Everything made on the way is undone if a later
     /// step fails.
     pub async fn start(&self, spec: OciSpec) -> Result<OciProcess, OciError> {
-        let runc_id = spec.id[..32].to_string();
-        let netns = (!spec.host_network).then(|| format!("skiff-{}", &spec.id[..12]));
-        let mut process = OciProcess {
-            runc: self.runc.clone(),
-            state: self.state.clone(),
-            runc_id,
-            dir: spec.dir.clone(),
-            netns: netns.clone(),
-            host_if: (!spec.host_network).then(|| format!("vh{}", &spec.id[..10])),
-            ip: (!spec.host_network).then_some(spec.ip),
-            exit: None,
-            mounted: std::sync::atomic::AtomicBool::new(false),
-        };
         // Whatever a crashed node left under this id (a runc container still running, a
-        // mount, a namespace) goes first.
-        process.mounted.store(
-            is_mounted(&spec.dir.join("rootfs")),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        // mount) goes first.
+        let mut process = self.process(&spec.id, &spec.dir);
         process.cleanup().await;
+        if !spec.host_network {
+            let net = self.nets.take().await?;
+            process.ip = Some(net.ip());
+            *process.net.get_mut().expect("net lock") = Some(net);
+        }
         match self.prepare(&spec, &mut process).await {
             Ok(()) => Ok(process),
             Err(e) => {
@@ -297,33 +227,6 @@ impl OciHost {
                 )
                 .await?;
             }
-        }
-        if let Some(ns) = &p.netns {
-            self.ensure_bridge().await?;
-            let host_if = format!("vh{}", &spec.id[..10]);
-            // The peer is made inside the namespace: moving an interface between
-            // namespaces afterwards costs the kernel ~15-20 ms (RCU grace periods).
-            ip_batch(
-                None,
-                &[
-                    format!("netns add {ns}"),
-                    format!("link add {host_if} type veth peer name eth0 netns {ns}"),
-                    format!("link set {host_if} master {BRIDGE} up"),
-                    // Forget any MAC a previous holder of the address left in the cache.
-                    format!("neigh flush to {} dev {BRIDGE}", spec.ip),
-                ],
-            )
-            .await?;
-            ip_batch(
-                Some(ns),
-                &[
-                    format!("addr add {}/{PREFIX} dev eth0", spec.ip),
-                    "link set eth0 up".into(),
-                    "link set lo up".into(),
-                    format!("route add default via {GATEWAY}"),
-                ],
-            )
-            .await?;
         }
         self.write_config(spec, p)?;
         Ok(())
@@ -363,18 +266,15 @@ impl OciHost {
             .build()
             .map_err(bad)?;
         let mut namespaces = get_default_namespaces();
-        match &p.netns {
-            Some(ns) => {
-                namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
-                namespaces.push(
-                    LinuxNamespaceBuilder::default()
-                        .typ(LinuxNamespaceType::Network)
-                        .path(Path::new(NETNS_DIR).join(ns))
-                        .build()
-                        .map_err(bad)?,
-                );
-            }
-            None => namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network),
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        if let Some(net) = &*p.net.lock().expect("net lock") {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Network)
+                    .path(net.path())
+                    .build()
+                    .map_err(bad)?,
+            );
         }
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(m) = spec.memory {
@@ -458,7 +358,7 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> std:
 }
 
 /// Unmounts `path`, lazily if it is busy.
-fn unmount(path: &Path) -> std::io::Result<()> {
+pub(super) fn unmount(path: &Path) -> std::io::Result<()> {
     let c = c_path(path)?;
     // SAFETY: `c` is a NUL-terminated path that outlives the calls.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
@@ -481,70 +381,6 @@ fn is_mounted(path: &Path) -> bool {
     let path = path.to_string_lossy();
     std::fs::read_to_string("/proc/self/mounts")
         .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&*path)))
-}
-
-/// Bridge addresses, leased machine-wide: one file per address under `/run/skiff/ips`,
-/// created exclusively and naming the leasing process, so nodes sharing a machine (and
-/// its bridge) never hand out the same address; leases of dead processes are reclaimed.
-pub struct IpLease {
-    ip: Ipv4Addr,
-    path: PathBuf,
-}
-
-impl IpLease {
-    const DIR: &'static str = "/run/skiff/ips";
-
-    /// A free address in 10.213.1.2 and up. The search starts at a random place, so an
-    /// address just given back is not handed out again at once (peers may still have it
-    /// cached with the old container's MAC).
-    pub fn take() -> Result<Self, OciError> {
-        const ADDRESSES: u32 = 64_000;
-        std::fs::create_dir_all(Self::DIR).map_err(setup(format!("create {}", Self::DIR)))?;
-        let me = std::process::id();
-        let mut seed = [0u8; 4];
-        let _ = getrandom::fill(&mut seed);
-        let start = u32::from_le_bytes(seed) % ADDRESSES;
-        for n in 0..ADDRESSES {
-            let i = (start + n) % ADDRESSES;
-            let ip = Ipv4Addr::new(10, 213, (1 + i / 250) as u8, (2 + i % 250) as u8);
-            let path = Path::new(Self::DIR).join(ip.to_string());
-            let mut open = std::fs::OpenOptions::new();
-            open.write(true).create_new(true);
-            match open.open(&path) {
-                Ok(mut f) => {
-                    use std::io::Write as _;
-                    let _ = write!(f, "{me}");
-                    return Ok(Self { ip, path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder: Option<i32> = std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok());
-                    // SAFETY: kill with signal 0 only checks that the process exists.
-                    let alive = holder.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-                    if !alive && std::fs::write(&path, me.to_string()).is_ok() {
-                        return Ok(Self { ip, path });
-                    }
-                }
-                Err(e) => return Err(setup(format!("lease {ip}"))(e)),
-            }
-        }
-        Err(OciError::Setup {
-            step: "lease a bridge address".into(),
-            message: "all 64,000 are in use".into(),
-        })
-    }
-
-    /// The leased address.
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
-    }
-}
-
-impl Drop for IpLease {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// How a container's process ended.
@@ -581,10 +417,8 @@ pub struct OciProcess {
     state: PathBuf,
     runc_id: String,
     dir: PathBuf,
-    netns: Option<String>,
-    /// The host end of the veth pair (gone with the namespace, unless setup broke off
-    /// before its peer moved there).
-    host_if: Option<String>,
+    /// Its network namespace (`None` with host networking, or once cleaned up).
+    net: std::sync::Mutex<Option<Net>>,
     /// The container's address on the bridge (`None` with host networking).
     pub ip: Option<Ipv4Addr>,
     exit: Option<watch::Receiver<Option<Exit>>>,
@@ -592,6 +426,11 @@ pub struct OciProcess {
 }
 
 impl OciProcess {
+    /// The path of its network namespace (`None` with host networking).
+    pub fn netns(&self) -> Option<PathBuf> {
+        self.net.lock().expect("net lock").as_ref().map(Net::path)
+    }
+
     /// Starts `runc run` in the foreground; stdout and stderr go to `log` line by line.
     pub fn spawn(&mut self, name: Arc<str>, log: Arc<LogBook>) -> Result<(), OciError> {
         let mut child = tokio::process::Command::new(&self.runc)
@@ -752,20 +591,16 @@ impl OciProcess {
         {
             warn!(error = %e, "failed to unmount a container rootfs");
         }
-        if let Some(ns) = &self.netns {
-            let path = Path::new(NETNS_DIR).join(ns);
-            if path.exists() {
-                // What `ip netns del` does: the namespace goes with its last reference.
-                let _ = unmount(&path);
-                if let Err(e) = std::fs::remove_file(&path) {
-                    warn!(error = %e, "failed to delete a network namespace");
-                }
+        let net = self.net.lock().expect("net lock").take();
+        if let Some(net) = net {
+            // The kernel removes the veth pair with the namespace, but later, from a
+            // work queue; deleting it here means it is gone when `rm` answers.
+            let host_if = net.host_if();
+            if Path::new("/sys/class/net").join(&host_if).exists() {
+                let _ = run("ip", &["link", "del", &host_if]).await;
             }
-        }
-        if let Some(host_if) = &self.host_if
-            && Path::new("/sys/class/net").join(host_if).exists()
-        {
-            let _ = run("ip", &["link", "del", host_if]).await;
+            // Dropping the namespace removes it, then frees its address.
+            drop(net);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
