@@ -28,6 +28,8 @@ const NETNS_DIR: &str = "/run/netns";
 const LEASES: &str = "/run/skiff/ips";
 /// Namespaces kept ready.
 const POOL: usize = 2;
+/// How long after a take the pool is refilled.
+const REFILL_AFTER: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Runs `ip [-n NS] -batch -` with `lines`: one process for many changes.
 async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), OciError> {
@@ -323,7 +325,12 @@ impl NetPool {
             None => Net::make().await?,
         };
         let pool = self.clone();
-        tokio::spawn(async move { pool.fill().await });
+        tokio::spawn(async move {
+            // Not while the container that took it starts: on a small machine the
+            // refill's kernel work would compete with runc for the same cores.
+            tokio::time::sleep(REFILL_AFTER).await;
+            pool.fill().await
+        });
         Ok(net)
     }
 
