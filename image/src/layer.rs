@@ -108,6 +108,14 @@ pub fn extract(blobs: &BlobStore, layers: &[Descriptor], dest: &Path) -> Result<
             oci::LAYER_TAR_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
                 Box::new(flate2::read::GzDecoder::new(file))
             }
+            oci::LAYER_TAR_ZSTD | "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+                Box::new(zstd::stream::read::Decoder::new(file).map_err(|source| {
+                    LayerError::Io {
+                        entry: layer.digest.to_string(),
+                        source,
+                    }
+                })?)
+            }
             other => {
                 return Err(LayerError::MediaType(
                     layer.digest.to_string(),
@@ -376,6 +384,46 @@ mod tests {
             assert!(err.to_string().contains(entry), "{entry}: {err}");
             assert!(!dir.path().join("evil").exists() && !dir.path().join("outside").exists());
         }
+    }
+
+    #[test]
+    fn plain_gzip_and_zstd_layers_apply_in_order() {
+        use tar::EntryType::*;
+        let root = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(root.path()).unwrap();
+        let base = raw_tar(&[("a", Regular, "", b"plain"), ("b", Regular, "", b"plain")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw_tar(&[("b", Regular, "", b"gzip")])).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(
+            raw_tar(&[("c", Regular, "", b"zstd"), (".wh.a", Regular, "", b"")]).as_slice(),
+            3,
+        )
+        .unwrap();
+        let layers: Vec<Descriptor> = [
+            (oci::LAYER_TAR, base),
+            (oci::LAYER_TAR_GZIP, gz),
+            (oci::LAYER_TAR_ZSTD, zst),
+        ]
+        .into_iter()
+        .map(|(media_type, bytes)| Descriptor {
+            media_type: media_type.into(),
+            digest: store.put(&bytes).unwrap(),
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        })
+        .collect();
+        let dir = tempfile::tempdir().unwrap();
+        extract(&store, &layers, dir.path()).unwrap();
+        assert!(!dir.path().join("a").exists(), "the zstd layer's whiteout");
+        assert_eq!(fs::read(dir.path().join("b")).unwrap(), b"gzip");
+        assert_eq!(fs::read(dir.path().join("c")).unwrap(), b"zstd");
+
+        let mut bad = layers[2].clone();
+        bad.media_type = "application/vnd.oci.image.layer.v1.tar+lz4".into();
+        let err = extract(&store, &[bad], dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tar+lz4"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub const CONFIG_V1: &str = "application/vnd.oci.image.config.v1+json";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// Gzip tar layer.
 pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Zstandard tar layer.
+pub const LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// CNCF Wasm artifact config.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// CNCF Wasm artifact layer: the module or component itself.
