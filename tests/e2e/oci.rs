@@ -67,8 +67,12 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn config(layer: &[u8]) -> Vec<u8> {
+    config_for("amd64", layer)
+}
+
+fn config_for(arch: &str, layer: &[u8]) -> Vec<u8> {
     format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin","FOO=bar"],"Cmd":["sh"],"WorkingDir":"/www","ExposedPorts":{{"80/tcp":{{}}}}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+        r#"{{"architecture":"{arch}","os":"linux","config":{{"Env":["PATH=/bin","FOO=bar"],"Cmd":["sh"],"WorkingDir":"/www","ExposedPorts":{{"80/tcp":{{}}}}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
         sha(layer)
     )
     .into_bytes()
@@ -584,4 +588,158 @@ async fn restart_policies_and_node_restarts_for_linux_containers() {
         "exit 0 is no failure"
     );
     assert_eq!(state(&node, "flaky").await["state"], "exited");
+}
+
+/// An OCI layout directory holding a multi-platform index tagged `tag`: one image per
+/// `(architecture, layer media type, uncompressed layer, layer blob)`.
+fn multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, &str, Vec<u8>, Vec<u8>)]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = sha(bytes);
+        std::fs::write(blobs.join(&digest), bytes).unwrap();
+        format!(r#""digest":"sha256:{digest}","size":{}"#, bytes.len())
+    };
+    let entries: Vec<String> = images
+        .iter()
+        .map(|(arch, media_type, layer, blob)| {
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json",{}}},"layers":[{{"mediaType":"{media_type}",{}}}]}}"#,
+                put(&config_for(arch, layer)),
+                put(blob)
+            );
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json",{},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
+                put(manifest.as_bytes())
+            )
+        })
+        .collect();
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json",{},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}]}}"#,
+            put(index.as_bytes())
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_the_linux_amd64_image_of_a_multi_platform_index_with_zstd_layers() {
+    use crate::registry::{Registry, skopeo};
+    need_root_and_runc();
+    let registry = Registry::start(None).await;
+    let node = Node::start().await;
+    // arm64 first, so taking the index's first entry would be wrong; its layer is a
+    // plain tar, the amd64 one tar+zstd.
+    let arm = busybox_layer(&[("www/arch.txt", b"arm64\n")]);
+    let amd = busybox_layer(&[("www/arch.txt", b"amd64\n")]);
+    let amd_zstd = zstd::encode_all(amd.as_slice(), 3).unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    multi_platform_layout(
+        layout.path(),
+        "multi",
+        &[
+            (
+                "arm64",
+                "application/vnd.oci.image.layer.v1.tar",
+                arm.clone(),
+                arm.clone(),
+            ),
+            (
+                "amd64",
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                amd,
+                amd_zstd,
+            ),
+        ],
+    );
+    let multi = format!("{}/bb:multi", registry.addr);
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", layout.path().display()),
+        &format!("docker://{multi}"),
+    ]);
+    let raw: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{multi}"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        raw["manifests"].as_array().map(Vec::len),
+        Some(2),
+        "the registry holds the index: {raw}"
+    );
+
+    ok(&skiff(&node, &["pull", &multi]).await);
+    let port = free_port();
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "multi",
+            "-p",
+            &format!("{port}:80"),
+            &multi,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    )
+    .await);
+    let body = wait_for("httpd to answer", Duration::from_secs(20), || async {
+        let r = get(&format!("http://127.0.0.1:{port}/arch.txt")).await?;
+        if r.status() == 200 {
+            r.text().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(
+        body, "amd64\n",
+        "the linux/amd64 image runs, from its zstd layer"
+    );
+    ok(&skiff(&node, &["rm", "-f", "multi"]).await);
+
+    // An index without this machine's platform is refused in one line naming what it has.
+    let arm_only = tempfile::tempdir().unwrap();
+    multi_platform_layout(
+        arm_only.path(),
+        "arm",
+        &[(
+            "arm64",
+            "application/vnd.oci.image.layer.v1.tar",
+            arm.clone(),
+            arm,
+        )],
+    );
+    let arm_ref = format!("{}/bb:arm", registry.addr);
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:arm", arm_only.path().display()),
+        &format!("docker://{arm_ref}"),
+    ]);
+    let e = err(&skiff(&node, &["pull", &arm_ref]).await);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("no linux/amd64 or wasm variant") && e.contains("linux/arm64"),
+        "{e}"
+    );
 }

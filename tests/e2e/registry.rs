@@ -10,14 +10,14 @@ use sha2::{Digest as _, Sha256};
 use crate::harness::{Node, err, hello_wasm, ok, skiff_env, wait_for};
 
 /// A `docker-registry serve` on a free loopback port, stopped on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    async fn start(htpasswd: Option<&str>) -> Registry {
+    pub(crate) async fn start(htpasswd: Option<&str>) -> Registry {
         let bin = which("docker-registry").expect("docker-registry is not installed: ./test installs it (apt-get install docker-registry)");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -78,7 +78,7 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn skopeo(args: &[&str]) -> String {
+pub(crate) fn skopeo(args: &[&str]) -> String {
     let bin = which("skopeo")
         .expect("skopeo is not installed: ./test installs it (apt-get install skopeo)");
     let o = Command::new(bin).args(args).output().unwrap();
