@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod linux;
 mod standalone;
 
 pub use standalone::RunRequest;
@@ -138,6 +139,8 @@ struct AppEntry {
     containers: Vec<Arc<Container>>,
     /// Why the app is not serving, when it is not.
     message: Option<String>,
+    /// Replicas (of a Linux image) that died soon after starting, in a row.
+    restarts: u32,
 }
 
 /// Where and how the supervisor works.
@@ -178,8 +181,8 @@ pub struct Apps {
     /// runc, if this node can run Linux containers; else why not.
     oci: Result<skiff_runtime::oci::OciHost, String>,
     /// Linux containers' exits, handled by [`Apps::run_exit_loop`].
-    exits: tokio::sync::mpsc::UnboundedSender<standalone::Exited>,
-    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<standalone::Exited>>>,
+    exits: tokio::sync::mpsc::UnboundedSender<standalone::LinuxEvent>,
+    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<standalone::LinuxEvent>>>,
 }
 
 impl Apps {
@@ -234,6 +237,12 @@ impl Apps {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = rx.recv() => match ev {
+                    Some(standalone::LinuxEvent::ReplicaExited { app, instance, exit }) => {
+                        self.on_replica_exit(app, instance, exit).await;
+                    }
+                    Some(standalone::LinuxEvent::ReplaceReplica { app, generation, name }) => {
+                        self.replace_replica(app, generation, name).await;
+                    }
                     Some(ev) => self.on_exit(ev).await,
                     None => return,
                 },
@@ -244,6 +253,19 @@ impl Apps {
     /// Brings back every persisted app (compiled code comes from the cache). An app that
     /// cannot start is kept, with the reason, rather than stopping the node.
     pub async fn restore(&self) -> anyhow::Result<()> {
+        // runc outlives a killed node: whatever Linux containers it left (standalone or
+        // replicas) go before anything starts. Nothing of this node runs yet, so every
+        // bundle under containers/ is a leftover.
+        if let Ok(host) = &self.oci
+            && let Ok(dirs) = std::fs::read_dir(self.data.join("containers"))
+        {
+            for dir in dirs.flatten() {
+                let id = dir.file_name().to_string_lossy().into_owned();
+                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    host.clean_leftovers(&id, &dir.path()).await;
+                }
+            }
+        }
         let state = self.state.clone();
         let records = tokio::task::spawn_blocking(move || state.apps()).await??;
         let mut apps = self.apps.lock().await;
@@ -255,13 +277,15 @@ impl Apps {
                 log,
                 containers: Vec::new(),
                 message: None,
+                restarts: 0,
                 record,
             };
             let started = async {
                 let summary = self.summary(entry.record.spec.image).await?;
                 let prepared = self.prepare(&summary).await?;
                 Ok::<_, ApiError>((
-                    self.containers(&entry.record.spec, &prepared, &entry.log)?,
+                    self.containers(&entry.record.spec, &prepared, &summary, &entry.log)
+                        .await?,
                     summary.size,
                 ))
             };
@@ -372,10 +396,13 @@ impl Apps {
         Ok(compiled)
     }
 
-    fn containers(
+    /// The replicas of `spec`: Wasm and static ones made in place, Linux ones started
+    /// with runc (all or none: if one fails, those started are stopped again).
+    async fn containers(
         &self,
         spec: &AppSpec,
         prepared: &Prepared,
+        summary: &ImageSummary,
         log: &Arc<LogBook>,
     ) -> Result<Vec<Arc<Container>>, ApiError> {
         let env: Vec<(String, String)> = spec
@@ -388,6 +415,22 @@ impl Apps {
         // with other settings (even of the same image) gets new names.
         let spec_json = serde_json::to_vec(spec).map_err(ApiError::internal)?;
         let generation_tag = &hex::encode(Sha256::digest(&spec_json))[..10];
+        if let Prepared::Oci { root } = prepared {
+            let mut started = Vec::new();
+            for i in 0..spec.replicas {
+                let name = format!("{}-{generation_tag}-{i}", spec.name);
+                match self.start_replica(&name, spec, summary, root, log).await {
+                    Ok(c) => started.push(c),
+                    Err(e) => {
+                        for c in started {
+                            linux::retire(&c, Duration::ZERO, Duration::ZERO).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            return Ok(started);
+        }
         let started = now_ms();
         (0..spec.replicas)
             .map(|i| {
@@ -406,12 +449,7 @@ impl Apps {
                             ApiError::bad_request("unsupported_imports", e.to_string())
                         })?
                     }
-                    Prepared::Oci { .. } => {
-                        return Err(ApiError::bad_request(
-                            "unsupported_image",
-                            "deployments of Linux images are not supported yet; run one with skiff run",
-                        ));
-                    }
+                    Prepared::Oci { .. } => unreachable!("Linux replicas are started above"),
                     Prepared::Static { root, tag } => {
                         Workload::Static(StaticSite::open(root, tag).map_err(ApiError::internal)?)
                     }
@@ -542,7 +580,7 @@ impl Apps {
         let log = apps
             .get(&name)
             .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone());
-        let containers = self.containers(&spec, &prepared, &log)?;
+        let containers = self.containers(&spec, &prepared, &summary, &log).await?;
         let now = now_ms();
         let previous = apps.get(&name).map(|e| e.record.clone());
         let record = AppRecord {
@@ -554,10 +592,15 @@ impl Apps {
         };
         let state = self.state.clone();
         let to_save = record.clone();
-        tokio::task::spawn_blocking(move || state.put_app(&to_save))
+        let saved = tokio::task::spawn_blocking(move || state.put_app(&to_save))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::internal)
+            .and_then(|r| r.map_err(ApiError::internal));
+        if let Err(e) = saved {
+            // Nothing changed: the new containers (and any Linux processes) go again.
+            self.retire(containers, &spec);
+            return Err(e);
+        }
 
         self.route(&name, &containers);
         let old = apps.insert(
@@ -568,6 +611,7 @@ impl Apps {
                 log,
                 containers,
                 message: None,
+                restarts: 0,
             },
         );
         self.ingress.metrics.set_apps(apps.len());
@@ -638,11 +682,12 @@ impl Apps {
         self.collect_garbage(&apps).await;
     }
 
-    /// Drains replaced or removed containers in the background.
+    /// Drains replaced or removed containers in the background (and stops the
+    /// processes of Linux ones).
     fn retire(&self, containers: Vec<Arc<Container>>, spec: &AppSpec) {
         let grace = spec.limits.timeout() + Duration::from_secs(1);
         for c in containers {
-            tokio::spawn(async move { c.drain(grace).await });
+            tokio::spawn(async move { linux::retire(&c, grace, linux::STOP_GRACE).await });
         }
     }
 
@@ -731,7 +776,7 @@ impl Apps {
         let drains = apps
             .values()
             .flat_map(|e| e.containers.iter().cloned())
-            .map(|c| async move { c.drain(grace).await });
+            .map(|c| async move { linux::retire(&c, grace, grace).await });
         futures_util::future::join_all(drains).await;
     }
 }

@@ -6,9 +6,11 @@
 //!   [`state`]) is turned into running [`container`]s, and the gateway's routing table
 //!   is pointed at them; redeploys swap the route atomically and drain the old
 //!   containers. `skiff run` containers are the same objects with an id, published
-//!   ports, a restart policy and a stop/start lifecycle; Linux images among them run
-//!   under runc (`skiff_runtime::oci`), their exits reported back through an event loop
-//!   that applies the restart policy. Logs are kept per app (replicas
+//!   ports, a restart policy and a stop/start lifecycle. Linux images (as `skiff run`
+//!   containers or as deployments' replicas) run under runc (`skiff_runtime::oci`); the
+//!   process is part of the container's workload, so whoever retires a container stops
+//!   its process, and exits come back through an event loop that applies the restart
+//!   policy or replaces the replica. Logs are kept per app (replicas
 //!   share one book, each line naming its container) rather than per replica, so
 //!   `logs -f` of an app follows it across redeploys.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready

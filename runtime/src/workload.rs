@@ -53,6 +53,14 @@ impl Workload {
         matches!(self, Workload::Http(_) | Workload::Wagi(_))
     }
 
+    /// The process behind a Linux container.
+    pub fn oci_process(&self) -> Option<&std::sync::Arc<crate::oci::OciProcess>> {
+        match self {
+            Workload::Oci(w) => Some(w.process()),
+            _ => None,
+        }
+    }
+
     /// Serves one request in a fresh instance, bounded by the container's limits.
     pub async fn handle<B>(
         &self,

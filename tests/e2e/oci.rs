@@ -91,7 +91,10 @@ fn tar_of(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 
 /// `docker save` format: manifest.json naming a config and a layer tar by path.
 fn docker_save(name: &str, layer: &[u8]) -> Vec<u8> {
-    let config = config(layer);
+    docker_save_with(name, layer, config(layer))
+}
+
+fn docker_save_with(name: &str, layer: &[u8], config: Vec<u8>) -> Vec<u8> {
     tar_of(&BTreeMap::from([
         (
             "manifest.json".to_string(),
@@ -421,10 +424,6 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
     )
     .await;
     ok(&skiff(&node, &["rm", "-f", "again"]).await);
-
-    // Deployments of Linux images are not there yet: one line saying so.
-    let e = err(&skiff(&node, &["deploy", "bb:v1", "--name", "bbapp"]).await);
-    assert!(e.contains("skiff run"), "{e}");
 }
 
 #[tokio::test]
@@ -742,4 +741,187 @@ async fn pulls_the_linux_amd64_image_of_a_multi_platform_index_with_zstd_layers(
         e.contains("no linux/amd64 or wasm variant") && e.contains("linux/arm64"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_of_linux_images_balance_replace_dead_replicas_and_retire_old_ones() {
+    need_root_and_runc();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start_in(tmp.path(), &[]).await;
+    // Each replica serves its own hostname (its replica name) at /who.
+    let layer = busybox_layer(&[]);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/bin"],
+            "Cmd": ["sh", "-c", "trap 'exit 0' TERM; echo $HOSTNAME > /www/who; httpd -f -p 80 -h /www & wait"],
+            "ExposedPorts": {"80/tcp": {}}
+        },
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha(&layer))]}
+    });
+    load(
+        &node,
+        &docker_save_with("web:v1", &layer, serde_json::to_vec(&config).unwrap()),
+    )
+    .await;
+    ok(&skiff(
+        &node,
+        &["deploy", "web:v1", "--name", "web", "--replicas", "2"],
+    )
+    .await);
+    let status = || async {
+        node.api_get("/v1/apps/web")
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let first = status().await;
+    assert_eq!(
+        (first["kind"].as_str(), first["replicas"].as_u64()),
+        (Some("oci"), Some(2)),
+        "{first}"
+    );
+    let names: Vec<String> = first["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{first}");
+
+    // The ingress balances over both.
+    let seen = wait_for(
+        "both replicas to answer",
+        Duration::from_secs(20),
+        || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..8 {
+                let (code, body) = node.get("web", "/who").await;
+                if code == 200 {
+                    seen.insert(body.trim().to_string());
+                }
+            }
+            (seen.len() == 2).then_some(seen)
+        },
+    )
+    .await;
+    assert_eq!(
+        seen,
+        names.iter().cloned().collect(),
+        "answers come from the replicas"
+    );
+    let ps = ok(&skiff(&node, &["ps"]).await);
+    assert_eq!(
+        ps.lines()
+            .filter(|l| l.contains(" oci ") && l.contains("web-"))
+            .count(),
+        2,
+        "{ps}"
+    );
+
+    // A replica killed behind the node's back is replaced under the same name.
+    let runc = |args: &[&str]| {
+        let o = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(tmp.path().join("runc"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let victim = runc(&["list", "-q"]).lines().next().unwrap().to_string();
+    runc(&["kill", &victim, "KILL"]);
+    wait_for(
+        "the dead replica to be replaced",
+        Duration::from_secs(30),
+        || async {
+            let s = status().await;
+            let ids: Vec<String> = runc(&["list", "-q"]).lines().map(str::to_string).collect();
+            (s["ready"] == 2 && ids.len() == 2 && !ids.contains(&victim)).then_some(())
+        },
+    )
+    .await;
+    let mut now: Vec<String> = status().await["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    now.sort();
+    let mut was = names.clone();
+    was.sort();
+    assert_eq!(now, was, "the replacement keeps the replica's name");
+
+    // A redeploy with other settings starts new replicas and retires the old ones
+    // (their runc containers and bundles go); removing the app takes the rest.
+    ok(&skiff(
+        &node,
+        &[
+            "deploy",
+            "web:v1",
+            "--name",
+            "web",
+            "--replicas",
+            "1",
+            "-e",
+            "V=2",
+        ],
+    )
+    .await);
+    wait_for(
+        "the old replicas to be gone",
+        Duration::from_secs(30),
+        || async {
+            let ids = runc(&["list", "-q"]);
+            let bundles = std::fs::read_dir(tmp.path().join("containers"))
+                .unwrap()
+                .count();
+            (ids.lines().count() == 1 && bundles == 1).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = node.get("web", "/who").await;
+    assert_eq!(code, 200);
+    assert!(
+        !names.contains(&body.trim().to_string()),
+        "served by the new replica: {body}"
+    );
+
+    // kill -9: the next node removes the old replicas' runc containers and starts new.
+    let before = runc(&["list", "-q"]);
+    node.kill9();
+    let node = Node::start_in(tmp.path(), &[]).await;
+    // (runc makes the container just after the node has started it.)
+    let after = wait_for(
+        "runc to list the restored replica",
+        Duration::from_secs(20),
+        || async {
+            let ids = runc(&["list", "-q"]);
+            (ids.lines().count() == 1).then_some(ids)
+        },
+    )
+    .await;
+    assert_ne!(after, before, "a new one, not the killed node's");
+    wait_for(
+        "the restored app to answer",
+        Duration::from_secs(20),
+        || async { (node.get("web", "/who").await.0 == 200).then_some(()) },
+    )
+    .await;
+
+    ok(&skiff(&node, &["rm", "web"]).await);
+    wait_for(
+        "the app's replicas to be gone",
+        Duration::from_secs(30),
+        || async {
+            let ids = runc(&["list", "-q"]);
+            let bundles = std::fs::read_dir(tmp.path().join("containers"))
+                .unwrap()
+                .count();
+            (ids.trim().is_empty() && bundles == 0).then_some(())
+        },
+    )
+    .await;
 }

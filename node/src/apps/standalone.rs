@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_runtime::oci::{Exit, OciProcess, OciSpec, OciWorkload};
-use skiff_runtime::{LogBook, Workload};
+use skiff_runtime::LogBook;
+use skiff_runtime::oci::Exit;
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
 use tokio::net::TcpListener;
@@ -55,12 +55,10 @@ struct Running {
     /// Published-port listeners; cancelled on stop.
     ports: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
-    /// The runc process, for Linux containers.
-    oci: Option<Arc<OciProcess>>,
 }
 
 /// What happens to Linux containers behind the API's back.
-pub(crate) enum Exited {
+pub(crate) enum LinuxEvent {
     /// A container's process ended.
     Exited {
         /// The container (record id).
@@ -75,6 +73,24 @@ pub(crate) enum Exited {
         /// The container (record id).
         id: String,
     },
+    /// A deployment's replica's process ended.
+    ReplicaExited {
+        /// Its deployment.
+        app: AppName,
+        /// The replica (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// A dead replica's back-off elapsed: start its replacement.
+    ReplaceReplica {
+        /// Its deployment.
+        app: AppName,
+        /// The deployment's generation it belonged to.
+        generation: u64,
+        /// The replica's name.
+        name: String,
+    },
 }
 
 impl Running {
@@ -82,14 +98,11 @@ impl Running {
     /// Linux container then gets SIGTERM, SIGKILL after `grace`, and is cleaned up.
     /// Returns how it exited, for Linux containers.
     async fn finish(self, grace: std::time::Duration) -> Option<Exit> {
-        self.container.drain(grace).await;
+        let exit = super::linux::retire(&self.container, grace, grace).await;
         for l in self.listeners {
             let _ = l.await;
         }
-        let oci = self.oci?;
-        let exit = oci.stop(grace).await;
-        oci.cleanup().await;
-        Some(exit)
+        exit
     }
 }
 
@@ -135,7 +148,7 @@ fn names(c: &Container, key: &str) -> bool {
     c.name == key || (key.len() >= 4 && c.id.starts_with(key))
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     let mut id = [0u8; 32];
     getrandom::fill(&mut id).expect("the OS has randomness");
     hex::encode(id)
@@ -242,18 +255,13 @@ impl Apps {
                     .map_err(|e| ApiError::conflict(format!("cannot publish {addr}: {e}")))?,
             );
         }
-        let (container, oci) = match &prepared {
-            super::Prepared::Oci { root } => {
-                let (container, process) = self.start_oci(entry, &summary, root).await?;
-                (container, Some(process))
-            }
-            other => {
-                let container = self
-                    .containers(&spec, other, &entry.log)?
-                    .pop()
-                    .ok_or_else(|| ApiError::internal("no container made"))?;
-                (container, None)
-            }
+        let container = match &prepared {
+            super::Prepared::Oci { root } => self.start_oci(entry, &summary, root).await?,
+            other => self
+                .containers(&spec, other, &summary, &entry.log)
+                .await?
+                .pop()
+                .ok_or_else(|| ApiError::internal("no container made"))?,
         };
         let ports = self.shutdown.child_token();
         let listeners = bound
@@ -280,7 +288,6 @@ impl Apps {
             container,
             ports,
             listeners,
-            oci,
         });
         Ok(())
     }
@@ -291,94 +298,41 @@ impl Apps {
         entry: &Standalone,
         summary: &skiff_image::ImageSummary,
         root: &std::path::Path,
-    ) -> Result<(Arc<Container>, Arc<OciProcess>), ApiError> {
-        let host = self
-            .oci
-            .as_ref()
-            .map_err(|why| ApiError::bad_request("oci_unavailable", why.clone()))?;
+    ) -> Result<Arc<Container>, ApiError> {
         let r = &entry.record;
-        if r.spec.args.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "the image has no ENTRYPOINT or CMD: give a command after the image",
-            ));
-        }
-        let name: Arc<str> = r.spec.name.as_str().into();
-        let spec = OciSpec {
-            id: r.id.clone(),
-            name: name.clone(),
-            image_root: root.to_path_buf(),
-            dir: self.data.join("containers").join(&r.id[..32]),
-            args: r.spec.args.clone(),
-            env: r.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            cwd: summary.run.working_dir.clone(),
-            user: summary.run.user.clone(),
-            memory: r.oci.memory_bytes,
-            cpus: r.oci.milli_cpus.map(|m| f64::from(m) / 1000.0),
-            pids: r.oci.pids_limit,
-            host_network: r.oci.host_network,
-            log: entry.log.clone(),
-        };
-        let mut process = host
-            .start(spec)
-            .await
-            .map_err(|e| ApiError::bad_request("oci_failed", e.to_string()))?;
-        if let Err(e) = process.spawn(name.clone(), entry.log.clone()) {
-            process.cleanup().await;
-            return Err(ApiError::internal(e.to_string()));
-        }
-        let process = Arc::new(process);
-        // The port it serves HTTP on: the first published one's container side, else the
-        // first EXPOSEd one, else 80.
-        let port = r
-            .ports
-            .first()
-            .map(|p| p.container_port)
-            .or_else(|| {
-                summary
-                    .run
-                    .exposed_ports
-                    .keys()
-                    .find_map(|k| k.split('/').next()?.parse().ok())
+        let container = self
+            .start_linux(super::linux::LinuxStart {
+                id: &r.id,
+                name: r.spec.name.as_str(),
+                spec: &r.spec,
+                summary,
+                root,
+                log: &entry.log,
+                oci: &r.oci,
+                port: r.ports.first().map(|p| p.container_port),
             })
-            .unwrap_or(80);
-        let addr = match process.ip {
-            Some(ip) => std::net::SocketAddr::from((ip, port)),
-            None => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let container = Container::new(
-            r.spec.name.to_string(),
-            r.spec.name.clone(),
-            Workload::Oci(OciWorkload::new(addr)),
-            r.spec.limits.concurrency,
-            now_ms(),
-            r.spec.routes.clone(),
-        );
-        container
-            .transition(crate::container::ContainerState::Ready)
-            .map_err(ApiError::internal)?;
-        let container = Arc::new(container);
-        let (events, id, instance, watched) = (
-            self.exits.clone(),
-            r.id.clone(),
-            container.id.clone(),
-            process.clone(),
-        );
+            .await?;
+        let process = container
+            .workload()
+            .oci_process()
+            .expect("a Linux container")
+            .clone();
+        let (events, id, instance) = (self.exits.clone(), r.id.clone(), container.id.clone());
         tokio::spawn(async move {
-            let exit = watched.wait().await;
-            let _ = events.send(Exited::Exited { id, instance, exit });
+            let exit = process.wait().await;
+            let _ = events.send(LinuxEvent::Exited { id, instance, exit });
         });
-        info!(container = %r.spec.name, %addr, "linux container started");
-        Ok((container, process))
+        Ok(container)
     }
 
     /// A Linux container's process ended by itself: record it and apply the restart
     /// policy, with Docker's back-off (100 ms doubling to 10 s while it keeps failing
     /// within 10 s of starting). Exits of containers being stopped are theirs to record.
-    pub(crate) async fn on_exit(&self, ev: Exited) {
+    pub(crate) async fn on_exit(&self, ev: LinuxEvent) {
         let (id, instance, Exit { code, oom_killed }) = match ev {
-            Exited::Exited { id, instance, exit } => (id, instance, exit),
-            Exited::Restart { id } => {
+            LinuxEvent::Exited { id, instance, exit } => (id, instance, exit),
+            LinuxEvent::ReplicaExited { .. } | LinuxEvent::ReplaceReplica { .. } => return,
+            LinuxEvent::Restart { id } => {
                 let mut standalone = self.standalone.lock().await;
                 if let Some(entry) = standalone.get_mut(&id)
                     && entry.running.is_none()
@@ -404,8 +358,8 @@ impl Apps {
         let running = entry.running.take().expect("checked");
         self.ingress.table.remove(entry.record.spec.name.as_str());
         running.ports.cancel();
-        if let Some(oci) = &running.oci {
-            oci.cleanup().await;
+        if let Some(process) = running.container.workload().oci_process() {
+            process.cleanup().await;
         }
         let now = now_ms();
         let quick = now.saturating_sub(entry.record.started_ms) < 10_000;
@@ -429,7 +383,7 @@ impl Apps {
             let events = self.exits.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = events.send(Exited::Restart { id });
+                let _ = events.send(LinuxEvent::Restart { id });
             });
         }
     }
@@ -660,7 +614,10 @@ impl Apps {
             (false, 0) => "created",
             (false, _) => "exited",
         };
-        let oci = s.running.as_ref().and_then(|r| r.oci.as_deref());
+        let oci = s
+            .running
+            .as_ref()
+            .and_then(|r| r.container.workload().oci_process());
         ContainerInfo {
             id: r.id.clone(),
             name: r.spec.name.to_string(),
@@ -695,18 +652,8 @@ impl Apps {
         let records = tokio::task::spawn_blocking(move || state.containers()).await??;
         let mut standalone = self.standalone.lock().await;
         for mut record in records {
+            // (A killed node's Linux containers were removed by `restore`.)
             let crashed = record.running;
-            if crashed
-                && record.spec.kind == skiff_spec::AppKind::Oci
-                && let Ok(host) = &self.oci
-            {
-                // runc outlives a killed node: the old container goes before anything else.
-                host.clean_leftovers(
-                    &record.id,
-                    &self.data.join("containers").join(&record.id[..32]),
-                )
-                .await;
-            }
             if crashed {
                 record.running = false;
                 record.exit_code = Some(255);

@@ -128,8 +128,8 @@ pub(super) async fn run(cmd: &str, args: &[&str]) -> Result<String, OciError> {
 
 impl OciHost {
     /// Removes what a container of a crashed node may have left: its runc container
-    /// (killed), mount and directory. (Its network namespace went with the dead node's
-    /// lease when this host was probed.)
+    /// (killed), mount and directory (`id`: its id, or the first 32 digits of it). Its
+    /// network namespace went with the dead node's lease when this host was probed.
     pub async fn clean_leftovers(&self, id: &str, dir: &Path) {
         self.process(id, dir).cleanup().await;
     }

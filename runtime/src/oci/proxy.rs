@@ -1,6 +1,7 @@
 //! The HTTP face of a Linux container: requests forwarded to its address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -8,21 +9,30 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::OciProcess;
 use crate::{BoxError, HandleError, ResponseBody};
 
-/// Forwards requests to a container's HTTP port over a pooled keep-alive client.
+/// A running Linux container as a workload: its process, and requests forwarded to its
+/// HTTP port over a pooled keep-alive client.
 pub struct OciWorkload {
     target: SocketAddr,
+    process: Arc<OciProcess>,
     client: Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
 }
 
 impl OciWorkload {
-    /// Forwards to `target`.
-    pub fn new(target: SocketAddr) -> Self {
+    /// Forwards to `target`, served by `process`.
+    pub fn new(target: SocketAddr, process: Arc<OciProcess>) -> Self {
         Self {
             target,
+            process,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// The container's process.
+    pub fn process(&self) -> &Arc<OciProcess> {
+        &self.process
     }
 
     pub(crate) async fn handle<B>(

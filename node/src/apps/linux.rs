@@ -1,0 +1,251 @@
+//! Linux containers for both callers: `skiff run` containers and deployments' replicas.
+//!
+//! A Linux container is a [`Container`] whose workload is an [`OciWorkload`]: the runc
+//! process and the proxy to its HTTP port travel together, so whoever retires the
+//! container (a redeploy, a removal, a stop, node shutdown) finds the process to stop
+//! on it. A replica that exits by itself is replaced after a back-off, as a Kubernetes
+//! Deployment's pod is.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_image::ImageSummary;
+use skiff_runtime::oci::{Exit, OciSpec, OciWorkload};
+use skiff_runtime::{LogBook, Workload};
+use skiff_spec::{AppName, AppSpec};
+use tracing::{info, warn};
+
+use super::standalone::LinuxEvent;
+use super::{Apps, now_ms};
+use crate::api::ApiError;
+use crate::container::{Container, ContainerState};
+use crate::state::OciOptions;
+
+/// How long a Linux container gets between SIGTERM and SIGKILL when its deployment
+/// retires it (Docker's and Kubernetes' default is 10 s and 30 s).
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// One Linux container to start.
+pub(super) struct LinuxStart<'a> {
+    /// 64 hex digits: runc's id (its first 32) and the bundle's directory.
+    pub id: &'a str,
+    /// The container's name: hostname and log label.
+    pub name: &'a str,
+    /// What runs.
+    pub spec: &'a AppSpec,
+    /// The image (working dir, user, exposed ports).
+    pub summary: &'a ImageSummary,
+    /// The image's extracted tree.
+    pub root: &'a Path,
+    /// Where its output goes.
+    pub log: &'a Arc<LogBook>,
+    /// Limits and network settings.
+    pub oci: &'a OciOptions,
+    /// The container port to send HTTP to, if the caller knows (a published port).
+    pub port: Option<u16>,
+}
+
+/// The port a Linux container serves HTTP on: the one given, else the image's first
+/// EXPOSEd port, else 80.
+fn http_port(given: Option<u16>, summary: &ImageSummary) -> u16 {
+    given
+        .or_else(|| {
+            summary
+                .run
+                .exposed_ports
+                .keys()
+                .find_map(|k| k.split('/').next()?.parse().ok())
+        })
+        .unwrap_or(80)
+}
+
+/// Drains a retired container (requests in flight get up to `drain`), then stops its
+/// process if it is a Linux container (SIGTERM, SIGKILL after `stop`) and removes it.
+/// Returns how the process exited.
+pub(super) async fn retire(container: &Container, drain: Duration, stop: Duration) -> Option<Exit> {
+    container.drain(drain).await;
+    let process = container.workload().oci_process()?;
+    let exit = process.stop(stop).await;
+    process.cleanup().await;
+    Some(exit)
+}
+
+impl Apps {
+    /// Starts a Linux container with runc and makes it a routable [`Container`] (ready
+    /// at once: until its process listens, requests get a 502 naming it). The caller
+    /// watches the process's exit.
+    pub(super) async fn start_linux(&self, s: LinuxStart<'_>) -> Result<Arc<Container>, ApiError> {
+        let host = self
+            .oci
+            .as_ref()
+            .map_err(|why| ApiError::bad_request("oci_unavailable", why.clone()))?;
+        if s.spec.args.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "the image has no ENTRYPOINT or CMD: give a command after the image",
+            ));
+        }
+        let name: Arc<str> = s.name.into();
+        let spec = OciSpec {
+            id: s.id.to_string(),
+            name: name.clone(),
+            image_root: s.root.to_path_buf(),
+            dir: self.data.join("containers").join(&s.id[..32]),
+            args: s.spec.args.clone(),
+            env: s.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: s.summary.run.working_dir.clone(),
+            user: s.summary.run.user.clone(),
+            memory: s.oci.memory_bytes,
+            cpus: s.oci.milli_cpus.map(|m| f64::from(m) / 1000.0),
+            pids: s.oci.pids_limit,
+            host_network: s.oci.host_network,
+            log: s.log.clone(),
+        };
+        let mut process = host
+            .start(spec)
+            .await
+            .map_err(|e| ApiError::bad_request("oci_failed", e.to_string()))?;
+        if let Err(e) = process.spawn(name.clone(), s.log.clone()) {
+            process.cleanup().await;
+            return Err(ApiError::internal(e.to_string()));
+        }
+        let port = http_port(s.port, s.summary);
+        let addr = match process.ip {
+            Some(ip) => std::net::SocketAddr::from((ip, port)),
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let container = Container::new(
+            s.name.to_string(),
+            s.spec.name.clone(),
+            Workload::Oci(OciWorkload::new(addr, Arc::new(process))),
+            s.spec.limits.concurrency,
+            now_ms(),
+            s.spec.routes.clone(),
+        );
+        container
+            .transition(ContainerState::Ready)
+            .map_err(ApiError::internal)?;
+        info!(container = %s.name, %addr, "linux container started");
+        Ok(Arc::new(container))
+    }
+
+    /// Starts replica `name` of a deployment of a Linux image and watches it: when its
+    /// process ends, [`Apps::on_replica_exit`] hears of it.
+    pub(super) async fn start_replica(
+        &self,
+        name: &str,
+        spec: &AppSpec,
+        summary: &ImageSummary,
+        root: &Path,
+        log: &Arc<LogBook>,
+    ) -> Result<Arc<Container>, ApiError> {
+        let id = super::standalone::new_id();
+        let container = self
+            .start_linux(LinuxStart {
+                id: &id,
+                name,
+                spec,
+                summary,
+                root,
+                log,
+                oci: &OciOptions {
+                    // The app's memory limit bounds each replica's cgroup.
+                    memory_bytes: Some(spec.limits.memory_bytes),
+                    ..OciOptions::default()
+                },
+                port: None,
+            })
+            .await?;
+        let process = container
+            .workload()
+            .oci_process()
+            .expect("a Linux container")
+            .clone();
+        let (events, app, instance) = (self.exits.clone(), spec.name.clone(), container.id.clone());
+        tokio::spawn(async move {
+            let exit = process.wait().await;
+            let _ = events.send(LinuxEvent::ReplicaExited {
+                app,
+                instance,
+                exit,
+            });
+        });
+        Ok(container)
+    }
+
+    /// A replica's process ended by itself: it leaves the route and is cleaned up, and
+    /// a replacement of the same name starts after a back-off (1 s doubling to 30 s
+    /// while replicas of the app keep dying within 10 s of starting). Replicas already
+    /// retired are not replaced.
+    pub(super) async fn on_replica_exit(&self, app: AppName, instance: String, exit: Exit) {
+        let mut apps = self.apps.lock().await;
+        let Some(entry) = apps.get_mut(&app) else {
+            return;
+        };
+        let Some(i) = entry.containers.iter().position(|c| c.id == instance) else {
+            return;
+        };
+        let dead = entry.containers.remove(i);
+        self.route(&app, &entry.containers);
+        warn!(app = %app, replica = %dead.name, code = exit.code, oom_killed = exit.oom_killed, "replica exited; replacing it");
+        let quick = now_ms().saturating_sub(dead.started_ms) < 10_000;
+        entry.restarts = if quick { entry.restarts + 1 } else { 0 };
+        let delay = Duration::from_secs(1u64 << entry.restarts.saturating_sub(1).min(5))
+            .min(Duration::from_secs(30));
+        let generation = entry.record.generation;
+        drop(apps);
+        retire(&dead, Duration::ZERO, Duration::ZERO).await;
+        let events = self.exits.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(LinuxEvent::ReplaceReplica {
+                app,
+                generation,
+                name: dead.name.clone(),
+            });
+        });
+    }
+
+    /// Starts the replacement for replica `name`, if its deployment is still at
+    /// `generation` and still lacks it.
+    pub(super) async fn replace_replica(&self, app: AppName, generation: u64, name: String) {
+        let mut apps = self.apps.lock().await;
+        let Some(entry) = apps.get_mut(&app) else {
+            return;
+        };
+        if entry.record.generation != generation || entry.containers.iter().any(|c| c.name == name)
+        {
+            return;
+        }
+        let spec = entry.record.spec.clone();
+        let started = async {
+            let summary = self.summary(spec.image).await?;
+            let super::Prepared::Oci { root } = self.prepare(&summary).await? else {
+                return Err(ApiError::internal("the image is no longer a Linux image"));
+            };
+            self.start_replica(&name, &spec, &summary, &root, &entry.log)
+                .await
+        };
+        match started.await {
+            Ok(container) => {
+                entry.containers.push(container);
+                entry.message = None;
+                self.route(&app, &entry.containers);
+            }
+            Err(e) => {
+                warn!(app = %app, replica = %name, error = %e, "replica could not be replaced; trying again in 30 s");
+                entry.message = Some(format!("replica {name} could not be replaced: {e}"));
+                let events = self.exits.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    let _ = events.send(LinuxEvent::ReplaceReplica {
+                        app,
+                        generation,
+                        name,
+                    });
+                });
+            }
+        }
+    }
+}
