@@ -376,7 +376,7 @@ impl Registry {
         if media_type.contains("index") || media_type.contains("manifest.list") {
             let index: Index = serde_json::from_slice(&bytes)
                 .context("the registry's index is not an OCI index")?;
-            let chosen = choose_platform(&index)?;
+            let chosen = index.choose_platform().map_err(anyhow::Error::msg)?.digest;
             (bytes, media_type) = self.manifest(&chosen.to_string()).await?;
             check_digest(&bytes, chosen, "manifest")?;
         }
@@ -472,52 +472,6 @@ fn check_digest(bytes: &[u8], want: Digest, what: &str) -> anyhow::Result<()> {
         bail!("{what} from the registry hashes to {got}, not {want}: refusing it");
     }
     Ok(())
-}
-
-/// This machine's architecture as OCI names it.
-fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
-/// The manifest to pull from a multi-platform index: a Wasm one, else linux on this
-/// machine's architecture; an index of one manifest without a platform is that one.
-fn choose_platform(index: &Index) -> anyhow::Result<Digest> {
-    let on = |os: &str, arch: &str| {
-        index.manifests.iter().find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| (os.is_empty() || p.os == os) && p.architecture == arch)
-        })
-    };
-    if let Some(d) = on("", "wasm").or_else(|| on("linux", host_architecture())) {
-        return Ok(d.digest);
-    }
-    match index.manifests.as_slice() {
-        [only] if only.platform.is_none() => Ok(only.digest),
-        [] => bail!("the registry's index lists no manifests"),
-        all => {
-            let offered: Vec<String> = all
-                .iter()
-                .filter_map(|d| d.platform.as_ref())
-                .map(|p| format!("{}/{}", p.os, p.architecture))
-                .collect();
-            bail!(
-                "the image has no linux/{} or wasm variant (it has: {})",
-                host_architecture(),
-                if offered.is_empty() {
-                    "manifests without a platform".to_string()
-                } else {
-                    offered.join(", ")
-                }
-            )
-        }
-    }
 }
 
 #[cfg(test)]

@@ -272,13 +272,32 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
         }
     };
     let mut loaded: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-    for desc in &index.manifests {
-        if desc.media_type == oci::INDEX_V1 || desc.media_type.contains("manifest.list") {
-            return Err(ArchiveError::Invalid(format!(
-                "image {} is a multi-platform index; load a single-platform image",
-                desc.digest
-            )));
-        }
+    for outer in &index.manifests {
+        // A multi-platform image: the one for this machine (as `pull` takes it).
+        let nested;
+        let desc = if Index::is_index(outer) {
+            if !have(&outer.digest) {
+                return Err(ArchiveError::MissingBlob {
+                    image: outer.digest,
+                    blob: outer.digest,
+                });
+            }
+            nested = serde_json::from_slice::<Index>(&read(&outer.digest)?).map_err(|e| {
+                ArchiveError::Invalid(format!("index {} is not an OCI index: {e}", outer.digest))
+            })?;
+            let chosen = nested
+                .choose_platform()
+                .map_err(|e| ArchiveError::Invalid(format!("image {}: {e}", outer.digest)))?;
+            if Index::is_index(chosen) {
+                return Err(ArchiveError::Invalid(format!(
+                    "image {} nests indexes more than one deep",
+                    outer.digest
+                )));
+            }
+            chosen
+        } else {
+            outer
+        };
         if !have(&desc.digest) {
             return Err(ArchiveError::MissingBlob {
                 image: desc.digest,
@@ -300,7 +319,7 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
             }
         }
         let names = loaded.entry(desc.digest).or_default();
-        if let Some(name) = desc.annotations.get(oci::REF_NAME) {
+        if let Some(name) = outer.annotations.get(oci::REF_NAME) {
             let name = ImageName::parse(name).map_err(|e| ArchiveError::Invalid(e.to_string()))?;
             names.push(name.to_string());
         }

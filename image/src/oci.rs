@@ -92,6 +92,60 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
 }
 
+/// This machine's architecture as OCI platforms name it.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+impl Index {
+    /// Whether a descriptor names a nested index (a multi-platform image).
+    pub fn is_index(desc: &Descriptor) -> bool {
+        desc.media_type == INDEX_V1 || desc.media_type.contains("manifest.list")
+    }
+
+    /// The manifest to run from a multi-platform index: a Wasm one, else linux on this
+    /// machine's architecture; an index of one manifest without a platform is that one.
+    /// The error names what the index offers.
+    pub fn choose_platform(&self) -> Result<&Descriptor, String> {
+        let on = |os: Option<&str>, arch: &str| {
+            self.manifests.iter().find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| os.is_none_or(|os| p.os == os) && p.architecture == arch)
+            })
+        };
+        if let Some(d) = on(None, "wasm").or_else(|| on(Some("linux"), host_architecture())) {
+            return Ok(d);
+        }
+        match self.manifests.as_slice() {
+            [only] if only.platform.is_none() => Ok(only),
+            [] => Err("the index lists no manifests".into()),
+            all => {
+                let offered: Vec<String> = all
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(|p| format!("{}/{}", p.os, p.architecture))
+                    .collect();
+                Err(format!(
+                    "the image has no linux/{} or wasm variant (it has: {})",
+                    host_architecture(),
+                    if offered.is_empty() {
+                        "manifests without a platform".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
+                ))
+            }
+        }
+    }
+}
+
 /// The runtime settings an image carries: what `docker inspect` shows under `Config`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

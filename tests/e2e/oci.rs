@@ -629,7 +629,7 @@ fn multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, &str, Vec<u8>, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_the_linux_amd64_image_of_a_multi_platform_index_with_zstd_layers() {
+async fn pull_and_load_take_the_linux_amd64_image_of_a_multi_platform_index() {
     use crate::registry::{Registry, skopeo};
     need_root_and_runc();
     let registry = Registry::start(None).await;
@@ -714,6 +714,41 @@ async fn pulls_the_linux_amd64_image_of_a_multi_platform_index_with_zstd_layers(
         "the linux/amd64 image runs, from its zstd layer"
     );
     ok(&skiff(&node, &["rm", "-f", "multi"]).await);
+
+    // The same layout as a tarball: `load` takes the same image from the index.
+    let mut t = tar::Builder::new(Vec::new());
+    t.append_dir_all(".", layout.path()).unwrap();
+    load(&node, &t.into_inner().unwrap()).await;
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "loaded",
+            "-p",
+            &format!("{port}:80"),
+            "multi",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    )
+    .await);
+    let body = wait_for("httpd to answer", Duration::from_secs(20), || async {
+        let r = get(&format!("http://127.0.0.1:{port}/arch.txt")).await?;
+        if r.status() == 200 {
+            r.text().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(body, "amd64\n", "load took the linux/amd64 image too");
+    ok(&skiff(&node, &["rm", "-f", "loaded"]).await);
 
     // An index without this machine's platform is refused in one line naming what it has.
     let arm_only = tempfile::tempdir().unwrap();
