@@ -960,3 +960,57 @@ async fn deployments_of_linux_images_balance_replace_dead_replicas_and_retire_ol
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_host_shares_the_nodes_network() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "hostnet",
+            "--network",
+            "host",
+            "bb:v1",
+            "httpd",
+            "-f",
+            "-p",
+            &listen,
+            "-h",
+            "/www",
+        ],
+    )
+    .await);
+    // Nothing publishes the port: the container listens in the node's own namespace.
+    let body = wait_for(
+        "httpd on the host's loopback",
+        Duration::from_secs(20),
+        || async {
+            let r = get(&format!("http://{listen}/")).await?;
+            if r.status() == 200 {
+                r.text().await.ok()
+            } else {
+                None
+            }
+        },
+    )
+    .await;
+    assert_eq!(body, "<h1>busybox httpd in skiff</h1>\n");
+    let s = state(&node, "hostnet").await;
+    assert_eq!(
+        (s["ip_address"].is_null(), s["sandbox_key"].is_null()),
+        (true, true),
+        "no namespace or bridge address of its own: {s}"
+    );
+    ok(&skiff(&node, &["rm", "-f", "hostnet"]).await);
+    assert!(
+        get(&format!("http://{listen}/")).await.is_none(),
+        "gone with rm"
+    );
+}
