@@ -154,12 +154,19 @@ fn alive(pid: i32) -> bool {
 impl IpLease {
     /// A free address in 10.213.1.2 and up, for namespace `ns`. The search starts at a
     /// random place, so an address just given back is not handed out again at once
-    /// (peers may still have it cached with the old container's MAC). A lease of a
-    /// dead process is taken over after its namespace is removed.
+    /// (peers may still have it cached with the old container's MAC). A lease file
+    /// appears whole (hard-linked from a written temp file), so no reader sees it empty;
+    /// leases of dead processes are left to [`NetPool::sweep`].
     fn take(ns: &str) -> Result<Self, OciError> {
         const ADDRESSES: u32 = 64_000;
         std::fs::create_dir_all(LEASES).map_err(setup(format!("create {LEASES}")))?;
-        let claim = format!("{} {ns}", std::process::id());
+        let claim = tempfile::NamedTempFile::new_in(LEASES)
+            .and_then(|mut f| {
+                use std::io::Write as _;
+                write!(f, "{} {ns}", std::process::id())?;
+                Ok(f)
+            })
+            .map_err(setup("write an address lease"))?;
         let mut seed = [0u8; 4];
         let _ = getrandom::fill(&mut seed);
         let start = u32::from_le_bytes(seed) % ADDRESSES;
@@ -167,25 +174,9 @@ impl IpLease {
             let i = (start + n) % ADDRESSES;
             let ip = Ipv4Addr::new(10, 213, (1 + i / 250) as u8, (2 + i % 250) as u8);
             let path = Path::new(LEASES).join(ip.to_string());
-            let mut open = std::fs::OpenOptions::new();
-            open.write(true).create_new(true);
-            match open.open(&path) {
-                Ok(mut f) => {
-                    use std::io::Write as _;
-                    let _ = write!(f, "{claim}");
-                    return Ok(Self { ip, path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let (holder, old_ns) = read_lease(&path);
-                    if !holder.is_some_and(alive) {
-                        if let Some(old) = old_ns {
-                            remove_leftover(&old);
-                        }
-                        if std::fs::write(&path, &claim).is_ok() {
-                            return Ok(Self { ip, path });
-                        }
-                    }
-                }
+            match std::fs::hard_link(claim.path(), &path) {
+                Ok(()) => return Ok(Self { ip, path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(setup(format!("lease {ip}"))(e)),
             }
         }
@@ -295,24 +286,46 @@ impl Drop for Net {
 #[derive(Debug, Default)]
 pub(super) struct NetPool {
     ready: Mutex<Vec<Net>>,
+    /// Set at node shutdown: no more refills.
+    closed: std::sync::atomic::AtomicBool,
     bridge: tokio::sync::OnceCell<()>,
 }
 
 impl NetPool {
-    /// Removes what killed nodes left: leases of dead processes, with their namespaces.
+    /// Removes what killed nodes left: leases of dead processes with their namespaces,
+    /// and namespaces no lease names (a node killed while making one). Namespaces are
+    /// listed before leases are read: a lease is taken before its namespace is made and
+    /// given back after it is removed, so a live one is always found named.
     pub(super) fn sweep() {
-        let Ok(dir) = std::fs::read_dir(LEASES) else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let (holder, ns) = read_lease(&entry.path());
+        let namespaces: Vec<String> = std::fs::read_dir(NETNS_DIR)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("skiff-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut named = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(LEASES).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue; // a lease being written
+            }
+            let (holder, ns) = read_lease(&path);
             if holder.is_some_and(alive) {
+                named.extend(ns);
                 continue;
             }
             if let Some(ns) = ns {
                 remove_leftover(&ns);
             }
-            let _ = std::fs::remove_file(entry.path());
+            let _ = std::fs::remove_file(&path);
+        }
+        for ns in namespaces.iter().filter(|n| !named.contains(*n)) {
+            remove_leftover(ns);
         }
     }
 
@@ -336,12 +349,14 @@ impl NetPool {
 
     /// Makes namespaces until `POOL` are ready.
     async fn fill(&self) {
-        while self.ready.lock().expect("pool lock").len() < POOL {
+        use std::sync::atomic::Ordering::Relaxed;
+        while !self.closed.load(Relaxed) && self.ready.lock().expect("pool lock").len() < POOL {
             match Net::make().await {
                 Ok(net) => {
                     let mut ready = self.ready.lock().expect("pool lock");
-                    // Two fills may race; the extra namespace is simply removed.
-                    if ready.len() < POOL {
+                    // Two fills may race, or the node be shutting down: an extra
+                    // namespace is simply removed.
+                    if ready.len() < POOL && !self.closed.load(Relaxed) {
                         ready.push(net);
                     }
                 }
@@ -355,6 +370,8 @@ impl NetPool {
 
     /// Removes the ready namespaces (node shutdown).
     pub(super) fn drain(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.ready.lock().expect("pool lock").clear();
     }
 }
