@@ -41,7 +41,9 @@ fn busybox_layer(extra: &[(&str, &[u8])]) -> Vec<u8> {
         b"<h1>busybox httpd in skiff</h1>\n",
         0o644,
     );
-    for applet in ["sh", "httpd", "echo", "pwd", "dd", "tr", "sleep", "cat"] {
+    for applet in [
+        "sh", "httpd", "echo", "pwd", "dd", "tr", "sleep", "cat", "id", "grep",
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -163,8 +165,9 @@ async fn exited(node: &Node, name: &str) -> serde_json::Value {
     .await
 }
 
-/// What of container `id` is still there; `net` is its inspect output while it ran (its
-/// network namespace, veth and address lease).
+/// What of container `id` is still there (namespace, veth, address lease, iptables
+/// rule, mount, cgroup, process, bundle, runc state); `net` is its inspect output while
+/// it ran.
 fn leftovers(dir: &Path, id: &str, net: &serde_json::Value) -> Vec<String> {
     let mut found = Vec::new();
     let sandbox = net["sandbox_key"]
@@ -191,6 +194,25 @@ fn leftovers(dir: &Path, id: &str, net: &serde_json::Value) -> Vec<String> {
         .expect("a running container's ip_address");
     if Path::new("/run/skiff/ips").join(ip).exists() {
         found.push("address lease".into());
+    }
+    let rules = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&rules.stdout).contains(&format!("{ip}/")) {
+        found.push("iptables rule".into());
+    }
+    let cgroup = format!("skiff/{}", &id[..32]);
+    if ["memory", "pids", "cpu", ""]
+        .iter()
+        .any(|c| Path::new("/sys/fs/cgroup").join(c).join(&cgroup).exists())
+    {
+        found.push("cgroup".into());
+    }
+    let in_cgroup = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read_to_string(p.path().join("cgroup")).is_ok_and(|c| c.contains(&cgroup))
+    });
+    if in_cgroup {
+        found.push("process".into());
     }
     let bundle = dir.join("containers").join(&id[..32]);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -271,6 +293,26 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
             .is_some_and(|ip| ip.starts_with("10.213.")),
         "inspect shows its bridge address: {net}"
     );
+    // The leftovers check sees a running container's parts, so it can see them stay.
+    wait_for(
+        "runc to make the container",
+        Duration::from_secs(20),
+        || async {
+            let parts = leftovers(&node.dir, &id, &net);
+            [
+                "network namespace",
+                "veth",
+                "address lease",
+                "mount",
+                "cgroup",
+                "process",
+            ]
+            .iter()
+            .all(|p| parts.iter().any(|f| f == p))
+            .then_some(())
+        },
+    )
+    .await;
     let url = format!("http://127.0.0.1:{port}/");
     let body = wait_for(
         "httpd to answer on the published port",
@@ -1012,5 +1054,77 @@ async fn network_host_shares_the_nodes_network() {
     assert!(
         get(&format!("http://{listen}/")).await.is_none(),
         "gone with rm"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_user_is_resolved_in_its_passwd_and_keeps_dockers_capabilities() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    let layer = busybox_layer(&[
+        (
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:34::/www:/bin/sh\n",
+        ),
+        ("etc/group", b"root:x:0:\nweb:x:34:\nlogs:x:50:www\n"),
+    ]);
+    let with_user = |user: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "User": user},
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha(&layer))]}
+        }))
+        .unwrap()
+    };
+    load(&node, &docker_save_with("www:v1", &layer, with_user("www"))).await;
+    load(
+        &node,
+        &docker_save_with("ghost:v1", &layer, with_user("ghost")),
+    )
+    .await;
+    load(&node, &docker_save_with("root:v1", &layer, with_user(""))).await;
+
+    ok(&skiff(&node, &["run", "-d", "--name", "as-www", "www:v1", "id"]).await);
+    exited(&node, "as-www").await;
+    let logs = ok(&skiff(&node, &["logs", "as-www"]).await);
+    assert!(
+        logs.contains("uid=33(www) gid=34(web) groups=34(web),50(logs)"),
+        "User www from /etc/passwd, groups from /etc/group: {logs}"
+    );
+
+    // Root keeps Docker's default capabilities: CAP_CHOWN (bit 0), CAP_SETUID (7),
+    // CAP_NET_RAW (13), CAP_SYS_CHROOT (18), and not CAP_SYS_ADMIN (21).
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "caps",
+            "root:v1",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status",
+        ],
+    )
+    .await);
+    exited(&node, "caps").await;
+    let logs = ok(&skiff(&node, &["logs", "caps"]).await);
+    let eff = logs
+        .split("CapEff:")
+        .nth(1)
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no CapEff line: {logs}"));
+    for bit in [0, 7, 13, 18] {
+        assert!(eff & (1 << bit) != 0, "capability {bit} in {eff:#x}");
+    }
+    assert_eq!(eff & (1 << 21), 0, "no CAP_SYS_ADMIN in {eff:#x}");
+
+    let e = err(&skiff(&node, &["run", "-d", "--name", "ghost", "ghost:v1", "id"]).await);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("user ghost is not in the image's /etc/passwd"),
+        "{e}"
     );
 }

@@ -3,8 +3,9 @@
 //! Each container gets a bundle under its own directory: an overlay of a writable upper
 //! layer on the image's read-only tree (a copy where overlayfs is refused), a
 //! `config.json` built with the `oci-spec` crate (pid, mount, ipc, uts, cgroup and
-//! network namespaces; memory/cpu/pids limits; runc's default capabilities, masked and
-//! read-only paths; `no_new_privileges`), and a network namespace of its own, wired to
+//! network namespaces; memory/cpu/pids limits; Docker's default capabilities, masked
+//! and read-only paths; `no_new_privileges`; the image's user resolved in its own
+//! /etc/passwd), and a network namespace of its own, wired to
 //! the node bridge `skiff0` (10.213.0.0/16, outbound NAT) by a veth pair.
 //!
 //! The namespaces are made ahead of time by a small pool (`net.rs`), so a start costs an
@@ -17,6 +18,7 @@
 
 mod net;
 mod proxy;
+mod user;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -79,7 +81,8 @@ pub struct OciSpec {
     pub env: Vec<String>,
     /// Working directory.
     pub cwd: String,
-    /// `uid[:gid]` (names are not resolved).
+    /// The image's `User`: `name`, `uid`, `name:group` or `uid:gid`, resolved in the
+    /// image's /etc/passwd and /etc/group.
     pub user: String,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
@@ -237,11 +240,11 @@ impl OciHost {
             step: "build the runtime spec".into(),
             message: e.to_string(),
         };
-        let id = |s: &str| s.parse::<u32>().unwrap_or(0);
-        let (uid, gid): (u32, u32) = match spec.user.split_once(':') {
-            Some((u, g)) => (id(u), id(g)),
-            None => (id(&spec.user), id(&spec.user)),
-        };
+        let ids =
+            user::resolve(&spec.image_root, &spec.user).map_err(|message| OciError::Setup {
+                step: format!("run as user {:?}", spec.user),
+                message,
+            })?;
         let mut env = spec.env.clone();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -250,11 +253,13 @@ impl OciHost {
             .terminal(false)
             .user(
                 UserBuilder::default()
-                    .uid(uid)
-                    .gid(gid)
+                    .uid(ids.uid)
+                    .gid(ids.gid)
+                    .additional_gids(ids.additional)
                     .build()
                     .map_err(bad)?,
             )
+            .capabilities(docker_capabilities(bad)?)
             .args(spec.args.clone())
             .env(env)
             .cwd(if spec.cwd.is_empty() {
@@ -374,6 +379,41 @@ pub(super) fn unmount(path: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Docker's default capability set (runc's own default keeps only three, too few for
+/// images that drop to a user of their own, as nginx's does): bounding, effective and
+/// permitted; none inheritable or ambient.
+fn docker_capabilities(
+    bad: impl Fn(oci_spec::OciSpecError) -> OciError,
+) -> Result<oci_spec::runtime::LinuxCapabilities, OciError> {
+    use oci_spec::runtime::Capability::*;
+    let set: oci_spec::runtime::Capabilities = [
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
+    ]
+    .into_iter()
+    .collect();
+    oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
+        .map_err(bad)
 }
 
 /// Whether `path` is a mount point (listed in /proc/self/mounts).
