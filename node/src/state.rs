@@ -40,9 +40,21 @@ pub struct ContainerRecord {
     /// The OOM killer ended the last run.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Why runc could not start the last run's command.
+    #[serde(default)]
+    pub exit_error: Option<String>,
     /// Settings only Linux containers have.
     #[serde(default)]
     pub oci: OciOptions,
+}
+
+impl ContainerRecord {
+    /// Records how a Linux container's run ended.
+    pub fn exited(&mut self, exit: &skiff_runtime::oci::Exit) {
+        self.exit_code = Some(exit.code);
+        self.oom_killed = exit.oom_killed;
+        self.exit_error.clone_from(&exit.error);
+    }
 }
 
 /// `docker run` settings that only Linux containers take.

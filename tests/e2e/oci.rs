@@ -411,6 +411,20 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
         "{ps}"
     );
 
+    // A command the image does not have: Docker's 127, and runc's reason in inspect.
+    ok(&skiff(
+        &node,
+        &["run", "-d", "--name", "missing", "bb:v1", "no-such-cmd"],
+    )
+    .await);
+    let s = exited(&node, "missing").await;
+    assert_eq!(s["exit_code"], 127, "{s}");
+    let reason = s["exit_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no-such-cmd") && reason.contains("not found"),
+        "{reason}"
+    );
+
     ok(&skiff(
         &node,
         &[

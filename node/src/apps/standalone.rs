@@ -219,6 +219,7 @@ impl Apps {
             finished_ms: 0,
             exit_code: None,
             oom_killed: false,
+            exit_error: None,
         };
         let mut entry = Standalone {
             record,
@@ -283,6 +284,7 @@ impl Apps {
         entry.record.started_ms = now_ms();
         entry.record.exit_code = None;
         entry.record.oom_killed = false;
+        entry.record.exit_error = None;
         self.persist(&entry.record).await?;
         entry.running = Some(Running {
             container,
@@ -329,7 +331,7 @@ impl Apps {
     /// policy, with Docker's back-off (100 ms doubling to 10 s while it keeps failing
     /// within 10 s of starting). Exits of containers being stopped are theirs to record.
     pub(crate) async fn on_exit(&self, ev: LinuxEvent) {
-        let (id, instance, Exit { code, oom_killed }) = match ev {
+        let (id, instance, exit) = match ev {
             LinuxEvent::Exited { id, instance, exit } => (id, instance, exit),
             LinuxEvent::ReplicaExited { .. } | LinuxEvent::ReplaceReplica { .. } => return,
             LinuxEvent::Restart { id } => {
@@ -366,9 +368,9 @@ impl Apps {
         entry.restarts = if quick { entry.restarts + 1 } else { 0 };
         entry.record.running = false;
         entry.record.finished_ms = now;
-        entry.record.exit_code = Some(code);
-        entry.record.oom_killed = oom_killed;
-        info!(container = %entry.record.spec.name, code, oom_killed, "container exited");
+        entry.record.exited(&exit);
+        let code = exit.code;
+        info!(container = %entry.record.spec.name, code, oom_killed = exit.oom_killed, error = exit.error.as_deref().unwrap_or(""), "container exited");
         if let Err(e) = self.persist(&entry.record).await {
             warn!(error = %e, "failed to record a container's exit");
         }
@@ -398,8 +400,7 @@ impl Apps {
         if let Some(running) = self.begin_stop(entry).await?
             && let Some(exit) = running.finish(grace).await
         {
-            entry.record.exit_code = Some(exit.code);
-            entry.record.oom_killed = exit.oom_killed;
+            entry.record.exited(&exit);
             self.persist(&entry.record).await?;
         }
         Ok(())
@@ -472,8 +473,7 @@ impl Apps {
             if let Some(entry) = standalone.get_mut(&id)
                 && entry.running.is_none()
             {
-                entry.record.exit_code = Some(exit.code);
-                entry.record.oom_killed = exit.oom_killed;
+                entry.record.exited(&exit);
                 self.persist(&entry.record).await?;
                 info = self.info_of(entry);
             }
@@ -630,10 +630,13 @@ impl Apps {
             finished_ms: r.finished_ms,
             exit_code: r.exit_code,
             oom_killed: r.oom_killed,
-            exit_reason: r.oom_killed.then(|| match r.oci.memory_bytes {
-                Some(limit) => format!("OOMKilled: it reached its memory limit of {limit} bytes"),
-                None => "OOMKilled: the kernel ran out of memory".to_string(),
-            }),
+            exit_reason: match (r.oom_killed, r.oci.memory_bytes) {
+                (true, Some(limit)) => Some(format!(
+                    "OOMKilled: it reached its memory limit of {limit} bytes"
+                )),
+                (true, None) => Some("OOMKilled: the kernel ran out of memory".to_string()),
+                (false, _) => r.exit_error.clone(),
+            },
             ports: r.ports.clone(),
             ip_address: oci.and_then(|p| p.ip).map(|ip| ip.to_string()),
             sandbox_key: oci.and_then(|p| p.netns()).map(|p| p.display().to_string()),

@@ -424,12 +424,32 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// How a container's process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exit {
-    /// Its exit code (128+signal when killed).
+    /// Its exit code (128+signal when killed; 127 or 126 when runc could not start
+    /// the command, as Docker's).
     pub code: i32,
     /// The kernel's OOM killer killed a process of it (its memory limit was reached).
     pub oom_killed: bool,
+    /// Why runc could not start it, as runc said.
+    pub error: Option<String>,
+}
+
+impl Exit {
+    fn code(code: i32) -> Self {
+        Self {
+            code,
+            oom_killed: false,
+            error: None,
+        }
+    }
+}
+
+/// The message of a `runc run failed: ...` log line on runc's stderr, if `line` is one.
+fn runc_failure(line: &str) -> Option<String> {
+    let msg = line.split_once("msg=\"runc run failed: ")?.1;
+    let msg = msg.strip_suffix('"').unwrap_or(msg);
+    Some(msg.replace("\\\"", "\""))
 }
 
 /// How many processes of container `runc_id` the OOM killer has killed: `oom_kill` of
@@ -487,6 +507,7 @@ impl OciProcess {
             .kill_on_drop(false)
             .spawn()
             .map_err(setup("start runc"))?;
+        let mut readers = Vec::new();
         for (pipe, stream) in [
             (
                 child
@@ -505,17 +526,20 @@ impl OciProcess {
         ] {
             let Some(pipe) = pipe else { continue };
             let (log, name) = (log.clone(), name.clone());
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(pipe).lines();
+                let mut failure = None;
                 while let Ok(Some(line)) = lines.next_line().await {
+                    failure = failure.or_else(|| runc_failure(&line));
                     log.push(&name, stream, &line);
                 }
-            });
+                failure
+            }));
         }
         let (tx, rx) = watch::channel(None);
         let runc_id = self.runc_id.clone();
         tokio::spawn(async move {
-            let code = match child.wait().await {
+            let mut code = match child.wait().await {
                 Ok(status) => status.code().unwrap_or_else(|| {
                     use std::os::unix::process::ExitStatusExt as _;
                     128 + status.signal().unwrap_or(9)
@@ -525,8 +549,30 @@ impl OciProcess {
                     255
                 }
             };
+            // What runc said if it could not start the process (the pipes close with
+            // the container; a second is plenty).
+            let mut error = None;
+            for reader in readers {
+                if let Ok(Ok(Some(failure))) =
+                    tokio::time::timeout(Duration::from_secs(1), reader).await
+                {
+                    error = Some(failure);
+                }
+            }
+            if let Some(e) = &error {
+                // Docker's codes for a command that is missing or not executable.
+                if e.contains("executable file not found") || e.contains("no such file") {
+                    code = 127;
+                } else if e.contains("permission denied") {
+                    code = 126;
+                }
+            }
             let oom_killed = oom_kills(&runc_id) > 0;
-            let _ = tx.send(Some(Exit { code, oom_killed }));
+            let _ = tx.send(Some(Exit {
+                code,
+                oom_killed,
+                error,
+            }));
         });
         self.exit = Some(rx);
         Ok(())
@@ -556,15 +602,12 @@ impl OciProcess {
 
     /// Waits for the container to exit.
     pub async fn wait(&self) -> Exit {
-        let lost = Exit {
-            code: 255,
-            oom_killed: false,
-        };
+        let lost = Exit::code(255);
         let Some(mut rx) = self.exit.clone() else {
             return lost;
         };
         loop {
-            if let Some(exit) = *rx.borrow() {
+            if let Some(exit) = rx.borrow().clone() {
                 return exit;
             }
             if rx.changed().await.is_err() {
@@ -601,10 +644,7 @@ impl OciProcess {
             Ok(exit) => exit,
             Err(_) => {
                 warn!(container = %self.runc_id, "container did not die after SIGKILL");
-                Exit {
-                    code: 137,
-                    oom_killed: false,
-                }
+                Exit::code(137)
             }
         }
     }
