@@ -181,8 +181,8 @@ pub struct Apps {
     /// runc, if this node can run Linux containers; else why not.
     oci: Result<skiff_runtime::oci::OciHost, String>,
     /// Linux containers' exits, handled by [`Apps::run_exit_loop`].
-    exits: tokio::sync::mpsc::UnboundedSender<standalone::LinuxEvent>,
-    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<standalone::LinuxEvent>>>,
+    exits: tokio::sync::mpsc::UnboundedSender<linux::LinuxEvent>,
+    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<linux::LinuxEvent>>>,
 }
 
 impl Apps {
@@ -237,10 +237,10 @@ impl Apps {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = rx.recv() => match ev {
-                    Some(standalone::LinuxEvent::ReplicaExited { app, instance, exit }) => {
+                    Some(linux::LinuxEvent::ReplicaExited { app, instance, exit }) => {
                         self.on_replica_exit(app, instance, exit).await;
                     }
-                    Some(standalone::LinuxEvent::ReplaceReplica { app, generation, name }) => {
+                    Some(linux::LinuxEvent::ReplaceReplica { app, generation, name }) => {
                         self.replace_replica(app, generation, name).await;
                     }
                     Some(ev) => self.on_exit(ev).await,

@@ -16,7 +16,6 @@ use skiff_runtime::{LogBook, Workload};
 use skiff_spec::{AppName, AppSpec};
 use tracing::{info, warn};
 
-use super::standalone::LinuxEvent;
 use super::{Apps, now_ms};
 use crate::api::ApiError;
 use crate::container::{Container, ContainerState};
@@ -25,6 +24,42 @@ use crate::state::OciOptions;
 /// How long a Linux container gets between SIGTERM and SIGKILL when its deployment
 /// retires it (Docker's and Kubernetes' default is 10 s and 30 s).
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What happens to Linux containers behind the API's back.
+pub(crate) enum LinuxEvent {
+    /// A container's process ended.
+    Exited {
+        /// The container (record id).
+        id: String,
+        /// Which start of it (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// A restart the policy asked for, after its back-off.
+    Restart {
+        /// The container (record id).
+        id: String,
+    },
+    /// A deployment's replica's process ended.
+    ReplicaExited {
+        /// Its deployment.
+        app: AppName,
+        /// The replica (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// A dead replica's back-off elapsed: start its replacement.
+    ReplaceReplica {
+        /// Its deployment.
+        app: AppName,
+        /// The deployment's generation it belonged to.
+        generation: u64,
+        /// The replica's name.
+        name: String,
+    },
+}
 
 /// One Linux container to start.
 pub(super) struct LinuxStart<'a> {
@@ -71,11 +106,26 @@ pub(super) async fn retire(container: &Container, drain: Duration, stop: Duratio
     Some(exit)
 }
 
+/// A Linux container's bridge address and network namespace, as inspect shows them.
+pub(super) fn network(container: &Container) -> (Option<String>, Option<String>) {
+    let process = container.workload().oci_process();
+    (
+        process.and_then(|p| p.ip).map(|ip| ip.to_string()),
+        process
+            .and_then(|p| p.netns())
+            .map(|p| p.display().to_string()),
+    )
+}
+
 impl Apps {
     /// Starts a Linux container with runc and makes it a routable [`Container`] (ready
-    /// at once: until its process listens, requests get a 502 naming it). The caller
-    /// watches the process's exit.
-    pub(super) async fn start_linux(&self, s: LinuxStart<'_>) -> Result<Arc<Container>, ApiError> {
+    /// at once: until its process listens, requests get a 502 naming it). When the
+    /// process ends, `exited(container id, how)` is sent to the event loop.
+    pub(super) async fn start_linux(
+        &self,
+        s: LinuxStart<'_>,
+        exited: impl FnOnce(String, Exit) -> LinuxEvent + Send + 'static,
+    ) -> Result<Arc<Container>, ApiError> {
         let host = self
             .oci
             .as_ref()
@@ -115,10 +165,11 @@ impl Apps {
             Some(ip) => std::net::SocketAddr::from((ip, port)),
             None => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         };
+        let process = Arc::new(process);
         let container = Container::new(
             s.name.to_string(),
             s.spec.name.clone(),
-            Workload::Oci(OciWorkload::new(addr, Arc::new(process))),
+            Workload::Oci(OciWorkload::new(addr, process.clone())),
             s.spec.limits.concurrency,
             now_ms(),
             s.spec.routes.clone(),
@@ -126,6 +177,11 @@ impl Apps {
         container
             .transition(ContainerState::Ready)
             .map_err(ApiError::internal)?;
+        let (events, instance) = (self.exits.clone(), container.id.clone());
+        tokio::spawn(async move {
+            let exit = process.wait().await;
+            let _ = events.send(exited(instance, exit));
+        });
         info!(container = %s.name, %addr, "linux container started");
         Ok(Arc::new(container))
     }
@@ -141,8 +197,9 @@ impl Apps {
         log: &Arc<LogBook>,
     ) -> Result<Arc<Container>, ApiError> {
         let id = super::standalone::new_id();
-        let container = self
-            .start_linux(LinuxStart {
+        let app = spec.name.clone();
+        self.start_linux(
+            LinuxStart {
                 id: &id,
                 name,
                 spec,
@@ -155,23 +212,14 @@ impl Apps {
                     ..OciOptions::default()
                 },
                 port: None,
-            })
-            .await?;
-        let process = container
-            .workload()
-            .oci_process()
-            .expect("a Linux container")
-            .clone();
-        let (events, app, instance) = (self.exits.clone(), spec.name.clone(), container.id.clone());
-        tokio::spawn(async move {
-            let exit = process.wait().await;
-            let _ = events.send(LinuxEvent::ReplicaExited {
+            },
+            move |instance, exit| LinuxEvent::ReplicaExited {
                 app,
                 instance,
                 exit,
-            });
-        });
-        Ok(container)
+            },
+        )
+        .await
     }
 
     /// A replica's process ended by itself: it leaves the route and is cleaned up, and

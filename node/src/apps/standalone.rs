@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::linux::LinuxEvent;
 use super::{Apps, LOG_LINES, now_ms};
 use crate::api::ApiError;
 use crate::container::Container;
@@ -55,42 +56,6 @@ struct Running {
     /// Published-port listeners; cancelled on stop.
     ports: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
-}
-
-/// What happens to Linux containers behind the API's back.
-pub(crate) enum LinuxEvent {
-    /// A container's process ended.
-    Exited {
-        /// The container (record id).
-        id: String,
-        /// Which start of it (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: Exit,
-    },
-    /// A restart the policy asked for, after its back-off.
-    Restart {
-        /// The container (record id).
-        id: String,
-    },
-    /// A deployment's replica's process ended.
-    ReplicaExited {
-        /// Its deployment.
-        app: AppName,
-        /// The replica (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: Exit,
-    },
-    /// A dead replica's back-off elapsed: start its replacement.
-    ReplaceReplica {
-        /// Its deployment.
-        app: AppName,
-        /// The deployment's generation it belonged to.
-        generation: u64,
-        /// The replica's name.
-        name: String,
-    },
 }
 
 impl Running {
@@ -294,7 +259,7 @@ impl Apps {
         Ok(())
     }
 
-    /// Starts a Linux container with runc and watches for its exit.
+    /// Starts a Linux container with runc; its exit comes back as [`LinuxEvent::Exited`].
     async fn start_oci(
         &self,
         entry: &Standalone,
@@ -302,8 +267,9 @@ impl Apps {
         root: &std::path::Path,
     ) -> Result<Arc<Container>, ApiError> {
         let r = &entry.record;
-        let container = self
-            .start_linux(super::linux::LinuxStart {
+        let id = r.id.clone();
+        self.start_linux(
+            super::linux::LinuxStart {
                 id: &r.id,
                 name: r.spec.name.as_str(),
                 spec: &r.spec,
@@ -312,19 +278,10 @@ impl Apps {
                 log: &entry.log,
                 oci: &r.oci,
                 port: r.ports.first().map(|p| p.container_port),
-            })
-            .await?;
-        let process = container
-            .workload()
-            .oci_process()
-            .expect("a Linux container")
-            .clone();
-        let (events, id, instance) = (self.exits.clone(), r.id.clone(), container.id.clone());
-        tokio::spawn(async move {
-            let exit = process.wait().await;
-            let _ = events.send(LinuxEvent::Exited { id, instance, exit });
-        });
-        Ok(container)
+            },
+            move |instance, exit| LinuxEvent::Exited { id, instance, exit },
+        )
+        .await
     }
 
     /// A Linux container's process ended by itself: record it and apply the restart
@@ -568,6 +525,7 @@ impl Apps {
             .collect();
         for e in apps.values() {
             for c in &e.containers {
+                let (ip_address, sandbox_key) = super::linux::network(c);
                 out.push(ContainerInfo {
                     id: c.id.clone(),
                     name: c.name.clone(),
@@ -586,8 +544,8 @@ impl Apps {
                     oom_killed: false,
                     exit_reason: None,
                     ports: vec![],
-                    ip_address: None,
-                    sandbox_key: None,
+                    ip_address,
+                    sandbox_key,
                     restart: RestartPolicy::Always,
                     deployment: Some(e.record.spec.name.to_string()),
                     limits: e.record.spec.limits.clone(),
@@ -614,10 +572,10 @@ impl Apps {
             (false, 0) => "created",
             (false, _) => "exited",
         };
-        let oci = s
+        let (ip_address, sandbox_key) = s
             .running
             .as_ref()
-            .and_then(|r| r.container.workload().oci_process());
+            .map_or((None, None), |r| super::linux::network(&r.container));
         ContainerInfo {
             id: r.id.clone(),
             name: r.spec.name.to_string(),
@@ -638,8 +596,8 @@ impl Apps {
                 (false, _) => r.exit_error.clone(),
             },
             ports: r.ports.clone(),
-            ip_address: oci.and_then(|p| p.ip).map(|ip| ip.to_string()),
-            sandbox_key: oci.and_then(|p| p.netns()).map(|p| p.display().to_string()),
+            ip_address,
+            sandbox_key,
             restart: r.restart,
             deployment: None,
             limits: r.spec.limits.clone(),

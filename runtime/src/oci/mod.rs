@@ -26,8 +26,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use net::Net;
-use net::NetPool;
+use net::{Net, NetPool};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxPidsBuilder, LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
@@ -530,7 +529,9 @@ impl OciProcess {
                 let mut lines = tokio::io::BufReader::new(pipe).lines();
                 let mut failure = None;
                 while let Ok(Some(line)) = lines.next_line().await {
-                    failure = failure.or_else(|| runc_failure(&line));
+                    if stream == LogStream::Stderr {
+                        failure = failure.or_else(|| runc_failure(&line));
+                    }
                     log.push(&name, stream, &line);
                 }
                 failure

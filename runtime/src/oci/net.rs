@@ -7,7 +7,7 @@
 //!
 //! Each namespace belongs to its address lease: the lease file names the holding node
 //! process and the namespace, so whatever a killed node left (a pooled namespace, a
-//! container's) is found and removed by the next node that looks (`sweep`).
+//! container's) is found and removed by the next node that starts (`sweep`).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -212,7 +212,7 @@ impl Net {
         let tag = hex::encode(r);
         let ns = format!("skiff-{tag}");
         let lease = IpLease::take(&ns)?;
-        let mut net = Self {
+        let net = Self {
             ns,
             ip: lease.ip,
             lease: Some(lease),
@@ -245,17 +245,12 @@ impl Net {
             .await
         };
         if let Err(e) = made.await {
-            // A half-made pair whose container end never reached the namespace.
+            // Whatever was made goes: the veth now, then (dropping `net`) the
+            // namespace, then the lease.
             let _ = run("ip", &["link", "del", &host_if]).await;
-            net.lease.take();
             return Err(e);
         }
         Ok(net)
-    }
-
-    /// The namespace's name under /run/netns.
-    pub fn name(&self) -> &str {
-        &self.ns
     }
 
     /// Its path, for the runtime spec.
