@@ -307,7 +307,15 @@ impl NetPool {
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             {
-                continue; // a lease being written
+                // A lease being written; one a killed node left goes after a minute.
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
+                if stale {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
             }
             let (holder, ns) = read_lease(&path);
             if holder.is_some_and(alive) {
