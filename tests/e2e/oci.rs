@@ -411,6 +411,38 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
         "{ps}"
     );
 
+    // /etc/hostname, /etc/hosts and /etc/resolv.conf, as Docker writes them.
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "etc",
+            "bb:v1",
+            "cat",
+            "/etc/hostname",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+        ],
+    )
+    .await);
+    let s = exited(&node, "etc").await;
+    assert_eq!(s["exit_code"], 0, "{s}");
+    let logs = ok(&skiff(&node, &["logs", "etc"]).await);
+    assert!(logs.contains("stdout: etc\n"), "hostname: {logs}");
+    assert!(logs.contains("127.0.0.1\tlocalhost"), "hosts: {logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("stdout: 10.213.") && l.ends_with("\tetc")),
+        "its own address and name in /etc/hosts: {logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("stdout: nameserver ") && !l.contains(" 127.")),
+        "a nameserver the container can reach: {logs}"
+    );
+
     // A command the image does not have: Docker's 127, and runc's reason in inspect.
     ok(&skiff(
         &node,

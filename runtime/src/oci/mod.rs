@@ -324,8 +324,65 @@ impl OciHost {
         ));
         config.set_hostname(Some(spec.name.to_string()));
         config.set_linux(Some(linux));
+        let mut mounts = config.mounts().clone().unwrap_or_default();
+        for (file, text) in etc_files(&spec.name, p.ip) {
+            let source = spec.dir.join(file);
+            std::fs::write(&source, text).map_err(setup(format!("write {}", source.display())))?;
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination(PathBuf::from("/etc").join(file))
+                    .typ("bind")
+                    .source(source)
+                    .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                    .build()
+                    .map_err(bad)?,
+            );
+        }
+        config.set_mounts(Some(mounts));
         config.save(spec.dir.join("config.json")).map_err(bad)
     }
+}
+
+/// The container's /etc/hostname, /etc/hosts and /etc/resolv.conf, as Docker writes them:
+/// its name (on its bridge address), and the host's nameservers. On the bridge, loopback
+/// nameservers (a local stub resolver) cannot be reached from the container's namespace;
+/// when only those are configured, public resolvers stand in, as Docker's do.
+fn etc_files(name: &str, ip: Option<Ipv4Addr>) -> [(&'static str, String); 3] {
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (hosts, resolv) = match ip {
+        Some(ip) => {
+            let mut resolv: String = host_resolv
+                .lines()
+                .filter(|l| {
+                    let mut w = l.split_whitespace();
+                    !(w.next() == Some("nameserver")
+                        && w.next()
+                            .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if !resolv.lines().any(|l| l.starts_with("nameserver")) {
+                resolv.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+            }
+            (
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"
+                ),
+                resolv,
+            )
+        }
+        // Host networking: the host's own files (copies, so the container cannot
+        // change the host's).
+        None => (
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+            host_resolv,
+        ),
+    };
+    [
+        ("hostname", format!("{name}\n")),
+        ("hosts", hosts),
+        ("resolv.conf", resolv),
+    ]
 }
 
 fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
