@@ -1104,7 +1104,7 @@ async fn network_host_shares_the_nodes_network() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_image_user_is_resolved_in_its_passwd_and_keeps_dockers_capabilities() {
+async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and_seccomp() {
     need_root_and_runc();
     let node = Node::start().await;
     let layer = busybox_layer(&[
@@ -1166,6 +1166,32 @@ async fn the_image_user_is_resolved_in_its_passwd_and_keeps_dockers_capabilities
         assert!(eff & (1 << bit) != 0, "capability {bit} in {eff:#x}");
     }
     assert_eq!(eff & (1 << 21), 0, "no CAP_SYS_ADMIN in {eff:#x}");
+
+    // The seccomp filter: no user namespaces, while ordinary forks work.
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "userns",
+            "root:v1",
+            "sh",
+            "-c",
+            "unshare -U true; echo userns=$?; (echo forked); echo fork=$?",
+        ],
+    )
+    .await);
+    exited(&node, "userns").await;
+    let logs = ok(&skiff(&node, &["logs", "userns"]).await);
+    assert!(
+        logs.contains("Operation not permitted") && logs.contains("userns=1"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("stdout: forked") && logs.contains("fork=0"),
+        "{logs}"
+    );
 
     let e = err(&skiff(&node, &["run", "-d", "--name", "ghost", "ghost:v1", "id"]).await);
     assert_eq!(e.lines().count(), 1, "{e}");

@@ -3,9 +3,10 @@
 //! Each container gets a bundle under its own directory: an overlay of a writable upper
 //! layer on the image's read-only tree (a copy where overlayfs is refused), a
 //! `config.json` built with the `oci-spec` crate (pid, mount, ipc, uts, cgroup and
-//! network namespaces; memory/cpu/pids limits; Docker's default capabilities, masked
-//! and read-only paths; `no_new_privileges`; the image's user resolved in its own
-//! /etc/passwd), and a network namespace of its own, wired to
+//! network namespaces; memory/cpu/pids limits; Docker's default capabilities, a seccomp
+//! deny list, masked and read-only paths; `no_new_privileges`; the image's user resolved
+//! in its own /etc/passwd; /etc/hosts, hostname and resolv.conf written for it), and a
+//! network namespace of its own, wired to
 //! the node bridge `skiff0` (10.213.0.0/16, outbound NAT) by a veth pair.
 //!
 //! The namespaces are made ahead of time by a small pool (`net.rs`), so a start costs an
@@ -306,6 +307,7 @@ impl OciHost {
         }
         let defaults = oci_spec::runtime::Linux::default();
         let linux = LinuxBuilder::default()
+            .seccomp(seccomp_profile(&bad)?)
             .namespaces(namespaces)
             .resources(resources.build().map_err(bad)?)
             .cgroups_path(PathBuf::from(format!("/skiff/{}", p.runc_id)))
@@ -435,6 +437,91 @@ pub(super) fn unmount(path: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// A seccomp filter in the spirit of Docker's default profile, as a deny list: the
+/// kernel keyring, userfaultfd, perf events, module and kexec loading, mounting and
+/// namespace calls (all but the keyring and user namespaces need capabilities these
+/// containers lack anyway) fail with EPERM; `clone` of a user namespace fails with
+/// EPERM; `clone3`, whose flags a filter cannot read, fails with ENOSYS so libc falls
+/// back to `clone`.
+fn seccomp_profile(
+    bad: &impl Fn(oci_spec::OciSpecError) -> OciError,
+) -> Result<oci_spec::runtime::LinuxSeccomp, OciError> {
+    use oci_spec::runtime::{
+        Arch, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+        LinuxSeccompOperator, LinuxSyscallBuilder,
+    };
+    const CLONE_NEWUSER: u64 = 0x1000_0000;
+    let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let denied = LinuxSyscallBuilder::default()
+        .names(names(&[
+            "add_key",
+            "keyctl",
+            "request_key",
+            "userfaultfd",
+            "perf_event_open",
+            "bpf",
+            "kexec_load",
+            "kexec_file_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "open_by_handle_at",
+            "acct",
+            "swapon",
+            "swapoff",
+            "reboot",
+            "syslog",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "move_mount",
+            "open_tree",
+            "fsopen",
+            "fsconfig",
+            "fsmount",
+            "fspick",
+            "setns",
+            "unshare",
+        ]))
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::EPERM as u32)
+        .build()
+        .map_err(bad)?;
+    let user_namespace = LinuxSyscallBuilder::default()
+        .names(names(&["clone"]))
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::EPERM as u32)
+        .args(vec![
+            LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(CLONE_NEWUSER)
+                .value_two(CLONE_NEWUSER)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build()
+                .map_err(bad)?,
+        ])
+        .build()
+        .map_err(bad)?;
+    let clone3 = LinuxSyscallBuilder::default()
+        .names(names(&["clone3"]))
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::ENOSYS as u32)
+        .build()
+        .map_err(bad)?;
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(if cfg!(target_arch = "x86_64") {
+            vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+        } else if cfg!(target_arch = "aarch64") {
+            vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
+        } else {
+            vec![Arch::ScmpArchNative]
+        })
+        .syscalls(vec![denied, user_namespace, clone3])
+        .build()
+        .map_err(bad)
 }
 
 /// Docker's default capability set (runc's own default keeps only three, too few for
