@@ -286,6 +286,15 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
     )
     .await);
     let id = id.trim().to_string();
+    // `run` answers before httpd listens; a request sent at once is held until it does.
+    let url = format!("http://127.0.0.1:{port}/");
+    let first = get(&url).await.expect("an answer to the first request");
+    assert_eq!(
+        first.status(),
+        200,
+        "the first request waits for the container"
+    );
+    let body = first.text().await.unwrap();
     let net = state(&node, "web").await;
     assert!(
         net["ip_address"]
@@ -294,40 +303,20 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
         "inspect shows its bridge address: {net}"
     );
     // The leftovers check sees a running container's parts, so it can see them stay.
-    wait_for(
-        "runc to make the container",
-        Duration::from_secs(20),
-        || async {
-            let parts = leftovers(&node.dir, &id, &net);
-            [
-                "network namespace",
-                "veth",
-                "address lease",
-                "mount",
-                "cgroup",
-                "process",
-            ]
-            .iter()
-            .all(|p| parts.iter().any(|f| f == p))
-            .then_some(())
-        },
-    )
-    .await;
-    let url = format!("http://127.0.0.1:{port}/");
-    let body = wait_for(
-        "httpd to answer on the published port",
-        Duration::from_secs(20),
-        // The container starts at once; httpd needs a moment before it listens.
-        || async {
-            let r = get(&url).await?;
-            if r.status() == 200 {
-                r.text().await.ok()
-            } else {
-                None
-            }
-        },
-    )
-    .await;
+    let parts = leftovers(&node.dir, &id, &net);
+    for part in [
+        "network namespace",
+        "veth",
+        "address lease",
+        "mount",
+        "cgroup",
+        "process",
+    ] {
+        assert!(
+            parts.iter().any(|p| p == part),
+            "{part} not seen in {parts:?}"
+        );
+    }
     assert_eq!(body, "<h1>busybox httpd in skiff</h1>\n");
     assert_eq!(
         node.get("web", "/").await,

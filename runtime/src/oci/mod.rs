@@ -745,6 +745,11 @@ impl OciProcess {
         }
     }
 
+    /// Whether its process has ended.
+    pub fn has_exited(&self) -> bool {
+        self.exit.as_ref().is_none_or(|rx| rx.borrow().is_some())
+    }
+
     /// Waits for the container to exit.
     pub async fn wait(&self) -> Exit {
         let lost = Exit::code(255);

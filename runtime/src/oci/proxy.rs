@@ -1,7 +1,15 @@
 //! The HTTP face of a Linux container: requests forwarded to its address.
+//!
+//! A container is routed as soon as runc is spawned, before its process listens.
+//! Requests that arrive in that window are held, not failed: the first one probes the
+//! port (a TCP connect every 2 ms, for up to 10 s, or until the process exits) and
+//! forwards once it accepts; after that the probe is skipped. This is what makes the
+//! first request after `skiff run` succeed, as a gateway's cold start does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -17,6 +25,8 @@ use crate::{BoxError, HandleError, ResponseBody};
 pub struct OciWorkload {
     target: SocketAddr,
     process: Arc<OciProcess>,
+    /// The port has accepted a connection once: no more probing.
+    listening: AtomicBool,
     client: Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
 }
 
@@ -26,6 +36,7 @@ impl OciWorkload {
         Self {
             target,
             process,
+            listening: AtomicBool::new(false),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -33,6 +44,45 @@ impl OciWorkload {
     /// The container's process.
     pub fn process(&self) -> &Arc<OciProcess> {
         &self.process
+    }
+
+    /// Waits (up to 10 s) until the container's port accepts connections, unless it
+    /// did before or the process has ended.
+    async fn wait_listening(&self) -> Result<(), HandleError> {
+        const START: Duration = Duration::from_secs(10);
+        if self.listening.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + START;
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(self.target),
+            )
+            .await;
+            let error = match attempt {
+                Ok(Ok(_)) => {
+                    self.listening.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connect timed out".to_string(),
+            };
+            if self.process.has_exited() {
+                return Err(HandleError::BadResponse(format!(
+                    "container at {} exited without accepting connections",
+                    self.target
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HandleError::BadResponse(format!(
+                    "container at {} did not accept connections within {} s: {error}",
+                    self.target,
+                    START.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     pub(crate) async fn handle<B>(
@@ -43,6 +93,7 @@ impl OciWorkload {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.wait_listening().await?;
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = format!("http://{}{path}", self.target)
