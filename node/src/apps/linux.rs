@@ -118,9 +118,9 @@ pub(super) fn network(container: &Container) -> (Option<String>, Option<String>)
 }
 
 impl Apps {
-    /// Starts a Linux container with runc and makes it a routable [`Container`] (ready
-    /// at once: requests that arrive before its process listens are held until it does). When the
-    /// process ends, `exited(container id, how)` is sent to the event loop.
+    /// Starts a Linux container with runc and makes it a routable [`Container`], ready at
+    /// once (requests that arrive before its process listens are held until it does).
+    /// When the process ends, `exited(container id, how)` is sent to the event loop.
     pub(super) async fn start_linux(
         &self,
         s: LinuxStart<'_>,
