@@ -165,6 +165,15 @@ async fn exited(node: &Node, name: &str) -> serde_json::Value {
     .await
 }
 
+/// `skiff run -d --name NAME ARGS...`, waited on until it exits: its inspect output and
+/// its logs.
+async fn run_to_exit(node: &Node, name: &str, args: &[&str]) -> (serde_json::Value, String) {
+    let run = [&["run", "-d", "--name", name][..], args].concat();
+    ok(&skiff(node, &run).await);
+    let state = exited(node, name).await;
+    (state, ok(&skiff(node, &["logs", name]).await))
+}
+
 /// What of container `id` is still there (namespace, veth, address lease, iptables
 /// rule, mount, cgroup, process, bundle, runc state); `net` is its inspect output while
 /// it ran.
@@ -367,23 +376,18 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
     let node = Node::start().await;
     load(&node, &oci_layout("bb:v1", &busybox_layer(&[]))).await;
 
-    ok(&skiff(
+    let (s, logs) = run_to_exit(
         &node,
+        "echo",
         &[
-            "run",
-            "-d",
-            "--name",
-            "echo",
             "bb:v1",
             "sh",
             "-c",
             "echo FOO=$FOO; pwd; echo oops >&2; exit 3",
         ],
     )
-    .await);
-    let s = exited(&node, "echo").await;
+    .await;
     assert_eq!(s["exit_code"], 3);
-    let logs = ok(&skiff(&node, &["logs", "echo"]).await);
     assert!(
         logs.contains("stdout: FOO=bar"),
         "Env from the image: {logs}"
@@ -401,13 +405,10 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
     );
 
     // /etc/hostname, /etc/hosts and /etc/resolv.conf, as Docker writes them.
-    ok(&skiff(
+    let (s, logs) = run_to_exit(
         &node,
+        "etc",
         &[
-            "run",
-            "-d",
-            "--name",
-            "etc",
             "bb:v1",
             "cat",
             "/etc/hostname",
@@ -415,10 +416,8 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
             "/etc/resolv.conf",
         ],
     )
-    .await);
-    let s = exited(&node, "etc").await;
+    .await;
     assert_eq!(s["exit_code"], 0, "{s}");
-    let logs = ok(&skiff(&node, &["logs", "etc"]).await);
     assert!(logs.contains("stdout: etc\n"), "hostname: {logs}");
     assert!(logs.contains("127.0.0.1\tlocalhost"), "hosts: {logs}");
     assert!(
@@ -433,12 +432,7 @@ async fn image_settings_logs_exit_codes_and_the_memory_limit() {
     );
 
     // A command the image does not have: Docker's 127, and runc's reason in inspect.
-    ok(&skiff(
-        &node,
-        &["run", "-d", "--name", "missing", "bb:v1", "no-such-cmd"],
-    )
-    .await);
-    let s = exited(&node, "missing").await;
+    let (s, _) = run_to_exit(&node, "missing", &["bb:v1", "no-such-cmd"]).await;
     assert_eq!(s["exit_code"], 127, "{s}");
     let reason = s["exit_reason"].as_str().unwrap_or_default();
     assert!(
@@ -666,6 +660,25 @@ async fn restart_policies_and_node_restarts_for_linux_containers() {
     assert_eq!(state(&node, "flaky").await["state"], "exited");
 }
 
+/// Runs `image` as busybox httpd on a published port, returns what it serves at `path`
+/// (the first request is held until httpd listens), and removes the container.
+async fn serve_once(node: &Node, image: &str, path: &str) -> String {
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let args = [
+        "run", "-d", "--name", "once", "-p", &publish, image, "httpd", "-f", "-p", "80", "-h",
+        "/www",
+    ];
+    ok(&skiff(node, &args).await);
+    let r = get(&format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), 200, "{image} serves {path}");
+    let body = r.text().await.unwrap();
+    ok(&skiff(node, &["rm", "-f", "once"]).await);
+    body
+}
+
 /// An OCI layout directory holding a multi-platform index tagged `tag`: one image per
 /// `(architecture, layer media type, uncompressed layer, layer blob)`.
 fn multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, &str, Vec<u8>, Vec<u8>)]) {
@@ -757,75 +770,21 @@ async fn pull_and_load_take_the_linux_amd64_image_of_a_multi_platform_index() {
     );
 
     ok(&skiff(&node, &["pull", &multi]).await);
-    let port = free_port();
-    ok(&skiff(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "multi",
-            "-p",
-            &format!("{port}:80"),
-            &multi,
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ],
-    )
-    .await);
-    let body = wait_for("httpd to answer", Duration::from_secs(20), || async {
-        let r = get(&format!("http://127.0.0.1:{port}/arch.txt")).await?;
-        if r.status() == 200 {
-            r.text().await.ok()
-        } else {
-            None
-        }
-    })
-    .await;
     assert_eq!(
-        body, "amd64\n",
+        serve_once(&node, &multi, "/arch.txt").await,
+        "amd64\n",
         "the linux/amd64 image runs, from its zstd layer"
     );
-    ok(&skiff(&node, &["rm", "-f", "multi"]).await);
 
     // The same layout as a tarball: `load` takes the same image from the index.
     let mut t = tar::Builder::new(Vec::new());
     t.append_dir_all(".", layout.path()).unwrap();
     load(&node, &t.into_inner().unwrap()).await;
-    ok(&skiff(
-        &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "loaded",
-            "-p",
-            &format!("{port}:80"),
-            "multi",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ],
-    )
-    .await);
-    let body = wait_for("httpd to answer", Duration::from_secs(20), || async {
-        let r = get(&format!("http://127.0.0.1:{port}/arch.txt")).await?;
-        if r.status() == 200 {
-            r.text().await.ok()
-        } else {
-            None
-        }
-    })
-    .await;
-    assert_eq!(body, "amd64\n", "load took the linux/amd64 image too");
-    ok(&skiff(&node, &["rm", "-f", "loaded"]).await);
+    assert_eq!(
+        serve_once(&node, "multi", "/arch.txt").await,
+        "amd64\n",
+        "load took the linux/amd64 image too"
+    );
 
     // An index without this machine's platform is refused in one line naming what it has.
     let arm_only = tempfile::tempdir().unwrap();
@@ -1120,9 +1079,7 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
     .await;
     load(&node, &docker_save_with("root:v1", &layer, with_user(""))).await;
 
-    ok(&skiff(&node, &["run", "-d", "--name", "as-www", "www:v1", "id"]).await);
-    exited(&node, "as-www").await;
-    let logs = ok(&skiff(&node, &["logs", "as-www"]).await);
+    let (_, logs) = run_to_exit(&node, "as-www", &["www:v1", "id"]).await;
     assert!(
         logs.contains("uid=33(www) gid=34(web) groups=34(web),50(logs)"),
         "User www from /etc/passwd, groups from /etc/group: {logs}"
@@ -1130,22 +1087,12 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
 
     // Root keeps Docker's default capabilities: CAP_CHOWN (bit 0), CAP_SETUID (7),
     // CAP_NET_RAW (13), CAP_SYS_CHROOT (18), and not CAP_SYS_ADMIN (21).
-    ok(&skiff(
+    let (_, logs) = run_to_exit(
         &node,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "caps",
-            "root:v1",
-            "sh",
-            "-c",
-            "grep CapEff /proc/self/status",
-        ],
+        "caps",
+        &["root:v1", "sh", "-c", "grep CapEff /proc/self/status"],
     )
-    .await);
-    exited(&node, "caps").await;
-    let logs = ok(&skiff(&node, &["logs", "caps"]).await);
+    .await;
     let eff = logs
         .split("CapEff:")
         .nth(1)
@@ -1157,22 +1104,17 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
     assert_eq!(eff & (1 << 21), 0, "no CAP_SYS_ADMIN in {eff:#x}");
 
     // The seccomp filter: no user namespaces, while ordinary forks work.
-    ok(&skiff(
+    let (_, logs) = run_to_exit(
         &node,
+        "userns",
         &[
-            "run",
-            "-d",
-            "--name",
-            "userns",
             "root:v1",
             "sh",
             "-c",
             "unshare -U true; echo userns=$?; (echo forked); echo fork=$?",
         ],
     )
-    .await);
-    exited(&node, "userns").await;
-    let logs = ok(&skiff(&node, &["logs", "userns"]).await);
+    .await;
     assert!(
         logs.contains("Operation not permitted") && logs.contains("userns=1"),
         "{logs}"
