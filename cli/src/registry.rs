@@ -366,14 +366,14 @@ impl Registry {
 
     /// Downloads the image this reference names into `store`, checking every digest.
     /// From a multi-platform index it takes the Wasm image, else the one for this
-    /// machine (linux/amd64 here).
+    /// machine (linux/amd64 on x86-64).
     /// Returns the manifest's digest.
     pub(crate) async fn pull(&mut self, store: &ImageStore) -> anyhow::Result<Digest> {
         let (mut bytes, mut media_type) = self.manifest(&self.reference.reference()).await?;
         if let Some(want) = self.reference.digest {
             check_digest(&bytes, want, "manifest")?;
         }
-        if media_type.contains("index") || media_type.contains("manifest.list") {
+        if Index::is_index_type(&media_type) {
             let index: Index = serde_json::from_slice(&bytes)
                 .context("the registry's index is not an OCI index")?;
             let chosen = index.choose_platform().map_err(anyhow::Error::msg)?.digest;

@@ -106,7 +106,12 @@ pub fn host_architecture() -> &'static str {
 impl Index {
     /// Whether a descriptor names a nested index (a multi-platform image).
     pub fn is_index(desc: &Descriptor) -> bool {
-        desc.media_type == INDEX_V1 || desc.media_type.contains("manifest.list")
+        Self::is_index_type(&desc.media_type)
+    }
+
+    /// Whether a media type is an index's: OCI's, or Docker's manifest list.
+    pub fn is_index_type(media_type: &str) -> bool {
+        media_type.starts_with(INDEX_V1) || media_type.contains("manifest.list")
     }
 
     /// The manifest to run from a multi-platform index: a Wasm one, else linux on this
