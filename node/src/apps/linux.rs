@@ -110,7 +110,7 @@ pub(super) async fn retire(container: &Container, drain: Duration, stop: Duratio
 pub(super) fn network(container: &Container) -> (Option<String>, Option<String>) {
     let process = container.workload().oci_process();
     (
-        process.and_then(|p| p.ip).map(|ip| ip.to_string()),
+        process.and_then(|p| p.ip()).map(|ip| ip.to_string()),
         process
             .and_then(|p| p.netns())
             .map(|p| p.display().to_string()),
@@ -161,7 +161,7 @@ impl Apps {
             return Err(ApiError::internal(e.to_string()));
         }
         let port = http_port(s.port, s.summary);
-        let addr = match process.ip {
+        let addr = match process.ip() {
             Some(ip) => std::net::SocketAddr::from((ip, port)),
             None => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         };

@@ -145,7 +145,6 @@ impl OciHost {
             runc_id: id[..32].to_string(),
             dir: dir.to_path_buf(),
             net: std::sync::Mutex::new(None),
-            ip: None,
             exit: None,
             mounted: std::sync::atomic::AtomicBool::new(is_mounted(&dir.join("rootfs"))),
         }
@@ -196,7 +195,6 @@ impl OciHost {
         process.cleanup().await;
         if !spec.host_network {
             let net = self.nets.take().await?;
-            process.ip = Some(net.ip());
             *process.net.get_mut().expect("net lock") = Some(net);
         }
         match self.prepare(&spec, &mut process).await {
@@ -327,7 +325,7 @@ impl OciHost {
         config.set_hostname(Some(spec.name.to_string()));
         config.set_linux(Some(linux));
         let mut mounts = config.mounts().clone().unwrap_or_default();
-        for (file, text) in etc_files(&spec.name, p.ip) {
+        for (file, text) in etc_files(&spec.name, p.ip()) {
             let source = spec.dir.join(file);
             std::fs::write(&source, text).map_err(setup(format!("write {}", source.display())))?;
             mounts.push(
@@ -622,13 +620,16 @@ pub struct OciProcess {
     dir: PathBuf,
     /// Its network namespace (`None` with host networking, or once cleaned up).
     net: std::sync::Mutex<Option<Net>>,
-    /// The container's address on the bridge (`None` with host networking).
-    pub ip: Option<Ipv4Addr>,
     exit: Option<watch::Receiver<Option<Exit>>>,
     mounted: std::sync::atomic::AtomicBool,
 }
 
 impl OciProcess {
+    /// Its address on the bridge (`None` with host networking).
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.net.lock().expect("net lock").as_ref().map(Net::ip)
+    }
+
     /// The path of its network namespace (`None` with host networking).
     pub fn netns(&self) -> Option<PathBuf> {
         self.net.lock().expect("net lock").as_ref().map(Net::path)
