@@ -363,9 +363,18 @@ pub fn err(o: &std::process::Output) -> String {
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below Linux's ephemeral range (32768 and up), so no node binding 127.0.0.1:0 and
+    // no outgoing connection of another test takes the port between this check and its
+    // use; random, so tests running side by side rarely pick the same one.
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64.. {
+        let mut h = random.build_hasher();
+        h.write_u64(attempt);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!("a free port below the ephemeral range")
 }
