@@ -300,6 +300,43 @@ struct UpArgs {
     /// Do not try the pooling instance allocator.
     #[arg(long, env = "SKIFF_NO_POOLING")]
     no_pooling: bool,
+    /// A request head must arrive within this of its first byte (every listener).
+    #[arg(long, env = "SKIFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// A keep-alive connection with no request in flight closes after this.
+    #[arg(long, env = "SKIFF_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// A request body that sends nothing for this long fails (API uploads, Linux apps).
+    #[arg(long, env = "SKIFF_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// A client that reads nothing of a response for this long is dropped.
+    #[arg(long, env = "SKIFF_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, env = "SKIFF_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Most bytes of files one image may extract to.
+    #[arg(long, env = "SKIFF_EXTRACT_MAX_BYTES", default_value = "4GiB", value_parser = parse_bytes)]
+    extract_max_bytes: u64,
+    /// Most entries (files, directories, links) one image may extract to.
+    #[arg(long, env = "SKIFF_EXTRACT_MAX_ENTRIES", default_value_t = 1_000_000)]
+    extract_max_entries: u64,
+    /// Deepest path an image may hold, in directories.
+    #[arg(long, env = "SKIFF_EXTRACT_MAX_DEPTH", default_value_t = 128)]
+    extract_max_depth: usize,
+    /// Free disk an extraction must leave on the data dir's disk.
+    #[arg(long, env = "SKIFF_MIN_FREE_DISK", default_value = "512MiB", value_parser = parse_bytes)]
+    min_free_disk: u64,
+    /// Guest memory the node commits at once: every Wasm instance holds its app's memory
+    /// limit while it runs, every Linux container its --memory. Default: half of RAM.
+    #[arg(long, env = "SKIFF_MEMORY_BUDGET", value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Longest a Wasm compilation may take; the compiler process is killed then.
+    #[arg(long, env = "SKIFF_COMPILE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    compile_timeout: Duration,
+    /// Heap a Wasm compilation may use.
+    #[arg(long, env = "SKIFF_COMPILE_MEMORY", default_value = "2GiB", value_parser = parse_bytes)]
+    compile_memory: u64,
 }
 
 fn parse_env_arg(s: &str) -> Result<(String, String), String> {
@@ -318,7 +355,16 @@ pub(crate) fn default_data_dir() -> PathBuf {
     home.join(".local/share/skiff")
 }
 
+/// The hidden first argument that makes this binary a compile worker (see
+/// `skiff_node::compile_worker`): the node compiles untrusted Wasm in a child process
+/// it can kill.
+const COMPILE_WORKER: &str = "__compile-worker";
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(COMPILE_WORKER) {
+        std::process::exit(skiff_node::compile_worker(&args[2..]));
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -544,6 +590,28 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.domain = args.domain;
     config.upload_cap = args.upload_limit;
     config.pooling = !args.no_pooling;
+    config.listener = skiff_node::ListenerLimits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        body_timeout: args.body_timeout,
+        write_timeout: args.write_timeout,
+        max_connections: args.max_connections,
+    };
+    if let Some(budget) = args.memory_budget {
+        config.memory_budget = budget;
+    }
+    config.compile_timeout = args.compile_timeout;
+    config.compiler = Some(skiff_node::CompilerCommand {
+        program: std::env::current_exe().context("failed to find this program's path")?,
+        args: vec![COMPILE_WORKER.to_string()],
+        memory_bytes: args.compile_memory,
+    });
+    config.extract = skiff_node::ImageExtractLimits {
+        max_bytes: args.extract_max_bytes,
+        max_entries: args.extract_max_entries,
+        max_depth: args.extract_max_depth,
+        min_free_bytes: args.min_free_disk,
+    };
     let node = skiff_node::start(config.clone()).await?;
     let verb = if node.token_created {
         "created"

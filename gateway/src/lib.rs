@@ -110,6 +110,9 @@ pub fn host_label<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     let split = host.len().checked_sub(domain.len() + 1)?;
+    if !host.is_char_boundary(split) {
+        return None;
+    }
     let (label, suffix) = host.split_at(split);
     (suffix.starts_with('.')
         && suffix[1..].eq_ignore_ascii_case(domain)
@@ -181,5 +184,7 @@ mod tests {
             Some("hello")
         );
         assert_eq!(host_label("xlocalhost", "localhost"), None);
+        // A split that would fall inside a character is no label (it used to panic).
+        assert_eq!(host_label("xélocalhost", "localhost"), None);
     }
 }

@@ -318,6 +318,23 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
                 });
             }
         }
+        // Paths in the config are checked now, so a hostile image is refused at load
+        // with the field named, not when something first runs it.
+        let config: serde_json::Value = serde_json::from_slice(&read(&manifest.config.digest)?)
+            .map_err(|e| {
+                ArchiveError::Invalid(format!(
+                    "config {} is not JSON: {e}",
+                    manifest.config.digest
+                ))
+            })?;
+        if let Some(root) = config.get("dev.skiff.siteRoot") {
+            let root = root.as_str().ok_or_else(|| {
+                ArchiveError::Invalid(
+                    "the image config's dev.skiff.siteRoot is not a string".into(),
+                )
+            })?;
+            oci::image_path("dev.skiff.siteRoot", root).map_err(ArchiveError::Invalid)?;
+        }
         let names = loaded.entry(desc.digest).or_default();
         if let Some(name) = outer.annotations.get(oci::REF_NAME) {
             let name = ImageName::parse(name).map_err(|e| ArchiveError::Invalid(e.to_string()))?;

@@ -87,12 +87,17 @@ pub fn build(
     };
     let text = fs::read_to_string(&file)
         .map_err(|e| other(format!("failed to read {}: {e}", file.display())))?;
-    let plan = if file.extension().is_some_and(|e| e == "toml") {
-        plan_from_manifest(&text, &file.display().to_string(), context)?
+    write(store, plan(&text, &file.display().to_string(), context)?)
+}
+
+/// Reads a build file's `text` (`file` names it: one ending in `.toml` is a skiff.toml,
+/// anything else a Dockerfile) into a plan, taking files from `context`.
+pub fn plan(text: &str, file: &str, context: &Path) -> Result<Plan, BuildError> {
+    if file.ends_with(".toml") {
+        plan_from_manifest(text, file, context)
     } else {
-        plan_from_dockerfile(&text, &file.display().to_string(), context)?
-    };
-    write(store, plan)
+        plan_from_dockerfile(text, file, context)
+    }
 }
 
 /// Writes a plan into the store.
@@ -440,6 +445,27 @@ enum Base {
     Nginx,
 }
 
+/// An absolute path in the image, cleaned as Docker cleans COPY and WORKDIR paths:
+/// `.` dropped, `..` taken back (never above `/`), a trailing `/` kept. No path in a
+/// built image ever holds `..`.
+fn image_abs(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut out = format!("/{}", parts.join("/"));
+    if path.ends_with('/') && out != "/" {
+        out.push('/');
+    }
+    out
+}
+
 fn plan_from_dockerfile(text: &str, file: &str, context: &Path) -> Result<Plan, BuildError> {
     let at = |line: usize, message: String| BuildError::At {
         file: file.into(),
@@ -504,9 +530,9 @@ fn plan_from_dockerfile(text: &str, file: &str, context: &Path) -> Result<Plan, 
                     .filter(|(_, s)| !s.is_empty())
                     .ok_or_else(|| at(line, "COPY needs a source and a destination".into()))?;
                 let dest = if dest.starts_with('/') {
-                    dest.clone()
+                    image_abs(dest)
                 } else {
-                    format!("{}/{dest}", run.working_dir.trim_end_matches('/'))
+                    image_abs(&format!("{}/{dest}", run.working_dir.trim_end_matches('/')))
                 };
                 for src in srcs {
                     let path = inside(context, Path::new(src)).ok_or_else(|| {
@@ -568,9 +594,9 @@ fn plan_from_dockerfile(text: &str, file: &str, context: &Path) -> Result<Plan, 
             "WORKDIR" => {
                 let dir = args.trim();
                 run.working_dir = if dir.starts_with('/') {
-                    dir.to_string()
+                    image_abs(dir)
                 } else {
-                    format!("{}/{dir}", run.working_dir.trim_end_matches('/'))
+                    image_abs(&format!("{}/{dir}", run.working_dir.trim_end_matches('/')))
                 };
             }
             "CMD" | "ENTRYPOINT" => {
@@ -750,7 +776,7 @@ mod tests {
         };
         assert_eq!(site_root, NGINX_ROOT);
         let dest = tempfile::tempdir().unwrap();
-        crate::layer::extract(store.blobs(), &layers, dest.path()).unwrap();
+        crate::layer::extract(store.blobs(), &layers, dest.path(), Default::default()).unwrap();
         let root = dest.path().join("usr/share/nginx/html");
         assert_eq!(fs::read(root.join("index.html")).unwrap(), b"<h1>hi</h1>");
         assert!(root.join("css/site.css").is_file());
@@ -834,6 +860,33 @@ mod tests {
         let ctx = context(&[("skiff.toml", b"version = 2\nkind = \"wasm\"\n")]);
         let err = build(&store, ctx.path(), None).unwrap_err().to_string();
         assert!(err.contains("version 2 is not supported"), "{err}");
+    }
+
+    #[test]
+    fn copy_and_workdir_paths_are_cleaned_as_docker_cleans_them() {
+        // Found by the `dockerfile` fuzz target: `..` in a COPY destination reached the
+        // image's file list (and its layer) as written.
+        let ctx = context(&[
+            (
+                "Dockerfile",
+                b"FROM nginx\nCOPY ./html /usr/../share/nginx/../../../x/\nWORKDIR /a/../../w\nCOPY html y\n",
+            ),
+            ("html/index.html", b"hi"),
+        ]);
+        let plan = plan(
+            &std::fs::read_to_string(ctx.path().join("Dockerfile")).unwrap(),
+            "Dockerfile",
+            ctx.path(),
+        )
+        .unwrap();
+        let Content::Static { files, .. } = plan.content else {
+            panic!("a static plan");
+        };
+        let paths: Vec<&String> = files.keys().collect();
+        assert_eq!(paths, ["w/y/index.html", "x/index.html"]);
+        assert_eq!(plan.run.working_dir, "/w");
+        assert_eq!(image_abs("/a/./b/"), "/a/b/");
+        assert_eq!(image_abs("/.."), "/");
     }
 
     #[test]

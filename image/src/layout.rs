@@ -258,6 +258,7 @@ impl ImageStore {
             .layers
             .iter()
             .find(|l| l.media_type == oci::WASM_LAYER);
+        config.site_root_path().map_err(unsupported)?;
         let runnable = if let Some(root) = &config.site_root {
             Runnable::Static {
                 layers: manifest.layers.clone(),

@@ -208,6 +208,42 @@ pub struct ImageConfig {
     pub site_root: Option<String>,
 }
 
+impl ImageConfig {
+    /// The site root as a path relative to the image's root, or an error naming the
+    /// field when it would climb out of the image.
+    pub fn site_root_path(&self) -> Result<Option<std::path::PathBuf>, String> {
+        self.site_root
+            .as_deref()
+            .map(|root| image_path("dev.skiff.siteRoot", root))
+            .transpose()
+    }
+}
+
+/// A path from an image (absolute or not, both mean "from the image's root") as clean
+/// relative components. `..` is refused, not resolved: an image has no business naming
+/// its parent. `field` names where the path came from, for the error.
+pub fn image_path(field: &str, value: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in std::path::Path::new(value).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "the image config's {field} {value:?} climbs out of the image with .."
+                ));
+            }
+        }
+    }
+    if value.contains('\0') {
+        return Err(format!(
+            "the image config's {field} {value:?} holds a NUL byte"
+        ));
+    }
+    Ok(out)
+}
+
 /// OCI `rootfs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use skiff_spec::Digest;
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 /// Failures of the blob store, naming the blob or file and the step.
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +197,11 @@ impl BlobWriter {
             .sync_all()
             .map_err(io_err("fsync", &path))?;
         let digest = Digest::from_sha256(self.hasher.finalize().into());
+        // Only the path is kept: an archive of many small blobs must not hold a file
+        // descriptor per blob until it is committed (the node's descriptors are shared
+        // by every app).
         Ok(StagedBlob {
-            file: self.file,
+            file: self.file.into_temp_path(),
             digest,
             len: self.len,
             store: self.store,
@@ -209,7 +212,7 @@ impl BlobWriter {
 /// A complete, durable blob waiting to be committed (or dropped, which deletes it).
 #[derive(Debug)]
 pub struct StagedBlob {
-    file: NamedTempFile,
+    file: TempPath,
     digest: Digest,
     len: u64,
     store: BlobStore,
@@ -233,7 +236,7 @@ impl StagedBlob {
 
     /// Reads the staged content back (for validation before it is committed).
     pub fn read(&self) -> Result<Vec<u8>, StoreError> {
-        let path = self.file.path();
+        let path: &Path = &self.file;
         let mut f = File::open(path).map_err(io_err("open", path))?;
         let mut out = Vec::with_capacity(self.len as usize);
         f.read_to_end(&mut out).map_err(io_err("read", path))?;

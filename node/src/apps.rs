@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
+use skiff_image::layer::ExtractLimits;
 use skiff_image::oci::{Descriptor, RunConfig};
 use skiff_image::{
     ImageError, ImageName, ImageStore, ImageSummary, Runnable, StagedBlob, detect_kind,
@@ -46,24 +47,36 @@ pub(crate) fn now_ms() -> u64 {
 /// extracted tree.
 enum Prepared {
     Wasm(Arc<Compiled>),
-    Static { root: PathBuf, tag: String },
-    Oci { root: PathBuf },
+    Static {
+        tree: PathBuf,
+        site_root: PathBuf,
+        tag: String,
+    },
+    Oci {
+        root: PathBuf,
+    },
 }
 
-/// Extracts a site's layers beside `dest` and renames the tree into place, so a crash
-/// never leaves half a site where a whole one is expected.
+/// Where trees being extracted live until they are complete (the prefix marks them for
+/// garbage collection to leave alone, and for the next start to sweep).
+const EXTRACTING: &str = ".extract-";
+
+/// Extracts an image's layers beside `dest` and renames the tree into place last, so a
+/// tree under its digest's name is always whole: a crash or a failure leaves only a
+/// `.extract-*` directory, which nothing uses and the next start removes.
 fn extract_site(
     images: &ImageStore,
     layers: &[Descriptor],
     sites: &Path,
     dest: &Path,
+    limits: ExtractLimits,
 ) -> Result<(), ApiError> {
     std::fs::create_dir_all(sites).map_err(ApiError::internal)?;
     let tmp = tempfile::Builder::new()
-        .prefix(".extract-")
+        .prefix(EXTRACTING)
         .tempdir_in(sites)
         .map_err(ApiError::internal)?;
-    skiff_image::layer::extract(images.blobs(), layers, tmp.path())
+    skiff_image::layer::extract(images.blobs(), layers, tmp.path(), limits)
         .map_err(|e| ApiError::bad_request("unsupported_image", e.to_string()))?;
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, dest) {
@@ -155,6 +168,8 @@ pub(crate) struct Settings {
     pub(crate) drain: Duration,
     /// The node's data dir.
     pub(crate) data: PathBuf,
+    /// Bounds on extracting an image.
+    pub(crate) extract: ExtractLimits,
 }
 
 /// The node's apps: desired state, running containers, routes.
@@ -163,6 +178,8 @@ pub struct Apps {
     images: Arc<ImageStore>,
     /// Extracted static sites, by image digest.
     sites: PathBuf,
+    /// Bounds on extracting an image.
+    extract: ExtractLimits,
     state: Arc<StateStore>,
     /// Routing table and metrics, shared with the ingress listeners.
     ingress: Arc<Ingress>,
@@ -199,7 +216,16 @@ impl Apps {
             shutdown,
             drain,
             data,
+            extract,
         } = settings;
+        // Trees a killed node was extracting: never complete, never used.
+        if let Ok(dirs) = std::fs::read_dir(&sites) {
+            for d in dirs.flatten() {
+                if d.file_name().to_string_lossy().starts_with(EXTRACTING) {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
         let oci = skiff_runtime::oci::OciHost::probe(&data.join("runc")).map_err(|e| e.to_string());
         if let Err(why) = &oci {
             info!(reason = %why, "Linux containers are not available on this node; Wasm is");
@@ -209,6 +235,7 @@ impl Apps {
             runtime,
             images,
             sites,
+            extract,
             state,
             ingress,
             apps: Mutex::new(HashMap::new()),
@@ -342,17 +369,25 @@ impl Apps {
                 root: self.extracted(summary.digest, layers).await?,
             }),
             Runnable::Static { layers, site_root } => {
-                let dir = self.extracted(summary.digest, layers).await?;
-                let root = dir.join(site_root.trim_start_matches('/'));
-                if !root.is_dir() {
+                let site_root = skiff_image::oci::image_path("dev.skiff.siteRoot", site_root)
+                    .map_err(|e| ApiError::bad_request("unsupported_image", e))?;
+                let tree = self.extracted(summary.digest, layers).await?;
+                let tag = summary.digest.to_string();
+                // Opened once here (beneath the tree, as it will be served) so a site root
+                // that is missing or leads out of the image is refused at deploy.
+                if let Err(e) = StaticSite::open(&tree, &site_root, &tag) {
                     return Err(ApiError::bad_request(
                         "unsupported_image",
-                        format!("the image has no directory {site_root} to serve"),
+                        format!(
+                            "the image's site root /{} is not a directory inside the image: {e}",
+                            site_root.display()
+                        ),
                     ));
                 }
                 Ok(Prepared::Static {
-                    root,
-                    tag: summary.digest.to_string(),
+                    tree,
+                    site_root,
+                    tag,
                 })
             }
         }
@@ -364,9 +399,12 @@ impl Apps {
         if !dir.is_dir() {
             let images = self.images.clone();
             let (layers, sites, dest) = (layers.to_vec(), self.sites.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || extract_site(&images, &layers, &sites, &dest))
-                .await
-                .map_err(ApiError::internal)??;
+            let limits = self.extract;
+            tokio::task::spawn_blocking(move || {
+                extract_site(&images, &layers, &sites, &dest, limits)
+            })
+            .await
+            .map_err(ApiError::internal)??;
         }
         Ok(dir)
     }
@@ -384,6 +422,11 @@ impl Apps {
             .map_err(|e| match e {
                 skiff_runtime::CompileError::Invalid { .. } => {
                     ApiError::bad_request("invalid_wasm", e.to_string())
+                }
+                // The module's own doing: it costs more than a compile may.
+                skiff_runtime::CompileError::TimedOut { .. }
+                | skiff_runtime::CompileError::TooBig { .. } => {
+                    ApiError::bad_request("compile_limit", e.to_string())
                 }
                 other => ApiError::internal(other),
             })?;
@@ -450,9 +493,13 @@ impl Apps {
                         })?
                     }
                     Prepared::Oci { .. } => unreachable!("Linux replicas are started above"),
-                    Prepared::Static { root, tag } => {
-                        Workload::Static(StaticSite::open(root, tag).map_err(ApiError::internal)?)
-                    }
+                    Prepared::Static {
+                        tree,
+                        site_root,
+                        tag,
+                    } => Workload::Static(
+                        StaticSite::open(tree, site_root, tag).map_err(ApiError::internal)?,
+                    ),
                 };
                 let c = Container::new(
                     name,
@@ -485,15 +532,18 @@ impl Apps {
         params: DeployParams,
         staged: StagedBlob,
     ) -> Result<(bool, AppStatus), ApiError> {
-        let (staged, wasm) = tokio::task::spawn_blocking(move || {
-            let wasm = staged.read();
-            (staged, wasm)
+        // Reading and parsing a large binary takes a while: off the async executor.
+        let (staged, read) = tokio::task::spawn_blocking(move || {
+            let read = staged.read().map(|wasm| {
+                let kind = detect_kind(&wasm);
+                (wasm, kind)
+            });
+            (staged, read)
         })
         .await
         .map_err(ApiError::internal)?;
-        let wasm = wasm.map_err(ApiError::internal)?;
-        let kind =
-            detect_kind(&wasm).map_err(|e| ApiError::bad_request("invalid_wasm", e.to_string()))?;
+        let (wasm, kind) = read.map_err(ApiError::internal)?;
+        let kind = kind.map_err(|e| ApiError::bad_request("invalid_wasm", e.to_string()))?;
         let layer = staged.digest();
         let compiled = self.compile(layer, kind, wasm).await?;
 
@@ -503,26 +553,54 @@ impl Apps {
         let images = self.images.clone();
         let image_name = ImageName::parse(&format!("{name}:latest")).map_err(ApiError::internal)?;
         let created = now_rfc3339();
-        let desc = tokio::task::spawn_blocking(move || {
+        let tag_name = image_name.clone();
+        let (desc, previous) = tokio::task::spawn_blocking(move || {
+            let previous = images.resolve(&tag_name.to_string()).ok();
             let size = staged.len();
             let layer = staged.commit()?;
             let desc = images.add_wasm(layer, size, kind, RunConfig::default(), &created)?;
-            images.tag(&image_name, &desc)?;
-            Ok::<_, ImageError>(desc)
+            images.tag(&tag_name, &desc)?;
+            Ok::<_, ImageError>((desc, previous))
         })
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
         let summary = self.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
-        self.install(
-            apps,
-            name,
-            params,
-            (summary, image_ref),
-            Prepared::Wasm(compiled),
-        )
-        .await
+        let installed = self
+            .install(
+                apps,
+                name,
+                params,
+                (summary, image_ref),
+                Prepared::Wasm(compiled),
+            )
+            .await;
+        if installed.is_err() {
+            // A refused deploy leaves the name where it was: on the image that still runs
+            // (or on none).
+            let images = self.images.clone();
+            let _ = tokio::task::spawn_blocking(move || match previous {
+                Some(digest) => {
+                    let size = images.blobs().size(&digest)?;
+                    images
+                        .tag(
+                            &image_name,
+                            &Descriptor {
+                                media_type: skiff_image::oci::MANIFEST_V1.into(),
+                                digest,
+                                size,
+                                annotations: BTreeMap::new(),
+                                platform: None,
+                            },
+                        )
+                        .map(drop)
+                }
+                None => images.untag(&image_name).map(drop),
+            })
+            .await;
+        }
+        installed
     }
 
     /// Deploys (or redeploys) `name` from an image in the store.
@@ -577,6 +655,11 @@ impl Apps {
             )));
         }
         let spec = image_spec(params, &summary, name.clone());
+        if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
+            self.runtime
+                .admit(&spec.limits)
+                .map_err(ApiError::over_budget)?;
+        }
         let log = apps
             .get(&name)
             .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone());
@@ -655,13 +738,14 @@ impl Apps {
         let sites = self.sites.clone();
         let result = tokio::task::spawn_blocking(move || {
             let removed = images.collect_garbage(&keep)?;
-            // Extracted sites of images that are gone.
+            // Extracted trees of images that are gone. Only complete trees (named by
+            // their digest) are considered: a `.extract-*` tree is a deploy in progress.
             if let Ok(dirs) = std::fs::read_dir(&sites) {
                 for d in dirs.flatten() {
                     let name = d.file_name().to_string_lossy().into_owned();
-                    let live = Digest::from_hex(&name)
-                        .is_ok_and(|digest| images.blobs().contains(&digest));
-                    if !live {
+                    let gone = Digest::from_hex(&name)
+                        .is_ok_and(|digest| !images.blobs().contains(&digest));
+                    if gone {
                         let _ = std::fs::remove_dir_all(d.path());
                     }
                 }
@@ -674,6 +758,11 @@ impl Apps {
             Ok(Err(e)) => warn!(error = %e, "garbage collection failed"),
             _ => {}
         }
+    }
+
+    /// Whether the state store can be written (`Err` says why not).
+    pub fn state_health(&self) -> Result<(), String> {
+        self.state.health()
     }
 
     /// Runs garbage collection now (after an image was untagged).

@@ -1,7 +1,6 @@
 //! The data plane: HTTP/1.1 on the ingress address, `Host: <app>.<domain>` to the app's
 //! replicas through the gateway's routing table.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,21 +11,18 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use skiff_runtime::{BoxError, HandleError, RequestInfo, ResponseBody};
+use skiff_runtime::{BoxError, HandleError, RequestInfo, ResponseBody, Workload};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::container::Container;
 use crate::metrics::Metrics;
 use skiff_gateway::Endpoint as _;
 
-/// Accepts connections until `shutdown`, then lets in-flight requests finish (up to
-/// `drain`) before returning.
+/// Serves `target` on `listener` until `shutdown`, then lets in-flight requests finish
+/// (up to `drain`).
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Ingress>,
@@ -34,56 +30,23 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, "ingress listener has no address");
-            return;
-        }
+    let limits = shared.limits;
+    let what = match target {
+        Target::ByHost => "ingress",
+        Target::Fixed(_) => "published port",
     };
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "ingress accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small responses should not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let info = RequestInfo { remote, local };
-        let target = target.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let (shared, target, info) = (shared.clone(), target.clone(), info.clone());
-            async move { Ok::<_, Infallible>(handle(&shared, &target, req, &info).await) }
-        });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "ingress connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(
-            ?drain,
-            "ingress drain timed out with connections still open"
-        );
-    }
+    crate::listener::serve(
+        listener,
+        limits,
+        shutdown,
+        drain,
+        what,
+        move |req, remote, local| {
+            let (shared, target) = (shared.clone(), target.clone());
+            async move { handle(&shared, &target, req, &RequestInfo { remote, local }).await }
+        },
+    )
+    .await
 }
 
 fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
@@ -104,6 +67,8 @@ pub(crate) struct Ingress {
     pub(crate) domain: String,
     pub(crate) table: Arc<skiff_gateway::RoutingTable<Container>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Bounds on every connection to the ingress and published ports.
+    pub(crate) limits: crate::listener::ListenerLimits,
 }
 
 /// What a listener serves.
@@ -165,6 +130,13 @@ async fn handle(
     req: Request<Incoming>,
     info: &RequestInfo,
 ) -> Response<ResponseBody> {
+    // Two Host headers could route by one and be read by the app as the other.
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "skiff: the request has more than one Host header".into(),
+        );
+    }
     let container = match target {
         Target::ByHost => match pick(shared, &req, info) {
             Ok(c) => c,
@@ -199,6 +171,13 @@ async fn handle(
         shared.metrics.instance_start(&label);
     }
     let mut response = match result {
+        // A static file streams from the disk without the app's work: the permit goes
+        // once the response is ready, so clients that read slowly (or not at all) cannot
+        // hold every permit of a site; the listener's write timeout drops them.
+        Ok(response) if matches!(container.workload(), Workload::Static(_)) => {
+            drop(permit);
+            response
+        }
         Ok(response) => {
             // The permit is held until the body is finished, so concurrency and draining
             // count streaming responses too.
@@ -238,6 +217,10 @@ async fn handle(
                     format!("skiff: request body is larger than {cap} bytes"),
                 ),
                 HandleError::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("skiff: {why}")),
+                HandleError::Overloaded(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("skiff: app {label} cannot start another instance now: {why}"),
+                ),
                 HandleError::Instantiate(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("skiff: app {label} could not be started for this request"),

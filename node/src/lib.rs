@@ -15,6 +15,9 @@
 //!   `logs -f` of an app follows it across redeploys.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
 //!   replica, concurrency permits (503 when saturated), error mapping (504/500/502).
+//! - [`listener`]: how every HTTP listener (API, ingress, published ports) is served:
+//!   a connection cap and header, idle, body and write timeouts, so no client can hold
+//!   a connection or an app's permits for ever.
 //! - [`metrics`]: Prometheus exposition.
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
@@ -29,6 +32,7 @@ pub mod api;
 pub mod apps;
 pub mod container;
 pub mod ingress;
+pub mod listener;
 pub mod metrics;
 pub mod state;
 
@@ -43,11 +47,16 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use skiff_gateway::RoutingTable;
 use skiff_image::ImageStore;
-use skiff_runtime::{Runtime, RuntimeConfig};
+use skiff_image::layer::ExtractLimits;
+use skiff_runtime::{ProgressBody, Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+pub use crate::listener::ListenerLimits;
+pub use skiff_image::layer::ExtractLimits as ImageExtractLimits;
+pub use skiff_runtime::{CompilerCommand, compile_worker};
 
 use crate::apps::Apps;
 use crate::metrics::Metrics;
@@ -70,6 +79,17 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Try the pooling allocator. Default true.
     pub pooling: bool,
+    /// Timeouts and the connection cap of every listener.
+    pub listener: ListenerLimits,
+    /// Bounds on extracting an image's layers.
+    pub extract: ExtractLimits,
+    /// Guest memory the node may commit at once (bytes). Default: half the machine's.
+    pub memory_budget: u64,
+    /// Longest a compilation may take. Default 120 s.
+    pub compile_timeout: Duration,
+    /// Where compilation runs: a child process (`skiff up` sets its own binary), or in
+    /// the node's process when `None`.
+    pub compiler: Option<CompilerCommand>,
 }
 
 impl NodeConfig {
@@ -83,6 +103,11 @@ impl NodeConfig {
             upload_cap: 64 << 20,
             drain_timeout: Duration::from_secs(10),
             pooling: true,
+            listener: ListenerLimits::default(),
+            extract: ExtractLimits::default(),
+            memory_budget: skiff_runtime::machine_memory() / 2,
+            compile_timeout: Duration::from_secs(120),
+            compiler: None,
         }
     }
 
@@ -199,6 +224,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     );
     let mut rt_config = RuntimeConfig::new(dir.join("cache"), cache_key);
     rt_config.pooling = config.pooling;
+    rt_config.memory_budget = config.memory_budget;
+    rt_config.compile_timeout = config.compile_timeout;
+    rt_config.compiler = config.compiler.clone();
     let runtime = Runtime::new(rt_config).context("failed to start the wasm runtime")?;
 
     let api_listener = TcpListener::bind(config.api_addr)
@@ -216,6 +244,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         domain: config.domain.clone(),
         table: table.clone(),
         metrics: metrics.clone(),
+        limits: config.listener,
     });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let shutdown = CancellationToken::new();
@@ -225,6 +254,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
         data: dir.clone(),
+        extract: config.extract,
     };
     let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;
@@ -251,20 +281,25 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     ));
     let api = {
         let router = api::router(shared.clone());
-        let shutdown = shutdown.clone();
-        let drain = config.drain_timeout;
-        tokio::spawn(async move {
-            let serve = axum::serve(api_listener, router)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            let stopped = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(drain).await;
-            };
-            tokio::select! {
-                r = serve => if let Err(e) = r { tracing::error!(error = %e, "API server failed") },
-                _ = stopped => tracing::warn!("API drain timed out"),
-            }
-        })
+        let body_timeout = config.listener.body_timeout;
+        tokio::spawn(listener::serve(
+            api_listener,
+            config.listener,
+            shutdown.clone(),
+            config.drain_timeout,
+            "api",
+            move |req: http::Request<hyper::body::Incoming>, _, _| {
+                // Uploads that stop moving fail instead of holding a temp file open.
+                let req = req.map(|b| axum::body::Body::new(ProgressBody::new(b, body_timeout)));
+                let router = router.clone();
+                async move {
+                    match tower::ServiceExt::oneshot(router, req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            },
+        ))
     };
     info!(%api_addr, %ingress_addr, data_dir = %dir.display(), "node started");
     Ok(RunningNode {

@@ -2,6 +2,7 @@
 //! API acknowledges it, so a `kill -9` loses nothing that was answered.
 
 use std::path::Path;
+use std::sync::{Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -116,22 +117,94 @@ fn db_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> StateErro
     }
 }
 
+/// Opens the database (again, after an I/O error).
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
 /// The node's desired-state store.
+///
+/// redb refuses every write after one failed I/O ("Previous I/O error occurred") until
+/// the database is opened again. A full disk or a hiccup of the device is usually
+/// transient, so the store reopens the database on such an error and tries the
+/// operation once more; while it cannot, [`StateStore::health`] says why (and the
+/// node's `/healthz` with it).
 pub struct StateStore {
-    db: Database,
+    db: RwLock<Option<Database>>,
+    open: Opener,
+    /// Why the last operation failed on I/O and reopening did not help.
+    broken: Mutex<Option<String>>,
 }
 
 impl StateStore {
     /// Opens (or creates) the database file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Database::create(path).map_err(db_err("open"))?;
+        let path = path.to_path_buf();
+        Self::with_opener(Box::new(move || Database::create(&path)))
+    }
+
+    fn with_opener(open: Opener) -> Result<Self, StateError> {
+        let db = open().map_err(db_err("open"))?;
         let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
         txn.open_table(APPS)
             .map_err(db_err("create the apps table"))?;
         txn.open_table(CONTAINERS)
             .map_err(db_err("create the containers table"))?;
         txn.commit().map_err(db_err("commit"))?;
-        Ok(Self { db })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            open,
+            broken: Mutex::new(None),
+        })
+    }
+
+    /// `Err(why)` while the database cannot be written.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.broken.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the database; after an I/O error, reopens it and runs `f` once more.
+    fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StateError> {
+        let first = {
+            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            match &*db {
+                Some(db) => f(db),
+                None => Err(redb::Error::PreviousIo),
+            }
+        };
+        let e = match first {
+            Ok(v) => return Ok(v),
+            Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => e,
+            Err(e) => return Err(db_err(op)(e)),
+        };
+        tracing::warn!(op, error = %e, "state database I/O failed; reopening it");
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be gone (and its file lock released) before reopening.
+        *db = None;
+        let retried = match (self.open)() {
+            Ok(fresh) => {
+                let r = f(&fresh);
+                *db = Some(fresh);
+                r
+            }
+            Err(open) => Err(redb::Error::from(open)),
+        };
+        let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        match retried {
+            Ok(v) => {
+                *broken = None;
+                Ok(v)
+            }
+            Err(e) => {
+                *broken = Some(format!("state database: failed to {op}: {e}"));
+                Err(db_err(op)(e))
+            }
+        }
     }
 
     /// Inserts or replaces an app record, durably.
@@ -166,45 +239,42 @@ impl StateStore {
 
     fn put<T: Serialize>(&self, table: Table, key: &str, record: &T) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(record).map_err(db_err("encode a record"))?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db_err("begin a transaction"))?;
-        {
-            let mut t = txn.open_table(table).map_err(db_err("open a table"))?;
-            t.insert(key, bytes.as_slice())
-                .map_err(db_err("write a record"))?;
-        }
-        txn.commit().map_err(db_err("commit"))
+        self.run("write a record", |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(table)?.insert(key, bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn delete(&self, table: Table, key: &str) -> Result<bool, StateError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(db_err("begin a transaction"))?;
-        let existed = {
-            let mut t = txn.open_table(table).map_err(db_err("open a table"))?;
-            t.remove(key).map_err(db_err("delete a record"))?.is_some()
-        };
-        txn.commit().map_err(db_err("commit"))?;
-        Ok(existed)
+        self.run("delete a record", |db| {
+            let txn = db.begin_write()?;
+            let existed = txn.open_table(table)?.remove(key)?.is_some();
+            txn.commit()?;
+            Ok(existed)
+        })
     }
 
     fn all<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, StateError> {
-        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
-        let t = txn.open_table(table).map_err(db_err("open a table"))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(db_err("list records"))? {
-            let (key, value) = item.map_err(db_err("read a record"))?;
-            out.push(
-                serde_json::from_slice(value.value()).map_err(|e| StateError::Decode {
-                    key: key.value().to_string(),
+        let raw = self.run("list records", |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(table)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (key, value) = item?;
+                out.push((key.value().to_string(), value.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        raw.into_iter()
+            .map(|(key, value)| {
+                serde_json::from_slice(&value).map_err(|e| StateError::Decode {
+                    key,
                     message: e.to_string(),
-                })?,
-            );
-        }
-        Ok(out)
+                })
+            })
+            .collect()
     }
 }
 
@@ -243,5 +313,91 @@ mod tests {
         }
         let s = StateStore::open(&path).unwrap();
         assert_eq!(s.apps().unwrap(), vec![record("a", 2)]);
+    }
+
+    /// A file backend whose writes fail while `fail` is set, as a full or failing disk's.
+    #[derive(Debug)]
+    struct Flaky {
+        file: redb::backends::FileBackend,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc_enospc()));
+            }
+            Ok(())
+        }
+    }
+
+    fn libc_enospc() -> i32 {
+        28
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    #[test]
+    fn a_transient_io_error_is_recovered_by_reopening() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let opener_fail = fail.clone();
+        let s = StateStore::with_opener(Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            let backend = Flaky {
+                file: redb::backends::FileBackend::new(file)?,
+                fail: opener_fail.clone(),
+            };
+            Database::builder().create_with_backend(backend)
+        }))
+        .unwrap();
+        s.put_app(&record("a", 1)).unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let err = s.put_app(&record("b", 1)).unwrap_err();
+        assert!(err.to_string().contains("write a record"), "{err}");
+        assert!(s.health().is_err(), "health reports the broken store");
+        fail.store(false, Ordering::SeqCst);
+        // The disk is back: writes work again without a restart, and nothing acknowledged
+        // before was lost.
+        s.put_app(&record("c", 1)).unwrap();
+        assert!(s.health().is_ok());
+        let names: Vec<String> = s
+            .apps()
+            .unwrap()
+            .iter()
+            .map(|r| r.spec.name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
     }
 }

@@ -21,15 +21,18 @@
 
 #![deny(missing_docs)]
 
+mod body;
 mod log;
 pub mod oci;
 mod site;
 mod wasm;
 mod workload;
 
+pub use body::{BodyStalled, ProgressBody};
 pub use log::{LogBook, LogStream};
 pub use site::StaticSite;
 pub use wasm::{
-    CompileError, Compiled, ContainerConfig, PrepareError, Runtime, RuntimeConfig, RuntimeError,
+    CompileError, Compiled, CompilerCommand, ContainerConfig, MemoryError, MemoryReservation,
+    PrepareError, Runtime, RuntimeConfig, RuntimeError, compile_worker, machine_memory, parse_cgi,
 };
 pub use workload::{BoxError, HandleError, RequestInfo, ResponseBody, TrapKind, Workload};

@@ -10,17 +10,27 @@ use tokio::sync::broadcast;
 
 /// Longest line kept; longer output is split so one guest cannot balloon the ring.
 const MAX_LINE: usize = 16 * 1024;
+/// Bytes of lines one book keeps, whatever its line count: what a reader of
+/// `tail=all` copies is bounded by this (its JSON encoding is made line by line).
+const MAX_BOOK_BYTES: usize = 2 << 20;
 
 /// The recent output of one app's containers: a bounded ring of lines plus a broadcast
 /// channel for followers (`skiff logs -f`). Writers never block on slow readers: a
 /// follower that lags loses lines, the guest does not wait.
 #[derive(Debug)]
 pub struct LogBook {
-    lines: Mutex<VecDeque<LogLine>>,
+    lines: Mutex<Ring>,
     capacity: usize,
     /// Made on the first follow: a broadcast channel preallocates its whole ring, and a
     /// node holds thousands of apps nobody follows.
     tx: Mutex<Option<broadcast::Sender<LogLine>>>,
+}
+
+/// The kept lines and their bytes.
+#[derive(Debug, Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
 }
 
 /// Lines a follower may fall behind before it skips ahead.
@@ -30,7 +40,7 @@ impl LogBook {
     /// A book keeping the last `capacity` lines.
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            lines: Mutex::new(VecDeque::new()),
+            lines: Mutex::new(Ring::default()),
             capacity,
             tx: Mutex::new(None),
         })
@@ -47,11 +57,15 @@ impl LogBook {
             stream,
             line: line.to_string(),
         };
-        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if lines.len() == self.capacity {
-            lines.pop_front();
+        let mut ring = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        ring.bytes += entry.line.len();
+        ring.lines.push_back(entry.clone());
+        while ring.lines.len() > self.capacity || ring.bytes > MAX_BOOK_BYTES {
+            let Some(old) = ring.lines.pop_front() else {
+                break;
+            };
+            ring.bytes -= old.line.len();
         }
-        lines.push_back(entry.clone());
         // Sent under the lines lock so that `tail_and_subscribe` sees every line exactly
         // once. No receivers is fine: nobody is following.
         if let Some(tx) = &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -62,7 +76,8 @@ impl LogBook {
     /// The last `n` lines and a receiver of every line written after them, with no
     /// line missed or repeated between the two.
     pub fn tail_and_subscribe(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = &ring.lines;
         let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let rx = tx
             .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
@@ -196,5 +211,18 @@ mod tests {
             .map(|l| l.line.len())
             .collect();
         assert_eq!(lens, [MAX_LINE, MAX_LINE, 5]);
+    }
+
+    #[test]
+    fn a_book_keeps_at_most_its_byte_budget() {
+        let book = LogBook::new(100_000);
+        let line = "\0".repeat(MAX_LINE);
+        for _ in 0..1000 {
+            book.push("c", LogStream::Stdout, &line);
+        }
+        let kept = book.tail_and_subscribe(usize::MAX).0;
+        let bytes: usize = kept.iter().map(|l| l.line.len()).sum();
+        assert!(bytes <= MAX_BOOK_BYTES, "{bytes}");
+        assert_eq!(kept.len(), MAX_BOOK_BYTES / MAX_LINE);
     }
 }

@@ -77,9 +77,17 @@ enum Found {
 }
 
 impl StaticSite {
-    /// Opens the site root. `image_tag` (e.g. the layer digest) seeds the ETags.
-    pub fn open(root: &Path, image_tag: &str) -> io::Result<Self> {
-        let root = Dir::open_ambient_dir(root, ambient_authority())?;
+    /// Opens the site root: `site_root` (relative, from the image) beneath the extracted
+    /// tree `tree` (the node's own directory). The site root is resolved through a handle
+    /// on the tree, so neither `..` nor a symlink in the image (`html -> /`) can make it
+    /// a directory outside the image. `image_tag` (e.g. the image digest) seeds the ETags.
+    pub fn open(tree: &Path, site_root: &Path, image_tag: &str) -> io::Result<Self> {
+        let tree = Dir::open_ambient_dir(tree, ambient_authority())?;
+        let root = if site_root.as_os_str().is_empty() {
+            tree
+        } else {
+            tree.open_dir(site_root)?
+        };
         Ok(Self {
             root,
             tag: image_tag.to_string(),
@@ -108,9 +116,12 @@ impl StaticSite {
         match self.find(&rel, accepts) {
             Found::File(entry) => self.respond(&entry, headers, head, StatusCode::OK),
             Found::Dir if !uri.path().ends_with('/') => {
+                // Always path-absolute: `//evil.example/x` as a Location would send the
+                // browser to another host.
+                let path = format!("/{}/", uri.path().trim_start_matches('/'));
                 let location = match uri.query() {
-                    Some(q) => format!("{}/?{q}", uri.path()),
-                    None => format!("{}/", uri.path()),
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
                 };
                 let mut r = text(StatusCode::MOVED_PERMANENTLY, "301 Moved Permanently");
                 if let Ok(v) = HeaderValue::from_str(&location) {
@@ -558,8 +569,25 @@ mod tests {
         std::fs::write(dir.path().join("secret"), "outside").unwrap();
         std::os::unix::fs::symlink("../secret", root.join("escape")).unwrap();
         std::os::unix::fs::symlink("style.css", root.join("inside")).unwrap();
-        let site = StaticSite::open(&root, "sha256:test").unwrap();
+        let site = StaticSite::open(dir.path(), Path::new("html"), "sha256:test").unwrap();
         (dir, site)
+    }
+
+    #[test]
+    fn a_site_root_never_resolves_outside_the_tree() {
+        let host = tempfile::tempdir().unwrap();
+        let tree = host.path().join("tree");
+        std::fs::create_dir_all(tree.join("www")).unwrap();
+        std::os::unix::fs::symlink("/", tree.join("html")).unwrap();
+        std::os::unix::fs::symlink("/root", tree.join("www/root")).unwrap();
+        std::os::unix::fs::symlink("../..", tree.join("up")).unwrap();
+        for root in ["html", "www/root", "up", "../", "www/../.."] {
+            assert!(
+                StaticSite::open(&tree, Path::new(root), "t").is_err(),
+                "{root} opened"
+            );
+        }
+        assert!(StaticSite::open(&tree, Path::new("www"), "t").is_ok());
     }
 
     async fn get(
@@ -595,6 +623,11 @@ mod tests {
         let (s, h, _) = get(&site, Method::GET, "/docs?x=1", &[]).await;
         assert_eq!(s, StatusCode::MOVED_PERMANENTLY);
         assert_eq!(h["location"], "/docs/?x=1");
+        for open_redirect in ["//docs", "///docs"] {
+            let (s, h, _) = get(&site, Method::GET, open_redirect, &[]).await;
+            assert_eq!(s, StatusCode::MOVED_PERMANENTLY);
+            assert_eq!(h["location"], "/docs/", "{open_redirect}");
+        }
         let (s, _, b) = get(&site, Method::GET, "/docs/", &[]).await;
         assert_eq!((s, b.as_ref()), (StatusCode::OK, &b"<h1>docs</h1>"[..]));
         let (s, _, _) = get(&site, Method::GET, "/empty/", &[]).await;

@@ -138,6 +138,9 @@ pub enum HandleError {
     /// Reading the request body failed (client went away): 400.
     #[error("failed to read request body: {0}")]
     BadRequest(String),
+    /// The node's memory budget has no room for another instance now: 503.
+    #[error("{0}")]
+    Overloaded(String),
     /// The instance could not be created (e.g. the node's instance pool is exhausted): 503.
     #[error("failed to instantiate: {0}")]
     Instantiate(String),

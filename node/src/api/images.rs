@@ -73,9 +73,20 @@ pub(super) async fn list(
 /// `POST /v1/images`: the body is an OCI image layout tarball (`skiff save` output).
 pub(super) async fn load(
     State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let cap = shared.config.upload_cap;
+    // A Content-Length over the cap is refused before a byte of the body is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > cap) {
+        return Err(ApiError::too_large(format!(
+            "image archive is larger than the {cap}-byte limit"
+        )));
+    }
     // Spooled to a temp file under the cap, then checked and loaded off the executor.
     let mut spool = tempfile::tempfile().map_err(ApiError::internal)?;
     let mut stream = body.into_data_stream();
@@ -219,7 +230,7 @@ pub(super) async fn save(
         ));
     }
     let images = shared.images.clone();
-    let tar = blocking(move || {
+    let picked = blocking(move || {
         let mut picked = Vec::new();
         let mut seen = BTreeSet::new();
         for r in &refs {
@@ -233,14 +244,67 @@ pub(super) async fn save(
                 picked.push((name, digest));
             }
         }
-        let mut out = Vec::new();
-        archive::export(&images, &picked, &mut out).map_err(|e| ImageError::Unsupported {
-            image: "archive".into(),
-            message: e.to_string(),
-        })?;
-        Ok::<_, ImageError>(out)
+        Ok::<_, ImageError>(picked)
     })
     .await?
     .map_err(image_err)?;
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
+    // Streamed: the tarball is written in chunks as the client takes them, never whole
+    // in memory (images are gigabytes). A client that goes away stops the export.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let images = shared.images.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = archive::export(&images, &picked, &mut out)
+            .and_then(|()| out.flush_chunk().map_err(ArchiveError::Write));
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Bytes of the tarball sent at a time.
+const CHUNK: usize = 256 << 10;
+
+/// A `Write` that hands full chunks to the response body (blocking while it is full).
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

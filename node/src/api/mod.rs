@@ -68,6 +68,15 @@ impl ApiError {
         }
     }
 
+    /// 507: the node has no room for this (its memory budget).
+    pub fn over_budget(err: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            code: "over_budget",
+            message: err.to_string(),
+        }
+    }
+
     /// 401.
     pub fn unauthorized() -> Self {
         Self {
@@ -156,13 +165,25 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             require_token,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(middleware::from_fn(close_after_refused_uploads))
         // Uploads are streamed and capped by the handler itself.
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
+}
+
+/// `ok`, or 503 naming what is wrong (the state store cannot be written).
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.apps.state_health() {
+        Ok(()) => "ok\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn require_token(
@@ -380,7 +401,9 @@ pub(crate) fn log_response(
         s.push('\n');
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))
     };
-    let past = futures_util::stream::iter(past.iter().map(encode).collect::<Vec<_>>());
+    // Encoded line by line as the client reads: a log of escapes (NUL bytes grow
+    // sixfold in JSON) is never built whole in memory.
+    let past = futures_util::stream::iter(past).map(move |l| encode(&l));
     let body = if follow {
         let shutdown: CancellationToken = shared.shutdown.clone();
         let live = tokio_stream_from(rx).map(move |l| encode(&l));

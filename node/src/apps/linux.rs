@@ -152,6 +152,14 @@ impl Apps {
             host_network: s.oci.host_network,
             log: s.log.clone(),
         };
+        // The container's memory limit is held from the node's budget while its process
+        // runs (an unlimited container, as Docker's default, is not counted).
+        let reservation = s
+            .oci
+            .memory_bytes
+            .map(|bytes| self.runtime.reserve_memory(bytes))
+            .transpose()
+            .map_err(ApiError::over_budget)?;
         let mut process = host
             .start(spec)
             .await
@@ -180,6 +188,7 @@ impl Apps {
         let (events, instance) = (self.exits.clone(), container.id.clone());
         tokio::spawn(async move {
             let exit = process.wait().await;
+            drop(reservation);
             let _ = events.send(exited(instance, exit));
         });
         info!(container = %s.name, %addr, "linux container started");

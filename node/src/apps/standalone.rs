@@ -10,7 +10,7 @@ use std::time::Duration;
 use skiff_runtime::LogBook;
 use skiff_runtime::oci::Exit;
 use skiff_spec::api::ContainerInfo;
-use skiff_spec::{AppName, DeployParams, PortMapping, RestartPolicy};
+use skiff_spec::{AppKind, AppName, DeployParams, PortMapping, RestartPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::MutexGuard;
 use tokio::task::JoinHandle;
@@ -170,6 +170,11 @@ impl Apps {
             spec.args = summary.run.entrypoint.iter().cloned().chain(args).collect();
         }
         spec.replicas = 1;
+        if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
+            self.runtime
+                .admit(&spec.limits)
+                .map_err(ApiError::over_budget)?;
+        }
         let now = now_ms();
         let record = ContainerRecord {
             id: new_id(),

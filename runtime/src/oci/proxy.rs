@@ -20,6 +20,9 @@ use hyper_util::rt::TokioExecutor;
 use super::OciProcess;
 use crate::{BoxError, HandleError, ResponseBody};
 
+/// Longest wait for the next piece of a request body on its way to a container.
+const BODY_PROGRESS: Duration = Duration::from_secs(30);
+
 /// A running Linux container as a workload: its process, and requests forwarded to its
 /// HTTP port over a pooled keep-alive client.
 pub struct OciWorkload {
@@ -99,7 +102,10 @@ impl OciWorkload {
         parts.uri = format!("http://{}{path}", self.target)
             .parse()
             .map_err(|e| HandleError::BadRequest(format!("bad request path: {e}")))?;
-        let req = hyper::Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        // Nothing else bounds a Linux app's request: a client that stops sending its
+        // body mid-way fails the request instead of holding the container's slot.
+        let body = crate::ProgressBody::new(body.map_err(Into::into).boxed_unsync(), BODY_PROGRESS);
+        let req = hyper::Request::from_parts(parts, body.boxed_unsync());
         let resp = self.client.request(req).await.map_err(|e| {
             HandleError::BadResponse(format!("container at {} did not answer: {e}", self.target))
         })?;

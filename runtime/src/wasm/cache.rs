@@ -17,6 +17,7 @@ use tracing::warn;
 type HmacSha256 = Hmac<Sha256>;
 const MAC_LEN: usize = 32;
 
+#[derive(Clone)]
 pub(crate) struct CodeCache {
     dir: PathBuf,
     key: [u8; 32],
@@ -25,7 +26,18 @@ pub(crate) struct CodeCache {
 impl CodeCache {
     pub(crate) fn open(dir: PathBuf, key: [u8; 32]) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
+        // Compile workers' scratch directories that a killed node left.
+        for entry in fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".compile-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
         Ok(Self { dir, key })
+    }
+
+    /// The directory entries live in (compile workers write beside them).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn path(&self, digest: &Digest, kind: AppKind) -> PathBuf {

@@ -13,7 +13,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks, WasiHttpView as _};
 
 use super::guest::{HttpState, Limiter, RunError, bound_store, classify, wasi_builder};
-use super::{Compiled, ContainerConfig};
+use super::{Compiled, ContainerConfig, NodeMemory};
 use crate::{BoxError, HandleError, ResponseBody};
 
 /// A container of an http app: its pre-instantiated component and settings.
@@ -22,6 +22,7 @@ pub struct HttpWorkload {
     config: ContainerConfig,
     /// Keeps the code in the runtime's shared cache while this container lives.
     _code: Arc<Compiled>,
+    memory: NodeMemory,
 }
 
 impl HttpWorkload {
@@ -29,11 +30,13 @@ impl HttpWorkload {
         pre: ProxyPre<HttpState>,
         config: ContainerConfig,
         code: Arc<Compiled>,
+        memory: NodeMemory,
     ) -> Self {
         Self {
             pre,
             config,
             _code: code,
+            memory,
         }
     }
 
@@ -47,6 +50,12 @@ impl HttpWorkload {
     {
         let timeout = self.config.limits.timeout();
         let deadline = Instant::now() + timeout;
+        // The instance may grow to its limit: that much of the node's budget is held
+        // until the store (in the guest's task) is gone.
+        let reservation = self
+            .memory
+            .reserve(self.config.limits.memory_bytes)
+            .map_err(|e| HandleError::Overloaded(e.to_string()))?;
         let (limiter, memory_hit) = Limiter::new(self.config.limits.memory_bytes);
         let state = HttpState {
             wasi: wasi_builder(&self.config).build(),
@@ -77,6 +86,7 @@ impl HttpWorkload {
         // is sent. The task, and with it the store, ends at the deadline whatever the guest
         // is doing: computing (epoch interrupt) or waiting in a host call (this timeout).
         let task = tokio::spawn(async move {
+            let _reservation = reservation;
             let run = async {
                 let proxy = pre
                     .instantiate_async(&mut store)
@@ -133,15 +143,24 @@ pub(crate) struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
+    /// Parsed as the connection will read it: `allowed.com:1@127.0.0.1` is the host
+    /// 127.0.0.1 with userinfo, so an authority with userinfo is refused outright rather
+    /// than matched by text.
     fn allows(&self, authority: &str) -> bool {
-        let host = authority
-            .rsplit_once(':')
-            .map_or(authority, |(h, _)| h)
-            .to_ascii_lowercase();
-        let authority = authority.to_ascii_lowercase();
+        let Ok(parsed) = authority.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        if parsed.as_str().contains('@') {
+            return false;
+        }
+        let host = parsed.host().to_ascii_lowercase();
+        let with_port = match parsed.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
         self.allowed
             .iter()
-            .any(|a| a == "*" || *a == authority || *a == host)
+            .any(|a| a == "*" || *a == with_port || *a == host)
     }
 }
 
@@ -194,6 +213,15 @@ mod tests {
         assert!(p.allows("db:5432"));
         assert!(!p.allows("db:80"));
         assert!(!p.allows("evil.example.com"));
+        for smuggled in [
+            "api.example.com:28999@127.0.0.1",
+            "api.example.com@127.0.0.1:80",
+            "db:5432@10.0.0.1",
+            "api.example.com:80:81",
+            "",
+        ] {
+            assert!(!p.allows(smuggled), "{smuggled}");
+        }
         let none = OutboundPolicy {
             allowed: Vec::new().into(),
         };
@@ -202,5 +230,6 @@ mod tests {
             allowed: vec!["*".to_string()].into(),
         };
         assert!(all.allows("anything:1"));
+        assert!(!all.allows("user:pw@anything:1"));
     }
 }

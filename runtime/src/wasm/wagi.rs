@@ -12,7 +12,7 @@ use wasmtime::{InstancePre, Store};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 use super::guest::{Limiter, RunError, WagiState, bound_store, classify, wasi_builder};
-use super::{Compiled, ContainerConfig};
+use super::{Compiled, ContainerConfig, NodeMemory};
 use crate::{BoxError, HandleError, RequestInfo, ResponseBody};
 
 /// Largest request body handed to a WAGI guest on stdin.
@@ -26,6 +26,7 @@ pub struct WagiWorkload {
     config: ContainerConfig,
     /// Keeps the code in the runtime's shared cache while this container lives.
     _code: Arc<Compiled>,
+    memory: NodeMemory,
 }
 
 impl WagiWorkload {
@@ -33,11 +34,13 @@ impl WagiWorkload {
         pre: InstancePre<WagiState>,
         config: ContainerConfig,
         code: Arc<Compiled>,
+        memory: NodeMemory,
     ) -> Self {
         Self {
             pre,
             config,
             _code: code,
+            memory,
         }
     }
 
@@ -52,6 +55,11 @@ impl WagiWorkload {
     {
         let timeout = self.config.limits.timeout();
         let deadline = Instant::now() + timeout;
+        // Held until the instance is gone (the end of this call).
+        let _reservation = self
+            .memory
+            .reserve(self.config.limits.memory_bytes)
+            .map_err(|e| HandleError::Overloaded(e.to_string()))?;
         let (parts, body) = req.into_parts();
         let body =
             match tokio::time::timeout_at(deadline.into(), Limited::new(body, MAX_BODY).collect())
@@ -208,8 +216,9 @@ fn cgi_args(query: &str) -> Vec<String> {
     args
 }
 
-/// Turns CGI output (header fields, a blank line, the body) into a response.
-fn parse_cgi(output: &Bytes) -> Result<hyper::Response<ResponseBody>, String> {
+/// Turns CGI output (header fields, a blank line, the body) into a response, or says
+/// exactly what is wrong with it. What a WAGI guest prints is untrusted input.
+pub fn parse_cgi(output: &Bytes) -> Result<hyper::Response<ResponseBody>, String> {
     let (head_end, body_start) = find_blank_line(output).ok_or_else(|| {
         format!(
             "no blank line after the CGI header block in {} bytes of output",

@@ -1,0 +1,498 @@
+//! Every HTTP listener of the node (API, ingress, published ports) is served by
+//! [`serve`], which bounds what one client can hold:
+//!
+//! - a connection cap per listener (over it, new connections are closed at once);
+//! - header read: a request's head must arrive within `header_timeout` of its first byte;
+//! - idle keep-alive: a connection with no request in flight closes after `idle_timeout`;
+//! - write progress: a response write that makes no progress for `write_timeout` ends
+//!   the connection, which drops the response body and with it whatever it held (an
+//!   app's concurrency permit, a file);
+//! - request body progress is bounded where bodies are read ([`skiff_runtime::ProgressBody`]
+//!   in the API and the Linux proxy; a Wasm app's own timeout covers its reads).
+//!
+//! The read deadlines live in the connection's I/O (hyper 1's own header timeout also
+//! counts idle time, so it cannot tell the two apart); the service marks when a request
+//! is in flight, during which no read deadline applies (hyper reads only to notice a
+//! hang-up then, and the request's own bounds apply).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use skiff_runtime::BoxError;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Bounds on one listener's connections. Every field has a flag on `skiff up`.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerLimits {
+    /// A request head must be complete this long after its first byte. Default 10 s.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request closes after this long. Default 60 s.
+    pub idle_timeout: Duration,
+    /// A request body (API uploads, requests to Linux apps) that sends nothing for
+    /// this long fails. Default 30 s.
+    pub body_timeout: Duration,
+    /// A response write that makes no progress for this long drops the client. Default 30 s.
+    pub write_timeout: Duration,
+    /// Open connections per listener; more are closed at once. Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// What a connection is doing, for its read deadline.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// No request; waiting since then for the next one.
+    Idle(Instant),
+    /// The first bytes of a request head arrived then.
+    Head(Instant),
+    /// A request is being served.
+    Busy,
+}
+
+/// The phase, and the reader to wake when a request ends (a read that was pending while
+/// the request was busy has no deadline armed yet).
+struct PhaseState {
+    phase: Phase,
+    reader: Option<Waker>,
+}
+
+type SharedPhase = Arc<Mutex<PhaseState>>;
+
+fn set(phase: &SharedPhase, to: Phase) {
+    let mut state = phase.lock().unwrap_or_else(|e| e.into_inner());
+    state.phase = to;
+    if let Some(reader) = state.reader.take() {
+        reader.wake();
+    }
+}
+
+/// Accepts connections until `shutdown`, serving each with `handler` within `limits`,
+/// then lets in-flight requests finish (up to `drain`) before returning.
+pub(crate) async fn serve<H, F, B>(
+    listener: TcpListener,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+    drain: Duration,
+    what: &'static str,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(listener = what, error = %e, "listener has no address");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(listener = what, %remote, max = limits.max_connections, "connection refused: listener at its connection cap");
+            continue;
+        };
+        // Small responses should not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let phase: SharedPhase = Arc::new(Mutex::new(PhaseState {
+            phase: Phase::Idle(Instant::now()),
+            reader: None,
+        }));
+        let io = Deadlines::new(stream, phase.clone(), limits);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            set(&phase, Phase::Busy);
+            let response = handler(req, remote, local);
+            let phase = phase.clone();
+            async move {
+                let response = response.await;
+                Ok::<_, std::convert::Infallible>(response.map(|inner| PhaseBody {
+                    inner,
+                    phase: Some(phase),
+                }))
+            }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(io), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(listener = what, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            listener = what,
+            ?drain,
+            "drain timed out with connections still open"
+        );
+    }
+}
+
+/// A response body that marks its connection idle once it is done (or dropped).
+struct PhaseBody<B> {
+    inner: B,
+    phase: Option<SharedPhase>,
+}
+
+impl<B> PhaseBody<B> {
+    fn done(&mut self) {
+        if let Some(phase) = self.phase.take() {
+            set(&phase, Phase::Idle(Instant::now()));
+        }
+    }
+}
+
+impl<B> Drop for PhaseBody<B> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl<B> Body for PhaseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done();
+        }
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A TCP stream with the connection's read and write deadlines.
+struct Deadlines {
+    stream: TcpStream,
+    phase: SharedPhase,
+    limits: ListenerLimits,
+    read_sleep: Pin<Box<Sleep>>,
+    read_deadline: Option<Instant>,
+    write_sleep: Pin<Box<Sleep>>,
+    write_armed: bool,
+}
+
+impl Deadlines {
+    fn new(stream: TcpStream, phase: SharedPhase, limits: ListenerLimits) -> Self {
+        Self {
+            stream,
+            phase,
+            limits,
+            read_sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            read_deadline: None,
+            write_sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            write_armed: false,
+        }
+    }
+
+    /// Waits on the write deadline after a write made no progress.
+    fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.write_armed {
+            self.write_armed = true;
+            let deadline = Instant::now() + self.limits.write_timeout;
+            self.write_sleep.as_mut().reset(deadline);
+        }
+        match self.write_sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing for {:?}",
+                    self.limits.write_timeout
+                ),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn written<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => self.write_pending(cx).map(Err),
+            ready => {
+                self.write_armed = false;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Deadlines {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let mut state = this.phase.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Phase::Idle(_) = state.phase {
+                        state.phase = Phase::Head(Instant::now());
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let (deadline, why) = {
+                    let mut state = this.phase.lock().unwrap_or_else(|e| e.into_inner());
+                    match state.phase {
+                        Phase::Busy => {
+                            state.reader = Some(cx.waker().clone());
+                            return Poll::Pending;
+                        }
+                        Phase::Idle(since) => (since + this.limits.idle_timeout, "idle"),
+                        Phase::Head(since) => (since + this.limits.header_timeout, "header"),
+                    }
+                };
+                if this.read_deadline != Some(deadline) {
+                    this.read_deadline = Some(deadline);
+                    this.read_sleep.as_mut().reset(deadline);
+                }
+                match this.read_sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{why} timeout"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Deadlines {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.written(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        self.written(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.written(r, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Full};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn limits() -> ListenerLimits {
+        ListenerLimits {
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(600),
+            body_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_millis(300),
+            max_connections: 2,
+        }
+    }
+
+    /// A listener answering every request with `size` bytes.
+    async fn server(size: usize) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let body = Bytes::from(vec![b'x'; size]);
+        tokio::spawn(serve(
+            listener,
+            limits(),
+            stop.clone(),
+            Duration::from_millis(100),
+            "test",
+            move |_req, _, _| {
+                let body = body.clone();
+                async move { Response::new(Full::new(body).map_err(|n| match n {})) }
+            },
+        ));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes; how long that took.
+    async fn until_closed(s: &mut TcpStream) -> Duration {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        let deadline = Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the server kept the connection open for {deadline:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn trickled_headers_idle_and_silent_connections_are_closed() {
+        let (addr, _stop) = server(10).await;
+        // Silent from the start: the idle timeout.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let took = until_closed(&mut silent).await;
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        // A head trickled a byte at a time: the header timeout, though bytes keep coming.
+        let mut trickle = TcpStream::connect(addr).await.unwrap();
+        let start = Instant::now();
+        let mut closed = false;
+        for b in
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter()
+        {
+            if trickle.write_all(&[*b]).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if start.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        if !closed {
+            until_closed(&mut trickle).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // Kept alive after one answer: the idle timeout again.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let took = until_closed(&mut kept).await;
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_and_the_cap_frees() {
+        let (addr, _stop) = server(32 << 20).await;
+        let mut stuck = TcpStream::connect(addr).await.unwrap();
+        stuck
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Both are being answered (so both hold a slot) ...
+        for s in [&mut stuck, &mut second] {
+            let mut first = [0u8; 1];
+            s.read_exact(&mut first).await.unwrap();
+        }
+        // ... so a third connection is closed at once.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let took = until_closed(&mut third).await;
+        assert!(took < Duration::from_millis(250), "{took:?}");
+        // Neither reads: both are dropped after the write timeout, freeing the slots.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut fresh = TcpStream::connect(addr).await.unwrap();
+            fresh
+                .write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), fresh.read_to_end(&mut got)).await;
+            if got.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stuck clients were never dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop((stuck, second));
+    }
+}
