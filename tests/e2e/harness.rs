@@ -378,3 +378,66 @@ pub fn free_port() -> u16 {
     }
     unreachable!("a free port below the ephemeral range")
 }
+
+/// An OCI layout tarball holding one image, tagged `tag`, with `config` and tar `layers`.
+pub fn image_archive(config: &[u8], layers: &[&[u8]], tag: &str) -> Vec<u8> {
+    use sha2::{Digest as _, Sha256};
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let layer_descs: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}"#,
+                digest(l),
+                l.len()
+            )
+        })
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]}}"#,
+        digest(config),
+        config.len(),
+        layer_descs.join(",")
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}]}}"#,
+        digest(manifest.as_bytes()),
+        manifest.len()
+    );
+    let mut t = tar::Builder::new(Vec::new());
+    let mut add = |path: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, path, data).unwrap();
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json".into(), index.as_bytes());
+    let mut blobs: Vec<&[u8]> = vec![config, manifest.as_bytes()];
+    blobs.extend(layers);
+    for blob in blobs {
+        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob);
+    }
+    t.into_inner().unwrap()
+}
+
+/// A tar entry: name, type, link target.
+pub type RawEntry<'a> = (&'a str, tar::EntryType, &'a str);
+
+/// A tar layer with raw entries, bypassing the tar crate's own path checks. Files hold
+/// `x`; directories are mode 0777, everything else 0644.
+pub fn raw_layer(entries: &[RawEntry]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, kind, link) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(if kind.is_dir() { 0o777 } else { 0o644 });
+        let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        t.append(&h, data).unwrap();
+    }
+    t.into_inner().unwrap()
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::harness::{Node, err, hello_wasm, ok, skiff};
+use crate::harness::{Node, RawEntry, err, hello_wasm, image_archive, ok, raw_layer, skiff};
 
 /// The classic nginx example: a Dockerfile and an html folder.
 fn nginx_example(dir: &Path) {
@@ -315,56 +315,13 @@ async fn skiff_toml_builds_with_env_limits_and_routes() {
     );
 }
 
-/// An OCI layout tarball holding one static-site image whose layer is `layer`.
+/// An OCI layout tarball holding one static-site image (`/site`) whose layer is `layer`.
 fn site_archive(layer: &[u8]) -> Vec<u8> {
-    use sha2::{Digest as _, Sha256};
-    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
-    let config = br#"{"created":"1970-01-01T00:00:00Z","architecture":"wasm","os":"static","dev.skiff.siteRoot":"/site"}"#;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
-        digest(config),
-        config.len(),
-        digest(layer),
-        layer.len()
-    );
-    let index = format!(
-        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"hostile:latest"}}}}]}}"#,
-        digest(manifest.as_bytes()),
-        manifest.len()
-    );
-    let mut t = tar::Builder::new(Vec::new());
-    let mut add = |path: String, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        t.append_data(&mut h, path, data).unwrap();
-    };
-    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json".into(), index.as_bytes());
-    for blob in [&config[..], manifest.as_bytes(), layer] {
-        add(format!("blobs/sha256/{}", &digest(blob)[7..]), blob);
-    }
-    t.into_inner().unwrap()
-}
-
-/// A tar entry: name, type, link target.
-type RawEntry<'a> = (&'a str, tar::EntryType, &'a str);
-
-/// A tar layer with raw entries, bypassing the tar crate's own path checks.
-fn raw_layer(entries: &[RawEntry]) -> Vec<u8> {
-    let mut t = tar::Builder::new(Vec::new());
-    for (path, kind, link) in entries {
-        let mut h = tar::Header::new_old();
-        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(*kind);
-        h.set_mode(0o644);
-        let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        t.append(&h, data).unwrap();
-    }
-    t.into_inner().unwrap()
+    image_archive(
+        br#"{"created":"1970-01-01T00:00:00Z","architecture":"wasm","os":"static","dev.skiff.siteRoot":"/site"}"#,
+        &[layer],
+        "hostile:latest",
+    )
 }
 
 #[tokio::test]

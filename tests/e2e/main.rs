@@ -6,6 +6,7 @@ mod api;
 mod bounds;
 mod cli;
 mod containers;
+mod hostile;
 mod images;
 mod kinds;
 mod lifecycle;
