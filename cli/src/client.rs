@@ -222,15 +222,20 @@ impl Client {
 
     pub(crate) async fn save(&self, output: &Path, images: &[String]) -> anyhow::Result<()> {
         let q: Vec<(&str, &str)> = images.iter().map(|i| ("ref", i.as_str())).collect();
-        let bytes = self
+        let mut resp = self
             .send(self.http.get(self.url("/v1/images/archive")).query(&q))
-            .await?
-            .bytes()
             .await?;
+        // Streamed to disk as it comes: images can be larger than memory.
         let tmp = output.with_extension("partial");
-        tokio::fs::write(&tmp, &bytes)
+        let mut file = tokio::fs::File::create(&tmp)
             .await
-            .with_context(|| format!("failed to write {}", tmp.display()))?;
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        while let Some(chunk) = resp.chunk().await.context("the archive stopped mid-way")? {
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                .await
+                .with_context(|| format!("failed to write {}", tmp.display()))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
         tokio::fs::rename(&tmp, output)
             .await
             .with_context(|| format!("failed to write {}", output.display()))?;
@@ -238,11 +243,20 @@ impl Client {
     }
 
     pub(crate) async fn load(&self, input: &Path) -> anyhow::Result<()> {
-        let tar = tokio::fs::read(input)
+        let file = tokio::fs::File::open(input)
             .await
             .with_context(|| format!("failed to read {}", input.display()))?;
+        let len = file.metadata().await?.len();
+        // Streamed from disk, with its length up front (the node refuses an archive over
+        // its cap before reading it).
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let loaded: Vec<LoadedImage> = self
-            .send(self.http.post(self.url("/v1/images")).body(tar))
+            .send(
+                self.http
+                    .post(self.url("/v1/images"))
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .body(body),
+            )
             .await?
             .json()
             .await?;

@@ -192,17 +192,7 @@ pub fn extract(
     dest: &Path,
     limits: ExtractLimits,
 ) -> Result<(), LayerError> {
-    let root = Dir::open_ambient_dir(dest, cap_std::ambient_authority()).map_err(|source| {
-        LayerError::Io {
-            entry: dest.display().to_string(),
-            source,
-        }
-    })?;
-    let mut budget = Budget {
-        limits,
-        bytes: 0,
-        entries: 0,
-    };
+    let (root, mut budget) = open_tree(dest, limits)?;
     for layer in layers {
         let path = blobs.path(&layer.digest);
         let file = fs::File::open(&path).map_err(|source| LayerError::Io {
@@ -241,18 +231,25 @@ pub fn extract_stream(
     dest: &Path,
     limits: ExtractLimits,
 ) -> Result<(), LayerError> {
+    let (root, mut budget) = open_tree(dest, limits)?;
+    extract_tar_into(reader, &root, &mut budget)
+}
+
+/// A handle on the tree's root (the node's own directory, so opened with ambient
+/// authority) and a fresh budget.
+fn open_tree(dest: &Path, limits: ExtractLimits) -> Result<(Dir, Budget), LayerError> {
     let root = Dir::open_ambient_dir(dest, cap_std::ambient_authority()).map_err(|source| {
         LayerError::Io {
             entry: dest.display().to_string(),
             source,
         }
     })?;
-    let mut budget = Budget {
+    let budget = Budget {
         limits,
         bytes: 0,
         entries: 0,
     };
-    extract_tar_into(reader, &root, &mut budget)
+    Ok((root, budget))
 }
 
 /// The entry path as clean relative components, or `None` if it leaves the root.
@@ -761,13 +758,8 @@ mod tests {
         let sites = tempfile::tempdir().unwrap();
         let tree = sites.path().join(".extract-x");
         fs::create_dir(&tree).unwrap();
-        let root = Dir::open_ambient_dir(&tree, cap_std::ambient_authority()).unwrap();
+        let (root, mut budget) = open_tree(&tree, ExtractLimits::default()).unwrap();
         fs::remove_dir_all(&tree).unwrap();
-        let mut budget = Budget {
-            limits: ExtractLimits::default(),
-            bytes: 0,
-            entries: 0,
-        };
         let tar = raw_tar(&[("d/index.html", Regular, "", b"x")]);
         assert!(extract_tar_into(tar.as_slice(), &root, &mut budget).is_err());
         assert!(!tree.exists(), "nothing was written under the old path");

@@ -431,16 +431,7 @@ impl Runtime {
     ) -> Result<Compiled, CompileError> {
         let start = Instant::now();
         let internal = |message: String| CompileError::Internal { digest, message };
-        let component = match kind {
-            AppKind::Http => true,
-            AppKind::Wagi => false,
-            AppKind::Static | AppKind::Oci => {
-                return Err(CompileError::Invalid {
-                    digest,
-                    message: format!("a {kind} image has no Wasm to compile"),
-                });
-            }
-        };
+        let component = is_component(digest, kind)?;
         let dir = tempfile::Builder::new()
             .prefix(".compile-")
             .tempdir_in(self.inner.cache.dir())
@@ -584,16 +575,7 @@ impl Runtime {
     ) -> Result<Compiled, CompileError> {
         let start = Instant::now();
         let engine = &self.inner.engine;
-        let component = match kind {
-            AppKind::Http => true,
-            AppKind::Wagi => false,
-            AppKind::Static | AppKind::Oci => {
-                return Err(CompileError::Invalid {
-                    digest,
-                    message: format!("a {kind} image has no Wasm to compile"),
-                });
-            }
-        };
+        let component = is_component(digest, kind)?;
         if let Some(hit) = self.load_cached(digest, kind) {
             return Ok(hit);
         }
@@ -736,6 +718,18 @@ fn pooled_config(max_instances: u32) -> Config {
     let mut pooled = base_config();
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     pooled
+}
+
+/// Whether `kind` is compiled as a component (`http`) or a core module (`wagi`).
+fn is_component(digest: Digest, kind: AppKind) -> Result<bool, CompileError> {
+    match kind {
+        AppKind::Http => Ok(true),
+        AppKind::Wagi => Ok(false),
+        AppKind::Static | AppKind::Oci => Err(CompileError::Invalid {
+            digest,
+            message: format!("a {kind} image has no Wasm to compile"),
+        }),
+    }
 }
 
 /// The compile worker's exit code for a binary wasmtime refuses.
