@@ -6,36 +6,70 @@
 //! already picked an old replica finish on it, every later request sees only new ones.
 //!
 //! Generic over the endpoint type so it never links wasmtime: the node's containers are
-//! endpoints here, remote nodes will be too. Starts with round-robin over ready
-//! endpoints; the other balancers, health and discovery grow here with the gateway issue.
+//! endpoints here, remote nodes will be too. Each endpoint carries its [`load::Load`]
+//! (requests in flight, a peak-EWMA latency estimate), so its statistics live as long as
+//! it does and survive table swaps; [`balancer`] picks among the ready ones by the
+//! backends' [`Algorithm`]. Apps are balanced round-robin today; Services will name their
+//! algorithm (default `p2c-ewma`).
 
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
+
+pub mod balancer;
+pub mod load;
+
+pub use balancer::{Algorithm, UnknownAlgorithm};
+pub use load::{InFlight, Load};
 
 /// Something requests can be sent to.
 pub trait Endpoint: Send + Sync {
     /// Whether it takes requests now.
     fn is_ready(&self) -> bool;
+    /// What it is carrying (kept by the endpoint, so it outlives table swaps).
+    fn load(&self) -> &Load;
+    /// A stable name (what `hash` balancing hashes with the request's key).
+    fn name(&self) -> &str;
 }
 
-/// The replicas of one route, balanced round-robin over the ready ones.
+/// An endpoint as the balancer sees it.
+struct AsCandidate<'a, E>(&'a Arc<E>);
+
+impl<E: Endpoint> balancer::Candidate for AsCandidate<'_, E> {
+    fn ready(&self) -> bool {
+        self.0.is_ready()
+    }
+    fn load(&self) -> &Load {
+        self.0.load()
+    }
+    fn key(&self) -> &str {
+        self.0.name()
+    }
+}
+
+/// The replicas of one route, balanced over the ready ones by an [`Algorithm`].
 #[derive(Debug)]
 pub struct Backends<E> {
     endpoints: Vec<Arc<E>>,
-    next: AtomicUsize,
+    algorithm: Algorithm,
+    picker: balancer::Picker,
 }
 
 impl<E: Endpoint> Backends<E> {
-    /// A set of endpoints.
+    /// A set of endpoints, balanced round-robin.
     pub fn new(endpoints: Vec<Arc<E>>) -> Self {
+        Self::with_algorithm(endpoints, Algorithm::RoundRobin)
+    }
+
+    /// A set of endpoints, balanced by `algorithm`.
+    pub fn with_algorithm(endpoints: Vec<Arc<E>>, algorithm: Algorithm) -> Self {
         Self {
             endpoints,
-            next: AtomicUsize::new(0),
+            algorithm,
+            picker: balancer::Picker::default(),
         }
     }
 
@@ -44,17 +78,23 @@ impl<E: Endpoint> Backends<E> {
         &self.endpoints
     }
 
-    /// The next ready endpoint in round-robin order, or `None` when none is ready.
+    /// How they are balanced.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The ready endpoint the algorithm picks, or `None` when none is ready.
     pub fn pick(&self) -> Option<Arc<E>> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| e.is_ready())
-            .cloned()
+        self.pick_keyed(None)
+    }
+
+    /// As [`Backends::pick`], with the key `hash` balancing hashes (a header's value,
+    /// the client's address).
+    pub fn pick_keyed(&self, key: Option<&[u8]>) -> Option<Arc<E>> {
+        let candidates: Vec<AsCandidate<'_, E>> = self.endpoints.iter().map(AsCandidate).collect();
+        self.picker
+            .pick(self.algorithm, &candidates, key, std::time::Instant::now())
+            .map(|i| self.endpoints[i].clone())
     }
 }
 
@@ -123,22 +163,45 @@ pub fn host_label<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
 
-    struct E(u32, AtomicBool);
+    struct E(u32, AtomicBool, Load);
     impl Endpoint for E {
         fn is_ready(&self) -> bool {
             self.1.load(Ordering::Relaxed)
         }
+        fn load(&self) -> &Load {
+            &self.2
+        }
+        fn name(&self) -> &str {
+            "e"
+        }
+    }
+
+    fn e(i: u32) -> Arc<E> {
+        Arc::new(E(i, AtomicBool::new(true), Load::default()))
+    }
+
+    #[test]
+    fn endpoint_statistics_survive_table_swaps() {
+        let t = RoutingTable::default();
+        let (a, b) = (e(1), e(2));
+        t.set("app", vec![a.clone()]);
+        let picked = t.get("app").unwrap().pick().unwrap();
+        let _busy = picked.load().start(std::time::Instant::now());
+        // A new set that keeps `a`: its requests in flight are still counted.
+        t.set("app", vec![a.clone(), b]);
+        let now = t.get("app").unwrap();
+        assert_eq!(now.endpoints()[0].load().in_flight(), 1);
+        let b = Backends::with_algorithm(now.endpoints().to_vec(), Algorithm::LeastRequest);
+        assert_eq!(b.pick().unwrap().0, 2, "least-request sees the busy one");
     }
 
     #[test]
     fn round_robin_skips_unready() {
-        let eps: Vec<Arc<E>> = (0..3)
-            .map(|i| Arc::new(E(i, AtomicBool::new(true))))
-            .collect();
+        let eps: Vec<Arc<E>> = (0..3).map(e).collect();
         let b = Backends::new(eps.clone());
         let picks: Vec<u32> = (0..6).map(|_| b.pick().unwrap().0).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
@@ -156,11 +219,9 @@ mod tests {
     fn table_swaps_whole_sets() {
         let t = RoutingTable::default();
         assert!(t.get("a").is_none());
-        t.set("a", vec![Arc::new(E(1, AtomicBool::new(true)))]);
+        t.set("a", vec![e(1)]);
         let held = t.get("a").unwrap();
-        let old = t
-            .set("a", vec![Arc::new(E(2, AtomicBool::new(true)))])
-            .unwrap();
+        let old = t.set("a", vec![e(2)]).unwrap();
         assert_eq!(old.pick().unwrap().0, 1);
         assert_eq!(held.pick().unwrap().0, 1, "a reader keeps what it loaded");
         assert_eq!(t.get("a").unwrap().pick().unwrap().0, 2);

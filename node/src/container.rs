@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use skiff_gateway::Endpoint;
+use skiff_gateway::{Endpoint, Load};
 use skiff_runtime::Workload;
 use skiff_spec::AppName;
 use skiff_spec::api::ContainerStatus;
@@ -74,6 +74,8 @@ pub struct Container {
     state: Mutex<ContainerState>,
     /// Paths it answers (empty: all), from its image.
     routes: Vec<String>,
+    /// Requests in flight and latency, for the balancers.
+    load: Load,
 }
 
 impl fmt::Debug for Container {
@@ -107,6 +109,7 @@ impl Container {
             concurrency,
             state: Mutex::new(ContainerState::Starting),
             routes,
+            load: Load::default(),
         }
     }
 
@@ -179,6 +182,14 @@ impl Container {
 impl Endpoint for Container {
     fn is_ready(&self) -> bool {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) == ContainerState::Ready
+    }
+
+    fn load(&self) -> &Load {
+        &self.load
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 

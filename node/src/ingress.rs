@@ -165,7 +165,15 @@ async fn handle(
         );
     };
     let start = Instant::now();
+    // Counted in the container's load until the response head is ready (what the
+    // latency-aware balancers weigh); a failed request only ends the count.
+    let flight = container.load().start(start);
     let result = container.workload().handle(req, info).await;
+    if result.is_ok() {
+        flight.finish(Instant::now());
+    } else {
+        drop(flight);
+    }
     let elapsed = start.elapsed().as_secs_f64();
     if container.workload().instantiates() && !matches!(result, Err(HandleError::Instantiate(_))) {
         shared.metrics.instance_start(&label);

@@ -1,0 +1,184 @@
+//! What an endpoint is carrying: requests in flight and a peak-EWMA latency estimate,
+//! the inputs of the least-request and P2C balancers.
+//!
+//! Peak-EWMA as tower and linkerd define it: a sample slower than the estimate replaces
+//! it at once (so a replica that slows down is avoided on its first slow answer); a
+//! faster one moves it by an exponential weight of the time since the last sample. The
+//! estimate also decays toward zero while an endpoint gets no samples, so one avoided
+//! for being slow is tried again after a while instead of never. Cost is the estimate
+//! times (in-flight + 1).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The estimate of an endpoint nobody has measured yet (linkerd's default).
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast old samples lose weight (linkerd's default).
+pub const DECAY: Duration = Duration::from_secs(10);
+
+/// One endpoint's load. Shared by every routing table the endpoint is in, so its
+/// statistics survive table swaps.
+#[derive(Debug)]
+pub struct Load {
+    in_flight: AtomicU32,
+    ewma: Mutex<PeakEwma>,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self::new(Instant::now())
+    }
+}
+
+impl Load {
+    /// No requests, the default estimate, as of `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, DECAY, now)),
+        }
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the guard is finished or dropped.
+    pub fn start(&self, now: Instant) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            load: self,
+            sent: now,
+            done: false,
+        }
+    }
+
+    /// The P2C cost at `now`: latency estimate (ns) x (in-flight + 1).
+    pub fn cost(&self, now: Instant) -> f64 {
+        let estimate = self
+            .ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .estimate(now);
+        estimate * f64::from(self.in_flight() + 1)
+    }
+
+    fn observe(&self, rtt: Duration, now: Instant) {
+        self.ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(rtt, now);
+    }
+}
+
+/// A request in flight on an endpoint. `finish` records its latency; dropping it
+/// without (a request that failed or was abandoned) only ends the count.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    load: &'a Load,
+    sent: Instant,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    /// The answer came at `now` (its head: what a balancer should weigh).
+    pub fn finish(mut self, now: Instant) {
+        self.load
+            .observe(now.saturating_duration_since(self.sent), now);
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// A peak-sensitive exponentially weighted moving average of latency, in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct PeakEwma {
+    estimate_ns: f64,
+    updated: Instant,
+    decay_ns: f64,
+}
+
+impl PeakEwma {
+    /// Starts at `initial`, as of `now`.
+    pub fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
+        Self {
+            estimate_ns: initial.as_nanos() as f64,
+            updated: now,
+            decay_ns: decay.as_nanos().max(1) as f64,
+        }
+    }
+
+    /// Weight left to the old estimate after `elapsed`.
+    fn weight(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
+        (-elapsed / self.decay_ns).exp()
+    }
+
+    /// Takes one sample.
+    pub fn observe(&mut self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        if rtt > self.estimate_ns {
+            self.estimate_ns = rtt;
+        } else {
+            let w = self.weight(now);
+            self.estimate_ns = self.estimate_ns * w + rtt * (1.0 - w);
+        }
+        self.updated = now;
+    }
+
+    /// The estimate at `now`, decayed for the time without samples.
+    pub fn estimate(&self, now: Instant) -> f64 {
+        self.estimate_ns * self.weight(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_slower_sample_takes_over_at_once_and_faster_ones_ease_it_down() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(10 * MS, DECAY, t0);
+        e.observe(100 * MS, t0 + MS);
+        assert_eq!(e.estimate(t0 + MS), (100 * MS).as_nanos() as f64);
+        // One fast sample a second later moves it by 1 - exp(-0.1) ~ 9.5%.
+        e.observe(MS, t0 + 1001 * MS);
+        let after = e.estimate(t0 + 1001 * MS) / 1e6;
+        assert!((after - 90.6).abs() < 0.5, "{after}");
+        // Unmeasured for a minute, it has decayed to almost nothing.
+        assert!(e.estimate(t0 + Duration::from_secs(61)) < 1e6 * 0.3);
+    }
+
+    #[test]
+    fn in_flight_counts_until_finished_or_dropped_and_cost_weighs_it() {
+        let t0 = Instant::now();
+        let load = Load::new(t0);
+        let a = load.start(t0);
+        let b = load.start(t0);
+        assert_eq!(load.in_flight(), 2);
+        let base = DEFAULT_RTT.as_nanos() as f64;
+        assert!((load.cost(t0) - base * 3.0).abs() < 1.0);
+        a.finish(t0 + 50 * MS);
+        drop(b);
+        assert_eq!(load.in_flight(), 0);
+        // The 50 ms answer was a peak: it is the estimate now.
+        assert!((load.cost(t0 + 50 * MS) - 50e6).abs() < 1.0);
+    }
+}
