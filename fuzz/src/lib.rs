@@ -10,6 +10,7 @@
 //! | `skiff-toml` | skiff.toml files mutated from real ones | as for Dockerfiles |
 //! | `cgi` | WAGI guest output | parsing never panics |
 //! | `host` | `Host` headers and request paths | a label found is one DNS label of the host under the domain |
+//! | `manifest` | Kubernetes YAML mutated from real Deployments and Services | reading never panics; what it accepts validates |
 //!
 //! `skiff-fuzz` (the binary) runs them for many inputs; `tests/smoke.rs` runs a few
 //! thousand of each in CI.
@@ -62,6 +63,11 @@ pub const TARGETS: &[Target] = &[
         name: "host",
         generate: gen_host,
         check: check_host,
+    },
+    Target {
+        name: "manifest",
+        generate: gen_manifest,
+        check: check_manifest,
     },
 ];
 
@@ -733,4 +739,71 @@ fn check_host(input: &[u8]) -> bool {
         "/... serves every path"
     );
     found.is_some()
+}
+
+// ---- manifests -----------------------------------------------------------------------
+
+const MANIFESTS: &[&str] = &[
+    "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: web:latest\n        ports:\n        - containerPort: 80\n        resources:\n          limits:\n            memory: 64Mi\n            cpu: 500m\n  strategy:\n    rollingUpdate:\n      maxSurge: 25%\n",
+    "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n    - protocol: TCP\n      port: 80\n      targetPort: 80\n---\napiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 30080}]}\n",
+];
+
+const YAML_TOKENS: &[&[u8]] = &[
+    b"---\n",
+    b"...\n",
+    b"&a ",
+    b"*a",
+    b"<<: *a\n",
+    b"- ",
+    b": ",
+    b"\n  ",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b"'",
+    b"|\n",
+    b">\n",
+    b"!!str ",
+    b"!!binary ",
+    b"~",
+    b"-1",
+    b"1e9",
+    b"0x10",
+    b"#",
+    b"\t",
+    b"%YAML 1.2\n",
+    b"kind: Job\n",
+    b"matchExpressions: [{key: a, operator: In}]\n",
+];
+
+fn gen_manifest(rng: &mut Rng) -> Vec<u8> {
+    gen_text(rng, MANIFESTS, YAML_TOKENS)
+}
+
+fn check_manifest(input: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(input) else {
+        return false;
+    };
+    match skiff_spec::manifest::parse("fuzz.yaml", text) {
+        Ok(docs) => {
+            for d in &docs {
+                let problems = match &d.object {
+                    skiff_spec::manifest::Object::Deployment(x) => {
+                        skiff_spec::manifest::validate_deployment(x)
+                    }
+                    skiff_spec::manifest::Object::Service(x) => {
+                        skiff_spec::manifest::validate_service(x)
+                    }
+                };
+                assert!(problems.is_empty(), "accepted with problems: {problems:?}");
+            }
+            !docs.is_empty()
+        }
+        Err(e) => {
+            assert_eq!(e.to_string().lines().count(), 1, "errors are one line: {e}");
+            false
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Everything two crates (or a client and a node) must agree on lives here, as plain data
 //! with no I/O: validated names ([`AppName`]), content digests ([`Digest`]), what an app is
-//! and how it is bounded ([`AppSpec`], [`Limits`]), and the JSON the API speaks ([`api`]).
+//! and how it is bounded ([`AppSpec`], [`Limits`]), the JSON the API speaks ([`api`]),
+//! the Kubernetes objects skiff applies ([`k8s`]) and the manifests they come in
+//! ([`manifest`]).
 //! No tokio, no wasmtime: this crate is cheap to depend on from anywhere.
 
 #![deny(missing_docs)]
@@ -11,7 +13,9 @@ pub mod api;
 mod app;
 mod container;
 mod digest;
+pub mod k8s;
 mod limits;
+pub mod manifest;
 mod name;
 
 pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_matches};

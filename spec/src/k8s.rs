@@ -1,0 +1,495 @@
+//! Kubernetes objects as skiff reads and prints them: `apps/v1 Deployment` and
+//! `v1 Service`, shaped field for field as the Kubernetes API shapes them (camelCase,
+//! `apiVersion`/`kind`/`metadata`/`spec`/`status`), so the same values serve
+//! `skiff apply -f`, `-o json|yaml`, and a Kubernetes-API front door for kubectl.
+//!
+//! Narrow on purpose: only the fields skiff acts on. Unknown fields are tolerated here
+//! (replicated state must accept fields a newer node wrote); the manifest reader
+//! reports them as warnings naming their path, as kubectl does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// `metadata` of an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// DNS-1123 label.
+    #[serde(default)]
+    pub name: String,
+    /// Only `default` exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (`skiff.dev/load-balancer`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Set by the node: a unique id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Set by the node: changes with every write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// Set by the node: bumped when the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Set by the node: RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+}
+
+/// A number or a name/percentage (`targetPort: 8080` or `http`; `maxSurge: 25%`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A number.
+    Int(i32),
+    /// A string.
+    String(String),
+}
+
+impl fmt::Display for IntOrString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntOrString::Int(i) => write!(f, "{i}"),
+            IntOrString::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl IntOrString {
+    /// The count this means out of `total`: an integer as is, a percentage of `total`
+    /// rounded up (`round_up`, as Kubernetes does for maxSurge) or down (maxUnavailable).
+    pub fn scaled(&self, total: i32, round_up: bool) -> Result<i32, String> {
+        match self {
+            IntOrString::Int(i) if *i >= 0 => Ok(*i),
+            IntOrString::Int(i) => Err(format!("must not be negative, got {i}")),
+            IntOrString::String(s) => {
+                let pct: i64 = s
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse().ok())
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| format!("{s:?} is neither a count nor a percentage"))?;
+                let scaled = i64::from(total) * pct;
+                let v = if round_up {
+                    (scaled + 99) / 100
+                } else {
+                    scaled / 100
+                };
+                Ok(v.min(i64::from(i32::MAX)) as i32)
+            }
+        }
+    }
+}
+
+/// `matchLabels` and `matchExpressions`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must be equal.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+/// One set-based requirement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    /// The label.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
+    pub operator: String,
+    /// For `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector (an empty selector matches everything, as
+    /// in Kubernetes).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+/// `apps/v1 Deployment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// `apps/v1`.
+    pub api_version: String,
+    /// `Deployment`.
+    pub kind: String,
+    /// Name, labels, annotations.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// What should run.
+    #[serde(default)]
+    pub spec: DeploymentSpec,
+    /// What runs (set by the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeploymentStatus>,
+}
+
+/// A Deployment's desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    /// Pods to run. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Which pods are its own; must match the template's labels.
+    #[serde(default)]
+    pub selector: LabelSelector,
+    /// The pods.
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    /// How a new template replaces the old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
+    /// Old revisions kept for undo. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+    /// A rollout with no progress for this long has failed. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<i32>,
+    /// A new pod counts as available once ready for this long. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+}
+
+/// `RollingUpdate` (default) or `Recreate`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStrategy {
+    /// `RollingUpdate` or `Recreate`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Bounds of a rolling update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// maxSurge and maxUnavailable (counts or percentages; 25% each by default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    /// Pods above `replicas` during a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    /// Pods below `replicas` during a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// A pod template: labels and one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateSpec {
+    /// Labels (what selectors match) and annotations.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The containers.
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+/// A pod's containers (skiff runs one per pod).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// Exactly one.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+/// A pod's container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// An image in the node's store (`my-web-app:latest`).
+    #[serde(default)]
+    pub image: String,
+    /// Replaces the image's ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's CMD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment (`value` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Ports it listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// `limits.memory`, `limits.cpu` as Kubernetes quantities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// When it takes requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// When it must be restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+}
+
+/// `name: value`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    /// The variable.
+    pub name: String,
+    /// Its value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `containerPort` (and a name Services may target).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// The port.
+    pub container_port: i32,
+    /// A name for `targetPort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// `limits` and `requests` by resource name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRequirements {
+    /// `memory: 128Mi`, `cpu: 500m`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+    /// Read and kept; skiff schedules by limits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+}
+
+/// A Kubernetes quantity as written (`128Mi`, `0.5`, `500m`); numbers are accepted too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Quantity {
+    /// Written as a number.
+    Number(u64),
+    /// Written as a string.
+    Text(String),
+}
+
+impl Quantity {
+    fn text(&self) -> String {
+        match self {
+            Quantity::Number(n) => n.to_string(),
+            Quantity::Text(t) => t.trim().to_string(),
+        }
+    }
+
+    /// As bytes: `128Mi`, `1G`, `1e3`, `512`.
+    pub fn bytes(&self) -> Result<u64, String> {
+        let t = self.text();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{t:?} is not a quantity"))?;
+        let mult: f64 = match unit {
+            "" => 1.0,
+            "Ki" => 1024.0,
+            "Mi" => 1024f64.powi(2),
+            "Gi" => 1024f64.powi(3),
+            "Ti" => 1024f64.powi(4),
+            "k" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            u if u.starts_with(['e', 'E']) => 10f64.powi(
+                u[1..]
+                    .parse()
+                    .map_err(|_| format!("{t:?} is not a quantity"))?,
+            ),
+            _ => return Err(format!("{t:?} has an unknown unit {unit:?}")),
+        };
+        let bytes = (n * mult).ceil();
+        if !bytes.is_finite() || bytes > u64::MAX as f64 {
+            return Err(format!("{t:?} is too large"));
+        }
+        Ok(bytes as u64)
+    }
+
+    /// As thousandths of a CPU: `500m` -> 500, `0.5` -> 500, `2` -> 2000.
+    pub fn millicpus(&self) -> Result<u64, String> {
+        let t = self.text();
+        let millis = match t.strip_suffix('m') {
+            Some(m) => m
+                .parse::<f64>()
+                .map_err(|_| format!("{t:?} is not a CPU quantity"))?,
+            None => {
+                t.parse::<f64>()
+                    .map_err(|_| format!("{t:?} is not a CPU quantity"))?
+                    * 1000.0
+            }
+        };
+        if !(millis.is_finite() && millis > 0.0 && millis < 1e9) {
+            return Err(format!("{t:?} is not a positive CPU quantity"));
+        }
+        Ok(millis.ceil() as u64)
+    }
+}
+
+/// `httpGet` probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// The request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// Seconds between probes. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    /// Failures in a row that count. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+    /// Seconds before the first probe. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds a probe may take. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// `path` and `port` of an HTTP probe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpGetAction {
+    /// Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A number or a container port's name.
+    pub port: IntOrString,
+}
+
+impl Default for IntOrString {
+    fn default() -> Self {
+        IntOrString::Int(0)
+    }
+}
+
+/// What a Deployment has (set by the node).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// Pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods of the current template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Pods ready for minReadySeconds.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Available`, `Progressing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition as Kubernetes reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Available`, `Progressing`, `Ready`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `"True"`, `"False"`, `"Unknown"`.
+    pub status: String,
+    /// A CamelCase reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// `v1 Service`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// `v1`.
+    pub api_version: String,
+    /// `Service`.
+    pub kind: String,
+    /// Name, labels, annotations (`skiff.dev/load-balancer`, `skiff.dev/hash-on`).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Selector and ports.
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+/// A Service's selector and ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Pods with these labels (of any Deployment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Its ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `ClusterIP` (default) or `NodePort`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Its name (required when there are several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The Service's port.
+    pub port: i32,
+    /// The pods' port: a number or a container port's name. Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    /// For `NodePort`: 30000-32767.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i32>,
+}

@@ -1,0 +1,773 @@
+//! Reading manifests: YAML 1.2 (or JSON) files of one or more documents, each an
+//! `apps/v1 Deployment` or a `v1 Service`, as `skiff apply -f` takes them.
+//!
+//! A file is all or nothing: the first problem in any document refuses the whole file,
+//! with an error naming the file, the document, the line and column where the YAML
+//! reader knows them, and the field path. Unknown fields are warnings naming their path
+//! (kubectl's default). Parsing is bounded: files over [`MAX_MANIFEST_BYTES`], deep
+//! nesting, too many nodes or documents, and alias bombs are refused by the reader
+//! (serde-saphyr, with budgets set here) before they cost memory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::AppName;
+use crate::k8s::{Deployment, IntOrString, ObjectMeta, Service};
+
+/// Largest manifest file read.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// One object from a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// `apps/v1 Deployment` (boxed, as Service: objects are large and moved around).
+    Deployment(Box<Deployment>),
+    /// `v1 Service`.
+    Service(Box<Service>),
+}
+
+impl Object {
+    /// Its metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Deployment(d) => &d.metadata,
+            Object::Service(s) => &s.metadata,
+        }
+    }
+
+    /// As kubectl names it in output: `deployment.apps/web`, `service/web`.
+    pub fn reference(&self) -> String {
+        match self {
+            Object::Deployment(d) => format!("deployment.apps/{}", d.metadata.name),
+            Object::Service(s) => format!("service/{}", s.metadata.name),
+        }
+    }
+}
+
+/// An object and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    /// The object, validated.
+    pub object: Object,
+    /// Its position in the file, from 1.
+    pub index: usize,
+    /// The line it starts on, from 1.
+    pub line: usize,
+    /// Fields skiff does not read, as `path: ...` lines for the user.
+    pub warnings: Vec<String>,
+}
+
+/// Why a manifest was refused: where, and what.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// The file (`-` for standard input).
+    pub file: String,
+    /// The document, from 1.
+    pub document: Option<usize>,
+    /// Line and column, from 1, where known.
+    pub position: Option<(u64, u64)>,
+    /// What is wrong (with the field path where there is one).
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(d) = self.document {
+            write!(f, ": document {d}")?;
+        }
+        if let Some((line, column)) = self.position {
+            write!(f, ", line {line} column {column}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The reader's budgets: generous for real manifests, small enough that a hostile one
+/// costs little.
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 200_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_depth = 32;
+    budget.max_documents = 1;
+    budget.max_nodes = 100_000;
+    budget.max_total_scalar_bytes = MAX_MANIFEST_BYTES;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.with_snippet = false;
+    options
+}
+
+/// What every document says about itself.
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// Splits a YAML stream into its documents at `---` (and `...`) lines: (first line
+/// number, text). A marker line ends a document wherever it appears, block scalars
+/// included, so this agrees with the YAML reader.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker || line == "..." || line.starts_with("... ") {
+            docs.push((start, std::mem::take(&mut current)));
+            // Line numbers are from 1: the next document starts on the line after the
+            // marker, or on the marker's own line when content follows it
+            // (`--- {inline: content}`).
+            let inline = if marker { line[3..].trim_start() } else { "" };
+            if inline.is_empty() {
+                start = i + 2;
+            } else {
+                start = i + 1;
+                current.push_str(inline);
+                current.push('\n');
+            }
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((start, current));
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// Reads every document of `text` (the contents of `source`), or refuses the file.
+pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let error =
+        |document: Option<usize>, position: Option<(u64, u64)>, message: String| ManifestError {
+            file: source.to_string(),
+            document,
+            position,
+            message: one_line(&message),
+        };
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(error(
+            None,
+            None,
+            format!(
+                "the file is {} bytes; manifests are read up to {MAX_MANIFEST_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let mut out: Vec<Document> = Vec::new();
+    for (i, (line, doc)) in split_documents(text).into_iter().enumerate() {
+        let index = i + 1;
+        // Positions from the reader are within the document: make them the file's.
+        let yaml_error = |e: serde_saphyr::Error| {
+            let position = e
+                .location()
+                .map(|l| (l.line() + line as u64 - 1, l.column()));
+            let message = e.without_snippet().to_string();
+            // The reader appends its own position; ours (in the file) is the one shown.
+            let message = match message.rfind(" at line ") {
+                Some(cut) if position.is_some() => message[..cut].to_string(),
+                _ => message,
+            };
+            error(Some(index), position, message)
+        };
+        let header: Header =
+            serde_saphyr::from_str_with_options(&doc, options()).map_err(yaml_error)?;
+        let (api_version, kind) = (
+            header.api_version.unwrap_or_default(),
+            header.kind.unwrap_or_default(),
+        );
+        let mut ignored = Vec::new();
+        let object = match (api_version.as_str(), kind.as_str()) {
+            (_, "") => {
+                return Err(error(
+                    Some(index),
+                    Some((line as u64, 1)),
+                    "the document has no kind".into(),
+                ));
+            }
+            ("apps/v1", "Deployment") => Object::Deployment(Box::new(
+                serde_saphyr::with_deserializer_from_str_with_options(&doc, options(), |de| {
+                    serde_ignored::deserialize(de, |path| ignored.push(path.to_string()))
+                })
+                .map_err(yaml_error)?,
+            )),
+            ("v1", "Service") => Object::Service(Box::new(
+                serde_saphyr::with_deserializer_from_str_with_options(&doc, options(), |de| {
+                    serde_ignored::deserialize(de, |path| ignored.push(path.to_string()))
+                })
+                .map_err(yaml_error)?,
+            )),
+            (other, "Deployment" | "Service") => {
+                let want = if kind == "Deployment" {
+                    "apps/v1"
+                } else {
+                    "v1"
+                };
+                return Err(error(
+                    Some(index),
+                    Some((line as u64, 1)),
+                    format!("apiVersion {other:?} of a {kind} is not supported: use {want}"),
+                ));
+            }
+            (api, other) => {
+                return Err(error(
+                    Some(index),
+                    Some((line as u64, 1)),
+                    format!(
+                        "kind {other:?} ({api:?}) is not supported: skiff applies apps/v1 Deployment and v1 Service"
+                    ),
+                ));
+            }
+        };
+        let problems = match &object {
+            Object::Deployment(d) => validate_deployment(d),
+            Object::Service(s) => validate_service(s),
+        };
+        if let Some(first) = problems.into_iter().next() {
+            return Err(error(Some(index), None, first));
+        }
+        if let Some(earlier) = out.iter().find(|d| {
+            std::mem::discriminant(&d.object) == std::mem::discriminant(&object)
+                && d.object.metadata().name == object.metadata().name
+        }) {
+            return Err(error(
+                Some(index),
+                None,
+                format!(
+                    "{} is also document {} of this file",
+                    object.reference(),
+                    earlier.index
+                ),
+            ));
+        }
+        out.push(Document {
+            object,
+            index,
+            line,
+            warnings: ignored
+                .into_iter()
+                .map(|p| format!("unknown field {p:?} (ignored)"))
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// `text` with control characters escaped: an error is one line whatever the
+/// document held (a folded scalar can put a newline, or a terminal escape, in a kind).
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Problems with a name and namespace, as `path: message`.
+fn check_meta(meta: &ObjectMeta, problems: &mut Vec<String>) {
+    if let Err(e) = AppName::new(meta.name.clone()) {
+        problems.push(format!("metadata.name: {e}"));
+    }
+    if let Some(ns) = meta.namespace.as_deref().filter(|ns| *ns != "default") {
+        problems.push(format!(
+            "metadata.namespace: {ns:?} does not exist; skiff has only the namespace default"
+        ));
+    }
+}
+
+fn check_port(path: &str, port: i32, problems: &mut Vec<String>) {
+    if !(1..=65535).contains(&port) {
+        problems.push(format!("{path}: {port} is not a port (1-65535)"));
+    }
+}
+
+/// Every problem of a Deployment, as `path: message`.
+pub fn validate_deployment(d: &Deployment) -> Vec<String> {
+    let mut problems = Vec::new();
+    check_meta(&d.metadata, &mut problems);
+    let spec = &d.spec;
+    let non_negative = |path: &str, v: Option<i32>, problems: &mut Vec<String>| {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            problems.push(format!("{path}: must not be negative, got {v}"));
+        }
+    };
+    non_negative("spec.replicas", spec.replicas, &mut problems);
+    non_negative(
+        "spec.revisionHistoryLimit",
+        spec.revision_history_limit,
+        &mut problems,
+    );
+    non_negative(
+        "spec.minReadySeconds",
+        spec.min_ready_seconds,
+        &mut problems,
+    );
+    if let Some(deadline) = spec.progress_deadline_seconds
+        && deadline <= spec.min_ready_seconds.unwrap_or(0)
+    {
+        problems.push(format!(
+            "spec.progressDeadlineSeconds: {deadline} must be greater than minReadySeconds"
+        ));
+    }
+    let selector = &spec.selector;
+    if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
+        problems.push("spec.selector: empty; it must select the template's labels".into());
+    }
+    for (i, e) in selector.match_expressions.iter().enumerate() {
+        let path = format!("spec.selector.matchExpressions[{i}]");
+        match e.operator.as_str() {
+            "In" | "NotIn" if e.values.is_empty() => {
+                problems.push(format!("{path}.values: {} needs values", e.operator));
+            }
+            "Exists" | "DoesNotExist" if !e.values.is_empty() => {
+                problems.push(format!("{path}.values: {} takes no values", e.operator));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => problems.push(format!(
+                "{path}.operator: {other:?} is not In, NotIn, Exists or DoesNotExist"
+            )),
+        }
+    }
+    if !selector.matches(&spec.template.metadata.labels) {
+        problems.push(
+            "spec.selector: does not match spec.template.metadata.labels (a Deployment must select its own pods)"
+                .into(),
+        );
+    }
+    if let Some(strategy) = &spec.strategy {
+        match strategy.kind.as_deref().unwrap_or("RollingUpdate") {
+            "RollingUpdate" => {
+                if let Some(ru) = &strategy.rolling_update {
+                    let replicas = spec.replicas.unwrap_or(1);
+                    let surge = ru.max_surge.as_ref().map(|s| s.scaled(replicas, true));
+                    let unavailable = ru
+                        .max_unavailable
+                        .as_ref()
+                        .map(|u| u.scaled(replicas, false));
+                    for (path, v) in [
+                        ("spec.strategy.rollingUpdate.maxSurge", &surge),
+                        ("spec.strategy.rollingUpdate.maxUnavailable", &unavailable),
+                    ] {
+                        if let Some(Err(e)) = v {
+                            problems.push(format!("{path}: {e}"));
+                        }
+                    }
+                    if let (Some(Ok(0)), Some(Ok(0))) = (&surge, &unavailable) {
+                        problems.push(
+                            "spec.strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            "Recreate" if strategy.rolling_update.is_some() => {
+                problems.push("spec.strategy.rollingUpdate: only with type RollingUpdate".into())
+            }
+            "Recreate" => {}
+            other => problems.push(format!(
+                "spec.strategy.type: {other:?} is not RollingUpdate or Recreate"
+            )),
+        }
+    }
+    let containers = &spec.template.spec.containers;
+    if containers.len() != 1 {
+        problems.push(format!(
+            "spec.template.spec.containers: skiff runs one container per pod, this has {}",
+            containers.len()
+        ));
+    }
+    for (i, c) in containers.iter().enumerate() {
+        let path = format!("spec.template.spec.containers[{i}]");
+        if let Err(e) = AppName::new(c.name.clone()) {
+            problems.push(format!("{path}.name: {e}"));
+        }
+        if c.image.trim().is_empty() {
+            problems.push(format!("{path}.image: required"));
+        }
+        for (j, p) in c.ports.iter().enumerate() {
+            check_port(
+                &format!("{path}.ports[{j}].containerPort"),
+                p.container_port,
+                &mut problems,
+            );
+            if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
+                problems.push(format!(
+                    "{path}.ports[{j}].protocol: {proto:?} (skiff serves TCP)"
+                ));
+            }
+        }
+        for (j, e) in c.env.iter().enumerate() {
+            if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
+                problems.push(format!(
+                    "{path}.env[{j}].name: {:?} is not a variable name",
+                    e.name
+                ));
+            }
+        }
+        if let Some(resources) = &c.resources {
+            for (kind, q) in [
+                ("limits", &resources.limits),
+                ("requests", &resources.requests),
+            ] {
+                if let Some(m) = q.get("memory")
+                    && let Err(e) = m.bytes()
+                {
+                    problems.push(format!("{path}.resources.{kind}.memory: {e}"));
+                }
+                if let Some(cpu) = q.get("cpu")
+                    && let Err(e) = cpu.millicpus()
+                {
+                    problems.push(format!("{path}.resources.{kind}.cpu: {e}"));
+                }
+            }
+        }
+        for (name, probe) in [
+            ("readinessProbe", &c.readiness_probe),
+            ("livenessProbe", &c.liveness_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            let probe_path = format!("{path}.{name}");
+            match &probe.http_get {
+                None => problems.push(format!("{probe_path}: skiff runs httpGet probes only")),
+                Some(get) => match &get.port {
+                    IntOrString::Int(p) => {
+                        check_port(&format!("{probe_path}.httpGet.port"), *p, &mut problems)
+                    }
+                    IntOrString::String(n)
+                        if !c.ports.iter().any(|p| p.name.as_deref() == Some(n)) =>
+                    {
+                        problems.push(format!(
+                            "{probe_path}.httpGet.port: no container port is named {n:?}"
+                        ))
+                    }
+                    IntOrString::String(_) => {}
+                },
+            }
+            for (field, v, min) in [
+                ("periodSeconds", probe.period_seconds, 1),
+                ("failureThreshold", probe.failure_threshold, 1),
+                ("timeoutSeconds", probe.timeout_seconds, 1),
+                ("initialDelaySeconds", probe.initial_delay_seconds, 0),
+            ] {
+                if let Some(v) = v.filter(|v| *v < min) {
+                    problems.push(format!("{probe_path}.{field}: {v} is below {min}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Every problem of a Service, as `path: message`.
+pub fn validate_service(s: &Service) -> Vec<String> {
+    let mut problems = Vec::new();
+    check_meta(&s.metadata, &mut problems);
+    let spec = &s.spec;
+    let node_port = match spec.kind.as_deref().unwrap_or("ClusterIP") {
+        "ClusterIP" => false,
+        "NodePort" => true,
+        other => {
+            problems.push(format!(
+                "spec.type: {other:?} is not supported (ClusterIP or NodePort)"
+            ));
+            false
+        }
+    };
+    if spec.ports.is_empty() {
+        problems.push("spec.ports: a Service needs at least one port".into());
+    }
+    let mut names = BTreeMap::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        check_port(&format!("{path}.port"), p.port, &mut problems);
+        if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
+            problems.push(format!("{path}.protocol: {proto:?} (skiff serves TCP)"));
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(t)) => {
+                check_port(&format!("{path}.targetPort"), *t, &mut problems)
+            }
+            Some(IntOrString::String(n))
+                if n.is_empty()
+                    || n.len() > 15
+                    || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
+                problems.push(format!(
+                    "{path}.targetPort: {n:?} is neither a port nor a port name"
+                ));
+            }
+            _ => {}
+        }
+        match p.node_port {
+            Some(np) if !node_port => {
+                problems.push(format!("{path}.nodePort: {np} needs spec.type NodePort"))
+            }
+            Some(np) if !(30000..=32767).contains(&np) => {
+                problems.push(format!("{path}.nodePort: {np} is outside 30000-32767"));
+            }
+            _ => {}
+        }
+        if spec.ports.len() > 1 {
+            match &p.name {
+                None => problems.push(format!(
+                    "{path}.name: required when a Service has several ports"
+                )),
+                Some(n) => {
+                    if let Some(j) = names.insert(n.clone(), i) {
+                        problems.push(format!(
+                            "{path}.name: {n:?} is also the name of spec.ports[{j}]"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The issue's two files, exactly.
+    const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: my-web-app
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: my-web-app
+  template:
+    metadata:
+      labels:
+        app: my-web-app
+    spec:
+      containers:
+      - name: my-web-app
+        image: my-web-app:latest
+        ports:
+        - containerPort: 80
+";
+
+    const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: my-web-app
+spec:
+  selector:
+    app: my-web-app
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 80
+";
+
+    #[test]
+    fn the_nginx_example_manifests_read_unchanged() {
+        let docs = parse("deployment.yaml", DEPLOYMENT).unwrap();
+        let [
+            Document {
+                object: Object::Deployment(d),
+                warnings,
+                ..
+            },
+        ] = &docs[..]
+        else {
+            panic!("{docs:?}");
+        };
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(d.metadata.name, "my-web-app");
+        assert_eq!(d.spec.replicas, Some(3));
+        let c = &d.spec.template.spec.containers[0];
+        assert_eq!(
+            (c.image.as_str(), c.ports[0].container_port),
+            ("my-web-app:latest", 80)
+        );
+        let both = format!("{DEPLOYMENT}---\n{SERVICE}");
+        let docs = parse("both.yaml", &both).unwrap();
+        assert_eq!(docs.len(), 2);
+        let Object::Service(s) = &docs[1].object else {
+            panic!()
+        };
+        assert_eq!(s.spec.ports[0].target_port, Some(IntOrString::Int(80)));
+        assert_eq!(docs[1].index, 2);
+        assert_eq!(docs[1].line, 21);
+        assert_eq!(docs[1].object.reference(), "service/my-web-app");
+        // JSON is YAML.
+        let json = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"j"},"spec":{"ports":[{"port":80}]}}"#;
+        assert_eq!(parse("s.json", json).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_warnings_naming_their_path() {
+        let text = DEPLOYMENT
+            .replace("  replicas: 3\n", "  replicas: 3\n  paused: true\n")
+            .replace(
+                "        image: my-web-app:latest\n",
+                "        image: my-web-app:latest\n        imagePullPolicy: Always\n",
+            );
+        let docs = parse("d.yaml", &text).unwrap();
+        assert_eq!(
+            docs[0].warnings,
+            [
+                "unknown field \"spec.paused\" (ignored)",
+                "unknown field \"spec.template.spec.containers.0.imagePullPolicy\" (ignored)",
+            ]
+        );
+    }
+
+    /// The error for `text`, as one line.
+    fn refused(text: &str) -> String {
+        let e = parse("m.yaml", text).unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    }
+
+    #[test]
+    fn bad_manifests_are_refused_whole_with_where_and_what() {
+        let bad_indent = DEPLOYMENT.replace("  replicas: 3\n", "   replicas: 3\n");
+        let e = refused(&bad_indent);
+        assert!(
+            e.starts_with("m.yaml: document 1, line 7 column 3: "),
+            "{e}"
+        );
+
+        let e = refused(&format!(
+            "{SERVICE}---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: j\n"
+        ));
+        assert!(e.starts_with("m.yaml: document 2, line 13"), "{e}");
+        assert!(
+            e.contains("kind \"Job\" (\"batch/v1\") is not supported"),
+            "{e}"
+        );
+
+        let e = refused(&DEPLOYMENT.replace("apps/v1", "extensions/v1beta1"));
+        assert!(
+            e.contains("apiVersion \"extensions/v1beta1\" of a Deployment"),
+            "{e}"
+        );
+
+        let e = refused(&DEPLOYMENT.replace("        app: my-web-app\n", "        app: other\n"));
+        assert!(
+            e.contains("spec.selector: does not match spec.template.metadata.labels"),
+            "{e}"
+        );
+
+        let e = refused(&DEPLOYMENT.replace("replicas: 3", "replicas: -1"));
+        assert!(
+            e.contains("spec.replicas: must not be negative, got -1"),
+            "{e}"
+        );
+
+        let e = refused(&DEPLOYMENT.replace("replicas: 3", "replicas: three"));
+        assert!(e.starts_with("m.yaml: document 1, line 6 column"), "{e}");
+
+        let e = refused(&format!("{SERVICE}---\n{SERVICE}"));
+        assert!(e.contains("service/my-web-app is also document 1"), "{e}");
+
+        let e = refused(&DEPLOYMENT.replace("name: my-web-app\nspec", "name: My_App\nspec"));
+        assert!(e.contains("metadata.name"), "{e}");
+
+        let e = refused(&SERVICE.replace("port: 80\n", "port: 80\n      nodePort: 30080\n"));
+        assert!(
+            e.contains("spec.ports[0].nodePort: 30080 needs spec.type NodePort"),
+            "{e}"
+        );
+
+        let e = refused("metadata:\n  name: x\n");
+        assert!(e.contains("the document has no kind"), "{e}");
+
+        // Found by the `manifest` fuzz target: a kind folded over two lines made a
+        // two-line error. Values are quoted and control characters escaped.
+        let e = refused("apiVersion: v1\nkind: Service\n\n  m\n");
+        assert!(e.contains("kind \"Service\\nm\""), "{e}");
+    }
+
+    #[test]
+    fn hostile_yaml_costs_little_and_is_refused() {
+        // A billion laughs.
+        let mut bomb = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: b\n  annotations:\n    a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for i in 1..10 {
+            let prev = i - 1;
+            bomb.push_str(&format!(
+                "    a{i}: &a{i} [*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev}]\n"
+            ));
+        }
+        bomb.push_str("spec:\n  ports: [{port: 80}]\n");
+        let started = std::time::Instant::now();
+        refused(&bomb);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // A 10 MB document.
+        let big = format!("{SERVICE}  x: \"{}\"\n", "a".repeat(10 << 20));
+        let e = refused(&big);
+        assert!(e.contains("manifests are read up to"), "{e}");
+        // Deep nesting.
+        let deep = format!("{SERVICE}x: {}{}\n", "[".repeat(500), "]".repeat(500));
+        refused(&deep);
+    }
+
+    #[test]
+    fn quantities_and_percentages_read_as_kubernetes_reads_them() {
+        use crate::k8s::Quantity;
+        let q = |s: &str| Quantity::Text(s.into());
+        assert_eq!(q("128Mi").bytes(), Ok(128 << 20));
+        assert_eq!(q("1G").bytes(), Ok(1_000_000_000));
+        assert_eq!(q("1.5Gi").bytes(), Ok(3 << 29));
+        assert_eq!(Quantity::Number(512).bytes(), Ok(512));
+        assert!(q("12Qi").bytes().is_err());
+        assert_eq!(q("500m").millicpus(), Ok(500));
+        assert_eq!(q("0.25").millicpus(), Ok(250));
+        assert_eq!(q("2").millicpus(), Ok(2000));
+        assert!(q("-1").millicpus().is_err());
+        let pct = |s: &str| IntOrString::String(s.into());
+        // Kubernetes: maxSurge rounds up, maxUnavailable down.
+        assert_eq!(pct("25%").scaled(3, true), Ok(1));
+        assert_eq!(pct("25%").scaled(3, false), Ok(0));
+        assert_eq!(pct("50%").scaled(5, true), Ok(3));
+        assert_eq!(IntOrString::Int(2).scaled(3, true), Ok(2));
+        assert!(pct("x").scaled(3, true).is_err());
+    }
+
+    #[test]
+    fn selectors_match_as_kubernetes_matches() {
+        use crate::k8s::{LabelSelector, LabelSelectorRequirement};
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "fe".to_string()),
+        ]
+        .into();
+        let req = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let sel = |exprs| LabelSelector {
+            match_labels: [("app".to_string(), "web".to_string())].into(),
+            match_expressions: exprs,
+        };
+        assert!(sel(vec![]).matches(&labels));
+        assert!(sel(vec![req("tier", "In", &["fe", "be"])]).matches(&labels));
+        assert!(!sel(vec![req("tier", "NotIn", &["fe"])]).matches(&labels));
+        assert!(sel(vec![req("env", "DoesNotExist", &[])]).matches(&labels));
+        assert!(!sel(vec![req("env", "Exists", &[])]).matches(&labels));
+        assert!(LabelSelector::default().matches(&labels));
+    }
+}
