@@ -653,3 +653,57 @@ async fn duplicate_hosts_and_declared_oversize_uploads_are_refused_at_once() {
     assert_eq!(&buf, b"HTTP/1.1 413");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn userinfo_cannot_smuggle_another_host_past_the_allow_list() {
+    let node = Node::start().await;
+    // A local server that counts the connections it is given, on port 80 of a loopback
+    // address of its own: the smuggled authority below names no port, as the attack does
+    // (`allowed.com:28999` reads as a host and port to a text match).
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:80")
+        .await
+        .expect("bind 127.0.0.2:80 (tests run as root, as CI does)");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    node.deploy_ok("guest", hello_wasm(), "allow_host=example.com")
+        .await;
+    let (s, text) = node
+        .get("guest", "/fetch?host=example.com:28999@127.0.0.2")
+        .await;
+    assert_eq!(s, 502, "{text}");
+    assert!(text.contains("HttpRequestDenied"), "{text}");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the guest reached 127.0.0.2"
+    );
+}
+
+#[tokio::test]
+async fn a_log_full_of_long_lines_is_read_back_within_its_cap() {
+    let node = Node::start().await;
+    node.deploy_ok("chatty", hello_wasm(), "").await;
+    // Each request logs its 16 KiB query twice (stdout and stderr): 9 MiB in all.
+    let query = "q".repeat(16 << 10);
+    for _ in 0..300 {
+        assert_eq!(node.get("chatty", &format!("/log?{query}")).await.0, 200);
+    }
+    // Three readers of the whole log at once: each gets the app's capped ring (2 MiB of
+    // lines), not everything ever written.
+    let reads = (0..3).map(|_| async {
+        let r = node.api_get("/v1/apps/chatty/logs?tail=all").await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap().len()
+    });
+    for len in futures_util::future::join_all(reads).await {
+        assert!((1 << 20..3 << 20).contains(&len), "{len} bytes of log");
+    }
+}
