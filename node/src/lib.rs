@@ -18,6 +18,9 @@
 //! - [`listener`]: how every HTTP listener (API, ingress, published ports) is served:
 //!   a connection cap and header, idle, body and write timeouts, so no client can hold
 //!   a connection or an app's permits for ever.
+//! - [`desired`]: desired state as a deterministic state machine of Kubernetes objects
+//!   changed by versioned commands (groundwork: the store, reconciler and API that use
+//!   it come with the Kubernetes-objects issue).
 //! - [`metrics`]: Prometheus exposition.
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
@@ -31,6 +34,7 @@
 pub mod api;
 pub mod apps;
 pub mod container;
+pub mod desired;
 pub mod ingress;
 pub mod listener;
 pub mod metrics;

@@ -1,0 +1,601 @@
+//! Desired state as a deterministic state machine: Kubernetes objects changed only by
+//! [`Command`]s, applied by one function with no clock, no randomness and no I/O (the
+//! time of a change comes inside its command). The same sequence of commands gives the
+//! same state on every node, which is what a Raft log needs; one node persists it the
+//! same way (the store that writes it to redb with the applied index, and the watch
+//! feed, grow with the Kubernetes-objects issue).
+//!
+//! Deployments keep their revisions as Kubernetes does: a new pod template is a new
+//! revision numbered one past the highest; going back to an earlier template (an undo,
+//! or applying the old YAML again) moves that revision to the top instead of copying it;
+//! `revisionHistoryLimit` old revisions are kept.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use skiff_spec::k8s::{Deployment, PodTemplateSpec, Service};
+
+/// A change to the desired state. Versioned on the wire, so a node can refuse a
+/// command it does not know instead of misreading it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Create or replace a Deployment's spec, labels and annotations (`apply -f`).
+    ApplyDeployment {
+        /// The object as applied (validated by the caller).
+        deployment: Box<Deployment>,
+        /// When (RFC 3339), for creation timestamps and revision times.
+        at: String,
+    },
+    /// Change only the replica count (`scale`).
+    ScaleDeployment {
+        /// The Deployment.
+        name: String,
+        /// New count.
+        replicas: i32,
+    },
+    /// Set one container's image (`set image`).
+    SetImage {
+        /// The Deployment.
+        name: String,
+        /// The container.
+        container: String,
+        /// The image.
+        image: String,
+        /// When.
+        at: String,
+    },
+    /// Go back to a revision's template (`rollout undo [--to-revision N]`; none: the
+    /// one before the current).
+    Rollback {
+        /// The Deployment.
+        name: String,
+        /// The revision.
+        to_revision: Option<i64>,
+        /// When.
+        at: String,
+    },
+    /// Remove a Deployment.
+    DeleteDeployment {
+        /// Its name.
+        name: String,
+    },
+    /// Create or replace a Service.
+    ApplyService {
+        /// The object as applied (validated by the caller).
+        service: Box<Service>,
+        /// When.
+        at: String,
+    },
+    /// Remove a Service.
+    DeleteService {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// A command as it travels and is stored: versioned, so a newer format is refused by
+/// name rather than misread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "version")]
+pub enum Versioned {
+    /// The first format.
+    #[serde(rename = "1")]
+    V1(Command),
+}
+
+/// What a command did, as kubectl says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// New object.
+    Created(String),
+    /// Changed object.
+    Configured(String),
+    /// Nothing to change.
+    Unchanged(String),
+    /// Removed.
+    Deleted(String),
+}
+
+/// Why a command changed nothing. Part of the state machine's answer, not a failure of
+/// the store: every node reaches the same rejection for the same command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The command does not fit the object.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One old or current pod template of a Deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// 1, 2, ...: higher is newer.
+    pub number: i64,
+    /// The pod-template hash (names the revision's pods: `<deployment>-<hash>-<n>`).
+    pub hash: String,
+    /// The template.
+    pub template: PodTemplateSpec,
+    /// When it became current.
+    pub at: String,
+}
+
+/// A Deployment as stored: the object and its revisions (the last is current).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDeployment {
+    /// The object, with the node's metadata (uid, generation, resourceVersion).
+    pub object: Deployment,
+    /// Oldest first; the last is the current template.
+    pub revisions: Vec<Revision>,
+}
+
+impl StoredDeployment {
+    /// The current revision.
+    pub fn current(&self) -> &Revision {
+        self.revisions
+            .last()
+            .expect("a stored deployment has a revision")
+    }
+}
+
+/// The whole desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Deployments by name.
+    pub deployments: BTreeMap<String, StoredDeployment>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Bumped by every change; objects carry the value of their last change as their
+    /// `resourceVersion`.
+    pub version: u64,
+}
+
+/// The pod-template hash: 10 characters of a digest of the template, as stable as the
+/// template's JSON.
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let json = serde_json::to_vec(template).expect("templates serialize");
+    let digest = Sha256::digest(&json);
+    // Lowercase letters and digits without vowels, as Kubernetes' safe encoding, so
+    // hashes never spell words in pod names.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    digest
+        .iter()
+        .take(10)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A deterministic uid for an object created at `version` (no randomness in the state
+/// machine: every node must give the same uid).
+fn uid(kind: &str, name: &str, version: u64) -> String {
+    let digest = Sha256::digest(format!("{kind}/{name}/{version}").as_bytes());
+    let h = hex::encode(&digest[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl State {
+    /// Applies one command. Deterministic: the same state and command give the same
+    /// result everywhere.
+    pub fn apply(&mut self, command: Command) -> Result<Applied, Rejected> {
+        match command {
+            Command::ApplyDeployment { deployment, at } => self.apply_deployment(*deployment, &at),
+            Command::ScaleDeployment { name, replicas } => {
+                if replicas < 0 {
+                    return Err(Rejected::Invalid(format!(
+                        "replicas must not be negative, got {replicas}"
+                    )));
+                }
+                let version = self.version + 1;
+                let d = self.deployment_mut(&name)?;
+                if d.object.spec.replicas.unwrap_or(1) == replicas {
+                    return Ok(Applied::Unchanged(reference(&name)));
+                }
+                d.object.spec.replicas = Some(replicas);
+                bump(&mut d.object, version);
+                self.version = version;
+                Ok(Applied::Configured(reference(&name)))
+            }
+            Command::SetImage {
+                name,
+                container,
+                image,
+                at,
+            } => {
+                let d = self.deployment(&name)?;
+                let mut next = d.object.clone();
+                let c = next
+                    .spec
+                    .template
+                    .spec
+                    .containers
+                    .iter_mut()
+                    .find(|c| c.name == container)
+                    .ok_or_else(|| {
+                        Rejected::Invalid(format!(
+                            "{} has no container {container:?}",
+                            reference(&name)
+                        ))
+                    })?;
+                c.image = image;
+                self.apply_deployment(next, &at)
+            }
+            Command::Rollback {
+                name,
+                to_revision,
+                at,
+            } => {
+                let d = self.deployment(&name)?;
+                let target = match to_revision {
+                    Some(n) => d.revisions.iter().find(|r| r.number == n).ok_or_else(|| {
+                        Rejected::Invalid(format!("{} has no revision {n}", reference(&name)))
+                    })?,
+                    None => d.revisions.iter().rev().nth(1).ok_or_else(|| {
+                        Rejected::Invalid(format!("{} has no previous revision", reference(&name)))
+                    })?,
+                };
+                let mut next = d.object.clone();
+                next.spec.template = target.template.clone();
+                self.apply_deployment(next, &at)
+            }
+            Command::DeleteDeployment { name } => match self.deployments.remove(&name) {
+                Some(_) => {
+                    self.version += 1;
+                    Ok(Applied::Deleted(reference(&name)))
+                }
+                None => Err(Rejected::NotFound(reference(&name))),
+            },
+            Command::ApplyService { service, at } => {
+                let mut service = *service;
+                let name = service.metadata.name.clone();
+                let r = format!("service/{name}");
+                let version = self.version + 1;
+                match self.services.get(&name) {
+                    Some(old)
+                        if old.spec == service.spec
+                            && old.metadata.labels == service.metadata.labels
+                            && old.metadata.annotations == service.metadata.annotations =>
+                    {
+                        Ok(Applied::Unchanged(r))
+                    }
+                    old => {
+                        let created = old.is_none();
+                        let meta = &mut service.metadata;
+                        meta.namespace = Some("default".into());
+                        match old {
+                            Some(old) => {
+                                meta.uid.clone_from(&old.metadata.uid);
+                                meta.creation_timestamp
+                                    .clone_from(&old.metadata.creation_timestamp);
+                            }
+                            None => {
+                                meta.uid = Some(uid("Service", &name, version));
+                                meta.creation_timestamp = Some(at);
+                            }
+                        }
+                        meta.resource_version = Some(version.to_string());
+                        self.services.insert(name, service);
+                        self.version = version;
+                        Ok(if created {
+                            Applied::Created(r)
+                        } else {
+                            Applied::Configured(r)
+                        })
+                    }
+                }
+            }
+            Command::DeleteService { name } => match self.services.remove(&name) {
+                Some(_) => {
+                    self.version += 1;
+                    Ok(Applied::Deleted(format!("service/{name}")))
+                }
+                None => Err(Rejected::NotFound(format!("service/{name}"))),
+            },
+        }
+    }
+
+    fn deployment(&self, name: &str) -> Result<&StoredDeployment, Rejected> {
+        self.deployments
+            .get(name)
+            .ok_or_else(|| Rejected::NotFound(reference(name)))
+    }
+
+    fn deployment_mut(&mut self, name: &str) -> Result<&mut StoredDeployment, Rejected> {
+        self.deployments
+            .get_mut(name)
+            .ok_or_else(|| Rejected::NotFound(reference(name)))
+    }
+
+    fn apply_deployment(&mut self, mut next: Deployment, at: &str) -> Result<Applied, Rejected> {
+        let name = next.metadata.name.clone();
+        let version = self.version + 1;
+        // What the node sets is never taken from the applied object.
+        next.status = None;
+        next.metadata.namespace = Some("default".into());
+        let hash = template_hash(&next.spec.template);
+        let limit = usize::try_from(next.spec.revision_history_limit.unwrap_or(10)).unwrap_or(0);
+        let Some(stored) = self.deployments.get_mut(&name) else {
+            next.metadata.uid = Some(uid("Deployment", &name, version));
+            next.metadata.creation_timestamp = Some(at.to_string());
+            next.metadata.generation = Some(1);
+            next.metadata.resource_version = Some(version.to_string());
+            let revision = Revision {
+                number: 1,
+                hash,
+                template: next.spec.template.clone(),
+                at: at.to_string(),
+            };
+            self.deployments.insert(
+                name.clone(),
+                StoredDeployment {
+                    object: next,
+                    revisions: vec![revision],
+                },
+            );
+            self.version = version;
+            return Ok(Applied::Created(reference(&name)));
+        };
+        let old = &stored.object;
+        let same_spec = old.spec == next.spec
+            && old.metadata.labels == next.metadata.labels
+            && old.metadata.annotations == next.metadata.annotations;
+        if same_spec {
+            return Ok(Applied::Unchanged(reference(&name)));
+        }
+        next.metadata.uid.clone_from(&old.metadata.uid);
+        next.metadata
+            .creation_timestamp
+            .clone_from(&old.metadata.creation_timestamp);
+        next.metadata.generation = old.metadata.generation;
+        if old.spec != next.spec {
+            next.metadata.generation = Some(old.metadata.generation.unwrap_or(0) + 1);
+        }
+        next.metadata.resource_version = Some(version.to_string());
+        if stored.current().hash != hash {
+            let number = stored.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+            // An old template coming back is moved up, not copied.
+            stored.revisions.retain(|r| r.hash != hash);
+            stored.revisions.push(Revision {
+                number,
+                hash,
+                template: next.spec.template.clone(),
+                at: at.to_string(),
+            });
+            let keep = limit + 1;
+            if stored.revisions.len() > keep {
+                let drop = stored.revisions.len() - keep;
+                stored.revisions.drain(..drop);
+            }
+        }
+        stored.object = next;
+        self.version = version;
+        Ok(Applied::Configured(reference(&name)))
+    }
+}
+
+/// Bumps generation and resourceVersion after a spec change.
+fn bump(d: &mut Deployment, version: u64) {
+    d.metadata.generation = Some(d.metadata.generation.unwrap_or(0) + 1);
+    d.metadata.resource_version = Some(version.to_string());
+}
+
+fn reference(name: &str) -> String {
+    format!("deployment.apps/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_spec::manifest::{Object, parse};
+
+    use super::*;
+
+    fn deployment(image: &str, replicas: i32) -> Box<Deployment> {
+        let yaml = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {replicas}\n  revisionHistoryLimit: 2\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: {image}\n"
+        );
+        match parse("d.yaml", &yaml).unwrap().remove(0).object {
+            Object::Deployment(d) => d,
+            Object::Service(_) => unreachable!(),
+        }
+    }
+
+    fn apply(state: &mut State, image: &str, replicas: i32, at: &str) -> Applied {
+        state
+            .apply(Command::ApplyDeployment {
+                deployment: deployment(image, replicas),
+                at: at.into(),
+            })
+            .unwrap()
+    }
+
+    fn current_image(state: &State) -> (i64, String) {
+        let d = &state.deployments["web"];
+        (
+            d.current().number,
+            d.object.spec.template.spec.containers[0].image.clone(),
+        )
+    }
+
+    #[test]
+    fn apply_creates_then_says_unchanged_and_scaling_makes_no_revision() {
+        let mut s = State::default();
+        assert_eq!(
+            apply(&mut s, "web:v1", 3, "t1"),
+            Applied::Created("deployment.apps/web".into())
+        );
+        assert_eq!(
+            apply(&mut s, "web:v1", 3, "t2"),
+            Applied::Unchanged("deployment.apps/web".into())
+        );
+        let d = &s.deployments["web"].object;
+        assert_eq!(d.metadata.generation, Some(1));
+        assert_eq!(d.metadata.creation_timestamp.as_deref(), Some("t1"));
+        let version = s.version;
+        let scaled = s
+            .apply(Command::ScaleDeployment {
+                name: "web".into(),
+                replicas: 5,
+            })
+            .unwrap();
+        assert_eq!(scaled, Applied::Configured("deployment.apps/web".into()));
+        assert_eq!(s.version, version + 1);
+        let stored = &s.deployments["web"];
+        assert_eq!(stored.object.metadata.generation, Some(2));
+        assert_eq!(stored.revisions.len(), 1, "a scale is not a new template");
+        assert!(matches!(
+            s.apply(Command::ScaleDeployment {
+                name: "web".into(),
+                replicas: -1
+            }),
+            Err(Rejected::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn new_templates_are_revisions_and_undo_moves_the_old_one_up() {
+        let mut s = State::default();
+        apply(&mut s, "web:v1", 3, "t1");
+        apply(&mut s, "web:v2", 3, "t2");
+        assert_eq!(current_image(&s), (2, "web:v2".into()));
+        let hash_v2 = s.deployments["web"].current().hash.clone();
+        s.apply(Command::Rollback {
+            name: "web".into(),
+            to_revision: None,
+            at: "t3".into(),
+        })
+        .unwrap();
+        // As Kubernetes: revision 1 becomes revision 3, there is no copy.
+        assert_eq!(current_image(&s), (3, "web:v1".into()));
+        let numbers: Vec<i64> = s.deployments["web"]
+            .revisions
+            .iter()
+            .map(|r| r.number)
+            .collect();
+        assert_eq!(numbers, [2, 3]);
+        s.apply(Command::SetImage {
+            name: "web".into(),
+            container: "web".into(),
+            image: "web:v2".into(),
+            at: "t4".into(),
+        })
+        .unwrap();
+        assert_eq!(current_image(&s), (4, "web:v2".into()));
+        assert_eq!(
+            s.deployments["web"].current().hash,
+            hash_v2,
+            "same template, same hash"
+        );
+        // History beyond revisionHistoryLimit (2) is dropped; unknown revisions refused.
+        apply(&mut s, "web:v3", 3, "t5");
+        apply(&mut s, "web:v4", 3, "t6");
+        let numbers: Vec<i64> = s.deployments["web"]
+            .revisions
+            .iter()
+            .map(|r| r.number)
+            .collect();
+        assert_eq!(numbers, [4, 5, 6]);
+        assert!(matches!(
+            s.apply(Command::Rollback {
+                name: "web".into(),
+                to_revision: Some(1),
+                at: "t7".into()
+            }),
+            Err(Rejected::Invalid(_))
+        ));
+        s.apply(Command::Rollback {
+            name: "web".into(),
+            to_revision: Some(4),
+            at: "t8".into(),
+        })
+        .unwrap();
+        assert_eq!(current_image(&s), (7, "web:v2".into()));
+    }
+
+    #[test]
+    fn the_same_commands_give_the_same_state_everywhere() {
+        let service = match parse(
+            "s.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n",
+        )
+        .unwrap()
+        .remove(0)
+        .object
+        {
+            Object::Service(s) => s,
+            Object::Deployment(_) => unreachable!(),
+        };
+        let commands = [
+            Command::ApplyDeployment {
+                deployment: deployment("web:v1", 3),
+                at: "t1".into(),
+            },
+            Command::ApplyService {
+                service: service.clone(),
+                at: "t1".into(),
+            },
+            Command::ApplyService {
+                service,
+                at: "t2".into(),
+            },
+            Command::SetImage {
+                name: "web".into(),
+                container: "web".into(),
+                image: "web:v2".into(),
+                at: "t3".into(),
+            },
+            Command::ScaleDeployment {
+                name: "web".into(),
+                replicas: 1,
+            },
+            Command::DeleteService {
+                name: "nope".into(),
+            },
+        ];
+        // Through the wire format, as a log would carry them.
+        let wire: Vec<String> = commands
+            .iter()
+            .map(|c| serde_json::to_string(&Versioned::V1(c.clone())).unwrap())
+            .collect();
+        let run = |wire: &[String]| {
+            let mut s = State::default();
+            let results: Vec<String> = wire
+                .iter()
+                .map(|w| {
+                    let Versioned::V1(c) = serde_json::from_str(w).unwrap();
+                    format!("{:?}", s.apply(c))
+                })
+                .collect();
+            (serde_json::to_string(&s).unwrap(), results)
+        };
+        let (a, ra) = run(&wire);
+        let (b, rb) = run(&wire);
+        assert_eq!((a, ra.clone()), (b, rb));
+        assert!(ra[2].contains("Unchanged"), "{ra:?}");
+        assert!(ra[5].contains("NotFound"), "{ra:?}");
+        // A command of a newer format is refused by name, not misread.
+        let newer = r#"{"version":"2","command":"apply_deployment"}"#;
+        assert!(serde_json::from_str::<Versioned>(newer).is_err());
+        // The node's own fields never come from the applied object.
+        let mut s = State::default();
+        let mut d = deployment("web:v1", 1);
+        d.metadata.uid = Some("forged".into());
+        d.metadata.generation = Some(99);
+        s.apply(Command::ApplyDeployment {
+            deployment: d,
+            at: "t".into(),
+        })
+        .unwrap();
+        let meta = &s.deployments["web"].object.metadata;
+        assert_ne!(meta.uid.as_deref(), Some("forged"));
+        assert_eq!(meta.generation, Some(1));
+    }
+}
