@@ -13,6 +13,9 @@ type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 const APPS: Table = TableDefinition::new("apps/v1");
 const CONTAINERS: Table = TableDefinition::new("containers/v1");
+/// Desired-state rows (`node::desired::store`): `deployments/<name>`, `services/<name>`,
+/// `meta/version`, `meta/applied`.
+const DESIRED: Table = TableDefinition::new("desired/v1");
 
 /// A `skiff run` container as persisted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +151,8 @@ impl StateStore {
             .map_err(db_err("create the apps table"))?;
         txn.open_table(CONTAINERS)
             .map_err(db_err("create the containers table"))?;
+        txn.open_table(DESIRED)
+            .map_err(db_err("create the desired-state table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Self {
             db: RwLock::new(Some(db)),
@@ -237,6 +242,63 @@ impl StateStore {
         self.all(CONTAINERS)
     }
 
+    /// Writes desired-state rows (`None` deletes one) in one durable transaction.
+    pub fn write_desired(&self, rows: &[(String, Option<Vec<u8>>)]) -> Result<(), StateError> {
+        self.run("write desired state", |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut t = txn.open_table(DESIRED)?;
+                for (key, value) in rows {
+                    match value {
+                        Some(v) => {
+                            t.insert(key.as_str(), v.as_slice())?;
+                        }
+                        None => {
+                            t.remove(key.as_str())?;
+                        }
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Replaces every desired-state row in one durable transaction (a snapshot restore).
+    pub fn replace_desired(&self, rows: &[(String, Vec<u8>)]) -> Result<(), StateError> {
+        self.run("restore desired state", |db| {
+            let txn = db.begin_write()?;
+            txn.delete_table(DESIRED)?;
+            {
+                let mut t = txn.open_table(DESIRED)?;
+                for (key, value) in rows {
+                    t.insert(key.as_str(), value.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every desired-state row.
+    pub fn desired_rows(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.rows(DESIRED, "read desired state")
+    }
+
+    /// Every row of `table`, raw.
+    fn rows(&self, table: Table, op: &'static str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.run(op, |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(table)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (key, value) = item?;
+                out.push((key.value().to_string(), value.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     fn put<T: Serialize>(&self, table: Table, key: &str, record: &T) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(record).map_err(db_err("encode a record"))?;
         self.run("write a record", |db| {
@@ -257,16 +319,7 @@ impl StateStore {
     }
 
     fn all<T: serde::de::DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, StateError> {
-        let raw = self.run("list records", |db| {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(table)?;
-            let mut out = Vec::new();
-            for item in t.iter()? {
-                let (key, value) = item?;
-                out.push((key.value().to_string(), value.value().to_vec()));
-            }
-            Ok(out)
-        })?;
+        let raw = self.rows(table, "list records")?;
         raw.into_iter()
             .map(|(key, value)| {
                 serde_json::from_slice(&value).map_err(|e| StateError::Decode {
@@ -275,6 +328,82 @@ impl StateStore {
                 })
             })
             .collect()
+    }
+}
+
+/// A store whose disk can be made to fail, for tests of what survives an I/O error.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use redb::Database;
+
+    use super::StateStore;
+
+    /// A file backend whose writes fail while `fail` is set, as a full or failing disk's.
+    #[derive(Debug)]
+    struct Flaky {
+        file: redb::backends::FileBackend,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                // ENOSPC: what a full disk answers.
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    /// A store on `path` whose writes fail while the returned flag is set.
+    pub(crate) fn flaky_store(path: &Path) -> (StateStore, Arc<AtomicBool>) {
+        let fail = Arc::new(AtomicBool::new(false));
+        let opener_fail = fail.clone();
+        let path = path.to_path_buf();
+        let store = StateStore::with_opener(Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            let backend = Flaky {
+                file: redb::backends::FileBackend::new(file)?,
+                fail: opener_fail.clone(),
+            };
+            Database::builder().create_with_backend(backend)
+        }))
+        .expect("open a flaky store");
+        (store, fail)
     }
 }
 
@@ -315,73 +444,11 @@ mod tests {
         assert_eq!(s.apps().unwrap(), vec![record("a", 2)]);
     }
 
-    /// A file backend whose writes fail while `fail` is set, as a full or failing disk's.
-    #[derive(Debug)]
-    struct Flaky {
-        file: redb::backends::FileBackend,
-        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Flaky {
-        fn check(&self) -> std::io::Result<()> {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(libc_enospc()));
-            }
-            Ok(())
-        }
-    }
-
-    fn libc_enospc() -> i32 {
-        28
-    }
-
-    impl redb::StorageBackend for Flaky {
-        fn len(&self) -> std::io::Result<u64> {
-            self.file.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.file.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
-            self.file.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.check()?;
-            self.file.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.file.write(offset, data)
-        }
-        fn close(&self) -> std::io::Result<()> {
-            self.file.close()
-        }
-    }
-
     #[test]
     fn a_transient_io_error_is_recovered_by_reopening() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let fail = Arc::new(AtomicBool::new(false));
-        let opener_fail = fail.clone();
-        let s = StateStore::with_opener(Box::new(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-            let backend = Flaky {
-                file: redb::backends::FileBackend::new(file)?,
-                fail: opener_fail.clone(),
-            };
-            Database::builder().create_with_backend(backend)
-        }))
-        .unwrap();
+        let (s, fail) = testing::flaky_store(&dir.path().join("state.redb"));
         s.put_app(&record("a", 1)).unwrap();
         fail.store(true, Ordering::SeqCst);
         let err = s.put_app(&record("b", 1)).unwrap_err();

@@ -2,8 +2,8 @@
 //! [`Command`]s, applied by one function with no clock, no randomness and no I/O (the
 //! time of a change comes inside its command). The same sequence of commands gives the
 //! same state on every node, which is what a Raft log needs; one node persists it the
-//! same way (the store that writes it to redb with the applied index, and the watch
-//! feed, grow with the Kubernetes-objects issue).
+//! same way: [`DesiredStore`] writes each command's rows to redb in one transaction with
+//! the applied index, feeds watchers, and restores snapshots.
 //!
 //! Deployments keep their revisions as Kubernetes does: a new pod template is a new
 //! revision numbered one past the highest; going back to an earlier template (an undo,
@@ -11,6 +11,10 @@
 //! `revisionHistoryLimit` old revisions are kept.
 
 use std::collections::BTreeMap;
+
+mod store;
+
+pub use store::{Change, DesiredStore, Snapshot};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
