@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod rollout;
 mod store;
 
 pub use store::{Change, DesiredStore, Snapshot};
