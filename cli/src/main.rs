@@ -361,9 +361,13 @@ pub(crate) fn default_data_dir() -> PathBuf {
 const COMPILE_WORKER: &str = "__compile-worker";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(COMPILE_WORKER) {
-        std::process::exit(skiff_node::compile_worker(&args[2..]));
+    // args_os: any other command line may hold paths that are not UTF-8.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == COMPILE_WORKER)
+    {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        std::process::exit(skiff_node::compile_worker(&args));
     }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

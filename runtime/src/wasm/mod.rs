@@ -744,15 +744,18 @@ const WORKER_TOO_BIG: i32 = 4;
 /// The engine has the node's settings but no instance pool: the pool's stacks would
 /// count against the limit, and pooling does not change compiled code (a test checks
 /// that the two engines' code is interchangeable).
-pub fn compile_worker(args: &[String]) -> i32 {
+pub fn compile_worker(args: &[std::ffi::OsString]) -> i32 {
     let [kind, memory, input, output] = args else {
         eprintln!("usage: KIND MEMORY_BYTES INPUT OUTPUT");
         return 2;
     };
-    let Ok(memory) = memory.parse::<u64>() else {
+    let (Some(kind), Some(Ok(memory))) = (kind.to_str(), memory.to_str().map(str::parse::<u64>))
+    else {
         eprintln!("bad arguments: {args:?}");
         return 2;
     };
+    // Paths stay OsStrings: the data dir need not be UTF-8.
+    let (input, output) = (std::path::Path::new(input), std::path::Path::new(output));
     // RLIMIT_DATA bounds the heap and every writable private mapping: what compiling
     // allocates.
     if let Err(e) = rustix::process::setrlimit(
@@ -775,11 +778,11 @@ pub fn compile_worker(args: &[String]) -> i32 {
     let wasm = match std::fs::read(input) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("failed to read {input}: {e}");
+            eprintln!("failed to read {}: {e}", input.display());
             return 2;
         }
     };
-    let compiled = match kind.as_str() {
+    let compiled = match kind {
         "component" => engine.precompile_component(&wasm),
         "module" => engine.precompile_module(&wasm),
         other => {
@@ -791,7 +794,7 @@ pub fn compile_worker(args: &[String]) -> i32 {
         Ok(bytes) => match std::fs::write(output, bytes) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("failed to write {output}: {e}");
+                eprintln!("failed to write {}: {e}", output.display());
                 2
             }
         },
