@@ -1,19 +1,15 @@
 //! The data plane: HTTP/1.1 on the ingress address, `Host: <app>.<domain>` to the app's
 //! replicas through the gateway's routing table.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use skiff_runtime::{BoxError, HandleError, RequestInfo, ResponseBody, Workload};
+use skiff_runtime::{Guarded, HandleError, RequestInfo, ResponseBody, Workload};
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -189,13 +185,7 @@ async fn handle(
         Ok(response) => {
             // The permit is held until the body is finished, so concurrency and draining
             // count streaming responses too.
-            response.map(|body| {
-                GuardedBody {
-                    inner: body,
-                    _permit: permit,
-                }
-                .boxed_unsync()
-            })
+            response.map(|body| Guarded::new(body, permit).boxed_unsync())
         }
         Err(e) => {
             let (status, text) = match &e {
@@ -245,30 +235,4 @@ async fn handle(
         .metrics
         .request(&label, response.status().as_u16(), elapsed);
     response
-}
-
-/// A response body that holds the container's concurrency permit until it is done.
-struct GuardedBody {
-    inner: ResponseBody,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

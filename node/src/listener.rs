@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use skiff_runtime::BoxError;
+use skiff_runtime::{BoxError, Guarded};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -149,10 +149,9 @@ pub(crate) async fn serve<H, F, B>(
             let phase = phase.clone();
             async move {
                 let response = response.await;
-                Ok::<_, std::convert::Infallible>(response.map(|inner| PhaseBody {
-                    inner,
-                    phase: Some(phase),
-                }))
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|inner| Guarded::new(inner, IdleOnDrop(phase))),
+                )
             }
         });
         let conn = http1::Builder::new()
@@ -179,51 +178,13 @@ pub(crate) async fn serve<H, F, B>(
     }
 }
 
-/// A response body that marks its connection idle once it is done (or dropped).
-struct PhaseBody<B> {
-    inner: B,
-    phase: Option<SharedPhase>,
-}
+/// Marks its connection idle when dropped: carried by each response body, which hyper
+/// drops once the body has ended.
+struct IdleOnDrop(SharedPhase);
 
-impl<B> PhaseBody<B> {
-    fn done(&mut self) {
-        if let Some(phase) = self.phase.take() {
-            set(&phase, Phase::Idle(Instant::now()));
-        }
-    }
-}
-
-impl<B> Drop for PhaseBody<B> {
+impl Drop for IdleOnDrop {
     fn drop(&mut self) {
-        self.done();
-    }
-}
-
-impl<B> Body for PhaseBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done();
-        }
-        polled.map(|f| f.map(|r| r.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        set(&self.0, Phase::Idle(Instant::now()));
     }
 }
 

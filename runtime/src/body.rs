@@ -1,4 +1,5 @@
-//! Request bodies that must keep moving.
+//! Bodies with a bound or a guard: request bodies that must keep moving, response
+//! bodies that hold something until they are done.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -65,6 +66,51 @@ where
                 Poll::Ready(Some(Err(Box::new(BodyStalled(this.timeout)))))
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that holds `guard` until it is dropped (which hyper does as soon as the body
+/// has ended, or the connection went away): a concurrency permit, a connection's busy
+/// mark, anything that must last exactly as long as the response streams.
+pub struct Guarded<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> Guarded<B, G> {
+    /// `inner`, holding `guard`.
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B, G> Body for Guarded<B, G>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    G: Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

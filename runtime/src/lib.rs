@@ -28,7 +28,7 @@ mod site;
 mod wasm;
 mod workload;
 
-pub use body::{BodyStalled, ProgressBody};
+pub use body::{BodyStalled, Guarded, ProgressBody};
 pub use log::{LogBook, LogStream};
 pub use site::StaticSite;
 pub use wasm::{
