@@ -177,7 +177,11 @@ impl Apps {
         let container = Container::new(
             s.name.to_string(),
             s.spec.name.clone(),
-            Workload::Oci(OciWorkload::new(addr, process.clone())),
+            Workload::Oci(OciWorkload::new(
+                addr,
+                process.clone(),
+                self.ingress.limits.body_timeout,
+            )),
             s.spec.limits.concurrency,
             now_ms(),
             s.spec.routes.clone(),

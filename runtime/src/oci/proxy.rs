@@ -20,25 +20,27 @@ use hyper_util::rt::TokioExecutor;
 use super::OciProcess;
 use crate::{BoxError, HandleError, ResponseBody};
 
-/// Longest wait for the next piece of a request body on its way to a container.
-const BODY_PROGRESS: Duration = Duration::from_secs(30);
-
 /// A running Linux container as a workload: its process, and requests forwarded to its
 /// HTTP port over a pooled keep-alive client.
 pub struct OciWorkload {
     target: SocketAddr,
     process: Arc<OciProcess>,
+    /// Longest wait for the next piece of a request body on its way to the container
+    /// (the node's `--body-timeout`).
+    body_timeout: Duration,
     /// The port has accepted a connection once: no more probing.
     listening: AtomicBool,
     client: Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
 }
 
 impl OciWorkload {
-    /// Forwards to `target`, served by `process`.
-    pub fn new(target: SocketAddr, process: Arc<OciProcess>) -> Self {
+    /// Forwards to `target`, served by `process`; a request body that sends nothing for
+    /// `body_timeout` fails.
+    pub fn new(target: SocketAddr, process: Arc<OciProcess>, body_timeout: Duration) -> Self {
         Self {
             target,
             process,
+            body_timeout,
             listening: AtomicBool::new(false),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
@@ -104,7 +106,8 @@ impl OciWorkload {
             .map_err(|e| HandleError::BadRequest(format!("bad request path: {e}")))?;
         // Nothing else bounds a Linux app's request: a client that stops sending its
         // body mid-way fails the request instead of holding the container's slot.
-        let body = crate::ProgressBody::new(body.map_err(Into::into).boxed_unsync(), BODY_PROGRESS);
+        let body =
+            crate::ProgressBody::new(body.map_err(Into::into).boxed_unsync(), self.body_timeout);
         let req = hyper::Request::from_parts(parts, body.boxed_unsync());
         let resp = self.client.request(req).await.map_err(|e| {
             HandleError::BadResponse(format!("container at {} did not answer: {e}", self.target))
