@@ -136,29 +136,34 @@ impl Picker {
         key: Option<&[u8]>,
         now: Instant,
     ) -> Option<usize> {
-        let ready: Vec<usize> = (0..endpoints.len())
-            .filter(|&i| endpoints[i].ready())
-            .collect();
-        let n = ready.len();
+        // The k-th ready endpoint's index; no allocation on the request path (a route
+        // holds a handful of replicas, so walking them is cheap).
+        let ready = |k: usize| {
+            (0..endpoints.len())
+                .filter(|&i| endpoints[i].ready())
+                .nth(k)
+                .expect("k < n")
+        };
+        let n = endpoints.iter().filter(|e| e.ready()).count();
         if n == 0 {
             return None;
         }
         let turn = || self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let chosen = match algorithm {
-            Algorithm::RoundRobin => ready[turn() % n],
-            Algorithm::Random => ready[self.below(n)],
+            Algorithm::RoundRobin => ready(turn() % n),
+            Algorithm::Random => ready(self.below(n)),
             Algorithm::LeastRequest => {
                 let start = turn();
                 (0..n)
-                    .map(|i| ready[(start + i) % n])
+                    .map(|i| ready((start + i) % n))
                     .min_by_key(|&i| endpoints[i].load().in_flight())
                     .expect("n > 0")
             }
-            Algorithm::P2cEwma if n == 1 => ready[0],
+            Algorithm::P2cEwma if n == 1 => ready(0),
             Algorithm::P2cEwma => {
                 let a = self.below(n);
                 let b = (a + 1 + self.below(n - 1)) % n;
-                let (a, b) = (ready[a], ready[b]);
+                let (a, b) = (ready(a), ready(b));
                 if endpoints[b].load().cost(now) < endpoints[a].load().cost(now) {
                     b
                 } else {
@@ -167,16 +172,16 @@ impl Picker {
             }
             Algorithm::Hash => match key {
                 // Rendezvous hashing: the endpoint with the highest hash of (key, name).
-                Some(key) => *ready
-                    .iter()
-                    .max_by_key(|&&i| {
+                Some(key) => (0..endpoints.len())
+                    .filter(|&i| endpoints[i].ready())
+                    .max_by_key(|&i| {
                         let mut h = std::hash::DefaultHasher::new();
                         key.hash(&mut h);
                         endpoints[i].key().hash(&mut h);
                         h.finish()
                     })
                     .expect("n > 0"),
-                None => ready[self.below(n)],
+                None => ready(self.below(n)),
             },
         };
         Some(chosen)

@@ -36,17 +36,15 @@ pub trait Endpoint: Send + Sync {
 }
 
 /// An endpoint as the balancer sees it.
-struct AsCandidate<'a, E>(&'a Arc<E>);
-
-impl<E: Endpoint> balancer::Candidate for AsCandidate<'_, E> {
+impl<E: Endpoint> balancer::Candidate for Arc<E> {
     fn ready(&self) -> bool {
-        self.0.is_ready()
+        self.is_ready()
     }
     fn load(&self) -> &Load {
-        self.0.load()
+        Endpoint::load(self.as_ref())
     }
     fn key(&self) -> &str {
-        self.0.name()
+        self.name()
     }
 }
 
@@ -91,9 +89,13 @@ impl<E: Endpoint> Backends<E> {
     /// As [`Backends::pick`], with the key `hash` balancing hashes (a header's value,
     /// the client's address).
     pub fn pick_keyed(&self, key: Option<&[u8]>) -> Option<Arc<E>> {
-        let candidates: Vec<AsCandidate<'_, E>> = self.endpoints.iter().map(AsCandidate).collect();
         self.picker
-            .pick(self.algorithm, &candidates, key, std::time::Instant::now())
+            .pick(
+                self.algorithm,
+                &self.endpoints,
+                key,
+                std::time::Instant::now(),
+            )
             .map(|i| self.endpoints[i].clone())
     }
 }
