@@ -83,6 +83,38 @@ impl Client {
         }
     }
 
+    /// GET `path` as JSON.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let resp = self.send(self.http.get(self.url(path))).await?;
+        resp.json()
+            .await
+            .with_context(|| format!("the API's answer to GET {path} is not what skiff expects"))
+    }
+
+    /// `method` `path` with a JSON body; the answer as JSON.
+    pub(crate) async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(self.http.request(method, self.url(path)).json(body))
+            .await?;
+        resp.json()
+            .await
+            .with_context(|| format!("the API's answer to {path} is not what skiff expects"))
+    }
+
+    /// DELETE `path`.
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.http.delete(self.url(path))).await?;
+        Ok(())
+    }
+
     pub(crate) async fn deploy(
         &self,
         file: Option<&Path>,
@@ -517,14 +549,14 @@ impl Client {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Docker-style ages: 42s, 5m, 3h, 2d.
-fn age(ms: u64) -> String {
+pub(crate) fn age(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..60 => format!("{s}s"),
@@ -560,7 +592,7 @@ fn human_size(n: u64) -> String {
     }
 }
 
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -2,6 +2,7 @@
 //! node's HTTP API (`SKIFF_API`, default `http://127.0.0.1:7700`).
 
 mod client;
+mod kube;
 mod registry;
 
 use std::net::SocketAddr;
@@ -74,6 +75,69 @@ enum Command {
         allow_hosts: Vec<String>,
         #[command(flatten)]
         client: ClientOpts,
+    },
+    /// Create or update Deployments and Services from manifests (YAML or JSON).
+    Apply {
+        /// A file, a directory of .yaml/.yml/.json files, or - (repeatable).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List pods, deployments, services (or `all`), as kubectl does.
+    Get {
+        /// KIND[,KIND...] [NAME...], or KIND/NAME...
+        #[arg(required = true)]
+        resources: Vec<String>,
+        /// json, yaml, wide or name.
+        #[arg(short = 'o', long = "output")]
+        output: Option<kube::Output>,
+        /// Label selector, e.g. app=web,tier!=db.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Keep printing objects as they change.
+        #[arg(short = 'w', long = "watch")]
+        watch: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show a deployment, service or pod in detail, with conditions and events.
+    Describe {
+        /// KIND NAME..., or KIND/NAME...
+        #[arg(required = true)]
+        resources: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Delete the objects of manifests, or objects by kind and name.
+    Delete {
+        /// Manifests naming what to delete (repeatable).
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        /// KIND NAME..., or KIND/NAME...
+        resources: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Set a deployment's replica count.
+    Scale {
+        /// deployment/NAME.
+        target: String,
+        /// The new count.
+        #[arg(long)]
+        replicas: i32,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Change a deployment's pod template.
+    Set {
+        #[command(subcommand)]
+        what: SetCommand,
+    },
+    /// Follow, list and undo a deployment's rollouts.
+    Rollout {
+        #[command(subcommand)]
+        what: RolloutCommand,
     },
     /// Build an image from skiff.toml or a Dockerfile and load it into the node.
     Build {
@@ -275,6 +339,51 @@ enum Command {
         /// Container names or ids.
         #[arg(required = true)]
         names: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum SetCommand {
+    /// Set containers' images: `set image deployment/NAME CONTAINER=IMAGE...`.
+    Image {
+        /// deployment/NAME.
+        target: String,
+        /// CONTAINER=IMAGE (repeatable).
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Wait for a rollout to finish; fail if it cannot.
+    Status {
+        /// deployment/NAME.
+        target: String,
+        /// Give up after this long (e.g. 5m); default: wait for the deployment's verdict.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List a deployment's revisions.
+    History {
+        /// deployment/NAME.
+        target: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Go back to the previous revision, or to --to-revision.
+    Undo {
+        /// deployment/NAME.
+        target: String,
+        /// The revision (0: the previous one).
+        #[arg(long = "to-revision")]
+        to_revision: Option<i64>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -561,6 +670,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Apply { files, client } => kube::apply(&Client::new(&client)?, &files).await,
+        Command::Get {
+            resources,
+            output,
+            selector,
+            watch,
+            client,
+        } => {
+            kube::get(
+                &Client::new(&client)?,
+                &resources,
+                output,
+                selector.as_deref(),
+                watch,
+            )
+            .await
+        }
+        Command::Describe { resources, client } => {
+            kube::describe(&Client::new(&client)?, &resources).await
+        }
+        Command::Delete {
+            files,
+            resources,
+            client,
+        } => kube::delete(&Client::new(&client)?, &files, &resources).await,
+        Command::Scale {
+            target,
+            replicas,
+            client,
+        } => kube::scale(&Client::new(&client)?, &target, replicas).await,
+        Command::Set {
+            what:
+                SetCommand::Image {
+                    target,
+                    images,
+                    client,
+                },
+        } => kube::set_image(&Client::new(&client)?, &target, &images).await,
+        Command::Rollout { what } => match what {
+            RolloutCommand::Status {
+                target,
+                timeout,
+                client,
+            } => kube::status(&Client::new(&client)?, &target, timeout).await,
+            RolloutCommand::History { target, client } => {
+                kube::history(&Client::new(&client)?, &target).await
+            }
+            RolloutCommand::Undo {
+                target,
+                to_revision,
+                client,
+            } => kube::undo(&Client::new(&client)?, &target, to_revision).await,
+        },
     }
 }
 

@@ -319,6 +319,32 @@ mod tests {
     }
 
     #[test]
+    fn p2c_ewma_tries_endpoints_made_a_little_later() {
+        // Three pods made a millisecond apart, then fast sequential requests: the
+        // default estimates must not rank them for good (the youngest got nothing).
+        let t0 = Instant::now();
+        let es: Vec<E> = (0..3)
+            .map(|i| E {
+                name: format!("e{i}"),
+                ready: true,
+                load: Load::new(t0 + Duration::from_millis(i)),
+            })
+            .collect();
+        let p = Picker::seeded(7);
+        let mut now = t0 + Duration::from_secs(1);
+        let mut c = [0; 3];
+        for _ in 0..60 {
+            let i = p.pick(Algorithm::P2cEwma, &es, None, now).unwrap();
+            c[i] += 1;
+            let f = es[i].load.start(now);
+            now += Duration::from_micros(300);
+            f.finish(now);
+            now += Duration::from_millis(2);
+        }
+        assert!(c.iter().all(|&n| n >= 5), "{c:?}");
+    }
+
+    #[test]
     fn least_request_avoids_an_endpoint_holding_requests() {
         let now = Instant::now();
         let es = endpoints(3, now);

@@ -9,8 +9,8 @@
 //! endpoints here, remote nodes will be too. Each endpoint carries its [`load::Load`]
 //! (requests in flight, a peak-EWMA latency estimate), so its statistics live as long as
 //! it does and survive table swaps; [`balancer`] picks among the ready ones by the
-//! backends' [`Algorithm`]. Apps are balanced round-robin today; Services will name their
-//! algorithm (default `p2c-ewma`).
+//! backends' [`Algorithm`]. Apps are balanced round-robin; Services name their algorithm
+//! (default `p2c-ewma`) with [`Balancing`].
 
 #![deny(missing_docs)]
 
@@ -48,11 +48,51 @@ impl<E: Endpoint> balancer::Candidate for Arc<E> {
     }
 }
 
+/// What `hash` balancing hashes: a request header's value or the client's address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's IP address.
+    #[default]
+    Client,
+    /// A header (lower-case name); requests without it hash on the client.
+    Header(String),
+}
+
+impl HashOn {
+    /// From a `skiff.dev/hash-on` annotation: `client` or a header name.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let v = value.trim().to_ascii_lowercase();
+        if v.is_empty() || v == "client" {
+            return Ok(HashOn::Client);
+        }
+        if http_token(&v) {
+            Ok(HashOn::Header(v))
+        } else {
+            Err(format!("{value:?} is neither \"client\" nor a header name"))
+        }
+    }
+}
+
+fn http_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// How a route balances: its algorithm and, for `hash`, what it hashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Balancing {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// For `hash`.
+    pub hash_on: HashOn,
+}
+
 /// The replicas of one route, balanced over the ready ones by an [`Algorithm`].
 #[derive(Debug)]
 pub struct Backends<E> {
     endpoints: Vec<Arc<E>>,
     algorithm: Algorithm,
+    hash_on: HashOn,
     picker: balancer::Picker,
 }
 
@@ -64,11 +104,28 @@ impl<E: Endpoint> Backends<E> {
 
     /// A set of endpoints, balanced by `algorithm`.
     pub fn with_algorithm(endpoints: Vec<Arc<E>>, algorithm: Algorithm) -> Self {
+        Self::balanced(
+            endpoints,
+            Balancing {
+                algorithm,
+                hash_on: HashOn::Client,
+            },
+        )
+    }
+
+    /// A set of endpoints, balanced as `balancing` says.
+    pub fn balanced(endpoints: Vec<Arc<E>>, balancing: Balancing) -> Self {
         Self {
             endpoints,
-            algorithm,
+            algorithm: balancing.algorithm,
+            hash_on: balancing.hash_on,
             picker: balancer::Picker::default(),
         }
+    }
+
+    /// What `hash` balancing hashes.
+    pub fn hash_on(&self) -> &HashOn {
+        &self.hash_on
     }
 
     /// All endpoints, ready or not.
@@ -121,7 +178,13 @@ impl<E: Endpoint> RoutingTable<E> {
 
     /// Replaces the backends of `label` in one atomic step; returns the previous ones.
     pub fn set(&self, label: &str, endpoints: Vec<Arc<E>>) -> Option<Arc<Backends<E>>> {
-        let backends = Arc::new(Backends::new(endpoints));
+        self.set_backends(label, Backends::new(endpoints))
+    }
+
+    /// Replaces the backends of `label` with `backends` in one atomic step; returns the
+    /// previous ones.
+    pub fn set_backends(&self, label: &str, backends: Backends<E>) -> Option<Arc<Backends<E>>> {
+        let backends = Arc::new(backends);
         let mut previous = None;
         self.routes.rcu(|routes| {
             let mut next = HashMap::clone(routes);

@@ -7,6 +7,12 @@
 //! estimate also decays toward zero while an endpoint gets no samples, so one avoided
 //! for being slow is tried again after a while instead of never. Cost is the estimate
 //! times (in-flight + 1).
+//!
+//! A new endpoint is tried before it is weighed: until its first answer it costs
+//! nothing while idle, and that answer replaces the default estimate. Without this, the
+//! default (30 ms) of a new pod decays in step with the estimates of pods already
+//! measured at a fraction of a millisecond, and P2C keeps preferring the old ones: a
+//! pod created a millisecond later than its siblings got no requests at all.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,12 +63,12 @@ impl Load {
 
     /// The P2C cost at `now`: latency estimate (ns) x (in-flight + 1).
     pub fn cost(&self, now: Instant) -> f64 {
-        let estimate = self
-            .ewma
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .estimate(now);
-        estimate * f64::from(self.in_flight() + 1)
+        let ewma = *self.ewma.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = self.in_flight();
+        if !ewma.measured && in_flight == 0 {
+            return 0.0;
+        }
+        ewma.estimate(now) * f64::from(in_flight + 1)
     }
 
     fn observe(&self, rtt: Duration, now: Instant) {
@@ -110,6 +116,8 @@ pub struct PeakEwma {
     estimate_ns: f64,
     updated: Instant,
     decay_ns: f64,
+    /// Whether a sample has replaced the initial estimate.
+    measured: bool,
 }
 
 impl PeakEwma {
@@ -119,6 +127,7 @@ impl PeakEwma {
             estimate_ns: initial.as_nanos() as f64,
             updated: now,
             decay_ns: decay.as_nanos().max(1) as f64,
+            measured: false,
         }
     }
 
@@ -131,7 +140,8 @@ impl PeakEwma {
     /// Takes one sample.
     pub fn observe(&mut self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
-        if rtt > self.estimate_ns {
+        if !self.measured || rtt > self.estimate_ns {
+            self.measured = true;
             self.estimate_ns = rtt;
         } else {
             let w = self.weight(now);
@@ -156,6 +166,9 @@ mod tests {
     fn a_slower_sample_takes_over_at_once_and_faster_ones_ease_it_down() {
         let t0 = Instant::now();
         let mut e = PeakEwma::new(10 * MS, DECAY, t0);
+        // The first sample replaces the default, faster or not.
+        e.observe(5 * MS, t0);
+        assert_eq!(e.estimate(t0), (5 * MS).as_nanos() as f64);
         e.observe(100 * MS, t0 + MS);
         assert_eq!(e.estimate(t0 + MS), (100 * MS).as_nanos() as f64);
         // One fast sample a second later moves it by 1 - exp(-0.1) ~ 9.5%.
@@ -175,6 +188,11 @@ mod tests {
         assert_eq!(load.in_flight(), 2);
         let base = DEFAULT_RTT.as_nanos() as f64;
         assert!((load.cost(t0) - base * 3.0).abs() < 1.0);
+        assert_eq!(
+            Load::new(t0).cost(t0),
+            0.0,
+            "a new idle endpoint is tried first"
+        );
         a.finish(t0 + 50 * MS);
         drop(b);
         assert_eq!(load.in_flight(), 0);

@@ -24,13 +24,16 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod deployments;
 mod linux;
+mod objects;
 mod standalone;
 
 pub use standalone::RunRequest;
 
 use crate::api::ApiError;
 use crate::container::{Container, ContainerState};
+use crate::desired::DesiredStore;
 use crate::ingress::Ingress;
 use crate::state::{AppRecord, StateStore};
 
@@ -140,7 +143,7 @@ fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> Ap
 }
 
 /// Now as RFC 3339 (UTC, seconds).
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     skiff_image::build::rfc3339(SystemTime::now())
 }
 
@@ -170,6 +173,8 @@ pub(crate) struct Settings {
     pub(crate) data: PathBuf,
     /// Bounds on extracting an image.
     pub(crate) extract: ExtractLimits,
+    /// Deployments and Services.
+    pub(crate) desired: Arc<DesiredStore>,
 }
 
 /// The node's apps: desired state, running containers, routes.
@@ -200,6 +205,10 @@ pub struct Apps {
     /// Linux containers' exits, handled by [`Apps::run_exit_loop`].
     exits: tokio::sync::mpsc::UnboundedSender<linux::LinuxEvent>,
     exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<linux::LinuxEvent>>>,
+    /// Deployments and Services, as desired.
+    desired: Arc<DesiredStore>,
+    /// Deployments' pods and what the reconciler knows of them.
+    pods: Arc<deployments::PodTable>,
 }
 
 impl Apps {
@@ -217,6 +226,7 @@ impl Apps {
             drain,
             data,
             extract,
+            desired,
         } = settings;
         // Trees a killed node was extracting: never complete, never used.
         if let Ok(dirs) = std::fs::read_dir(&sites) {
@@ -247,6 +257,8 @@ impl Apps {
             oci,
             exits,
             exit_rx: std::sync::Mutex::new(Some(exit_rx)),
+            desired,
+            pods: Arc::default(),
         }
     }
 
@@ -269,6 +281,9 @@ impl Apps {
                     }
                     Some(linux::LinuxEvent::ReplaceReplica { app, generation, name }) => {
                         self.replace_replica(app, generation, name).await;
+                    }
+                    Some(linux::LinuxEvent::PodExited { pod, instance, exit }) => {
+                        self.on_pod_exit(&pod, &instance, &exit);
                     }
                     Some(ev) => self.on_exit(ev).await,
                     None => return,
@@ -333,6 +348,21 @@ impl Apps {
         self.ingress.metrics.set_apps(apps.len());
         drop(apps);
         self.restore_standalone().await
+    }
+
+    /// The digest an image name or id on the node names.
+    async fn resolve(&self, reference: &str) -> Result<Digest, ApiError> {
+        let images = self.images.clone();
+        let reference = reference.to_string();
+        tokio::task::spawn_blocking(move || images.resolve(&reference))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| match e {
+                ImageError::NotFound(_) | ImageError::Ambiguous(_) => {
+                    ApiError::not_found(e.to_string())
+                }
+                other => ApiError::internal(other),
+            })
     }
 
     async fn summary(&self, digest: Digest) -> Result<ImageSummary, ApiError> {
@@ -448,12 +478,6 @@ impl Apps {
         summary: &ImageSummary,
         log: &Arc<LogBook>,
     ) -> Result<Vec<Arc<Container>>, ApiError> {
-        let env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let allowed: Arc<[String]> = spec.allowed_hosts.clone().into();
         // Like a pod-template hash: containers of the same spec share it, a redeploy
         // with other settings (even of the same image) gets new names.
         let spec_json = serde_json::to_vec(spec).map_err(ApiError::internal)?;
@@ -474,46 +498,64 @@ impl Apps {
             }
             return Ok(started);
         }
-        let started = now_ms();
         (0..spec.replicas)
             .map(|i| {
                 let name = format!("{}-{generation_tag}-{i}", spec.name);
-                let workload = match prepared {
-                    Prepared::Wasm(compiled) => {
-                        let config = ContainerConfig {
-                            name: name.clone().into(),
-                            env: env.clone(),
-                            args: spec.args.clone(),
-                            limits: spec.limits.clone(),
-                            allowed_hosts: allowed.clone(),
-                            log: log.clone(),
-                        };
-                        self.runtime.prepare(compiled, config).map_err(|e| {
-                            ApiError::bad_request("unsupported_imports", e.to_string())
-                        })?
-                    }
-                    Prepared::Oci { .. } => unreachable!("Linux replicas are started above"),
-                    Prepared::Static {
-                        tree,
-                        site_root,
-                        tag,
-                    } => Workload::Static(
-                        StaticSite::open(tree, site_root, tag).map_err(ApiError::internal)?,
-                    ),
-                };
-                let c = Container::new(
-                    name,
-                    spec.name.clone(),
-                    workload,
-                    spec.limits.concurrency,
-                    started,
-                    spec.routes.clone(),
-                );
+                let c = self.in_process(name, spec, prepared, log)?;
                 c.transition(ContainerState::Ready)
                     .map_err(ApiError::internal)?;
                 Ok(Arc::new(c))
             })
             .collect()
+    }
+
+    /// A Wasm or static container named `name` running `spec`, in state `Starting`.
+    fn in_process(
+        &self,
+        name: String,
+        spec: &AppSpec,
+        prepared: &Prepared,
+        log: &Arc<LogBook>,
+    ) -> Result<Container, ApiError> {
+        let workload = match prepared {
+            Prepared::Wasm(compiled) => {
+                let config = ContainerConfig {
+                    name: name.clone().into(),
+                    env: spec
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    args: spec.args.clone(),
+                    limits: spec.limits.clone(),
+                    allowed_hosts: spec.allowed_hosts.clone().into(),
+                    log: log.clone(),
+                };
+                self.runtime
+                    .prepare(compiled, config)
+                    .map_err(|e| ApiError::bad_request("unsupported_imports", e.to_string()))?
+            }
+            Prepared::Oci { .. } => {
+                return Err(ApiError::internal(
+                    "a Linux image's containers are started with runc",
+                ));
+            }
+            Prepared::Static {
+                tree,
+                site_root,
+                tag,
+            } => Workload::Static(
+                StaticSite::open(tree, site_root, tag).map_err(ApiError::internal)?,
+            ),
+        };
+        Ok(Container::new(
+            name,
+            spec.name.clone(),
+            workload,
+            spec.limits.concurrency,
+            now_ms(),
+            spec.routes.clone(),
+        ))
     }
 
     fn route(
@@ -610,18 +652,8 @@ impl Apps {
         params: DeployParams,
         reference: &str,
     ) -> Result<(bool, AppStatus), ApiError> {
-        let images = self.images.clone();
         let image_ref = reference.to_string();
-        let reference = reference.to_string();
-        let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| match e {
-                ImageError::NotFound(_) | ImageError::Ambiguous(_) => {
-                    ApiError::not_found(e.to_string())
-                }
-                other => ApiError::internal(other),
-            })?;
+        let digest = self.resolve(reference).await?;
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
         let apps = self.apps.lock().await;
@@ -652,6 +684,11 @@ impl Apps {
         {
             return Err(ApiError::conflict(format!(
                 "the name {name} is already used by a container"
+            )));
+        }
+        if self.service_named(name.as_str()) {
+            return Err(ApiError::conflict(format!(
+                "the name {name} is already used by a Service"
             )));
         }
         let spec = image_spec(params, &summary, name.clone());
@@ -720,6 +757,9 @@ impl Apps {
                 .entry(e.record.spec.image)
                 .or_default()
                 .push(format!("app {}", e.record.spec.name));
+        }
+        for (digest, pod) in self.pods.images() {
+            users.entry(digest).or_default().push(format!("pod {pod}"));
         }
         for c in self.standalone.lock().await.values() {
             users
@@ -817,11 +857,12 @@ impl Apps {
         out
     }
 
-    /// The app's log book.
+    /// The log book of an app, or of a Deployment's pods.
     pub async fn log(&self, name: &AppName) -> Result<Arc<LogBook>, ApiError> {
         let apps = self.apps.lock().await;
         apps.get(name)
             .map(|e| e.log.clone())
+            .or_else(|| self.pods.log(name.as_str()))
             .ok_or_else(|| ApiError::not_found(format!("app {name} not found")))
     }
 
@@ -865,6 +906,7 @@ impl Apps {
         let drains = apps
             .values()
             .flat_map(|e| e.containers.iter().cloned())
+            .chain(self.pod_containers())
             .map(|c| async move { linux::retire(&c, grace, grace).await });
         futures_util::future::join_all(drains).await;
     }

@@ -110,7 +110,20 @@ fn pick(
                 format!("skiff: no app named {label:?} on this node"),
             ));
         };
-        if let Some(container) = backends.pick() {
+        let picked = if backends.algorithm() == skiff_gateway::Algorithm::Hash {
+            let client = info.remote.ip().to_string();
+            let key = match backends.hash_on() {
+                skiff_gateway::HashOn::Header(h) => req
+                    .headers()
+                    .get(h.as_str())
+                    .map_or(client.as_bytes(), |v| v.as_bytes()),
+                skiff_gateway::HashOn::Client => client.as_bytes(),
+            };
+            backends.pick_keyed(Some(key))
+        } else {
+            backends.pick()
+        };
+        if let Some(container) = picked {
             return Ok(container);
         }
     }

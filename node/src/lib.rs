@@ -252,6 +252,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let shutdown = CancellationToken::new();
+    let desired = Arc::new(
+        desired::DesiredStore::open(state.clone()).context("failed to read the desired state")?,
+    );
     let settings = apps::Settings {
         sites: dir.join("sites"),
         url_suffix,
@@ -259,6 +262,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         drain: config.drain_timeout,
         data: dir.clone(),
         extract: config.extract,
+        desired,
     };
     let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;
@@ -275,6 +279,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let exits = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move { shared.apps.run_exit_loop(shutdown).await })
+    };
+    let reconciler = {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move { shared.apps.run_reconciler(shutdown).await })
     };
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
@@ -312,7 +320,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         token_path,
         token_created,
         shutdown,
-        tasks: vec![ingress, api, exits],
+        tasks: vec![ingress, api, exits, reconciler],
         shared,
         _lock: lock,
     })

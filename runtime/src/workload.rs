@@ -53,6 +53,15 @@ impl Workload {
         matches!(self, Workload::Http(_) | Workload::Wagi(_))
     }
 
+    /// Whether it can take a request now: a Linux container once its port accepts
+    /// connections; everything else at once (it was linked or opened when made).
+    pub async fn accepts(&self) -> bool {
+        match self {
+            Workload::Oci(w) => w.accepts().await,
+            _ => true,
+        }
+    }
+
     /// The process behind a Linux container.
     pub fn oci_process(&self) -> Option<&std::sync::Arc<crate::oci::OciProcess>> {
         match self {

@@ -165,3 +165,74 @@ pub struct ContainerInfo {
     /// Environment variable names.
     pub env_keys: Vec<String>,
 }
+
+/// `POST /v1/apply` and `POST /v1/delete`: manifest files as the user gave them; the
+/// node reads them (bounded) and applies all of them or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFiles {
+    /// The files, in order.
+    pub files: Vec<ManifestFile>,
+}
+
+/// One manifest file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Its name, for errors (`-` for standard input).
+    pub source: String,
+    /// Its text (YAML or JSON).
+    pub text: String,
+}
+
+/// What `apply` or `delete` did, object by object, as kubectl prints it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// `deployment.apps/web created`, in order.
+    pub results: Vec<ObjectResult>,
+    /// Fields skiff does not read, as `file: document N: path` lines.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One object's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectResult {
+    /// `deployment.apps/web`, `service/web`.
+    pub reference: String,
+    /// `created`, `configured`, `unchanged`, `deleted`, `not found`.
+    pub action: String,
+}
+
+/// A Deployment's revisions and recent events (`rollout history`, `describe`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutHistory {
+    /// Oldest first; the last is current.
+    pub revisions: Vec<RevisionInfo>,
+    /// Oldest first.
+    pub events: Vec<EventInfo>,
+}
+
+/// One revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    /// Its number.
+    pub revision: i64,
+    /// The pod-template hash.
+    pub hash: String,
+    /// The container's image.
+    pub image: String,
+    /// When it became current (RFC 3339).
+    pub at: String,
+}
+
+/// Something that happened to a Deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// RFC 3339.
+    pub at: String,
+    /// `Normal` or `Warning`.
+    pub kind: String,
+    /// CamelCase.
+    pub reason: String,
+    /// For people.
+    pub message: String,
+}

@@ -40,6 +40,9 @@ pub struct ObjectMeta {
     /// Set by the node: RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// Set on a pod that is stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
 }
 
 /// A number or a name/percentage (`targetPort: 8080` or `http`; `maxSurge: 25%`).
@@ -220,6 +223,9 @@ pub struct PodSpec {
     /// Exactly one.
     #[serde(default)]
     pub containers: Vec<Container>,
+    /// The node a pod runs on (set by the node, on pods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// A pod's container.
@@ -492,4 +498,132 @@ pub struct ServicePort {
     /// For `NodePort`: 30000-32767.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i32>,
+}
+
+/// `v1 Pod`: what the node reports of a Deployment's pod (pods are never applied).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    /// `v1`.
+    pub api_version: String,
+    /// `Pod`.
+    pub kind: String,
+    /// Name (`<deployment>-<template hash>-<suffix>`), the template's labels plus
+    /// `pod-template-hash`.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The template's spec and the node it runs on.
+    #[serde(default)]
+    pub spec: PodSpec,
+    /// Phase, address, containers.
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+/// Where a pod is in its life.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed`.
+    #[serde(default)]
+    pub phase: String,
+    /// Its address, where it has one of its own (a Linux container on the bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    /// The address of its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// When it started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// One per container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// One container of a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name in the template.
+    pub name: String,
+    /// Its image, as the template names it.
+    #[serde(default)]
+    pub image: String,
+    /// The image's digest (`sha256:...`).
+    #[serde(default, rename = "imageID", skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
+    /// Takes requests.
+    #[serde(default)]
+    pub ready: bool,
+    /// Times it was restarted.
+    #[serde(default)]
+    pub restart_count: i32,
+    /// Running, waiting or terminated.
+    #[serde(default)]
+    pub state: ContainerState,
+}
+
+/// One of `running`, `waiting`, `terminated` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// Running since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<StateRunning>,
+    /// Not running yet, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<StateReason>,
+    /// Ended, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<StateReason>,
+}
+
+/// `running`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateRunning {
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// `waiting` or `terminated`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateReason {
+    /// CamelCase (`ContainerCreating`, `CrashLoopBackOff`, `Error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A list of objects as the Kubernetes API returns them (`DeploymentList`, or `List`
+/// for mixed kinds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct List<T> {
+    /// `v1`, `apps/v1`.
+    pub api_version: String,
+    /// `List`, `DeploymentList`, `ServiceList`, `PodList`.
+    pub kind: String,
+    /// The state's version when listed.
+    #[serde(default)]
+    pub metadata: ListMeta,
+    /// The objects.
+    pub items: Vec<T>,
+}
+
+/// A list's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta {
+    /// The desired state's version.
+    #[serde(default)]
+    pub resource_version: String,
 }

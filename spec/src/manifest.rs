@@ -16,6 +16,16 @@ use serde::Deserialize;
 use crate::AppName;
 use crate::k8s::{Deployment, IntOrString, ObjectMeta, Service};
 
+/// The annotation naming a Service's balancing algorithm.
+pub const LOAD_BALANCER_ANNOTATION: &str = "skiff.dev/load-balancer";
+
+/// The annotation naming what `hash` balancing hashes: `client` or a header.
+pub const HASH_ON_ANNOTATION: &str = "skiff.dev/hash-on";
+
+/// The algorithms a Service may name (the gateway's, by their annotation values).
+pub const LOAD_BALANCERS: [&str; 5] =
+    ["round-robin", "random", "least-request", "p2c-ewma", "hash"];
+
 /// Largest manifest file read.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
@@ -476,6 +486,25 @@ pub fn validate_deployment(d: &Deployment) -> Vec<String> {
 pub fn validate_service(s: &Service) -> Vec<String> {
     let mut problems = Vec::new();
     check_meta(&s.metadata, &mut problems);
+    let annotations = &s.metadata.annotations;
+    if let Some(lb) = annotations.get(LOAD_BALANCER_ANNOTATION)
+        && !LOAD_BALANCERS.contains(&lb.as_str())
+    {
+        problems.push(format!(
+            "metadata.annotations.{LOAD_BALANCER_ANNOTATION}: {lb:?} is not one of {}",
+            LOAD_BALANCERS.join(", ")
+        ));
+    }
+    if let Some(on) = annotations.get(HASH_ON_ANNOTATION)
+        && (on.is_empty()
+            || !on
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+    {
+        problems.push(format!(
+            "metadata.annotations.{HASH_ON_ANNOTATION}: {on:?} is neither \"client\" nor a header name"
+        ));
+    }
     let spec = &s.spec;
     let node_port = match spec.kind.as_deref().unwrap_or("ClusterIP") {
         "ClusterIP" => false,

@@ -9,6 +9,7 @@ mod containers;
 mod hostile;
 mod images;
 mod kinds;
+mod kube;
 mod lifecycle;
 mod observe;
 mod oci;

@@ -21,6 +21,7 @@ use crate::Shared;
 
 mod containers;
 mod images;
+mod kube;
 
 /// The API's one error type: a status, a stable code and a message. 4xx carry the
 /// detail; 5xx are logged with an id and the client sees only the id.
@@ -104,6 +105,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The stable code (`not_found`, `invalid_wasm`, ...).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -160,6 +171,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/containers/{key}/logs", get(containers::logs))
         .route("/metrics", get(metrics))
+        .merge(kube::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

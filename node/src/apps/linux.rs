@@ -50,6 +50,15 @@ pub(crate) enum LinuxEvent {
         /// How it ended.
         exit: Exit,
     },
+    /// A Deployment's pod's process ended.
+    PodExited {
+        /// The pod.
+        pod: String,
+        /// Which start of it (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: Exit,
+    },
     /// A dead replica's back-off elapsed: start its replacement.
     ReplaceReplica {
         /// Its deployment.
@@ -79,6 +88,9 @@ pub(super) struct LinuxStart<'a> {
     pub oci: &'a OciOptions,
     /// The container port to send HTTP to, if the caller knows (a published port).
     pub port: Option<u16>,
+    /// Take requests at once (held until the process listens); otherwise the caller
+    /// makes it ready (a pod, once its port accepts or its probe passes).
+    pub ready: bool,
 }
 
 /// The port a Linux container serves HTTP on: the one given, else the image's first
@@ -186,9 +198,11 @@ impl Apps {
             now_ms(),
             s.spec.routes.clone(),
         );
-        container
-            .transition(ContainerState::Ready)
-            .map_err(ApiError::internal)?;
+        if s.ready {
+            container
+                .transition(ContainerState::Ready)
+                .map_err(ApiError::internal)?;
+        }
         let (events, instance) = (self.exits.clone(), container.id.clone());
         tokio::spawn(async move {
             let exit = process.wait().await;
@@ -225,6 +239,7 @@ impl Apps {
                     ..OciOptions::default()
                 },
                 port: None,
+                ready: true,
             },
             move |instance, exit| LinuxEvent::ReplicaExited {
                 app,

@@ -139,6 +139,7 @@ impl Apps {
                 || standalone
                     .values()
                     .any(|s| s.record.spec.name.as_str() == n)
+                || self.service_named(n)
         };
         let name = match req.name {
             Some(n) => {
@@ -146,7 +147,7 @@ impl Apps {
                     .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
                 if taken(name.as_str()) {
                     return Err(ApiError::conflict(format!(
-                        "the name {name} is already in use by an app or container"
+                        "the name {name} is already in use by an app, container or Service"
                     )));
                 }
                 name
@@ -283,6 +284,7 @@ impl Apps {
                 log: &entry.log,
                 oci: &r.oci,
                 port: r.ports.first().map(|p| p.container_port),
+                ready: true,
             },
             move |instance, exit| LinuxEvent::Exited { id, instance, exit },
         )
@@ -295,7 +297,9 @@ impl Apps {
     pub(crate) async fn on_exit(&self, ev: LinuxEvent) {
         let (id, instance, exit) = match ev {
             LinuxEvent::Exited { id, instance, exit } => (id, instance, exit),
-            LinuxEvent::ReplicaExited { .. } | LinuxEvent::ReplaceReplica { .. } => return,
+            LinuxEvent::ReplicaExited { .. }
+            | LinuxEvent::ReplaceReplica { .. }
+            | LinuxEvent::PodExited { .. } => return,
             LinuxEvent::Restart { id } => {
                 let mut standalone = self.standalone.lock().await;
                 if let Some(entry) = standalone.get_mut(&id)

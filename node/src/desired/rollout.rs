@@ -78,6 +78,26 @@ fn scaled(v: Option<&IntOrString>, replicas: i32, round_up: bool) -> i32 {
     .unwrap_or(0)
 }
 
+/// maxSurge and maxUnavailable of a RollingUpdate `deployment` as pod counts, rounded as
+/// Kubernetes rounds them (surge up, unavailable down); never both 0, so a rollout can
+/// always move.
+pub fn bounds(deployment: &Deployment) -> (i32, i32) {
+    let spec = &deployment.spec;
+    let desired = spec.replicas.unwrap_or(1).max(0);
+    let ru = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let surge = scaled(ru.and_then(|r| r.max_surge.as_ref()), desired, true);
+    let unavailable = scaled(ru.and_then(|r| r.max_unavailable.as_ref()), desired, false);
+    // Validation refuses both 0; be safe anyway.
+    if surge == 0 && unavailable == 0 {
+        (1, 0)
+    } else {
+        (surge, unavailable)
+    }
+}
+
 /// The next actions for `deployment` whose current template hash is `hash`, given its
 /// `pods`, at `now_ms`.
 pub fn plan(deployment: &Deployment, hash: &str, pods: &[Pod], now_ms: u64) -> Plan {
@@ -135,23 +155,7 @@ pub fn plan(deployment: &Deployment, hash: &str, pods: &[Pod], now_ms: u64) -> P
             stop(&new, n_new - desired, &mut actions);
         }
     } else {
-        let (surge, unavailable) = match spec
-            .strategy
-            .as_ref()
-            .and_then(|s| s.rolling_update.as_ref())
-        {
-            Some(ru) => (
-                scaled(ru.max_surge.as_ref(), desired, true),
-                scaled(ru.max_unavailable.as_ref(), desired, false),
-            ),
-            None => (scaled(None, desired, true), scaled(None, desired, false)),
-        };
-        // Validation refuses both 0; be safe anyway: a rollout must be able to move.
-        let surge = if surge == 0 && unavailable == 0 {
-            1
-        } else {
-            surge
-        };
+        let (surge, unavailable) = bounds(deployment);
         if n_new > desired {
             stop(&new, n_new - desired, &mut actions);
         } else {

@@ -179,6 +179,11 @@ impl DesiredStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Reads the state now without copying it.
+    pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The state now and a feed of every change after it, with none missed between.
     pub fn watch(&self) -> (Snapshot, broadcast::Receiver<Change>) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -51,6 +51,24 @@ impl OciWorkload {
         &self.process
     }
 
+    /// Whether the container's port accepts a connection now (one attempt, up to 1 s):
+    /// a Linux pod's readiness when its template has no probe.
+    pub async fn accepts(&self) -> bool {
+        if self.listening.load(Ordering::Relaxed) {
+            return true;
+        }
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(self.target),
+        )
+        .await;
+        let ok = matches!(attempt, Ok(Ok(_)));
+        if ok {
+            self.listening.store(true, Ordering::Relaxed);
+        }
+        ok
+    }
+
     /// Waits (up to 10 s) until the container's port accepts connections, unless it
     /// did before or the process has ended.
     async fn wait_listening(&self) -> Result<(), HandleError> {

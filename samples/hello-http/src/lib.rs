@@ -22,6 +22,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         };
         match path.as_str() {
             "/" => {
+                // A replica made slow on purpose (balancer tests and benchmarks).
+                if let Some(ms) = std::env::var("DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+                    wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                }
                 let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
                 respond(out, 200, "text/plain", format!("{greeting} from skiff\n").as_bytes());
             }

@@ -1,0 +1,1040 @@
+//! kubectl's verbs for Deployments, Services and pods: `apply`, `get`, `describe`,
+//! `delete`, `scale`, `set image`, `rollout status|history|undo`. Output follows
+//! kubectl's: the same columns, `-o json|yaml` of Kubernetes-shaped objects (a `List`
+//! with `items` for lists), `created` / `configured` / `unchanged` after apply.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use reqwest::Method;
+use serde::Serialize;
+use skiff_spec::api::{ApplyResult, ManifestFile, ManifestFiles, RolloutHistory};
+use skiff_spec::k8s::{self, List};
+
+use crate::client::{Client, age, now_ms, print_table};
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// A kind of object, as the verbs name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    Pod,
+    Deployment,
+    Service,
+}
+
+impl Kind {
+    fn parse(word: &str) -> anyhow::Result<Self> {
+        Ok(match word.to_ascii_lowercase().as_str() {
+            "pod" | "pods" | "po" => Kind::Pod,
+            "deployment" | "deployments" | "deploy" | "deployment.apps" | "deployments.apps" => {
+                Kind::Deployment
+            }
+            "service" | "services" | "svc" => Kind::Service,
+            other => bail!(
+                "the server doesn't have a resource type {other:?} (skiff has pods, deployments, services)"
+            ),
+        })
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Pod => PODS,
+            Kind::Deployment => DEPLOYMENTS,
+            Kind::Service => SERVICES,
+        }
+    }
+
+    /// As kubectl prefixes names: `pod/x`, `deployment.apps/x`, `service/x`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Pod => "pod",
+            Kind::Deployment => "deployment.apps",
+            Kind::Service => "service",
+        }
+    }
+}
+
+/// What `get` and `describe` were asked for: kinds, each with names (none: all).
+fn targets(args: &[String]) -> anyhow::Result<Vec<(Kind, Vec<String>)>> {
+    let Some(first) = args.first() else {
+        bail!("you must specify the type of resource to get (pods, deployments, services, all)");
+    };
+    if args.iter().all(|a| a.contains('/')) {
+        let mut out: Vec<(Kind, Vec<String>)> = Vec::new();
+        for a in args {
+            let (kind, name) = a.split_once('/').expect("checked");
+            let kind = Kind::parse(kind)?;
+            match out.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, names)) => names.push(name.to_string()),
+                None => out.push((kind, vec![name.to_string()])),
+            }
+        }
+        return Ok(out);
+    }
+    let kinds: Vec<Kind> = if first == "all" {
+        vec![Kind::Pod, Kind::Deployment, Kind::Service]
+    } else {
+        first
+            .split(',')
+            .map(Kind::parse)
+            .collect::<anyhow::Result<_>>()?
+    };
+    let names = args[1..].to_vec();
+    if !names.is_empty() && kinds.len() > 1 {
+        bail!("names can be given with one resource type only");
+    }
+    Ok(kinds.into_iter().map(|k| (k, names.clone())).collect())
+}
+
+/// `deployment/NAME` or `NAME` (a deployment) as `scale`, `set image` and `rollout`
+/// take it.
+pub(crate) fn deployment_name(target: &str) -> anyhow::Result<String> {
+    match target.split_once('/') {
+        Some((kind, name)) if Kind::parse(kind)? == Kind::Deployment => Ok(name.to_string()),
+        Some((kind, _)) => bail!("{kind} is not a deployment"),
+        None => Ok(target.to_string()),
+    }
+}
+
+/// Reads `-f` arguments: files, directories (their `.yaml`, `.yml`, `.json` files) or
+/// `-` (standard input).
+fn read_files(args: &[String]) -> anyhow::Result<Vec<ManifestFile>> {
+    if args.is_empty() {
+        bail!("must give -f FILE (a file, a directory or -)");
+    }
+    let mut files = Vec::new();
+    for arg in args {
+        if arg == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the manifest from standard input")?;
+            files.push(ManifestFile {
+                source: "-".into(),
+                text,
+            });
+            continue;
+        }
+        let path = Path::new(arg);
+        if path.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read directory {arg}"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                bail!("{arg}: no .yaml, .yml or .json files in the directory");
+            }
+            for p in entries {
+                files.push(read_file(&p)?);
+            }
+        } else {
+            files.push(read_file(path)?);
+        }
+    }
+    Ok(files)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ManifestFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+    Ok(ManifestFile {
+        source: path.display().to_string(),
+        text,
+    })
+}
+
+fn print_results(r: &ApplyResult) {
+    for w in &r.warnings {
+        eprintln!("Warning: unknown field {w}");
+    }
+    for o in &r.results {
+        println!("{} {}", o.reference, o.action);
+    }
+}
+
+/// Output formats of `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+    Name,
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "wide" => Output::Wide,
+            "json" => Output::Json,
+            "yaml" => Output::Yaml,
+            "name" => Output::Name,
+            other => {
+                return Err(format!(
+                    "unknown output format {other:?} (json, yaml, wide, name)"
+                ));
+            }
+        })
+    }
+}
+
+/// `RFC 3339` to an age as kubectl prints it.
+fn age_of(ts: Option<&str>) -> String {
+    ts.and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(
+            || "<unknown>".into(),
+            |d| age(now_ms().saturating_sub(d.as_millis() as u64)),
+        )
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A pod's STATUS column, as kubectl derives it.
+fn pod_status(p: &k8s::Pod) -> String {
+    if p.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    p.status
+        .container_statuses
+        .first()
+        .and_then(|c| c.state.waiting.as_ref())
+        .and_then(|w| w.reason.clone())
+        .unwrap_or_else(|| p.status.phase.clone())
+}
+
+/// Fetched objects of the kinds asked for.
+#[derive(Default)]
+struct Fetched {
+    pods: Vec<k8s::Pod>,
+    deployments: Vec<k8s::Deployment>,
+    services: Vec<k8s::Service>,
+}
+
+fn query(selector: Option<&str>) -> String {
+    selector.map_or_else(String::new, |s| {
+        let mut q = form_urlencoded_pair("labelSelector", s);
+        q.insert(0, '?');
+        q
+    })
+}
+
+fn form_urlencoded_pair(key: &str, value: &str) -> String {
+    let mut out = format!("{key}=");
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn fetch(
+    client: &Client,
+    targets: &[(Kind, Vec<String>)],
+    selector: Option<&str>,
+) -> anyhow::Result<Fetched> {
+    let mut f = Fetched::default();
+    for (kind, names) in targets {
+        macro_rules! load {
+            ($field:ident, $ty:ty) => {{
+                if names.is_empty() {
+                    let list: List<$ty> = client
+                        .get_json(&format!("{}{}", kind.path(), query(selector)))
+                        .await?;
+                    f.$field.extend(list.items);
+                } else {
+                    for n in names {
+                        let one: $ty = client
+                            .get_json(&format!("{}/{n}", kind.path()))
+                            .await
+                            .with_context(|| format!("{} {n:?}", kind.prefix()))?;
+                        f.$field.push(one);
+                    }
+                }
+            }};
+        }
+        match kind {
+            Kind::Pod => load!(pods, k8s::Pod),
+            Kind::Deployment => load!(deployments, k8s::Deployment),
+            Kind::Service => load!(services, k8s::Service),
+        }
+    }
+    Ok(f)
+}
+
+fn pod_rows(pods: &[k8s::Pod], wide: bool, prefix: bool) -> Vec<[String; 7]> {
+    pods.iter()
+        .map(|p| {
+            let statuses = &p.status.container_statuses;
+            let ready = statuses.iter().filter(|c| c.ready).count();
+            let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+            let name = if prefix {
+                format!("pod/{}", p.metadata.name)
+            } else {
+                p.metadata.name.clone()
+            };
+            [
+                name,
+                format!("{ready}/{}", statuses.len().max(1)),
+                pod_status(p),
+                restarts.to_string(),
+                age_of(p.metadata.creation_timestamp.as_deref()),
+                if wide {
+                    p.status.pod_ip.clone().unwrap_or_else(|| "<none>".into())
+                } else {
+                    String::new()
+                },
+                if wide {
+                    p.spec.node_name.clone().unwrap_or_else(|| "<none>".into())
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect()
+}
+
+fn deployment_rows(ds: &[k8s::Deployment], prefix: bool) -> Vec<[String; 8]> {
+    ds.iter()
+        .map(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            let c = d.spec.template.spec.containers.first();
+            [
+                if prefix {
+                    format!("deployment.apps/{}", d.metadata.name)
+                } else {
+                    d.metadata.name.clone()
+                },
+                format!("{}/{}", s.ready_replicas, d.spec.replicas.unwrap_or(1)),
+                s.updated_replicas.to_string(),
+                s.available_replicas.to_string(),
+                age_of(d.metadata.creation_timestamp.as_deref()),
+                c.map(|c| c.name.clone()).unwrap_or_default(),
+                c.map(|c| c.image.clone()).unwrap_or_default(),
+                labels_text(&d.spec.selector.match_labels),
+            ]
+        })
+        .collect()
+}
+
+fn service_rows(ss: &[k8s::Service], prefix: bool) -> Vec<[String; 5]> {
+    ss.iter()
+        .map(|s| {
+            let ports = s
+                .spec
+                .ports
+                .iter()
+                .map(|p| match p.node_port {
+                    Some(np) => format!("{}:{np}/TCP", p.port),
+                    None => format!("{}/TCP", p.port),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            [
+                if prefix {
+                    format!("service/{}", s.metadata.name)
+                } else {
+                    s.metadata.name.clone()
+                },
+                s.spec.kind.clone().unwrap_or_else(|| "ClusterIP".into()),
+                ports,
+                labels_text(&s.spec.selector),
+                age_of(s.metadata.creation_timestamp.as_deref()),
+            ]
+        })
+        .collect()
+}
+
+/// Prints tables of `f`: each kind with its header, a blank line between kinds.
+fn print_tables(f: &Fetched, output: Output, prefix: bool) {
+    let wide = output == Output::Wide;
+    let mut first = true;
+    let mut gap = || {
+        if !std::mem::take(&mut first) {
+            println!();
+        }
+    };
+    if !f.pods.is_empty() {
+        gap();
+        let rows = pod_rows(&f.pods, wide, prefix);
+        if wide {
+            print_table(
+                &["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+                &rows,
+            );
+        } else {
+            let rows: Vec<[String; 5]> = rows
+                .into_iter()
+                .map(|[a, b, c, d, e, ..]| [a, b, c, d, e])
+                .collect();
+            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"], &rows);
+        }
+    }
+    if !f.deployments.is_empty() {
+        gap();
+        let rows = deployment_rows(&f.deployments, prefix);
+        if wide {
+            print_table(
+                &[
+                    "NAME",
+                    "READY",
+                    "UP-TO-DATE",
+                    "AVAILABLE",
+                    "AGE",
+                    "CONTAINERS",
+                    "IMAGES",
+                    "SELECTOR",
+                ],
+                &rows,
+            );
+        } else {
+            let rows: Vec<[String; 5]> = rows
+                .into_iter()
+                .map(|[a, b, c, d, e, ..]| [a, b, c, d, e])
+                .collect();
+            print_table(&["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], &rows);
+        }
+    }
+    if !f.services.is_empty() {
+        gap();
+        let rows = service_rows(&f.services, prefix);
+        print_table(&["NAME", "TYPE", "PORT(S)", "SELECTOR", "AGE"], &rows);
+    }
+}
+
+/// The objects of `f` as JSON values, in kubectl's order.
+fn values(f: &Fetched) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for p in &f.pods {
+        out.push(serde_json::to_value(p)?);
+    }
+    for d in &f.deployments {
+        out.push(serde_json::to_value(d)?);
+    }
+    for s in &f.services {
+        out.push(serde_json::to_value(s)?);
+    }
+    Ok(out)
+}
+
+fn print_structured(value: &impl Serialize, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        _ => print!(
+            "{}",
+            serde_saphyr::to_string(value).context("cannot write the objects as YAML")?
+        ),
+    }
+    Ok(())
+}
+
+/// `skiff get`.
+pub(crate) async fn get(
+    client: &Client,
+    args: &[String],
+    output: Option<Output>,
+    selector: Option<&str>,
+    watch: bool,
+) -> anyhow::Result<()> {
+    let targets = targets(args)?;
+    let output = output.unwrap_or(Output::Table);
+    let named = targets.iter().any(|(_, n)| !n.is_empty());
+    let prefix = targets.len() > 1 || args.first().is_some_and(|a| a == "all");
+    let f = fetch(client, &targets, selector).await?;
+    match output {
+        Output::Json | Output::Yaml => {
+            let items = values(&f)?;
+            if named && items.len() == 1 {
+                print_structured(&items[0], output)?;
+            } else {
+                let list = List {
+                    api_version: "v1".into(),
+                    kind: "List".into(),
+                    metadata: k8s::ListMeta::default(),
+                    items,
+                };
+                print_structured(&list, output)?;
+            }
+        }
+        Output::Name => {
+            for v in values(&f)? {
+                let kind = v["kind"].as_str().unwrap_or("").to_ascii_lowercase();
+                let kind = if kind == "deployment" {
+                    "deployment.apps".to_string()
+                } else {
+                    kind
+                };
+                println!("{kind}/{}", v["metadata"]["name"].as_str().unwrap_or(""));
+            }
+        }
+        Output::Table | Output::Wide => {
+            if values(&f)?.is_empty() {
+                eprintln!("No resources found in default namespace.");
+            } else {
+                print_tables(&f, output, prefix);
+            }
+        }
+    }
+    if !watch {
+        return Ok(());
+    }
+    // -w: print each object again when it changes (kubectl's watch output, by polling).
+    let mut seen: BTreeMap<String, String> = values(&f)?
+        .into_iter()
+        .map(|v| (key(&v), row_key(&v)))
+        .collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let f = fetch(client, &targets, selector).await?;
+        let mut now: BTreeMap<String, String> = BTreeMap::new();
+        let mut changed = Fetched::default();
+        for v in values(&f)? {
+            let (k, r) = (key(&v), row_key(&v));
+            if seen.get(&k) != Some(&r) {
+                match v["kind"].as_str() {
+                    Some("Pod") => changed.pods.push(serde_json::from_value(v.clone())?),
+                    Some("Deployment") => {
+                        changed.deployments.push(serde_json::from_value(v.clone())?)
+                    }
+                    _ => changed.services.push(serde_json::from_value(v.clone())?),
+                }
+            }
+            now.insert(k, r);
+        }
+        if !changed.pods.is_empty()
+            || !changed.deployments.is_empty()
+            || !changed.services.is_empty()
+        {
+            match output {
+                Output::Json | Output::Yaml => {
+                    for v in values(&changed)? {
+                        print_structured(&v, output)?;
+                    }
+                }
+                _ => print_tables(&changed, output, prefix),
+            }
+        }
+        seen = now;
+    }
+}
+
+fn key(v: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        v["kind"].as_str().unwrap_or(""),
+        v["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+/// What a watched row shows (status and spec, not timestamps that move every poll).
+fn row_key(v: &serde_json::Value) -> String {
+    let mut v = v.clone();
+    if let Some(conditions) = v["status"]["conditions"].as_array_mut() {
+        for c in conditions {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("lastTransitionTime");
+            }
+        }
+    }
+    format!("{}{}", v["spec"], v["status"])
+}
+
+/// `skiff apply -f`.
+pub(crate) async fn apply(client: &Client, files: &[String]) -> anyhow::Result<()> {
+    let files = ManifestFiles {
+        files: read_files(files)?,
+    };
+    let r: ApplyResult = client.send_json(Method::POST, "/v1/apply", &files).await?;
+    print_results(&r);
+    Ok(())
+}
+
+/// `skiff delete -f FILE` or `skiff delete KIND NAME...`.
+pub(crate) async fn delete(
+    client: &Client,
+    files: &[String],
+    args: &[String],
+) -> anyhow::Result<()> {
+    if !files.is_empty() {
+        let files = ManifestFiles {
+            files: read_files(files)?,
+        };
+        let r: ApplyResult = client.send_json(Method::POST, "/v1/delete", &files).await?;
+        let mut missing = false;
+        for o in &r.results {
+            if o.action == "not found" {
+                eprintln!("Error from server (NotFound): {} not found", o.reference);
+                missing = true;
+            } else {
+                println!("{} {}", o.reference, o.action);
+            }
+        }
+        if missing {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let targets = targets(args)?;
+    for (kind, names) in &targets {
+        if names.is_empty() {
+            bail!("give the names of the {} to delete", kind.prefix());
+        }
+        for n in names {
+            client.delete(&format!("{}/{n}", kind.path())).await?;
+            println!("{}/{n} deleted", kind.prefix());
+        }
+    }
+    Ok(())
+}
+
+/// `skiff scale deployment/NAME --replicas N`.
+pub(crate) async fn scale(client: &Client, target: &str, replicas: i32) -> anyhow::Result<()> {
+    let name = deployment_name(target)?;
+    let _: serde_json::Value = client
+        .send_json(
+            Method::PATCH,
+            &format!("{DEPLOYMENTS}/{name}/scale"),
+            &serde_json::json!({"spec": {"replicas": replicas}}),
+        )
+        .await?;
+    println!("deployment.apps/{name} scaled");
+    Ok(())
+}
+
+/// `skiff set image deployment/NAME CONTAINER=IMAGE...`.
+pub(crate) async fn set_image(
+    client: &Client,
+    target: &str,
+    assignments: &[String],
+) -> anyhow::Result<()> {
+    let name = deployment_name(target)?;
+    if assignments.is_empty() {
+        bail!("give CONTAINER=IMAGE");
+    }
+    for a in assignments {
+        let Some((container, image)) = a.split_once('=') else {
+            bail!("{a:?} is not CONTAINER=IMAGE");
+        };
+        let _: k8s::Deployment = client
+            .send_json(
+                Method::POST,
+                &format!("/v1/deployments/{name}/image"),
+                &serde_json::json!({"container": container, "image": image}),
+            )
+            .await?;
+    }
+    println!("deployment.apps/{name} image updated");
+    Ok(())
+}
+
+/// `skiff rollout undo`.
+pub(crate) async fn undo(
+    client: &Client,
+    target: &str,
+    to_revision: Option<i64>,
+) -> anyhow::Result<()> {
+    let name = deployment_name(target)?;
+    let _: k8s::Deployment = client
+        .send_json(
+            Method::POST,
+            &format!("/v1/deployments/{name}/rollback"),
+            &serde_json::json!({"toRevision": to_revision}),
+        )
+        .await?;
+    println!("deployment.apps/{name} rolled back");
+    Ok(())
+}
+
+/// `skiff rollout history`.
+pub(crate) async fn history(client: &Client, target: &str) -> anyhow::Result<()> {
+    let name = deployment_name(target)?;
+    let h: RolloutHistory = client
+        .get_json(&format!("/v1/deployments/{name}/history"))
+        .await?;
+    println!("deployment.apps/{name}");
+    let rows: Vec<[String; 3]> = h
+        .revisions
+        .iter()
+        .map(|r| [r.revision.to_string(), r.image.clone(), r.at.clone()])
+        .collect();
+    print_table(&["REVISION", "IMAGE", "CREATED"], &rows);
+    Ok(())
+}
+
+/// What `rollout status` waits for, as kubectl decides it: `Ok(Some(message))` to keep
+/// waiting, `Ok(None)` when done, `Err` when the rollout failed.
+fn rollout_state(d: &k8s::Deployment) -> anyhow::Result<Option<String>> {
+    let name = &d.metadata.name;
+    let Some(s) = &d.status else {
+        return Ok(Some("Waiting for the deployment to be observed...".into()));
+    };
+    if s.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0) {
+        return Ok(Some(
+            "Waiting for deployment spec update to be observed...".into(),
+        ));
+    }
+    if s.conditions
+        .iter()
+        .any(|c| c.kind == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+    {
+        bail!("deployment {name:?} exceeded its progress deadline");
+    }
+    let desired = d.spec.replicas.unwrap_or(1);
+    if s.updated_replicas < desired {
+        return Ok(Some(format!(
+            "Waiting for deployment {name:?} rollout to finish: {} out of {desired} new replicas have been updated...",
+            s.updated_replicas
+        )));
+    }
+    if s.replicas > s.updated_replicas {
+        return Ok(Some(format!(
+            "Waiting for deployment {name:?} rollout to finish: {} old replicas are pending termination...",
+            s.replicas - s.updated_replicas
+        )));
+    }
+    if s.available_replicas < s.updated_replicas {
+        return Ok(Some(format!(
+            "Waiting for deployment {name:?} rollout to finish: {} of {} updated replicas are available...",
+            s.available_replicas, s.updated_replicas
+        )));
+    }
+    Ok(None)
+}
+
+/// `skiff rollout status`: waits until the rollout is done; fails when it failed or
+/// `timeout` passed.
+pub(crate) async fn status(
+    client: &Client,
+    target: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    let name = deployment_name(target)?;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut last = String::new();
+    loop {
+        let d: k8s::Deployment = client.get_json(&format!("{DEPLOYMENTS}/{name}")).await?;
+        match rollout_state(&d)? {
+            None => {
+                println!("deployment {name:?} successfully rolled out");
+                return Ok(());
+            }
+            Some(message) => {
+                if message != last {
+                    println!("{message}");
+                    last = message;
+                }
+            }
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            bail!("timed out waiting for the rollout of deployment {name:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `skiff describe KIND NAME` (or KIND/NAME).
+pub(crate) async fn describe(client: &Client, args: &[String]) -> anyhow::Result<()> {
+    let targets = targets(args)?;
+    let f = fetch(client, &targets, None).await?;
+    let mut first = true;
+    for d in &f.deployments {
+        if !std::mem::take(&mut first) {
+            println!();
+        }
+        let h: RolloutHistory = client
+            .get_json(&format!("/v1/deployments/{}/history", d.metadata.name))
+            .await?;
+        describe_deployment(d, &h);
+    }
+    for s in &f.services {
+        if !std::mem::take(&mut first) {
+            println!();
+        }
+        println!("Name:              {}", s.metadata.name);
+        println!("Namespace:         default");
+        println!("Labels:            {}", labels_text(&s.metadata.labels));
+        println!(
+            "Annotations:       {}",
+            labels_text(&s.metadata.annotations)
+        );
+        println!("Selector:          {}", labels_text(&s.spec.selector));
+        println!(
+            "Type:              {}",
+            s.spec.kind.as_deref().unwrap_or("ClusterIP")
+        );
+        println!(
+            "Load balancer:     {}",
+            s.metadata
+                .annotations
+                .get("skiff.dev/load-balancer")
+                .map_or("p2c-ewma", String::as_str)
+        );
+        for p in &s.spec.ports {
+            println!(
+                "Port:              {} {}/TCP",
+                p.name.as_deref().unwrap_or("<unset>"),
+                p.port
+            );
+            if let Some(np) = p.node_port {
+                println!("NodePort:          {np}/TCP");
+            }
+        }
+        let pods: List<k8s::Pod> = client
+            .get_json(&format!(
+                "{PODS}{}",
+                query(Some(&labels_text(&s.spec.selector)))
+            ))
+            .await?;
+        let endpoints: Vec<&str> = pods
+            .items
+            .iter()
+            .filter(|p| p.status.container_statuses.iter().all(|c| c.ready))
+            .map(|p| p.metadata.name.as_str())
+            .collect();
+        println!(
+            "Endpoints:         {}",
+            if endpoints.is_empty() {
+                "<none>".to_string()
+            } else {
+                endpoints.join(",")
+            }
+        );
+    }
+    for p in &f.pods {
+        if !std::mem::take(&mut first) {
+            println!();
+        }
+        println!("Name:         {}", p.metadata.name);
+        println!("Namespace:    default");
+        println!(
+            "Node:         {}",
+            p.spec.node_name.as_deref().unwrap_or("<none>")
+        );
+        println!(
+            "Start Time:   {}",
+            p.status.start_time.as_deref().unwrap_or("<none>")
+        );
+        println!("Labels:       {}", labels_text(&p.metadata.labels));
+        println!("Status:       {}", pod_status(p));
+        println!(
+            "IP:           {}",
+            p.status.pod_ip.as_deref().unwrap_or("<none>")
+        );
+        for c in &p.status.container_statuses {
+            println!("Container {}:", c.name);
+            println!("  Image:          {}", c.image);
+            println!("  Image ID:       {}", c.image_id);
+            println!("  Ready:          {}", c.ready);
+            println!("  Restart Count:  {}", c.restart_count);
+            if let Some(w) = &c.state.waiting {
+                println!(
+                    "  State:          Waiting ({}): {}",
+                    w.reason.as_deref().unwrap_or(""),
+                    w.message.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe_deployment(d: &k8s::Deployment, h: &RolloutHistory) {
+    let s = d.status.clone().unwrap_or_default();
+    let desired = d.spec.replicas.unwrap_or(1);
+    println!("Name:                   {}", d.metadata.name);
+    println!("Namespace:              default");
+    println!(
+        "CreationTimestamp:      {}",
+        d.metadata.creation_timestamp.as_deref().unwrap_or("")
+    );
+    println!(
+        "Labels:                 {}",
+        labels_text(&d.metadata.labels)
+    );
+    println!(
+        "Annotations:            {}",
+        labels_text(&d.metadata.annotations)
+    );
+    println!(
+        "Selector:               {}",
+        labels_text(&d.spec.selector.match_labels)
+    );
+    println!(
+        "Replicas:               {desired} desired | {} updated | {} total | {} available | {} unavailable",
+        s.updated_replicas,
+        s.replicas,
+        s.available_replicas,
+        (s.replicas - s.available_replicas).max(0)
+    );
+    let strategy = d.spec.strategy.clone().unwrap_or_default();
+    let kind = strategy.kind.as_deref().unwrap_or("RollingUpdate");
+    println!("StrategyType:           {kind}");
+    println!(
+        "MinReadySeconds:        {}",
+        d.spec.min_ready_seconds.unwrap_or(0)
+    );
+    if kind == "RollingUpdate" {
+        let ru = strategy.rolling_update.unwrap_or_default();
+        let show = |v: Option<k8s::IntOrString>| match v {
+            Some(k8s::IntOrString::Int(i)) => i.to_string(),
+            Some(k8s::IntOrString::String(s)) => s,
+            None => "25%".into(),
+        };
+        println!(
+            "RollingUpdateStrategy:  {} max unavailable, {} max surge",
+            show(ru.max_unavailable),
+            show(ru.max_surge)
+        );
+    }
+    println!("Pod Template:");
+    println!(
+        "  Labels:  {}",
+        labels_text(&d.spec.template.metadata.labels)
+    );
+    for c in &d.spec.template.spec.containers {
+        println!("  Containers:");
+        println!("   {}:", c.name);
+        println!("    Image:      {}", c.image);
+        for p in &c.ports {
+            println!("    Port:       {}/TCP", p.container_port);
+        }
+        if let Some(r) = &c.resources {
+            for (k, v) in &r.limits {
+                println!(
+                    "    Limits:     {k}: {}",
+                    serde_json::to_value(v).map_or_else(
+                        |_| String::new(),
+                        |v| v.to_string().trim_matches('"').to_string()
+                    )
+                );
+            }
+        }
+        for e in &c.env {
+            println!("    Env:        {}={}", e.name, e.value);
+        }
+    }
+    println!("Conditions:");
+    let rows: Vec<[String; 3]> = s
+        .conditions
+        .iter()
+        .map(|c| {
+            [
+                format!("  {}", c.kind),
+                c.status.clone(),
+                c.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["  Type", "Status", "Reason"], &rows);
+    println!("Revisions:");
+    for r in &h.revisions {
+        println!("  {}  {}  {}  {}", r.revision, r.hash, r.image, r.at);
+    }
+    println!("Events:");
+    if h.events.is_empty() {
+        println!("  <none>");
+    } else {
+        let rows: Vec<[String; 4]> = h
+            .events
+            .iter()
+            .map(|e| {
+                [
+                    format!("  {}", e.kind),
+                    e.reason.clone(),
+                    age_of(Some(&e.at)),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["  Type", "Reason", "Age", "Message"], &rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_targets_as_kubectl_takes_them() {
+        let t = |args: &[&str]| targets(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(t(&["pods"]).unwrap(), vec![(Kind::Pod, vec![])]);
+        assert_eq!(
+            t(&["deployments,svc"]).unwrap(),
+            vec![(Kind::Deployment, vec![]), (Kind::Service, vec![])]
+        );
+        assert_eq!(
+            t(&["deploy", "web"]).unwrap(),
+            vec![(Kind::Deployment, vec!["web".to_string()])]
+        );
+        assert_eq!(
+            t(&["deployment/a", "pod/b", "deployment.apps/c"]).unwrap(),
+            vec![
+                (Kind::Deployment, vec!["a".to_string(), "c".to_string()]),
+                (Kind::Pod, vec!["b".to_string()])
+            ]
+        );
+        assert_eq!(t(&["all"]).unwrap().len(), 3);
+        assert!(t(&["widgets"]).is_err());
+        assert!(t(&["pods,svc", "x"]).is_err());
+        assert_eq!(deployment_name("deployment/web").unwrap(), "web");
+        assert_eq!(deployment_name("web").unwrap(), "web");
+        assert!(deployment_name("service/web").is_err());
+    }
+
+    #[test]
+    fn rollout_status_reads_the_status_as_kubectl_does() {
+        let mut d: k8s::Deployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "generation": 2},
+            "spec": {"replicas": 3},
+            "status": {"replicas": 4, "updatedReplicas": 3, "availableReplicas": 3,
+                       "readyReplicas": 4, "observedGeneration": 2}
+        }))
+        .unwrap();
+        assert!(
+            rollout_state(&d)
+                .unwrap()
+                .unwrap()
+                .contains("pending termination")
+        );
+        d.status.as_mut().unwrap().replicas = 3;
+        assert_eq!(rollout_state(&d).unwrap(), None);
+        d.status.as_mut().unwrap().observed_generation = Some(1);
+        assert!(rollout_state(&d).unwrap().unwrap().contains("observed"));
+        d.status.as_mut().unwrap().observed_generation = Some(2);
+        d.status.as_mut().unwrap().conditions.push(k8s::Condition {
+            kind: "Progressing".into(),
+            status: "False".into(),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            ..k8s::Condition::default()
+        });
+        assert!(rollout_state(&d).is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! Deployments, Services and pods over HTTP.
+//!
+//! Reads are served at the Kubernetes API's own paths and shapes
+//! (`/apis/apps/v1/namespaces/default/deployments`, `/api/v1/namespaces/default/pods`,
+//! lists with `items`, `?labelSelector=`), so the same handlers can answer kubectl.
+//! Changes skiff's CLI makes in one step have skiff paths: `POST /v1/apply` and
+//! `/v1/delete` take whole manifest files (read on the node, all or nothing),
+//! `/v1/deployments/{name}/image|rollback|history` are `set image`, `rollout undo` and
+//! `rollout history`. Scale is the Kubernetes `scale` subresource.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use skiff_spec::api::{ApplyResult, ManifestFiles, RolloutHistory};
+use skiff_spec::k8s::{self, List, ListMeta};
+use skiff_spec::manifest::{self, Object};
+
+use super::ApiError;
+use crate::Shared;
+use crate::desired::Command;
+
+/// Largest request body of these routes (manifest files are bounded again one by one).
+const BODY_LIMIT: usize = 32 << 20;
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/delete", post(delete_files))
+        .route("/v1/deployments/{name}/image", post(set_image))
+        .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route("/v1/deployments/{name}/history", get(history))
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments",
+            get(list_deployments),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+            get(get_deployment)
+                .put(put_deployment)
+                .delete(delete_deployment),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale",
+            get(get_scale).put(put_scale).patch(put_scale),
+        )
+        .route("/api/v1/namespaces/{ns}/services", get(list_services))
+        .route(
+            "/api/v1/namespaces/{ns}/services/{name}",
+            get(get_service).put(put_service).delete(delete_service),
+        )
+        .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            get(get_pod).delete(delete_pod),
+        )
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// skiff has one namespace.
+fn namespace(ns: &str) -> Result<(), ApiError> {
+    if ns == "default" {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "namespace {ns:?} not found; skiff has only the namespace default"
+        )))
+    }
+}
+
+/// One requirement of an equality-based label selector.
+#[derive(Debug, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+/// Parses `app=web,tier!=db,canary,!legacy` (kubectl's `-l`).
+fn selector(text: &str) -> Result<Vec<Requirement>, ApiError> {
+    let bad = |part: &str| {
+        ApiError::bad_request(
+            "invalid_selector",
+            format!("labelSelector: {part:?} is not key, !key, key=value or key!=value"),
+        )
+    };
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let r = if let Some((k, v)) = part.split_once("!=") {
+            Requirement::NotEquals(k.trim().into(), v.trim().into())
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            Requirement::Equals(k.trim().into(), v.trim().into())
+        } else if let Some(k) = part.strip_prefix('!') {
+            Requirement::Absent(k.trim().into())
+        } else {
+            Requirement::Exists(part.into())
+        };
+        let key = match &r {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::Exists(k)
+            | Requirement::Absent(k) => k,
+        };
+        if !key_ok(key) {
+            return Err(bad(part));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn matches(reqs: &[Requirement], labels: &std::collections::BTreeMap<String, String>) -> bool {
+    reqs.iter().all(|r| match r {
+        Requirement::Equals(k, v) => labels.get(k) == Some(v),
+        Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+        Requirement::Exists(k) => labels.contains_key(k),
+        Requirement::Absent(k) => !labels.contains_key(k),
+    })
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    #[serde(default, rename = "labelSelector")]
+    label_selector: Option<String>,
+}
+
+fn list<T>(api_version: &str, kind: &str, version: u64, items: Vec<T>) -> Json<List<T>> {
+    Json(List {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        metadata: ListMeta {
+            resource_version: version.to_string(),
+        },
+        items,
+    })
+}
+
+async fn apply(
+    State(shared): State<Arc<Shared>>,
+    Json(files): Json<ManifestFiles>,
+) -> Result<Json<ApplyResult>, ApiError> {
+    Ok(Json(shared.apps.apply_files(&files.files).await?))
+}
+
+async fn delete_files(
+    State(shared): State<Arc<Shared>>,
+    Json(files): Json<ManifestFiles>,
+) -> Result<Json<ApplyResult>, ApiError> {
+    Ok(Json(shared.apps.delete_files(&files.files).await?))
+}
+
+async fn list_deployments(
+    State(shared): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<List<k8s::Deployment>>, ApiError> {
+    namespace(&ns)?;
+    let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
+    let items = shared
+        .apps
+        .deployments()
+        .into_iter()
+        .filter(|d| matches(&reqs, &d.metadata.labels))
+        .collect();
+    Ok(list(
+        "apps/v1",
+        "DeploymentList",
+        shared.apps.desired_version(),
+        items,
+    ))
+}
+
+async fn get_deployment(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    namespace(&ns)?;
+    Ok(Json(shared.apps.deployment(&name)?))
+}
+
+/// Checks an object sent as JSON the way the manifest reader checks a document.
+fn validated(object: Object, name: &str) -> Result<Object, ApiError> {
+    let problems = match &object {
+        Object::Deployment(d) => manifest::validate_deployment(d),
+        Object::Service(s) => manifest::validate_service(s),
+    };
+    if let Some(p) = problems.first() {
+        return Err(ApiError::bad_request(
+            "invalid_manifest",
+            format!("{}: {p}", object.reference()),
+        ));
+    }
+    if object.metadata().name != name {
+        return Err(ApiError::bad_request(
+            "invalid_manifest",
+            format!(
+                "metadata.name {:?} does not match the path's {name:?}",
+                object.metadata().name
+            ),
+        ));
+    }
+    Ok(object)
+}
+
+async fn put_deployment(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+    Json(d): Json<k8s::Deployment>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    namespace(&ns)?;
+    if d.api_version != "apps/v1" || d.kind != "Deployment" {
+        return Err(ApiError::bad_request(
+            "invalid_manifest",
+            format!(
+                "expected apps/v1 Deployment, got {} {}",
+                d.api_version, d.kind
+            ),
+        ));
+    }
+    shared
+        .apps
+        .apply_object(validated(Object::Deployment(Box::new(d)), &name)?)
+        .await?;
+    Ok(Json(shared.apps.deployment(&name)?))
+}
+
+async fn delete_deployment(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    namespace(&ns)?;
+    let d = shared.apps.deployment(&name)?;
+    shared
+        .apps
+        .submit(Command::DeleteDeployment { name })
+        .await?;
+    Ok(Json(d))
+}
+
+/// The `autoscaling/v1 Scale` of a Deployment.
+fn scale_object(d: &k8s::Deployment) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": d.metadata.name, "namespace": "default"},
+        "spec": {"replicas": d.spec.replicas.unwrap_or(1)},
+        "status": {"replicas": d.status.as_ref().map_or(0, |s| s.replicas)},
+    })
+}
+
+async fn get_scale(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    namespace(&ns)?;
+    Ok(Json(scale_object(&shared.apps.deployment(&name)?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ScaleBody {
+    spec: ScaleSpec,
+}
+
+#[derive(Deserialize)]
+struct ScaleSpec {
+    replicas: i32,
+}
+
+async fn put_scale(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+    Json(body): Json<ScaleBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    namespace(&ns)?;
+    shared
+        .apps
+        .submit(Command::ScaleDeployment {
+            name: name.clone(),
+            replicas: body.spec.replicas,
+        })
+        .await?;
+    Ok(Json(scale_object(&shared.apps.deployment(&name)?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SetImage {
+    container: String,
+    image: String,
+}
+
+async fn set_image(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(body): Json<SetImage>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    if body.image.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid", "the image is empty"));
+    }
+    shared
+        .apps
+        .submit(Command::SetImage {
+            name: name.clone(),
+            container: body.container,
+            image: body.image,
+            at: crate::apps::now_rfc3339(),
+        })
+        .await?;
+    Ok(Json(shared.apps.deployment(&name)?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Rollback {
+    #[serde(default)]
+    to_revision: Option<i64>,
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(body): Json<Rollback>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    shared
+        .apps
+        .submit(Command::Rollback {
+            name: name.clone(),
+            // kubectl's --to-revision=0 means "the previous one".
+            to_revision: body.to_revision.filter(|r| *r != 0),
+            at: crate::apps::now_rfc3339(),
+        })
+        .await?;
+    Ok(Json(shared.apps.deployment(&name)?))
+}
+
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<RolloutHistory>, ApiError> {
+    Ok(Json(shared.apps.rollout_history(&name)?))
+}
+
+async fn list_services(
+    State(shared): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<List<k8s::Service>>, ApiError> {
+    namespace(&ns)?;
+    let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
+    let state = shared.apps.desired();
+    let items = state
+        .services
+        .into_values()
+        .filter(|s| matches(&reqs, &s.metadata.labels))
+        .collect();
+    Ok(list("v1", "ServiceList", state.version, items))
+}
+
+async fn get_service(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Service>, ApiError> {
+    namespace(&ns)?;
+    Ok(Json(shared.apps.service(&name)?))
+}
+
+async fn put_service(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+    Json(s): Json<k8s::Service>,
+) -> Result<Json<k8s::Service>, ApiError> {
+    namespace(&ns)?;
+    if s.api_version != "v1" || s.kind != "Service" {
+        return Err(ApiError::bad_request(
+            "invalid_manifest",
+            format!("expected v1 Service, got {} {}", s.api_version, s.kind),
+        ));
+    }
+    shared
+        .apps
+        .apply_object(validated(Object::Service(Box::new(s)), &name)?)
+        .await?;
+    Ok(Json(shared.apps.service(&name)?))
+}
+
+async fn delete_service(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Service>, ApiError> {
+    namespace(&ns)?;
+    let s = shared.apps.service(&name)?;
+    shared.apps.submit(Command::DeleteService { name }).await?;
+    Ok(Json(s))
+}
+
+async fn list_pods(
+    State(shared): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<List<k8s::Pod>>, ApiError> {
+    namespace(&ns)?;
+    let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
+    let items = shared
+        .apps
+        .pod_objects()
+        .into_iter()
+        .filter(|p| matches(&reqs, &p.metadata.labels))
+        .collect();
+    Ok(list("v1", "PodList", shared.apps.desired_version(), items))
+}
+
+async fn get_pod(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Pod>, ApiError> {
+    namespace(&ns)?;
+    shared
+        .apps
+        .pod_objects()
+        .into_iter()
+        .find(|p| p.metadata.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("pod {name} not found")))
+}
+
+async fn delete_pod(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Pod>, ApiError> {
+    namespace(&ns)?;
+    let pod = shared
+        .apps
+        .pod_objects()
+        .into_iter()
+        .find(|p| p.metadata.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("pod {name} not found")))?;
+    shared.apps.delete_pod(&name)?;
+    Ok(Json(pod))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn label_selectors_as_kubectl_writes_them() {
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".into(), "front".into()),
+        ]
+        .into();
+        let sel = |s: &str| matches(&selector(s).unwrap(), &labels);
+        assert!(sel(""));
+        assert!(sel("app=web"));
+        assert!(sel("app==web,tier"));
+        assert!(sel("app!=db,!canary"));
+        assert!(!sel("app=db"));
+        assert!(!sel("tier!=front"));
+        assert!(!sel("canary"));
+        assert!(!sel("!app"));
+        assert!(selector("a b=c").is_err());
+        assert!(selector("=x").is_err());
+    }
+}

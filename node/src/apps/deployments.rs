@@ -1,0 +1,1110 @@
+//! Deployments and Services on this node: the reconciler.
+//!
+//! Desired state lives in the [`DesiredStore`](crate::desired::DesiredStore); this
+//! module makes the node's pods match it. One task runs [`Apps::run_reconciler`]: woken
+//! by every change, by pod events (ready, exited, stopped) and twice a second, it reads
+//! the whole picture and, for each Deployment, runs the rollout planner
+//! ([`rollout::plan`]) and carries out its actions; then it points each Service's route
+//! at the pods its selector picks. It is the only thing that starts or stops a
+//! Deployment's pods. Pods live in memory only: after a restart (or `kill -9`) the node
+//! has none, and the planner starts what the desired state asks for.
+//!
+//! Restart policy lives here, once. A pod whose container cannot be made (image
+//! missing, compile or link refused, no memory budget) waits and is tried again; a pod
+//! whose container ended (its Linux process exited, its liveness probe failed) restarts
+//! in place, counting `restartCount`. Both wait 1 s doubling to 5 min, as Kubernetes'
+//! back-off; a container that ran for a minute resets it.
+//!
+//! A pod is ready (routable, and counted by the planner) once its readiness probe
+//! passes; without one, a Wasm or static pod at once (its code was linked when it was
+//! made) and a Linux pod once its port accepts connections.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use skiff_gateway::{Algorithm, Backends, Balancing, HashOn};
+use skiff_image::ImageSummary;
+use skiff_runtime::LogBook;
+use skiff_runtime::RequestInfo;
+use skiff_runtime::oci::Exit;
+use skiff_spec::api::{EventInfo, RevisionInfo, RolloutHistory};
+use skiff_spec::k8s::{
+    self, Condition, ContainerState as K8sState, DeploymentStatus, ObjectMeta, PodTemplateSpec,
+    Probe, Service, StateReason, StateRunning,
+};
+use skiff_spec::manifest::{HASH_ON_ANNOTATION, LOAD_BALANCER_ANNOTATION};
+use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_duration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::linux::{self, LinuxEvent, LinuxStart};
+use super::{Apps, LOG_LINES, Prepared, image_spec, now_ms};
+use crate::api::ApiError;
+use crate::container::{Container, ContainerState};
+use crate::desired::rollout::{self, Action, Plan, PodPhase};
+use crate::desired::{State, StoredDeployment};
+use crate::state::OciOptions;
+use skiff_gateway::Endpoint as _;
+
+/// Events kept per Deployment.
+const EVENTS: usize = 50;
+
+/// Pod annotations that set what Kubernetes has no field for.
+const TIMEOUT_ANNOTATION: &str = "skiff.dev/timeout";
+const CONCURRENCY_ANNOTATION: &str = "skiff.dev/concurrency";
+const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-hosts";
+
+/// The back-off before the `n`th retry of a pod (n from 1): 1 s doubling to 5 min.
+fn backoff_ms(n: u32) -> u64 {
+    (1000u64 << n.saturating_sub(1).min(9)).min(300_000)
+}
+
+/// Where a pod is.
+enum PodState {
+    /// No container: being made, or waiting (after a failure) until `retry_ms`.
+    Waiting {
+        reason: &'static str,
+        message: String,
+        retry_ms: u64,
+    },
+    /// A container, ready or not.
+    Running {
+        container: Arc<Container>,
+        image: Digest,
+        /// Since when it has been ready.
+        ready_since: Option<u64>,
+        /// Stops its probes.
+        probes: CancellationToken,
+        /// How long its requests may take (the drain grace when it stops).
+        grace: Duration,
+    },
+    /// Draining, then gone.
+    Terminating {
+        container: Arc<Container>,
+        since: String,
+    },
+}
+
+/// One pod of a Deployment.
+struct PodEntry {
+    deployment: String,
+    hash: String,
+    labels: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+    created: String,
+    restarts: i32,
+    /// Failures in a row, for the back-off.
+    crashes: u32,
+    state: PodState,
+}
+
+impl PodEntry {
+    fn phase(&self) -> PodPhase {
+        match &self.state {
+            PodState::Waiting { .. } => PodPhase::Starting,
+            PodState::Running {
+                ready_since: Some(since_ms),
+                ..
+            } => PodPhase::Ready {
+                since_ms: *since_ms,
+            },
+            PodState::Running { .. } => PodPhase::Starting,
+            PodState::Terminating { .. } => PodPhase::Terminating,
+        }
+    }
+
+    fn running(&self) -> Option<&Arc<Container>> {
+        match &self.state {
+            PodState::Running { container, .. } => Some(container),
+            _ => None,
+        }
+    }
+}
+
+/// What a rollout has done, for status, conditions and events.
+struct Progress {
+    hash: String,
+    generation: i64,
+    counts: (i32, i32, i32, i32),
+    /// Last time anything moved (ms).
+    since_ms: u64,
+    failed: bool,
+    complete: bool,
+    status: DeploymentStatus,
+    events: VecDeque<EventInfo>,
+}
+
+/// What a Service's route holds now, to swap it only when that changes.
+#[derive(PartialEq, Eq)]
+struct RouteKey {
+    containers: Vec<String>,
+    balancing: Balancing,
+}
+
+#[derive(Default)]
+struct Inner {
+    pods: BTreeMap<String, PodEntry>,
+    progress: BTreeMap<String, Progress>,
+    routes: BTreeMap<String, RouteKey>,
+    /// One log book per Deployment: its pods' lines, each naming its pod.
+    logs: BTreeMap<String, Arc<LogBook>>,
+}
+
+impl Inner {
+    fn event(&mut self, deployment: &str, kind: &str, reason: &str, message: String) {
+        if let Some(p) = self.progress.get_mut(deployment) {
+            push_event(&mut p.events, kind, reason, message);
+        }
+    }
+}
+
+fn push_event(events: &mut VecDeque<EventInfo>, kind: &str, reason: &str, message: String) {
+    if events.len() == EVENTS {
+        events.pop_front();
+    }
+    events.push_back(EventInfo {
+        at: super::now_rfc3339(),
+        kind: kind.into(),
+        reason: reason.into(),
+        message,
+    });
+}
+
+/// The node's pods of Deployments, shared by the reconciler, the probes and the API.
+#[derive(Default)]
+pub(crate) struct PodTable {
+    inner: Mutex<Inner>,
+    kick: Notify,
+}
+
+impl PodTable {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the reconciler (after a change to the desired state or to a pod).
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// The images pods run, with the pods' names (garbage collection keeps them).
+    pub(crate) fn images(&self) -> Vec<(Digest, String)> {
+        self.lock()
+            .pods
+            .iter()
+            .filter_map(|(name, p)| match &p.state {
+                PodState::Running { image, .. } => Some((*image, name.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The log book of a Deployment's pods.
+    pub(crate) fn log(&self, deployment: &str) -> Option<Arc<LogBook>> {
+        self.lock().logs.get(deployment).cloned()
+    }
+
+    /// `instance` of `pod` passed its readiness check.
+    fn ready(&self, pod: &str, instance: &str) {
+        let mut inner = self.lock();
+        if let Some(PodEntry {
+            state:
+                PodState::Running {
+                    container,
+                    ready_since,
+                    ..
+                },
+            ..
+        }) = inner.pods.get_mut(pod)
+            && container.id == instance
+        {
+            *ready_since = Some(now_ms());
+        }
+        drop(inner);
+        self.kick();
+    }
+
+    /// `instance` of `pod` ended (its process exited, its liveness probe failed): the
+    /// pod restarts in place after the back-off.
+    fn restart(self: &Arc<Self>, pod: &str, instance: &str, reason: &'static str, message: String) {
+        let mut inner = self.lock();
+        let Some(p) = inner.pods.get_mut(pod) else {
+            return;
+        };
+        let PodState::Running {
+            container, probes, ..
+        } = &p.state
+        else {
+            return;
+        };
+        if container.id != instance {
+            return;
+        }
+        probes.cancel();
+        let dead = container.clone();
+        let ran_ms = now_ms().saturating_sub(dead.started_ms);
+        p.crashes = if ran_ms > 60_000 { 1 } else { p.crashes + 1 };
+        p.restarts += 1;
+        let wait = backoff_ms(p.crashes);
+        p.state = PodState::Waiting {
+            reason: "CrashLoopBackOff",
+            message: format!("{message}; restarting in {} s", wait / 1000),
+            retry_ms: now_ms() + wait,
+        };
+        let deployment = p.deployment.clone();
+        warn!(pod, %message, "pod container ended; restarting it after a back-off");
+        inner.event(
+            &deployment,
+            "Warning",
+            reason,
+            format!("pod {pod}: {message}"),
+        );
+        drop(inner);
+        tokio::spawn(async move {
+            linux::retire(&dead, Duration::ZERO, linux::STOP_GRACE).await;
+        });
+        self.kick();
+    }
+}
+
+/// The reconciler's view of a Service's balancing.
+fn balancing(service: &Service) -> Balancing {
+    let annotations = &service.metadata.annotations;
+    Balancing {
+        algorithm: annotations
+            .get(LOAD_BALANCER_ANNOTATION)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(Algorithm::P2cEwma),
+        hash_on: annotations
+            .get(HASH_ON_ANNOTATION)
+            .and_then(|h| HashOn::parse(h).ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// Whether a Service's selector picks a pod with `labels` (an empty selector picks
+/// nothing, as in Kubernetes, where it means "endpoints managed elsewhere").
+fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
+    let selector = &service.spec.selector;
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Random lowercase letters and digits without vowels (Kubernetes' pod-name suffix).
+fn suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The app spec of a pod of `deployment` from `template`, with the image's defaults.
+fn pod_spec(
+    deployment: &str,
+    template: &PodTemplateSpec,
+    summary: &ImageSummary,
+) -> Result<AppSpec, ApiError> {
+    let c = template
+        .spec
+        .containers
+        .first()
+        .ok_or_else(|| ApiError::bad_request("invalid_manifest", "the pod has no container"))?;
+    let invalid =
+        |what: &str, e: String| ApiError::bad_request("invalid_manifest", format!("{what}: {e}"));
+    let annotations = &template.metadata.annotations;
+    let memory_bytes = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.get("memory"))
+        .map(|q| q.bytes())
+        .transpose()
+        .map_err(|e| invalid("resources.limits.memory", e))?;
+    let timeout = annotations
+        .get(TIMEOUT_ANNOTATION)
+        .map(|t| parse_duration(t))
+        .transpose()
+        .map_err(|e| invalid(TIMEOUT_ANNOTATION, e))?;
+    let concurrency = annotations
+        .get(CONCURRENCY_ANNOTATION)
+        .map(|c| c.parse::<u32>().map_err(|e| e.to_string()))
+        .transpose()
+        .map_err(|e| invalid(CONCURRENCY_ANNOTATION, e))?;
+    let params = DeployParams {
+        env: c
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        memory_bytes,
+        timeout,
+        replicas: Some(1),
+        concurrency,
+        allowed_hosts: annotations
+            .get(ALLOWED_HOSTS_ANNOTATION)
+            .map(|h| {
+                h.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        image: None,
+    };
+    let name = AppName::new(deployment.to_string()).map_err(ApiError::internal)?;
+    let mut spec = image_spec(params, summary, name);
+    // As Kubernetes: `command` replaces the image's ENTRYPOINT, `args` its CMD.
+    if !c.command.is_empty() || !c.args.is_empty() {
+        let entry = if c.command.is_empty() {
+            summary.run.entrypoint.clone()
+        } else {
+            c.command.clone()
+        };
+        spec.args = entry.into_iter().chain(c.args.iter().cloned()).collect();
+    }
+    Ok(spec)
+}
+
+/// One HTTP GET of a probe through the container's workload: 2xx and 3xx pass.
+async fn http_probe(container: &Container, probe: &Probe) -> bool {
+    let Some(get) = &probe.http_get else {
+        return true;
+    };
+    let path = get.path.as_deref().unwrap_or("/");
+    let Ok(req) = http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .header(http::header::USER_AGENT, "skiff-probe/1")
+        .body(http_body_util::Empty::<Bytes>::new())
+    else {
+        return false;
+    };
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let info = RequestInfo {
+        remote: local,
+        local,
+    };
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    match tokio::time::timeout(timeout, container.workload().handle(req, &info)).await {
+        Ok(Ok(response)) => (200..400).contains(&response.status().as_u16()),
+        _ => false,
+    }
+}
+
+fn period(probe: &Probe) -> Duration {
+    Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64)
+}
+
+/// A pod's probes: readiness until it passes (then the container takes requests), then
+/// liveness, restarting the pod after `failureThreshold` failures in a row.
+async fn watch_pod(
+    table: Arc<PodTable>,
+    pod: String,
+    container: Arc<Container>,
+    spec: k8s::Container,
+    stop: CancellationToken,
+) {
+    let readiness = spec.readiness_probe.filter(|p| p.http_get.is_some());
+    let liveness = spec.liveness_probe.filter(|p| p.http_get.is_some());
+    let pause = |d: Duration| {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(d) => true,
+            }
+        }
+    };
+    if let Some(p) = &readiness {
+        let delay = Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64);
+        if !pause(delay).await {
+            return;
+        }
+    }
+    loop {
+        let ok = match &readiness {
+            Some(p) => http_probe(&container, p).await,
+            None => container.workload().accepts().await,
+        };
+        if ok {
+            break;
+        }
+        let wait = readiness
+            .as_ref()
+            .map_or(Duration::from_millis(100), period);
+        if !pause(wait).await {
+            return;
+        }
+    }
+    if stop.is_cancelled() || container.transition(ContainerState::Ready).is_err() {
+        return;
+    }
+    table.ready(&pod, &container.id);
+    let Some(live) = liveness else {
+        return;
+    };
+    let threshold = live.failure_threshold.unwrap_or(3).max(1);
+    let mut failures = 0;
+    while pause(period(&live)).await {
+        if http_probe(&container, &live).await {
+            failures = 0;
+            continue;
+        }
+        failures += 1;
+        if failures >= threshold {
+            table.restart(
+                &pod,
+                &container.id,
+                "Unhealthy",
+                format!("liveness probe failed {failures} times"),
+            );
+            return;
+        }
+    }
+}
+
+impl Apps {
+    /// Runs the reconciler until the node stops. Run once, by the node.
+    pub(crate) async fn run_reconciler(&self, shutdown: CancellationToken) {
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.pods.kick.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// One pass: plan every Deployment, stop and start pods, route every Service.
+    async fn reconcile(&self) {
+        let state = self.desired.snapshot().state;
+        let now = now_ms();
+        let (to_stop, to_launch) = {
+            let mut inner = self.pods.lock();
+            let mut to_stop: Vec<String> = inner
+                .pods
+                .iter()
+                .filter(|(_, p)| {
+                    !matches!(p.state, PodState::Terminating { .. })
+                        && !state.deployments.contains_key(&p.deployment)
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            inner
+                .progress
+                .retain(|name, _| state.deployments.contains_key(name));
+            inner
+                .logs
+                .retain(|name, _| state.deployments.contains_key(name));
+            for (name, d) in &state.deployments {
+                let hash = &d.current().hash;
+                let observed: Vec<rollout::Pod> = inner
+                    .pods
+                    .iter()
+                    .filter(|(_, p)| &p.deployment == name)
+                    .map(|(n, p)| rollout::Pod {
+                        name: n.clone(),
+                        hash: p.hash.clone(),
+                        phase: p.phase(),
+                    })
+                    .collect();
+                let plan = rollout::plan(&d.object, hash, &observed, now);
+                track(&mut inner, d, &plan, now);
+                for action in plan.actions {
+                    match action {
+                        Action::Start { hash } => {
+                            let pod = format!("{name}-{hash}-{}", suffix());
+                            let template = d.revisions.iter().find(|r| r.hash == hash).map_or_else(
+                                || d.object.spec.template.clone(),
+                                |r| r.template.clone(),
+                            );
+                            let mut labels = template.metadata.labels.clone();
+                            labels.insert("pod-template-hash".into(), hash.clone());
+                            inner.pods.insert(
+                                pod.clone(),
+                                PodEntry {
+                                    deployment: name.clone(),
+                                    hash,
+                                    labels,
+                                    template,
+                                    created: super::now_rfc3339(),
+                                    restarts: 0,
+                                    crashes: 0,
+                                    state: PodState::Waiting {
+                                        reason: "ContainerCreating",
+                                        message: String::new(),
+                                        retry_ms: 0,
+                                    },
+                                },
+                            );
+                            inner.event(
+                                name,
+                                "Normal",
+                                "SuccessfulCreate",
+                                format!("Created pod: {pod}"),
+                            );
+                        }
+                        Action::Stop { pod } => {
+                            inner.event(
+                                name,
+                                "Normal",
+                                "SuccessfulDelete",
+                                format!("Deleted pod: {pod}"),
+                            );
+                            to_stop.push(pod);
+                        }
+                    }
+                }
+            }
+            let to_launch: Vec<String> = inner
+                .pods
+                .iter()
+                .filter(|(_, p)| matches!(p.state, PodState::Waiting { retry_ms, .. } if retry_ms <= now))
+                .map(|(n, _)| n.clone())
+                .collect();
+            (to_stop, to_launch)
+        };
+        for pod in &to_stop {
+            self.stop_pod(pod);
+        }
+        for pod in &to_launch {
+            self.launch(pod).await;
+        }
+        self.route_services(&state);
+    }
+
+    /// Stops a pod: out of its Services, drained, its process stopped, then forgotten.
+    fn stop_pod(&self, pod: &str) {
+        let mut inner = self.pods.lock();
+        let Some(p) = inner.pods.get_mut(pod) else {
+            return;
+        };
+        match &p.state {
+            PodState::Waiting { .. } => {
+                inner.pods.remove(pod);
+            }
+            PodState::Terminating { .. } => {}
+            PodState::Running {
+                container,
+                probes,
+                grace,
+                ..
+            } => {
+                probes.cancel();
+                let (container, grace) = (container.clone(), *grace);
+                p.state = PodState::Terminating {
+                    container: container.clone(),
+                    since: super::now_rfc3339(),
+                };
+                let (table, pod) = (self.pods.clone(), pod.to_string());
+                tokio::spawn(async move {
+                    linux::retire(&container, grace, linux::STOP_GRACE).await;
+                    table.lock().pods.remove(&pod);
+                    table.kick();
+                });
+            }
+        }
+    }
+
+    /// Makes a waiting pod's container; on failure the pod waits for the back-off.
+    async fn launch(&self, pod: &str) {
+        let (deployment, template, log) = {
+            let mut inner = self.pods.lock();
+            let Some(p) = inner.pods.get(pod) else {
+                return;
+            };
+            if !matches!(p.state, PodState::Waiting { .. }) {
+                return;
+            }
+            let (deployment, template) = (p.deployment.clone(), p.template.clone());
+            let log = inner
+                .logs
+                .entry(deployment.clone())
+                .or_insert_with(|| LogBook::new(LOG_LINES))
+                .clone();
+            (deployment, template, log)
+        };
+        let made = self.make_pod(pod, &deployment, &template, &log).await;
+        let mut inner = self.pods.lock();
+        let waiting = inner
+            .pods
+            .get(pod)
+            .is_some_and(|p| matches!(p.state, PodState::Waiting { .. }));
+        if !waiting {
+            // Stopped while it was being made.
+            if let Ok((container, ..)) = made {
+                tokio::spawn(async move {
+                    linux::retire(&container, Duration::ZERO, Duration::ZERO).await;
+                });
+            }
+            return;
+        }
+        let p = inner.pods.get_mut(pod).expect("checked above");
+        match made {
+            Ok((container, image, grace)) => {
+                let probes = CancellationToken::new();
+                p.state = PodState::Running {
+                    container: container.clone(),
+                    image,
+                    ready_since: None,
+                    probes: probes.clone(),
+                    grace,
+                };
+                let spec = template.spec.containers[0].clone();
+                info!(pod, deployment, "pod started");
+                tokio::spawn(watch_pod(
+                    self.pods.clone(),
+                    pod.to_string(),
+                    container,
+                    spec,
+                    probes,
+                ));
+            }
+            Err(e) => {
+                p.crashes += 1;
+                let wait = backoff_ms(p.crashes);
+                let reason = match e.code() {
+                    "not_found" => "ErrImagePull",
+                    _ => "CreateContainerError",
+                };
+                p.state = PodState::Waiting {
+                    reason,
+                    message: e.message().to_string(),
+                    retry_ms: now_ms() + wait,
+                };
+                warn!(pod, deployment, error = %e, "pod could not start; trying again after a back-off");
+                inner.event(
+                    &deployment,
+                    "Warning",
+                    "Failed",
+                    format!("pod {pod}: {}", e.message()),
+                );
+            }
+        }
+    }
+
+    /// A pod's container from its template: the image resolved, compiled or extracted,
+    /// and a container made (Wasm, static) or started (Linux), not ready yet.
+    async fn make_pod(
+        &self,
+        pod: &str,
+        deployment: &str,
+        template: &PodTemplateSpec,
+        log: &Arc<LogBook>,
+    ) -> Result<(Arc<Container>, Digest, Duration), ApiError> {
+        let c =
+            template.spec.containers.first().ok_or_else(|| {
+                ApiError::bad_request("invalid_manifest", "the pod has no container")
+            })?;
+        let digest = self.resolve(&c.image).await?;
+        let summary = self.summary(digest).await?;
+        let prepared = self.prepare(&summary).await?;
+        let spec = pod_spec(deployment, template, &summary)?;
+        let grace = spec.limits.timeout() + Duration::from_secs(1);
+        let container = match &prepared {
+            Prepared::Oci { root } => {
+                let milli_cpus = c
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.limits.get("cpu"))
+                    .map(|q| q.millicpus())
+                    .transpose()
+                    .map_err(|e| ApiError::bad_request("invalid_manifest", e))?
+                    .map(|m| u32::try_from(m).unwrap_or(u32::MAX));
+                let name = pod.to_string();
+                self.start_linux(
+                    LinuxStart {
+                        id: &super::standalone::new_id(),
+                        name: pod,
+                        spec: &spec,
+                        summary: &summary,
+                        root,
+                        log,
+                        oci: &OciOptions {
+                            memory_bytes: Some(spec.limits.memory_bytes),
+                            milli_cpus,
+                            ..OciOptions::default()
+                        },
+                        port: c
+                            .ports
+                            .first()
+                            .and_then(|p| u16::try_from(p.container_port).ok()),
+                        ready: false,
+                    },
+                    move |instance, exit| LinuxEvent::PodExited {
+                        pod: name,
+                        instance,
+                        exit,
+                    },
+                )
+                .await?
+            }
+            _ => {
+                if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
+                    self.runtime
+                        .admit(&spec.limits)
+                        .map_err(ApiError::over_budget)?;
+                }
+                Arc::new(self.in_process(pod.to_string(), &spec, &prepared, log)?)
+            }
+        };
+        Ok((container, digest, grace))
+    }
+
+    /// A Linux pod's process ended.
+    pub(super) fn on_pod_exit(&self, pod: &str, instance: &str, exit: &Exit) {
+        let how = if exit.oom_killed {
+            "was killed for using more than its memory limit".to_string()
+        } else {
+            format!("exited with code {}", exit.code)
+        };
+        self.pods
+            .restart(pod, instance, "BackOff", format!("container {how}"));
+    }
+
+    /// Points each Service's route at the running pods its selector picks, swapping a
+    /// route only when what it holds changed (endpoint statistics live on the pods, so
+    /// they survive the swap either way).
+    fn route_services(&self, state: &State) {
+        let mut inner = self.pods.lock();
+        for (name, service) in &state.services {
+            let endpoints: Vec<Arc<Container>> = inner
+                .pods
+                .values()
+                .filter(|p| selects(service, &p.labels))
+                .filter_map(|p| p.running().cloned())
+                .collect();
+            let key = RouteKey {
+                containers: endpoints.iter().map(|c| c.id.clone()).collect(),
+                balancing: balancing(service),
+            };
+            if inner.routes.get(name) != Some(&key) {
+                let backends = Backends::balanced(endpoints, key.balancing.clone());
+                self.ingress.table.set_backends(name, backends);
+                inner.routes.insert(name.clone(), key);
+            }
+        }
+        let gone: Vec<String> = inner
+            .routes
+            .keys()
+            .filter(|n| !state.services.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.ingress.table.remove(&name);
+            inner.routes.remove(&name);
+        }
+    }
+
+    /// The Deployment `name` as stored, with the status the reconciler last saw.
+    pub(crate) fn deployment_object(&self, d: &StoredDeployment) -> k8s::Deployment {
+        let mut object = d.object.clone();
+        let inner = self.pods.lock();
+        object.status = Some(
+            inner
+                .progress
+                .get(&object.metadata.name)
+                .map(|p| p.status.clone())
+                .unwrap_or_default(),
+        );
+        object
+    }
+
+    /// Every pod, as the Kubernetes API shows pods.
+    pub(crate) fn pod_objects(&self) -> Vec<k8s::Pod> {
+        let node = node_name();
+        let inner = self.pods.lock();
+        inner
+            .pods
+            .iter()
+            .map(|(name, p)| pod_object(name, p, &node))
+            .collect()
+    }
+
+    /// A Deployment's revisions and events.
+    pub(crate) fn history(&self, d: &StoredDeployment) -> RolloutHistory {
+        let inner = self.pods.lock();
+        RolloutHistory {
+            revisions: d
+                .revisions
+                .iter()
+                .map(|r| RevisionInfo {
+                    revision: r.number,
+                    hash: r.hash.clone(),
+                    image: r
+                        .template
+                        .spec
+                        .containers
+                        .first()
+                        .map(|c| c.image.clone())
+                        .unwrap_or_default(),
+                    at: r.at.clone(),
+                })
+                .collect(),
+            events: inner
+                .progress
+                .get(&d.object.metadata.name)
+                .map(|p| p.events.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Stops a pod now (`delete pod`): its Deployment starts a replacement.
+    pub(crate) fn delete_pod(&self, pod: &str) -> Result<(), ApiError> {
+        if !self.pods.lock().pods.contains_key(pod) {
+            return Err(ApiError::not_found(format!("pod {pod} not found")));
+        }
+        self.stop_pod(pod);
+        self.pods.kick();
+        Ok(())
+    }
+
+    /// Every pod's container (node shutdown drains them).
+    pub(super) fn pod_containers(&self) -> Vec<Arc<Container>> {
+        let inner = self.pods.lock();
+        inner
+            .pods
+            .values()
+            .filter_map(|p| match &p.state {
+                PodState::Running { container, .. } | PodState::Terminating { container, .. } => {
+                    Some(container.clone())
+                }
+                PodState::Waiting { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Updates a Deployment's progress, conditions and status from its plan.
+fn track(inner: &mut Inner, d: &StoredDeployment, plan: &Plan, now: u64) {
+    let name = d.object.metadata.name.clone();
+    let current = d.current();
+    let generation = d.object.metadata.generation.unwrap_or(1);
+    let counts = (plan.replicas, plan.updated, plan.ready, plan.available);
+    let p = inner.progress.entry(name).or_insert_with(|| Progress {
+        hash: String::new(),
+        generation,
+        counts,
+        since_ms: now,
+        failed: false,
+        complete: false,
+        status: DeploymentStatus::default(),
+        events: VecDeque::new(),
+    });
+    if p.hash != current.hash {
+        p.hash.clone_from(&current.hash);
+        p.since_ms = now;
+        p.failed = false;
+        p.complete = false;
+        push_event(
+            &mut p.events,
+            "Normal",
+            "ScalingReplicaSet",
+            format!(
+                "Rolling out revision {} ({})",
+                current.number,
+                current
+                    .template
+                    .spec
+                    .containers
+                    .first()
+                    .map_or("", |c| c.image.as_str())
+            ),
+        );
+    }
+    if p.generation != generation {
+        p.generation = generation;
+        p.since_ms = now;
+        p.failed = false;
+    }
+    if p.counts != counts {
+        p.counts = counts;
+        p.since_ms = now;
+    }
+    let deadline_ms =
+        u64::try_from(d.object.spec.progress_deadline_seconds.unwrap_or(600)).unwrap_or(600) * 1000;
+    if plan.complete {
+        if !p.complete {
+            p.complete = true;
+            p.failed = false;
+            push_event(
+                &mut p.events,
+                "Normal",
+                "RolloutComplete",
+                format!("revision {} is available", current.number),
+            );
+        }
+    } else {
+        p.complete = false;
+        if !p.failed && now.saturating_sub(p.since_ms) > deadline_ms {
+            p.failed = true;
+            push_event(
+                &mut p.events,
+                "Warning",
+                "ProgressDeadlineExceeded",
+                format!(
+                    "revision {} made no progress for {} s",
+                    current.number,
+                    deadline_ms / 1000
+                ),
+            );
+        }
+    }
+    let desired = d.object.spec.replicas.unwrap_or(1);
+    let (_, max_unavailable) = rollout::bounds(&d.object);
+    let at = Some(super::now_rfc3339());
+    let available = plan.available >= desired - max_unavailable;
+    let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
+        kind: kind.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_transition_time: at.clone(),
+    };
+    let progressing = if p.failed {
+        condition(
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            format!("revision {} has timed out progressing", current.number),
+        )
+    } else if p.complete {
+        condition(
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            format!("revision {} has successfully progressed", current.number),
+        )
+    } else {
+        condition(
+            "Progressing",
+            true,
+            "ReplicaSetUpdated",
+            format!("revision {} is progressing", current.number),
+        )
+    };
+    p.status = DeploymentStatus {
+        replicas: plan.replicas,
+        ready_replicas: plan.ready,
+        updated_replicas: plan.updated,
+        available_replicas: plan.available,
+        observed_generation: Some(generation),
+        conditions: vec![
+            condition(
+                "Available",
+                available,
+                if available {
+                    "MinimumReplicasAvailable"
+                } else {
+                    "MinimumReplicasUnavailable"
+                },
+                format!("{} of {desired} replicas available", plan.available),
+            ),
+            progressing,
+        ],
+    };
+}
+
+/// The machine's host name: pods' `spec.nodeName`.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
+    let c = p.template.spec.containers.first();
+    let (phase, ready, state, ip, image_id, started) = match &p.state {
+        PodState::Waiting {
+            reason, message, ..
+        } => (
+            "Pending",
+            false,
+            K8sState {
+                waiting: Some(StateReason {
+                    reason: Some((*reason).into()),
+                    message: (!message.is_empty()).then(|| message.clone()),
+                }),
+                ..K8sState::default()
+            },
+            None,
+            String::new(),
+            None,
+        ),
+        PodState::Running { container, .. } | PodState::Terminating { container, .. } => {
+            let (image, ready) = match &p.state {
+                PodState::Running {
+                    image, ready_since, ..
+                } => (
+                    image.to_string(),
+                    ready_since.is_some() && container.is_ready(),
+                ),
+                _ => (String::new(), false),
+            };
+            let started = skiff_image::build::rfc3339(
+                std::time::UNIX_EPOCH + Duration::from_millis(container.started_ms),
+            );
+            (
+                "Running",
+                ready,
+                K8sState {
+                    running: Some(StateRunning {
+                        started_at: Some(started.clone()),
+                    }),
+                    ..K8sState::default()
+                },
+                linux::network(container).0,
+                image,
+                Some(started),
+            )
+        }
+    };
+    let mut labels = p.labels.clone();
+    labels.insert("pod-template-hash".into(), p.hash.clone());
+    k8s::Pod {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        metadata: ObjectMeta {
+            name: name.to_string(),
+            namespace: Some("default".into()),
+            labels,
+            annotations: p.template.metadata.annotations.clone(),
+            creation_timestamp: Some(p.created.clone()),
+            deletion_timestamp: match &p.state {
+                PodState::Terminating { since, .. } => Some(since.clone()),
+                _ => None,
+            },
+            ..ObjectMeta::default()
+        },
+        spec: k8s::PodSpec {
+            containers: p.template.spec.containers.clone(),
+            node_name: Some(node.to_string()),
+        },
+        status: k8s::PodStatus {
+            phase: phase.into(),
+            pod_ip: ip,
+            host_ip: None,
+            start_time: started,
+            conditions: vec![Condition {
+                kind: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Condition::default()
+            }],
+            container_statuses: vec![k8s::ContainerStatus {
+                name: c.map(|c| c.name.clone()).unwrap_or_default(),
+                image: c.map(|c| c.image.clone()).unwrap_or_default(),
+                image_id,
+                ready,
+                restart_count: p.restarts,
+                state,
+            }],
+        },
+    }
+}

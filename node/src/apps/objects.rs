@@ -1,0 +1,230 @@
+//! Changing Deployments and Services: every change is a [`Command`] submitted to the
+//! desired state (durable before it is acknowledged), then the reconciler is woken.
+//! Manifest files are read here, on the node, with the bounded reader: a client cannot
+//! make the node parse more than [`manifest::MAX_MANIFEST_BYTES`] a file, and every document of
+//! every file is checked before anything is applied.
+
+use std::collections::BTreeMap;
+
+use skiff_spec::api::{ApplyResult, ManifestFile, ObjectResult};
+use skiff_spec::k8s;
+use skiff_spec::manifest::{self, Object};
+
+use super::Apps;
+use crate::api::ApiError;
+use crate::desired::{Applied, Command, Rejected, State};
+
+/// Most manifest files in one request.
+pub const MAX_MANIFEST_FILES: usize = 64;
+
+fn result(applied: Applied) -> ObjectResult {
+    let (reference, action) = match applied {
+        Applied::Created(r) => (r, "created"),
+        Applied::Configured(r) => (r, "configured"),
+        Applied::Unchanged(r) => (r, "unchanged"),
+        Applied::Deleted(r) => (r, "deleted"),
+    };
+    ObjectResult {
+        reference,
+        action: action.into(),
+    }
+}
+
+impl Apps {
+    /// Applies one command durably and wakes the reconciler.
+    pub(crate) async fn submit(&self, command: Command) -> Result<Applied, ApiError> {
+        let desired = self.desired.clone();
+        let outcome = tokio::task::spawn_blocking(move || desired.submit(command))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        self.pods.kick();
+        outcome.map_err(|rejected| match rejected {
+            Rejected::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            Rejected::Invalid(why) => ApiError::bad_request("invalid", why),
+        })
+    }
+
+    /// The desired state now.
+    pub(crate) fn desired(&self) -> State {
+        self.desired.snapshot().state
+    }
+
+    /// Whether a Service takes `name` (an app or container may not).
+    pub(crate) fn service_named(&self, name: &str) -> bool {
+        self.desired.read(|s| s.state.services.contains_key(name))
+    }
+
+    /// Reads every document of every file; refuses all of them at the first problem.
+    async fn read_manifests(
+        &self,
+        files: &[ManifestFile],
+    ) -> Result<(Vec<Object>, Vec<String>), ApiError> {
+        if files.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_manifest",
+                "no manifest files given",
+            ));
+        }
+        if files.len() > MAX_MANIFEST_FILES {
+            return Err(ApiError::bad_request(
+                "invalid_manifest",
+                format!(
+                    "{} files; at most {MAX_MANIFEST_FILES} at once",
+                    files.len()
+                ),
+            ));
+        }
+        let owned = files.to_vec();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let mut objects = Vec::new();
+            let mut warnings = Vec::new();
+            let mut seen: BTreeMap<String, String> = BTreeMap::new();
+            for f in &owned {
+                let documents = manifest::parse(&f.source, &f.text).map_err(|e| e.to_string())?;
+                for d in documents {
+                    let reference = d.object.reference();
+                    let place = format!("{}: document {}", f.source, d.index);
+                    if let Some(first) = seen.insert(reference.clone(), place.clone()) {
+                        return Err(format!(
+                            "{place}: {reference} is also defined at {first}; an object may appear once"
+                        ));
+                    }
+                    warnings.extend(d.warnings.iter().map(|w| format!("{place}: {w}")));
+                    objects.push(d.object);
+                }
+            }
+            Ok((objects, warnings))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        parsed.map_err(|e| ApiError::bad_request("invalid_manifest", e))
+    }
+
+    /// `apply -f`: every object of every file, or none.
+    pub(crate) async fn apply_files(
+        &self,
+        files: &[ManifestFile],
+    ) -> Result<ApplyResult, ApiError> {
+        let (objects, warnings) = self.read_manifests(files).await?;
+        for o in &objects {
+            if let Object::Service(s) = o {
+                self.check_service_name(&s.metadata.name).await?;
+            }
+        }
+        let mut results = Vec::new();
+        for o in objects {
+            results.push(result(self.apply_object(o).await?));
+        }
+        Ok(ApplyResult { results, warnings })
+    }
+
+    /// Creates or replaces one object (validated by the caller or by the manifest
+    /// reader).
+    pub(crate) async fn apply_object(&self, object: Object) -> Result<Applied, ApiError> {
+        let at = super::now_rfc3339();
+        let command = match object {
+            Object::Deployment(deployment) => Command::ApplyDeployment { deployment, at },
+            Object::Service(service) => {
+                self.check_service_name(&service.metadata.name).await?;
+                Command::ApplyService { service, at }
+            }
+        };
+        self.submit(command).await
+    }
+
+    /// A Service answers at its name: refused when an app or container has it.
+    async fn check_service_name(&self, name: &str) -> Result<(), ApiError> {
+        let app = self.apps.lock().await.keys().any(|a| a.as_str() == name);
+        let container = self
+            .standalone
+            .lock()
+            .await
+            .values()
+            .any(|c| c.name() == name);
+        if app || container {
+            let what = if app { "an app" } else { "a container" };
+            return Err(ApiError::conflict(format!(
+                "service/{name}: the name is taken by {what} (both would answer at {name}.<domain>)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `delete -f`: removes every object the files name (all files are read first).
+    pub(crate) async fn delete_files(
+        &self,
+        files: &[ManifestFile],
+    ) -> Result<ApplyResult, ApiError> {
+        let (objects, _) = self.read_manifests(files).await?;
+        let mut results = Vec::new();
+        for o in objects {
+            let reference = o.reference();
+            let command = match o {
+                Object::Deployment(d) => Command::DeleteDeployment {
+                    name: d.metadata.name,
+                },
+                Object::Service(s) => Command::DeleteService {
+                    name: s.metadata.name,
+                },
+            };
+            results.push(match self.submit(command).await {
+                Ok(applied) => result(applied),
+                Err(e) if e.code() == "not_found" => ObjectResult {
+                    reference,
+                    action: "not found".into(),
+                },
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(ApplyResult {
+            results,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// A Deployment with its status, or 404.
+    pub(crate) fn deployment(&self, name: &str) -> Result<k8s::Deployment, ApiError> {
+        let state = self.desired();
+        state
+            .deployments
+            .get(name)
+            .map(|d| self.deployment_object(d))
+            .ok_or_else(|| ApiError::not_found(format!("deployment.apps/{name} not found")))
+    }
+
+    /// A Service, or 404.
+    pub(crate) fn service(&self, name: &str) -> Result<k8s::Service, ApiError> {
+        self.desired
+            .read(|s| s.state.services.get(name).cloned())
+            .ok_or_else(|| ApiError::not_found(format!("service/{name} not found")))
+    }
+
+    /// A Deployment's revisions and events, or 404.
+    pub(crate) fn rollout_history(
+        &self,
+        name: &str,
+    ) -> Result<skiff_spec::api::RolloutHistory, ApiError> {
+        let state = self.desired();
+        state
+            .deployments
+            .get(name)
+            .map(|d| self.history(d))
+            .ok_or_else(|| ApiError::not_found(format!("deployment.apps/{name} not found")))
+    }
+
+    /// Every Deployment with its status.
+    pub(crate) fn deployments(&self) -> Vec<k8s::Deployment> {
+        let state = self.desired();
+        state
+            .deployments
+            .values()
+            .map(|d| self.deployment_object(d))
+            .collect()
+    }
+
+    /// The desired state's version (lists' resourceVersion).
+    pub(crate) fn desired_version(&self) -> u64 {
+        self.desired.read(|s| s.state.version)
+    }
+}
