@@ -136,18 +136,32 @@ impl Picker {
         key: Option<&[u8]>,
         now: Instant,
     ) -> Option<usize> {
-        // The k-th ready endpoint's index; no allocation on the request path (a route
-        // holds a handful of replicas, so walking them is cheap).
-        let ready = |k: usize| {
-            (0..endpoints.len())
-                .filter(|&i| endpoints[i].ready())
-                .nth(k)
-                .expect("k < n")
-        };
-        let n = endpoints.iter().filter(|e| e.ready()).count();
+        // Ejected endpoints are skipped, unless every ready one is ejected: then they
+        // all take requests again rather than none (Envoy's panic threshold at 100%).
+        let healthy = |c: &C| c.ready() && !c.load().ejected(now);
+        let mut n = endpoints.iter().filter(|e| healthy(e)).count();
+        let honour_ejections = n > 0;
+        if !honour_ejections {
+            n = endpoints.iter().filter(|e| e.ready()).count();
+        }
         if n == 0 {
             return None;
         }
+        let usable = |i: usize| {
+            if honour_ejections {
+                healthy(&endpoints[i])
+            } else {
+                endpoints[i].ready()
+            }
+        };
+        // The k-th usable endpoint's index; no allocation on the request path (a route
+        // holds a handful of replicas, so walking them is cheap).
+        let ready = |k: usize| {
+            (0..endpoints.len())
+                .filter(|&i| usable(i))
+                .nth(k)
+                .expect("k < n")
+        };
         let turn = || self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let chosen = match algorithm {
             Algorithm::RoundRobin => ready(turn() % n),
@@ -173,7 +187,7 @@ impl Picker {
             Algorithm::Hash => match key {
                 // Rendezvous hashing: the endpoint with the highest hash of (key, name).
                 Some(key) => (0..endpoints.len())
-                    .filter(|&i| endpoints[i].ready())
+                    .filter(|&i| usable(i))
                     .max_by_key(|&i| {
                         let mut h = std::hash::DefaultHasher::new();
                         key.hash(&mut h);
@@ -342,6 +356,29 @@ mod tests {
             now += Duration::from_millis(2);
         }
         assert!(c.iter().all(|&n| n >= 5), "{c:?}");
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_unless_all_are() {
+        let now = Instant::now();
+        let es = endpoints(3, now);
+        for _ in 0..crate::load::EJECT_AFTER {
+            es[1].load.failed(now);
+        }
+        let p = Picker::seeded(3);
+        for a in Algorithm::ALL {
+            let c = counts(&p, a, &es, 60, now);
+            assert_eq!(c[1], 0, "{a}: {c:?}");
+        }
+        for e in &es {
+            for _ in 0..crate::load::EJECT_AFTER {
+                e.load.failed(now);
+            }
+        }
+        assert!(
+            p.pick(Algorithm::RoundRobin, &es, None, now).is_some(),
+            "all ejected: all serve"
+        );
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Backends<E> {
     algorithm: Algorithm,
     hash_on: HashOn,
     picker: balancer::Picker,
+    /// A Service's route: requests are retried and counted per endpoint.
+    service: bool,
 }
 
 impl<E: Endpoint> Backends<E> {
@@ -120,7 +122,19 @@ impl<E: Endpoint> Backends<E> {
             algorithm: balancing.algorithm,
             hash_on: balancing.hash_on,
             picker: balancer::Picker::default(),
+            service: false,
         }
+    }
+
+    /// Marks the route as a Service's.
+    pub fn for_service(mut self) -> Self {
+        self.service = true;
+        self
+    }
+
+    /// Whether it is a Service's route.
+    pub fn is_service(&self) -> bool {
+        self.service
     }
 
     /// What `hash` balancing hashes.
@@ -192,6 +206,11 @@ impl<E: Endpoint> RoutingTable<E> {
             next
         });
         previous
+    }
+
+    /// Every route now.
+    pub fn routes(&self) -> Arc<HashMap<String, Arc<Backends<E>>>> {
+        self.routes.load_full()
     }
 
     /// Removes a route; returns its backends.

@@ -14,8 +14,8 @@
 //! measured at a fraction of a millisecond, and P2C keeps preferring the old ones: a
 //! pod created a millisecond later than its siblings got no requests at all.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The estimate of an endpoint nobody has measured yet (linkerd's default).
@@ -23,12 +23,37 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast old samples lose weight (linkerd's default).
 pub const DECAY: Duration = Duration::from_secs(10);
 
+/// Failures in a row that eject an endpoint.
+pub const EJECT_AFTER: u32 = 5;
+/// The first ejection's length; each one in a row doubles it, up to [`MAX_EJECTION`].
+pub const FIRST_EJECTION: Duration = Duration::from_secs(1);
+/// The longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(60);
+
+/// Nanoseconds since a process-wide origin: instants an atomic can hold.
+fn ticks(at: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(origin).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// One endpoint's load. Shared by every routing table the endpoint is in, so its
 /// statistics survive table swaps.
+///
+/// It also keeps the endpoint's passive health: [`EJECT_AFTER`] failures in a row
+/// (connections refused, crashed instances) eject it for [`FIRST_EJECTION`], doubling
+/// for each ejection in a row; once the time is up it takes requests again, and the
+/// first one probes it: a success clears the record, a failure ejects it again at once.
 #[derive(Debug)]
 pub struct Load {
     in_flight: AtomicU32,
     ewma: Mutex<PeakEwma>,
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    /// `ticks` until which it is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
 }
 
 impl Default for Load {
@@ -43,6 +68,47 @@ impl Load {
         Self {
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, DECAY, now)),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether it is ejected at `now`.
+    pub fn ejected(&self, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && ticks(now) < until
+    }
+
+    /// A request to it failed at the connection level or found a crashed instance.
+    /// Returns true when this failure ejected it.
+    pub fn failed(&self, now: Instant) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let ejections = self.ejections.load(Ordering::Relaxed);
+        // Right after an ejection, one failure is enough: the probe failed.
+        if failures < EJECT_AFTER && ejections == 0 {
+            return false;
+        }
+        if self.ejected(now) {
+            return false;
+        }
+        let length = FIRST_EJECTION
+            .saturating_mul(1 << ejections.min(16))
+            .min(MAX_EJECTION);
+        self.ejected_until
+            .store(ticks(now + length), Ordering::Relaxed);
+        self.ejections.store(ejections + 1, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// A request to it succeeded: its failure record is cleared.
+    pub fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
         }
     }
 
@@ -177,6 +243,32 @@ mod tests {
         assert!((after - 90.6).abs() < 0.5, "{after}");
         // Unmeasured for a minute, it has decayed to almost nothing.
         assert!(e.estimate(t0 + Duration::from_secs(61)) < 1e6 * 0.3);
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_for_a_growing_time_and_a_probe_brings_it_back() {
+        let t0 = Instant::now();
+        let load = Load::new(t0);
+        for _ in 1..EJECT_AFTER {
+            assert!(!load.failed(t0));
+        }
+        load.succeeded();
+        for _ in 1..EJECT_AFTER {
+            assert!(!load.failed(t0), "a success cleared the count");
+        }
+        assert!(load.failed(t0), "the fifth in a row ejects");
+        assert!(load.ejected(t0 + 999 * MS));
+        assert!(!load.ejected(t0 + FIRST_EJECTION), "probed back after 1 s");
+        // The probe fails: ejected again at once, for twice as long.
+        let t1 = t0 + FIRST_EJECTION;
+        assert!(load.failed(t1));
+        assert!(load.ejected(t1 + 1999 * MS));
+        assert!(!load.ejected(t1 + 2 * FIRST_EJECTION));
+        // The next probe succeeds: the record is clean, five failures needed again.
+        load.succeeded();
+        let t2 = t1 + 2 * FIRST_EJECTION;
+        assert!(!load.failed(t2));
+        assert!(!load.ejected(t2));
     }
 
     #[test]

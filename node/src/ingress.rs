@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use skiff_runtime::{Guarded, HandleError, RequestInfo, ResponseBody, Workload};
 use tokio::net::TcpListener;
@@ -76,12 +76,19 @@ pub(crate) enum Target {
     Fixed(Arc<Container>),
 }
 
+/// A route's label and backends, or the answer saying why there is none.
+type Picked = (
+    String,
+    Arc<skiff_gateway::Backends<Container>>,
+    Arc<Container>,
+);
+
 /// The container a request goes to, or the answer saying why there is none.
-fn pick(
+fn pick<B>(
     shared: &Ingress,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     info: &RequestInfo,
-) -> Result<Arc<Container>, (StatusCode, String)> {
+) -> Result<Picked, (StatusCode, String)> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -110,27 +117,66 @@ fn pick(
                 format!("skiff: no app named {label:?} on this node"),
             ));
         };
-        let picked = if backends.algorithm() == skiff_gateway::Algorithm::Hash {
-            let client = info.remote.ip().to_string();
-            let key = match backends.hash_on() {
-                skiff_gateway::HashOn::Header(h) => req
-                    .headers()
-                    .get(h.as_str())
-                    .map_or(client.as_bytes(), |v| v.as_bytes()),
-                skiff_gateway::HashOn::Client => client.as_bytes(),
-            };
-            backends.pick_keyed(Some(key))
-        } else {
-            backends.pick()
-        };
-        if let Some(container) = picked {
-            return Ok(container);
+        if let Some(container) = pick_from(&backends, req, info) {
+            return Ok((label, backends, container));
         }
     }
     Err((
         StatusCode::SERVICE_UNAVAILABLE,
         format!("skiff: app {label} has no ready replicas"),
     ))
+}
+
+/// The endpoint `backends` picks for `req`.
+fn pick_from<B>(
+    backends: &skiff_gateway::Backends<Container>,
+    req: &Request<B>,
+    info: &RequestInfo,
+) -> Option<Arc<Container>> {
+    if backends.algorithm() == skiff_gateway::Algorithm::Hash {
+        let client = info.remote.ip().to_string();
+        let key = match backends.hash_on() {
+            skiff_gateway::HashOn::Header(h) => req
+                .headers()
+                .get(h.as_str())
+                .map_or(client.as_bytes(), |v| v.as_bytes()),
+            skiff_gateway::HashOn::Client => client.as_bytes(),
+        };
+        backends.pick_keyed(Some(key))
+    } else {
+        backends.pick()
+    }
+}
+
+/// A replayed request's body: none, typed as the ingress's own bodies are.
+type NoBody =
+    http_body_util::combinators::MapErr<Empty<Bytes>, fn(std::convert::Infallible) -> hyper::Error>;
+
+fn never(e: std::convert::Infallible) -> hyper::Error {
+    match e {}
+}
+
+/// What a retry needs of a request: it is idempotent and sent no body, so it can be
+/// sent again as it was.
+fn replayable<B>(req: &Request<B>) -> Option<Request<NoBody>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
+    let no_body = !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    if !idempotent || !no_body {
+        return None;
+    }
+    let mut copy = Request::new(Empty::new().map_err(never as fn(_) -> _));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 async fn handle(
@@ -146,12 +192,13 @@ async fn handle(
             "skiff: the request has more than one Host header".into(),
         );
     }
-    let container = match target {
+    let start = Instant::now();
+    let (container, service) = match target {
         Target::ByHost => match pick(shared, &req, info) {
-            Ok(c) => c,
+            Ok((label, backends, c)) => (c, backends.is_service().then_some((label, backends))),
             Err((status, text)) => return plain(status, text),
         },
-        Target::Fixed(c) if c.is_ready() => c.clone(),
+        Target::Fixed(c) if c.is_ready() => (c.clone(), None),
         Target::Fixed(c) => {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -159,18 +206,67 @@ async fn handle(
             );
         }
     };
+    let Some((service, backends)) = service else {
+        let (response, _) = attempt(shared, &container, req, info, None).await;
+        return response;
+    };
+    // A Service's request that failed before any byte of an answer is sent again, once,
+    // to another endpoint when that cannot do harm: idempotent, no body.
+    let replay = (backends.endpoints().len() > 1)
+        .then(|| replayable(&req))
+        .flatten();
+    let (mut response, mut failed) = attempt(shared, &container, req, info, Some(&service)).await;
+    let mut served_by = container;
+    if failed && let Some(again) = replay {
+        let other = (0..4)
+            .filter_map(|_| pick_from(&backends, &again, info))
+            .find(|c| !Arc::ptr_eq(c, &served_by));
+        if let Some(other) = other {
+            shared.metrics.service_retry(&service);
+            (response, failed) = attempt(shared, &other, again, info, Some(&service)).await;
+            served_by = other;
+        }
+    }
+    let _ = failed;
+    shared.metrics.service_request(
+        &service,
+        &served_by.name,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Sends `req` to `container`: the answer, and whether it failed in a way another
+/// endpoint might not (no permit, a crashed instance, no connection).
+async fn attempt<B>(
+    shared: &Ingress,
+    container: &Arc<Container>,
+    req: Request<B>,
+    info: &RequestInfo,
+    service: Option<&str>,
+) -> (Response<ResponseBody>, bool)
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
     let label = container.app.to_string();
     if !container.serves(req.uri().path()) {
-        return plain(
-            StatusCode::NOT_FOUND,
-            format!("skiff: app {label} has no route for {}", req.uri().path()),
+        return (
+            plain(
+                StatusCode::NOT_FOUND,
+                format!("skiff: app {label} has no route for {}", req.uri().path()),
+            ),
+            false,
         );
     }
     let Some(permit) = container.try_permit() else {
         shared.metrics.request(&label, 503, 0.0);
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("skiff: app {label} is at its concurrency limit"),
+        return (
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("skiff: app {label} is at its concurrency limit"),
+            ),
+            true,
         );
     };
     let start = Instant::now();
@@ -178,15 +274,37 @@ async fn handle(
     // latency-aware balancers weigh); a failed request only ends the count.
     let flight = container.load().start(start);
     let result = container.workload().handle(req, info).await;
-    if result.is_ok() {
-        flight.finish(Instant::now());
-    } else {
-        drop(flight);
+    let now = Instant::now();
+    match &result {
+        Ok(_) => {
+            flight.finish(now);
+            container.load().succeeded();
+        }
+        Err(
+            HandleError::Instantiate(_) | HandleError::Trap { .. } | HandleError::BadResponse(_),
+        ) => {
+            drop(flight);
+            // A crashed instance or a container that does not answer: passive health.
+            if container.load().failed(now)
+                && let Some(service) = service
+            {
+                warn!(service, endpoint = %container.name, "endpoint ejected after failing requests");
+                shared.metrics.ejection(service, &container.name);
+            }
+        }
+        Err(_) => drop(flight),
     }
     let elapsed = start.elapsed().as_secs_f64();
     if container.workload().instantiates() && !matches!(result, Err(HandleError::Instantiate(_))) {
         shared.metrics.instance_start(&label);
     }
+    let retryable = matches!(
+        result,
+        Err(HandleError::Instantiate(_)
+            | HandleError::Trap { .. }
+            | HandleError::BadResponse(_)
+            | HandleError::Overloaded(_))
+    );
     let mut response = match result {
         // A static file streams from the disk without the app's work: the permit goes
         // once the response is ready, so clients that read slowly (or not at all) cannot
@@ -247,5 +365,5 @@ async fn handle(
     shared
         .metrics
         .request(&label, response.status().as_u16(), elapsed);
-    response
+    (response, retryable)
 }

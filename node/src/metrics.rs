@@ -27,6 +27,24 @@ struct TrapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    service: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    service: String,
+    endpoint: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CompileLabels {
     cache: String,
 }
@@ -41,6 +59,11 @@ pub struct Metrics {
     instance_starts: Family<AppLabel, Counter>,
     traps: Family<TrapLabels, Counter>,
     compiles: HistogramFamily<CompileLabels>,
+    service_requests: Family<ClassLabels, Counter>,
+    service_durations: HistogramFamily<ServiceLabel>,
+    service_retries: Family<ServiceLabel, Counter>,
+    ejections: Family<EndpointLabels, Counter>,
+    in_flight: Family<EndpointLabels, Gauge>,
     apps: Gauge,
     rss: Gauge,
     vsize: Gauge,
@@ -93,6 +116,37 @@ impl Default for Metrics {
             "Compile (cache=miss) or load (cache=hit) time",
             compiles.clone(),
         );
+        let service_requests = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "skiff_service_requests",
+            "Requests to a Service, by endpoint (pod) and status class (2xx..5xx)",
+            service_requests.clone(),
+        );
+        let service_durations: HistogramFamily<ServiceLabel> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "skiff_service_request_duration_seconds",
+            "Time to the response head, by Service",
+            service_durations.clone(),
+        );
+        let service_retries = Family::<ServiceLabel, Counter>::default();
+        registry.register(
+            "skiff_service_retries",
+            "Requests retried on another endpoint, by Service",
+            service_retries.clone(),
+        );
+        let ejections = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "skiff_service_ejections",
+            "Endpoints taken out of a Service's rotation by passive health checks",
+            ejections.clone(),
+        );
+        let in_flight = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "skiff_service_in_flight",
+            "Requests in flight, by Service and endpoint (at scrape time)",
+            in_flight.clone(),
+        );
         let apps = Gauge::default();
         registry.register("skiff_apps", "Apps deployed on this node", apps.clone());
         let rss = Gauge::default();
@@ -135,6 +189,11 @@ impl Default for Metrics {
             instance_starts,
             traps,
             compiles,
+            service_requests,
+            service_durations,
+            service_retries,
+            ejections,
+            in_flight,
             apps,
             rss,
             vsize,
@@ -159,6 +218,59 @@ impl Metrics {
                 app: app.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Records one request to a Service, answered by `endpoint`.
+    pub fn service_request(&self, service: &str, endpoint: &str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.service_requests
+            .get_or_create(&ClassLabels {
+                service: service.to_string(),
+                endpoint: endpoint.to_string(),
+                class,
+            })
+            .inc();
+        self.service_durations
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records a retry on another endpoint.
+    pub fn service_retry(&self, service: &str) {
+        self.service_retries
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records an endpoint's ejection.
+    pub fn ejection(&self, service: &str, endpoint: &str) {
+        self.ejections
+            .get_or_create(&EndpointLabels {
+                service: service.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the requests in flight of every Service's endpoints (at scrape time; the
+    /// series of endpoints that are gone are dropped).
+    pub fn set_in_flight(&self, now: impl IntoIterator<Item = (String, String, u32)>) {
+        self.in_flight.clear();
+        for (service, endpoint, n) in now {
+            self.in_flight
+                .get_or_create(&EndpointLabels { service, endpoint })
+                .set(i64::from(n));
+        }
     }
 
     /// Records an instance creation.
@@ -241,7 +353,22 @@ mod tests {
         m.trap("hello", "memory_limit");
         m.instance_start("hello");
         m.compile(false, 0.5);
+        m.service_request("web", "web-abc-1", 503, 0.1);
+        m.service_retry("web");
+        m.ejection("web", "web-abc-1");
+        m.set_in_flight([("web".to_string(), "web-abc-2".to_string(), 3)]);
         let text = m.render();
+        assert!(
+            text.contains(
+                r#"skiff_service_requests_total{service="web",endpoint="web-abc-1",class="5xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"skiff_service_retries_total{service="web"} 1"#));
+        assert!(
+            text.contains(r#"skiff_service_ejections_total{service="web",endpoint="web-abc-1"} 1"#)
+        );
+        assert!(text.contains(r#"skiff_service_in_flight{service="web",endpoint="web-abc-2"} 3"#));
         assert!(
             text.contains(r#"skiff_requests_total{app="hello",status="200"} 1"#),
             "{text}"

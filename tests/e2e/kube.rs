@@ -750,3 +750,89 @@ async fn bad_manifests_are_refused_whole_with_one_line() {
     let e = err(&skiff(&node, &["apply", "-f", path(&p)]).await);
     assert!(e.contains("taken by an app"), "{e}");
 }
+
+#[tokio::test]
+async fn a_crashing_endpoint_is_retried_around_and_ejected() {
+    let node = Node::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    build_hello(&node, "hello:v1", "fine").await;
+    // A WAGI module whose every instance traps: a crashed instance on each request.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("crash.wasm"),
+        crate::harness::wat(
+            r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path().join("skiff.toml"),
+        "version = 1\nkind = \"wasm\"\nwasm = \"crash.wasm\"\n",
+    )
+    .unwrap();
+    ok(&skiff(&node, &["build", "-t", "crash:v1", path(ctx.path())]).await);
+    apply(
+        &node,
+        dir.path(),
+        "good.yaml",
+        &deployment("good", "mix", "hello:v1", 2, "", ""),
+    )
+    .await;
+    apply(
+        &node,
+        dir.path(),
+        "bad.yaml",
+        &deployment("bad", "mix", "crash:v1", 1, "", ""),
+    )
+    .await;
+    apply(
+        &node,
+        dir.path(),
+        "s.yaml",
+        &service("mix", "mix", "round-robin"),
+    )
+    .await;
+    wait_pods(&node, "app=mix", 3).await;
+
+    // A request with a body is never sent twice: exactly one of three (round-robin)
+    // meets the crashing pod and fails.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = node
+            .app(reqwest::Method::POST, "mix", "/")
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 500]);
+    // Idempotent requests without a body are retried on another pod: none fails.
+    for _ in 0..60 {
+        let r = node
+            .app(reqwest::Method::GET, "mix", "/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.headers());
+        assert!(served_by(&r).starts_with("good-"));
+    }
+    let m = node.metrics().await;
+    let retries = crate::harness::metric(&m, "skiff_service_retries_total{service=\"mix\"}");
+    assert!(retries >= 1.0, "{m}");
+    let ejected: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("skiff_service_ejections_total{service=\"mix\",endpoint=\"bad-"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(ejected >= 1.0, "the crashing pod was ejected: {m}");
+    // Once ejected it gets no more requests, so there is nothing left to retry for a
+    // while: fewer retries than requests.
+    assert!(retries < 20.0, "{retries} retries for 60 requests");
+    assert!(
+        m.contains("skiff_service_requests_total{service=\"mix\",endpoint=\"good-"),
+        "{m}"
+    );
+    assert!(m.contains("skiff_service_in_flight{service=\"mix\""), "{m}");
+}

@@ -443,6 +443,9 @@ fn tokio_stream_from(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared
+        .metrics
+        .set_in_flight(shared.apps.service_in_flight());
     (
         [(
             header::CONTENT_TYPE,

@@ -784,7 +784,7 @@ impl Apps {
                 balancing: balancing(service),
             };
             if inner.routes.get(name) != Some(&key) {
-                let backends = Backends::balanced(endpoints, key.balancing.clone());
+                let backends = Backends::balanced(endpoints, key.balancing.clone()).for_service();
                 self.ingress.table.set_backends(name, backends);
                 inner.routes.insert(name.clone(), key);
             }
@@ -862,6 +862,20 @@ impl Apps {
         self.stop_pod(pod);
         self.pods.kick();
         Ok(())
+    }
+
+    /// Requests in flight on every Service's endpoints: (service, pod, count).
+    pub(crate) fn service_in_flight(&self) -> Vec<(String, String, u32)> {
+        let routes = self.ingress.table.routes();
+        routes
+            .iter()
+            .filter(|(_, b)| b.is_service())
+            .flat_map(|(service, b)| {
+                b.endpoints()
+                    .iter()
+                    .map(|c| (service.clone(), c.name.clone(), c.load().in_flight()))
+            })
+            .collect()
     }
 
     /// Every pod's container (node shutdown drains them).
