@@ -30,6 +30,7 @@ pub(crate) async fn serve(
     let what = match target {
         Target::ByHost => "ingress",
         Target::Fixed(_) => "published port",
+        Target::Route(_) => "node port",
     };
     crate::listener::serve(
         listener,
@@ -65,6 +66,8 @@ pub(crate) struct Ingress {
     pub(crate) metrics: Arc<Metrics>,
     /// Bounds on every connection to the ingress and published ports.
     pub(crate) limits: crate::listener::ListenerLimits,
+    /// Where NodePort Services listen (the ingress's address).
+    pub(crate) node_port_ip: std::net::IpAddr,
 }
 
 /// What a listener serves.
@@ -72,6 +75,8 @@ pub(crate) struct Ingress {
 pub(crate) enum Target {
     /// Every app and container, by `Host: <name>.<domain>` (the ingress).
     ByHost,
+    /// One route, whatever the Host (a NodePort Service's port).
+    Route(String),
     /// One container, whatever the Host (a port published with `-p`).
     Fixed(Arc<Container>),
 }
@@ -88,7 +93,23 @@ fn pick<B>(
     shared: &Ingress,
     req: &Request<B>,
     info: &RequestInfo,
+    fixed: Option<&str>,
 ) -> Result<Picked, (StatusCode, String)> {
+    if let Some(label) = fixed {
+        let backends = shared.table.get(label).ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("skiff: service {label} is gone"),
+            )
+        })?;
+        return match pick_from(&backends, req, info) {
+            Some(c) => Ok((label.to_string(), backends, c)),
+            None => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("skiff: service {label} has no ready pods"),
+            )),
+        };
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -194,10 +215,16 @@ async fn handle(
     }
     let start = Instant::now();
     let (container, service) = match target {
-        Target::ByHost => match pick(shared, &req, info) {
-            Ok((label, backends, c)) => (c, backends.is_service().then_some((label, backends))),
-            Err((status, text)) => return plain(status, text),
-        },
+        Target::ByHost | Target::Route(_) => {
+            let fixed = match target {
+                Target::Route(label) => Some(label.as_str()),
+                _ => None,
+            };
+            match pick(shared, &req, info, fixed) {
+                Ok((label, backends, c)) => (c, backends.is_service().then_some((label, backends))),
+                Err((status, text)) => return plain(status, text),
+            }
+        }
         Target::Fixed(c) if c.is_ready() => (c.clone(), None),
         Target::Fixed(c) => {
             return plain(

@@ -249,6 +249,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         table: table.clone(),
         metrics: metrics.clone(),
         limits: config.listener,
+        node_port_ip: ingress_addr.ip(),
     });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let shutdown = CancellationToken::new();

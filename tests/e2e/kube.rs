@@ -836,3 +836,46 @@ async fn a_crashing_endpoint_is_retried_around_and_ejected() {
     );
     assert!(m.contains("skiff_service_in_flight{service=\"mix\""), "{m}");
 }
+
+#[tokio::test]
+async fn a_node_port_service_listens_on_its_port() {
+    let node = Node::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    build_hello(&node, "hello:v1", "node port").await;
+    apply(
+        &node,
+        dir.path(),
+        "d.yaml",
+        &deployment("web", "web", "hello:v1", 2, "", ""),
+    )
+    .await;
+    // No nodePort given: the node assigns one and reports it.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - port: 80\n";
+    apply(&node, dir.path(), "s.yaml", svc).await;
+    wait_pods(&node, "app=web", 2).await;
+    let s: Value = serde_json::from_str(&ok(
+        &skiff(&node, &["get", "svc", "web", "-o", "json"]).await
+    ))
+    .unwrap();
+    let port = s["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+    assert!((30000..=32767).contains(&port), "{s}");
+    let url = format!("http://127.0.0.1:{port}/");
+    let body = wait_for(
+        "the node port to answer",
+        Duration::from_secs(10),
+        || async {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(r.text().await.ok()?)
+        },
+    )
+    .await;
+    assert_eq!(body, "node port from skiff\n");
+    // Deleting the Service closes the port.
+    ok(&skiff(&node, &["delete", "service", "web"]).await);
+    wait_for(
+        "the node port to close",
+        Duration::from_secs(10),
+        || async { reqwest::get(&url).await.is_err().then_some(()) },
+    )
+    .await;
+}

@@ -151,6 +151,10 @@ struct Inner {
     routes: BTreeMap<String, RouteKey>,
     /// One log book per Deployment: its pods' lines, each naming its pod.
     logs: BTreeMap<String, Arc<LogBook>>,
+    /// NodePort listeners: port -> (Service, what stops it).
+    node_ports: BTreeMap<u16, (String, CancellationToken)>,
+    /// Ports that could not be bound (warned about once).
+    unbindable: BTreeMap<u16, String>,
 }
 
 impl Inner {
@@ -798,6 +802,58 @@ impl Apps {
         for name in gone {
             self.ingress.table.remove(&name);
             inner.routes.remove(&name);
+        }
+        // NodePort Services also listen on their node ports, on the ingress's address.
+        let wanted: BTreeMap<u16, &str> = state
+            .services
+            .iter()
+            .filter(|(_, s)| s.spec.kind.as_deref() == Some("NodePort"))
+            .flat_map(|(name, s)| {
+                s.spec
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.node_port.and_then(|np| u16::try_from(np).ok()))
+                    .map(move |np| (np, name.as_str()))
+            })
+            .collect();
+        inner.node_ports.retain(|port, (service, stop)| {
+            let keep = wanted.get(port) == Some(&service.as_str());
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        inner.unbindable.retain(|port, _| wanted.contains_key(port));
+        for (port, service) in wanted {
+            if inner.node_ports.contains_key(&port) {
+                continue;
+            }
+            let addr = std::net::SocketAddr::new(self.ingress.node_port_ip, port);
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std);
+            match bound {
+                Ok(listener) => {
+                    let stop = self.shutdown.child_token();
+                    tokio::spawn(crate::ingress::serve(
+                        listener,
+                        self.ingress.clone(),
+                        crate::ingress::Target::Route(service.to_string()),
+                        stop.clone(),
+                        self.drain,
+                    ));
+                    info!(service, %addr, "node port listening");
+                    inner.unbindable.remove(&port);
+                    inner.node_ports.insert(port, (service.to_string(), stop));
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if inner.unbindable.get(&port) != Some(&e) {
+                        warn!(service, %addr, error = %e, "cannot listen on the node port; trying again");
+                        inner.unbindable.insert(port, e);
+                    }
+                }
+            }
         }
     }
 

@@ -264,6 +264,7 @@ impl State {
                 let name = service.metadata.name.clone();
                 let r = format!("service/{name}");
                 let version = self.version + 1;
+                self.assign_node_ports(&mut service)?;
                 match self.services.get(&name) {
                     Some(old)
                         if old.spec == service.spec
@@ -306,6 +307,60 @@ impl State {
                 None => Err(Rejected::NotFound(format!("service/{name}"))),
             },
         }
+    }
+
+    /// Gives a NodePort Service's ports without a nodePort one: the one it had (same
+    /// port), else the lowest free in 30000-32767. Refuses a nodePort another Service
+    /// holds. Deterministic, so every node assigns the same.
+    fn assign_node_ports(&self, service: &mut Service) -> Result<(), Rejected> {
+        let name = &service.metadata.name;
+        let taken: BTreeMap<i32, &str> = self
+            .services
+            .values()
+            .filter(|s| &s.metadata.name != name)
+            .flat_map(|s| {
+                s.spec
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.node_port.map(|np| (np, s.metadata.name.as_str())))
+            })
+            .collect();
+        if service.spec.kind.as_deref() != Some("NodePort") {
+            return Ok(());
+        }
+        let old = self.services.get(name);
+        let mut mine: Vec<i32> = service
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port)
+            .collect();
+        for port in &mut service.spec.ports {
+            if let Some(np) = port.node_port {
+                if let Some(other) = taken.get(&np) {
+                    return Err(Rejected::Invalid(format!(
+                        "service/{name}: nodePort {np} is already used by service/{other}"
+                    )));
+                }
+                continue;
+            }
+            let kept = old.and_then(|o| {
+                o.spec
+                    .ports
+                    .iter()
+                    .find(|p| p.port == port.port)
+                    .and_then(|p| p.node_port)
+            });
+            let np = match kept.filter(|np| !taken.contains_key(np) && !mine.contains(np)) {
+                Some(np) => np,
+                None => (30000..=32767)
+                    .find(|np| !taken.contains_key(np) && !mine.contains(np))
+                    .ok_or_else(|| Rejected::Invalid("no free nodePort in 30000-32767".into()))?,
+            };
+            port.node_port = Some(np);
+            mine.push(np);
+        }
+        Ok(())
     }
 
     fn deployment(&self, name: &str) -> Result<&StoredDeployment, Rejected> {
@@ -523,6 +578,46 @@ mod tests {
         })
         .unwrap();
         assert_eq!(current_image(&s), (7, "web:v2".into()));
+    }
+
+    #[test]
+    fn node_ports_are_assigned_kept_and_never_shared() {
+        let svc = |name: &str, node_port: Option<i32>| {
+            let np = node_port.map_or(String::new(), |n| format!("    nodePort: {n}\n"));
+            match parse(
+                "s.yaml",
+                &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - port: 80\n{np}"),
+            )
+            .unwrap()
+            .remove(0)
+            .object
+            {
+                Object::Service(s) => s,
+                Object::Deployment(_) => unreachable!(),
+            }
+        };
+        let node_port = |s: &State, name: &str| s.services[name].spec.ports[0].node_port;
+        let mut s = State::default();
+        let apply = |s: &mut State, service| {
+            s.apply(Command::ApplyService {
+                service,
+                at: "t".into(),
+            })
+        };
+        assert_eq!(
+            apply(&mut s, svc("a", Some(30000))),
+            Ok(Applied::Created("service/a".into()))
+        );
+        apply(&mut s, svc("b", None)).unwrap();
+        assert_eq!(node_port(&s, "b"), Some(30001), "the lowest free");
+        // Applying the same file again keeps the port, and says unchanged.
+        assert_eq!(
+            apply(&mut s, svc("b", None)),
+            Ok(Applied::Unchanged("service/b".into()))
+        );
+        assert!(
+            matches!(apply(&mut s, svc("c", Some(30001))), Err(Rejected::Invalid(m)) if m.contains("service/b"))
+        );
     }
 
     #[test]
