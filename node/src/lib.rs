@@ -19,8 +19,9 @@
 //!   a connection cap and header, idle, body and write timeouts, so no client can hold
 //!   a connection or an app's permits for ever.
 //! - [`desired`]: desired state as a deterministic state machine of Kubernetes objects
-//!   changed by versioned commands (groundwork: the store, reconciler and API that use
-//!   it come with the Kubernetes-objects issue).
+//!   (Deployments, Services) changed by versioned commands, durable in redb with a
+//!   change feed; the rollout planner. The reconciler in `apps::deployments` turns it
+//!   into pods and Service routes.
 //! - [`metrics`]: Prometheus exposition.
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
