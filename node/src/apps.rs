@@ -1,17 +1,22 @@
-//! The supervisor: turns desired state (app records) into running containers and keeps
-//! the routing table pointing at them.
+//! The supervisor: images made ready to run (compiled, extracted), containers made from
+//! them, and the verbs that change what runs.
 //!
-//! A deploy validates and compiles the image before anything changes, builds the new
-//! containers, persists the record, and only then swaps the route in one atomic step.
-//! The old containers drain: requests already on them finish, new ones go to the new
-//! containers. No request fails because of a redeploy.
+//! - `deployments`: the reconciler, the only thing that starts and stops a Deployment's
+//!   pods, with their probes and restart policy; Service routes and node ports.
+//! - `objects`: commands from the API (apply, delete, scale, set image, undo).
+//! - `deploy`: `skiff deploy` and the upload API as a Deployment and a Service.
+//! - `standalone`: `skiff run` containers.
+//! - `linux`: starting and retiring runc containers for both.
+//!
+//! A deploy validates and compiles the image before anything changes; a rollout starts
+//! new pods before it stops old ones, which drain: requests already on them finish, new
+//! ones go to the new pods. No request fails because of a redeploy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest as _, Sha256};
 use skiff_image::layer::ExtractLimits;
 use skiff_image::oci::{Descriptor, RunConfig};
 use skiff_image::{
@@ -20,10 +25,11 @@ use skiff_image::{
 use skiff_runtime::{Compiled, ContainerConfig, LogBook, Runtime, StaticSite, Workload};
 use skiff_spec::api::AppStatus;
 use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod deploy;
 mod deployments;
 mod linux;
 mod objects;
@@ -32,10 +38,10 @@ mod standalone;
 pub use standalone::RunRequest;
 
 use crate::api::ApiError;
-use crate::container::{Container, ContainerState};
+use crate::container::Container;
 use crate::desired::DesiredStore;
 use crate::ingress::Ingress;
-use crate::state::{AppRecord, StateStore};
+use crate::state::StateStore;
 
 /// Lines of output kept per app.
 const LOG_LINES: usize = 2000;
@@ -147,18 +153,6 @@ pub(crate) fn now_rfc3339() -> String {
     skiff_image::build::rfc3339(SystemTime::now())
 }
 
-/// What runs for one app.
-struct AppEntry {
-    record: AppRecord,
-    image_size: u64,
-    log: Arc<LogBook>,
-    containers: Vec<Arc<Container>>,
-    /// Why the app is not serving, when it is not.
-    message: Option<String>,
-    /// Replicas (of a Linux image) that died soon after starting, in a row.
-    restarts: u32,
-}
-
 /// Where and how the supervisor works.
 pub(crate) struct Settings {
     /// Directory for extracted static sites.
@@ -188,8 +182,8 @@ pub struct Apps {
     state: Arc<StateStore>,
     /// Routing table and metrics, shared with the ingress listeners.
     ingress: Arc<Ingress>,
-    /// One deploy or removal at a time changes the app map; compiles run outside it.
-    apps: Mutex<HashMap<AppName, AppEntry>>,
+    /// One deploy, removal or garbage collection at a time; compiles run outside it.
+    deploying: Mutex<()>,
     /// `skiff run` containers by id. Locked after `apps` when both are needed.
     standalone: Mutex<HashMap<String, standalone::Standalone>>,
     /// Stops published-port listeners with the node.
@@ -248,7 +242,7 @@ impl Apps {
             extract,
             state,
             ingress,
-            apps: Mutex::new(HashMap::new()),
+            deploying: Mutex::new(()),
             standalone: Mutex::new(HashMap::new()),
             url_suffix,
             shutdown,
@@ -276,12 +270,6 @@ impl Apps {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = rx.recv() => match ev {
-                    Some(linux::LinuxEvent::ReplicaExited { app, instance, exit }) => {
-                        self.on_replica_exit(app, instance, exit).await;
-                    }
-                    Some(linux::LinuxEvent::ReplaceReplica { app, generation, name }) => {
-                        self.replace_replica(app, generation, name).await;
-                    }
                     Some(linux::LinuxEvent::PodExited { pod, instance, exit }) => {
                         self.on_pod_exit(&pod, &instance, &exit);
                     }
@@ -292,8 +280,9 @@ impl Apps {
         }
     }
 
-    /// Brings back every persisted app (compiled code comes from the cache). An app that
-    /// cannot start is kept, with the reason, rather than stopping the node.
+    /// Brings the node back: leftovers of a killed node cleaned, Deployments' pods
+    /// started (compiled code comes from the cache), `skiff run` containers restarted. A
+    /// pod that cannot start waits with its reason rather than stopping the node.
     pub async fn restore(&self) -> anyhow::Result<()> {
         // runc outlives a killed node: whatever Linux containers it left (standalone or
         // replicas) go before anything starts. Nothing of this node runs yet, so every
@@ -308,45 +297,15 @@ impl Apps {
                 }
             }
         }
-        let state = self.state.clone();
-        let records = tokio::task::spawn_blocking(move || state.apps()).await??;
-        let mut apps = self.apps.lock().await;
-        for record in records {
-            let name = record.spec.name.clone();
-            let log = LogBook::new(LOG_LINES);
-            let mut entry = AppEntry {
-                image_size: 0,
-                log,
-                containers: Vec::new(),
-                message: None,
-                restarts: 0,
-                record,
-            };
-            let started = async {
-                let summary = self.summary(entry.record.spec.image).await?;
-                let prepared = self.prepare(&summary).await?;
-                Ok::<_, ApiError>((
-                    self.containers(&entry.record.spec, &prepared, &summary, &entry.log)
-                        .await?,
-                    summary.size,
-                ))
-            };
-            match started.await {
-                Ok((containers, size)) => {
-                    entry.image_size = size;
-                    self.route(&name, &containers);
-                    entry.containers = containers;
-                    info!(app = %name, replicas = entry.containers.len(), "app restored");
-                }
-                Err(e) => {
-                    warn!(app = %name, error = %e, "app could not be restored");
-                    entry.message = Some(e.to_string());
-                }
-            }
-            apps.insert(name, entry);
-        }
-        self.ingress.metrics.set_apps(apps.len());
-        drop(apps);
+        // Apps of an older node become Deployments; then one reconciler pass starts
+        // every Deployment's pods, and the node waits (a little) for them to be ready
+        // before it serves, as it always brought its apps back before serving.
+        self.migrate_app_records().await?;
+        self.reconcile().await;
+        self.wait_initial_pods(Duration::from_secs(10)).await;
+        self.ingress
+            .metrics
+            .set_apps(self.desired.read(|s| s.state.deployments.len()));
         self.restore_standalone().await
     }
 
@@ -384,6 +343,10 @@ impl Apps {
     async fn prepare(&self, summary: &ImageSummary) -> Result<Prepared, ApiError> {
         match &summary.runnable {
             Runnable::Wasm { kind, layer } => {
+                // A pod of an app that runs already: no need to read the module again.
+                if let Some(loaded) = self.runtime.loaded(*layer, *kind) {
+                    return Ok(Prepared::Wasm(loaded));
+                }
                 let images = self.images.clone();
                 let layer = *layer;
                 let wasm =
@@ -445,6 +408,10 @@ impl Apps {
         kind: AppKind,
         wasm: Vec<u8>,
     ) -> Result<Arc<Compiled>, ApiError> {
+        // Code a running app holds was compiled, counted and linked already.
+        if let Some(loaded) = self.runtime.loaded(layer, kind) {
+            return Ok(loaded);
+        }
         let compiled = self
             .runtime
             .compile(layer, kind, wasm.into())
@@ -467,46 +434,6 @@ impl Apps {
             .check_links(&compiled)
             .map_err(|e| ApiError::bad_request("unsupported_imports", e.to_string()))?;
         Ok(compiled)
-    }
-
-    /// The replicas of `spec`: Wasm and static ones made in place, Linux ones started
-    /// with runc (all or none: if one fails, those started are stopped again).
-    async fn containers(
-        &self,
-        spec: &AppSpec,
-        prepared: &Prepared,
-        summary: &ImageSummary,
-        log: &Arc<LogBook>,
-    ) -> Result<Vec<Arc<Container>>, ApiError> {
-        // Like a pod-template hash: containers of the same spec share it, a redeploy
-        // with other settings (even of the same image) gets new names.
-        let spec_json = serde_json::to_vec(spec).map_err(ApiError::internal)?;
-        let generation_tag = &hex::encode(Sha256::digest(&spec_json))[..10];
-        if let Prepared::Oci { root } = prepared {
-            let mut started = Vec::new();
-            for i in 0..spec.replicas {
-                let name = format!("{}-{generation_tag}-{i}", spec.name);
-                match self.start_replica(&name, spec, summary, root, log).await {
-                    Ok(c) => started.push(c),
-                    Err(e) => {
-                        for c in started {
-                            linux::retire(&c, Duration::ZERO, Duration::ZERO).await;
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            return Ok(started);
-        }
-        (0..spec.replicas)
-            .map(|i| {
-                let name = format!("{}-{generation_tag}-{i}", spec.name);
-                let c = self.in_process(name, spec, prepared, log)?;
-                c.transition(ContainerState::Ready)
-                    .map_err(ApiError::internal)?;
-                Ok(Arc::new(c))
-            })
-            .collect()
     }
 
     /// A Wasm or static container named `name` running `spec`, in state `Starting`.
@@ -558,14 +485,6 @@ impl Apps {
         ))
     }
 
-    fn route(
-        &self,
-        name: &AppName,
-        containers: &[Arc<Container>],
-    ) -> Option<Arc<skiff_gateway::Backends<Container>>> {
-        self.ingress.table.set(name.as_str(), containers.to_vec())
-    }
-
     /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
     /// it. Nothing changes unless the binary validates, compiles and links.
     pub async fn deploy_upload(
@@ -589,7 +508,7 @@ impl Apps {
         let layer = staged.digest();
         let compiled = self.compile(layer, kind, wasm).await?;
 
-        let apps = self.apps.lock().await;
+        let guard = self.deploying.lock().await;
         // Stored and tagged under the lock, so garbage collection (which also runs under
         // it) never sees the new blobs untagged.
         let images = self.images.clone();
@@ -610,13 +529,7 @@ impl Apps {
         let summary = self.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
         let installed = self
-            .install(
-                apps,
-                name,
-                params,
-                (summary, image_ref),
-                Prepared::Wasm(compiled),
-            )
+            .install(name, params, (summary, image_ref), compiled)
             .await;
         if installed.is_err() {
             // A refused deploy leaves the name where it was: on the image that still runs
@@ -642,6 +555,8 @@ impl Apps {
             })
             .await;
         }
+        self.collect_garbage().await;
+        drop(guard);
         installed
     }
 
@@ -656,107 +571,45 @@ impl Apps {
         let digest = self.resolve(reference).await?;
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
-        let apps = self.apps.lock().await;
+        let _guard = self.deploying.lock().await;
         if !self.images.blobs().contains(&digest) {
             return Err(ApiError::not_found(format!(
                 "image {digest} was removed during the deploy"
             )));
         }
-        self.install(apps, name, params, (summary, image_ref), prepared)
-            .await
-    }
-
-    /// Persists the record, starts the containers, swaps the route, retires the old ones.
-    async fn install(
-        &self,
-        mut apps: MutexGuard<'_, HashMap<AppName, AppEntry>>,
-        name: AppName,
-        params: DeployParams,
-        (summary, image_ref): (ImageSummary, String),
-        prepared: Prepared,
-    ) -> Result<(bool, AppStatus), ApiError> {
-        if self
-            .standalone
-            .lock()
-            .await
-            .values()
-            .any(|c| c.name() == name.as_str())
-        {
-            return Err(ApiError::conflict(format!(
-                "the name {name} is already used by a container"
-            )));
-        }
-        if self.service_named(name.as_str()) {
-            return Err(ApiError::conflict(format!(
-                "the name {name} is already used by a Service"
-            )));
-        }
-        let spec = image_spec(params, &summary, name.clone());
-        if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
-            self.runtime
-                .admit(&spec.limits)
-                .map_err(ApiError::over_budget)?;
-        }
-        let log = apps
-            .get(&name)
-            .map_or_else(|| LogBook::new(LOG_LINES), |e| e.log.clone());
-        let containers = self.containers(&spec, &prepared, &summary, &log).await?;
-        let now = now_ms();
-        let previous = apps.get(&name).map(|e| e.record.clone());
-        let record = AppRecord {
-            spec: spec.clone(),
-            image_ref,
-            created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
-            updated_ms: now,
-            generation: previous.as_ref().map_or(1, |p| p.generation + 1),
-        };
-        let state = self.state.clone();
-        let to_save = record.clone();
-        let saved = tokio::task::spawn_blocking(move || state.put_app(&to_save))
-            .await
-            .map_err(ApiError::internal)
-            .and_then(|r| r.map_err(ApiError::internal));
-        if let Err(e) = saved {
-            // Nothing changed: the new containers (and any Linux processes) go again.
-            self.retire(containers, &spec);
-            return Err(e);
-        }
-
-        self.route(&name, &containers);
-        let old = apps.insert(
-            name.clone(),
-            AppEntry {
-                record,
-                image_size: summary.size,
-                log,
-                containers,
-                message: None,
-                restarts: 0,
-            },
-        );
-        self.ingress.metrics.set_apps(apps.len());
-        if let Some(old) = old {
-            self.retire(old.containers, &old.record.spec);
-        }
-        self.collect_garbage(&apps).await;
-        let entry = &apps[&name];
-        info!(app = %name, image = %spec.image, kind = %spec.kind, replicas = spec.replicas, generation = entry.record.generation, "app deployed");
-        Ok((previous.is_none(), self.status_of(entry)))
+        let installed = self
+            .install(name, params, (summary, image_ref), prepared)
+            .await;
+        self.collect_garbage().await;
+        installed
     }
 
     /// Who runs each image: app names and container names, by image.
     pub async fn image_users(&self) -> BTreeMap<Digest, Vec<String>> {
-        let apps = self.apps.lock().await;
-        self.users(&apps).await
-    }
-
-    async fn users(&self, apps: &HashMap<AppName, AppEntry>) -> BTreeMap<Digest, Vec<String>> {
         let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-        for e in apps.values() {
-            users
-                .entry(e.record.spec.image)
-                .or_default()
-                .push(format!("app {}", e.record.spec.name));
+        // Deployments pin images by digest (apps) or name them by tag (manifests, kept
+        // by the tag itself); pods hold the image they run whatever happens to tags.
+        let pinned: Vec<(Digest, String)> = self.desired.read(|s| {
+            s.state
+                .deployments
+                .values()
+                .flat_map(|d| {
+                    d.revisions.iter().filter_map(move |r| {
+                        let image = &r.template.spec.containers.first()?.image;
+                        Some((
+                            image.parse::<Digest>().ok()?,
+                            d.object.metadata.name.clone(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        for (digest, app) in pinned {
+            let list = users.entry(digest).or_default();
+            let label = format!("app {app}");
+            if !list.contains(&label) {
+                list.push(label);
+            }
         }
         for (digest, pod) in self.pods.images() {
             users.entry(digest).or_default().push(format!("pod {pod}"));
@@ -771,9 +624,10 @@ impl Apps {
     }
 
     /// Deletes blobs and extracted sites no tagged image, app or container refers to.
-    async fn collect_garbage(&self, apps: &HashMap<AppName, AppEntry>) {
+    /// Callers hold `deploying`.
+    async fn collect_garbage(&self) {
         // Images of apps and of containers (running or stopped) stay.
-        let keep: BTreeSet<Digest> = self.users(apps).await.into_keys().collect();
+        let keep: BTreeSet<Digest> = self.image_users().await.into_keys().collect();
         let images = self.images.clone();
         let sites = self.sites.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -807,93 +661,20 @@ impl Apps {
 
     /// Runs garbage collection now (after an image was untagged).
     pub async fn collect_garbage_now(&self) {
-        let apps = self.apps.lock().await;
-        self.collect_garbage(&apps).await;
+        let _guard = self.deploying.lock().await;
+        self.collect_garbage().await;
     }
 
-    /// Drains replaced or removed containers in the background (and stops the
-    /// processes of Linux ones).
-    fn retire(&self, containers: Vec<Arc<Container>>, spec: &AppSpec) {
-        let grace = spec.limits.timeout() + Duration::from_secs(1);
-        for c in containers {
-            tokio::spawn(async move { linux::retire(&c, grace, linux::STOP_GRACE).await });
-        }
-    }
-
-    /// Removes an app: its record, its route, its containers (after draining).
-    pub async fn remove(&self, name: &AppName) -> Result<(), ApiError> {
-        let mut apps = self.apps.lock().await;
-        if !apps.contains_key(name) {
-            return Err(ApiError::not_found(format!("app {name} not found")));
-        }
-        let state = self.state.clone();
-        let key = name.clone();
-        tokio::task::spawn_blocking(move || state.delete_app(&key))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-        self.ingress.table.remove(name.as_str());
-        let entry = apps.remove(name).expect("checked above");
-        self.ingress.metrics.set_apps(apps.len());
-        self.retire(entry.containers, &entry.record.spec);
-        self.collect_garbage(&apps).await;
-        info!(app = %name, "app removed");
-        Ok(())
-    }
-
-    /// One app's status.
-    pub async fn status(&self, name: &AppName) -> Result<AppStatus, ApiError> {
-        let apps = self.apps.lock().await;
-        apps.get(name)
-            .map(|e| self.status_of(e))
-            .ok_or_else(|| ApiError::not_found(format!("app {name} not found")))
-    }
-
-    /// Every app's status, by name.
-    pub async fn list(&self) -> Vec<AppStatus> {
-        let apps = self.apps.lock().await;
-        let mut out: Vec<AppStatus> = apps.values().map(|e| self.status_of(e)).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    /// The log book of an app, or of a Deployment's pods.
+    /// The log book of an app (a Deployment's pods).
     pub async fn log(&self, name: &AppName) -> Result<Arc<LogBook>, ApiError> {
-        let apps = self.apps.lock().await;
-        apps.get(name)
-            .map(|e| e.log.clone())
-            .or_else(|| self.pods.log(name.as_str()))
+        self.pods
+            .log(name.as_str())
+            .or_else(|| {
+                self.desired
+                    .read(|s| s.state.deployments.contains_key(name.as_str()))
+                    .then(|| LogBook::new(1))
+            })
             .ok_or_else(|| ApiError::not_found(format!("app {name} not found")))
-    }
-
-    fn status_of(&self, e: &AppEntry) -> AppStatus {
-        let spec = &e.record.spec;
-        let ready = e
-            .containers
-            .iter()
-            .filter(|c| c.state() == ContainerState::Ready)
-            .count() as u32;
-        let message = e.message.clone().or_else(|| {
-            (ready < spec.replicas).then(|| format!("{ready} of {} replicas ready", spec.replicas))
-        });
-        AppStatus {
-            name: spec.name.to_string(),
-            kind: spec.kind,
-            image: spec.image,
-            image_ref: e.record.image_ref.clone(),
-            image_size: e.image_size,
-            replicas: spec.replicas,
-            ready,
-            generation: e.record.generation,
-            created_ms: e.record.created_ms,
-            updated_ms: e.record.updated_ms,
-            limits: spec.limits.clone(),
-            env_keys: spec.env.keys().cloned().collect(),
-            allowed_hosts: spec.allowed_hosts.clone(),
-            url: format!("http://{}.{}", spec.name, self.url_suffix),
-            message,
-            containers: e.containers.iter().map(|c| c.status()).collect(),
-        }
     }
 
     /// Stops routing to every container and drains them (node shutdown).
@@ -902,11 +683,9 @@ impl Apps {
         if let Ok(host) = &self.oci {
             host.shutdown();
         }
-        let apps = self.apps.lock().await;
-        let drains = apps
-            .values()
-            .flat_map(|e| e.containers.iter().cloned())
-            .chain(self.pod_containers())
+        let drains = self
+            .pod_containers()
+            .into_iter()
             .map(|c| async move { linux::retire(&c, grace, grace).await });
         futures_util::future::join_all(drains).await;
     }

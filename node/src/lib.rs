@@ -2,17 +2,17 @@
 //!
 //! - [`api`]: the HTTP API (axum) on `--api-addr`: uploads, apps, logs, metrics; bearer
 //!   token auth with a constant-time comparison; one error type mapped to HTTP.
-//! - [`apps`]: the supervisor. Desired state (app and container records in redb, see
-//!   [`state`]) is turned into running [`container`]s, and the gateway's routing table
-//!   is pointed at them; redeploys swap the route atomically and drain the old
-//!   containers. `skiff run` containers are the same objects with an id, published
-//!   ports, a restart policy and a stop/start lifecycle. Linux images (as `skiff run`
-//!   containers or as deployments' replicas) run under runc (`skiff_runtime::oci`); the
-//!   process is part of the container's workload, so whoever retires a container stops
-//!   its process, and exits come back through an event loop that applies the restart
-//!   policy or replaces the replica. Logs are kept per app (replicas
-//!   share one book, each line naming its container) rather than per replica, so
-//!   `logs -f` of an app follows it across redeploys.
+//! - [`apps`]: the supervisor. Deployments and Services (desired state, see
+//!   [`desired`]) are turned into pods by the reconciler (`apps::deployments`), and the
+//!   gateway's routing table is pointed at them; `skiff deploy` and the upload API write
+//!   a Deployment and a Service of the app's name (`apps::deploy`). `skiff run`
+//!   containers are the same [`container`] objects with an id, published ports, a
+//!   restart policy and a stop/start lifecycle. Linux images run under runc
+//!   (`skiff_runtime::oci`); the process is part of the container's workload, so
+//!   whoever retires a container stops its process, and exits come back through an
+//!   event loop (restart policy, or the pod restarts). Logs are kept per Deployment
+//!   (pods share one book, each line naming its pod), so `logs -f` of an app follows it
+//!   across rollouts.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
 //!   replica, concurrency permits (503 when saturated), error mapping (504/500/502).
 //! - [`listener`]: how every HTTP listener (API, ingress, published ports) is served:

@@ -29,7 +29,7 @@ use skiff_image::ImageSummary;
 use skiff_runtime::LogBook;
 use skiff_runtime::RequestInfo;
 use skiff_runtime::oci::Exit;
-use skiff_spec::api::{EventInfo, RevisionInfo, RolloutHistory};
+use skiff_spec::api::{ContainerStatus, EventInfo, RevisionInfo, RolloutHistory};
 use skiff_spec::k8s::{
     self, Condition, ContainerState as K8sState, DeploymentStatus, ObjectMeta, PodTemplateSpec,
     Probe, Service, StateReason, StateRunning,
@@ -53,9 +53,12 @@ use skiff_gateway::Endpoint as _;
 const EVENTS: usize = 50;
 
 /// Pod annotations that set what Kubernetes has no field for.
-const TIMEOUT_ANNOTATION: &str = "skiff.dev/timeout";
-const CONCURRENCY_ANNOTATION: &str = "skiff.dev/concurrency";
-const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-hosts";
+pub(crate) const TIMEOUT_ANNOTATION: &str = "skiff.dev/timeout";
+pub(crate) const CONCURRENCY_ANNOTATION: &str = "skiff.dev/concurrency";
+pub(crate) const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-hosts";
+/// `at-start`: the pod is ready as soon as its container is made (apps deployed with
+/// `skiff deploy`, whose Linux replicas' proxy holds requests until they listen).
+pub(crate) const READY_ANNOTATION: &str = "skiff.dev/ready";
 
 /// The back-off before the `n`th retry of a pod (n from 1): 1 s doubling to 5 min.
 fn backoff_ms(n: u32) -> u64 {
@@ -69,6 +72,8 @@ enum PodState {
         reason: &'static str,
         message: String,
         retry_ms: u64,
+        /// Why its container could not be made, as the API would answer it.
+        failure: Option<(http::StatusCode, &'static str, String)>,
     },
     /// A container, ready or not.
     Running {
@@ -78,8 +83,8 @@ enum PodState {
         ready_since: Option<u64>,
         /// Stops its probes.
         probes: CancellationToken,
-        /// How long its requests may take (the drain grace when it stops).
-        grace: Duration,
+        /// Its limits (how long its requests may take is the drain grace when it stops).
+        limits: skiff_spec::Limits,
     },
     /// Draining, then gone.
     Terminating {
@@ -178,13 +183,29 @@ fn push_event(events: &mut VecDeque<EventInfo>, kind: &str, reason: &str, messag
 }
 
 /// The node's pods of Deployments, shared by the reconciler, the probes and the API.
-#[derive(Default)]
 pub(crate) struct PodTable {
     inner: Mutex<Inner>,
     kick: Notify,
+    /// Counts the reconciler's passes: what waits for a rollout watches it.
+    passes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for PodTable {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            kick: Notify::new(),
+            passes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl PodTable {
+    /// A receiver that sees every pass of the reconciler end.
+    pub(crate) fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.passes.subscribe()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -257,6 +278,7 @@ impl PodTable {
             reason: "CrashLoopBackOff",
             message: format!("{message}; restarting in {} s", wait / 1000),
             retry_ms: now_ms() + wait,
+            failure: None,
         };
         let deployment = p.deployment.clone();
         warn!(pod, %message, "pod container ended; restarting it after a back-off");
@@ -308,7 +330,7 @@ fn suffix() -> String {
 }
 
 /// The app spec of a pod of `deployment` from `template`, with the image's defaults.
-fn pod_spec(
+pub(super) fn pod_spec(
     deployment: &str,
     template: &PodTemplateSpec,
     summary: &ImageSummary,
@@ -410,10 +432,12 @@ async fn watch_pod(
     pod: String,
     container: Arc<Container>,
     spec: k8s::Container,
+    ready_at_start: bool,
     stop: CancellationToken,
 ) {
     let readiness = spec.readiness_probe.filter(|p| p.http_get.is_some());
     let liveness = spec.liveness_probe.filter(|p| p.http_get.is_some());
+    let at_start = ready_at_start && readiness.is_none();
     let pause = |d: Duration| {
         let stop = stop.clone();
         async move {
@@ -429,19 +453,21 @@ async fn watch_pod(
             return;
         }
     }
-    loop {
-        let ok = match &readiness {
-            Some(p) => http_probe(&container, p).await,
-            None => container.workload().accepts().await,
-        };
-        if ok {
-            break;
-        }
-        let wait = readiness
-            .as_ref()
-            .map_or(Duration::from_millis(100), period);
-        if !pause(wait).await {
-            return;
+    if !at_start {
+        loop {
+            let ok = match &readiness {
+                Some(p) => http_probe(&container, p).await,
+                None => container.workload().accepts().await,
+            };
+            if ok {
+                break;
+            }
+            let wait = readiness
+                .as_ref()
+                .map_or(Duration::from_millis(100), period);
+            if !pause(wait).await {
+                return;
+            }
         }
     }
     if stop.is_cancelled() || container.transition(ContainerState::Ready).is_err() {
@@ -485,7 +511,7 @@ impl Apps {
     }
 
     /// One pass: plan every Deployment, stop and start pods, route every Service.
-    async fn reconcile(&self) {
+    pub(super) async fn reconcile(&self) {
         let state = self.desired.snapshot().state;
         let now = now_ms();
         let (to_stop, to_launch) = {
@@ -543,6 +569,7 @@ impl Apps {
                                         reason: "ContainerCreating",
                                         message: String::new(),
                                         retry_ms: 0,
+                                        failure: None,
                                     },
                                 },
                             );
@@ -580,6 +607,12 @@ impl Apps {
             self.launch(pod).await;
         }
         self.route_services(&state);
+        // What was just done shows in the next pass's status: run it now rather than at
+        // the next tick, so a rollout's end is seen at once.
+        if !to_stop.is_empty() || !to_launch.is_empty() {
+            self.pods.kick();
+        }
+        self.pods.passes.send_modify(|n| *n += 1);
     }
 
     /// Stops a pod: out of its Services, drained, its process stopped, then forgotten.
@@ -596,11 +629,12 @@ impl Apps {
             PodState::Running {
                 container,
                 probes,
-                grace,
+                limits,
                 ..
             } => {
                 probes.cancel();
-                let (container, grace) = (container.clone(), *grace);
+                let (container, grace) =
+                    (container.clone(), limits.timeout() + Duration::from_secs(1));
                 p.state = PodState::Terminating {
                     container: container.clone(),
                     since: super::now_rfc3339(),
@@ -650,22 +684,28 @@ impl Apps {
         }
         let p = inner.pods.get_mut(pod).expect("checked above");
         match made {
-            Ok((container, image, grace)) => {
+            Ok((container, image, limits)) => {
                 let probes = CancellationToken::new();
                 p.state = PodState::Running {
                     container: container.clone(),
                     image,
                     ready_since: None,
                     probes: probes.clone(),
-                    grace,
+                    limits,
                 };
                 let spec = template.spec.containers[0].clone();
+                let at_start = template
+                    .metadata
+                    .annotations
+                    .get(READY_ANNOTATION)
+                    .is_some_and(|v| v == "at-start");
                 info!(pod, deployment, "pod started");
                 tokio::spawn(watch_pod(
                     self.pods.clone(),
                     pod.to_string(),
                     container,
                     spec,
+                    at_start,
                     probes,
                 ));
             }
@@ -680,6 +720,7 @@ impl Apps {
                     reason,
                     message: e.message().to_string(),
                     retry_ms: now_ms() + wait,
+                    failure: Some((e.status(), e.code(), e.message().to_string())),
                 };
                 warn!(pod, deployment, error = %e, "pod could not start; trying again after a back-off");
                 inner.event(
@@ -700,7 +741,7 @@ impl Apps {
         deployment: &str,
         template: &PodTemplateSpec,
         log: &Arc<LogBook>,
-    ) -> Result<(Arc<Container>, Digest, Duration), ApiError> {
+    ) -> Result<(Arc<Container>, Digest, skiff_spec::Limits), ApiError> {
         let c =
             template.spec.containers.first().ok_or_else(|| {
                 ApiError::bad_request("invalid_manifest", "the pod has no container")
@@ -709,7 +750,6 @@ impl Apps {
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
         let spec = pod_spec(deployment, template, &summary)?;
-        let grace = spec.limits.timeout() + Duration::from_secs(1);
         let container = match &prepared {
             Prepared::Oci { root } => {
                 let milli_cpus = c
@@ -757,7 +797,7 @@ impl Apps {
                 Arc::new(self.in_process(pod.to_string(), &spec, &prepared, log)?)
             }
         };
-        Ok((container, digest, grace))
+        Ok((container, digest, spec.limits))
     }
 
     /// A Linux pod's process ended.
@@ -932,6 +972,130 @@ impl Apps {
                     .map(|c| (service.clone(), c.name.clone(), c.load().in_flight()))
             })
             .collect()
+    }
+
+    /// Whether `d`'s rollout is done (status observed at its generation, every pod
+    /// updated and available, no old ones), and the error of a new pod that could not
+    /// be made, if one could not.
+    pub(super) fn rollout_progress(&self, d: &StoredDeployment) -> (bool, Option<ApiError>) {
+        let inner = self.pods.lock();
+        let name = &d.object.metadata.name;
+        let hash = &d.current().hash;
+        let failure = inner
+            .pods
+            .values()
+            .filter(|p| &p.deployment == name && &p.hash == hash)
+            .find_map(|p| match &p.state {
+                PodState::Waiting {
+                    failure: Some((status, code, message)),
+                    ..
+                } => Some(ApiError::new(*status, code, message.clone())),
+                _ => None,
+            });
+        let desired = d.object.spec.replicas.unwrap_or(1);
+        let done = inner.progress.get(name).is_some_and(|p| {
+            let s = &p.status;
+            p.hash == *hash
+                && s.observed_generation == d.object.metadata.generation
+                && s.updated_replicas == desired
+                && s.available_replicas == desired
+                && s.replicas == desired
+        });
+        (done, failure)
+    }
+
+    /// A Deployment's pods as an app's containers: status, ready, why it waits.
+    pub(super) fn pod_statuses(
+        &self,
+        deployment: &str,
+    ) -> Vec<(ContainerStatus, bool, Option<String>)> {
+        let inner = self.pods.lock();
+        inner
+            .pods
+            .iter()
+            .filter(|(_, p)| p.deployment == deployment)
+            .map(|(name, p)| match &p.state {
+                PodState::Waiting {
+                    reason, message, ..
+                } => (
+                    ContainerStatus {
+                        name: name.clone(),
+                        state: format!("waiting: {reason}"),
+                        started_ms: 0,
+                        in_flight: 0,
+                    },
+                    false,
+                    (!message.is_empty()).then(|| format!("pod {name}: {reason}: {message}")),
+                ),
+                PodState::Running {
+                    container,
+                    ready_since,
+                    ..
+                } => (
+                    container.status(),
+                    ready_since.is_some() && container.is_ready(),
+                    None,
+                ),
+                PodState::Terminating { container, .. } => (container.status(), false, None),
+            })
+            .collect()
+    }
+
+    /// A pod's container by name or id prefix, with its Deployment (for `ps`, `logs`).
+    pub(super) fn pod_container(&self, key: &str) -> Option<(Arc<Container>, String)> {
+        let inner = self.pods.lock();
+        inner.pods.values().find_map(|p| {
+            let c = match &p.state {
+                PodState::Running { container, .. } => container,
+                _ => return None,
+            };
+            (c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
+                .then(|| (c.clone(), p.deployment.clone()))
+        })
+    }
+
+    /// Every running pod's container with its Deployment, image and limits (`ps`).
+    pub(super) fn running_pods(&self) -> Vec<(Arc<Container>, String, Digest, skiff_spec::Limits)> {
+        let inner = self.pods.lock();
+        inner
+            .pods
+            .values()
+            .filter_map(|p| match &p.state {
+                PodState::Running {
+                    container,
+                    image,
+                    limits,
+                    ..
+                } => Some((
+                    container.clone(),
+                    p.deployment.clone(),
+                    *image,
+                    limits.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits (up to `limit`) until every pod is ready or waiting after a failure: a
+    /// starting node serves once its pods can.
+    pub(super) async fn wait_initial_pods(&self, limit: Duration) {
+        let settled = || {
+            let inner = self.pods.lock();
+            inner.pods.values().all(|p| match &p.state {
+                PodState::Running { ready_since, .. } => ready_since.is_some(),
+                PodState::Waiting {
+                    failure, reason, ..
+                } => failure.is_some() || *reason == "CrashLoopBackOff",
+                PodState::Terminating { .. } => true,
+            })
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while !settled() && tokio::time::Instant::now() < deadline {
+            // Readiness arrives from the probes; their kicks make new passes.
+            self.reconcile().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Every pod's container (node shutdown drains them).

@@ -2,9 +2,9 @@
 //!
 //! A Linux container is a [`Container`] whose workload is an [`OciWorkload`]: the runc
 //! process and the proxy to its HTTP port travel together, so whoever retires the
-//! container (a redeploy, a removal, a stop, node shutdown) finds the process to stop
-//! on it. A replica that exits by itself is replaced after a back-off, as a Kubernetes
-//! Deployment's pod is.
+//! container (a rollout, a removal, a stop, node shutdown) finds the process to stop
+//! on it. A pod whose process exits by itself is restarted by the reconciler, a `skiff
+//! run` container by its restart policy.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use skiff_image::ImageSummary;
 use skiff_runtime::oci::{Exit, OciSpec, OciWorkload};
 use skiff_runtime::{LogBook, Workload};
-use skiff_spec::{AppName, AppSpec};
-use tracing::{info, warn};
+use skiff_spec::AppSpec;
+use tracing::info;
 
 use super::{Apps, now_ms};
 use crate::api::ApiError;
@@ -41,15 +41,6 @@ pub(crate) enum LinuxEvent {
         /// The container (record id).
         id: String,
     },
-    /// A deployment's replica's process ended.
-    ReplicaExited {
-        /// Its deployment.
-        app: AppName,
-        /// The replica (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: Exit,
-    },
     /// A Deployment's pod's process ended.
     PodExited {
         /// The pod.
@@ -58,15 +49,6 @@ pub(crate) enum LinuxEvent {
         instance: String,
         /// How it ended.
         exit: Exit,
-    },
-    /// A dead replica's back-off elapsed: start its replacement.
-    ReplaceReplica {
-        /// Its deployment.
-        app: AppName,
-        /// The deployment's generation it belonged to.
-        generation: u64,
-        /// The replica's name.
-        name: String,
     },
 }
 
@@ -211,117 +193,5 @@ impl Apps {
         });
         info!(container = %s.name, %addr, "linux container started");
         Ok(Arc::new(container))
-    }
-
-    /// Starts replica `name` of a deployment of a Linux image and watches it: when its
-    /// process ends, [`Apps::on_replica_exit`] hears of it.
-    pub(super) async fn start_replica(
-        &self,
-        name: &str,
-        spec: &AppSpec,
-        summary: &ImageSummary,
-        root: &Path,
-        log: &Arc<LogBook>,
-    ) -> Result<Arc<Container>, ApiError> {
-        let id = super::standalone::new_id();
-        let app = spec.name.clone();
-        self.start_linux(
-            LinuxStart {
-                id: &id,
-                name,
-                spec,
-                summary,
-                root,
-                log,
-                oci: &OciOptions {
-                    // The app's memory limit bounds each replica's cgroup.
-                    memory_bytes: Some(spec.limits.memory_bytes),
-                    ..OciOptions::default()
-                },
-                port: None,
-                ready: true,
-            },
-            move |instance, exit| LinuxEvent::ReplicaExited {
-                app,
-                instance,
-                exit,
-            },
-        )
-        .await
-    }
-
-    /// A replica's process ended by itself: it leaves the route and is cleaned up, and
-    /// a replacement of the same name starts after a back-off (1 s doubling to 30 s
-    /// while replicas of the app keep dying within 10 s of starting). Replicas already
-    /// retired are not replaced.
-    pub(super) async fn on_replica_exit(&self, app: AppName, instance: String, exit: Exit) {
-        let mut apps = self.apps.lock().await;
-        let Some(entry) = apps.get_mut(&app) else {
-            return;
-        };
-        let Some(i) = entry.containers.iter().position(|c| c.id == instance) else {
-            return;
-        };
-        let dead = entry.containers.remove(i);
-        self.route(&app, &entry.containers);
-        warn!(app = %app, replica = %dead.name, code = exit.code, oom_killed = exit.oom_killed, "replica exited; replacing it");
-        let quick = now_ms().saturating_sub(dead.started_ms) < 10_000;
-        entry.restarts = if quick { entry.restarts + 1 } else { 0 };
-        let delay = Duration::from_secs(1u64 << entry.restarts.saturating_sub(1).min(5))
-            .min(Duration::from_secs(30));
-        let generation = entry.record.generation;
-        drop(apps);
-        retire(&dead, Duration::ZERO, Duration::ZERO).await;
-        let events = self.exits.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = events.send(LinuxEvent::ReplaceReplica {
-                app,
-                generation,
-                name: dead.name.clone(),
-            });
-        });
-    }
-
-    /// Starts the replacement for replica `name`, if its deployment is still at
-    /// `generation` and still lacks it.
-    pub(super) async fn replace_replica(&self, app: AppName, generation: u64, name: String) {
-        let mut apps = self.apps.lock().await;
-        let Some(entry) = apps.get_mut(&app) else {
-            return;
-        };
-        if entry.record.generation != generation || entry.containers.iter().any(|c| c.name == name)
-        {
-            return;
-        }
-        let spec = entry.record.spec.clone();
-        let started = async {
-            let summary = self.summary(spec.image).await?;
-            let super::Prepared::Oci { root } = self.prepare(&summary).await? else {
-                return Err(ApiError::internal("the image is no longer a Linux image"));
-            };
-            self.start_replica(&name, &spec, &summary, &root, &entry.log)
-                .await
-        };
-        match started.await {
-            Ok(container) => {
-                entry.containers.push(container);
-                entry.message = None;
-                self.route(&app, &entry.containers);
-            }
-            Err(e) => {
-                warn!(app = %app, replica = %name, error = %e, "replica could not be replaced; trying again in 30 s");
-                entry.message = Some(format!("replica {name} could not be replaced: {e}"));
-                let events = self.exits.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    let _ = events.send(LinuxEvent::ReplaceReplica {
-                        app,
-                        generation,
-                        name,
-                    });
-                });
-            }
-        }
     }
 }

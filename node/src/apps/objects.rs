@@ -109,7 +109,7 @@ impl Apps {
         let (objects, warnings) = self.read_manifests(files).await?;
         for o in &objects {
             if let Object::Service(s) = o {
-                self.check_service_name(&s.metadata.name).await?;
+                self.check_service_name(s).await?;
             }
         }
         let mut results = Vec::new();
@@ -126,16 +126,25 @@ impl Apps {
         let command = match object {
             Object::Deployment(deployment) => Command::ApplyDeployment { deployment, at },
             Object::Service(service) => {
-                self.check_service_name(&service.metadata.name).await?;
+                self.check_service_name(&service).await?;
                 Command::ApplyService { service, at }
             }
         };
         self.submit(command).await
     }
 
-    /// A Service answers at its name: refused when an app or container has it.
-    async fn check_service_name(&self, name: &str) -> Result<(), ApiError> {
-        let app = self.apps.lock().await.keys().any(|a| a.as_str() == name);
+    /// A Service answers at its name: refused when an app or container has it (an
+    /// app's own Service, which `deploy` writes, is its to replace).
+    async fn check_service_name(&self, service: &k8s::Service) -> Result<(), ApiError> {
+        let name = service.metadata.name.as_str();
+        let is_app_service = super::deploy::managed(&service.metadata);
+        let app = !is_app_service
+            && self.desired.read(|s| {
+                s.state
+                    .deployments
+                    .get(name)
+                    .is_some_and(|d| super::deploy::managed(&d.object.metadata))
+            });
         let container = self
             .standalone
             .lock()

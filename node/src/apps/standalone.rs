@@ -109,10 +109,6 @@ fn generated_name(taken: impl Fn(&str) -> bool) -> String {
 }
 
 /// Whether `key` is the container's name or a prefix (4+ digits) of its id.
-fn names(c: &Container, key: &str) -> bool {
-    c.name == key || (key.len() >= 4 && c.id.starts_with(key))
-}
-
 pub(super) fn new_id() -> String {
     let mut id = [0u8; 32];
     getrandom::fill(&mut id).expect("the OS has randomness");
@@ -132,10 +128,11 @@ impl Apps {
         // Compile (or extract) before taking the locks, so other deploys do not wait on
         // it; holding the result keeps it in the runtime's cache for the start below.
         let _prepared = self.prepare(&summary).await?;
-        let apps = self.apps.lock().await;
+        let _guard = self.deploying.lock().await;
         let mut standalone = self.standalone.lock().await;
+        let apps = self.desired();
         let taken = |n: &str| {
-            AppName::new(n).is_ok_and(|n| apps.contains_key(&n))
+            apps.deployments.contains_key(n)
                 || standalone
                     .values()
                     .any(|s| s.record.spec.name.as_str() == n)
@@ -229,11 +226,12 @@ impl Apps {
         }
         let container = match &prepared {
             super::Prepared::Oci { root } => self.start_oci(entry, &summary, root).await?,
-            other => self
-                .containers(&spec, other, &summary, &entry.log)
-                .await?
-                .pop()
-                .ok_or_else(|| ApiError::internal("no container made"))?,
+            other => {
+                let c = self.in_process(spec.name.to_string(), &spec, other, &entry.log)?;
+                c.transition(crate::container::ContainerState::Ready)
+                    .map_err(ApiError::internal)?;
+                Arc::new(c)
+            }
         };
         let ports = self.shutdown.child_token();
         let listeners = bound
@@ -297,9 +295,7 @@ impl Apps {
     pub(crate) async fn on_exit(&self, ev: LinuxEvent) {
         let (id, instance, exit) = match ev {
             LinuxEvent::Exited { id, instance, exit } => (id, instance, exit),
-            LinuxEvent::ReplicaExited { .. }
-            | LinuxEvent::ReplaceReplica { .. }
-            | LinuxEvent::PodExited { .. } => return,
+            LinuxEvent::PodExited { .. } => return,
             LinuxEvent::Restart { id } => {
                 let mut standalone = self.standalone.lock().await;
                 if let Some(entry) = standalone.get_mut(&id)
@@ -494,16 +490,11 @@ impl Apps {
             Err(e) => e,
         };
         drop(standalone);
-        let apps = self.apps.lock().await;
-        let owner = apps.values().find_map(|e| {
-            e.containers
-                .iter()
-                .find(|c| names(c, key))
-                .map(|c| (c.name.clone(), e.record.spec.name.clone()))
-        });
+        let owner = self.pod_container(key);
         Err(owner.map_or(not_found, |(container, app)| {
             ApiError::conflict(format!(
-                "container {container} belongs to deployment {app}; change or remove the deployment instead"
+                "container {} belongs to deployment {app}; change or remove the deployment instead",
+                container.name
             ))
         }))
     }
@@ -515,52 +506,65 @@ impl Apps {
             return Ok(standalone[&id].log.clone());
         }
         drop(standalone);
-        // A replica's output is in its deployment's log.
-        let apps = self.apps.lock().await;
-        apps.values()
-            .find(|e| e.containers.iter().any(|c| names(c, key)))
-            .map(|e| e.log.clone())
+        // A pod's output is in its deployment's log.
+        self.pod_container(key)
+            .and_then(|(_, deployment)| self.pods.log(&deployment))
             .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
     }
 
     /// `docker ps [-a]`: standalone containers and the replicas of deployments.
     pub async fn list_containers(&self, all: bool) -> Vec<ContainerInfo> {
-        let apps = self.apps.lock().await;
         let standalone = self.standalone.lock().await;
         let mut out: Vec<ContainerInfo> = standalone
             .values()
             .filter(|s| all || s.running.is_some())
             .map(|s| self.info_of(s))
             .collect();
-        for e in apps.values() {
-            for c in &e.containers {
-                let (ip_address, sandbox_key) = super::linux::network(c);
-                out.push(ContainerInfo {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    image: if e.record.image_ref.is_empty() {
-                        e.record.spec.image.short()
-                    } else {
-                        e.record.image_ref.clone()
-                    },
-                    image_id: e.record.spec.image,
-                    kind: e.record.spec.kind,
-                    state: "running".into(),
-                    created_ms: c.started_ms,
-                    started_ms: c.started_ms,
-                    finished_ms: 0,
-                    exit_code: None,
-                    oom_killed: false,
-                    exit_reason: None,
-                    ports: vec![],
-                    ip_address,
-                    sandbox_key,
-                    restart: RestartPolicy::Always,
-                    deployment: Some(e.record.spec.name.to_string()),
-                    limits: e.record.spec.limits.clone(),
-                    env_keys: e.record.spec.env.keys().cloned().collect(),
-                });
-            }
+        drop(standalone);
+        for (c, deployment, image, limits) in self.running_pods() {
+            let (ip_address, sandbox_key) = super::linux::network(&c);
+            let app = self
+                .desired
+                .read(|s| s.state.deployments.get(&deployment).cloned());
+            let image_ref = app
+                .as_ref()
+                .and_then(|d| {
+                    d.object
+                        .spec
+                        .template
+                        .metadata
+                        .annotations
+                        .get("skiff.dev/image-ref")
+                        .cloned()
+                })
+                .unwrap_or_else(|| image.short());
+            let kind = match c.workload() {
+                skiff_runtime::Workload::Http(_) => skiff_spec::AppKind::Http,
+                skiff_runtime::Workload::Wagi(_) => skiff_spec::AppKind::Wagi,
+                skiff_runtime::Workload::Static(_) => skiff_spec::AppKind::Static,
+                skiff_runtime::Workload::Oci(_) => skiff_spec::AppKind::Oci,
+            };
+            out.push(ContainerInfo {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                image: image_ref,
+                image_id: image,
+                kind,
+                state: "running".into(),
+                created_ms: c.started_ms,
+                started_ms: c.started_ms,
+                finished_ms: 0,
+                exit_code: None,
+                oom_killed: false,
+                exit_reason: None,
+                ports: vec![],
+                ip_address,
+                sandbox_key,
+                restart: RestartPolicy::Always,
+                deployment: Some(deployment),
+                limits,
+                env_keys: Vec::new(),
+            });
         }
         out.sort_by_key(|c| std::cmp::Reverse(c.created_ms));
         out

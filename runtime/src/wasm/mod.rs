@@ -562,6 +562,11 @@ impl Runtime {
         }
     }
 
+    /// Code for `digest` that is loaded already (held by a running app), if any.
+    pub fn loaded(&self, digest: Digest, kind: AppKind) -> Option<Arc<Compiled>> {
+        self.loaded_get(&(digest, kind))
+    }
+
     fn loaded_get(&self, key: &(Digest, AppKind)) -> Option<Arc<Compiled>> {
         let loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
         loaded.get(key).and_then(Weak::upgrade)
