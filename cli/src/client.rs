@@ -9,28 +9,10 @@ use skiff_image::{ImageName, ImageStore};
 use skiff_spec::api::{
     AppStatus, ContainerInfo, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream,
 };
-use skiff_spec::{DeployParams, PortMapping, RestartPolicy};
+use skiff_spec::{DeployParams, RunParams};
 
 use crate::ClientOpts;
 use crate::registry::{Reference, Registry};
-
-/// What `skiff run` asks for.
-pub(crate) struct RunOptions<'a> {
-    pub(crate) image: &'a str,
-    pub(crate) name: Option<&'a str>,
-    pub(crate) ports: &'a [PortMapping],
-    pub(crate) restart: RestartPolicy,
-    pub(crate) params: &'a DeployParams,
-    pub(crate) args: &'a [String],
-    pub(crate) extras: RunExtras,
-}
-
-/// `skiff run` options that only Linux containers take.
-pub(crate) struct RunExtras {
-    pub(crate) cpus: Option<f64>,
-    pub(crate) pids_limit: Option<i64>,
-    pub(crate) network: String,
-}
 
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -434,38 +416,8 @@ impl Client {
         Ok(())
     }
 
-    pub(crate) async fn run(&self, run: &RunOptions<'_>) -> anyhow::Result<String> {
-        let RunOptions {
-            image,
-            name,
-            ports,
-            restart,
-            params,
-            args,
-            extras,
-        } = run;
-        let mut q = params.to_pairs();
-        if let Some(c) = extras.cpus {
-            q.push(("cpus".into(), c.to_string()));
-        }
-        if let Some(p) = extras.pids_limit {
-            q.push(("pids_limit".into(), p.to_string()));
-        }
-        q.push(("network".into(), extras.network.clone()));
-        for a in *args {
-            q.push(("arg".into(), a.clone()));
-        }
-        q.push(("image".into(), image.to_string()));
-        q.push(("restart".into(), restart.to_string()));
-        if let Some(n) = name {
-            q.push(("name".into(), n.to_string()));
-        }
-        for p in *ports {
-            q.push((
-                "publish".into(),
-                format!("{}:{}:{}", p.host_ip, p.host_port, p.container_port),
-            ));
-        }
+    pub(crate) async fn run(&self, run: &RunParams) -> anyhow::Result<String> {
+        let q = run.to_pairs();
         let info: ContainerInfo = self
             .send(self.http.post(self.url("/v1/containers")).query(&q))
             .await?

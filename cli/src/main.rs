@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use skiff_spec::{
-    DeployParams, PortMapping, RestartPolicy, parse_bytes, parse_duration, parse_env,
+    DeployParams, PortMapping, RestartPolicy, RunParams, parse_bytes, parse_duration, parse_env,
 };
 
-use crate::client::{Client, RunExtras, RunOptions};
+use crate::client::Client;
 
 #[derive(Parser)]
 #[command(
@@ -620,22 +620,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency,
                 ..Default::default()
             };
+            let host_network = match network.as_str() {
+                "host" => true,
+                "bridge" | "default" => false,
+                other => anyhow::bail!("invalid --network {other:?}: use bridge or host"),
+            };
+            let run = RunParams {
+                image,
+                name,
+                params,
+                ports: publish,
+                restart,
+                args: (!args.is_empty()).then_some(args),
+                milli_cpus: cpus.map(RunParams::milli_cpus).transpose()?,
+                pids_limit,
+                host_network,
+            };
             let c = Client::new(&client)?;
-            let id = c
-                .run(&RunOptions {
-                    image: &image,
-                    name: name.as_deref(),
-                    ports: &publish,
-                    restart,
-                    params: &params,
-                    args: &args,
-                    extras: RunExtras {
-                        cpus,
-                        pids_limit,
-                        network,
-                    },
-                })
-                .await?;
+            let id = c.run(&run).await?;
             println!("{id}");
             if detach {
                 Ok(())

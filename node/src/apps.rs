@@ -31,13 +31,13 @@ use tracing::{info, warn};
 
 mod deploy;
 mod deployments;
+mod error;
 mod linux;
 mod objects;
 mod standalone;
 
-pub use standalone::RunRequest;
+pub use error::AppError;
 
-use crate::api::ApiError;
 use crate::container::Container;
 use crate::desired::DesiredStore;
 use crate::ingress::Ingress;
@@ -79,20 +79,20 @@ fn extract_site(
     sites: &Path,
     dest: &Path,
     limits: ExtractLimits,
-) -> Result<(), ApiError> {
-    std::fs::create_dir_all(sites).map_err(ApiError::internal)?;
+) -> Result<(), AppError> {
+    std::fs::create_dir_all(sites).map_err(AppError::internal)?;
     let tmp = tempfile::Builder::new()
         .prefix(EXTRACTING)
         .tempdir_in(sites)
-        .map_err(ApiError::internal)?;
+        .map_err(AppError::internal)?;
     skiff_image::layer::extract(images.blobs(), layers, tmp.path(), limits)
-        .map_err(|e| ApiError::bad_request("unsupported_image", e.to_string()))?;
+        .map_err(|e| AppError::invalid("unsupported_image", e.to_string()))?;
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, dest) {
         let _ = std::fs::remove_dir_all(&tmp);
         // Another deploy of the same image won the race: its tree is identical.
         if !dest.is_dir() {
-            return Err(ApiError::internal(e));
+            return Err(AppError::internal(e));
         }
     }
     Ok(())
@@ -310,37 +310,37 @@ impl Apps {
     }
 
     /// The digest an image name or id on the node names.
-    async fn resolve(&self, reference: &str) -> Result<Digest, ApiError> {
+    async fn resolve(&self, reference: &str) -> Result<Digest, AppError> {
         let images = self.images.clone();
         let reference = reference.to_string();
         tokio::task::spawn_blocking(move || images.resolve(&reference))
             .await
-            .map_err(ApiError::internal)?
+            .map_err(AppError::internal)?
             .map_err(|e| match e {
                 ImageError::NotFound(_) | ImageError::Ambiguous(_) => {
-                    ApiError::not_found(e.to_string())
+                    AppError::not_found(e.to_string())
                 }
-                other => ApiError::internal(other),
+                other => AppError::internal(other),
             })
     }
 
-    async fn summary(&self, digest: Digest) -> Result<ImageSummary, ApiError> {
+    async fn summary(&self, digest: Digest) -> Result<ImageSummary, AppError> {
         let images = self.images.clone();
         tokio::task::spawn_blocking(move || images.summary(&digest))
             .await
-            .map_err(ApiError::internal)?
+            .map_err(AppError::internal)?
             .map_err(|e| match e {
-                ImageError::NotFound(_) => ApiError::not_found(e.to_string()),
+                ImageError::NotFound(_) => AppError::not_found(e.to_string()),
                 ImageError::Unsupported { .. } => {
-                    ApiError::bad_request("unsupported_image", e.to_string())
+                    AppError::invalid("unsupported_image", e.to_string())
                 }
-                other => ApiError::internal(other),
+                other => AppError::internal(other),
             })
     }
 
     /// Compiles a Wasm image or extracts a static site: everything slow, before any
     /// state changes.
-    async fn prepare(&self, summary: &ImageSummary) -> Result<Prepared, ApiError> {
+    async fn prepare(&self, summary: &ImageSummary) -> Result<Prepared, AppError> {
         match &summary.runnable {
             Runnable::Wasm { kind, layer } => {
                 // A pod of an app that runs already: no need to read the module again.
@@ -352,8 +352,8 @@ impl Apps {
                 let wasm =
                     tokio::task::spawn_blocking(move || images.blobs().read_verified(&layer))
                         .await
-                        .map_err(ApiError::internal)?
-                        .map_err(ApiError::internal)?;
+                        .map_err(AppError::internal)?
+                        .map_err(AppError::internal)?;
                 Ok(Prepared::Wasm(self.compile(layer, *kind, wasm).await?))
             }
             // The image's read-only tree, shared by its containers (each Linux container
@@ -363,13 +363,13 @@ impl Apps {
             }),
             Runnable::Static { layers, site_root } => {
                 let site_root = skiff_image::oci::image_path("dev.skiff.siteRoot", site_root)
-                    .map_err(|e| ApiError::bad_request("unsupported_image", e))?;
+                    .map_err(|e| AppError::invalid("unsupported_image", e))?;
                 let tree = self.extracted(summary.digest, layers).await?;
                 let tag = summary.digest.to_string();
                 // Opened once here (beneath the tree, as it will be served) so a site root
                 // that is missing or leads out of the image is refused at deploy.
                 if let Err(e) = StaticSite::open(&tree, &site_root, &tag) {
-                    return Err(ApiError::bad_request(
+                    return Err(AppError::invalid(
                         "unsupported_image",
                         format!(
                             "the image's site root /{} is not a directory inside the image: {e}",
@@ -387,7 +387,7 @@ impl Apps {
     }
 
     /// The image's layers extracted once, under `sites/<digest>`.
-    async fn extracted(&self, digest: Digest, layers: &[Descriptor]) -> Result<PathBuf, ApiError> {
+    async fn extracted(&self, digest: Digest, layers: &[Descriptor]) -> Result<PathBuf, AppError> {
         let dir = self.sites.join(digest.hex());
         if !dir.is_dir() {
             let images = self.images.clone();
@@ -397,7 +397,7 @@ impl Apps {
                 extract_site(&images, &layers, &sites, &dest, limits)
             })
             .await
-            .map_err(ApiError::internal)??;
+            .map_err(AppError::internal)??;
         }
         Ok(dir)
     }
@@ -407,7 +407,7 @@ impl Apps {
         layer: Digest,
         kind: AppKind,
         wasm: Vec<u8>,
-    ) -> Result<Arc<Compiled>, ApiError> {
+    ) -> Result<Arc<Compiled>, AppError> {
         // Code a running app holds was compiled, counted and linked already.
         if let Some(loaded) = self.runtime.loaded(layer, kind) {
             return Ok(loaded);
@@ -418,21 +418,21 @@ impl Apps {
             .await
             .map_err(|e| match e {
                 skiff_runtime::CompileError::Invalid { .. } => {
-                    ApiError::bad_request("invalid_wasm", e.to_string())
+                    AppError::invalid("invalid_wasm", e.to_string())
                 }
                 // The module's own doing: it costs more than a compile may.
                 skiff_runtime::CompileError::TimedOut { .. }
                 | skiff_runtime::CompileError::TooBig { .. } => {
-                    ApiError::bad_request("compile_limit", e.to_string())
+                    AppError::invalid("compile_limit", e.to_string())
                 }
-                other => ApiError::internal(other),
+                other => AppError::internal(other),
             })?;
         self.ingress
             .metrics
             .compile(compiled.from_cache, compiled.took.as_secs_f64());
         self.runtime
             .check_links(&compiled)
-            .map_err(|e| ApiError::bad_request("unsupported_imports", e.to_string()))?;
+            .map_err(|e| AppError::invalid("unsupported_imports", e.to_string()))?;
         Ok(compiled)
     }
 
@@ -443,7 +443,7 @@ impl Apps {
         spec: &AppSpec,
         prepared: &Prepared,
         log: &Arc<LogBook>,
-    ) -> Result<Container, ApiError> {
+    ) -> Result<Container, AppError> {
         let workload = match prepared {
             Prepared::Wasm(compiled) => {
                 let config = ContainerConfig {
@@ -460,10 +460,10 @@ impl Apps {
                 };
                 self.runtime
                     .prepare(compiled, config)
-                    .map_err(|e| ApiError::bad_request("unsupported_imports", e.to_string()))?
+                    .map_err(|e| AppError::invalid("unsupported_imports", e.to_string()))?
             }
             Prepared::Oci { .. } => {
-                return Err(ApiError::internal(
+                return Err(AppError::internal(
                     "a Linux image's containers are started with runc",
                 ));
             }
@@ -472,7 +472,7 @@ impl Apps {
                 site_root,
                 tag,
             } => Workload::Static(
-                StaticSite::open(tree, site_root, tag).map_err(ApiError::internal)?,
+                StaticSite::open(tree, site_root, tag).map_err(AppError::internal)?,
             ),
         };
         Ok(Container::new(
@@ -492,7 +492,7 @@ impl Apps {
         name: AppName,
         params: DeployParams,
         staged: StagedBlob,
-    ) -> Result<(bool, AppStatus), ApiError> {
+    ) -> Result<(bool, AppStatus), AppError> {
         // Reading and parsing a large binary takes a while: off the async executor.
         let (staged, read) = tokio::task::spawn_blocking(move || {
             let read = staged.read().map(|wasm| {
@@ -502,9 +502,9 @@ impl Apps {
             (staged, read)
         })
         .await
-        .map_err(ApiError::internal)?;
-        let (wasm, kind) = read.map_err(ApiError::internal)?;
-        let kind = kind.map_err(|e| ApiError::bad_request("invalid_wasm", e.to_string()))?;
+        .map_err(AppError::internal)?;
+        let (wasm, kind) = read.map_err(AppError::internal)?;
+        let kind = kind.map_err(|e| AppError::invalid("invalid_wasm", e.to_string()))?;
         let layer = staged.digest();
         let compiled = self.compile(layer, kind, wasm).await?;
 
@@ -512,7 +512,7 @@ impl Apps {
         // Stored and tagged under the lock, so garbage collection (which also runs under
         // it) never sees the new blobs untagged.
         let images = self.images.clone();
-        let image_name = ImageName::parse(&format!("{name}:latest")).map_err(ApiError::internal)?;
+        let image_name = ImageName::parse(&format!("{name}:latest")).map_err(AppError::internal)?;
         let created = now_rfc3339();
         let tag_name = image_name.clone();
         let (desc, previous) = tokio::task::spawn_blocking(move || {
@@ -524,8 +524,8 @@ impl Apps {
             Ok::<_, ImageError>((desc, previous))
         })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
         let summary = self.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
         let installed = self
@@ -566,14 +566,14 @@ impl Apps {
         name: AppName,
         params: DeployParams,
         reference: &str,
-    ) -> Result<(bool, AppStatus), ApiError> {
+    ) -> Result<(bool, AppStatus), AppError> {
         let image_ref = reference.to_string();
         let digest = self.resolve(reference).await?;
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
         let _guard = self.deploying.lock().await;
         if !self.images.blobs().contains(&digest) {
-            return Err(ApiError::not_found(format!(
+            return Err(AppError::not_found(format!(
                 "image {digest} was removed during the deploy"
             )));
         }
@@ -666,7 +666,7 @@ impl Apps {
     }
 
     /// The log book of an app (a Deployment's pods).
-    pub async fn log(&self, name: &AppName) -> Result<Arc<LogBook>, ApiError> {
+    pub async fn log(&self, name: &AppName) -> Result<Arc<LogBook>, AppError> {
         self.pods
             .log(name.as_str())
             .or_else(|| {
@@ -674,7 +674,7 @@ impl Apps {
                     .read(|s| s.state.deployments.contains_key(name.as_str()))
                     .then(|| LogBook::new(1))
             })
-            .ok_or_else(|| ApiError::not_found(format!("app {name} not found")))
+            .ok_or_else(|| AppError::not_found(format!("app {name} not found")))
     }
 
     /// Stops routing to every container and drains them (node shutdown).

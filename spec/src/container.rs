@@ -92,6 +92,130 @@ impl fmt::Display for PortMapping {
     }
 }
 
+/// Everything `skiff run` asks for: one type the CLI encodes and the API decodes, as the
+/// query of `POST /v1/containers`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunParams {
+    /// Image name or id.
+    pub image: String,
+    /// Container name; generated when absent.
+    pub name: Option<String>,
+    /// Env and limits (not replicas: a container is one instance).
+    pub params: crate::DeployParams,
+    /// `-p` mappings.
+    pub ports: Vec<PortMapping>,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+    /// Arguments replacing the image's CMD (`skiff run IMAGE ARGS...`).
+    pub args: Option<Vec<String>>,
+    /// `--cpus`, in thousandths (Linux containers).
+    pub milli_cpus: Option<u32>,
+    /// `--pids-limit` (Linux containers).
+    pub pids_limit: Option<i64>,
+    /// `--network host` (Linux containers).
+    pub host_network: bool,
+}
+
+impl RunParams {
+    /// `--cpus` as thousandths, refusing what no cgroup could mean.
+    pub fn milli_cpus(cpus: f64) -> Result<u32, crate::ParamError> {
+        if !(0.001..=1024.0).contains(&cpus) {
+            return Err(crate::ParamError {
+                param: "cpus".into(),
+                message: format!("{cpus} is outside 0.001..=1024"),
+            });
+        }
+        Ok((cpus * 1000.0).round() as u32)
+    }
+
+    /// The query pairs [`RunParams::from_pairs`] reads back.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut q = self.params.to_pairs();
+        if let Some(m) = self.milli_cpus {
+            q.push(("cpus".into(), (f64::from(m) / 1000.0).to_string()));
+        }
+        if let Some(p) = self.pids_limit {
+            q.push(("pids_limit".into(), p.to_string()));
+        }
+        let network = if self.host_network { "host" } else { "bridge" };
+        q.push(("network".into(), network.into()));
+        for a in self.args.iter().flatten() {
+            q.push(("arg".into(), a.clone()));
+        }
+        q.push(("image".into(), self.image.clone()));
+        q.push(("restart".into(), self.restart.to_string()));
+        if let Some(n) = &self.name {
+            q.push(("name".into(), n.clone()));
+        }
+        for p in &self.ports {
+            q.push((
+                "publish".into(),
+                format!("{}:{}:{}", p.host_ip, p.host_port, p.container_port),
+            ));
+        }
+        q
+    }
+
+    /// Parses the query of `POST /v1/containers`, refusing unknown keys, bad values and
+    /// what a single container cannot have (replicas).
+    pub fn from_pairs<K, V>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, crate::ParamError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let bad = |param: &str, message: String| crate::ParamError {
+            param: param.into(),
+            message,
+        };
+        let mut run = RunParams::default();
+        let mut image = None;
+        let mut rest: Vec<(String, String)> = Vec::new();
+        for (k, v) in pairs {
+            let (k, v) = (k.as_ref(), v.as_ref().to_string());
+            match k {
+                "image" => image = Some(v),
+                "name" => run.name = Some(v),
+                "publish" => run.ports.push(v.parse().map_err(|e| bad(k, e))?),
+                "restart" => run.restart = v.parse().map_err(|e| bad(k, e))?,
+                "arg" => run.args.get_or_insert_with(Vec::new).push(v),
+                "cpus" => {
+                    let cpus: f64 = v
+                        .parse()
+                        .map_err(|_| bad(k, format!("{v:?} is not a number")))?;
+                    run.milli_cpus = Some(Self::milli_cpus(cpus)?);
+                }
+                "pids_limit" => {
+                    run.pids_limit = Some(
+                        v.parse()
+                            .map_err(|_| bad(k, format!("{v:?} is not a number")))?,
+                    );
+                }
+                "network" => {
+                    run.host_network = match v.as_str() {
+                        "host" => true,
+                        "bridge" | "default" => false,
+                        other => return Err(bad(k, format!("{other:?}: use bridge or host"))),
+                    };
+                }
+                _ => rest.push((k.to_string(), v)),
+            }
+        }
+        run.image = image
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| bad("image", "missing: name the image to run".into()))?;
+        run.params = crate::DeployParams::from_pairs(rest)?;
+        if run.params.replicas.is_some() || run.params.image.is_some() {
+            return Err(bad(
+                "replicas",
+                "a container is one instance; deploy an app for replicas".into(),
+            ));
+        }
+        Ok(run)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +233,22 @@ mod tests {
             assert!(bad.parse::<PortMapping>().is_err(), "{bad}");
         }
         assert_eq!("always".parse::<RestartPolicy>(), Ok(RestartPolicy::Always));
+        let run = RunParams {
+            image: "web:v1".into(),
+            name: Some("w".into()),
+            ports: vec!["8080:80".parse().unwrap()],
+            restart: RestartPolicy::OnFailure,
+            args: Some(vec!["httpd".into(), "-f".into()]),
+            milli_cpus: Some(RunParams::milli_cpus(0.5).unwrap()),
+            pids_limit: Some(100),
+            host_network: true,
+            ..RunParams::default()
+        };
+        assert_eq!(RunParams::from_pairs(run.to_pairs()), Ok(run));
+        assert!(RunParams::from_pairs([("image", "x"), ("replicas", "2")]).is_err());
+        assert!(RunParams::from_pairs([("image", "x"), ("cpus", "0")]).is_err());
+        assert!(RunParams::from_pairs([("image", "x"), ("network", "none")]).is_err());
+        assert!(RunParams::from_pairs([("name", "x")]).is_err(), "no image");
         assert!(
             "sometimes"
                 .parse::<RestartPolicy>()

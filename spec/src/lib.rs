@@ -19,7 +19,7 @@ pub mod manifest;
 mod name;
 
 pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_matches};
-pub use container::{PortMapping, RestartPolicy};
+pub use container::{PortMapping, RestartPolicy, RunParams};
 pub use digest::{Digest, DigestError};
 pub use limits::{Limits, parse_bytes, parse_duration};
 pub use name::{AppName, NameError};

@@ -7,12 +7,11 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use skiff_spec::RunParams;
 use skiff_spec::api::ContainerInfo;
-use skiff_spec::{DeployParams, PortMapping, RestartPolicy};
 
 use super::{ApiError, log_response};
 use crate::Shared;
-use crate::apps::RunRequest;
 
 fn pairs(q: Option<String>) -> Vec<(String, String)> {
     form_urlencoded::parse(q.unwrap_or_default().as_bytes())
@@ -38,66 +37,9 @@ pub(super) async fn run(
     State(shared): State<Arc<Shared>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut image = None;
-    let mut name = None;
-    let mut ports = Vec::new();
-    let mut restart = RestartPolicy::No;
-    let mut args = None::<Vec<String>>;
-    let mut oci = crate::state::OciOptions::default();
-    let mut rest = Vec::new();
-    for (k, v) in pairs(q) {
-        match k.as_str() {
-            "image" => image = Some(v),
-            "name" => name = Some(v),
-            "publish" => ports.push(v.parse::<PortMapping>().map_err(|e| bad("publish", e))?),
-            "restart" => restart = v.parse().map_err(|e| bad("restart", e))?,
-            "arg" => args.get_or_insert_with(Vec::new).push(v),
-            "cpus" => {
-                let cpus: f64 = v
-                    .parse()
-                    .map_err(|_| bad("cpus", format!("{v:?} is not a number")))?;
-                if !(0.001..=1024.0).contains(&cpus) {
-                    return Err(bad("cpus", format!("{v} is outside 0.001..=1024")));
-                }
-                oci.milli_cpus = Some((cpus * 1000.0).round() as u32);
-            }
-            "pids_limit" => {
-                oci.pids_limit = Some(
-                    v.parse()
-                        .map_err(|_| bad("pids_limit", format!("{v:?} is not a number")))?,
-                )
-            }
-            "network" => match v.as_str() {
-                "host" => oci.host_network = true,
-                "bridge" | "default" => oci.host_network = false,
-                other => return Err(bad("network", format!("{other:?}: use bridge or host"))),
-            },
-            _ => rest.push((k, v)),
-        }
-    }
-    let image = image.ok_or_else(|| bad("image", "missing: name the image to run"))?;
-    let params = DeployParams::from_pairs(rest)
+    let run = RunParams::from_pairs(pairs(q))
         .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
-    if params.replicas.is_some() || params.image.is_some() {
-        return Err(bad(
-            "replicas",
-            "a container is one instance; deploy an app for replicas",
-        ));
-    }
-    // Linux containers get a memory limit only when asked, as with docker run.
-    oci.memory_bytes = params.memory_bytes;
-    let info = shared
-        .apps
-        .run(RunRequest {
-            image,
-            name,
-            params,
-            ports,
-            restart,
-            args,
-            oci,
-        })
-        .await?;
+    let info = shared.apps.run(run).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 

@@ -114,15 +114,20 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+}
 
-    /// The stable code (`not_found`, `invalid_wasm`, ...).
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
-    /// What went wrong.
-    pub fn message(&self) -> &str {
-        &self.message
+/// The supervisor's errors as HTTP answers: the one place that maps them.
+impl From<crate::apps::AppError> for ApiError {
+    fn from(e: crate::apps::AppError) -> Self {
+        use crate::apps::AppError;
+        match e {
+            AppError::NotFound(m) => ApiError::not_found(m),
+            AppError::Invalid { code, message } => ApiError::bad_request(code, message),
+            AppError::Conflict(m) => ApiError::conflict(m),
+            AppError::OverBudget(m) => ApiError::over_budget(m),
+            AppError::NotReady(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_ready", m),
+            AppError::Internal(m) => ApiError::internal(m),
+        }
     }
 }
 

@@ -20,8 +20,8 @@ use skiff_spec::manifest::{Object, validate_deployment, validate_service};
 use skiff_spec::{AppKind, AppName, DeployParams, Digest};
 use tracing::info;
 
+use super::error::AppError;
 use super::{Apps, image_spec};
-use crate::api::ApiError;
 use crate::desired::{Applied, Command};
 use crate::state::AppRecord;
 
@@ -49,7 +49,7 @@ fn app_objects(
     image_ref: &str,
     kind: AppKind,
     at: &str,
-) -> Result<(Deployment, Service), ApiError> {
+) -> Result<(Deployment, Service), AppError> {
     let mut annotations = serde_json::Map::new();
     let mut put = |k: &str, v: String| {
         annotations.insert(k.to_string(), serde_json::Value::String(v));
@@ -112,14 +112,14 @@ fn app_objects(
         },
         "spec": {"selector": {APP_LABEL: name.as_str()}, "ports": [{"port": 80}]},
     });
-    let deployment: Deployment = serde_json::from_value(deployment).map_err(ApiError::internal)?;
-    let service: Service = serde_json::from_value(service).map_err(ApiError::internal)?;
+    let deployment: Deployment = serde_json::from_value(deployment).map_err(AppError::internal)?;
+    let service: Service = serde_json::from_value(service).map_err(AppError::internal)?;
     let problems: Vec<String> = validate_deployment(&deployment)
         .into_iter()
         .chain(validate_service(&service))
         .collect();
     if let Some(p) = problems.first() {
-        return Err(ApiError::bad_request("invalid_parameter", p.clone()));
+        return Err(AppError::invalid("invalid_parameter", p.clone()));
     }
     Ok((deployment, service))
 }
@@ -134,7 +134,7 @@ impl Apps {
         params: DeployParams,
         (summary, image_ref): (ImageSummary, String),
         _prepared: P,
-    ) -> Result<(bool, AppStatus), ApiError> {
+    ) -> Result<(bool, AppStatus), AppError> {
         if self
             .standalone
             .lock()
@@ -142,7 +142,7 @@ impl Apps {
             .values()
             .any(|c| c.name() == name.as_str())
         {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::conflict(format!(
                 "the name {name} is already used by a container"
             )));
         }
@@ -151,7 +151,7 @@ impl Apps {
         if let Some(d) = &previous
             && !managed(&d.object.metadata)
         {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::conflict(format!(
                 "deployment.apps/{name} was applied from a manifest; change it with skiff apply"
             )));
         }
@@ -159,7 +159,7 @@ impl Apps {
         if let Some(s) = &previous_service
             && !managed(&s.metadata)
         {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::conflict(format!(
                 "the name {name} is already used by a Service"
             )));
         }
@@ -167,7 +167,7 @@ impl Apps {
         if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
             self.runtime
                 .admit(&spec.limits)
-                .map_err(ApiError::over_budget)?;
+                .map_err(AppError::over_budget)?;
         }
         let (deployment, service) = app_objects(
             &name,
@@ -235,14 +235,14 @@ impl Apps {
 
     /// Waits until Deployment `name`'s rollout is done, or fails with why its new pods
     /// cannot start.
-    async fn wait_rollout(&self, name: &str) -> Result<(), ApiError> {
+    async fn wait_rollout(&self, name: &str) -> Result<(), AppError> {
         let mut passes = self.pods.passes();
         let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
         loop {
             let d = self
                 .desired
                 .read(|s| s.state.deployments.get(name).cloned())
-                .ok_or_else(|| ApiError::not_found(format!("app {name} was removed")))?;
+                .ok_or_else(|| AppError::not_found(format!("app {name} was removed")))?;
             let (done, failure) = self.rollout_progress(&d);
             if let Some(e) = failure {
                 return Err(e);
@@ -252,28 +252,24 @@ impl Apps {
             }
             match tokio::time::timeout_at(deadline, passes.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ApiError::internal("the reconciler stopped")),
+                Ok(Err(_)) => return Err(AppError::internal("the reconciler stopped")),
                 Err(_) => {
-                    return Err(ApiError::new(
-                        http::StatusCode::GATEWAY_TIMEOUT,
-                        "not_ready",
-                        format!(
-                            "the app's replicas did not become ready within {} s",
-                            ROLLOUT_WAIT.as_secs()
-                        ),
-                    ));
+                    return Err(AppError::NotReady(format!(
+                        "the app's replicas did not become ready within {} s",
+                        ROLLOUT_WAIT.as_secs()
+                    )));
                 }
             }
         }
     }
 
     /// Removes app `name`: its Deployment and Service; answers once its route is gone.
-    pub async fn remove(&self, name: &AppName) -> Result<(), ApiError> {
+    pub async fn remove(&self, name: &AppName) -> Result<(), AppError> {
         let known = self
             .desired
             .read(|s| s.state.deployments.contains_key(name.as_str()));
         if !known {
-            return Err(ApiError::not_found(format!("app {name} not found")));
+            return Err(AppError::not_found(format!("app {name} not found")));
         }
         let service_is_ours = self.desired.read(|s| {
             s.state
@@ -310,11 +306,11 @@ impl Apps {
     }
 
     /// One app's status: a Deployment as `skiff apps` shows it.
-    pub async fn status(&self, name: &AppName) -> Result<AppStatus, ApiError> {
+    pub async fn status(&self, name: &AppName) -> Result<AppStatus, AppError> {
         let d = self
             .desired
             .read(|s| s.state.deployments.get(name.as_str()).cloned())
-            .ok_or_else(|| ApiError::not_found(format!("app {name} not found")))?;
+            .ok_or_else(|| AppError::not_found(format!("app {name} not found")))?;
         self.app_status(&d).await
     }
 
@@ -335,9 +331,9 @@ impl Apps {
     async fn app_status(
         &self,
         d: &crate::desired::StoredDeployment,
-    ) -> Result<AppStatus, ApiError> {
+    ) -> Result<AppStatus, AppError> {
         let object = &d.object;
-        let name = AppName::new(object.metadata.name.clone()).map_err(ApiError::internal)?;
+        let name = AppName::new(object.metadata.name.clone()).map_err(AppError::internal)?;
         let template = &object.spec.template;
         let image_ref = template
             .metadata

@@ -40,9 +40,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::error::AppError;
 use super::linux::{self, LinuxEvent, LinuxStart};
 use super::{Apps, LOG_LINES, Prepared, image_spec, now_ms};
-use crate::api::ApiError;
 use crate::container::{Container, ContainerState};
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
 use crate::desired::{State, StoredDeployment};
@@ -72,8 +72,8 @@ enum PodState {
         reason: &'static str,
         message: String,
         retry_ms: u64,
-        /// Why its container could not be made, as the API would answer it.
-        failure: Option<(http::StatusCode, &'static str, String)>,
+        /// Why its container could not be made.
+        failure: Option<AppError>,
     },
     /// A container, ready or not.
     Running {
@@ -334,14 +334,14 @@ pub(super) fn pod_spec(
     deployment: &str,
     template: &PodTemplateSpec,
     summary: &ImageSummary,
-) -> Result<AppSpec, ApiError> {
+) -> Result<AppSpec, AppError> {
     let c = template
         .spec
         .containers
         .first()
-        .ok_or_else(|| ApiError::bad_request("invalid_manifest", "the pod has no container"))?;
+        .ok_or_else(|| AppError::invalid("invalid_manifest", "the pod has no container"))?;
     let invalid =
-        |what: &str, e: String| ApiError::bad_request("invalid_manifest", format!("{what}: {e}"));
+        |what: &str, e: String| AppError::invalid("invalid_manifest", format!("{what}: {e}"));
     let annotations = &template.metadata.annotations;
     let memory_bytes = c
         .resources
@@ -382,7 +382,7 @@ pub(super) fn pod_spec(
             .unwrap_or_default(),
         image: None,
     };
-    let name = AppName::new(deployment.to_string()).map_err(ApiError::internal)?;
+    let name = AppName::new(deployment.to_string()).map_err(AppError::internal)?;
     let mut spec = image_spec(params, summary, name);
     // As Kubernetes: `command` replaces the image's ENTRYPOINT, `args` its CMD.
     if !c.command.is_empty() || !c.args.is_empty() {
@@ -720,7 +720,7 @@ impl Apps {
                     reason,
                     message: e.message().to_string(),
                     retry_ms: now_ms() + wait,
-                    failure: Some((e.status(), e.code(), e.message().to_string())),
+                    failure: Some(e.clone()),
                 };
                 warn!(pod, deployment, error = %e, "pod could not start; trying again after a back-off");
                 inner.event(
@@ -741,11 +741,12 @@ impl Apps {
         deployment: &str,
         template: &PodTemplateSpec,
         log: &Arc<LogBook>,
-    ) -> Result<(Arc<Container>, Digest, skiff_spec::Limits), ApiError> {
-        let c =
-            template.spec.containers.first().ok_or_else(|| {
-                ApiError::bad_request("invalid_manifest", "the pod has no container")
-            })?;
+    ) -> Result<(Arc<Container>, Digest, skiff_spec::Limits), AppError> {
+        let c = template
+            .spec
+            .containers
+            .first()
+            .ok_or_else(|| AppError::invalid("invalid_manifest", "the pod has no container"))?;
         let digest = self.resolve(&c.image).await?;
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
@@ -758,7 +759,7 @@ impl Apps {
                     .and_then(|r| r.limits.get("cpu"))
                     .map(|q| q.millicpus())
                     .transpose()
-                    .map_err(|e| ApiError::bad_request("invalid_manifest", e))?
+                    .map_err(|e| AppError::invalid("invalid_manifest", e))?
                     .map(|m| u32::try_from(m).unwrap_or(u32::MAX));
                 let name = pod.to_string();
                 self.start_linux(
@@ -792,7 +793,7 @@ impl Apps {
                 if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
                     self.runtime
                         .admit(&spec.limits)
-                        .map_err(ApiError::over_budget)?;
+                        .map_err(AppError::over_budget)?;
                 }
                 Arc::new(self.in_process(pod.to_string(), &spec, &prepared, log)?)
             }
@@ -951,9 +952,9 @@ impl Apps {
     }
 
     /// Stops a pod now (`delete pod`): its Deployment starts a replacement.
-    pub(crate) fn delete_pod(&self, pod: &str) -> Result<(), ApiError> {
+    pub(crate) fn delete_pod(&self, pod: &str) -> Result<(), AppError> {
         if !self.pods.lock().pods.contains_key(pod) {
-            return Err(ApiError::not_found(format!("pod {pod} not found")));
+            return Err(AppError::not_found(format!("pod {pod} not found")));
         }
         self.stop_pod(pod);
         self.pods.kick();
@@ -977,7 +978,7 @@ impl Apps {
     /// Whether `d`'s rollout is done (status observed at its generation, every pod
     /// updated and available, no old ones), and the error of a new pod that could not
     /// be made, if one could not.
-    pub(super) fn rollout_progress(&self, d: &StoredDeployment) -> (bool, Option<ApiError>) {
+    pub(super) fn rollout_progress(&self, d: &StoredDeployment) -> (bool, Option<AppError>) {
         let inner = self.pods.lock();
         let name = &d.object.metadata.name;
         let hash = &d.current().hash;
@@ -987,9 +988,8 @@ impl Apps {
             .filter(|p| &p.deployment == name && &p.hash == hash)
             .find_map(|p| match &p.state {
                 PodState::Waiting {
-                    failure: Some((status, code, message)),
-                    ..
-                } => Some(ApiError::new(*status, code, message.clone())),
+                    failure: Some(e), ..
+                } => Some(e.clone()),
                 _ => None,
             });
         let desired = d.object.spec.replicas.unwrap_or(1);

@@ -16,8 +16,8 @@ use skiff_runtime::{LogBook, Workload};
 use skiff_spec::AppSpec;
 use tracing::info;
 
+use super::error::AppError;
 use super::{Apps, now_ms};
-use crate::api::ApiError;
 use crate::container::{Container, ContainerState};
 use crate::state::OciOptions;
 
@@ -119,13 +119,13 @@ impl Apps {
         &self,
         s: LinuxStart<'_>,
         exited: impl FnOnce(String, Exit) -> LinuxEvent + Send + 'static,
-    ) -> Result<Arc<Container>, ApiError> {
+    ) -> Result<Arc<Container>, AppError> {
         let host = self
             .oci
             .as_ref()
-            .map_err(|why| ApiError::bad_request("oci_unavailable", why.clone()))?;
+            .map_err(|why| AppError::invalid("oci_unavailable", why.clone()))?;
         if s.spec.args.is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(AppError::invalid(
                 "invalid_parameter",
                 "the image has no ENTRYPOINT or CMD: give a command after the image",
             ));
@@ -153,14 +153,14 @@ impl Apps {
             .memory_bytes
             .map(|bytes| self.runtime.reserve_memory(bytes))
             .transpose()
-            .map_err(ApiError::over_budget)?;
+            .map_err(AppError::over_budget)?;
         let mut process = host
             .start(spec)
             .await
-            .map_err(|e| ApiError::bad_request("oci_failed", e.to_string()))?;
+            .map_err(|e| AppError::invalid("oci_failed", e.to_string()))?;
         if let Err(e) = process.spawn(name.clone(), s.log.clone()) {
             process.cleanup().await;
-            return Err(ApiError::internal(e.to_string()));
+            return Err(AppError::internal(e.to_string()));
         }
         let port = http_port(s.port, s.summary);
         let addr = match process.ip() {
@@ -183,7 +183,7 @@ impl Apps {
         if s.ready {
             container
                 .transition(ContainerState::Ready)
-                .map_err(ApiError::internal)?;
+                .map_err(AppError::internal)?;
         }
         let (events, instance) = (self.exits.clone(), container.id.clone());
         tokio::spawn(async move {

@@ -11,7 +11,7 @@ use skiff_spec::k8s;
 use skiff_spec::manifest::{self, Object};
 
 use super::Apps;
-use crate::api::ApiError;
+use super::error::AppError;
 use crate::desired::{Applied, Command, Rejected, State};
 
 /// Most manifest files in one request.
@@ -32,16 +32,16 @@ fn result(applied: Applied) -> ObjectResult {
 
 impl Apps {
     /// Applies one command durably and wakes the reconciler.
-    pub(crate) async fn submit(&self, command: Command) -> Result<Applied, ApiError> {
+    pub(crate) async fn submit(&self, command: Command) -> Result<Applied, AppError> {
         let desired = self.desired.clone();
         let outcome = tokio::task::spawn_blocking(move || desired.submit(command))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?;
         self.pods.kick();
         outcome.map_err(|rejected| match rejected {
-            Rejected::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            Rejected::Invalid(why) => ApiError::bad_request("invalid", why),
+            Rejected::NotFound(what) => AppError::not_found(format!("{what} not found")),
+            Rejected::Invalid(why) => AppError::invalid("invalid", why),
         })
     }
 
@@ -59,15 +59,15 @@ impl Apps {
     async fn read_manifests(
         &self,
         files: &[ManifestFile],
-    ) -> Result<(Vec<Object>, Vec<String>), ApiError> {
+    ) -> Result<(Vec<Object>, Vec<String>), AppError> {
         if files.is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(AppError::invalid(
                 "invalid_manifest",
                 "no manifest files given",
             ));
         }
         if files.len() > MAX_MANIFEST_FILES {
-            return Err(ApiError::bad_request(
+            return Err(AppError::invalid(
                 "invalid_manifest",
                 format!(
                     "{} files; at most {MAX_MANIFEST_FILES} at once",
@@ -97,15 +97,15 @@ impl Apps {
             Ok((objects, warnings))
         })
         .await
-        .map_err(ApiError::internal)?;
-        parsed.map_err(|e| ApiError::bad_request("invalid_manifest", e))
+        .map_err(AppError::internal)?;
+        parsed.map_err(|e| AppError::invalid("invalid_manifest", e))
     }
 
     /// `apply -f`: every object of every file, or none.
     pub(crate) async fn apply_files(
         &self,
         files: &[ManifestFile],
-    ) -> Result<ApplyResult, ApiError> {
+    ) -> Result<ApplyResult, AppError> {
         let (objects, warnings) = self.read_manifests(files).await?;
         for o in &objects {
             if let Object::Service(s) = o {
@@ -121,7 +121,7 @@ impl Apps {
 
     /// Creates or replaces one object (validated by the caller or by the manifest
     /// reader).
-    pub(crate) async fn apply_object(&self, object: Object) -> Result<Applied, ApiError> {
+    pub(crate) async fn apply_object(&self, object: Object) -> Result<Applied, AppError> {
         let at = super::now_rfc3339();
         let command = match object {
             Object::Deployment(deployment) => Command::ApplyDeployment { deployment, at },
@@ -135,7 +135,7 @@ impl Apps {
 
     /// A Service answers at its name: refused when an app or container has it (an
     /// app's own Service, which `deploy` writes, is its to replace).
-    async fn check_service_name(&self, service: &k8s::Service) -> Result<(), ApiError> {
+    async fn check_service_name(&self, service: &k8s::Service) -> Result<(), AppError> {
         let name = service.metadata.name.as_str();
         let is_app_service = super::deploy::managed(&service.metadata);
         let app = !is_app_service
@@ -153,7 +153,7 @@ impl Apps {
             .any(|c| c.name() == name);
         if app || container {
             let what = if app { "an app" } else { "a container" };
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::conflict(format!(
                 "service/{name}: the name is taken by {what} (both would answer at {name}.<domain>)"
             )));
         }
@@ -164,7 +164,7 @@ impl Apps {
     pub(crate) async fn delete_files(
         &self,
         files: &[ManifestFile],
-    ) -> Result<ApplyResult, ApiError> {
+    ) -> Result<ApplyResult, AppError> {
         let (objects, _) = self.read_manifests(files).await?;
         let mut results = Vec::new();
         for o in objects {
@@ -193,33 +193,33 @@ impl Apps {
     }
 
     /// A Deployment with its status, or 404.
-    pub(crate) fn deployment(&self, name: &str) -> Result<k8s::Deployment, ApiError> {
+    pub(crate) fn deployment(&self, name: &str) -> Result<k8s::Deployment, AppError> {
         let state = self.desired();
         state
             .deployments
             .get(name)
             .map(|d| self.deployment_object(d))
-            .ok_or_else(|| ApiError::not_found(format!("deployment.apps/{name} not found")))
+            .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
     }
 
     /// A Service, or 404.
-    pub(crate) fn service(&self, name: &str) -> Result<k8s::Service, ApiError> {
+    pub(crate) fn service(&self, name: &str) -> Result<k8s::Service, AppError> {
         self.desired
             .read(|s| s.state.services.get(name).cloned())
-            .ok_or_else(|| ApiError::not_found(format!("service/{name} not found")))
+            .ok_or_else(|| AppError::not_found(format!("service/{name} not found")))
     }
 
     /// A Deployment's revisions and events, or 404.
     pub(crate) fn rollout_history(
         &self,
         name: &str,
-    ) -> Result<skiff_spec::api::RolloutHistory, ApiError> {
+    ) -> Result<skiff_spec::api::RolloutHistory, AppError> {
         let state = self.desired();
         state
             .deployments
             .get(name)
             .map(|d| self.history(d))
-            .ok_or_else(|| ApiError::not_found(format!("deployment.apps/{name} not found")))
+            .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
     }
 
     /// Every Deployment with its status.

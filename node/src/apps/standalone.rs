@@ -10,37 +10,19 @@ use std::time::Duration;
 use skiff_runtime::LogBook;
 use skiff_runtime::oci::Exit;
 use skiff_spec::api::ContainerInfo;
-use skiff_spec::{AppKind, AppName, DeployParams, PortMapping, RestartPolicy};
+use skiff_spec::{AppKind, AppName, RestartPolicy, RunParams};
 use tokio::net::TcpListener;
 use tokio::sync::MutexGuard;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::error::AppError;
 use super::linux::LinuxEvent;
 use super::{Apps, LOG_LINES, now_ms};
-use crate::api::ApiError;
 use crate::container::Container;
 use crate::ingress::{self, Target};
 use crate::state::{ContainerRecord, OciOptions};
-
-/// What `POST /v1/containers` asks for.
-pub struct RunRequest {
-    /// Image name or id.
-    pub image: String,
-    /// Container name; generated when absent.
-    pub name: Option<String>,
-    /// Env and limits.
-    pub params: DeployParams,
-    /// `-p` mappings.
-    pub ports: Vec<PortMapping>,
-    /// `--restart`.
-    pub restart: RestartPolicy,
-    /// Arguments replacing the image's CMD (`skiff run IMAGE ARGS...`).
-    pub args: Option<Vec<String>>,
-    /// Settings only Linux containers have.
-    pub oci: OciOptions,
-}
 
 /// One `skiff run` container: its record and, while running, its container and ports.
 pub(super) struct Standalone {
@@ -117,13 +99,13 @@ pub(super) fn new_id() -> String {
 
 impl Apps {
     /// Creates and starts a container from an image (`docker run -d`).
-    pub async fn run(&self, req: RunRequest) -> Result<ContainerInfo, ApiError> {
+    pub async fn run(&self, req: RunParams) -> Result<ContainerInfo, AppError> {
         let images = self.images.clone();
         let reference = req.image.clone();
         let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::not_found(e.to_string()))?;
+            .map_err(AppError::internal)?
+            .map_err(|e| AppError::not_found(e.to_string()))?;
         let summary = self.summary(digest).await?;
         // Compile (or extract) before taking the locks, so other deploys do not wait on
         // it; holding the result keeps it in the runtime's cache for the start below.
@@ -141,27 +123,28 @@ impl Apps {
         let name = match req.name {
             Some(n) => {
                 let name = AppName::new(n)
-                    .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+                    .map_err(|e| AppError::invalid("invalid_name", e.to_string()))?;
                 if taken(name.as_str()) {
-                    return Err(ApiError::conflict(format!(
+                    return Err(AppError::conflict(format!(
                         "the name {name} is already in use by an app, container or Service"
                     )));
                 }
                 name
             }
-            None => AppName::new(generated_name(taken)).map_err(ApiError::internal)?,
+            None => AppName::new(generated_name(taken)).map_err(AppError::internal)?,
         };
         for p in &req.ports {
             if standalone
                 .values()
                 .any(|s| s.record.ports.iter().any(|q| q.host_port == p.host_port))
             {
-                return Err(ApiError::conflict(format!(
+                return Err(AppError::conflict(format!(
                     "host port {} is already published by another container",
                     p.host_port
                 )));
             }
         }
+        let memory_bytes = req.params.memory_bytes;
         let mut spec = super::image_spec(req.params, &summary, name);
         if let Some(args) = req.args {
             // As `docker run IMAGE ARGS...`: the arguments replace CMD, ENTRYPOINT stays.
@@ -171,7 +154,7 @@ impl Apps {
         if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
             self.runtime
                 .admit(&spec.limits)
-                .map_err(ApiError::over_budget)?;
+                .map_err(AppError::over_budget)?;
         }
         let now = now_ms();
         let record = ContainerRecord {
@@ -180,7 +163,13 @@ impl Apps {
             image_ref: req.image,
             ports: req.ports,
             restart: req.restart,
-            oci: req.oci,
+            oci: OciOptions {
+                // Linux containers get a memory limit only when asked, as with docker run.
+                memory_bytes,
+                milli_cpus: req.milli_cpus,
+                pids_limit: req.pids_limit,
+                host_network: req.host_network,
+            },
             created_ms: now,
             running: false,
             started_ms: 0,
@@ -206,7 +195,7 @@ impl Apps {
     /// Starts a stopped (or new) container: prepares its image, binds its ports, routes
     /// its name, and persists that it runs. A port that cannot be bound fails the start
     /// and leaves the container stopped.
-    async fn start_entry(&self, entry: &mut Standalone) -> Result<(), ApiError> {
+    async fn start_entry(&self, entry: &mut Standalone) -> Result<(), AppError> {
         if entry.running.is_some() {
             return Ok(());
         }
@@ -221,7 +210,7 @@ impl Apps {
             bound.push(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|e| ApiError::conflict(format!("cannot publish {addr}: {e}")))?,
+                    .map_err(|e| AppError::conflict(format!("cannot publish {addr}: {e}")))?,
             );
         }
         let container = match &prepared {
@@ -229,7 +218,7 @@ impl Apps {
             other => {
                 let c = self.in_process(spec.name.to_string(), &spec, other, &entry.log)?;
                 c.transition(crate::container::ContainerState::Ready)
-                    .map_err(ApiError::internal)?;
+                    .map_err(AppError::internal)?;
                 Arc::new(c)
             }
         };
@@ -269,7 +258,7 @@ impl Apps {
         entry: &Standalone,
         summary: &skiff_image::ImageSummary,
         root: &std::path::Path,
-    ) -> Result<Arc<Container>, ApiError> {
+    ) -> Result<Arc<Container>, AppError> {
         let r = &entry.record;
         let id = r.id.clone();
         self.start_linux(
@@ -358,7 +347,7 @@ impl Apps {
         &self,
         entry: &mut Standalone,
         grace: std::time::Duration,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AppError> {
         if let Some(running) = self.begin_stop(entry).await?
             && let Some(exit) = running.finish(grace).await
         {
@@ -371,7 +360,7 @@ impl Apps {
     /// The quick half of a stop, done under the lock: no new requests reach the container
     /// (route gone, ports closed) and the record says it exited. The caller drains the
     /// returned container, preferably after releasing the lock.
-    async fn begin_stop(&self, entry: &mut Standalone) -> Result<Option<Running>, ApiError> {
+    async fn begin_stop(&self, entry: &mut Standalone) -> Result<Option<Running>, AppError> {
         let Some(running) = entry.running.take() else {
             return Ok(None);
         };
@@ -384,17 +373,17 @@ impl Apps {
         Ok(Some(running))
     }
 
-    async fn persist(&self, record: &ContainerRecord) -> Result<(), ApiError> {
+    async fn persist(&self, record: &ContainerRecord) -> Result<(), AppError> {
         let state = self.state.clone();
         let record = record.clone();
         tokio::task::spawn_blocking(move || state.put_container(&record))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)
     }
 
     /// The id of the container named or id-prefixed by `key`.
-    fn find(standalone: &HashMap<String, Standalone>, key: &str) -> Result<String, ApiError> {
+    fn find(standalone: &HashMap<String, Standalone>, key: &str) -> Result<String, AppError> {
         if let Some(s) = standalone
             .values()
             .find(|s| s.record.spec.name.as_str() == key)
@@ -407,8 +396,8 @@ impl Apps {
             .collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(ApiError::not_found(format!("no such container: {key}"))),
-            _ => Err(ApiError::bad_request(
+            [] => Err(AppError::not_found(format!("no such container: {key}"))),
+            _ => Err(AppError::invalid(
                 "ambiguous",
                 format!("container id {key} is ambiguous; give more digits"),
             )),
@@ -420,7 +409,7 @@ impl Apps {
         &self,
         key: &str,
         grace: std::time::Duration,
-    ) -> Result<ContainerInfo, ApiError> {
+    ) -> Result<ContainerInfo, AppError> {
         let (mut standalone, id) = self.locate(key).await?;
         let entry = standalone.get_mut(&id).expect("found");
         let running = self.begin_stop(entry).await?;
@@ -444,7 +433,7 @@ impl Apps {
     }
 
     /// `docker start`.
-    pub async fn start_container(&self, key: &str) -> Result<ContainerInfo, ApiError> {
+    pub async fn start_container(&self, key: &str) -> Result<ContainerInfo, AppError> {
         let (mut standalone, id) = self.locate(key).await?;
         let entry = standalone.get_mut(&id).expect("found");
         self.start_entry(entry).await?;
@@ -452,12 +441,12 @@ impl Apps {
     }
 
     /// `docker rm [-f]`.
-    pub async fn remove_container(&self, key: &str, force: bool) -> Result<(), ApiError> {
+    pub async fn remove_container(&self, key: &str, force: bool) -> Result<(), AppError> {
         let (mut standalone, id) = self.locate(key).await?;
         let entry = standalone.get_mut(&id).expect("found");
         if entry.running.is_some() {
             if !force {
-                return Err(ApiError::conflict(format!(
+                return Err(AppError::conflict(format!(
                     "container {} is running: stop it first or remove it with -f",
                     entry.record.spec.name
                 )));
@@ -468,8 +457,8 @@ impl Apps {
         let id2 = id.clone();
         tokio::task::spawn_blocking(move || state.delete_container(&id2))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?;
         let entry = standalone.remove(&id).expect("found");
         info!(container = %entry.record.spec.name, "container removed");
         drop(standalone);
@@ -483,7 +472,7 @@ impl Apps {
     async fn locate(
         &self,
         key: &str,
-    ) -> Result<(MutexGuard<'_, HashMap<String, Standalone>>, String), ApiError> {
+    ) -> Result<(MutexGuard<'_, HashMap<String, Standalone>>, String), AppError> {
         let standalone = self.standalone.lock().await;
         let not_found = match Self::find(&standalone, key) {
             Ok(id) => return Ok((standalone, id)),
@@ -492,7 +481,7 @@ impl Apps {
         drop(standalone);
         let owner = self.pod_container(key);
         Err(owner.map_or(not_found, |(container, app)| {
-            ApiError::conflict(format!(
+            AppError::conflict(format!(
                 "container {} belongs to deployment {app}; change or remove the deployment instead",
                 container.name
             ))
@@ -500,7 +489,7 @@ impl Apps {
     }
 
     /// The log book of a container.
-    pub async fn container_log(&self, key: &str) -> Result<Arc<LogBook>, ApiError> {
+    pub async fn container_log(&self, key: &str) -> Result<Arc<LogBook>, AppError> {
         let standalone = self.standalone.lock().await;
         if let Ok(id) = Self::find(&standalone, key) {
             return Ok(standalone[&id].log.clone());
@@ -509,7 +498,7 @@ impl Apps {
         // A pod's output is in its deployment's log.
         self.pod_container(key)
             .and_then(|(_, deployment)| self.pods.log(&deployment))
-            .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
+            .ok_or_else(|| AppError::not_found(format!("no such container: {key}")))
     }
 
     /// `docker ps [-a]`: standalone containers and the replicas of deployments.
@@ -571,11 +560,11 @@ impl Apps {
     }
 
     /// `docker inspect`.
-    pub async fn inspect_container(&self, key: &str) -> Result<ContainerInfo, ApiError> {
+    pub async fn inspect_container(&self, key: &str) -> Result<ContainerInfo, AppError> {
         let all = self.list_containers(true).await;
         all.into_iter()
             .find(|c| c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
-            .ok_or_else(|| ApiError::not_found(format!("no such container: {key}")))
+            .ok_or_else(|| AppError::not_found(format!("no such container: {key}")))
     }
 
     fn info_of(&self, s: &Standalone) -> ContainerInfo {
