@@ -450,6 +450,11 @@ async fn delete_pod(
 mod tests {
     use std::collections::BTreeMap;
 
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use serde_json::{Value, json};
+
     use super::*;
 
     #[test]
@@ -470,5 +475,204 @@ mod tests {
         assert!(!sel("!app"));
         assert!(selector("a b=c").is_err());
         assert!(selector("=x").is_err());
+    }
+
+    /// Sends one request through the API's router (no socket), with the token.
+    async fn call(
+        router: &axum::Router,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = tower::ServiceExt::oneshot(router.clone(), req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Polls `check` until it gives a value; panics after 10 s.
+    async fn eventually<T, F, Fut>(mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    const MANIFEST: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {tier: front}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: 'nope:v1', colour: blue}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+
+    #[tokio::test]
+    async fn objects_are_applied_listed_scaled_and_deleted_through_the_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let token = Some(node.shared.token.as_str());
+        let files = |text: &str| json!({"files": [{"source": "web.yaml", "text": text}]});
+
+        let (s, _) = call(
+            &router,
+            None,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+        let (s, v) = call(&router, token, "POST", "/v1/apply", Some(files(MANIFEST))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["results"][0],
+            json!({"reference": "deployment.apps/web", "action": "created"})
+        );
+        assert_eq!(v["results"][1]["action"], "created");
+        assert!(v["warnings"][0].as_str().unwrap().contains("colour"), "{v}");
+        let (_, v) = call(&router, token, "POST", "/v1/apply", Some(files(MANIFEST))).await;
+        assert_eq!(v["results"][0]["action"], "unchanged");
+
+        // A bad file: one line naming the file and the problem; nothing applied.
+        let bad = MANIFEST
+            .replace("replicas: 2", "replicas: -2")
+            .replace("name: web\n  labels", "name: other\n  labels");
+        let (s, v) = call(&router, token, "POST", "/v1/apply", Some(files(&bad))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "invalid_manifest");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("web.yaml")
+                && message.contains("spec.replicas")
+                && !message.contains('\n'),
+            "{message}"
+        );
+
+        let (s, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments?labelSelector=tier%3Dfront",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["kind"], "DeploymentList");
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+        let (_, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments?labelSelector=tier%3Dback",
+            None,
+        )
+        .await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 0);
+        let (s, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/kube-system/deployments",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+        // The scale subresource, as kubectl scale patches it.
+        let (s, v) = call(
+            &router,
+            token,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+            Some(json!({"spec": {"replicas": 4}})),
+        )
+        .await;
+        assert_eq!(
+            (s, v["spec"]["replicas"].clone()),
+            (StatusCode::OK, json!(4))
+        );
+        let (_, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            None,
+        )
+        .await;
+        assert_eq!(v["spec"]["replicas"], 4);
+        assert_eq!(v["metadata"]["generation"], 2);
+        let (s, _) = call(
+            &router,
+            token,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+            Some(json!({"spec": {"replicas": -1}})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        // Its pods wait for an image that is not there, and say so.
+        let pods = eventually(|| async {
+            let (_, v) = call(
+                &router,
+                token,
+                "GET",
+                "/api/v1/namespaces/default/pods",
+                None,
+            )
+            .await;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (items.len() == 4).then_some(items)
+        })
+        .await;
+        assert!(pods.iter().all(|p| p["status"]["phase"] == "Pending"));
+
+        let (s, _) = call(
+            &router,
+            token,
+            "DELETE",
+            "/api/v1/namespaces/default/services/web",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(
+            &router,
+            token,
+            "GET",
+            "/api/v1/namespaces/default/services/web",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = call(&router, token, "POST", "/v1/delete", Some(files(MANIFEST))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["results"][0]["action"], "deleted");
+        assert_eq!(v["results"][1]["action"], "not found");
+        node.shutdown_token().cancel();
+        node.wait().await;
     }
 }
