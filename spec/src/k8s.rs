@@ -528,10 +528,10 @@ pub struct PodStatus {
     #[serde(default)]
     pub phase: String,
     /// Its address, where it has one of its own (a Linux container on the bridge).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     /// The address of its node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
     /// When it started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -626,4 +626,50 @@ pub struct ListMeta {
     /// The desired state's version.
     #[serde(default)]
     pub resource_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_use_kubectl_field_names() {
+        let pod = Pod {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            metadata: ObjectMeta {
+                name: "web-abc-1".into(),
+                deletion_timestamp: Some("t".into()),
+                ..ObjectMeta::default()
+            },
+            spec: PodSpec {
+                containers: Vec::new(),
+                node_name: Some("n".into()),
+            },
+            status: PodStatus {
+                phase: "Running".into(),
+                pod_ip: Some("10.213.0.2".into()),
+                host_ip: Some("127.0.0.1".into()),
+                container_statuses: vec![ContainerStatus {
+                    name: "web".into(),
+                    image_id: "sha256:x".into(),
+                    restart_count: 2,
+                    ..ContainerStatus::default()
+                }],
+                ..PodStatus::default()
+            },
+        };
+        let json = serde_json::to_string(&pod).unwrap();
+        for field in [
+            "\"podIP\"",
+            "\"hostIP\"",
+            "\"nodeName\"",
+            "\"deletionTimestamp\"",
+            "\"containerStatuses\"",
+            "\"imageID\"",
+            "\"restartCount\"",
+        ] {
+            assert!(json.contains(field), "{field} in {json}");
+        }
+    }
 }

@@ -227,6 +227,28 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
         "deployment.apps/my-web-app unchanged\nservice/my-web-app unchanged\n"
     );
 
+    // A directory of manifests, and standard input, read the same.
+    let out = ok(&skiff(&node, &["apply", "-f", path(dir.path())]).await);
+    assert_eq!(
+        out,
+        "deployment.apps/my-web-app unchanged\nservice/my-web-app unchanged\n"
+    );
+    let mut child = tokio::process::Command::new(crate::harness::SKIFF)
+        .args(["apply", "-f", "-"])
+        .env("SKIFF_API", &node.api)
+        .env("SKIFF_TOKEN", &node.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(SERVICE.as_bytes()).await.unwrap();
+    }
+    let out = ok(&child.wait_with_output().await.unwrap());
+    assert_eq!(out, "service/my-web-app unchanged\n");
+
     // Scale 3 -> 5 -> 1.
     ok(&skiff(
         &node,

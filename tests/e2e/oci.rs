@@ -1131,3 +1131,55 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_deployment_of_a_linux_image_is_ready_once_its_port_answers() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("busybox:latest", &busybox_layer(&[]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: bb}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: bb}}\n  template:\n    metadata: {labels: {app: bb}}\n    spec:\n      containers:\n      - name: httpd\n        image: busybox:latest\n        command: [httpd, -f, -p, \"8080\", -h, /www]\n        ports: [{containerPort: 8080}]\n        resources: {limits: {memory: 64Mi, cpu: 500m}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bb}\nspec:\n  selector: {app: bb}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    ok(&skiff(&node, &["apply", "-f", manifest.to_str().unwrap()]).await);
+    ok(&skiff(
+        &node,
+        &["rollout", "status", "deployment/bb", "--timeout", "60s"],
+    )
+    .await);
+    let pods: serde_json::Value =
+        serde_json::from_str(&ok(&skiff(&node, &["get", "pods", "-o", "json"]).await)).unwrap();
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{pods}");
+    for p in items {
+        assert_eq!(p["status"]["containerStatuses"][0]["ready"], true, "{p}");
+        let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+        assert!(ip.starts_with("10.213."), "a pod has its own address: {p}");
+    }
+    let wide = ok(&skiff(&node, &["get", "pods", "-o", "wide"]).await);
+    assert!(wide.contains("10.213."), "{wide}");
+    for _ in 0..4 {
+        assert_eq!(
+            node.get("bb", "/").await,
+            (200, "<h1>busybox httpd in skiff</h1>\n".to_string())
+        );
+    }
+    ok(&skiff(&node, &["delete", "-f", manifest.to_str().unwrap()]).await);
+    wait_for(
+        "the pods' runc containers to go",
+        Duration::from_secs(30),
+        || async {
+            let listed = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(node.dir.join("runc"))
+                .args(["list", "-q"])
+                .output()
+                .unwrap();
+            listed.stdout.is_empty().then_some(())
+        },
+    )
+    .await;
+}
