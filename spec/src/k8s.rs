@@ -12,6 +12,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The most pods one Deployment may ask for (a bound on what one request can make a
+/// node start).
+pub const MAX_REPLICAS: i32 = 1000;
+
 /// `metadata` of an object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

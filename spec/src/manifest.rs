@@ -316,6 +316,12 @@ pub fn validate_deployment(d: &Deployment) -> Vec<String> {
         }
     };
     non_negative("spec.replicas", spec.replicas, &mut problems);
+    if let Some(r) = spec.replicas.filter(|r| *r > crate::k8s::MAX_REPLICAS) {
+        problems.push(format!(
+            "spec.replicas: {r} is more than a node runs for one Deployment ({})",
+            crate::k8s::MAX_REPLICAS
+        ));
+    }
     non_negative(
         "spec.revisionHistoryLimit",
         spec.revision_history_limit,

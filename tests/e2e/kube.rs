@@ -724,6 +724,7 @@ async fn bad_manifests_are_refused_whole_with_one_line() {
             "does not match",
         ),
         ("negative replicas", good.replace("replicas: 1", "replicas: -2"), "spec.replicas"),
+        ("a million replicas", good.replace("replicas: 1", "replicas: 1000000"), "spec.replicas"),
         (
             "10 MB",
             format!("{good}        args: [\"{}\"]\n", "x".repeat(10 << 20)),

@@ -195,9 +195,10 @@ impl State {
         match command {
             Command::ApplyDeployment { deployment, at } => self.apply_deployment(*deployment, &at),
             Command::ScaleDeployment { name, replicas } => {
-                if replicas < 0 {
+                if !(0..=skiff_spec::k8s::MAX_REPLICAS).contains(&replicas) {
                     return Err(Rejected::Invalid(format!(
-                        "replicas must not be negative, got {replicas}"
+                        "replicas must be 0 to {}, got {replicas}",
+                        skiff_spec::k8s::MAX_REPLICAS
                     )));
                 }
                 let version = self.version + 1;
@@ -511,13 +512,15 @@ mod tests {
         let stored = &s.deployments["web"];
         assert_eq!(stored.object.metadata.generation, Some(2));
         assert_eq!(stored.revisions.len(), 1, "a scale is not a new template");
-        assert!(matches!(
-            s.apply(Command::ScaleDeployment {
-                name: "web".into(),
-                replicas: -1
-            }),
-            Err(Rejected::Invalid(_))
-        ));
+        for replicas in [-1, 1_000_000] {
+            assert!(matches!(
+                s.apply(Command::ScaleDeployment {
+                    name: "web".into(),
+                    replicas
+                }),
+                Err(Rejected::Invalid(_))
+            ));
+        }
     }
 
     #[test]
