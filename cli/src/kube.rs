@@ -372,6 +372,23 @@ fn service_rows(ss: &[k8s::Service], prefix: bool) -> Vec<[String; 5]> {
         .collect()
 }
 
+/// Prints every column (`-o wide`) or kubectl's first five.
+fn print_columns<const N: usize>(header: &[&str; N], rows: Vec<[String; N]>, wide: bool) {
+    if wide {
+        print_table(header, &rows);
+        return;
+    }
+    let head: [&str; 5] = std::array::from_fn(|i| header[i]);
+    let rows: Vec<[String; 5]> = rows
+        .into_iter()
+        .map(|row| {
+            let mut cells = row.into_iter();
+            std::array::from_fn(|_| cells.next().unwrap_or_default())
+        })
+        .collect();
+    print_table(&head, &rows);
+}
+
 /// Prints tables of `f`: each kind with its header, a blank line between kinds.
 fn print_tables(f: &Fetched, output: Output, prefix: bool) {
     let wide = output == Output::Wide;
@@ -384,43 +401,29 @@ fn print_tables(f: &Fetched, output: Output, prefix: bool) {
     if !f.pods.is_empty() {
         gap();
         let rows = pod_rows(&f.pods, wide, prefix);
-        if wide {
-            print_table(
-                &["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
-                &rows,
-            );
-        } else {
-            let rows: Vec<[String; 5]> = rows
-                .into_iter()
-                .map(|[a, b, c, d, e, ..]| [a, b, c, d, e])
-                .collect();
-            print_table(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"], &rows);
-        }
+        print_columns(
+            &["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+            rows,
+            wide,
+        );
     }
     if !f.deployments.is_empty() {
         gap();
         let rows = deployment_rows(&f.deployments, prefix);
-        if wide {
-            print_table(
-                &[
-                    "NAME",
-                    "READY",
-                    "UP-TO-DATE",
-                    "AVAILABLE",
-                    "AGE",
-                    "CONTAINERS",
-                    "IMAGES",
-                    "SELECTOR",
-                ],
-                &rows,
-            );
-        } else {
-            let rows: Vec<[String; 5]> = rows
-                .into_iter()
-                .map(|[a, b, c, d, e, ..]| [a, b, c, d, e])
-                .collect();
-            print_table(&["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], &rows);
-        }
+        print_columns(
+            &[
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "AGE",
+                "CONTAINERS",
+                "IMAGES",
+                "SELECTOR",
+            ],
+            rows,
+            wide,
+        );
     }
     if !f.services.is_empty() {
         gap();

@@ -28,7 +28,7 @@
 //! `lock` (one node per data dir), `state.redb`, `images/` (an OCI image layout),
 //! `sites/<image>/` (extracted static sites and Linux image trees), `cache/…` (compiled
 //! code), `containers/<id>/` (runc bundles), `runc/` (runc state).
-//! The cluster (chitchat, raft) joins as `cluster/` with its own issue.
+//! The cluster (chitchat, raft) is to join as `cluster/`.
 
 #![deny(missing_docs)]
 

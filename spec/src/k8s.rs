@@ -467,7 +467,24 @@ pub struct Service {
     /// Selector and ports.
     #[serde(default)]
     pub spec: ServiceSpec,
+    /// Set by the node on output (`loadBalancer: {}`, as Kubernetes shows a Service
+    /// without an external balancer); never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
 }
+
+/// A Service's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// Always empty on skiff (no external load balancer).
+    #[serde(default)]
+    pub load_balancer: LoadBalancerStatus,
+}
+
+/// An external load balancer's state: none on skiff.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerStatus {}
 
 /// A Service's selector and ports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

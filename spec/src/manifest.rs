@@ -578,40 +578,9 @@ pub fn validate_service(s: &Service) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// The issue's two files, exactly.
-    const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: my-web-app
-spec:
-  replicas: 3
-  selector:
-    matchLabels:
-      app: my-web-app
-  template:
-    metadata:
-      labels:
-        app: my-web-app
-    spec:
-      containers:
-      - name: my-web-app
-        image: my-web-app:latest
-        ports:
-        - containerPort: 80
-";
-
-    const SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: my-web-app
-spec:
-  selector:
-    app: my-web-app
-  ports:
-    - protocol: TCP
-      port: 80
-      targetPort: 80
-";
+    /// The nginx example's two manifests, as people write them (samples/nginx-k8s).
+    const DEPLOYMENT: &str = include_str!("../../samples/nginx-k8s/deployment.yaml");
+    const SERVICE: &str = include_str!("../../samples/nginx-k8s/service.yaml");
 
     #[test]
     fn the_nginx_example_manifests_read_unchanged() {

@@ -10,40 +10,9 @@ use serde_json::Value;
 
 use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
 
-/// The issue's two files, exactly as given.
-const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: my-web-app
-spec:
-  replicas: 3
-  selector:
-    matchLabels:
-      app: my-web-app
-  template:
-    metadata:
-      labels:
-        app: my-web-app
-    spec:
-      containers:
-      - name: my-web-app
-        image: my-web-app:latest
-        ports:
-        - containerPort: 80
-";
-
-const SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: my-web-app
-spec:
-  selector:
-    app: my-web-app
-  ports:
-    - protocol: TCP
-      port: 80
-      targetPort: 80
-";
+/// The nginx example's two manifests, as people write them (samples/nginx-k8s).
+const DEPLOYMENT: &str = include_str!("../../samples/nginx-k8s/deployment.yaml");
+const SERVICE: &str = include_str!("../../samples/nginx-k8s/service.yaml");
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -82,11 +51,14 @@ fn service(name: &str, app: &str, balancer: &str) -> String {
     )
 }
 
-/// Writes `text` into a file in `dir` and applies it.
-async fn apply(node: &Node, dir: &Path, file: &str, text: &str) -> String {
-    let p = dir.join(file);
-    std::fs::write(&p, text).unwrap();
-    ok(&skiff(node, &["apply", "-f", path(&p)]).await)
+/// Writes `text` into a new file in `dir` and applies it.
+async fn apply_doc(node: &Node, dir: &tempfile::TempDir, text: &str) -> String {
+    let file = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile_in(dir.path())
+        .unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    ok(&skiff(node, &["apply", "-f", path(file.path())]).await)
 }
 
 async fn pods(node: &Node, selector: &str) -> Vec<Value> {
@@ -218,6 +190,10 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
     assert!(
         yaml.contains("kind: Service") && yaml.contains("app: my-web-app"),
         "{yaml}"
+    );
+    assert!(
+        yaml.contains("loadBalancer: {}"),
+        "a Service has a status: {yaml}"
     );
 
     // Applying again changes nothing.
@@ -391,20 +367,13 @@ async fn rolling_update_and_undo_under_load_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();
     build_hello(&node, "hello:v1", "one").await;
     build_hello(&node, "hello:v2", "two").await;
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "d.yaml",
+        &dir,
         &deployment("web", "web", "hello:v1", 3, "", ""),
     )
     .await;
-    apply(
-        &node,
-        dir.path(),
-        "s.yaml",
-        &service("web", "web", "round-robin"),
-    )
-    .await;
+    apply_doc(&node, &dir, &service("web", "web", "round-robin")).await;
     wait_pods(&node, "app=web", 3).await;
 
     for (step, args, greeting) in [
@@ -468,26 +437,18 @@ async fn a_rollout_that_never_becomes_ready_fails_and_the_old_pods_keep_serving(
         )
     };
     let spec = "  progressDeadlineSeconds: 3\n";
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "d.yaml",
+        &dir,
         &deployment("web", "web", "hello:v1", 2, &probe("/"), spec),
     )
     .await;
-    apply(
-        &node,
-        dir.path(),
-        "s.yaml",
-        &service("web", "web", "p2c-ewma"),
-    )
-    .await;
+    apply_doc(&node, &dir, &service("web", "web", "p2c-ewma")).await;
     wait_pods(&node, "app=web", 2).await;
     // The new template's probe always gets 404: its pods never become ready.
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "d.yaml",
+        &dir,
         &deployment("web", "web", "hello:v1", 2, &probe("/nope"), spec),
     )
     .await;
@@ -576,29 +537,21 @@ async fn balancers_split_by_replicas_and_latency_aware_ones_avoid_a_slow_pod() {
     let dir = tempfile::tempdir().unwrap();
     build_hello(&node, "hello:v1", "hi").await;
     // Two Deployments behind one label: the Kubernetes canary. One pod is slow.
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "fast.yaml",
+        &dir,
         &deployment("web-fast", "web", "hello:v1", 2, "", ""),
     )
     .await;
     let slow_env = "        env:\n        - name: DELAY_MS\n          value: \"40\"\n";
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "slow.yaml",
+        &dir,
         &deployment("web-slow", "web", "hello:v1", 1, slow_env, ""),
     )
     .await;
     for lb in ["round-robin", "random", "least-request", "p2c-ewma", "hash"] {
-        apply(
-            &node,
-            dir.path(),
-            &format!("{lb}.yaml"),
-            &service(lb, "web", lb),
-        )
-        .await;
+        apply_doc(&node, &dir, &service(lb, "web", lb)).await;
     }
     wait_pods(&node, "app=web", 3).await;
 
@@ -645,20 +598,13 @@ async fn a_node_killed_mid_rollout_ends_at_the_desired_revision() {
     // Each new pod takes a second to become ready: the rollout is slow enough to kill.
     let probe = "        readinessProbe:\n          httpGet:\n            path: /\n            port: 80\n          initialDelaySeconds: 1\n          periodSeconds: 1\n";
     let spec = "  strategy:\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n";
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "d.yaml",
+        &dir,
         &deployment("web", "web", "hello:v1", 3, probe, spec),
     )
     .await;
-    apply(
-        &node,
-        dir.path(),
-        "s.yaml",
-        &service("web", "web", "p2c-ewma"),
-    )
-    .await;
+    apply_doc(&node, &dir, &service("web", "web", "p2c-ewma")).await;
     wait_pods(&node, "app=web", 3).await;
     ok(&skiff(&node, &["set", "image", "deployment/web", "web=hello:v2"]).await);
     // Mid-rollout: new pods exist, old ones too.
@@ -794,27 +740,19 @@ async fn a_crashing_endpoint_is_retried_around_and_ejected() {
     )
     .unwrap();
     ok(&skiff(&node, &["build", "-t", "crash:v1", path(ctx.path())]).await);
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "good.yaml",
+        &dir,
         &deployment("good", "mix", "hello:v1", 2, "", ""),
     )
     .await;
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "bad.yaml",
+        &dir,
         &deployment("bad", "mix", "crash:v1", 1, "", ""),
     )
     .await;
-    apply(
-        &node,
-        dir.path(),
-        "s.yaml",
-        &service("mix", "mix", "round-robin"),
-    )
-    .await;
+    apply_doc(&node, &dir, &service("mix", "mix", "round-robin")).await;
     wait_pods(&node, "app=mix", 3).await;
 
     // A request with a body is never sent twice: exactly one of three (round-robin)
@@ -865,16 +803,15 @@ async fn a_node_port_service_listens_on_its_port() {
     let node = Node::start().await;
     let dir = tempfile::tempdir().unwrap();
     build_hello(&node, "hello:v1", "node port").await;
-    apply(
+    apply_doc(
         &node,
-        dir.path(),
-        "d.yaml",
+        &dir,
         &deployment("web", "web", "hello:v1", 2, "", ""),
     )
     .await;
     // No nodePort given: the node assigns one and reports it.
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - port: 80\n";
-    apply(&node, dir.path(), "s.yaml", svc).await;
+    apply_doc(&node, &dir, svc).await;
     wait_pods(&node, "app=web", 2).await;
     let s: Value = serde_json::from_str(&ok(
         &skiff(&node, &["get", "svc", "web", "-o", "json"]).await

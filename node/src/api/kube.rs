@@ -355,13 +355,18 @@ async fn list_services(
 ) -> Result<Json<List<k8s::Service>>, ApiError> {
     namespace(&ns)?;
     let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
-    let state = shared.apps.desired();
-    let items = state
-        .services
-        .into_values()
+    let items = shared
+        .apps
+        .services()
+        .into_iter()
         .filter(|s| matches(&reqs, &s.metadata.labels))
         .collect();
-    Ok(list("v1", "ServiceList", state.version, items))
+    Ok(list(
+        "v1",
+        "ServiceList",
+        shared.apps.desired_version(),
+        items,
+    ))
 }
 
 async fn get_service(

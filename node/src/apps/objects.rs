@@ -17,6 +17,13 @@ use crate::desired::{Applied, Command, Rejected, State};
 /// Most manifest files in one request.
 pub const MAX_MANIFEST_FILES: usize = 64;
 
+/// A stored Service with the status Kubernetes shows for one without an external
+/// load balancer.
+fn with_status(mut s: k8s::Service) -> k8s::Service {
+    s.status = Some(k8s::ServiceStatus::default());
+    s
+}
+
 fn result(applied: Applied) -> ObjectResult {
     let (reference, action) = match applied {
         Applied::Created(r) => (r, "created"),
@@ -202,11 +209,24 @@ impl Apps {
             .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
     }
 
-    /// A Service, or 404.
+    /// A Service as it is shown (with its status), or 404.
     pub(crate) fn service(&self, name: &str) -> Result<k8s::Service, AppError> {
         self.desired
             .read(|s| s.state.services.get(name).cloned())
+            .map(with_status)
             .ok_or_else(|| AppError::not_found(format!("service/{name} not found")))
+    }
+
+    /// Every Service as it is shown.
+    pub(crate) fn services(&self) -> Vec<k8s::Service> {
+        self.desired.read(|s| {
+            s.state
+                .services
+                .values()
+                .cloned()
+                .map(with_status)
+                .collect()
+        })
     }
 
     /// A Deployment's revisions and events, or 404.

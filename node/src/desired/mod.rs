@@ -262,6 +262,8 @@ impl State {
             },
             Command::ApplyService { service, at } => {
                 let mut service = *service;
+                // What the node reports is never taken from the applied object.
+                service.status = None;
                 let name = service.metadata.name.clone();
                 let r = format!("service/{name}");
                 let version = self.version + 1;
