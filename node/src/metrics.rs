@@ -262,6 +262,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Drops the series of an endpoint (a pod) that is gone, for each of `services`:
+    /// pods come and go with every rollout, and their series must not pile up.
+    pub fn forget_endpoint<'a>(&self, endpoint: &str, services: impl IntoIterator<Item = &'a str>) {
+        for service in services {
+            for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                self.service_requests.remove(&ClassLabels {
+                    service: service.to_string(),
+                    endpoint: endpoint.to_string(),
+                    class,
+                });
+            }
+            self.ejections.remove(&EndpointLabels {
+                service: service.to_string(),
+                endpoint: endpoint.to_string(),
+            });
+        }
+    }
+
     /// Sets the requests in flight of every Service's endpoints (at scrape time; the
     /// series of endpoints that are gone are dropped).
     pub fn set_in_flight(&self, now: impl IntoIterator<Item = (String, String, u32)>) {
@@ -357,7 +375,14 @@ mod tests {
         m.service_retry("web");
         m.ejection("web", "web-abc-1");
         m.set_in_flight([("web".to_string(), "web-abc-2".to_string(), 3)]);
+        m.service_request("web", "web-gone-1", 200, 0.1);
+        m.ejection("web", "web-gone-1");
+        m.forget_endpoint("web-gone-1", ["web"]);
         let text = m.render();
+        assert!(
+            !text.contains("web-gone-1"),
+            "a gone pod's series are dropped: {text}"
+        );
         assert!(
             text.contains(
                 r#"skiff_service_requests_total{service="web",endpoint="web-abc-1",class="5xx"} 1"#

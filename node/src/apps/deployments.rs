@@ -545,9 +545,14 @@ impl Apps {
                     since: super::now_rfc3339(),
                 };
                 let (table, pod) = (self.pods.clone(), pod.to_string());
+                let metrics = self.ingress.metrics.clone();
+                let services: Vec<String> = self
+                    .desired
+                    .read(|s| s.state.services.keys().cloned().collect());
                 tokio::spawn(async move {
                     linux::retire(&container, grace, linux::STOP_GRACE).await;
                     table.lock().pods.remove(&pod);
+                    metrics.forget_endpoint(&pod, services.iter().map(String::as_str));
                     table.kick();
                 });
             }
