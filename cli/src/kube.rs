@@ -19,6 +19,7 @@ use crate::client::{Client, age, now_ms, print_table};
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const SERVICES: &str = "/api/v1/namespaces/default/services";
 const PODS: &str = "/api/v1/namespaces/default/pods";
+const NODES: &str = "/api/v1/nodes";
 
 /// A kind of object, as the verbs name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +27,7 @@ pub(crate) enum Kind {
     Pod,
     Deployment,
     Service,
+    Node,
 }
 
 impl Kind {
@@ -36,8 +38,9 @@ impl Kind {
                 Kind::Deployment
             }
             "service" | "services" | "svc" => Kind::Service,
+            "node" | "nodes" | "no" => Kind::Node,
             other => bail!(
-                "the server doesn't have a resource type {other:?} (skiff has pods, deployments, services)"
+                "the server doesn't have a resource type {other:?} (skiff has pods, deployments, services, nodes)"
             ),
         })
     }
@@ -47,6 +50,7 @@ impl Kind {
             Kind::Pod => PODS,
             Kind::Deployment => DEPLOYMENTS,
             Kind::Service => SERVICES,
+            Kind::Node => NODES,
         }
     }
 
@@ -56,6 +60,7 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::Deployment => "deployment.apps",
             Kind::Service => "service",
+            Kind::Node => "node",
         }
     }
 }
@@ -233,6 +238,7 @@ struct Fetched {
     pods: Vec<k8s::Pod>,
     deployments: Vec<k8s::Deployment>,
     services: Vec<k8s::Service>,
+    nodes: Vec<k8s::Node>,
 }
 
 fn query(selector: Option<&str>) -> String {
@@ -284,6 +290,7 @@ async fn fetch(
             Kind::Pod => load!(pods, k8s::Pod),
             Kind::Deployment => load!(deployments, k8s::Deployment),
             Kind::Service => load!(services, k8s::Service),
+            Kind::Node => load!(nodes, k8s::Node),
         }
     }
     Ok(f)
@@ -430,6 +437,46 @@ fn print_tables(f: &Fetched, output: Output, prefix: bool) {
         let rows = service_rows(&f.services, prefix);
         print_table(&["NAME", "TYPE", "PORT(S)", "SELECTOR", "AGE"], &rows);
     }
+    if !f.nodes.is_empty() {
+        gap();
+        print_table(
+            &[
+                "NAME", "STATUS", "ROLES", "AGE", "VERSION", "ADDRESS", "LABELS",
+            ],
+            &node_rows(&f.nodes),
+        );
+    }
+}
+
+fn node_rows(nodes: &[k8s::Node]) -> Vec<[String; 7]> {
+    nodes
+        .iter()
+        .map(|n| {
+            let ready = n
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Ready" && c.status == "True");
+            let mut status = if ready { "Ready" } else { "NotReady" }.to_string();
+            if n.spec.unschedulable {
+                status.push_str(",SchedulingDisabled");
+            }
+            [
+                n.metadata.name.clone(),
+                status,
+                "<none>".into(),
+                age_of(n.metadata.creation_timestamp.as_deref()),
+                n.status.node_info.kubelet_version.clone(),
+                n.status
+                    .addresses
+                    .iter()
+                    .find(|a| a.kind == "InternalIP")
+                    .map(|a| a.address.clone())
+                    .unwrap_or_default(),
+                labels_text(&n.metadata.labels),
+            ]
+        })
+        .collect()
 }
 
 /// The objects of `f` as JSON values, in kubectl's order.
@@ -443,6 +490,9 @@ fn values(f: &Fetched) -> anyhow::Result<Vec<serde_json::Value>> {
     }
     for s in &f.services {
         out.push(serde_json::to_value(s)?);
+    }
+    for n in &f.nodes {
+        out.push(serde_json::to_value(n)?);
     }
     Ok(out)
 }
@@ -526,6 +576,7 @@ pub(crate) async fn get(
                     Some("Deployment") => {
                         changed.deployments.push(serde_json::from_value(v.clone())?)
                     }
+                    Some("Node") => changed.nodes.push(serde_json::from_value(v.clone())?),
                     _ => changed.services.push(serde_json::from_value(v.clone())?),
                 }
             }

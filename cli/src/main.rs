@@ -119,6 +119,11 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// The cluster: `skiff cluster join-token`.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
     /// Set a deployment's replica count.
     Scale {
         /// deployment/NAME.
@@ -345,6 +350,15 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the command that joins another node to this cluster.
+    JoinToken {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
 enum SetCommand {
     /// Set containers' images: `set image deployment/NAME CONTAINER=IMAGE...`.
     Image {
@@ -446,6 +460,33 @@ struct UpArgs {
     /// Heap a Wasm compilation may use.
     #[arg(long, env = "SKIFF_COMPILE_MEMORY", default_value = "2GiB", value_parser = parse_bytes)]
     compile_memory: u64,
+    /// Gossip listen address (UDP).
+    #[arg(long, env = "SKIFF_GOSSIP_ADDR", default_value = "127.0.0.1:7701")]
+    gossip_addr: SocketAddr,
+    /// Move the API, ingress and gossip to HOST, on their default ports.
+    #[arg(long, env = "SKIFF_LISTEN")]
+    listen: Option<std::net::IpAddr>,
+    /// The host other nodes reach this one at, when it differs (NAT).
+    #[arg(long, env = "SKIFF_ADVERTISE")]
+    advertise: Option<std::net::IpAddr>,
+    /// A member's API address: join its cluster (first start only).
+    #[arg(long, env = "SKIFF_JOIN")]
+    join: Option<String>,
+    /// The cluster's join token (the first node's <data-dir>/join-token).
+    #[arg(long, env = "SKIFF_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// This node's name (default: the host name and a piece of the node id).
+    #[arg(long, env = "SKIFF_NODE_NAME")]
+    node_name: Option<String>,
+    /// A node label KEY=VALUE (repeatable), for nodeSelector and spreading.
+    #[arg(long = "label", value_parser = parse_env_arg)]
+    labels: Vec<(String, String)>,
+    /// Time between gossip rounds.
+    #[arg(long, env = "SKIFF_GOSSIP_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    gossip_interval: Duration,
+    /// Suspicion (phi) above which a silent node counts as dead; raise it on slow machines.
+    #[arg(long, env = "SKIFF_PHI_THRESHOLD", default_value_t = 8.0)]
+    phi_threshold: f64,
 }
 
 fn parse_env_arg(s: &str) -> Result<(String, String), String> {
@@ -673,6 +714,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Apply { files, client } => kube::apply(&Client::new(&client)?, &files).await,
+        Command::Cluster {
+            what: ClusterCommand::JoinToken { client },
+        } => {
+            let c = Client::new(&client)?;
+            let v: serde_json::Value = c.get_json("/v1/cluster/join-token").await?;
+            let token = v["join_token"].as_str().unwrap_or_default();
+            println!("{token}");
+            eprintln!(
+                "join another node: skiff up --join {} --join-token {token}",
+                client
+                    .api
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+            );
+            Ok(())
+        }
         Command::Get {
             resources,
             output,
@@ -755,6 +812,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = skiff_node::NodeConfig::new(data_dir);
     config.api_addr = args.api_addr;
     config.ingress_addr = args.ingress_addr;
+    config.cluster.gossip_addr = args.gossip_addr;
+    if let Some(host) = args.listen {
+        config.api_addr = SocketAddr::new(host, 7700);
+        config.ingress_addr = SocketAddr::new(host, 7780);
+        config.cluster.gossip_addr = SocketAddr::new(host, 7701);
+    }
+    config.cluster.advertise = args.advertise;
+    config.cluster.join = args.join;
+    config.cluster.join_token = args.join_token;
+    config.cluster.node_name = args.node_name;
+    config.cluster.labels = args.labels.into_iter().collect();
+    config.cluster.gossip_interval = args.gossip_interval;
+    config.cluster.phi_threshold = args.phi_threshold;
     config.domain = args.domain;
     config.upload_cap = args.upload_limit;
     config.pooling = !args.no_pooling;
@@ -796,6 +866,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  ingress: http://<app>.{}:{}/",
         config.domain,
         node.ingress_addr.port()
+    );
+    println!(
+        "  join:    skiff up --join {} --join-token {} ...  (gossip on {}/UDP)",
+        node.api_addr, node.join_token, node.gossip_addr
     );
     println!(
         "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",

@@ -23,17 +23,20 @@
 //!   change feed; the rollout planner. The reconciler in `apps::deployments` turns it
 //!   into pods and Service routes.
 //! - [`metrics`]: Prometheus exposition.
+//! - [`cluster`]: membership by sealed gossip (chitchat): identity, joining with the
+//!   join token, live members as Kubernetes nodes. Raft and placement are to come.
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
-//! `lock` (one node per data dir), `state.redb`, `images/` (an OCI image layout),
-//! `sites/<image>/` (extracted static sites and Linux image trees), `cache/…` (compiled
-//! code), `containers/<id>/` (runc bundles), `runc/` (runc state).
-//! The cluster (chitchat, raft) is to join as `cluster/`.
+//! `join-token` and `cluster.json` (the cluster, 0600), `lock` (one node per data dir),
+//! `state.redb`, `images/` (an OCI image layout), `sites/<image>/` (extracted static
+//! sites and Linux image trees), `cache/…` (compiled code), `containers/<id>/` (runc
+//! bundles), `runc/` (runc state).
 
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod apps;
+pub mod cluster;
 pub mod container;
 pub mod desired;
 pub mod ingress;
@@ -95,6 +98,8 @@ pub struct NodeConfig {
     /// Where compilation runs: a child process (`skiff up` sets its own binary), or in
     /// the node's process when `None`.
     pub compiler: Option<CompilerCommand>,
+    /// Gossip, joining, the node's name and labels.
+    pub cluster: cluster::ClusterSettings,
 }
 
 impl NodeConfig {
@@ -113,16 +118,19 @@ impl NodeConfig {
             memory_budget: skiff_runtime::machine_memory() / 2,
             compile_timeout: Duration::from_secs(120),
             compiler: None,
+            cluster: cluster::ClusterSettings::default(),
         }
     }
 
-    /// Defaults with both listeners on ephemeral loopback ports.
+    /// Defaults with every listener on an ephemeral loopback port.
     pub fn for_test(data_dir: PathBuf) -> Self {
-        Self {
+        let mut config = Self {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ingress_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Self::new(data_dir)
-        }
+        };
+        config.cluster.gossip_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
     }
 }
 
@@ -134,6 +142,7 @@ pub(crate) struct Shared {
     apps: Apps,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    cluster: cluster::Cluster,
 }
 
 /// A started node.
@@ -146,6 +155,10 @@ pub struct RunningNode {
     pub token_path: PathBuf,
     /// Whether the token was created by this start.
     pub token_created: bool,
+    /// Where gossip listens (as others reach it).
+    pub gossip_addr: SocketAddr,
+    /// The cluster's join secret (what `--join-token` takes).
+    pub join_token: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -166,6 +179,10 @@ impl RunningNode {
         self.shared
             .apps
             .drain_all(self.shared.config.drain_timeout)
+            .await;
+        self.shared
+            .cluster
+            .remember_peers(&self.shared.config.data_dir)
             .await;
         info!("node stopped");
     }
@@ -216,6 +233,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         bail!("data dir {} is in use by another skiff node", dir.display());
     }
     let token_path = dir.join("token");
+    // Joining a cluster adopts its admin token: before the token is read.
+    let (identity, join_secret) = cluster::prepare(dir, &config.cluster, &token_path).await?;
     let (token, token_created) = load_or_create_secret(&token_path, || random_hex(32))?;
     let (key_hex, _) = load_or_create_secret(&dir.join("node.key"), || random_hex(32))?;
     let mut cache_key = [0u8; 32];
@@ -242,6 +261,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("failed to bind the ingress to {}", config.ingress_addr))?;
     let api_addr = api_listener.local_addr()?;
     let ingress_addr = ingress_listener.local_addr()?;
+    let gossip_socket = tokio::net::UdpSocket::bind(config.cluster.gossip_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to bind gossip to {}/UDP",
+                config.cluster.gossip_addr
+            )
+        })?;
+    let cluster = cluster::Cluster::start(
+        identity,
+        join_secret,
+        &config.cluster,
+        gossip_socket,
+        api_addr,
+        ingress_addr,
+    )
+    .await?;
 
     let table = Arc::new(RoutingTable::default());
     let metrics = Arc::new(Metrics::default());
@@ -276,6 +312,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         apps,
         metrics,
         shutdown: shutdown.clone(),
+        cluster,
     });
 
     let exits = {
@@ -321,6 +358,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         ingress_addr,
         token_path,
         token_created,
+        gossip_addr: shared.cluster.gossip_addr(),
+        join_token: shared.cluster.join_token().to_string(),
         shutdown,
         tasks: vec![ingress, api, exits, reconciler],
         shared,

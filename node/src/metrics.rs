@@ -45,6 +45,11 @@ struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CompileLabels {
     cache: String,
 }
@@ -64,6 +69,8 @@ pub struct Metrics {
     service_retries: Family<ServiceLabel, Counter>,
     ejections: Family<EndpointLabels, Counter>,
     in_flight: Family<EndpointLabels, Gauge>,
+    gossip_dropped: Family<ReasonLabel, Gauge>,
+    members: Gauge,
     apps: Gauge,
     rss: Gauge,
     vsize: Gauge,
@@ -147,6 +154,18 @@ impl Default for Metrics {
             "Requests in flight, by Service and endpoint (at scrape time)",
             in_flight.clone(),
         );
+        let gossip_dropped = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "skiff_gossip_dropped_datagrams",
+            "Gossip datagrams dropped since start, by reason (forged, truncated, stale, garbled, oversize)",
+            gossip_dropped.clone(),
+        );
+        let members = Gauge::default();
+        registry.register(
+            "skiff_cluster_live_members",
+            "Members of the cluster this node hears from, itself included",
+            members.clone(),
+        );
         let apps = Gauge::default();
         registry.register("skiff_apps", "Apps deployed on this node", apps.clone());
         let rss = Gauge::default();
@@ -194,6 +213,8 @@ impl Default for Metrics {
             service_retries,
             ejections,
             in_flight,
+            gossip_dropped,
+            members,
             apps,
             rss,
             vsize,
@@ -278,6 +299,16 @@ impl Metrics {
                 endpoint: endpoint.to_string(),
             });
         }
+    }
+
+    /// Sets the gossip figures (at scrape time).
+    pub fn set_gossip(&self, dropped: impl IntoIterator<Item = (&'static str, u64)>, live: usize) {
+        for (reason, n) in dropped {
+            self.gossip_dropped
+                .get_or_create(&ReasonLabel { reason })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.members.set(live as i64);
     }
 
     /// Sets the requests in flight of every Service's endpoints (at scrape time; the

@@ -649,6 +649,72 @@ pub struct ListMeta {
     pub resource_version: String,
 }
 
+/// `v1 Node`: a member of the cluster, as `skiff get nodes` and the Kubernetes API show
+/// it (never applied).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// `v1`.
+    pub api_version: String,
+    /// `Node`.
+    pub kind: String,
+    /// Name and labels (`--label`).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Whether it takes new pods.
+    #[serde(default)]
+    pub spec: NodeSpec,
+    /// Ready, addresses, version.
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+/// A node's spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Cordoned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
+}
+
+/// A node's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// `Ready`: `"True"` while it is live.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Where it is reached: `InternalIP`, `Hostname`.
+    #[serde(default)]
+    pub addresses: Vec<NodeAddress>,
+    /// Its software.
+    #[serde(default)]
+    pub node_info: NodeInfo,
+}
+
+/// One address of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    /// `InternalIP`, `Hostname`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The address.
+    pub address: String,
+}
+
+/// A node's software and identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// skiff's version (where kubectl shows the kubelet's).
+    #[serde(default)]
+    pub kubelet_version: String,
+    /// The node's id (random per data dir).
+    #[serde(default, rename = "machineID")]
+    pub machine_id: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 
 pub mod api;
 mod app;
+pub mod cluster;
 mod container;
 mod digest;
 pub mod k8s;

@@ -120,6 +120,8 @@ impl Node {
             "127.0.0.1:0",
             "--ingress-addr",
             "127.0.0.1:0",
+            "--gossip-addr",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir)

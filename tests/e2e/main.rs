@@ -5,6 +5,7 @@ mod harness;
 mod api;
 mod bounds;
 mod cli;
+mod cluster;
 mod containers;
 mod hostile;
 mod images;

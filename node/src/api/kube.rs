@@ -51,6 +51,8 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/api/v1/namespaces/{ns}/services/{name}",
             get(get_service).put(put_service).delete(delete_service),
         )
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}", get(get_node))
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}",
@@ -406,6 +408,41 @@ async fn delete_service(
     Ok(Json(s))
 }
 
+async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
+    shared
+        .cluster
+        .members()
+        .await
+        .iter()
+        .map(crate::cluster::Member::node)
+        .collect()
+}
+
+async fn list_nodes(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<List<k8s::Node>>, ApiError> {
+    let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
+    let items = nodes(&shared)
+        .await
+        .into_iter()
+        .filter(|n| matches(&reqs, &n.metadata.labels))
+        .collect();
+    Ok(list("v1", "NodeList", shared.apps.desired_version(), items))
+}
+
+async fn get_node(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<k8s::Node>, ApiError> {
+    nodes(&shared)
+        .await
+        .into_iter()
+        .find(|n| n.metadata.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))
+}
+
 async fn list_pods(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
@@ -415,7 +452,7 @@ async fn list_pods(
     let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
     let items = shared
         .apps
-        .pod_objects()
+        .pod_objects(&shared.cluster.identity().name)
         .into_iter()
         .filter(|p| matches(&reqs, &p.metadata.labels))
         .collect();
@@ -429,7 +466,7 @@ async fn get_pod(
     namespace(&ns)?;
     shared
         .apps
-        .pod_objects()
+        .pod_objects(&shared.cluster.identity().name)
         .into_iter()
         .find(|p| p.metadata.name == name)
         .map(Json)
@@ -443,7 +480,7 @@ async fn delete_pod(
     namespace(&ns)?;
     let pod = shared
         .apps
-        .pod_objects()
+        .pod_objects(&shared.cluster.identity().name)
         .into_iter()
         .find(|p| p.metadata.name == name)
         .ok_or_else(|| ApiError::not_found(format!("pod {name} not found")))?;

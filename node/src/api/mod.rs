@@ -185,6 +185,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/containers/{key}/logs", get(containers::logs))
         .route("/metrics", get(metrics))
+        .route("/v1/cluster/join-token", get(join_token))
         .merge(kube::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -192,12 +193,45 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        // Asked by a node that has no admin token yet: it proves the join secret instead.
+        .route("/v1/cluster/join", axum::routing::post(cluster_join))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(middleware::from_fn(close_after_refused_uploads))
         // Uploads are streamed and capped by the handler itself.
         .layer(DefaultBodyLimit::disable())
         .with_state(shared)
+}
+
+/// `POST /v1/cluster/join`: the cluster's id, seeds and admin token for a node that
+/// presents the join secret; 403 otherwise.
+async fn cluster_join(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<crate::cluster::JoinRequest>,
+) -> Result<Json<crate::cluster::JoinAnswer>, ApiError> {
+    match shared.cluster.answer_join(&request, &shared.token).await {
+        Some(answer) => {
+            tracing::info!(node_id = %request.node_id, "a node joined with the join token");
+            Ok(Json(answer))
+        }
+        None => {
+            tracing::warn!(node_id = %request.node_id, "a node asked to join with a wrong join token");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_join_token",
+                "the join token is wrong for this cluster",
+            ))
+        }
+    }
+}
+
+/// `GET /v1/cluster/join-token`: the join secret and the command that uses it.
+async fn join_token(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let cluster = &shared.cluster;
+    Json(serde_json::json!({
+        "join_token": cluster.join_token(),
+        "cluster_id": cluster.identity().cluster_id,
+    }))
 }
 
 /// `ok`, or 503 naming what is wrong (the state store cannot be written).
@@ -460,6 +494,22 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared
         .metrics
         .set_in_flight(shared.apps.service_in_flight());
+    let live = shared
+        .cluster
+        .members()
+        .await
+        .iter()
+        .filter(|m| m.live)
+        .count();
+    shared.metrics.set_gossip(
+        shared
+            .cluster
+            .stats()
+            .dropped()
+            .into_iter()
+            .map(|(why, n)| (why.as_str(), n)),
+        live,
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -822,14 +822,13 @@ impl Apps {
         object
     }
 
-    /// Every pod, as the Kubernetes API shows pods.
-    pub(crate) fn pod_objects(&self) -> Vec<k8s::Pod> {
-        let node = node_name();
+    /// Every pod, as the Kubernetes API shows pods, on node `node`.
+    pub(crate) fn pod_objects(&self, node: &str) -> Vec<k8s::Pod> {
         let inner = self.pods.lock();
         inner
             .pods
             .iter()
-            .map(|(name, p)| pod_object(name, p, &node))
+            .map(|(name, p)| pod_object(name, p, node))
             .collect()
     }
 

@@ -133,15 +133,6 @@ pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, plan: &Plan, now: u
     };
 }
 
-/// The machine's host name: pods' `spec.nodeName`.
-pub(super) fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 pub(super) fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
     let c = p.template.spec.containers.first();
     let (phase, ready, state, ip, image_id, started) = match &p.state {

@@ -1,0 +1,517 @@
+//! The cluster: who the members are and whether they are alive, by sealed gossip
+//! (chitchat behind this one module).
+//!
+//! Every data dir has a node id (random, never reused), a name, a cluster id and a join
+//! secret (`join-token`, 0600), kept in `cluster.json` and `join-token`; each start raises
+//! the generation, so peers tell a restarted node from its old self. The first node of a
+//! cluster makes the cluster id and the secret; another joins with `--join <api address>
+//! --join-token <secret>`: the member checks the secret and answers with the cluster id,
+//! gossip seeds and the cluster's admin token, which the joining node adopts, so one
+//! token works on every node. After that a restart needs no flags.
+//!
+//! Each node gossips a few keys about itself (name, API and ingress addresses, labels,
+//! version, start time; see `skiff_spec::cluster`). A member is live once the failure
+//! detector says so and it has advertised its API and ingress.
+
+pub mod seal;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
+use serde::{Deserialize, Serialize};
+use skiff_spec::cluster as keys;
+use skiff_spec::k8s::{self, Condition, NodeAddress, NodeInfo, NodeStatus, ObjectMeta};
+use subtle::ConstantTimeEq as _;
+
+use self::seal::{GossipStats, Seal, SealedTransport};
+
+/// How a node takes part in a cluster (flags of `skiff up`).
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// Where gossip listens (UDP). Port 0 picks one.
+    pub gossip_addr: SocketAddr,
+    /// The host others reach this node at, when it differs from the listen addresses.
+    pub advertise: Option<IpAddr>,
+    /// A member's API address, to join its cluster (first start only).
+    pub join: Option<String>,
+    /// The cluster's join secret, with `join`.
+    pub join_token: Option<String>,
+    /// This node's name; default: the host name and a piece of the node id.
+    pub node_name: Option<String>,
+    /// `--label k=v`.
+    pub labels: BTreeMap<String, String>,
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+    /// Suspicion above which a silent member is dead (phi accrual).
+    pub phi_threshold: f64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            advertise: None,
+            join: None,
+            join_token: None,
+            node_name: None,
+            labels: BTreeMap::new(),
+            // phi 8 at 200 ms: a silent member is dead in about 1.8 s on this hardware.
+            gossip_interval: Duration::from_millis(200),
+            phi_threshold: 8.0,
+        }
+    }
+}
+
+/// What a data dir knows of its cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    /// Random per data dir, never reused.
+    pub node_id: String,
+    /// Shown by `get nodes`.
+    pub name: String,
+    /// The cluster's id (gossip from other clusters does not open).
+    pub cluster_id: String,
+    /// Gossip addresses to start from.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Raised by every start.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// `POST /v1/cluster/join`: a node asking in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join secret it was given.
+    pub token: String,
+    /// Its node id.
+    pub node_id: String,
+}
+
+/// The answer to a node allowed in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// The admin token every node takes.
+    pub admin_token: String,
+    /// Gossip addresses of live members.
+    pub seeds: Vec<String>,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    hex::encode(b)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
+/// Asks the member at `join` (its API address) to let this node in.
+async fn ask_to_join(join: &str, request: &JoinRequest) -> anyhow::Result<JoinAnswer> {
+    use http_body_util::BodyExt as _;
+    let url: http::Uri = format!("http://{join}/v1/cluster/join")
+        .parse()
+        .with_context(|| format!("--join {join:?} is not a host:port"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let body = serde_json::to_vec(request)?;
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .with_context(|| format!("{join} did not answer the join within 10 s"))?
+        .with_context(|| format!("cannot reach {join} to join its cluster"))?;
+    let status = resp.status();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .context("the join answer did not arrive")??
+        .to_bytes();
+    if status == http::StatusCode::FORBIDDEN {
+        bail!("{join} refused to let this node in: the join token is wrong for its cluster");
+    }
+    if !status.is_success() {
+        bail!(
+            "{join} refused to let this node in: {status} {}",
+            String::from_utf8_lossy(&bytes).trim()
+        );
+    }
+    serde_json::from_slice(&bytes).context("the join answer is not what skiff expects")
+}
+
+/// Reads (or makes, or joins) the data dir's cluster identity and raises its generation.
+/// Joining writes the cluster's admin token to `token_path`. Returns the identity and the
+/// join secret.
+pub async fn prepare(
+    dir: &Path,
+    settings: &ClusterSettings,
+    token_path: &Path,
+) -> anyhow::Result<(Identity, String)> {
+    let identity_path = dir.join("cluster.json");
+    let secret_path = dir.join("join-token");
+    let mut identity = match std::fs::read(&identity_path) {
+        Ok(bytes) => {
+            if settings.join.is_some() {
+                tracing::info!("this data dir is in a cluster already; --join is ignored");
+            }
+            serde_json::from_slice::<Identity>(&bytes)
+                .with_context(|| format!("{} is not valid", identity_path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let node_id = random_hex(8);
+            let name = settings
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", host_name(), &node_id[..4]));
+            skiff_spec::AppName::new(name.clone())
+                .map_err(|e| anyhow::anyhow!("node name {name:?}: {e}"))?;
+            match &settings.join {
+                Some(join) => {
+                    let token = settings
+                        .join_token
+                        .clone()
+                        .context("--join needs --join-token (the first node's join-token file)")?;
+                    let answer = ask_to_join(
+                        join,
+                        &JoinRequest {
+                            token: token.clone(),
+                            node_id: node_id.clone(),
+                        },
+                    )
+                    .await?;
+                    write_private(token_path, &format!("{}\n", answer.admin_token))?;
+                    write_private(&secret_path, &format!("{token}\n"))?;
+                    Identity {
+                        node_id,
+                        name,
+                        cluster_id: answer.cluster_id,
+                        seeds: answer.seeds,
+                        generation: 0,
+                    }
+                }
+                None => {
+                    write_private(&secret_path, &format!("{}\n", random_hex(32)))?;
+                    Identity {
+                        node_id,
+                        name,
+                        cluster_id: random_hex(8),
+                        seeds: Vec::new(),
+                        generation: 0,
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", identity_path.display()));
+        }
+    };
+    identity.generation += 1;
+    write_private(&identity_path, &serde_json::to_string_pretty(&identity)?)?;
+    let secret = std::fs::read_to_string(&secret_path)
+        .with_context(|| format!("cannot read {}", secret_path.display()))?
+        .trim()
+        .to_string();
+    if secret.is_empty() {
+        bail!("{} is empty", secret_path.display());
+    }
+    Ok((identity, secret))
+}
+
+/// A member as gossip knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its node id.
+    pub node_id: String,
+    /// The generation seen (the highest).
+    pub generation: u64,
+    /// Its gossip address.
+    pub gossip: SocketAddr,
+    /// Its keys.
+    pub keys: BTreeMap<String, String>,
+    /// Alive and advertising its API and ingress.
+    pub live: bool,
+}
+
+impl Member {
+    fn key(&self, k: &str) -> &str {
+        self.keys.get(k).map_or("", String::as_str)
+    }
+
+    /// As the Kubernetes API shows a node.
+    pub fn node(&self) -> k8s::Node {
+        let labels: BTreeMap<String, String> =
+            serde_json::from_str(self.key(keys::LABELS)).unwrap_or_default();
+        let api = self.key(keys::API);
+        let host = api.rsplit_once(':').map_or(api, |(h, _)| h).to_string();
+        k8s::Node {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            metadata: ObjectMeta {
+                name: self.key(keys::NAME).to_string(),
+                labels,
+                creation_timestamp: Some(self.key(keys::STARTED).to_string())
+                    .filter(|s| !s.is_empty()),
+                ..ObjectMeta::default()
+            },
+            spec: k8s::NodeSpec::default(),
+            status: NodeStatus {
+                conditions: vec![Condition {
+                    kind: "Ready".into(),
+                    status: if self.live { "True" } else { "Unknown" }.into(),
+                    reason: Some(if self.live { "NodeAlive" } else { "NodeSilent" }.into()),
+                    message: Some(if self.live {
+                        "gossip is heard from this node".to_string()
+                    } else {
+                        "no gossip from this node: it is down or cut off".to_string()
+                    }),
+                    last_transition_time: None,
+                }],
+                addresses: vec![
+                    NodeAddress {
+                        kind: "InternalIP".into(),
+                        address: host,
+                    },
+                    NodeAddress {
+                        kind: "Hostname".into(),
+                        address: self.key(keys::NAME).to_string(),
+                    },
+                ],
+                node_info: NodeInfo {
+                    kubelet_version: self.key(keys::VERSION).to_string(),
+                    machine_id: self.node_id.clone(),
+                },
+            },
+        }
+    }
+}
+
+/// This node's membership: the gossip task and what it knows.
+pub struct Cluster {
+    handle: ChitchatHandle,
+    identity: Identity,
+    secret: String,
+    stats: Arc<GossipStats>,
+    gossip_addr: SocketAddr,
+}
+
+/// The address others reach `bound` at: `advertise` if given, else the bound address
+/// (a wildcard is not an address anyone can reach: loopback then).
+pub fn advertised(bound: SocketAddr, advertise: Option<IpAddr>) -> SocketAddr {
+    let ip = advertise.unwrap_or(if bound.ip().is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        bound.ip()
+    });
+    SocketAddr::new(ip, bound.port())
+}
+
+impl Cluster {
+    /// Starts gossiping on `socket` as `identity`, advertising `api` and `ingress`.
+    pub async fn start(
+        identity: Identity,
+        secret: String,
+        settings: &ClusterSettings,
+        socket: tokio::net::UdpSocket,
+        api: SocketAddr,
+        ingress: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let bound = socket.local_addr()?;
+        let gossip_addr = advertised(bound, settings.advertise);
+        let stats = Arc::new(GossipStats::default());
+        let seal = Arc::new(Seal::new(&secret, &identity.cluster_id));
+        let transport = SealedTransport::new(socket, seal, stats.clone());
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(
+                identity.node_id.clone(),
+                identity.generation,
+                gossip_addr,
+            ),
+            cluster_id: identity.cluster_id.clone(),
+            gossip_interval: settings.gossip_interval,
+            listen_addr: bound,
+            seed_nodes: identity
+                .seeds
+                .iter()
+                .filter(|s| **s != gossip_addr.to_string())
+                .cloned()
+                .collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: settings.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: settings.gossip_interval,
+                dead_node_grace_period: Duration::from_secs(24 * 3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            // Live only once it says where its API and ingress are.
+            extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
+                state.get(keys::API).is_some() && state.get(keys::INGRESS).is_some()
+            })),
+        };
+        let started = skiff_image::build::rfc3339(std::time::SystemTime::now());
+        let initial = vec![
+            (keys::NAME.to_string(), identity.name.clone()),
+            (
+                keys::API.to_string(),
+                advertised(api, settings.advertise).to_string(),
+            ),
+            (
+                keys::INGRESS.to_string(),
+                advertised(ingress, settings.advertise).to_string(),
+            ),
+            (
+                keys::VERSION.to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            (
+                keys::LABELS.to_string(),
+                serde_json::to_string(&settings.labels)?,
+            ),
+            (keys::STARTED.to_string(), started),
+        ];
+        let handle = chitchat::spawn_chitchat(config, initial, &transport)
+            .await
+            .context("failed to start gossip")?;
+        tracing::info!(node = %identity.name, gossip = %gossip_addr, cluster = %identity.cluster_id, generation = identity.generation, "gossip started");
+        Ok(Self {
+            handle,
+            identity,
+            secret,
+            stats,
+            gossip_addr,
+        })
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The cluster's join secret.
+    pub fn join_token(&self) -> &str {
+        &self.secret
+    }
+
+    /// Where others gossip with this node.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// Datagrams dropped, by reason.
+    pub fn stats(&self) -> &GossipStats {
+        &self.stats
+    }
+
+    /// Every member known, one per node id (its highest generation), by name.
+    pub async fn members(&self) -> Vec<Member> {
+        let chitchat = self.handle.chitchat();
+        let chitchat = chitchat.lock().await;
+        let live: std::collections::HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
+        let mut by_node: BTreeMap<String, Member> = BTreeMap::new();
+        for (id, state) in chitchat.node_states() {
+            let keys: BTreeMap<String, String> = state
+                .key_values()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let member = Member {
+                node_id: id.node_id.to_string(),
+                generation: id.generation_id,
+                gossip: id.gossip_advertise_addr,
+                live: live.contains(id)
+                    && keys.contains_key(keys::API)
+                    && keys.contains_key(keys::INGRESS),
+                keys,
+            };
+            match by_node.get(&member.node_id) {
+                Some(seen) if seen.generation >= member.generation => {}
+                _ => {
+                    by_node.insert(member.node_id.clone(), member);
+                }
+            }
+        }
+        let mut members: Vec<Member> = by_node.into_values().collect();
+        members.sort_by(|a, b| a.key(keys::NAME).cmp(b.key(keys::NAME)));
+        members
+    }
+
+    /// The answer to a node asking in with `request`, or `None` when its token is wrong.
+    pub async fn answer_join(
+        &self,
+        request: &JoinRequest,
+        admin_token: &str,
+    ) -> Option<JoinAnswer> {
+        if !bool::from(request.token.as_bytes().ct_eq(self.secret.as_bytes())) {
+            return None;
+        }
+        let mut seeds: Vec<String> = self
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.live)
+            .map(|m| m.gossip.to_string())
+            .collect();
+        if !seeds.contains(&self.gossip_addr.to_string()) {
+            seeds.push(self.gossip_addr.to_string());
+        }
+        Some(JoinAnswer {
+            cluster_id: self.identity.cluster_id.clone(),
+            admin_token: admin_token.to_string(),
+            seeds,
+        })
+    }
+
+    /// Writes the live members' gossip addresses to the data dir, so a restart finds
+    /// its peers without flags.
+    pub async fn remember_peers(&self, dir: &Path) {
+        let seeds: Vec<String> = self
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.live && m.node_id != self.identity.node_id)
+            .map(|m| m.gossip.to_string())
+            .collect();
+        if seeds.is_empty() {
+            return;
+        }
+        let mut identity = self.identity.clone();
+        identity.seeds = seeds;
+        if let Ok(text) = serde_json::to_string_pretty(&identity) {
+            let _ = write_private(&dir.join("cluster.json"), &text);
+        }
+    }
+
+    /// Stops gossiping.
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+    }
+}

@@ -1,0 +1,14 @@
+//! The keys each node gossips about itself: defined once, read by every node.
+
+/// The node's name (`get nodes`).
+pub const NAME: &str = "name";
+/// Its API address, `host:port` (also the peer API).
+pub const API: &str = "api";
+/// Its ingress address, `host:port`.
+pub const INGRESS: &str = "ingress";
+/// skiff's version on it.
+pub const VERSION: &str = "version";
+/// Its labels, a JSON object (`--label k=v`).
+pub const LABELS: &str = "labels";
+/// When this generation started (RFC 3339).
+pub const STARTED: &str = "started";
