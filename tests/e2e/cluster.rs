@@ -146,6 +146,16 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
         .unwrap();
     let e = err(&o);
     assert!(e.contains("join token is wrong"), "{e}");
+    // The join endpoint answers without the admin token: its body is bounded.
+    let r = first
+        .http
+        .post(format!("{}/v1/cluster/join", first.api))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     assert!(
         !dir4.path().join("cluster.json").exists(),
         "nothing kept of a refused join"

@@ -194,7 +194,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         // Asked by a node that has no admin token yet: it proves the join secret instead.
-        .route("/v1/cluster/join", axum::routing::post(cluster_join))
+        .route(
+            "/v1/cluster/join",
+            axum::routing::post(cluster_join).layer(DefaultBodyLimit::max(64 << 10)),
+        )
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(middleware::from_fn(close_after_refused_uploads))

@@ -152,9 +152,12 @@ async fn ask_to_join(join: &str, request: &JoinRequest) -> anyhow::Result<JoinAn
         .with_context(|| format!("{join} did not answer the join within 10 s"))?
         .with_context(|| format!("cannot reach {join} to join its cluster"))?;
     let status = resp.status();
-    let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+    // Whatever answers is only as trusted as the address the user gave: bounded.
+    let body = http_body_util::Limited::new(resp.into_body(), 1 << 20);
+    let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
         .await
-        .context("the join answer did not arrive")??
+        .context("the join answer did not arrive")?
+        .map_err(|e| anyhow::anyhow!("the join answer could not be read: {e}"))?
         .to_bytes();
     if status == http::StatusCode::FORBIDDEN {
         bail!("{join} refused to let this node in: the join token is wrong for its cluster");
