@@ -295,9 +295,17 @@ async fn busybox_httpd_serves_on_its_port_and_through_the_ingress_and_leaves_not
     )
     .await);
     let id = id.trim().to_string();
-    // `run` answers before httpd listens; a request sent at once is held until it does.
+    // `run` answers before httpd listens; a request sent at once is held until it does
+    // (up to the proxy's 10 s), so this one attempt may wait longer than `get` allows.
     let url = format!("http://127.0.0.1:{port}/");
-    let first = get(&url).await.expect("an answer to the first request");
+    let first = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .expect("an answer to the first request");
     assert_eq!(
         first.status(),
         200,
