@@ -515,16 +515,16 @@ impl Apps {
             let app = self
                 .desired
                 .read(|s| s.state.deployments.get(&deployment).cloned());
-            let image_ref = app
-                .as_ref()
-                .and_then(|d| {
-                    d.object
-                        .spec
-                        .template
-                        .metadata
-                        .annotations
-                        .get("skiff.dev/image-ref")
-                        .cloned()
+            // The image as the Deployment names it: an app's own name for it, else the
+            // template's (a digest pinned by `deploy` reads better short).
+            let template = app.as_ref().map(|d| &d.object.spec.template);
+            let image_ref = template
+                .and_then(|t| t.metadata.annotations.get("skiff.dev/image-ref").cloned())
+                .or_else(|| {
+                    template
+                        .and_then(|t| t.spec.containers.first())
+                        .map(|c| c.image.clone())
+                        .filter(|i| !i.starts_with("sha256:"))
                 })
                 .unwrap_or_else(|| image.short());
             let kind = match c.workload() {
