@@ -181,7 +181,7 @@ impl Apps {
             .apply_object(Object::Deployment(Box::new(deployment)))
             .await?;
         if let Err(e) = self.apply_object(Object::Service(Box::new(service))).await {
-            self.undo_install(&name, previous, None).await;
+            self.undo_install(&name, previous, previous_service).await;
             return Err(e);
         }
         if let Err(e) = self.wait_rollout(name.as_str()).await {
