@@ -142,6 +142,29 @@ impl<E: Endpoint> Backends<E> {
         &self.hash_on
     }
 
+    /// The endpoint for a request from `client` whose headers `header` looks up: `hash`
+    /// balancing hashes the header it is set to (the client's address when the request
+    /// has none, or when it hashes on the client); the other algorithms ignore both.
+    pub fn pick_for<'a>(
+        &self,
+        client: std::net::IpAddr,
+        header: impl FnOnce(&str) -> Option<&'a [u8]>,
+    ) -> Option<Arc<E>> {
+        if self.algorithm != Algorithm::Hash {
+            return self.pick();
+        }
+        // 16 bytes whatever the family: no allocation on the request path.
+        let client = match client {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let key = match &self.hash_on {
+            HashOn::Header(h) => header(h).unwrap_or(&client[..]),
+            HashOn::Client => &client[..],
+        };
+        self.pick_keyed(Some(key))
+    }
+
     /// All endpoints, ready or not.
     pub fn endpoints(&self) -> &[Arc<E>] {
         &self.endpoints
@@ -251,7 +274,7 @@ mod tests {
 
     use super::*;
 
-    struct E(u32, AtomicBool, Load);
+    struct E(u32, AtomicBool, Load, String);
     impl Endpoint for E {
         fn is_ready(&self) -> bool {
             self.1.load(Ordering::Relaxed)
@@ -260,12 +283,17 @@ mod tests {
             &self.2
         }
         fn name(&self) -> &str {
-            "e"
+            &self.3
         }
     }
 
     fn e(i: u32) -> Arc<E> {
-        Arc::new(E(i, AtomicBool::new(true), Load::default()))
+        Arc::new(E(
+            i,
+            AtomicBool::new(true),
+            Load::default(),
+            format!("e{i}"),
+        ))
     }
 
     #[test]
@@ -281,6 +309,35 @@ mod tests {
         assert_eq!(now.endpoints()[0].load().in_flight(), 1);
         let b = Backends::with_algorithm(now.endpoints().to_vec(), Algorithm::LeastRequest);
         assert_eq!(b.pick().unwrap().0, 2, "least-request sees the busy one");
+    }
+
+    #[test]
+    fn hash_routes_by_the_header_it_names_else_by_the_client() {
+        let eps: Vec<Arc<E>> = (0..5).map(e).collect();
+        let b = Backends::balanced(
+            eps,
+            Balancing {
+                algorithm: Algorithm::Hash,
+                hash_on: HashOn::parse("X-User").unwrap(),
+            },
+        );
+        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
+        let by_user = |user: &'static [u8]| {
+            b.pick_for(ip, |h| (h == "x-user").then_some(user))
+                .unwrap()
+                .0
+        };
+        assert_eq!(by_user(b"alice"), by_user(b"alice"));
+        let users: std::collections::BTreeSet<u32> =
+            [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g", b"h"]
+                .into_iter()
+                .map(|u| b.pick_for(ip, |_| Some(u)).unwrap().0)
+                .collect();
+        assert!(users.len() > 1, "keys spread: {users:?}");
+        // Without the header: the client's address decides, the same each time.
+        let first = b.pick_for(ip, |_| None).unwrap().0;
+        assert!((0..10).all(|_| b.pick_for(ip, |_| None).unwrap().0 == first));
+        assert!(HashOn::parse("not a header").is_err());
     }
 
     #[test]

@@ -154,19 +154,9 @@ fn pick_from<B>(
     req: &Request<B>,
     info: &RequestInfo,
 ) -> Option<Arc<Container>> {
-    if backends.algorithm() == skiff_gateway::Algorithm::Hash {
-        let client = info.remote.ip().to_string();
-        let key = match backends.hash_on() {
-            skiff_gateway::HashOn::Header(h) => req
-                .headers()
-                .get(h.as_str())
-                .map_or(client.as_bytes(), |v| v.as_bytes()),
-            skiff_gateway::HashOn::Client => client.as_bytes(),
-        };
-        backends.pick_keyed(Some(key))
-    } else {
-        backends.pick()
-    }
+    backends.pick_for(info.remote.ip(), |h| {
+        req.headers().get(h).map(HeaderValue::as_bytes)
+    })
 }
 
 /// A replayed request's body: none, typed as the ingress's own bodies are.
