@@ -22,6 +22,42 @@ pub const LOAD_BALANCER_ANNOTATION: &str = "skiff.dev/load-balancer";
 /// The annotation naming what `hash` balancing hashes: `client` or a header.
 pub const HASH_ON_ANNOTATION: &str = "skiff.dev/hash-on";
 
+/// A pod template's annotation: how long one request may take (`2s`), as `skiff deploy
+/// --timeout`.
+pub const TIMEOUT_ANNOTATION: &str = "skiff.dev/timeout";
+/// A pod template's annotation: requests one pod serves at once, as `--concurrency`.
+pub const CONCURRENCY_ANNOTATION: &str = "skiff.dev/concurrency";
+/// A pod template's annotation: hosts a pod may call (comma-separated), as
+/// `--allow-host`.
+pub const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-hosts";
+
+/// The deploy settings a pod template's `skiff.dev/*` annotations give, checked exactly
+/// as `skiff deploy` checks its flags (bounds included); errors name the annotation.
+pub fn annotation_params(
+    annotations: &BTreeMap<String, String>,
+) -> Result<crate::DeployParams, String> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if let Some(t) = annotations.get(TIMEOUT_ANNOTATION) {
+        pairs.push(("timeout", t));
+    }
+    if let Some(c) = annotations.get(CONCURRENCY_ANNOTATION) {
+        pairs.push(("concurrency", c));
+    }
+    if let Some(hosts) = annotations.get(ALLOWED_HOSTS_ANNOTATION) {
+        for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            pairs.push(("allow_host", h));
+        }
+    }
+    crate::DeployParams::from_pairs(pairs).map_err(|e| {
+        let annotation = match e.param.as_str() {
+            "timeout" => TIMEOUT_ANNOTATION,
+            "concurrency" => CONCURRENCY_ANNOTATION,
+            _ => ALLOWED_HOSTS_ANNOTATION,
+        };
+        format!("metadata.annotations.{annotation}: {}", e.message)
+    })
+}
+
 /// The algorithms a Service may name (the gateway's, by their annotation values).
 pub const LOAD_BALANCERS: [&str; 5] =
     ["round-robin", "random", "least-request", "p2c-ewma", "hash"];
@@ -358,6 +394,9 @@ pub fn validate_deployment(d: &Deployment) -> Vec<String> {
             )),
         }
     }
+    if let Err(e) = annotation_params(&spec.template.metadata.annotations) {
+        problems.push(format!("spec.template.{e}"));
+    }
     if !selector.matches(&spec.template.metadata.labels) {
         problems.push(
             "spec.selector: does not match spec.template.metadata.labels (a Deployment must select its own pods)"
@@ -457,6 +496,15 @@ pub fn validate_deployment(d: &Deployment) -> Vec<String> {
         ] {
             let Some(probe) = probe else { continue };
             let probe_path = format!("{path}.{name}");
+            if let Some(p) = probe.http_get.as_ref().and_then(|g| g.path.as_deref())
+                && (!p.starts_with('/')
+                    || p.len() > 2048
+                    || !p.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                problems.push(format!(
+                    "{probe_path}.httpGet.path: {p:?} is not a path (it starts with /)"
+                ));
+            }
             match &probe.http_get {
                 None => problems.push(format!("{probe_path}: skiff runs httpGet probes only")),
                 Some(get) => match &get.port {
@@ -701,6 +749,53 @@ mod tests {
         // two-line error. Values are quoted and control characters escaped.
         let e = refused("apiVersion: v1\nkind: Service\n\n  m\n");
         assert!(e.contains("kind \"Service\\nm\""), "{e}");
+    }
+
+    #[test]
+    fn skiff_annotations_and_probe_paths_are_checked_as_deploy_checks_its_flags() {
+        let with = |annotation: &str, probe_path: &str| {
+            DEPLOYMENT
+                .replace(
+                    "      labels:\n        app: my-web-app\n    spec:",
+                    &format!("      labels:\n        app: my-web-app\n      annotations:\n        {annotation}\n    spec:"),
+                )
+                .replace(
+                    "        - containerPort: 80\n",
+                    &format!("        - containerPort: 80\n        readinessProbe:\n          httpGet:\n            path: {probe_path}\n            port: 80\n"),
+                )
+        };
+        assert!(parse("d.yaml", &with("skiff.dev/timeout: 2s", "/ready")).is_ok());
+        let params = annotation_params(
+            &[
+                (CONCURRENCY_ANNOTATION.to_string(), "8".to_string()),
+                (
+                    ALLOWED_HOSTS_ANNOTATION.to_string(),
+                    "a.example, B.example".to_string(),
+                ),
+            ]
+            .into(),
+        )
+        .unwrap();
+        assert_eq!(params.concurrency, Some(8));
+        assert_eq!(params.allowed_hosts, ["a.example", "b.example"]);
+        for (annotation, path, needle) in [
+            ("skiff.dev/timeout: 999h", "/", "skiff.dev/timeout"),
+            (
+                "skiff.dev/concurrency: \"4000000000\"",
+                "/",
+                "skiff.dev/concurrency",
+            ),
+            (
+                "skiff.dev/allowed-hosts: a/b",
+                "/",
+                "skiff.dev/allowed-hosts",
+            ),
+            ("x: y", "http://169.254.169.254/", "httpGet.path"),
+            ("x: y", "\"/a b\"", "httpGet.path"),
+        ] {
+            let e = refused(&with(annotation, path));
+            assert!(e.contains(needle), "{annotation} {path}: {e}");
+        }
     }
 
     #[test]

@@ -58,16 +58,16 @@ fn app_objects(
     put(DEPLOYED_AT_ANNOTATION, at.to_string());
     if let Some(t) = params.timeout {
         put(
-            super::deployments::TIMEOUT_ANNOTATION,
+            skiff_spec::manifest::TIMEOUT_ANNOTATION,
             format!("{}ms", t.as_millis()),
         );
     }
     if let Some(c) = params.concurrency {
-        put(super::deployments::CONCURRENCY_ANNOTATION, c.to_string());
+        put(skiff_spec::manifest::CONCURRENCY_ANNOTATION, c.to_string());
     }
     if !params.allowed_hosts.is_empty() {
         put(
-            super::deployments::ALLOWED_HOSTS_ANNOTATION,
+            skiff_spec::manifest::ALLOWED_HOSTS_ANNOTATION,
             params.allowed_hosts.join(","),
         );
     }
@@ -146,8 +146,12 @@ impl Apps {
                 "the name {name} is already used by a container"
             )));
         }
-        let state = self.desired();
-        let previous = state.deployments.get(name.as_str()).cloned();
+        let (previous, previous_service) = self.desired.read(|s| {
+            (
+                s.state.deployments.get(name.as_str()).cloned(),
+                s.state.services.get(name.as_str()).cloned(),
+            )
+        });
         if let Some(d) = &previous
             && !managed(&d.object.metadata)
         {
@@ -155,7 +159,6 @@ impl Apps {
                 "deployment.apps/{name} was applied from a manifest; change it with skiff apply"
             )));
         }
-        let previous_service = state.services.get(name.as_str()).cloned();
         if let Some(s) = &previous_service
             && !managed(&s.metadata)
         {

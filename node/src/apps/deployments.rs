@@ -34,8 +34,8 @@ use skiff_spec::k8s::{
     self, Condition, ContainerState as K8sState, DeploymentStatus, ObjectMeta, PodTemplateSpec,
     Probe, Service, StateReason, StateRunning,
 };
-use skiff_spec::manifest::{HASH_ON_ANNOTATION, LOAD_BALANCER_ANNOTATION};
-use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_duration};
+use skiff_spec::manifest::{HASH_ON_ANNOTATION, LOAD_BALANCER_ANNOTATION, annotation_params};
+use skiff_spec::{AppKind, AppName, AppSpec, Digest};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -58,11 +58,7 @@ use status::*;
 /// Events kept per Deployment.
 const EVENTS: usize = 50;
 
-/// Pod annotations that set what Kubernetes has no field for.
-pub(crate) const TIMEOUT_ANNOTATION: &str = "skiff.dev/timeout";
-pub(crate) const CONCURRENCY_ANNOTATION: &str = "skiff.dev/concurrency";
-pub(crate) const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-hosts";
-/// `at-start`: the pod is ready as soon as its container is made (apps deployed with
+/// A pod annotation `deploy` sets: `at-start`, the pod is ready as soon as its container is made (apps deployed with
 /// `skiff deploy`, whose Linux replicas' proxy holds requests until they listen).
 pub(crate) const READY_ANNOTATION: &str = "skiff.dev/ready";
 
@@ -346,48 +342,21 @@ pub(super) fn pod_spec(
         .containers
         .first()
         .ok_or_else(|| AppError::invalid("invalid_manifest", "the pod has no container"))?;
-    let invalid =
-        |what: &str, e: String| AppError::invalid("invalid_manifest", format!("{what}: {e}"));
-    let annotations = &template.metadata.annotations;
-    let memory_bytes = c
+    let invalid = |e: String| AppError::invalid("invalid_manifest", e);
+    let mut params = annotation_params(&template.metadata.annotations).map_err(invalid)?;
+    params.env = c
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    params.memory_bytes = c
         .resources
         .as_ref()
         .and_then(|r| r.limits.get("memory"))
         .map(|q| q.bytes())
         .transpose()
-        .map_err(|e| invalid("resources.limits.memory", e))?;
-    let timeout = annotations
-        .get(TIMEOUT_ANNOTATION)
-        .map(|t| parse_duration(t))
-        .transpose()
-        .map_err(|e| invalid(TIMEOUT_ANNOTATION, e))?;
-    let concurrency = annotations
-        .get(CONCURRENCY_ANNOTATION)
-        .map(|c| c.parse::<u32>().map_err(|e| e.to_string()))
-        .transpose()
-        .map_err(|e| invalid(CONCURRENCY_ANNOTATION, e))?;
-    let params = DeployParams {
-        env: c
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
-            .collect(),
-        memory_bytes,
-        timeout,
-        replicas: Some(1),
-        concurrency,
-        allowed_hosts: annotations
-            .get(ALLOWED_HOSTS_ANNOTATION)
-            .map(|h| {
-                h.split(',')
-                    .map(str::trim)
-                    .filter(|h| !h.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        image: None,
-    };
+        .map_err(|e| invalid(format!("resources.limits.memory: {e}")))?;
+    params.replicas = Some(1);
     let name = AppName::new(deployment.to_string()).map_err(AppError::internal)?;
     let mut spec = image_spec(params, summary, name);
     // As Kubernetes: `command` replaces the image's ENTRYPOINT, `args` its CMD.
@@ -999,11 +968,16 @@ impl Apps {
                 PodState::Terminating { .. } => true,
             })
         };
+        // The first pass made every pod; readiness and failures arrive from the probes
+        // and launches, each with a kick.
         let deadline = tokio::time::Instant::now() + limit;
-        while !settled() && tokio::time::Instant::now() < deadline {
-            // Readiness arrives from the probes; their kicks make new passes.
-            self.reconcile().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        while !settled() {
+            if tokio::time::timeout_at(deadline, self.pods.kick.notified())
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 
@@ -1020,5 +994,17 @@ impl Apps {
                 PodState::Waiting { .. } => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_balancers_a_manifest_may_name_are_the_gateways() {
+        // The manifest reader (spec) cannot see the gateway's list: both must agree.
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, skiff_spec::manifest::LOAD_BALANCERS);
     }
 }
