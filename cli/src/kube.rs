@@ -241,24 +241,14 @@ struct Fetched {
     nodes: Vec<k8s::Node>,
 }
 
+/// `?labelSelector=...`, encoded, or nothing.
 fn query(selector: Option<&str>) -> String {
     selector.map_or_else(String::new, |s| {
-        let mut q = form_urlencoded_pair("labelSelector", s);
-        q.insert(0, '?');
-        q
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .append_pair("labelSelector", s)
+            .finish();
+        format!("?{encoded}")
     })
-}
-
-fn form_urlencoded_pair(key: &str, value: &str) -> String {
-    let mut out = format!("{key}=");
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 async fn fetch(

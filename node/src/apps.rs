@@ -343,18 +343,15 @@ impl Apps {
     async fn prepare(&self, summary: &ImageSummary) -> Result<Prepared, AppError> {
         match &summary.runnable {
             Runnable::Wasm { kind, layer } => {
-                // A pod of an app that runs already: no need to read the module again.
-                if let Some(loaded) = self.runtime.loaded(*layer, *kind) {
-                    return Ok(Prepared::Wasm(loaded));
-                }
                 let images = self.images.clone();
                 let layer = *layer;
-                let wasm =
+                let read = async move {
                     tokio::task::spawn_blocking(move || images.blobs().read_verified(&layer))
                         .await
                         .map_err(AppError::internal)?
-                        .map_err(AppError::internal)?;
-                Ok(Prepared::Wasm(self.compile(layer, *kind, wasm).await?))
+                        .map_err(AppError::internal)
+                };
+                Ok(Prepared::Wasm(self.compile(layer, *kind, read).await?))
             }
             // The image's read-only tree, shared by its containers (each Linux container
             // gets an overlay on it).
@@ -402,19 +399,21 @@ impl Apps {
         Ok(dir)
     }
 
+    /// The code of module `layer`: the code a running app holds (compiled, counted and
+    /// linked already; the module is not even read), else compiled or loaded from the
+    /// cache from the bytes `wasm` gives.
     async fn compile(
         &self,
         layer: Digest,
         kind: AppKind,
-        wasm: Vec<u8>,
+        wasm: impl Future<Output = Result<Vec<u8>, AppError>>,
     ) -> Result<Arc<Compiled>, AppError> {
-        // Code a running app holds was compiled, counted and linked already.
         if let Some(loaded) = self.runtime.loaded(layer, kind) {
             return Ok(loaded);
         }
         let compiled = self
             .runtime
-            .compile(layer, kind, wasm.into())
+            .compile(layer, kind, wasm.await?.into())
             .await
             .map_err(|e| match e {
                 skiff_runtime::CompileError::Invalid { .. } => {
@@ -506,7 +505,7 @@ impl Apps {
         let (wasm, kind) = read.map_err(AppError::internal)?;
         let kind = kind.map_err(|e| AppError::invalid("invalid_wasm", e.to_string()))?;
         let layer = staged.digest();
-        let compiled = self.compile(layer, kind, wasm).await?;
+        let compiled = self.compile(layer, kind, async { Ok(wasm) }).await?;
 
         let guard = self.deploying.lock().await;
         // Stored and tagged under the lock, so garbage collection (which also runs under

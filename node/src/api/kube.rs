@@ -459,18 +459,22 @@ async fn list_pods(
     Ok(list("v1", "PodList", shared.apps.desired_version(), items))
 }
 
-async fn get_pod(
-    State(shared): State<Arc<Shared>>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<k8s::Pod>, ApiError> {
-    namespace(&ns)?;
+/// Pod `name` as the API shows it, or 404.
+fn pod(shared: &Shared, name: &str) -> Result<k8s::Pod, ApiError> {
     shared
         .apps
         .pod_objects(&shared.cluster.identity().name)
         .into_iter()
         .find(|p| p.metadata.name == name)
-        .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("pod {name} not found")))
+}
+
+async fn get_pod(
+    State(shared): State<Arc<Shared>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<k8s::Pod>, ApiError> {
+    namespace(&ns)?;
+    Ok(Json(pod(&shared, &name)?))
 }
 
 async fn delete_pod(
@@ -478,12 +482,7 @@ async fn delete_pod(
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<k8s::Pod>, ApiError> {
     namespace(&ns)?;
-    let pod = shared
-        .apps
-        .pod_objects(&shared.cluster.identity().name)
-        .into_iter()
-        .find(|p| p.metadata.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("pod {name} not found")))?;
+    let pod = pod(&shared, &name)?;
     shared.apps.delete_pod(&name)?;
     Ok(Json(pod))
 }
@@ -612,6 +611,18 @@ mod tests {
                 && !message.contains('\n'),
             "{message}"
         );
+
+        // Bounds of the route: files per request, bytes per request.
+        let many = json!({"files": vec![json!({"source": "x.yaml", "text": ""}); 65]});
+        let (s, v) = call(&router, token, "POST", "/v1/apply", Some(many)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("65 files"),
+            "{v}"
+        );
+        let huge = files(&" ".repeat(33 << 20));
+        let (s, _) = call(&router, token, "POST", "/v1/apply", Some(huge)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
 
         let (s, v) = call(
             &router,

@@ -12,7 +12,7 @@ use skiff_spec::manifest::{self, Object};
 
 use super::Apps;
 use super::error::AppError;
-use crate::desired::{Applied, Command, Rejected, State};
+use crate::desired::{Applied, Command, Rejected, StoredDeployment};
 
 /// Most manifest files in one request.
 pub const MAX_MANIFEST_FILES: usize = 64;
@@ -50,11 +50,6 @@ impl Apps {
             Rejected::NotFound(what) => AppError::not_found(format!("{what} not found")),
             Rejected::Invalid(why) => AppError::invalid("invalid", why),
         })
-    }
-
-    /// The desired state now.
-    pub(crate) fn desired(&self) -> State {
-        self.desired.snapshot().state
     }
 
     /// Whether a Service takes `name` (an app or container may not).
@@ -199,14 +194,16 @@ impl Apps {
         })
     }
 
+    /// The stored Deployment `name`, or 404.
+    pub(super) fn stored(&self, name: &str) -> Result<StoredDeployment, AppError> {
+        self.desired
+            .read(|s| s.state.deployments.get(name).cloned())
+            .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
+    }
+
     /// A Deployment with its status, or 404.
     pub(crate) fn deployment(&self, name: &str) -> Result<k8s::Deployment, AppError> {
-        let state = self.desired();
-        state
-            .deployments
-            .get(name)
-            .map(|d| self.deployment_object(d))
-            .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
+        Ok(self.deployment_object(&self.stored(name)?))
     }
 
     /// A Service as it is shown (with its status), or 404.
@@ -234,22 +231,15 @@ impl Apps {
         &self,
         name: &str,
     ) -> Result<skiff_spec::api::RolloutHistory, AppError> {
-        let state = self.desired();
-        state
-            .deployments
-            .get(name)
-            .map(|d| self.history(d))
-            .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
+        Ok(self.history(&self.stored(name)?))
     }
 
     /// Every Deployment with its status.
     pub(crate) fn deployments(&self) -> Vec<k8s::Deployment> {
-        let state = self.desired();
-        state
-            .deployments
-            .values()
-            .map(|d| self.deployment_object(d))
-            .collect()
+        let stored: Vec<StoredDeployment> = self
+            .desired
+            .read(|s| s.state.deployments.values().cloned().collect());
+        stored.iter().map(|d| self.deployment_object(d)).collect()
     }
 
     /// The desired state's version (lists' resourceVersion).

@@ -112,9 +112,8 @@ impl Apps {
         let _prepared = self.prepare(&summary).await?;
         let _guard = self.deploying.lock().await;
         let mut standalone = self.standalone.lock().await;
-        let apps = self.desired();
         let taken = |n: &str| {
-            apps.deployments.contains_key(n)
+            self.desired.read(|s| s.state.deployments.contains_key(n))
                 || standalone
                     .values()
                     .any(|s| s.record.spec.name.as_str() == n)
@@ -188,7 +187,6 @@ impl Apps {
         let info = self.info_of(&entry);
         info!(container = %entry.record.spec.name, id = %&entry.record.id[..12], image = %entry.record.image_ref, "container started");
         standalone.insert(entry.record.id.clone(), entry);
-        drop(apps);
         Ok(info)
     }
 

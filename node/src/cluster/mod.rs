@@ -104,12 +104,6 @@ pub struct JoinAnswer {
     pub seeds: Vec<String>,
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).expect("the OS has randomness");
-    hex::encode(b)
-}
-
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
@@ -190,7 +184,7 @@ pub async fn prepare(
                 .with_context(|| format!("{} is not valid", identity_path.display()))?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let node_id = random_hex(8);
+            let node_id = crate::random_hex(8);
             let name = settings
                 .node_name
                 .clone()
@@ -222,11 +216,11 @@ pub async fn prepare(
                     }
                 }
                 None => {
-                    write_private(&secret_path, &format!("{}\n", random_hex(32)))?;
+                    write_private(&secret_path, &format!("{}\n", crate::random_hex(32)))?;
                     Identity {
                         node_id,
                         name,
-                        cluster_id: random_hex(8),
+                        cluster_id: crate::random_hex(8),
                         seeds: Vec::new(),
                         generation: 0,
                     }

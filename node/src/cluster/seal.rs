@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -89,12 +89,6 @@ impl GossipStats {
             .map(|(d, n)| (*d, n.load(Ordering::Relaxed)))
             .collect()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The cluster's gossip key and associated data.
@@ -227,7 +221,7 @@ impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
         let mut plain = Vec::with_capacity(message.serialized_len());
         message.serialize(&mut plain);
-        let datagram = self.seal.seal(now_ms(), &plain);
+        let datagram = self.seal.seal(crate::apps::now_ms(), &plain);
         if datagram.len() > MAX_DATAGRAM {
             // chitchat fills datagrams up to the UDP limit; ours carry a seal too. The
             // node's keys are small, so this means a very large cluster: say so.
@@ -255,7 +249,7 @@ impl Socket for SealedSocket {
             let opened = if len > MAX_DATAGRAM {
                 Err(Dropped::Oversize)
             } else {
-                self.seal.open(now_ms(), &self.buf[..len])
+                self.seal.open(crate::apps::now_ms(), &self.buf[..len])
             };
             let plain = match opened {
                 Ok(p) => p,
