@@ -451,10 +451,21 @@ fn node_rows(nodes: &[k8s::Node]) -> Vec<[String; 7]> {
             if n.spec.unschedulable {
                 status.push_str(",SchedulingDisabled");
             }
+            // As kubectl reads roles: from `node-role.kubernetes.io/<role>` labels.
+            let roles: Vec<&str> = n
+                .metadata
+                .labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect();
             [
                 n.metadata.name.clone(),
                 status,
-                "<none>".into(),
+                if roles.is_empty() {
+                    "<none>".into()
+                } else {
+                    roles.join(",")
+                },
                 age_of(n.metadata.creation_timestamp.as_deref()),
                 n.status.node_info.kubelet_version.clone(),
                 n.status
@@ -656,6 +667,58 @@ pub(crate) async fn delete(
         }
     }
     Ok(())
+}
+
+/// `skiff cordon NODE`, `skiff uncordon NODE`.
+pub(crate) async fn cordon(client: &Client, node: &str, unschedulable: bool) -> anyhow::Result<()> {
+    let _: k8s::Node = client
+        .send_json(
+            Method::PATCH,
+            &format!("{NODES}/{node}"),
+            &serde_json::json!({"spec": {"unschedulable": unschedulable}}),
+        )
+        .await?;
+    println!(
+        "node/{node} {}",
+        if unschedulable {
+            "cordoned"
+        } else {
+            "uncordoned"
+        }
+    );
+    Ok(())
+}
+
+/// `skiff drain NODE`: cordon, then wait until no pod runs on the node.
+pub(crate) async fn drain(
+    client: &Client,
+    node: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    cordon(client, node, true).await?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let pods: k8s::List<k8s::Pod> = client.get_json(PODS).await?;
+        let left: Vec<String> = pods
+            .items
+            .iter()
+            .filter(|p| p.spec.node_name.as_deref() == Some(node))
+            .map(|p| p.metadata.name.clone())
+            .collect();
+        if left.is_empty() {
+            println!("node/{node} drained");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "node/{node} still runs {} after {}: {}",
+                left.len(),
+                humantime::format_duration(timeout),
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// `skiff scale deployment/NAME --replicas N`.

@@ -47,7 +47,7 @@ struct ClientOpts {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node in the foreground: API, ingress, supervisor.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Deploy (or redeploy) an app from a .wasm file or an image on the node.
     Deploy {
         /// A .wasm file (uploaded), or the name or id of an image on the node.
@@ -125,6 +125,31 @@ enum Command {
         what: ClusterCommand,
     },
     /// Set a deployment's replica count.
+    /// Mark a node unschedulable: it takes no new pods.
+    Cordon {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Mark a node schedulable again.
+    Uncordon {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Cordon a node and wait until its pods run elsewhere (each is ready on another
+    /// node before it stops on this one).
+    Drain {
+        /// The node's name.
+        node: String,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     Scale {
         /// deployment/NAME.
         target: String,
@@ -487,6 +512,13 @@ struct UpArgs {
     /// Suspicion (phi) above which a silent node counts as dead; raise it on slow machines.
     #[arg(long, env = "SKIFF_PHI_THRESHOLD", default_value_t = 8.0)]
     phi_threshold: f64,
+    /// How long a Raft voter may be dead before a live node takes its vote.
+    #[arg(long, env = "SKIFF_VOTER_GRACE", default_value = "30s", value_parser = parse_duration)]
+    voter_grace: Duration,
+    /// Memory this node offers pods (placement weighs and bounds by it); default: the
+    /// machine's.
+    #[arg(long, env = "SKIFF_CAPACITY_MEMORY", value_parser = parse_bytes)]
+    capacity_memory: Option<u64>,
 }
 
 fn parse_env_arg(s: &str) -> Result<(String, String), String> {
@@ -532,7 +564,7 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => up(args).await,
+        Command::Up(args) => up(*args).await,
         Command::Deploy {
             source,
             name,
@@ -759,6 +791,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             replicas,
             client,
         } => kube::scale(&Client::new(&client)?, &target, replicas).await,
+        Command::Cordon { node, client } => kube::cordon(&Client::new(&client)?, &node, true).await,
+        Command::Uncordon { node, client } => {
+            kube::cordon(&Client::new(&client)?, &node, false).await
+        }
+        Command::Drain {
+            node,
+            timeout,
+            client,
+        } => kube::drain(&Client::new(&client)?, &node, timeout).await,
         Command::Set {
             what:
                 SetCommand::Image {
@@ -803,7 +844,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // openraft narrates every vote and append at info: its warnings are enough.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -825,6 +867,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.cluster.labels = args.labels.into_iter().collect();
     config.cluster.gossip_interval = args.gossip_interval;
     config.cluster.phi_threshold = args.phi_threshold;
+    config.cluster.voter_grace = args.voter_grace;
+    config.cluster.capacity_memory = args.capacity_memory;
     config.domain = args.domain;
     config.upload_cap = args.upload_limit;
     config.pooling = !args.no_pooling;

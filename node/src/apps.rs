@@ -34,8 +34,10 @@ mod deployments;
 mod error;
 mod linux;
 mod objects;
+mod pull;
 mod standalone;
 
+pub(crate) use deployments::spread::LOCAL_ROUTE;
 pub use error::AppError;
 
 use crate::container::Container;
@@ -169,6 +171,18 @@ pub(crate) struct Settings {
     pub(crate) extract: ExtractLimits,
     /// Deployments and Services.
     pub(crate) desired: Arc<DesiredStore>,
+    /// The cluster's log, which every change goes through.
+    pub(crate) consensus: Arc<crate::raft::Consensus>,
+    /// Wakes the reconciler (the state machine rings it after a change).
+    pub(crate) kick: Arc<tokio::sync::Notify>,
+    /// What this node sees of the cluster (placement and remote endpoints).
+    pub(crate) view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// How long a request body forwarded to another node may stall.
+    pub(crate) body_timeout: Duration,
+    /// The cluster's admin token (pulls from peers present it).
+    pub(crate) token: String,
+    /// The largest image archive pulled from a peer.
+    pub(crate) pull_cap: u64,
 }
 
 /// The node's apps: desired state, running containers, routes.
@@ -201,8 +215,20 @@ pub struct Apps {
     exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<linux::LinuxEvent>>>,
     /// Deployments and Services, as desired.
     desired: Arc<DesiredStore>,
+    /// The cluster's log: every change to `desired` goes through it.
+    consensus: Arc<crate::raft::Consensus>,
     /// Deployments' pods and what the reconciler knows of them.
     pods: Arc<deployments::PodTable>,
+    /// What this node sees of the cluster.
+    view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// Connections to other nodes' ingresses, for their pods.
+    remote_client: deployments::spread::RemoteClient,
+    /// How long a request body forwarded to another node may stall.
+    body_timeout: Duration,
+    /// The cluster's admin token.
+    token: String,
+    /// The largest image archive pulled from a peer.
+    pull_cap: u64,
 }
 
 impl Apps {
@@ -221,6 +247,12 @@ impl Apps {
             data,
             extract,
             desired,
+            consensus,
+            kick,
+            view,
+            body_timeout,
+            token,
+            pull_cap,
         } = settings;
         // Trees a killed node was extracting: never complete, never used.
         if let Ok(dirs) = std::fs::read_dir(&sites) {
@@ -252,7 +284,13 @@ impl Apps {
             exits,
             exit_rx: std::sync::Mutex::new(Some(exit_rx)),
             desired,
-            pods: Arc::default(),
+            consensus,
+            pods: Arc::new(deployments::PodTable::new(kick)),
+            view,
+            remote_client: skiff_runtime::RemoteWorkload::client(),
+            body_timeout,
+            token,
+            pull_cap,
         }
     }
 

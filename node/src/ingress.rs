@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::apps::LOCAL_ROUTE;
 use crate::container::Container;
 use crate::metrics::Metrics;
 use skiff_gateway::Endpoint as _;
@@ -193,7 +194,7 @@ fn replayable<B>(req: &Request<B>) -> Option<Request<NoBody>> {
 async fn handle(
     shared: &Ingress,
     target: &Target,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     info: &RequestInfo,
 ) -> Response<ResponseBody> {
     // Two Host headers could route by one and be read by the app as the other.
@@ -204,14 +205,28 @@ async fn handle(
         );
     }
     let start = Instant::now();
+    // Another node forwarded it for one of its routes: served from this node's own pods
+    // of that route only, so it is never forwarded again.
+    let forwarded = req
+        .headers_mut()
+        .remove(skiff_runtime::FORWARDED)
+        .and_then(|v| v.to_str().ok().map(|route| format!("{LOCAL_ROUTE}{route}")));
     let (container, service) = match target {
         Target::ByHost | Target::Route(_) => {
-            let fixed = match target {
-                Target::Route(label) => Some(label.as_str()),
+            let fixed = match (target, &forwarded) {
+                (_, Some(local)) => Some(local.as_str()),
+                (Target::Route(label), None) => Some(label.as_str()),
                 _ => None,
             };
             match pick(shared, &req, info, fixed) {
-                Ok((label, backends, c)) => (c, backends.is_service().then_some((label, backends))),
+                Ok((label, backends, c)) => {
+                    // Counted under the Service's name, forwarded or not.
+                    let label = match label.strip_prefix(LOCAL_ROUTE) {
+                        Some(service) => service.to_string(),
+                        None => label,
+                    };
+                    (c, backends.is_service().then_some((label, backends)))
+                }
                 Err((status, text)) => return plain(status, text),
             }
         }
@@ -376,7 +391,10 @@ where
             plain(status, text)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&container.name) {
+    // A pod of another node names itself; an error of ours names the endpoint.
+    let named = matches!(container.workload(), Workload::Remote(_))
+        && response.headers().contains_key("x-skiff-container");
+    if !named && let Ok(v) = HeaderValue::from_str(&container.name) {
         response.headers_mut().insert("x-skiff-container", v);
     }
     shared

@@ -42,6 +42,8 @@ pub mod desired;
 pub mod ingress;
 pub mod listener;
 pub mod metrics;
+pub mod placement;
+pub mod raft;
 pub mod state;
 
 use std::fs::{self, File, OpenOptions};
@@ -143,6 +145,9 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     cluster: cluster::Cluster,
+    consensus: Arc<raft::Consensus>,
+    /// What this node sees of the cluster, for the reconciler.
+    view: tokio::sync::watch::Sender<Arc<cluster::View>>,
 }
 
 /// A started node.
@@ -184,6 +189,7 @@ impl RunningNode {
             .cluster
             .remember_peers(&self.shared.config.data_dir)
             .await;
+        self.shared.consensus.shutdown().await;
         info!("node stopped");
     }
 }
@@ -219,6 +225,95 @@ fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).expect("the OS has randomness");
     hex::encode(bytes)
+}
+
+/// Tells consensus what gossip sees, every 250 ms: which nodes are live (for the quorum
+/// check and the voters' grace), and, once a second, lets the leader tend the
+/// membership.
+async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
+    let settle = Settle::new(&shared.config.cluster);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members = shared.cluster.members().await;
+        let live: std::collections::BTreeMap<raft::NodeId, raft::Peer> = members
+            .iter()
+            .filter(|m| m.live)
+            .filter_map(|m| {
+                let id = raft::raft_id(&m.node_id)?;
+                let peer = raft::Peer {
+                    api: m.keys.get(skiff_spec::cluster::API)?.clone(),
+                    name: m.keys.get(skiff_spec::cluster::NAME)?.clone(),
+                };
+                Some((id, peer))
+            })
+            .collect();
+        shared.consensus.set_live(live.keys().copied().collect());
+        let view = view_of(&shared.cluster, &members, &shared.consensus, settle);
+        shared.view.send_if_modified(|v| {
+            let changed = **v != view;
+            if changed {
+                *v = Arc::new(view);
+            }
+            changed
+        });
+        shared.cluster.publish_pods(&shared.apps.pod_counts()).await;
+        if n % 4 == 0 {
+            shared.consensus.tend(&live).await;
+        }
+    }
+}
+
+/// How long a starting node waits to hear from every member before it treats the ones
+/// it has not heard from as gone: until then it takes over nobody's pods (a node it has
+/// not heard from yet may well be running them).
+#[derive(Clone, Copy)]
+struct Settle {
+    until: std::time::Instant,
+}
+
+impl Settle {
+    fn new(settings: &cluster::ClusterSettings) -> Self {
+        // Twice the failure detector's time: long enough to hear from every live node.
+        let wait = settings
+            .gossip_interval
+            .mul_f64(settings.phi_threshold * 2.0);
+        Self {
+            until: std::time::Instant::now() + wait,
+        }
+    }
+}
+
+/// What this node sees of the cluster: the live members (itself always), and whether
+/// it may move work (it reaches a majority of the voters, and has heard from every
+/// member or waited long enough to know it will not).
+fn view_of(
+    cluster: &cluster::Cluster,
+    members: &[cluster::Member],
+    consensus: &raft::Consensus,
+    settle: Settle,
+) -> cluster::View {
+    let me = &cluster.identity().node_id;
+    let mut nodes: Vec<cluster::NodeView> = members
+        .iter()
+        .filter(|m| m.live || &m.node_id == me)
+        .map(cluster::Member::view)
+        .collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let heard_from_all = consensus
+        .roles()
+        .keys()
+        .all(|id| nodes.iter().any(|n| raft::raft_id(&n.id) == Some(*id)));
+    let settled = heard_from_all || std::time::Instant::now() >= settle.until;
+    cluster::View {
+        me: me.clone(),
+        nodes,
+        can_place: settled && consensus.in_majority(),
+    }
 }
 
 /// Opens the data dir, restores the apps, binds both listeners and starts serving.
@@ -293,6 +388,37 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let desired = Arc::new(
         desired::DesiredStore::open(state.clone()).context("failed to read the desired state")?,
     );
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let identity = cluster.identity().clone();
+    let raft_id = raft::raft_id(&identity.node_id)
+        .with_context(|| format!("node id {:?} is not 16 hex digits", identity.node_id))?;
+    let peer_key = raft::peer::PeerKey::new(cluster.join_token(), &identity.cluster_id);
+    let consensus = Arc::new(
+        raft::Consensus::start(
+            dir,
+            &identity.cluster_id,
+            raft_id,
+            raft::Peer {
+                api: cluster::advertised(api_addr, config.cluster.advertise).to_string(),
+                name: identity.name.clone(),
+            },
+            desired.clone(),
+            kick.clone(),
+            raft::peer::PeerClient::new(peer_key),
+            !identity.joined,
+            config.cluster.voter_grace,
+        )
+        .await?,
+    );
+    // Before gossip is heard only a lone voter sees a majority: a restarted member of a
+    // larger cluster starts no pods before it knows where the others run theirs.
+    let initial = view_of(
+        &cluster,
+        &cluster.members().await,
+        &consensus,
+        Settle::new(&config.cluster),
+    );
+    let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let settings = apps::Settings {
         sites: dir.join("sites"),
         url_suffix,
@@ -301,6 +427,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         data: dir.clone(),
         extract: config.extract,
         desired,
+        consensus: consensus.clone(),
+        kick,
+        view: view_rx,
+        body_timeout: config.listener.body_timeout,
+        token: token.clone(),
+        pull_cap: config.upload_cap,
     };
     let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;
@@ -313,6 +445,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics,
         shutdown: shutdown.clone(),
         cluster,
+        consensus,
+        view: view_tx,
     });
 
     let exits = {
@@ -322,6 +456,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let reconciler = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move { shared.apps.run_reconciler(shutdown).await })
+    };
+    let membership = {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move { follow_membership(&shared, shutdown).await })
     };
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
@@ -361,7 +499,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         gossip_addr: shared.cluster.gossip_addr(),
         join_token: shared.cluster.join_token().to_string(),
         shutdown,
-        tasks: vec![ingress, api, exits, reconciler],
+        tasks: vec![ingress, api, exits, reconciler, membership],
         shared,
         _lock: lock,
     })

@@ -24,12 +24,14 @@
 mod body;
 mod log;
 pub mod oci;
+mod remote;
 mod site;
 mod wasm;
 mod workload;
 
 pub use body::{BodyStalled, Guarded, ProgressBody};
 pub use log::{LogBook, LogStream};
+pub use remote::{FORWARDED, RemoteWorkload};
 pub use site::StaticSite;
 pub use wasm::{
     CompileError, Compiled, CompilerCommand, ContainerConfig, MemoryError, MemoryReservation,

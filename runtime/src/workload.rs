@@ -34,6 +34,8 @@ pub enum Workload {
     Static(StaticSite),
     /// A Linux container run by runc, reached over HTTP.
     Oci(OciWorkload),
+    /// Pods on another node, reached through its ingress.
+    Remote(crate::RemoteWorkload),
 }
 
 impl fmt::Debug for Workload {
@@ -43,6 +45,7 @@ impl fmt::Debug for Workload {
             Workload::Wagi(_) => f.write_str("Workload::Wagi"),
             Workload::Static(_) => f.write_str("Workload::Static"),
             Workload::Oci(_) => f.write_str("Workload::Oci"),
+            Workload::Remote(r) => write!(f, "Workload::Remote({})", r.target()),
         }
     }
 }
@@ -85,6 +88,7 @@ impl Workload {
             Workload::Wagi(w) => w.handle(req, info).await,
             Workload::Static(site) => Ok(site.handle(req.method(), req.uri(), req.headers()).await),
             Workload::Oci(w) => w.handle(req).await,
+            Workload::Remote(w) => w.handle(req).await,
         }
     }
 }

@@ -12,3 +12,7 @@ pub const VERSION: &str = "version";
 pub const LABELS: &str = "labels";
 /// When this generation started (RFC 3339).
 pub const STARTED: &str = "started";
+/// Memory it offers pods, bytes (`--capacity-memory`).
+pub const CAPACITY: &str = "capacity";
+/// `pods.<deployment>`: the Deployment's pods on it, `total,updated,ready,available`.
+pub const PODS_PREFIX: &str = "pods.";

@@ -230,6 +230,9 @@ pub struct PodSpec {
     /// The node a pod runs on (set by the node, on pods only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// Labels a node must have to run the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// A pod's container.
@@ -732,6 +735,7 @@ mod tests {
             spec: PodSpec {
                 containers: Vec::new(),
                 node_name: Some("n".into()),
+                ..PodSpec::default()
             },
             status: PodStatus {
                 phase: "Running".into(),

@@ -1,11 +1,11 @@
 //! A cluster of nodes on loopback: joining with the join token, gossip membership,
 //! failure detection, rejoining, and gossip that is not the cluster's.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Node, err, ok, skiff, wait_for};
+use crate::harness::{Load, Node, err, ok, skiff, wait_for};
 
 /// `get nodes -o json` as seen from `node`: (name, ready) pairs.
 async fn nodes(node: &Node) -> Vec<(String, bool)> {
@@ -161,4 +161,255 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
         "nothing kept of a refused join"
     );
     assert_eq!(nodes(&first).await.len(), 3);
+}
+
+/// Three nodes on loopback, the second and third joined to the first; the third's data
+/// dir is `dir3` (it outlives the process, for restarts).
+async fn three_nodes(dir3: &std::path::Path) -> (Node, Node, Node) {
+    let first = Node::start_with(&["--node-name", "one"]).await;
+    let join = join_args(&first);
+    let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
+    extra.extend(["--node-name", "two"]);
+    let second = Node::start_with(&extra).await;
+    let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
+    extra.extend(["--node-name", "three"]);
+    let third = Node::start_in(dir3, &extra).await;
+    // Formed: every node sees three ready nodes, and Raft has a leader and 3 voters.
+    for n in [&first, &second, &third] {
+        wait_ready(n, 3, 3, "three ready nodes").await;
+    }
+    wait_for("three Raft voters", Duration::from_secs(30), || async {
+        let r = roles(&first).await;
+        (r.values().filter(|r| *r == "leader").count() == 1
+            && r.values().filter(|r| *r == "voter").count() == 2)
+            .then_some(())
+    })
+    .await;
+    (first, second, third)
+}
+
+/// Each node's Raft role, by name, as `get nodes -o json` shows it (kubectl's
+/// `node-role.kubernetes.io/<role>` labels).
+async fn roles(node: &Node) -> std::collections::BTreeMap<String, String> {
+    let out = skiff(node, &["get", "nodes", "-o", "json"]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut roles = std::collections::BTreeMap::new();
+    for n in v["items"].as_array().into_iter().flatten() {
+        let role = n["metadata"]["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .find_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+            .unwrap_or("")
+            .to_string();
+        roles.insert(n["metadata"]["name"].as_str().unwrap_or("").into(), role);
+    }
+    roles
+}
+
+/// The pods of `selector` as `node` lists them (every node's): (name, node, ready).
+async fn pods(node: &Node, selector: &str) -> Vec<(String, String, bool)> {
+    let v: Value = node
+        .api_get(&format!(
+            "/api/v1/namespaces/default/pods?labelSelector={selector}"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                p["status"]["containerStatuses"][0]["ready"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Waits until `selector` has `n` ready pods on `nodes` distinct nodes.
+async fn wait_spread(
+    node: &Node,
+    selector: &str,
+    n: usize,
+    nodes: usize,
+) -> Vec<(String, String, bool)> {
+    wait_for(
+        &format!("{n} ready pods of {selector} on {nodes} nodes"),
+        Duration::from_secs(30),
+        || async {
+            let p = pods(node, selector).await;
+            let on: std::collections::BTreeSet<&str> =
+                p.iter().map(|(_, n, _)| n.as_str()).collect();
+            (p.len() == n && p.iter().all(|(_, _, r)| *r) && on.len() == nodes).then_some(p.clone())
+        },
+    )
+    .await
+}
+
+/// Which pods answer `count` requests for `app` through `node`'s ingress.
+async fn served_by(node: &Node, app: &str, count: usize) -> std::collections::BTreeSet<String> {
+    let mut by = std::collections::BTreeSet::new();
+    for _ in 0..count {
+        let r = node
+            .app(reqwest::Method::GET, app, "/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        by.insert(
+            r.headers()
+                .get("x-skiff-container")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default(),
+        );
+    }
+    by
+}
+
+#[tokio::test]
+async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_dead_one() {
+    let dir3 = tempfile::tempdir().unwrap();
+    let (first, second, third) = three_nodes(dir3.path()).await;
+    // The image is built on one node only: the others fetch it when their pods need it.
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("html")).unwrap();
+    std::fs::write(
+        site.join("Dockerfile"),
+        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\n",
+    )
+    .unwrap();
+    std::fs::write(site.join("html/index.html"), "<h1>my web app</h1>\n").unwrap();
+    ok(&skiff(
+        &first,
+        &["build", "-t", "my-web-app", site.to_str().unwrap()],
+    )
+    .await);
+    // The nginx example's two files, applied through a node that does not lead.
+    let (d, s) = (
+        dir.path().join("deployment.yaml"),
+        dir.path().join("service.yaml"),
+    );
+    std::fs::write(&d, include_str!("../../samples/nginx-k8s/deployment.yaml")).unwrap();
+    std::fs::write(&s, include_str!("../../samples/nginx-k8s/service.yaml")).unwrap();
+    let leader = roles(&first)
+        .await
+        .into_iter()
+        .find(|(_, r)| r == "leader")
+        .unwrap()
+        .0;
+    let follower = [&first, &second, &third]
+        .into_iter()
+        .zip(["one", "two", "three"])
+        .find(|(_, name)| *name != leader)
+        .unwrap()
+        .0;
+    let out = ok(&skiff(
+        follower,
+        &[
+            "apply",
+            "-f",
+            d.to_str().unwrap(),
+            "-f",
+            s.to_str().unwrap(),
+        ],
+    )
+    .await);
+    assert_eq!(
+        out,
+        "deployment.apps/my-web-app created\nservice/my-web-app created\n"
+    );
+    // The follower answered once the write was applied there: it reads it back at once.
+    let got = ok(&skiff(follower, &["get", "deployment", "my-web-app", "-o", "name"]).await);
+    assert_eq!(got.trim(), "deployment.apps/my-web-app");
+
+    // One pod per node, and every node's ingress is served by all three.
+    let placed = wait_spread(&first, "app=my-web-app", 3, 3).await;
+    let all: std::collections::BTreeSet<String> =
+        placed.iter().map(|(p, _, _)| p.clone()).collect();
+    for n in [&first, &second, &third] {
+        assert_eq!(
+            pods(n, "app=my-web-app").await.len(),
+            3,
+            "every node lists every pod"
+        );
+        // Routes follow gossip, a moment behind the pods.
+        wait_for(
+            "every pod to serve through this node",
+            Duration::from_secs(10),
+            || async { (served_by(n, "my-web-app", 30).await == all).then_some(()) },
+        )
+        .await;
+    }
+    let status = ok(&skiff(&second, &["get", "deployment", "my-web-app"]).await);
+    assert!(status.contains("3/3"), "{status}");
+
+    // kill -9 the third node under load through the first: its pod runs elsewhere, and
+    // once the node is seen dead no request fails.
+    let load = Load::start(&first, "my-web-app", 4);
+    load.wait_count(200).await;
+    let third_pod = placed
+        .iter()
+        .find(|(_, n, _)| n == "three")
+        .unwrap()
+        .0
+        .clone();
+    third.kill9();
+    let killed = Instant::now();
+    wait_ready(&first, 2, 3, "the killed node to be marked not ready").await;
+    let detected = Instant::now();
+    let moved = wait_spread(&first, "app=my-web-app", 3, 2).await;
+    let moved_in = killed.elapsed();
+    assert!(!moved.iter().any(|(p, _, _)| *p == third_pod));
+    let before = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_count(before + 500).await;
+    let failed_at = load.failed_at.lock().unwrap().clone();
+    let (good, bad, errors, _) = load.finish().await;
+    let after_detection = failed_at.iter().filter(|t| **t >= detected).count();
+    assert_eq!(
+        after_detection,
+        0,
+        "{after_detection} requests failed after the dead node was detected ({good} fine, {bad} bad, {errors} errors); detected {:?} after the kill, pods moved after {moved_in:?}",
+        detected - killed
+    );
+
+    // It comes back on its own: pods spread again, and there are never more than
+    // replicas + maxSurge (3 + 1) at once on the way.
+    let third = Node::start_in(dir3.path(), &[]).await;
+    let most = std::sync::Mutex::new(Vec::new());
+    wait_for(
+        "the pods to spread over three nodes again",
+        Duration::from_secs(30),
+        || async {
+            let p = pods(&first, "app=my-web-app").await;
+            {
+                let mut most = most.lock().unwrap();
+                if p.len() > most.len() {
+                    *most = p.clone();
+                }
+            }
+            let on: std::collections::BTreeSet<&str> =
+                p.iter().map(|(_, n, _)| n.as_str()).collect();
+            (p.len() == 3 && p.iter().all(|(_, _, r)| *r) && on.len() == 3).then_some(())
+        },
+    )
+    .await;
+    let most = most.into_inner().unwrap();
+    assert!(
+        most.len() <= 4,
+        "{} pods at once while the node rejoined: {most:?}",
+        most.len()
+    );
+    wait_for(
+        "the rejoined node to route to all three pods",
+        Duration::from_secs(10),
+        || async { (served_by(&third, "my-web-app", 30).await.len() == 3).then_some(()) },
+    )
+    .await;
 }

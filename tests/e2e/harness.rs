@@ -1,11 +1,13 @@
 //! Starts real `skiff up` processes on ephemeral loopback ports in temp dirs, and talks to
 //! them over real HTTP.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -442,4 +444,106 @@ pub fn raw_layer(entries: &[RawEntry]) -> Vec<u8> {
         t.append(&h, data).unwrap();
     }
     t.into_inner().unwrap()
+}
+
+/// Sends GETs to `app` through `node`'s ingress from `workers` tasks until stopped (or
+/// 120 s), counting 2xx, other statuses and connection errors, when each failure was
+/// sent, and which body answered.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub bad: Arc<AtomicU64>,
+    pub errors: Arc<AtomicU64>,
+    /// When each failed request (a non-2xx status or a connection error) was sent.
+    pub failed_at: Arc<Mutex<Vec<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
+}
+
+impl Load {
+    pub fn start(node: &Node, app: &str, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, bad, errors): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) =
+            (Arc::default(), Arc::default(), Arc::default());
+        let failed_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, bad, errors, failed_at) = (
+                    stop.clone(),
+                    ok.clone(),
+                    bad.clone(),
+                    errors.clone(),
+                    failed_at.clone(),
+                );
+                let req = node.app(reqwest::Method::GET, app, "/");
+                tokio::spawn(async move {
+                    let mut bodies: BTreeMap<String, u64> = BTreeMap::new();
+                    // Bounded in time as well as by the flag.
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let sent = Instant::now();
+                        match req.try_clone().unwrap().send().await {
+                            Ok(r) if r.status().is_success() => {
+                                let body = r.text().await.unwrap_or_default();
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                *bodies.entry(body).or_default() += 1;
+                            }
+                            Ok(r) => {
+                                eprintln!(
+                                    "non-2xx: {} {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                );
+                                bad.fetch_add(1, Ordering::Relaxed);
+                                failed_at.lock().unwrap().push(sent);
+                            }
+                            Err(e) => {
+                                eprintln!("connection error: {e}");
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                failed_at.lock().unwrap().push(sent);
+                            }
+                        }
+                    }
+                    bodies
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            bad,
+            errors,
+            failed_at,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` requests have been answered (well or not).
+    pub async fn wait_count(&self, n: u64) {
+        wait_for(
+            &format!("{n} requests served"),
+            Duration::from_secs(60),
+            || async {
+                (self.ok.load(Ordering::Relaxed) + self.bad.load(Ordering::Relaxed) >= n)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Stops: (2xx, other statuses, connection errors, answers by body).
+    pub async fn finish(self) -> (u64, u64, u64, BTreeMap<String, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut bodies = BTreeMap::new();
+        for t in self.tasks {
+            for (k, v) in t.await.unwrap() {
+                *bodies.entry(k).or_insert(0) += v;
+            }
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.bad.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            bodies,
+        )
+    }
 }

@@ -2,13 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Node, err, hello_wasm, ok, skiff, wait_for};
+use crate::harness::{Load, Node, err, hello_wasm, ok, skiff, wait_for};
 
 /// The nginx example's two manifests, as people write them (samples/nginx-k8s).
 const DEPLOYMENT: &str = include_str!("../../samples/nginx-k8s/deployment.yaml");
@@ -264,101 +263,6 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
         e.contains("NotFound") && e.contains("service/my-web-app"),
         "{e}"
     );
-}
-
-/// Sends GETs to `app` from `workers` tasks until `stop`, counting 2xx, other statuses
-/// and connection errors, and which greeting answered.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    bad: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
-}
-
-impl Load {
-    fn start(node: &Node, app: &str, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, bad, errors) = (Arc::default(), Arc::default(), Arc::default());
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, bad, errors): (
-                    Arc<AtomicBool>,
-                    Arc<AtomicU64>,
-                    Arc<AtomicU64>,
-                    Arc<AtomicU64>,
-                ) = (
-                    stop.clone(),
-                    Arc::clone(&ok),
-                    Arc::clone(&bad),
-                    Arc::clone(&errors),
-                );
-                let req = node.app(reqwest::Method::GET, app, "/");
-                tokio::spawn(async move {
-                    let mut bodies: BTreeMap<String, u64> = BTreeMap::new();
-                    // Bounded in time as well as by the flag.
-                    let deadline = Instant::now() + Duration::from_secs(120);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match req.try_clone().unwrap().send().await {
-                            Ok(r) if r.status().is_success() => {
-                                let body = r.text().await.unwrap_or_default();
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                *bodies.entry(body).or_default() += 1;
-                            }
-                            Ok(r) => {
-                                eprintln!(
-                                    "non-2xx: {} {}",
-                                    r.status(),
-                                    r.text().await.unwrap_or_default()
-                                );
-                                bad.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                eprintln!("connection error: {e}");
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    bodies
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            bad,
-            errors,
-            tasks,
-        }
-    }
-
-    async fn wait_count(&self, n: u64) {
-        wait_for(
-            &format!("{n} requests served"),
-            Duration::from_secs(60),
-            || async {
-                (self.ok.load(Ordering::Relaxed) + self.bad.load(Ordering::Relaxed) >= n)
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-
-    async fn finish(self) -> (u64, u64, u64, BTreeMap<String, u64>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut bodies = BTreeMap::new();
-        for t in self.tasks {
-            for (k, v) in t.await.unwrap() {
-                *bodies.entry(k).or_insert(0) += v;
-            }
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.bad.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-            bodies,
-        )
-    }
 }
 
 #[tokio::test]

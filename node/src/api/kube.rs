@@ -9,6 +9,7 @@
 //! `rollout history`. Scale is the Kubernetes `scale` subresource.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::routing::{get, post};
@@ -52,7 +53,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             get(get_service).put(put_service).delete(delete_service),
         )
         .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/{name}", get(get_node))
+        .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}",
@@ -408,14 +409,89 @@ async fn delete_service(
     Ok(Json(s))
 }
 
+/// Every node gossip knows, with its Raft role and whether it is cordoned.
 async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
+    let roles = shared.consensus.roles();
+    let cordoned = shared.apps.cordoned();
     shared
         .cluster
         .members()
         .await
         .iter()
-        .map(crate::cluster::Member::node)
+        .map(|m| {
+            let role = crate::raft::raft_id(&m.node_id)
+                .and_then(|id| roles.get(&id))
+                .map_or(crate::raft::Role::None, |r| *r);
+            let mut node = m.node(role.as_str());
+            node.spec.unschedulable = cordoned.contains(&node.metadata.name);
+            node
+        })
         .collect()
+}
+
+/// `PATCH /api/v1/nodes/{name}`: only `spec.unschedulable` may change (cordon,
+/// uncordon), as a JSON merge or strategic merge patch carries it.
+async fn patch_node(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<k8s::Node>, ApiError> {
+    if !nodes(&shared).await.iter().any(|n| n.metadata.name == name) {
+        return Err(ApiError::not_found(format!("node {name} not found")));
+    }
+    let patch: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_patch", format!("the patch is not JSON: {e}"))
+    })?;
+    let unschedulable = match &patch["spec"]["unschedulable"] {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Null => false,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_patch",
+                format!("spec.unschedulable must be true or false, not {other}"),
+            ));
+        }
+    };
+    shared
+        .apps
+        .submit(Command::Cordon {
+            node: name.clone(),
+            unschedulable,
+        })
+        .await?;
+    nodes(&shared)
+        .await
+        .into_iter()
+        .find(|n| n.metadata.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))
+}
+
+/// This node's pods and every live peer's (a peer that does not answer within 2 s is
+/// left out: its pods show once it does).
+pub(super) async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
+    let mut pods = shared.apps.pod_objects(&shared.cluster.identity().name);
+    let view = shared.apps.view();
+    let asks = view
+        .nodes
+        .iter()
+        .filter(|n| n.id != view.me)
+        .filter_map(|n| n.api.clone())
+        .map(|api| async move {
+            shared
+                .consensus
+                .client()
+                .call::<_, Vec<k8s::Pod>>(&api, "/v1/peer/pods", &(), Duration::from_secs(2))
+                .await
+        });
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(remote) => pods.extend(remote),
+            Err(e) => tracing::debug!(error = %e, "a peer's pods are left out"),
+        }
+    }
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    pods
 }
 
 async fn list_nodes(
@@ -450,20 +526,18 @@ async fn list_pods(
 ) -> Result<Json<List<k8s::Pod>>, ApiError> {
     namespace(&ns)?;
     let reqs = selector(q.label_selector.as_deref().unwrap_or(""))?;
-    let items = shared
-        .apps
-        .pod_objects(&shared.cluster.identity().name)
+    let items = all_pods(&shared)
+        .await
         .into_iter()
         .filter(|p| matches(&reqs, &p.metadata.labels))
         .collect();
     Ok(list("v1", "PodList", shared.apps.desired_version(), items))
 }
 
-/// Pod `name` as the API shows it, or 404.
-fn pod(shared: &Shared, name: &str) -> Result<k8s::Pod, ApiError> {
-    shared
-        .apps
-        .pod_objects(&shared.cluster.identity().name)
+/// Pod `name` (on any node) as the API shows it, or 404.
+async fn pod(shared: &Shared, name: &str) -> Result<k8s::Pod, ApiError> {
+    all_pods(shared)
+        .await
         .into_iter()
         .find(|p| p.metadata.name == name)
         .ok_or_else(|| ApiError::not_found(format!("pod {name} not found")))
@@ -474,7 +548,7 @@ async fn get_pod(
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<k8s::Pod>, ApiError> {
     namespace(&ns)?;
-    Ok(Json(pod(&shared, &name)?))
+    Ok(Json(pod(&shared, &name).await?))
 }
 
 async fn delete_pod(
@@ -482,7 +556,13 @@ async fn delete_pod(
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<k8s::Pod>, ApiError> {
     namespace(&ns)?;
-    let pod = pod(&shared, &name)?;
+    let pod = pod(&shared, &name).await?;
+    if pod.spec.node_name.as_deref() != Some(shared.cluster.identity().name.as_str()) {
+        return Err(ApiError::conflict(format!(
+            "pod {name} runs on node {}: delete it through that node's API",
+            pod.spec.node_name.as_deref().unwrap_or("?")
+        )));
+    }
     shared.apps.delete_pod(&name)?;
     Ok(Json(pod))
 }

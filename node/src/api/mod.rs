@@ -22,6 +22,7 @@ use crate::Shared;
 mod containers;
 mod images;
 mod kube;
+mod peer;
 
 /// The API's one error type: a status, a stable code and a message. 4xx carry the
 /// detail; 5xx are logged with an id and the client sees only the id.
@@ -126,6 +127,9 @@ impl From<crate::apps::AppError> for ApiError {
             AppError::Conflict(m) => ApiError::conflict(m),
             AppError::OverBudget(m) => ApiError::over_budget(m),
             AppError::NotReady(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_ready", m),
+            AppError::Unavailable { code, message } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            }
             AppError::Internal(m) => ApiError::internal(m),
         }
     }
@@ -198,6 +202,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/cluster/join",
             axum::routing::post(cluster_join).layer(DefaultBodyLimit::max(64 << 10)),
         )
+        // Called by other nodes: signed with the cluster's peer key instead.
+        .merge(peer::routes())
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(middleware::from_fn(close_after_refused_uploads))

@@ -50,6 +50,7 @@ use crate::state::OciOptions;
 use skiff_gateway::Endpoint as _;
 
 mod probes;
+pub(crate) mod spread;
 mod status;
 
 use probes::*;
@@ -162,6 +163,10 @@ struct Inner {
     node_ports: BTreeMap<u16, (String, CancellationToken)>,
     /// Ports that could not be bound (warned about once).
     unbindable: BTreeMap<u16, String>,
+    /// Pods of each Deployment this node decided to run, last time it could decide.
+    shares: BTreeMap<String, i32>,
+    /// Endpoints standing for other nodes' pods: (node, Service, n, ingress).
+    remotes: BTreeMap<(String, String, u32, std::net::SocketAddr), Arc<Container>>,
 }
 
 impl Inner {
@@ -187,22 +192,21 @@ fn push_event(events: &mut VecDeque<EventInfo>, kind: &str, reason: &str, messag
 /// The node's pods of Deployments, shared by the reconciler, the probes and the API.
 pub(crate) struct PodTable {
     inner: Mutex<Inner>,
-    kick: Notify,
+    kick: Arc<Notify>,
     /// Counts the reconciler's passes: what waits for a rollout watches it.
     passes: tokio::sync::watch::Sender<u64>,
 }
 
-impl Default for PodTable {
-    fn default() -> Self {
+impl PodTable {
+    /// An empty table whose reconciler wakes on `kick`.
+    pub(crate) fn new(kick: Arc<Notify>) -> Self {
         Self {
             inner: Mutex::default(),
-            kick: Notify::new(),
+            kick,
             passes: tokio::sync::watch::Sender::new(0),
         }
     }
-}
 
-impl PodTable {
     /// A receiver that sees every pass of the reconciler end.
     pub(crate) fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.passes.subscribe()
@@ -374,22 +378,32 @@ pub(super) fn pod_spec(
 impl Apps {
     /// Runs the reconciler until the node stops. Run once, by the node.
     pub(crate) async fn run_reconciler(&self, shutdown: CancellationToken) {
+        let mut view = self.view.clone();
         loop {
             self.reconcile().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.pods.kick.notified() => {}
+                // The cluster changed: a node came or went, another node's pods did.
+                Ok(()) = view.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     }
 
+    /// This node's pods of each Deployment (what it gossips).
+    pub(crate) fn pod_counts(&self) -> BTreeMap<String, crate::cluster::PodCounts> {
+        spread::pod_counts(&self.pods.lock())
+    }
+
     /// One pass: plan every Deployment, stop and start pods, route every Service.
     pub(super) async fn reconcile(&self) {
         let state = self.desired.snapshot().state;
+        let view = self.view.borrow().clone();
         let now = now_ms();
         let (to_stop, to_launch) = {
             let mut inner = self.pods.lock();
+            let targets = spread::local_targets(&mut inner, &state, &view);
             let mut to_stop: Vec<String> = inner
                 .pods
                 .iter()
@@ -417,8 +431,11 @@ impl Apps {
                         phase: p.phase(),
                     })
                     .collect();
-                let plan = rollout::plan(&d.object, hash, &observed, now);
-                track(&mut inner, d, &plan, now);
+                // This node's part of the Deployment, rolled out as a Deployment of its own.
+                let mut local = d.clone();
+                local.object.spec.replicas = Some(targets.get(name).copied().unwrap_or(0));
+                let plan = rollout::plan(&local.object, hash, &observed, now);
+                track(&mut inner, &local, &plan, now);
                 for action in plan.actions {
                     match action {
                         Action::Start { hash } => {
@@ -480,7 +497,7 @@ impl Apps {
         for pod in &to_launch {
             self.launch(pod).await;
         }
-        self.route_services(&state);
+        self.route_services(&state, &view);
         // What was just done shows in the next pass's status: run it now rather than at
         // the next tick, so a rollout's end is seen at once.
         if !to_stop.is_empty() || !to_launch.is_empty() {
@@ -626,7 +643,16 @@ impl Apps {
             .containers
             .first()
             .ok_or_else(|| AppError::invalid("invalid_manifest", "the pod has no container"))?;
-        let digest = self.resolve(&c.image).await?;
+        let digest = match self.resolve(&c.image).await {
+            Err(AppError::NotFound(why)) => {
+                // Not here: another node may have it.
+                if !self.pull_from_peers(&c.image).await? {
+                    return Err(AppError::NotFound(why));
+                }
+                self.resolve(&c.image).await?
+            }
+            other => other?,
+        };
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
         let spec = pod_spec(deployment, template, &summary)?;
@@ -691,32 +717,52 @@ impl Apps {
             .restart(pod, instance, "BackOff", format!("container {how}"));
     }
 
-    /// Points each Service's route at the running pods its selector picks, swapping a
-    /// route only when what it holds changed (endpoint statistics live on the pods, so
-    /// they survive the swap either way).
-    fn route_services(&self, state: &State) {
+    /// Points each Service's route at the running pods its selector picks, here and on
+    /// the other live nodes, and its local route (what requests other nodes forward are
+    /// served from) at the ones here; swaps a route only when what it holds changed
+    /// (endpoint statistics live on the endpoints, so they survive the swap either way).
+    fn route_services(&self, state: &State, view: &crate::cluster::View) {
         let mut inner = self.pods.lock();
+        let mut remotes_used = std::collections::BTreeSet::new();
         for (name, service) in &state.services {
-            let endpoints: Vec<Arc<Container>> = inner
+            let local: Vec<Arc<Container>> = inner
                 .pods
                 .values()
                 .filter(|p| selects(service, &p.labels))
                 .filter_map(|p| p.running().cloned())
                 .collect();
-            let key = RouteKey {
-                containers: endpoints.iter().map(|c| c.id.clone()).collect(),
-                balancing: balancing(service),
-            };
-            if inner.routes.get(name) != Some(&key) {
-                let backends = Backends::balanced(endpoints, key.balancing.clone()).for_service();
-                self.ingress.table.set_backends(name, backends);
-                inner.routes.insert(name.clone(), key);
+            let remote = spread::remote_endpoints(
+                &mut inner,
+                state,
+                view,
+                name,
+                &self.remote_client,
+                self.body_timeout,
+            );
+            remotes_used.extend(remote.iter().map(|c| c.id.clone()));
+            let all: Vec<Arc<Container>> = local.iter().chain(&remote).cloned().collect();
+            let local_name = format!("{}{name}", spread::LOCAL_ROUTE);
+            for (label, endpoints) in [(name, all), (&local_name, local)] {
+                let key = RouteKey {
+                    containers: endpoints.iter().map(|c| c.id.clone()).collect(),
+                    balancing: balancing(service),
+                };
+                if inner.routes.get(label) != Some(&key) {
+                    let backends =
+                        Backends::balanced(endpoints, key.balancing.clone()).for_service();
+                    self.ingress.table.set_backends(label, backends);
+                    inner.routes.insert(label.clone(), key);
+                }
             }
         }
+        inner.remotes.retain(|_, c| remotes_used.contains(&c.id));
         let gone: Vec<String> = inner
             .routes
             .keys()
-            .filter(|n| !state.services.contains_key(*n))
+            .filter(|n| {
+                let service = n.strip_prefix(spread::LOCAL_ROUTE).unwrap_or(n);
+                !state.services.contains_key(service)
+            })
             .cloned()
             .collect();
         for name in gone {
@@ -780,14 +826,14 @@ impl Apps {
     /// The Deployment `name` as stored, with the status the reconciler last saw.
     pub(crate) fn deployment_object(&self, d: &StoredDeployment) -> k8s::Deployment {
         let mut object = d.object.clone();
-        let inner = self.pods.lock();
-        object.status = Some(
-            inner
-                .progress
-                .get(&object.metadata.name)
-                .map(|p| p.status.clone())
-                .unwrap_or_default(),
-        );
+        let local = self
+            .pods
+            .lock()
+            .progress
+            .get(&object.metadata.name)
+            .map(|p| p.status.clone())
+            .unwrap_or_default();
+        object.status = Some(spread::cluster_status(d, local, &self.view.borrow()));
         object
     }
 

@@ -24,9 +24,33 @@ pub enum AppError {
     /// It was done, but what it started did not become ready in time.
     #[error("{0}")]
     NotReady(String),
+    /// The cluster cannot take the change now (no quorum, no leader); `code` says which.
+    #[error("{message}")]
+    Unavailable {
+        /// `no_quorum`, `no_leader`, `not_confirmed`, `consensus_failed`.
+        code: &'static str,
+        /// What is missing, naming the voters.
+        message: String,
+    },
     /// Something on the node failed (I/O, a task); the detail is for the log.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::raft::ConsensusError> for AppError {
+    fn from(e: crate::raft::ConsensusError) -> Self {
+        use crate::raft::ConsensusError as E;
+        let code = match &e {
+            E::NoQuorum { .. } => "no_quorum",
+            E::NoLeader(_) | E::Leader { .. } => "no_leader",
+            E::Timeout(_) => "not_confirmed",
+            E::Fatal(_) => "consensus_failed",
+        };
+        AppError::Unavailable {
+            code,
+            message: e.to_string(),
+        }
+    }
 }
 
 impl AppError {
@@ -66,6 +90,7 @@ impl AppError {
             AppError::Conflict(_) => "conflict",
             AppError::OverBudget(_) => "over_budget",
             AppError::NotReady(_) => "not_ready",
+            AppError::Unavailable { code, .. } => code,
             AppError::Internal(_) => "internal",
         }
     }
@@ -78,7 +103,7 @@ impl AppError {
             | AppError::OverBudget(m)
             | AppError::NotReady(m)
             | AppError::Internal(m) => m,
-            AppError::Invalid { message, .. } => message,
+            AppError::Invalid { message, .. } | AppError::Unavailable { message, .. } => message,
         }
     }
 }

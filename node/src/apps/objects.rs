@@ -38,18 +38,27 @@ fn result(applied: Applied) -> ObjectResult {
 }
 
 impl Apps {
-    /// Applies one command durably and wakes the reconciler.
+    /// Applies one command through the cluster's log (durable on a quorum, applied on
+    /// this node before it answers) and wakes the reconciler.
     pub(crate) async fn submit(&self, command: Command) -> Result<Applied, AppError> {
-        let desired = self.desired.clone();
-        let outcome = tokio::task::spawn_blocking(move || desired.submit(command))
-            .await
-            .map_err(AppError::internal)?
-            .map_err(AppError::internal)?;
+        let outcome = self.consensus.write(command).await?;
         self.pods.kick();
+        let outcome =
+            outcome.ok_or_else(|| AppError::internal("a command's entry had no answer"))?;
         outcome.map_err(|rejected| match rejected {
             Rejected::NotFound(what) => AppError::not_found(format!("{what} not found")),
             Rejected::Invalid(why) => AppError::invalid("invalid", why),
         })
+    }
+
+    /// Nodes cordoned, by name.
+    pub(crate) fn cordoned(&self) -> std::collections::BTreeSet<String> {
+        self.desired.read(|s| s.state.cordoned.clone())
+    }
+
+    /// What this node sees of the cluster now.
+    pub(crate) fn view(&self) -> std::sync::Arc<crate::cluster::View> {
+        self.view.borrow().clone()
     }
 
     /// Whether a Service takes `name` (an app or container may not).

@@ -530,6 +530,8 @@ impl Apps {
                 skiff_runtime::Workload::Wagi(_) => skiff_spec::AppKind::Wagi,
                 skiff_runtime::Workload::Static(_) => skiff_spec::AppKind::Static,
                 skiff_runtime::Workload::Oci(_) => skiff_spec::AppKind::Oci,
+                // Pods of other nodes are listed by those nodes.
+                skiff_runtime::Workload::Remote(_) => continue,
             };
             out.push(ContainerInfo {
                 id: c.id.clone(),

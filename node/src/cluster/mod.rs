@@ -49,6 +49,11 @@ pub struct ClusterSettings {
     pub gossip_interval: Duration,
     /// Suspicion above which a silent member is dead (phi accrual).
     pub phi_threshold: f64,
+    /// How long a Raft voter may be dead before a live node takes its vote.
+    pub voter_grace: Duration,
+    /// Memory this node offers pods, bytes (placement's weight and bound); default: the
+    /// machine's.
+    pub capacity_memory: Option<u64>,
 }
 
 impl Default for ClusterSettings {
@@ -63,6 +68,8 @@ impl Default for ClusterSettings {
             // phi 8 at 200 ms: a silent member is dead in about 1.8 s on this hardware.
             gossip_interval: Duration::from_millis(200),
             phi_threshold: 8.0,
+            voter_grace: Duration::from_secs(30),
+            capacity_memory: None,
         }
     }
 }
@@ -82,6 +89,9 @@ pub struct Identity {
     /// Raised by every start.
     #[serde(default)]
     pub generation: u64,
+    /// Whether this node joined a cluster (else it founded one).
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// `POST /v1/cluster/join`: a node asking in.
@@ -213,6 +223,7 @@ pub async fn prepare(
                         cluster_id: answer.cluster_id,
                         seeds: answer.seeds,
                         generation: 0,
+                        joined: true,
                     }
                 }
                 None => {
@@ -223,6 +234,7 @@ pub async fn prepare(
                         cluster_id: crate::random_hex(8),
                         seeds: Vec::new(),
                         generation: 0,
+                        joined: false,
                     }
                 }
             }
@@ -263,10 +275,14 @@ impl Member {
         self.keys.get(k).map_or("", String::as_str)
     }
 
-    /// As the Kubernetes API shows a node.
-    pub fn node(&self) -> k8s::Node {
-        let labels: BTreeMap<String, String> =
+    /// As the Kubernetes API shows a node; `role` (its Raft role, if any) is shown as
+    /// kubectl reads roles, a `node-role.kubernetes.io/<role>` label.
+    pub fn node(&self, role: &str) -> k8s::Node {
+        let mut labels: BTreeMap<String, String> =
             serde_json::from_str(self.key(keys::LABELS)).unwrap_or_default();
+        if !role.is_empty() {
+            labels.insert(format!("node-role.kubernetes.io/{role}"), String::new());
+        }
         let api = self.key(keys::API);
         let host = api.rsplit_once(':').map_or(api, |(h, _)| h).to_string();
         k8s::Node {
@@ -307,6 +323,104 @@ impl Member {
                     machine_id: self.node_id.clone(),
                 },
             },
+        }
+    }
+}
+
+/// The machine's memory, bytes (`MemTotal`), or 1 GiB when it cannot be read.
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kb| kb * 1024)
+}
+
+/// A live node as placement and routing see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// Its node id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Memory it offers pods, bytes.
+    pub capacity: u64,
+    /// Its ingress.
+    pub ingress: Option<SocketAddr>,
+    /// Its API (`host:port`).
+    pub api: Option<String>,
+    /// Its pods by Deployment.
+    pub pods: BTreeMap<String, PodCounts>,
+}
+
+/// A node's pods of one Deployment, as it gossips them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCounts {
+    /// Pods, any revision, not terminating.
+    pub total: u32,
+    /// Of the current revision.
+    pub updated: u32,
+    /// Ready.
+    pub ready: u32,
+    /// Ready for `minReadySeconds`.
+    pub available: u32,
+}
+
+impl PodCounts {
+    fn encode(&self) -> String {
+        format!(
+            "{},{},{},{}",
+            self.total, self.updated, self.ready, self.available
+        )
+    }
+
+    fn decode(value: &str) -> Option<Self> {
+        let mut n = value.split(',').map(|v| v.parse::<u32>().ok());
+        Some(Self {
+            total: n.next()??,
+            updated: n.next()??,
+            ready: n.next()??,
+            available: n.next()??,
+        })
+    }
+}
+
+/// What this node sees of the cluster now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// This node's id.
+    pub me: String,
+    /// The live nodes, this one included.
+    pub nodes: Vec<NodeView>,
+    /// Whether this node may change where pods run: it reaches a majority of the voters
+    /// and has heard from every member (or waited long enough to know it will not).
+    /// Otherwise it keeps its pods as they are instead of taking over others'.
+    pub can_place: bool,
+}
+
+impl Member {
+    /// As placement and routing see it.
+    pub fn view(&self) -> NodeView {
+        let pods = self
+            .keys
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(keys::PODS_PREFIX)?, PodCounts::decode(v)?)))
+            .filter(|(_, c)| *c != PodCounts::default())
+            .map(|(d, c)| (d.to_string(), c))
+            .collect();
+        NodeView {
+            id: self.node_id.clone(),
+            name: self.key(keys::NAME).to_string(),
+            labels: serde_json::from_str(self.key(keys::LABELS)).unwrap_or_default(),
+            capacity: self.key(keys::CAPACITY).parse().unwrap_or(0),
+            ingress: self.key(keys::INGRESS).parse().ok(),
+            api: Some(self.key(keys::API).to_string()).filter(|a| !a.is_empty()),
+            pods,
         }
     }
 }
@@ -395,6 +509,13 @@ impl Cluster {
                 serde_json::to_string(&settings.labels)?,
             ),
             (keys::STARTED.to_string(), started),
+            (
+                keys::CAPACITY.to_string(),
+                settings
+                    .capacity_memory
+                    .unwrap_or_else(machine_memory)
+                    .to_string(),
+            ),
         ];
         let handle = chitchat::spawn_chitchat(config, initial, &transport)
             .await
@@ -504,6 +625,32 @@ impl Cluster {
         identity.seeds = seeds;
         if let Ok(text) = serde_json::to_string_pretty(&identity) {
             let _ = write_private(&dir.join("cluster.json"), &text);
+        }
+    }
+
+    /// Gossips this node's pods of each Deployment (a Deployment no longer here is set
+    /// to zeros, not deleted: deletions leave tombstones in every peer).
+    pub async fn publish_pods(&self, pods: &BTreeMap<String, PodCounts>) {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        let zero = PodCounts::default().encode();
+        let mut stale: Vec<String> = state
+            .key_values()
+            .filter_map(|(k, v)| {
+                let d = k.strip_prefix(keys::PODS_PREFIX)?;
+                (v != zero && !pods.contains_key(d)).then(|| k.to_string())
+            })
+            .collect();
+        for key in stale.drain(..) {
+            state.set(key, zero.clone());
+        }
+        for (d, counts) in pods {
+            let key = format!("{}{d}", keys::PODS_PREFIX);
+            let value = counts.encode();
+            if state.get(&key) != Some(value.as_str()) {
+                state.set(key, value);
+            }
         }
     }
 

@@ -78,6 +78,13 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// Mark a node unschedulable, or schedulable again (`cordon`, `uncordon`).
+    Cordon {
+        /// The node's name.
+        node: String,
+        /// True to cordon.
+        unschedulable: bool,
+    },
 }
 
 /// A command as it travels and is stored: versioned, so a newer format is refused by
@@ -91,7 +98,7 @@ pub enum Versioned {
 }
 
 /// What a command did, as kubectl says it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// New object.
     Created(String),
@@ -105,7 +112,7 @@ pub enum Applied {
 
 /// Why a command changed nothing. Part of the state machine's answer, not a failure of
 /// the store: every node reaches the same rejection for the same command.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejected {
     /// The object does not exist.
     #[error("{0} not found")]
@@ -156,6 +163,9 @@ pub struct State {
     /// Bumped by every change; objects carry the value of their last change as their
     /// `resourceVersion`.
     pub version: u64,
+    /// Nodes that take no new pods, by name.
+    #[serde(default)]
+    pub cordoned: std::collections::BTreeSet<String>,
 }
 
 /// The pod-template hash: 10 characters of a digest of the template, as stable as the
@@ -309,6 +319,22 @@ impl State {
                 }
                 None => Err(Rejected::NotFound(format!("service/{name}"))),
             },
+            Command::Cordon {
+                node,
+                unschedulable,
+            } => {
+                let reference = format!("node/{node}");
+                let changed = if unschedulable {
+                    self.cordoned.insert(node)
+                } else {
+                    self.cordoned.remove(&node)
+                };
+                if !changed {
+                    return Ok(Applied::Unchanged(reference));
+                }
+                self.version += 1;
+                Ok(Applied::Configured(reference))
+            }
         }
     }
 

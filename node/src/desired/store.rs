@@ -1,12 +1,14 @@
-//! The desired state, durable: commands applied to the in-memory [`State`] and written
-//! to redb in one transaction with the applied index, a change feed for whoever acts on
-//! the state (the reconciler, `get -w`), and a snapshot to restore from (what a Raft
-//! follower that fell behind installs).
+//! The desired state, durable: the entries of the replicated log applied to the
+//! in-memory [`State`] and written to redb in one transaction with the applied index and
+//! the consensus layer's own record (its applied log id and membership, which Raft
+//! assumes survive with the state), a change feed for whoever acts on the state (the
+//! reconciler, `get -w`), and snapshots to restore from (what a follower that fell behind
+//! installs).
 //!
-//! Only the rows a command touched are written (an object, `meta/version`,
-//! `meta/applied`), so a write costs the same with ten objects or ten thousand. The
-//! applied index advances for rejected commands too: in a replicated log every entry is
-//! applied, and a rejection is part of the state machine's answer.
+//! Only the rows an entry touched are written (an object, `meta/version`,
+//! `meta/applied`, `meta/raft`), so a write costs the same with ten objects or ten
+//! thousand. The applied index advances for rejected commands too: in a replicated log
+//! every entry is applied, and a rejection is part of the state machine's answer.
 
 use std::sync::Mutex;
 
@@ -41,8 +43,14 @@ const FEED: usize = 1024;
 /// The durable desired state.
 pub struct DesiredStore {
     db: std::sync::Arc<StateStore>,
-    inner: Mutex<Snapshot>,
+    inner: Mutex<Inner>,
     feed: broadcast::Sender<Change>,
+}
+
+struct Inner {
+    snapshot: Snapshot,
+    /// The consensus layer's record, opaque here.
+    raft: Option<Vec<u8>>,
 }
 
 /// The rows of the objects a command touches.
@@ -57,6 +65,7 @@ fn touched_key(command: &Command) -> String {
         | Command::DeleteDeployment { name } => format!("deployments/{name}"),
         Command::ApplyService { service, .. } => format!("services/{}", service.metadata.name),
         Command::DeleteService { name } => format!("services/{name}"),
+        Command::Cordon { node, .. } => format!("nodes/{node}"),
     }
 }
 
@@ -70,6 +79,7 @@ fn row(state: &State, key: &str) -> Option<Vec<u8>> {
     match key.split_once('/') {
         Some(("deployments", name)) => state.deployments.get(name).map(encode),
         Some(("services", name)) => state.services.get(name).map(encode),
+        Some(("nodes", name)) => state.cordoned.contains(name).then(|| b"cordoned".to_vec()),
         _ => None,
     }
 }
@@ -83,6 +93,9 @@ fn rows(snapshot: &Snapshot) -> Vec<(String, Vec<u8>)> {
     for (name, s) in &snapshot.state.services {
         out.push((format!("services/{name}"), encode(s)));
     }
+    for name in &snapshot.state.cordoned {
+        out.push((format!("nodes/{name}"), b"cordoned".to_vec()));
+    }
     out.push((
         "meta/version".into(),
         snapshot.state.version.to_string().into_bytes(),
@@ -94,6 +107,9 @@ fn rows(snapshot: &Snapshot) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The row of the consensus layer's record.
+const RAFT_ROW: &str = "meta/raft";
+
 impl DesiredStore {
     /// Loads the state `db` holds.
     pub fn open(db: std::sync::Arc<StateStore>) -> Result<Self, StateError> {
@@ -101,6 +117,7 @@ impl DesiredStore {
             applied: 0,
             state: State::default(),
         };
+        let mut raft = None;
         for (key, value) in db.desired_rows()? {
             let bad = |e: &dyn std::fmt::Display| StateError::Decode {
                 key: key.clone(),
@@ -121,48 +138,66 @@ impl DesiredStore {
                     let s = serde_json::from_slice(&value).map_err(|e| bad(&e))?;
                     snapshot.state.services.insert(name.to_string(), s);
                 }
+                Some(("nodes", name)) => {
+                    snapshot.state.cordoned.insert(name.to_string());
+                }
                 Some(("meta", "version")) => snapshot.state.version = number()?,
                 Some(("meta", "applied")) => snapshot.applied = number()?,
+                Some(("meta", "raft")) => raft = Some(value.clone()),
                 // Rows of a newer node: kept on disk, not read.
                 _ => {}
             }
         }
         Ok(Self {
             db,
-            inner: Mutex::new(snapshot),
+            inner: Mutex::new(Inner { snapshot, raft }),
             feed: broadcast::channel(FEED).0,
         })
     }
 
-    /// Applies `command` as the next index and makes it durable before answering. The
-    /// outer error is the store's (nothing changed); the inner one the state machine's
-    /// rejection (the index advanced).
-    pub fn submit(&self, command: Command) -> Result<Result<Applied, Rejected>, StateError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = touched_key(&command);
-        let before = inner.state.clone_entry(&key);
-        let version_before = inner.state.version;
-        let index = inner.applied + 1;
-        let result = inner.state.apply(command);
-        let rows = vec![
-            (key.clone(), row(&inner.state, &key)),
-            (
-                "meta/version".to_string(),
-                Some(inner.state.version.to_string().into_bytes()),
-            ),
+    /// Applies the log entry at `index`, a command or `None` (an entry that only moves
+    /// the index: Raft's blank and membership entries), and stores `raft` with it; durable
+    /// before it answers. The outer error is the store's (nothing changed); the inner
+    /// result the state machine's answer (a rejection advanced the index too).
+    pub fn apply(
+        &self,
+        index: u64,
+        command: Option<Command>,
+        raft: &[u8],
+    ) -> Result<Option<Result<Applied, Rejected>>, StateError> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *guard;
+        let state = &mut inner.snapshot.state;
+        let mut rows = vec![
+            (RAFT_ROW.to_string(), Some(raft.to_vec())),
             (
                 "meta/applied".to_string(),
                 Some(index.to_string().into_bytes()),
             ),
         ];
+        let mut undo = None;
+        let result = command.map(|command| {
+            let key = touched_key(&command);
+            undo = Some((key.clone(), state.clone_entry(&key), state.version));
+            let result = state.apply(command);
+            rows.push((key.clone(), row(state, &key)));
+            rows.push((
+                "meta/version".to_string(),
+                Some(state.version.to_string().into_bytes()),
+            ));
+            result
+        });
         if let Err(e) = self.db.write_desired(&rows) {
             // Nothing is acknowledged that is not on disk: undo the change in memory.
-            inner.state.restore_entry(&key, before);
-            inner.state.version = version_before;
+            if let Some((key, before, version)) = undo {
+                state.restore_entry(&key, before);
+                state.version = version;
+            }
             return Err(e);
         }
-        inner.applied = index;
-        if let Ok(applied) = &result
+        inner.snapshot.applied = index;
+        inner.raft = Some(raft.to_vec());
+        if let Some(Ok(applied)) = &result
             && !matches!(applied, Applied::Unchanged(_))
         {
             // No receivers is fine: nobody is watching.
@@ -174,27 +209,51 @@ impl DesiredStore {
         Ok(result)
     }
 
+    /// The consensus layer's record as last stored (`None`: a state never replicated,
+    /// such as one written by a node before clusters).
+    pub fn raft_record(&self) -> Option<Vec<u8>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .raft
+            .clone()
+    }
+
     /// The state now and the index it is at.
     pub fn snapshot(&self) -> Snapshot {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot
+            .clone()
     }
 
     /// Reads the state now without copying it.
     pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
-        f(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot)
     }
 
     /// The state now and a feed of every change after it, with none missed between.
     pub fn watch(&self) -> (Snapshot, broadcast::Receiver<Change>) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        (inner.clone(), self.feed.subscribe())
+        (inner.snapshot.clone(), self.feed.subscribe())
     }
 
-    /// Replaces the whole state with `snapshot` (durably, in one transaction).
-    pub fn restore(&self, snapshot: Snapshot) -> Result<(), StateError> {
+    /// Replaces the whole state with `snapshot` and the consensus layer's record with
+    /// `raft` (durably, in one transaction).
+    pub fn restore(&self, snapshot: Snapshot, raft: &[u8]) -> Result<(), StateError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        self.db.replace_desired(&rows(&snapshot))?;
-        *inner = snapshot;
+        let mut all = rows(&snapshot);
+        all.push((RAFT_ROW.to_string(), raft.to_vec()));
+        self.db.replace_desired(&all)?;
+        *inner = Inner {
+            snapshot,
+            raft: Some(raft.to_vec()),
+        };
         Ok(())
     }
 }
@@ -203,6 +262,7 @@ impl DesiredStore {
 pub(super) enum Entry {
     Deployment(Option<Box<super::StoredDeployment>>),
     Service(Option<Box<skiff_spec::k8s::Service>>),
+    Cordoned(bool),
     Other,
 }
 
@@ -215,6 +275,7 @@ impl State {
             Some(("services", name)) => {
                 Entry::Service(self.services.get(name).cloned().map(Box::new))
             }
+            Some(("nodes", name)) => Entry::Cordoned(self.cordoned.contains(name)),
             _ => Entry::Other,
         }
     }
@@ -235,6 +296,12 @@ impl State {
             }
             Entry::Service(None) => {
                 self.services.remove(name);
+            }
+            Entry::Cordoned(true) => {
+                self.cordoned.insert(name.to_string());
+            }
+            Entry::Cordoned(false) => {
+                self.cordoned.remove(name);
             }
             Entry::Other => {}
         }
@@ -272,6 +339,18 @@ mod tests {
         )
     }
 
+    /// Applies `command` as the entry after the last.
+    fn submit(
+        store: &DesiredStore,
+        command: Command,
+    ) -> Result<Result<Applied, Rejected>, StateError> {
+        let next = store.snapshot().applied + 1;
+        let raft = format!("log {next}");
+        store
+            .apply(next, Some(command), raft.as_bytes())
+            .map(|r| r.expect("a command has an answer"))
+    }
+
     const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
 
     #[test]
@@ -282,19 +361,21 @@ mod tests {
             let store = DesiredStore::open(Arc::new(StateStore::open(&path).unwrap())).unwrap();
             let (before, mut feed) = store.watch();
             assert_eq!(before.applied, 0);
-            assert!(store.submit(web("web:v1")).unwrap().is_ok());
-            assert!(store.submit(apply_yaml(SERVICE, "t")).unwrap().is_ok());
+            assert!(submit(&store, web("web:v1")).unwrap().is_ok());
+            assert!(submit(&store, apply_yaml(SERVICE, "t")).unwrap().is_ok());
             assert_eq!(
-                store.submit(web("web:v1")).unwrap(),
+                submit(&store, web("web:v1")).unwrap(),
                 Ok(Applied::Unchanged("deployment.apps/web".into()))
             );
-            let rejected = store
-                .submit(Command::DeleteService {
+            let rejected = submit(
+                &store,
+                Command::DeleteService {
                     name: "nope".into(),
-                })
-                .unwrap();
+                },
+            )
+            .unwrap();
             assert!(rejected.is_err());
-            assert!(store.submit(web("web:v2")).unwrap().is_ok());
+            assert!(submit(&store, web("web:v2")).unwrap().is_ok());
             // The feed saw the three changes, in order, with their indexes.
             let seen: Vec<u64> = std::iter::from_fn(|| feed.try_recv().ok())
                 .map(|c| c.index)
@@ -302,9 +383,12 @@ mod tests {
             assert_eq!(seen, [1, 2, 5]);
         }
         let store = DesiredStore::open(Arc::new(StateStore::open(&path).unwrap())).unwrap();
+        assert_eq!(store.raft_record().as_deref(), Some(&b"log 5"[..]));
+        // An entry without a command moves the index and the record only.
+        assert_eq!(store.apply(6, None, b"log 6").unwrap(), None);
         let snap = store.snapshot();
         assert_eq!(
-            snap.applied, 5,
+            snap.applied, 6,
             "rejections and unchanged commands are applied entries too"
         );
         let d = &snap.state.deployments["web"];
@@ -318,13 +402,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (db, fail) = crate::state::testing::flaky_store(&dir.path().join("state.redb"));
         let store = DesiredStore::open(Arc::new(db)).unwrap();
-        store.submit(web("web:v1")).unwrap().unwrap();
+        submit(&store, web("web:v1")).unwrap().unwrap();
         let before = store.snapshot();
         fail.store(true, Ordering::SeqCst);
-        assert!(store.submit(web("web:v2")).is_err());
+        assert!(submit(&store, web("web:v2")).is_err());
         assert_eq!(store.snapshot(), before, "memory matches the disk");
         fail.store(false, Ordering::SeqCst);
-        store.submit(web("web:v2")).unwrap().unwrap();
+        submit(&store, web("web:v2")).unwrap().unwrap();
         assert_eq!(store.snapshot().applied, 2);
 
         // A snapshot from elsewhere (a leader's) replaces the whole state.
@@ -334,7 +418,11 @@ mod tests {
             applied: 40,
             state: other,
         };
-        store.restore(snapshot.clone()).unwrap();
+        store.restore(snapshot.clone(), b"leader's").unwrap();
         assert_eq!(store.snapshot(), snapshot);
+        assert_eq!(store.raft_record().as_deref(), Some(&b"leader's"[..]));
+        let reopened = DesiredStore::open(store.db.clone()).unwrap();
+        assert_eq!(reopened.snapshot(), snapshot);
+        assert_eq!(reopened.raft_record().as_deref(), Some(&b"leader's"[..]));
     }
 }

@@ -1,0 +1,221 @@
+//! The cluster's part in the reconciler: how many of each Deployment's pods this node
+//! runs (placement over the live nodes), and the endpoints that stand for the pods of
+//! other nodes in a Service's route.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use skiff_runtime::{RemoteWorkload, Workload};
+use skiff_spec::AppName;
+
+use skiff_spec::k8s::DeploymentStatus;
+
+use super::{Inner, PodPhase, selects};
+use crate::cluster::{PodCounts, View};
+use crate::container::{Container, ContainerState};
+use crate::desired::State;
+use crate::placement::{self, Candidate, Want};
+
+/// Most endpoints one other node stands for in a route (it balances further itself).
+const MAX_REMOTE_PER_NODE: u32 = 16;
+
+/// The prefix of a Service's local-only route: what a request another node forwarded
+/// is served from (`:` is not in any Service name, so it cannot collide).
+pub(crate) const LOCAL_ROUTE: &str = "local:";
+
+/// What a pod of `d`'s current template needs: its memory limit, else the default.
+fn memory(d: &crate::desired::StoredDeployment) -> u64 {
+    d.object
+        .spec
+        .template
+        .spec
+        .containers
+        .first()
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.get("memory"))
+        .and_then(|q| q.bytes().ok())
+        .unwrap_or(skiff_spec::Limits::default().memory_bytes)
+}
+
+/// How many pods of each Deployment this node should run now. From a view that reaches
+/// a majority: its share by placement, kept higher while the other nodes' ready pods do
+/// not make up for what it would give up. From a minority (or before gossip has run):
+/// what it decided last, so a node cut off keeps serving and starts nothing of others'.
+pub(super) fn local_targets(
+    inner: &mut Inner,
+    state: &State,
+    view: &View,
+) -> BTreeMap<String, i32> {
+    if !view.can_place {
+        return state
+            .deployments
+            .keys()
+            .map(|name| (name.clone(), inner.shares.get(name).copied().unwrap_or(0)))
+            .collect();
+    }
+    let nodes: Vec<Candidate> = view
+        .nodes
+        .iter()
+        .map(|n| Candidate {
+            id: n.id.clone(),
+            labels: n.labels.clone(),
+            capacity: n.capacity,
+            schedulable: !state.cordoned.contains(&n.name),
+        })
+        .collect();
+    let wants: Vec<Want> = state
+        .deployments
+        .iter()
+        .map(|(name, d)| Want {
+            name: name.clone(),
+            replicas: u32::try_from(d.object.spec.replicas.unwrap_or(1)).unwrap_or(0),
+            node_selector: d.object.spec.template.spec.node_selector.clone(),
+            memory: memory(d),
+        })
+        .collect();
+    let placed = placement::place(&wants, &nodes);
+    let mut targets = BTreeMap::new();
+    for want in &wants {
+        let share = placed
+            .get(&want.name)
+            .and_then(|p| p.get(&view.me))
+            .copied()
+            .unwrap_or(0);
+        let local = inner
+            .pods
+            .values()
+            .filter(|p| p.deployment == want.name && p.phase() != PodPhase::Terminating)
+            .count() as u32;
+        let others_ready: u32 = view
+            .nodes
+            .iter()
+            .filter(|n| n.id != view.me)
+            .filter_map(|n| n.pods.get(&want.name))
+            .map(|c| c.ready)
+            .sum();
+        let keep = placement::keep(share, local, want.replicas, others_ready);
+        targets.insert(want.name.clone(), i32::try_from(keep).unwrap_or(i32::MAX));
+    }
+    inner.shares.clone_from(&targets);
+    targets
+}
+
+/// This node's pods of each Deployment, as its last pass counted them (what it gossips).
+pub(super) fn pod_counts(inner: &Inner) -> BTreeMap<String, PodCounts> {
+    let n = |v: i32| u32::try_from(v).unwrap_or(0);
+    inner
+        .progress
+        .iter()
+        .map(|(name, p)| {
+            let (total, updated, ready, available) = p.counts;
+            (
+                name.clone(),
+                PodCounts {
+                    total: n(total),
+                    updated: n(updated),
+                    ready: n(ready),
+                    available: n(available),
+                },
+            )
+        })
+        .collect()
+}
+
+/// `status` (this node's) with the counts of the Deployment's pods on every live node,
+/// and `Available` judged on them.
+pub(super) fn cluster_status(
+    d: &crate::desired::StoredDeployment,
+    mut status: DeploymentStatus,
+    view: &View,
+) -> DeploymentStatus {
+    let name = &d.object.metadata.name;
+    for node in view.nodes.iter().filter(|n| n.id != view.me) {
+        if let Some(c) = node.pods.get(name) {
+            let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+            status.replicas += n(c.total);
+            status.updated_replicas += n(c.updated);
+            status.ready_replicas += n(c.ready);
+            status.available_replicas += n(c.available);
+        }
+    }
+    let desired = d.object.spec.replicas.unwrap_or(1);
+    let (_, max_unavailable) = crate::desired::rollout::bounds(&d.object);
+    let available = status.available_replicas >= desired - max_unavailable;
+    for c in status
+        .conditions
+        .iter_mut()
+        .filter(|c| c.kind == "Available")
+    {
+        c.status = if available { "True" } else { "False" }.into();
+        c.reason = Some(
+            if available {
+                "MinimumReplicasAvailable"
+            } else {
+                "MinimumReplicasUnavailable"
+            }
+            .into(),
+        );
+    }
+    status
+}
+
+/// The endpoints standing for `service`'s pods on the other live nodes: one per ready
+/// pod a node gossips (up to [`MAX_REMOTE_PER_NODE`]), kept across passes so their
+/// statistics last.
+pub(super) fn remote_endpoints(
+    inner: &mut Inner,
+    state: &State,
+    view: &View,
+    service: &str,
+    client: &RemoteClient,
+    body_timeout: std::time::Duration,
+) -> Vec<Arc<Container>> {
+    let Some(svc) = state.services.get(service) else {
+        return Vec::new();
+    };
+    let selected: Vec<&String> = state
+        .deployments
+        .iter()
+        .filter(|(_, d)| selects(svc, &d.object.spec.template.metadata.labels))
+        .map(|(name, _)| name)
+        .collect();
+    let mut out = Vec::new();
+    for node in view.nodes.iter().filter(|n| n.id != view.me) {
+        let Some(ingress) = node.ingress else {
+            continue;
+        };
+        let count: u32 = selected
+            .iter()
+            .filter_map(|d| node.pods.get(*d))
+            .map(|c| c.ready)
+            .sum();
+        for i in 0..count.min(MAX_REMOTE_PER_NODE) {
+            let key = (node.id.clone(), service.to_string(), i, ingress);
+            let endpoint = inner.remotes.entry(key).or_insert_with(|| {
+                let workload = RemoteWorkload::new(ingress, service, body_timeout, client.clone())
+                    .expect("a Service name is a valid header value");
+                let app = AppName::new(service.to_string())
+                    .unwrap_or_else(|_| AppName::new("remote".to_string()).expect("valid"));
+                let c = Container::new(
+                    format!("{}/{service}-{i}", node.name),
+                    app,
+                    Workload::Remote(workload),
+                    // The other node bounds its own pods' concurrency.
+                    u32::MAX >> 3,
+                    crate::apps::now_ms(),
+                    Vec::new(),
+                );
+                let _ = c.transition(ContainerState::Ready);
+                Arc::new(c)
+            });
+            out.push(endpoint.clone());
+        }
+    }
+    out
+}
+
+/// The client every remote endpoint shares (connections pooled per peer).
+pub(crate) type RemoteClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, skiff_runtime::BoxError>,
+>;

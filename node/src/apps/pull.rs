@@ -1,0 +1,98 @@
+//! Images a pod needs that this node lacks come from the other nodes: the first live
+//! peer that has the image sends it as an image archive (`GET /v1/images/archive`, with
+//! the cluster's admin token, which every node holds), and it is loaded as `skiff load`
+//! loads one: bounded, every blob checked against its digest.
+
+use std::io::{Seek as _, Write as _};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use skiff_image::archive;
+use tracing::{info, warn};
+
+use super::Apps;
+use super::error::AppError;
+
+/// Longest a pull from one peer may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Apps {
+    /// Fetches `reference` from a live peer that has it. `Ok(false)`: none has it.
+    pub(super) async fn pull_from_peers(&self, reference: &str) -> Result<bool, AppError> {
+        let view = self.view.borrow().clone();
+        let peers: Vec<(String, String)> = view
+            .nodes
+            .iter()
+            .filter(|n| n.id != view.me)
+            .filter_map(|n| Some((n.name.clone(), n.api.clone()?)))
+            .collect();
+        let mut failures = Vec::new();
+        for (name, api) in peers {
+            match tokio::time::timeout(PULL_TIMEOUT, self.pull_from(&api, reference)).await {
+                Ok(Ok(true)) => {
+                    info!(image = reference, from = %name, "image pulled from a peer");
+                    return Ok(true);
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => failures.push(format!("{name}: {e}")),
+                Err(_) => failures.push(format!("{name}: took longer than {PULL_TIMEOUT:?}")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(false)
+        } else {
+            warn!(image = reference, failures = %failures.join("; "), "pulling from peers failed");
+            Err(AppError::not_found(format!(
+                "image {reference} is not on this node, and pulling it from peers failed: {}",
+                failures.join("; ")
+            )))
+        }
+    }
+
+    /// One peer: `Ok(false)` when it does not have the image.
+    async fn pull_from(&self, api: &str, reference: &str) -> Result<bool, String> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("ref", reference)
+            .finish();
+        let request = http::Request::get(format!("http://{api}/v1/images/archive?{query}"))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<Bytes>>();
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        if response.status() == http::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let cap = self.pull_cap;
+        let mut spool = tempfile::tempfile().map_err(|e| e.to_string())?;
+        let mut body = response.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(data) = frame.data_ref() {
+                total += data.len() as u64;
+                if total > cap {
+                    return Err(format!("the archive is larger than {cap} bytes"));
+                }
+                spool.write_all(data).map_err(|e| e.to_string())?;
+            }
+        }
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || {
+            spool.rewind().map_err(|e| e.to_string())?;
+            archive::import(&images, spool, cap).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(true)
+    }
+}
