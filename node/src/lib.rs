@@ -185,10 +185,10 @@ impl RunningNode {
             .apps
             .drain_all(self.shared.config.drain_timeout)
             .await;
+        let members = self.shared.cluster.members().await;
         self.shared
             .cluster
-            .remember_peers(&self.shared.config.data_dir)
-            .await;
+            .remember_peers(&self.shared.config.data_dir, &members);
         self.shared.consensus.shutdown().await;
         info!("node stopped");
     }
@@ -252,7 +252,10 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
                 Some((id, peer))
             })
             .collect();
-        shared.consensus.set_live(live.keys().copied().collect());
+        shared.consensus.set_live(&live);
+        shared
+            .cluster
+            .remember_peers(&shared.config.data_dir, &members);
         let view = view_of(&shared.cluster, &members, &shared.consensus, settle);
         shared.view.send_if_modified(|v| {
             let changed = **v != view;

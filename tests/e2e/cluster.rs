@@ -163,17 +163,17 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
     assert_eq!(nodes(&first).await.len(), 3);
 }
 
-/// Three nodes on loopback, the second and third joined to the first; the third's data
-/// dir is `dir3` (it outlives the process, for restarts).
-async fn three_nodes(dir3: &std::path::Path) -> (Node, Node, Node) {
-    let first = Node::start_with(&["--node-name", "one"]).await;
+/// Three nodes on loopback named one, two and three, the others joined to the first,
+/// each on its data dir in `dirs` (which outlive the processes, for restarts).
+async fn three_nodes(dirs: [&std::path::Path; 3]) -> (Node, Node, Node) {
+    let first = Node::start_in(dirs[0], &["--node-name", "one"]).await;
     let join = join_args(&first);
     let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
     extra.extend(["--node-name", "two"]);
-    let second = Node::start_with(&extra).await;
+    let second = Node::start_in(dirs[1], &extra).await;
     let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
     extra.extend(["--node-name", "three"]);
-    let third = Node::start_in(dir3, &extra).await;
+    let third = Node::start_in(dirs[2], &extra).await;
     // Formed: every node sees three ready nodes, and Raft has a leader and 3 voters.
     for n in [&first, &second, &third] {
         wait_ready(n, 3, 3, "three ready nodes").await;
@@ -274,8 +274,9 @@ async fn served_by(node: &Node, app: &str, count: usize) -> std::collections::BT
 
 #[tokio::test]
 async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_dead_one() {
-    let dir3 = tempfile::tempdir().unwrap();
-    let (first, second, third) = three_nodes(dir3.path()).await;
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let (first, second, third) =
+        three_nodes([dirs[0].path(), dirs[1].path(), dirs[2].path()]).await;
     // The image is built on one node only: the others fetch it when their pods need it.
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site");
@@ -381,7 +382,7 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
 
     // It comes back on its own: pods spread again, and there are never more than
     // replicas + maxSurge (3 + 1) at once on the way.
-    let third = Node::start_in(dir3.path(), &[]).await;
+    let third = Node::start_in(dirs[2].path(), &[]).await;
     let most = std::sync::Mutex::new(Vec::new());
     wait_for(
         "the pods to spread over three nodes again",
@@ -412,4 +413,178 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         || async { (served_by(&third, "my-web-app", 30).await.len() == 3).then_some(()) },
     )
     .await;
+}
+
+/// Builds the nginx example's site as `my-web-app` on `node` and applies its two files
+/// through it.
+async fn apply_nginx_example(node: &Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("html")).unwrap();
+    std::fs::write(
+        site.join("Dockerfile"),
+        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\n",
+    )
+    .unwrap();
+    std::fs::write(site.join("html/index.html"), "<h1>my web app</h1>\n").unwrap();
+    ok(&skiff(node, &["build", "-t", "my-web-app", site.to_str().unwrap()]).await);
+    let d = dir.path().join("d.yaml");
+    let s = dir.path().join("s.yaml");
+    std::fs::write(&d, include_str!("../../samples/nginx-k8s/deployment.yaml")).unwrap();
+    std::fs::write(&s, include_str!("../../samples/nginx-k8s/service.yaml")).unwrap();
+    ok(&skiff(
+        node,
+        &[
+            "apply",
+            "-f",
+            d.to_str().unwrap(),
+            "-f",
+            s.to_str().unwrap(),
+        ],
+    )
+    .await);
+}
+
+/// A Service named `name` (one small write).
+async fn write_service(node: &Node, name: &str) -> std::process::Output {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(
+        file.path(),
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n"),
+    )
+    .unwrap();
+    skiff(node, &["apply", "-f", file.path().to_str().unwrap()]).await
+}
+
+/// The Services `node` has, read linearizably.
+async fn services(node: &Node) -> Result<Vec<String>, String> {
+    let r = node
+        .api_get("/api/v1/namespaces/default/services?consistent=true")
+        .await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(v["error"]["message"].as_str().unwrap_or("").to_string());
+    }
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect())
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_killed_leader_and_a_minority_refuses_writes_but_serves() {
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let (first, second, third) =
+        three_nodes([dirs[0].path(), dirs[1].path(), dirs[2].path()]).await;
+    apply_nginx_example(&first).await;
+    wait_spread(&first, "app=my-web-app", 3, 3).await;
+    let leader = roles(&first)
+        .await
+        .into_iter()
+        .find(|(_, r)| r == "leader")
+        .unwrap()
+        .0;
+    let mut nodes: Vec<(String, Node, usize)> = vec![
+        ("one".into(), first, 0),
+        ("two".into(), second, 1),
+        ("three".into(), third, 2),
+    ];
+    let at = nodes.iter().position(|(n, _, _)| *n == leader).unwrap();
+    let (_, leader_node, leader_dir) = nodes.remove(at);
+
+    // Writes through a follower; the leader is killed after the tenth. Every write that
+    // was acknowledged is there afterwards, and writes go on once a new leader is chosen.
+    let mut acknowledged = Vec::new();
+    let mut leader_node = Some(leader_node);
+    for i in 0..40 {
+        if i == 10 {
+            leader_node.take().unwrap().kill9();
+        }
+        let name = format!("svc-{i}");
+        if write_service(&nodes[0].1, &name).await.status.success() {
+            acknowledged.push(name);
+        }
+        if i >= 10 && acknowledged.len() >= 20 {
+            break;
+        }
+    }
+    let after_kill = acknowledged
+        .iter()
+        .filter(|n| n.as_str() >= "svc-10")
+        .count();
+    assert!(acknowledged.len() >= 10, "{acknowledged:?}");
+    assert!(
+        after_kill > 0 || acknowledged.len() < 20,
+        "writes resumed after the new election: {acknowledged:?}"
+    );
+    for (_, node, _) in &nodes {
+        let seen = wait_for("a linearizable read", Duration::from_secs(10), || async {
+            services(node).await.ok()
+        })
+        .await;
+        for name in &acknowledged {
+            assert!(
+                seen.contains(name),
+                "{name} was acknowledged but is gone: {seen:?}"
+            );
+        }
+    }
+
+    // Kill another: the last node cannot reach a quorum. Writes and linearizable reads
+    // fail at once, naming the voters; its pods keep serving.
+    let (_, killed, killed_dir) = nodes.remove(1);
+    killed.kill9();
+    let (_, alone, _) = &nodes[0];
+    wait_ready(alone, 1, 3, "two nodes to be seen dead").await;
+    let started = Instant::now();
+    let o = write_service(alone, "svc-minority").await;
+    let e = err(&o);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}: {e}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("no quorum")
+            && e.contains("1 of the cluster's 3 voters")
+            && e.contains("unreachable"),
+        "{e}"
+    );
+    let e = services(alone).await.unwrap_err();
+    assert!(e.contains("no quorum"), "{e}");
+    wait_for(
+        "the survivor to serve from its own pod",
+        Duration::from_secs(10),
+        || async {
+            let mut all = true;
+            for _ in 0..20 {
+                let r = alone
+                    .app(reqwest::Method::GET, "my-web-app", "/")
+                    .send()
+                    .await;
+                all &= r.is_ok_and(|r| r.status() == 200);
+            }
+            all.then_some(())
+        },
+    )
+    .await;
+
+    // One comes back: a quorum again, and writes are taken.
+    let _back = Node::start_in(dirs[killed_dir].path(), &[]).await;
+    wait_for(
+        "writes to be taken again",
+        Duration::from_secs(15),
+        || async {
+            write_service(alone, "svc-healed")
+                .await
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    let _ = leader_dir;
 }

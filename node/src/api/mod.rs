@@ -193,6 +193,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(kube::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
+            consistent_reads,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
             require_token,
         ));
     Router::new()
@@ -253,6 +257,27 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Reads are served from this node's copy of the desired state; with `consistent=true`
+/// a read first catches up with everything the cluster acknowledged (the leader
+/// confirms it still leads), or fails naming what is missing.
+async fn consistent_reads(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let consistent = req.method() == axum::http::Method::GET
+        && form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .any(|(k, v)| k == "consistent" && v == "true");
+    if consistent {
+        shared
+            .consensus
+            .linearize()
+            .await
+            .map_err(crate::apps::AppError::from)?;
+    }
+    Ok(next.run(req).await)
 }
 
 async fn require_token(

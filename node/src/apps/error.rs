@@ -42,7 +42,7 @@ impl From<crate::raft::ConsensusError> for AppError {
         use crate::raft::ConsensusError as E;
         let code = match &e {
             E::NoQuorum { .. } => "no_quorum",
-            E::NoLeader(_) | E::Leader { .. } => "no_leader",
+            E::NoLeader(_) | E::Leader { .. } | E::Refused => "no_leader",
             E::Timeout(_) => "not_confirmed",
             E::Fatal(_) => "consensus_failed",
         };

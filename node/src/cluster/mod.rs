@@ -428,6 +428,8 @@ impl Member {
 /// This node's membership: the gossip task and what it knows.
 pub struct Cluster {
     handle: ChitchatHandle,
+    /// The seeds last written to `cluster.json`.
+    seeds: std::sync::Mutex<Vec<String>>,
     identity: Identity,
     secret: String,
     stats: Arc<GossipStats>,
@@ -523,6 +525,7 @@ impl Cluster {
         tracing::info!(node = %identity.name, gossip = %gossip_addr, cluster = %identity.cluster_id, generation = identity.generation, "gossip started");
         Ok(Self {
             handle,
+            seeds: std::sync::Mutex::new(identity.seeds.clone()),
             identity,
             secret,
             stats,
@@ -608,23 +611,25 @@ impl Cluster {
         })
     }
 
-    /// Writes the live members' gossip addresses to the data dir, so a restart finds
-    /// its peers without flags.
-    pub async fn remember_peers(&self, dir: &Path) {
-        let seeds: Vec<String> = self
-            .members()
-            .await
-            .into_iter()
+    /// Writes the live members' gossip addresses (of `members`) to the data dir when
+    /// they changed, so a restart, even after a kill, finds its peers without flags.
+    pub fn remember_peers(&self, dir: &Path, members: &[Member]) {
+        let mut seeds: Vec<String> = members
+            .iter()
             .filter(|m| m.live && m.node_id != self.identity.node_id)
             .map(|m| m.gossip.to_string())
             .collect();
-        if seeds.is_empty() {
+        seeds.sort();
+        let mut saved = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        if seeds.is_empty() || *saved == seeds {
             return;
         }
         let mut identity = self.identity.clone();
-        identity.seeds = seeds;
-        if let Ok(text) = serde_json::to_string_pretty(&identity) {
-            let _ = write_private(&dir.join("cluster.json"), &text);
+        identity.seeds.clone_from(&seeds);
+        if let Ok(text) = serde_json::to_string_pretty(&identity)
+            && write_private(&dir.join("cluster.json"), &text).is_ok()
+        {
+            *saved = seeds;
         }
     }
 

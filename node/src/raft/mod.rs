@@ -106,6 +106,9 @@ pub enum ConsensusError {
         /// Why.
         message: String,
     },
+    /// The leader could not be connected to (nothing was sent: safe to try again).
+    #[error("the Raft leader could not be reached")]
+    Refused,
     /// Raft stopped on this node (a storage failure).
     #[error("consensus failed on this node: {0}")]
     Fatal(String),
@@ -153,6 +156,8 @@ pub struct Consensus {
     raft: Raft<TypeConfig>,
     id: NodeId,
     client: PeerClient,
+    /// Where each node's API is, as gossip last said.
+    book: AddressBook,
     /// The Raft ids gossip says are live (this node included), and since when each
     /// known one has been dead.
     liveness: Mutex<Liveness>,
@@ -203,8 +208,10 @@ impl Consensus {
         let mut log = log::LogStore::open(&dir.join("raft.redb"))?;
         let empty = log.is_empty().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let machine = machine::Machine::new(store, changed)?;
+        let book: AddressBook = Arc::default();
         let network = Network {
             client: client.clone(),
+            book: book.clone(),
         };
         let raft = Raft::new(id, Arc::new(config(cluster_id)?), network, log, machine)
             .await
@@ -243,6 +250,7 @@ impl Consensus {
             raft,
             id,
             client,
+            book,
             liveness: Mutex::new(Liveness {
                 live: BTreeSet::from([id]),
                 dead_since: HashMap::new(),
@@ -292,8 +300,17 @@ impl Consensus {
             .collect()
     }
 
-    /// Tells consensus which nodes gossip says are live (Raft ids, this one included).
-    pub fn set_live(&self, live: BTreeSet<NodeId>) {
+    /// Tells consensus which nodes gossip says are live and where their APIs are now
+    /// (Raft reaches a node at its gossiped address, so a node restarted on other ports
+    /// is reachable before the membership records the move).
+    pub fn set_live(&self, live: &BTreeMap<NodeId, Peer>) {
+        {
+            let mut book = self.book.write().unwrap_or_else(|e| e.into_inner());
+            for (id, peer) in live {
+                book.insert(*id, peer.api.clone());
+            }
+        }
+        let live: BTreeSet<NodeId> = live.keys().copied().collect();
         let mut l = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let metrics = self.raft.metrics().borrow().clone();
@@ -338,11 +355,11 @@ impl Consensus {
             });
         }
         let reachable = voters.iter().filter(|(id, _)| live.contains(id)).count();
-        let need = voters.len() / 2 + 1;
+        let (total, need) = (voters.len(), voters.len() / 2 + 1);
         if reachable >= need {
             return Ok(());
         }
-        let voters = voters
+        let names = voters
             .iter()
             .map(|(id, name)| {
                 let state = if live.contains(id) {
@@ -356,16 +373,40 @@ impl Consensus {
             .join(", ");
         Err(ConsensusError::NoQuorum {
             reachable,
-            total: voters.len(),
-            voters,
+            total,
+            voters: names,
             need,
         })
+    }
+
+    /// Runs `work`, unless (or until) gossip shows the quorum lost: then it fails at
+    /// once with the error naming the voters, instead of waiting out a timeout.
+    async fn with_quorum<T>(
+        &self,
+        work: impl Future<Output = Result<T, ConsensusError>>,
+    ) -> Result<T, ConsensusError> {
+        self.quorum()?;
+        let lost = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Err(e) = self.quorum() {
+                    return e;
+                }
+            }
+        };
+        tokio::select! {
+            result = work => result,
+            e = lost => Err(e),
+        }
     }
 
     /// Applies `command` through the cluster's log; answers once it is applied on this
     /// node.
     pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
-        self.quorum()?;
+        self.with_quorum(self.write_inner(command)).await
+    }
+
+    async fn write_inner(&self, command: Command) -> Result<Reply, ConsensusError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         let data = Versioned::V1(command);
         loop {
@@ -376,14 +417,31 @@ impl Consensus {
             match outcome {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match f.leader_node {
-                        Some(leader) => return self.forward(&leader, &data, deadline).await,
-                        None => self.wait_for_leader(deadline).await?,
+                    let Some(leader) = self.leader(f) else {
+                        self.wait_for_leader(deadline).await?;
+                        continue;
+                    };
+                    match self.forward(&leader, &data, deadline).await {
+                        // A leader that is gone (nothing was sent): once gossip sees it
+                        // dead, either the others elect another or the quorum is lost.
+                        Err(ConsensusError::Refused) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => return other,
                     }
                 }
                 Err(e) => return Err(ConsensusError::Fatal(e.to_string())),
             }
         }
+    }
+
+    /// The leader a `ForwardToLeader` names, at the address gossip gives for it.
+    fn leader(&self, f: openraft::error::ForwardToLeader<NodeId, Peer>) -> Option<Peer> {
+        let (id, mut peer) = (f.leader_id?, f.leader_node?);
+        if let Some(api) = self.book.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            peer.api.clone_from(api);
+        }
+        Some(peer)
     }
 
     /// Waits until some node leads, or `deadline`.
@@ -409,9 +467,12 @@ impl Consensus {
             .client
             .call(&leader.api, "/v1/raft/write", data, left)
             .await
-            .map_err(|e| ConsensusError::Leader {
-                leader: leader.name.clone(),
-                message: e.to_string(),
+            .map_err(|e| match e {
+                CallError::Refused { .. } => ConsensusError::Refused,
+                e => ConsensusError::Leader {
+                    leader: leader.name.clone(),
+                    message: e.to_string(),
+                },
             })?;
         self.wait_applied(answer.index, deadline).await?;
         Ok(answer.reply)
@@ -455,7 +516,10 @@ impl Consensus {
 
     /// Returns once this node's state includes every write acknowledged before the call.
     pub async fn linearize(&self) -> Result<(), ConsensusError> {
-        self.quorum()?;
+        self.with_quorum(self.linearize_inner()).await
+    }
+
+    async fn linearize_inner(&self) -> Result<(), ConsensusError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -465,19 +529,28 @@ impl Consensus {
             match outcome {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    let Some(leader) = f.leader_node else {
+                    let Some(leader) = self.leader(f) else {
                         self.wait_for_leader(deadline).await?;
                         continue;
                     };
-                    let index: u64 = self
+                    let asked: Result<u64, CallError> = self
                         .client
                         .call(&leader.api, "/v1/raft/read-index", &(), left)
-                        .await
-                        .map_err(|e| ConsensusError::Leader {
-                            leader: leader.name.clone(),
-                            message: e.to_string(),
-                        })?;
-                    return self.wait_applied(index, deadline).await;
+                        .await;
+                    match asked {
+                        Ok(index) => return self.wait_applied(index, deadline).await,
+                        // Gone: wait for gossip to say so (then another leads, or the
+                        // quorum is lost), as writes do.
+                        Err(CallError::Refused { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => {
+                            return Err(ConsensusError::Leader {
+                                leader: leader.name.clone(),
+                                message: e.to_string(),
+                            });
+                        }
+                    }
                 }
                 Err(e) => return Err(ConsensusError::Fatal(e.to_string())),
             }
@@ -573,9 +646,13 @@ impl Consensus {
     }
 }
 
+/// Nodes' API addresses by Raft id, from gossip.
+type AddressBook = Arc<std::sync::RwLock<HashMap<NodeId, String>>>;
+
 /// Makes connections to peers for openraft.
 struct Network {
     client: PeerClient,
+    book: AddressBook,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -584,6 +661,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Peer) -> Self::Network {
         Connection {
             client: self.client.clone(),
+            book: self.book.clone(),
             target,
             addr: node.api.clone(),
         }
@@ -593,7 +671,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// One peer, as openraft calls it.
 struct Connection {
     client: PeerClient,
+    book: AddressBook,
     target: NodeId,
+    /// Its address in the membership, used until gossip says otherwise.
     addr: String,
 }
 
@@ -607,17 +687,26 @@ impl Connection {
     where
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        let addr = self
+            .book
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.target)
+            .cloned()
+            .unwrap_or_else(|| self.addr.clone());
         let answer: Result<Result<Resp, RaftError<NodeId, E>>, CallError> = self
             .client
-            .call(&self.addr, path, request, option.hard_ttl())
+            .call(&addr, path, request, option.hard_ttl())
             .await;
         match answer {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             // openraft backs off from an unreachable peer instead of retrying at once.
-            Err(e @ (CallError::Unreachable { .. } | CallError::Timeout { .. })) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(
+                e @ (CallError::Refused { .. }
+                | CallError::Unreachable { .. }
+                | CallError::Timeout { .. }),
+            ) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
@@ -649,5 +738,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
         self.rpc("/v1/raft/vote", &rpc, &option).await
+    }
+
+    /// A peer that cannot be reached is tried again after 0.5 s, doubling to 4 s: a dead
+    /// node costs a few connection attempts, not a stream of them.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new((0u32..).map(|i| Duration::from_millis(500u64 << i.min(3))))
     }
 }

@@ -80,7 +80,15 @@ impl PeerKey {
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// No connection, or it broke before an answer.
+    /// No connection could be made: nothing was sent.
+    #[error("cannot connect to {addr}: {message}")]
+    Refused {
+        /// The peer.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The connection broke before an answer (the request may have arrived).
     #[error("cannot reach {addr}: {message}")]
     Unreachable {
         /// The peer.
@@ -162,14 +170,14 @@ impl PeerClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| garbled(e.to_string()))?;
         let exchange = async {
-            let response =
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|e| CallError::Unreachable {
-                        addr: addr.to_string(),
-                        message: e.to_string(),
-                    })?;
+            let response = self.client.request(request).await.map_err(|e| {
+                let (addr, message) = (addr.to_string(), e.to_string());
+                if e.is_connect() {
+                    CallError::Refused { addr, message }
+                } else {
+                    CallError::Unreachable { addr, message }
+                }
+            })?;
             let status = response.status();
             let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
