@@ -48,6 +48,9 @@ struct ClientOpts {
 enum Command {
     /// Run a node in the foreground: API, ingress, supervisor.
     Up(Box<UpArgs>),
+    /// Run a node that holds no pods and only routes (the edge of a cluster): joins with
+    /// --join and --join-token, serves every Service from the other nodes' pods.
+    Gateway(Box<UpArgs>),
     /// Deploy (or redeploy) an app from a .wasm file or an image on the node.
     Deploy {
         /// A .wasm file (uploaded), or the name or id of an image on the node.
@@ -564,7 +567,22 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => up(*args).await,
+        Command::Up(args) => up(*args, false).await,
+        Command::Gateway(args) => {
+            if args.join.is_none()
+                && !args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(default_data_dir)
+                    .join("cluster.json")
+                    .exists()
+            {
+                anyhow::bail!(
+                    "a gateway routes for a cluster: give --join <member API address> and --join-token"
+                );
+            }
+            up(*args, true).await
+        }
         Command::Deploy {
             source,
             name,
@@ -840,7 +858,7 @@ where
     Ok(())
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<()> {
+async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -869,6 +887,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.cluster.phi_threshold = args.phi_threshold;
     config.cluster.voter_grace = args.voter_grace;
     config.cluster.capacity_memory = args.capacity_memory;
+    config.cluster.gateway = gateway;
     config.domain = args.domain;
     config.upload_cap = args.upload_limit;
     config.pooling = !args.no_pooling;

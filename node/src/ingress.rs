@@ -227,7 +227,16 @@ async fn handle(
                     };
                     (c, backends.is_service().then_some((label, backends)))
                 }
-                Err((status, text)) => return plain(status, text),
+                Err((status, text)) => {
+                    let mut response = plain(status, text);
+                    if forwarded.is_some() {
+                        response.headers_mut().insert(
+                            skiff_runtime::UNSERVED,
+                            HeaderValue::from_static("no-ready-pod"),
+                        );
+                    }
+                    return response;
+                }
             }
         }
         Target::Fixed(c) if c.is_ready() => (c.clone(), None),
@@ -250,9 +259,22 @@ async fn handle(
     let (mut response, mut failed) = attempt(shared, &container, req, info, Some(&service)).await;
     let mut served_by = container;
     if failed && let Some(again) = replay {
+        // The balancer's choice when it offers another endpoint; else the first other
+        // ready one (a latency-aware balancer may keep offering the one that failed fast).
         let other = (0..4)
             .filter_map(|_| pick_from(&backends, &again, info))
-            .find(|c| !Arc::ptr_eq(c, &served_by));
+            .find(|c| !Arc::ptr_eq(c, &served_by))
+            .or_else(|| {
+                backends
+                    .endpoints()
+                    .iter()
+                    .find(|c| {
+                        !Arc::ptr_eq(c, &served_by)
+                            && c.is_ready()
+                            && !c.load().ejected(Instant::now())
+                    })
+                    .cloned()
+            });
         if let Some(other) = other {
             shared.metrics.service_retry(&service);
             (response, failed) = attempt(shared, &other, again, info, Some(&service)).await;
@@ -307,12 +329,17 @@ where
     let flight = container.load().start(start);
     let result = container.workload().handle(req, info).await;
     let now = Instant::now();
+    // Another node that had no pod for it (its pods just stopped) served nothing.
+    let unserved = matches!(&result, Ok(r) if r.headers().contains_key(skiff_runtime::UNSERVED));
     match &result {
-        Ok(_) => {
+        Ok(_) if !unserved => {
             flight.finish(now);
             container.load().succeeded();
         }
-        Err(
+        // Its quick "nothing here" is no latency sample: a failure, so the balancers
+        // stop sending there until the route catches up.
+        Ok(_)
+        | Err(
             HandleError::Instantiate(_) | HandleError::Trap { .. } | HandleError::BadResponse(_),
         ) => {
             drop(flight);
@@ -330,13 +357,14 @@ where
     if container.workload().instantiates() && !matches!(result, Err(HandleError::Instantiate(_))) {
         shared.metrics.instance_start(&label);
     }
-    let retryable = matches!(
-        result,
-        Err(HandleError::Instantiate(_)
-            | HandleError::Trap { .. }
-            | HandleError::BadResponse(_)
-            | HandleError::Overloaded(_))
-    );
+    let retryable = unserved
+        || matches!(
+            result,
+            Err(HandleError::Instantiate(_)
+                | HandleError::Trap { .. }
+                | HandleError::BadResponse(_)
+                | HandleError::Overloaded(_))
+        );
     let mut response = match result {
         // A static file streams from the disk without the app's work: the permit goes
         // once the response is ready, so clients that read slowly (or not at all) cannot

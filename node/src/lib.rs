@@ -248,6 +248,7 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
                 let peer = raft::Peer {
                     api: m.keys.get(skiff_spec::cluster::API)?.clone(),
                     name: m.keys.get(skiff_spec::cluster::NAME)?.clone(),
+                    gateway: m.is_gateway(),
                 };
                 Some((id, peer))
             })
@@ -404,6 +405,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             raft::Peer {
                 api: cluster::advertised(api_addr, config.cluster.advertise).to_string(),
                 name: identity.name.clone(),
+                gateway: config.cluster.gateway,
             },
             desired.clone(),
             kick.clone(),

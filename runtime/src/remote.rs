@@ -19,6 +19,11 @@ use crate::{BoxError, HandleError, ResponseBody};
 /// client could name by Host anyway), so it needs no proof of origin.
 pub const FORWARDED: &str = "x-skiff-forwarded";
 
+/// The header a node puts on its answer to a forwarded request it could not give to any
+/// pod (none ready, the route gone): nothing reached an app, so the forwarding node may
+/// send the request elsewhere.
+pub const UNSERVED: &str = "x-skiff-unserved";
+
 /// Pods of one route on one other node.
 pub struct RemoteWorkload {
     target: SocketAddr,

@@ -16,3 +16,5 @@ pub const STARTED: &str = "started";
 pub const CAPACITY: &str = "capacity";
 /// `pods.<deployment>`: the Deployment's pods on it, `total,updated,ready,available`.
 pub const PODS_PREFIX: &str = "pods.";
+/// `node` (holds pods) or `gateway` (only routes: `skiff gateway`).
+pub const ROLE: &str = "role";

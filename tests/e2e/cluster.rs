@@ -161,6 +161,35 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
         "nothing kept of a refused join"
     );
     assert_eq!(nodes(&first).await.len(), 3);
+
+    // The peer API takes only requests signed with the cluster's key: none, a forged
+    // signature and a stale one are refused before the body is read as Raft's.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    for signature in [
+        None,
+        Some(format!("{now_ms}.{}", "00".repeat(32))),
+        Some(format!("{}.{}", now_ms - 3_600_000, "ab".repeat(32))),
+        Some("garbage".to_string()),
+    ] {
+        for path in ["/v1/raft/vote", "/v1/raft/write", "/v1/peer/pods"] {
+            let mut r = first
+                .http
+                .post(format!("{}{path}", first.api))
+                .header("content-type", "application/json")
+                .body("{}");
+            if let Some(s) = &signature {
+                r = r.header("x-skiff-peer", s);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} with {signature:?}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "not_a_peer", "{v}");
+        }
+    }
+    wait_ready(&first, 3, 3, "the cluster unaffected").await;
 }
 
 /// Three nodes on loopback named one, two and three, the others joined to the first,
@@ -413,6 +442,33 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         || async { (served_by(&third, "my-web-app", 30).await.len() == 3).then_some(()) },
     )
     .await;
+
+    // Drain the third node under load: its pod is ready elsewhere before it stops, and
+    // no request fails.
+    let load = Load::start(&first, "my-web-app", 4);
+    load.wait_count(100).await;
+    let out = ok(&skiff(&second, &["drain", "three", "--timeout", "60s"]).await);
+    assert!(out.contains("node/three drained"), "{out}");
+    let drained = wait_spread(&first, "app=my-web-app", 3, 2).await;
+    assert!(drained.iter().all(|(_, n, _)| n != "three"), "{drained:?}");
+    let before = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_count(before + 200).await;
+    let (good, bad, errors, _) = load.finish().await;
+    assert_eq!(
+        (bad, errors),
+        (0, 0),
+        "requests failed while draining ({good} fine)"
+    );
+    let table = ok(&skiff(&first, &["get", "nodes"]).await);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("three") && l.contains("Ready,SchedulingDisabled")),
+        "{table}"
+    );
+    // Uncordoned, it takes pods again.
+    ok(&skiff(&first, &["uncordon", "three"]).await);
+    wait_spread(&first, "app=my-web-app", 3, 3).await;
 }
 
 /// Builds the nginx example's site as `my-web-app` on `node` and applies its two files

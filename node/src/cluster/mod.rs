@@ -54,6 +54,8 @@ pub struct ClusterSettings {
     /// Memory this node offers pods, bytes (placement's weight and bound); default: the
     /// machine's.
     pub capacity_memory: Option<u64>,
+    /// A gateway: holds no pods, never votes, only routes.
+    pub gateway: bool,
 }
 
 impl Default for ClusterSettings {
@@ -70,6 +72,7 @@ impl Default for ClusterSettings {
             phi_threshold: 8.0,
             voter_grace: Duration::from_secs(30),
             capacity_memory: None,
+            gateway: false,
         }
     }
 }
@@ -283,6 +286,9 @@ impl Member {
         if !role.is_empty() {
             labels.insert(format!("node-role.kubernetes.io/{role}"), String::new());
         }
+        if self.is_gateway() {
+            labels.insert("node-role.kubernetes.io/gateway".into(), String::new());
+        }
         let api = self.key(keys::API);
         let host = api.rsplit_once(':').map_or(api, |(h, _)| h).to_string();
         k8s::Node {
@@ -354,6 +360,8 @@ pub struct NodeView {
     pub ingress: Option<SocketAddr>,
     /// Its API (`host:port`).
     pub api: Option<String>,
+    /// A gateway: takes no pods.
+    pub gateway: bool,
     /// Its pods by Deployment.
     pub pods: BTreeMap<String, PodCounts>,
 }
@@ -404,6 +412,11 @@ pub struct View {
 }
 
 impl Member {
+    /// Whether it is a gateway (no pods, no vote).
+    pub fn is_gateway(&self) -> bool {
+        self.key(keys::ROLE) == "gateway"
+    }
+
     /// As placement and routing see it.
     pub fn view(&self) -> NodeView {
         let pods = self
@@ -420,6 +433,7 @@ impl Member {
             capacity: self.key(keys::CAPACITY).parse().unwrap_or(0),
             ingress: self.key(keys::INGRESS).parse().ok(),
             api: Some(self.key(keys::API).to_string()).filter(|a| !a.is_empty()),
+            gateway: self.is_gateway(),
             pods,
         }
     }
@@ -517,6 +531,10 @@ impl Cluster {
                     .capacity_memory
                     .unwrap_or_else(machine_memory)
                     .to_string(),
+            ),
+            (
+                keys::ROLE.to_string(),
+                if settings.gateway { "gateway" } else { "node" }.to_string(),
             ),
         ];
         let handle = chitchat::spawn_chitchat(config, initial, &transport)

@@ -46,13 +46,17 @@ use crate::desired::{Applied, Command, DesiredStore, Rejected, Versioned};
 /// A node's Raft id: its node id's 64 random bits.
 pub type NodeId = u64;
 
-/// What Raft keeps of a member: where its API is, and its name for messages.
+/// What Raft keeps of a member: where its API is, its name for messages, and whether
+/// it is a gateway (which never votes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     /// Its API address (the peer API too).
     pub api: String,
     /// Its node name.
     pub name: String,
+    /// A gateway: a learner only.
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 /// The state machine's answer to an entry: `None` for entries that carry no command.
@@ -591,7 +595,7 @@ impl Consensus {
             }
             return;
         }
-        let target = match nodes.len() {
+        let target = match nodes.values().filter(|p| !p.gateway).count() {
             0..=2 => 1,
             3 | 4 => 3,
             _ => 5,
@@ -605,9 +609,11 @@ impl Consensus {
                 .is_some_and(|l| l.index + 100 >= last)
         };
         let candidate = nodes
-            .keys()
-            .find(|id| !voters.contains(id) && live.contains_key(id) && caught_up(id))
-            .copied();
+            .iter()
+            .find(|(id, p)| {
+                !p.gateway && !voters.contains(id) && live.contains_key(id) && caught_up(id)
+            })
+            .map(|(id, _)| *id);
         let dead: Vec<NodeId> = {
             let l = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
             voters

@@ -60,7 +60,7 @@ pub(super) fn local_targets(
             id: n.id.clone(),
             labels: n.labels.clone(),
             capacity: n.capacity,
-            schedulable: !state.cordoned.contains(&n.name),
+            schedulable: !n.gateway && !state.cordoned.contains(&n.name),
         })
         .collect();
     let wants: Vec<Want> = state
