@@ -281,16 +281,19 @@ async fn wait_spread(
     .await
 }
 
-/// Which pods answer `count` requests for `app` through `node`'s ingress.
-async fn served_by(node: &Node, app: &str, count: usize) -> std::collections::BTreeSet<String> {
+/// Which pods answer `count` requests for `app` through `node`'s ingress; `None` if any
+/// request is not answered 200 (a node that joined may not have the route yet).
+async fn served_by(
+    node: &Node,
+    app: &str,
+    count: usize,
+) -> Option<std::collections::BTreeSet<String>> {
     let mut by = std::collections::BTreeSet::new();
     for _ in 0..count {
-        let r = node
-            .app(reqwest::Method::GET, app, "/")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let r = node.app(reqwest::Method::GET, app, "/").send().await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
         by.insert(
             r.headers()
                 .get("x-skiff-container")
@@ -298,7 +301,7 @@ async fn served_by(node: &Node, app: &str, count: usize) -> std::collections::BT
                 .unwrap_or_default(),
         );
     }
-    by
+    Some(by)
 }
 
 #[tokio::test]
@@ -373,7 +376,9 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         wait_for(
             "every pod to serve through this node",
             Duration::from_secs(10),
-            || async { (served_by(n, "my-web-app", 30).await == all).then_some(()) },
+            || async {
+                (served_by(n, "my-web-app", 30).await.as_ref() == Some(&all)).then_some(())
+            },
         )
         .await;
     }
@@ -439,7 +444,11 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
     wait_for(
         "the rejoined node to route to all three pods",
         Duration::from_secs(10),
-        || async { (served_by(&third, "my-web-app", 30).await.len() == 3).then_some(()) },
+        || async {
+            served_by(&third, "my-web-app", 30)
+                .await
+                .filter(|by| by.len() == 3)
+        },
     )
     .await;
 
@@ -469,6 +478,57 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
     // Uncordoned, it takes pods again.
     ok(&skiff(&first, &["uncordon", "three"]).await);
     wait_spread(&first, "app=my-web-app", 3, 3).await;
+
+    // A gateway joins: it takes no pods and no vote, and serves every pod.
+    let gateway_dir = tempfile::tempdir().unwrap();
+    let join = join_args(&first);
+    let mut cmd_args = vec!["--node-name", "edge"];
+    cmd_args.extend(join.iter().map(String::as_str));
+    let edge = Node::start_customised(gateway_dir.path(), &cmd_args, |cmd| {
+        // `skiff gateway` takes the flags `skiff up` takes.
+        let args: Vec<std::ffi::OsString> = cmd.get_args().skip(1).map(Into::into).collect();
+        *cmd = std::process::Command::new(crate::harness::SKIFF);
+        cmd.arg("gateway")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped());
+    })
+    .await;
+    wait_ready(&first, 4, 4, "the gateway to join").await;
+    let table = wait_for(
+        "the gateway to be a learner",
+        Duration::from_secs(10),
+        || async {
+            let table = ok(&skiff(&first, &["get", "nodes"]).await);
+            table
+                .lines()
+                .any(|l| l.starts_with("edge") && l.contains(" gateway,learner "))
+                .then_some(table)
+        },
+    )
+    .await;
+    assert_eq!(
+        table.matches("node-role.kubernetes.io/voter=").count(),
+        2,
+        "{table}"
+    );
+    wait_for(
+        "the gateway to route to all three pods",
+        Duration::from_secs(10),
+        || async {
+            served_by(&edge, "my-web-app", 30)
+                .await
+                .filter(|by| by.len() == 3)
+        },
+    )
+    .await;
+    assert!(
+        pods(&first, "app=my-web-app")
+            .await
+            .iter()
+            .all(|(_, n, _)| n != "edge"),
+        "a gateway runs no pods"
+    );
 }
 
 /// Builds the nginx example's site as `my-web-app` on `node` and applies its two files
