@@ -78,32 +78,48 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
     assert_eq!(names, ["two"], "{table}");
 
     // Gossip that is not the cluster's is dropped and counted; nothing else changes.
-    let gossip = {
+    // The second node keeps its live peers' gossip addresses (the first's and the
+    // third's) in cluster.json: forge datagrams to both.
+    let seeds: Vec<String> = {
         let cluster: Value =
             serde_json::from_str(&std::fs::read_to_string(first.dir.join("cluster.json")).unwrap())
                 .unwrap();
         assert!(cluster["node_id"].is_string());
-        // The first node's gossip address is the seed the others were given.
-        let c2: Value = serde_json::from_str(
-            &std::fs::read_to_string(second.dir.join("cluster.json")).unwrap(),
+        wait_for(
+            "the second node to keep both peers",
+            Duration::from_secs(10),
+            || async {
+                let c2: Value = serde_json::from_str(
+                    &std::fs::read_to_string(second.dir.join("cluster.json")).unwrap(),
+                )
+                .unwrap();
+                let seeds: Vec<String> = c2["seeds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect();
+                (seeds.len() == 2).then_some(seeds)
+            },
         )
-        .unwrap();
-        c2["seeds"][0].as_str().unwrap().to_string()
+        .await
     };
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for payload in [&b"junk"[..], &[7u8; 200][..], &[0u8; 60_000][..]] {
-        udp.send_to(payload, &gossip).unwrap();
+    for gossip in &seeds {
+        for payload in [&b"junk"[..], &[7u8; 200][..], &[0u8; 60_000][..]] {
+            udp.send_to(payload, gossip).unwrap();
+        }
     }
+    let dropped = |m: &str| {
+        crate::harness::metric(m, "skiff_gossip_dropped_datagrams{reason=\"forged\"}")
+            + crate::harness::metric(m, "skiff_gossip_dropped_datagrams{reason=\"truncated\"}")
+    };
     let m = wait_for(
         "the forged datagrams to be counted",
         Duration::from_secs(10),
         || async {
-            let m = first.metrics().await;
-            let forged =
-                crate::harness::metric(&m, "skiff_gossip_dropped_datagrams{reason=\"forged\"}");
-            let short =
-                crate::harness::metric(&m, "skiff_gossip_dropped_datagrams{reason=\"truncated\"}");
-            (forged + short >= 3.0).then_some(m)
+            let (m1, m3) = (first.metrics().await, third.metrics().await);
+            (dropped(&m1) + dropped(&m3) >= 6.0).then_some(m1)
         },
     )
     .await;
@@ -703,4 +719,76 @@ async fn acknowledged_writes_survive_a_killed_leader_and_a_minority_refuses_writ
     )
     .await;
     let _ = leader_dir;
+}
+
+#[tokio::test]
+async fn a_rolling_update_across_three_nodes_under_load_fails_no_request() {
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let (first, second, third) =
+        three_nodes([dirs[0].path(), dirs[1].path(), dirs[2].path()]).await;
+    // Two versions of the hello component, built on the first node only.
+    for (tag, greeting) in [("hello:v1", "one"), ("hello:v2", "two")] {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("hello.wasm"), crate::harness::hello_wasm()).unwrap();
+        std::fs::write(
+            ctx.path().join("skiff.toml"),
+            format!("version = 1\nkind = \"wasm\"\nwasm = \"hello.wasm\"\n[env]\nGREETING = \"{greeting}\"\n"),
+        )
+        .unwrap();
+        ok(&skiff(&first, &["build", "-t", tag, ctx.path().to_str().unwrap()]).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: hello:v1\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports:\n  - port: 80\n",
+    )
+    .unwrap();
+    ok(&skiff(&third, &["apply", "-f", manifest.to_str().unwrap()]).await);
+    wait_spread(&first, "app=web", 3, 3).await;
+
+    // Load through the second node's ingress while the image changes through the third.
+    let load = Load::start(&second, "web", 6);
+    load.wait_count(300).await;
+    let before = load.ok.load(std::sync::atomic::Ordering::Relaxed);
+    ok(&skiff(&third, &["set", "image", "deployment/web", "web=hello:v2"]).await);
+    let out = ok(&skiff(
+        &first,
+        &["rollout", "status", "deployment/web", "--timeout", "60s"],
+    )
+    .await);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_for(
+        "3 pods of v2 on 3 nodes",
+        Duration::from_secs(30),
+        || async {
+            let p = pods(&first, "app=web").await;
+            let on: std::collections::BTreeSet<&str> =
+                p.iter().map(|(_, n, _)| n.as_str()).collect();
+            (p.len() == 3 && on.len() == 3 && p.iter().all(|(_, _, r)| *r)).then_some(())
+        },
+    )
+    .await;
+    load.wait_count(before + 1000).await;
+    let (good, bad, errors, bodies) = load.finish().await;
+    assert_eq!(
+        (bad, errors),
+        (0, 0),
+        "failed requests during the rollout ({good} fine)"
+    );
+    assert!(
+        bodies.get("two from skiff\n").copied().unwrap_or(0) > 0,
+        "{bodies:?}"
+    );
+    // Every node now answers with the new version only.
+    for n in [&first, &second, &third] {
+        wait_for("only v2 to answer", Duration::from_secs(10), || async {
+            let mut all = true;
+            for _ in 0..10 {
+                all &= n.get("web", "/").await.1 == "two from skiff\n";
+            }
+            all.then_some(())
+        })
+        .await;
+    }
 }
