@@ -792,3 +792,136 @@ async fn a_rolling_update_across_three_nodes_under_load_fails_no_request() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_partitioned_node_refuses_writes_keeps_serving_and_converges_when_healed() {
+    let net = match crate::netns::Net::new(3) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let first = net.start(0, dirs[0].path(), &["--node-name", "one"]).await;
+    let join = format!("{}:7700", net.ip(0));
+    let token = std::fs::read_to_string(dirs[0].path().join("join-token")).unwrap();
+    let mut others = Vec::new();
+    for (i, name) in [(1, "two"), (2, "three")] {
+        let extra = [
+            "--node-name",
+            name,
+            "--join",
+            &join,
+            "--join-token",
+            token.trim(),
+        ];
+        others.push(net.start(i, dirs[i].path(), &extra).await);
+    }
+    let third = others.pop().unwrap();
+    let second = others.pop().unwrap();
+    for n in [&first, &second, &third] {
+        wait_ready(n, 3, 3, "three ready nodes").await;
+    }
+    wait_for("three Raft voters", Duration::from_secs(30), || async {
+        let r = roles(&first).await;
+        (r.values()
+            .filter(|r| *r == "leader" || *r == "voter")
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+    apply_nginx_example(&second).await;
+    wait_spread(&first, "app=my-web-app", 3, 3).await;
+
+    // Cut the third off. The majority keeps taking writes and moves its pod; the third
+    // refuses writes at once, naming the voters, and serves from the pod it has.
+    net.partition(2);
+    wait_ready(&first, 2, 3, "the majority to see the third gone").await;
+    wait_for(
+        "a write on the majority",
+        Duration::from_secs(15),
+        || async {
+            write_service(&first, "during-partition")
+                .await
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the third's pod to run on the majority",
+        Duration::from_secs(15),
+        || async {
+            let p = pods(&first, "app=my-web-app").await;
+            (p.len() == 3 && p.iter().all(|(_, n, r)| *r && n != "three")).then_some(())
+        },
+    )
+    .await;
+    wait_ready(&third, 1, 3, "the third to see the others gone").await;
+    let started = Instant::now();
+    let e = err(&write_service(&third, "on-the-minority").await);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("no quorum") && e.contains("unreachable"), "{e}");
+    wait_for(
+        "the third to serve from its own pod",
+        Duration::from_secs(10),
+        || async {
+            let mut all = true;
+            for _ in 0..20 {
+                let r = third
+                    .app(reqwest::Method::GET, "my-web-app", "/")
+                    .send()
+                    .await;
+                all &= r.is_ok_and(|r| r.status() == 200);
+            }
+            all.then_some(())
+        },
+    )
+    .await;
+
+    // Heal: within 10 s the third has the majority's writes, the pods are spread over
+    // three nodes again, and there were never more than replicas + maxSurge (3 + 1),
+    // counting the third's own pod, which ran on through the partition.
+    net.heal(2);
+    let healed = Instant::now();
+    let most = std::sync::Mutex::new(Vec::new());
+    wait_for(
+        "convergence after the heal",
+        Duration::from_secs(10),
+        || async {
+            let p = pods(&first, "app=my-web-app").await;
+            {
+                let mut most = most.lock().unwrap();
+                if p.len() > most.len() {
+                    *most = p.clone();
+                }
+            }
+            let on: std::collections::BTreeSet<&str> =
+                p.iter().map(|(_, n, _)| n.as_str()).collect();
+            let converged = p.len() == 3
+                && on.len() == 3
+                && p.iter().all(|(_, _, r)| *r)
+                && services(&third)
+                    .await
+                    .is_ok_and(|s| s.contains(&"during-partition".to_string()));
+            converged.then_some(())
+        },
+    )
+    .await;
+    let most = most.into_inner().unwrap();
+    assert!(
+        most.len() <= 4,
+        "{} pods at once after the heal: {most:?}",
+        most.len()
+    );
+    eprintln!("converged {:?} after the heal", healed.elapsed());
+    drop((first, second, third));
+    drop(net);
+}

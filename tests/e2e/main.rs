@@ -12,6 +12,7 @@ mod images;
 mod kinds;
 mod kube;
 mod lifecycle;
+mod netns;
 mod observe;
 mod oci;
 mod registry;
