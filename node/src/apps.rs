@@ -39,6 +39,7 @@ mod standalone;
 
 pub(crate) use deployments::spread::LOCAL_ROUTE;
 pub use error::AppError;
+pub(crate) use pull::REPLICA_HEADER;
 
 use crate::container::Container;
 use crate::desired::DesiredStore;
@@ -565,9 +566,17 @@ impl Apps {
         .map_err(AppError::internal)?;
         let summary = self.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
-        let installed = self
-            .install(name, params, (summary, image_ref), compiled)
-            .await;
+        // On a second node before it is acknowledged (then deployed).
+        let installed = match self
+            .replicate(&[(Some(image_name.clone()), desc.digest)])
+            .await
+        {
+            Ok(()) => {
+                self.install(name, params, (summary, image_ref), compiled)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if installed.is_err() {
             // A refused deploy leaves the name where it was: on the image that still runs
             // (or on none).

@@ -340,6 +340,14 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         &["build", "-t", "my-web-app", site.to_str().unwrap()],
     )
     .await);
+    // Acknowledged once a second node holds it too.
+    let mut holders = 0;
+    for n in [&second, &third] {
+        if ok(&skiff(n, &["images"]).await).contains("my-web-app") {
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1, "the build is on exactly one other node");
     // The nginx example's two files, applied through a node that does not lead.
     let (d, s) = (
         dir.path().join("deployment.yaml"),

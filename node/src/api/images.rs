@@ -118,6 +118,17 @@ pub(super) async fn load(
         ArchiveError::TooLarge(_) => ApiError::too_large(e.to_string()),
         other => ApiError::bad_request("invalid_archive", other.to_string()),
     })?;
+    // Acknowledged once another node holds a copy too (unless this is that copy).
+    if !headers.contains_key(crate::apps::REPLICA_HEADER) {
+        let picked: Vec<(Option<ImageName>, skiff_spec::Digest)> = loaded
+            .iter()
+            .map(|l| {
+                let name = l.tags.first().and_then(|t| ImageName::parse(t).ok());
+                (name, l.digest)
+            })
+            .collect();
+        shared.apps.replicate(&picked).await?;
+    }
     let out: Vec<LoadedImage> = loaded
         .into_iter()
         .map(|l| LoadedImage {

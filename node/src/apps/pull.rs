@@ -96,3 +96,91 @@ impl Apps {
         Ok(true)
     }
 }
+
+/// The header on an image load that is itself a copy from another node (it is not copied
+/// on again).
+pub(crate) const REPLICA_HEADER: &str = "x-skiff-replica";
+
+impl Apps {
+    /// Copies the images `loaded` (name or digest, manifest digest) to one other node, so
+    /// a load, build or upload is on two nodes (all when there are fewer) before it is
+    /// acknowledged. Peers are tried in an order fixed by the digest, so copies of an
+    /// image land on the same node; the first that takes it ends the search.
+    pub(crate) async fn replicate(
+        &self,
+        loaded: &[(Option<skiff_image::ImageName>, skiff_spec::Digest)],
+    ) -> Result<(), AppError> {
+        let view = self.view.borrow().clone();
+        let Some(first) = loaded.first() else {
+            return Ok(());
+        };
+        let mut peers: Vec<(String, String)> = view
+            .nodes
+            .iter()
+            .filter(|n| n.id != view.me && !n.gateway)
+            .filter_map(|n| Some((n.name.clone(), n.api.clone()?)))
+            .collect();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let key = first.1.to_string();
+        peers.sort_by_key(|(name, _)| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(format!("{key}/{name}").as_bytes())
+        });
+        let images = self.images.clone();
+        let picked = loaded.to_vec();
+        let mut spool = tokio::task::spawn_blocking(move || {
+            let mut spool = tempfile::tempfile().map_err(|e| e.to_string())?;
+            archive::export(&images, &picked, &mut spool).map_err(|e| e.to_string())?;
+            spool.rewind().map_err(|e| e.to_string())?;
+            Ok::<_, String>(spool)
+        })
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
+        let mut failures = Vec::new();
+        for (name, api) in peers {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            spool.rewind().map_err(AppError::internal)?;
+            spool.read_to_end(&mut bytes).map_err(AppError::internal)?;
+            match tokio::time::timeout(PULL_TIMEOUT, self.push_to(&api, bytes)).await {
+                Ok(Ok(())) => {
+                    info!(image = %key, to = %name, "image copied to a peer");
+                    return Ok(());
+                }
+                Ok(Err(e)) => failures.push(format!("{name}: {e}")),
+                Err(_) => failures.push(format!("{name}: took longer than {PULL_TIMEOUT:?}")),
+            }
+        }
+        Err(AppError::Unavailable {
+            code: "not_replicated",
+            message: format!(
+                "the image is stored on this node, but no other node took a copy ({}); it is not acknowledged until two nodes hold it: try again",
+                failures.join("; ")
+            ),
+        })
+    }
+
+    async fn push_to(&self, api: &str, archive: Vec<u8>) -> Result<(), String> {
+        let request = http::Request::post(format!("http://{api}/v1/images"))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(http::header::CONTENT_TYPE, "application/x-tar")
+            .header(REPLICA_HEADER, "1")
+            .body(http_body_util::Full::new(Bytes::from(archive)))
+            .map_err(|e| e.to_string())?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<Bytes>>();
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", response.status()))
+        }
+    }
+}
