@@ -6,9 +6,12 @@
 //! matching the `nodeSelector`, with memory left for the pod) by weighted rendezvous
 //! hashing, `-capacity / ln(h(d, i, node))`, and takes the best one that keeps the
 //! Deployment spread: at most `ceil(replicas / nodes)` pods per node and
-//! `ceil(replicas / zones)` per zone. The hash is FNV-1a mixed by SplitMix64, fixed
-//! here so every build and every node agrees. A node joining takes only the slots it
-//! now ranks first for; a node leaving gives up only its own.
+//! `ceil(replicas / zones)` per zone. Pods stay where they run: a slot goes first to a
+//! node that already runs more of the Deployment's pods than it was given so far, when
+//! that keeps the spread; so a node that joins gets new pods (a new Deployment, a
+//! scale-up) but takes none away, and pods move only when needed: off a dead, cordoned
+//! or unfitting node, or to spread again. The hash is FNV-1a mixed by SplitMix64, fixed
+//! here so every build and every node agrees.
 
 use std::collections::BTreeMap;
 
@@ -84,10 +87,18 @@ fn score(deployment: &str, slot: u32, node: &Candidate) -> f64 {
     -weight / u.ln()
 }
 
-/// Pods per node for every Deployment in `wants` (by name, then node id), placed in
-/// name order so memory is shared out the same way everywhere. Slots no node can take
-/// are left out (the pods wait, as Kubernetes' Pending ones do).
-pub fn place(wants: &[Want], nodes: &[Candidate]) -> BTreeMap<String, BTreeMap<String, u32>> {
+/// Pods each node runs now, by Deployment, then node id.
+pub type Current = BTreeMap<String, BTreeMap<String, u32>>;
+
+/// Pods per node for every Deployment in `wants` (by name, then node id), given where
+/// they run now (`current`), placed in name order so memory is shared out the same way
+/// everywhere. Slots no node can take are left out (the pods wait, as Kubernetes'
+/// Pending ones do).
+pub fn place(
+    wants: &[Want],
+    nodes: &[Candidate],
+    current: &Current,
+) -> BTreeMap<String, BTreeMap<String, u32>> {
     let mut free: BTreeMap<&str, u64> = nodes.iter().map(|n| (n.id.as_str(), n.capacity)).collect();
     let mut sorted: Vec<&Want> = wants.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -121,10 +132,17 @@ pub fn place(wants: &[Want], nodes: &[Candidate]) -> BTreeMap<String, BTreeMap<S
                             || (counts.get(&n.id).copied().unwrap_or(0) < per_node
                                 && in_zone.get(&n.zone()).copied().unwrap_or(0) < per_zone))
                 };
-                // Spread first; when memory rules that out, any node with room.
+                let runs = current.get(&want.name);
+                let holds_more = |n: &Candidate| {
+                    runs.and_then(|r| r.get(&n.id)).copied().unwrap_or(0)
+                        > counts.get(&n.id).copied().unwrap_or(0)
+                };
+                // Where a pod runs already, if that keeps the spread; else the best
+                // spread node; when memory rules that out, any node with room.
                 let pick = ranked
                     .iter()
-                    .find(|(_, n)| fits(n, true))
+                    .find(|(_, n)| holds_more(n) && fits(n, true))
+                    .or_else(|| ranked.iter().find(|(_, n)| fits(n, true)))
                     .or_else(|| ranked.iter().find(|(_, n)| fits(n, false)))
                     .map(|(_, n)| *n);
                 let Some(node) = pick else { continue };
@@ -184,26 +202,29 @@ mod tests {
     #[test]
     fn pods_spread_one_per_node_and_agree_everywhere() {
         let nodes = vec![node("a", &[]), node("b", &[]), node("c", &[])];
-        let placed = place(&[want("web", 3)], &nodes);
+        let placed = place(&[want("web", 3)], &nodes, &Current::new());
         assert_eq!(counts(&placed, "web"), [1, 1, 1]);
         // Another node, with the members listed in another order, computes the same.
         let mut shuffled = nodes.clone();
         shuffled.reverse();
-        assert_eq!(place(&[want("web", 3)], &shuffled), placed);
+        assert_eq!(place(&[want("web", 3)], &shuffled, &Current::new()), placed);
         // Five replicas on three nodes: 2, 2, 1.
-        assert_eq!(counts(&place(&[want("web", 5)], &nodes), "web"), [1, 2, 2]);
+        assert_eq!(
+            counts(&place(&[want("web", 5)], &nodes, &Current::new()), "web"),
+            [1, 2, 2]
+        );
     }
 
     #[test]
-    fn a_dead_node_gives_up_only_its_pods_and_a_new_one_takes_few() {
+    fn pods_stay_where_they_run_and_move_only_when_needed() {
         let three = vec![node("a", &[]), node("b", &[]), node("c", &[])];
         let wants: Vec<Want> = (0..40).map(|i| want(&format!("d{i}"), 1)).collect();
-        let before = place(&wants, &three);
+        let before = place(&wants, &three, &Current::new());
         let on = |p: &BTreeMap<String, BTreeMap<String, u32>>, d: &str| {
             p[d].keys().next().cloned().unwrap()
         };
         // c dies: only c's pods move.
-        let after = place(&wants, &three[..2]);
+        let after = place(&wants, &three[..2], &before);
         for w in &wants {
             if on(&before, &w.name) != "c" {
                 assert_eq!(
@@ -214,20 +235,33 @@ mod tests {
                 );
             }
         }
-        // d joins: the pods that move all move to d, about a quarter of them.
+        // d joins: nothing running moves to it; a new Deployment may go there.
         let mut four = three.clone();
         four.push(node("d", &[]));
-        let joined = place(&wants, &four);
-        let moved: Vec<&Want> = wants
-            .iter()
-            .filter(|w| on(&before, &w.name) != on(&joined, &w.name))
-            .collect();
-        assert!(moved.iter().all(|w| on(&joined, &w.name) == "d"));
-        assert!(
-            (4..=18).contains(&moved.len()),
-            "{} of 40 moved",
-            moved.len()
+        let joined = place(&wants, &four, &before);
+        assert_eq!(joined, before, "pods moved to a node that joined");
+        let mut more = wants.clone();
+        more.extend((40..80).map(|i| want(&format!("d{i}"), 1)));
+        let next = place(&more, &four, &before);
+        assert!(more[40..].iter().any(|w| on(&next, &w.name) == "d"));
+        // Where pods run unevenly (a node came back after the others took its pod),
+        // they spread again: one moves, the others stay.
+        let web = [want("web", 3)];
+        let uneven: Current = BTreeMap::from([(
+            "web".into(),
+            BTreeMap::from([("a".into(), 2), ("b".into(), 1)]),
+        )]);
+        let spread = place(&web, &three, &uneven);
+        assert_eq!(
+            spread["web"],
+            BTreeMap::from([("a".into(), 1), ("b".into(), 1), ("c".into(), 1)])
         );
+        // Surplus (a rollout's surge) does not make placement place more.
+        let surged: Current = BTreeMap::from([(
+            "web".into(),
+            BTreeMap::from([("a".into(), 2), ("b".into(), 2), ("c".into(), 1)]),
+        )]);
+        assert_eq!(place(&web, &three, &surged)["web"].values().sum::<u32>(), 3);
     }
 
     #[test]
@@ -240,25 +274,25 @@ mod tests {
         // nodeSelector: only a and c.
         let mut ssd = want("db", 4);
         ssd.node_selector.insert("disk".into(), "ssd".into());
-        let placed = place(&[ssd.clone()], &nodes);
+        let placed = place(&[ssd.clone()], &nodes, &Current::new());
         assert_eq!(placed["db"].keys().collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(counts(&placed, "db"), [2, 2]);
         // Zones: two pods go one to eu and one to us, whichever eu node ranks first.
-        let placed = place(&[want("web", 2)], &nodes);
+        let placed = place(&[want("web", 2)], &nodes, &Current::new());
         assert_eq!(placed["web"].get("c"), Some(&1));
         // A cordoned node gets nothing.
         nodes[2].schedulable = false;
         assert_eq!(
-            place(&[ssd.clone()], &nodes)["db"]
+            place(&[ssd.clone()], &nodes, &Current::new())["db"]
                 .keys()
                 .collect::<Vec<_>>(),
             ["a"]
         );
         // Memory: a node with room for one pod takes one, the rest wait.
         nodes[0].capacity = 200 << 20;
-        assert_eq!(counts(&place(&[ssd], &nodes), "db"), [1]);
+        assert_eq!(counts(&place(&[ssd], &nodes, &Current::new()), "db"), [1]);
         // No eligible node at all: nothing placed, nothing panics.
-        assert!(place(&[want("x", 3)], &[])["x"].is_empty());
+        assert!(place(&[want("x", 3)], &[], &Current::new())["x"].is_empty());
     }
 
     #[test]

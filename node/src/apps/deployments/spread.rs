@@ -73,7 +73,29 @@ pub(super) fn local_targets(
             memory: memory(d),
         })
         .collect();
-    let placed = placement::place(&wants, &nodes);
+    // Where each Deployment's pods run now: this node's own count, the others' as they
+    // gossip it.
+    let mut current: placement::Current = BTreeMap::new();
+    for n in view.nodes.iter().filter(|n| n.id != view.me) {
+        for (d, c) in &n.pods {
+            current
+                .entry(d.clone())
+                .or_default()
+                .insert(n.id.clone(), c.total);
+        }
+    }
+    for p in inner
+        .pods
+        .values()
+        .filter(|p| p.phase() != PodPhase::Terminating)
+    {
+        *current
+            .entry(p.deployment.clone())
+            .or_default()
+            .entry(view.me.clone())
+            .or_default() += 1;
+    }
+    let placed = placement::place(&wants, &nodes, &current);
     let mut targets = BTreeMap::new();
     for want in &wants {
         let share = placed
