@@ -31,7 +31,7 @@ mod workload;
 
 pub use body::{BodyStalled, Guarded, ProgressBody};
 pub use log::{LogBook, LogStream};
-pub use remote::{FORWARDED, RemoteWorkload, UNSERVED};
+pub use remote::{FORWARDED, ProxyClient, RemoteWorkload, UNSERVED};
 pub use site::StaticSite;
 pub use wasm::{
     CompileError, Compiled, CompilerCommand, ContainerConfig, MemoryError, MemoryReservation,

@@ -29,7 +29,7 @@ pub struct RemoteWorkload {
     target: SocketAddr,
     route: HeaderValue,
     body_timeout: Duration,
-    client: Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
+    client: ProxyClient,
 }
 
 impl RemoteWorkload {
@@ -40,7 +40,7 @@ impl RemoteWorkload {
         target: SocketAddr,
         route: &str,
         body_timeout: Duration,
-        client: Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
+        client: ProxyClient,
     ) -> Result<Self, http::header::InvalidHeaderValue> {
         Ok(Self {
             target,
@@ -51,8 +51,7 @@ impl RemoteWorkload {
     }
 
     /// A client for remote workloads: connects within 1 s, keeps connections 30 s.
-    pub fn client()
-    -> Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>> {
+    pub fn client() -> ProxyClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
@@ -74,18 +73,47 @@ impl RemoteWorkload {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = format!("http://{}{path}", self.target)
-            .parse()
-            .map_err(|e| HandleError::BadRequest(format!("bad request path: {e}")))?;
-        parts.headers.insert(FORWARDED, self.route.clone());
-        let body =
-            crate::ProgressBody::new(body.map_err(Into::into).boxed_unsync(), self.body_timeout);
-        let req = hyper::Request::from_parts(parts, body.boxed_unsync());
-        let resp = self.client.request(req).await.map_err(|e| {
-            HandleError::BadResponse(format!("the node at {} did not answer: {e}", self.target))
-        })?;
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        let mut req = req;
+        req.headers_mut().insert(FORWARDED, self.route.clone());
+        proxy(
+            &self.client,
+            self.target,
+            req,
+            self.body_timeout,
+            "the node",
+        )
+        .await
     }
+}
+
+/// A keep-alive client for proxied requests.
+pub type ProxyClient =
+    Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>;
+
+/// Sends `req` to `target` over `client`; a request body that sends nothing for
+/// `body_timeout` fails (nothing else bounds a proxied body). `what` names the target in
+/// errors.
+pub(crate) async fn proxy<B>(
+    client: &ProxyClient,
+    target: SocketAddr,
+    req: hyper::Request<B>,
+    body_timeout: Duration,
+    what: &str,
+) -> Result<hyper::Response<ResponseBody>, HandleError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("http://{target}{path}")
+        .parse()
+        .map_err(|e| HandleError::BadRequest(format!("bad request path: {e}")))?;
+    let body = crate::ProgressBody::new(body.map_err(Into::into).boxed_unsync(), body_timeout);
+    let req = hyper::Request::from_parts(parts, body.boxed_unsync());
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| HandleError::BadResponse(format!("{what} at {target} did not answer: {e}")))?;
+    Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
 }

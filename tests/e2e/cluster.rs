@@ -297,6 +297,30 @@ async fn wait_spread(
     .await
 }
 
+/// Waits (up to `limit`) until the nginx example's 3 pods are ready on 3 nodes, as
+/// `node` lists them; returns the most pods listed at once on the way.
+async fn spread_again(node: &Node, limit: Duration) -> Vec<(String, String, bool)> {
+    let most = std::sync::Mutex::new(Vec::new());
+    wait_for(
+        "the pods to spread over three nodes again",
+        limit,
+        || async {
+            let p = pods(node, "app=my-web-app").await;
+            {
+                let mut most = most.lock().unwrap();
+                if p.len() > most.len() {
+                    *most = p.clone();
+                }
+            }
+            let on: std::collections::BTreeSet<&str> =
+                p.iter().map(|(_, n, _)| n.as_str()).collect();
+            (p.len() == 3 && p.iter().all(|(_, _, r)| *r) && on.len() == 3).then_some(())
+        },
+    )
+    .await;
+    most.into_inner().unwrap()
+}
+
 /// Which pods answer `count` requests for `app` through `node`'s ingress; `None` if any
 /// request is not answered 200 (a node that joined may not have the route yet).
 async fn served_by(
@@ -327,19 +351,7 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         three_nodes([dirs[0].path(), dirs[1].path(), dirs[2].path()]).await;
     // The image is built on one node only: the others fetch it when their pods need it.
     let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("site");
-    std::fs::create_dir_all(site.join("html")).unwrap();
-    std::fs::write(
-        site.join("Dockerfile"),
-        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\n",
-    )
-    .unwrap();
-    std::fs::write(site.join("html/index.html"), "<h1>my web app</h1>\n").unwrap();
-    ok(&skiff(
-        &first,
-        &["build", "-t", "my-web-app", site.to_str().unwrap()],
-    )
-    .await);
+    crate::harness::build_nginx_site(&first, dir.path()).await;
     // Acknowledged once a second node holds it too.
     let mut holders = 0;
     for n in [&second, &third] {
@@ -441,25 +453,7 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
     // It comes back on its own: pods spread again, and there are never more than
     // replicas + maxSurge (3 + 1) at once on the way.
     let third = Node::start_in(dirs[2].path(), &[]).await;
-    let most = std::sync::Mutex::new(Vec::new());
-    wait_for(
-        "the pods to spread over three nodes again",
-        Duration::from_secs(30),
-        || async {
-            let p = pods(&first, "app=my-web-app").await;
-            {
-                let mut most = most.lock().unwrap();
-                if p.len() > most.len() {
-                    *most = p.clone();
-                }
-            }
-            let on: std::collections::BTreeSet<&str> =
-                p.iter().map(|(_, n, _)| n.as_str()).collect();
-            (p.len() == 3 && p.iter().all(|(_, _, r)| *r) && on.len() == 3).then_some(())
-        },
-    )
-    .await;
-    let most = most.into_inner().unwrap();
+    let most = spread_again(&first, Duration::from_secs(30)).await;
     assert!(
         most.len() <= 4,
         "{} pods at once while the node rejoined: {most:?}",
@@ -559,15 +553,7 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
 /// through it.
 async fn apply_nginx_example(node: &Node) {
     let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("site");
-    std::fs::create_dir_all(site.join("html")).unwrap();
-    std::fs::write(
-        site.join("Dockerfile"),
-        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\n",
-    )
-    .unwrap();
-    std::fs::write(site.join("html/index.html"), "<h1>my web app</h1>\n").unwrap();
-    ok(&skiff(node, &["build", "-t", "my-web-app", site.to_str().unwrap()]).await);
+    crate::harness::build_nginx_site(node, dir.path()).await;
     let d = dir.path().join("d.yaml");
     let s = dir.path().join("s.yaml");
     std::fs::write(&d, include_str!("../../samples/nginx-k8s/deployment.yaml")).unwrap();
@@ -583,6 +569,28 @@ async fn apply_nginx_example(node: &Node) {
         ],
     )
     .await);
+}
+
+/// Waits until `node`, cut off from the others, answers 20 requests in a row for the
+/// nginx example from its own pod.
+async fn serves_on_its_own(node: &Node) {
+    wait_for(
+        "a node cut off to serve from its own pod",
+        Duration::from_secs(10),
+        || async {
+            for _ in 0..20 {
+                let r = node
+                    .app(reqwest::Method::GET, "my-web-app", "/")
+                    .send()
+                    .await;
+                if !r.is_ok_and(|r| r.status() == 200) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
 }
 
 /// A Service named `name` (one small write).
@@ -695,22 +703,7 @@ async fn acknowledged_writes_survive_a_killed_leader_and_a_minority_refuses_writ
     );
     let e = services(alone).await.unwrap_err();
     assert!(e.contains("no quorum"), "{e}");
-    wait_for(
-        "the survivor to serve from its own pod",
-        Duration::from_secs(10),
-        || async {
-            let mut all = true;
-            for _ in 0..20 {
-                let r = alone
-                    .app(reqwest::Method::GET, "my-web-app", "/")
-                    .send()
-                    .await;
-                all &= r.is_ok_and(|r| r.status() == 200);
-            }
-            all.then_some(())
-        },
-    )
-    .await;
+    serves_on_its_own(alone).await;
 
     // One comes back: a quorum again, and writes are taken.
     let _back = Node::start_in(dirs[killed_dir].path(), &[]).await;
@@ -877,53 +870,22 @@ async fn a_partitioned_node_refuses_writes_keeps_serving_and_converges_when_heal
         started.elapsed()
     );
     assert!(e.contains("no quorum") && e.contains("unreachable"), "{e}");
-    wait_for(
-        "the third to serve from its own pod",
-        Duration::from_secs(10),
-        || async {
-            let mut all = true;
-            for _ in 0..20 {
-                let r = third
-                    .app(reqwest::Method::GET, "my-web-app", "/")
-                    .send()
-                    .await;
-                all &= r.is_ok_and(|r| r.status() == 200);
-            }
-            all.then_some(())
-        },
-    )
-    .await;
+    serves_on_its_own(&third).await;
 
     // Heal: within 10 s the third has the majority's writes, the pods are spread over
     // three nodes again, and there were never more than replicas + maxSurge (3 + 1),
     // counting the third's own pod, which ran on through the partition.
     net.heal(2);
     let healed = Instant::now();
-    let most = std::sync::Mutex::new(Vec::new());
-    wait_for(
-        "convergence after the heal",
-        Duration::from_secs(10),
-        || async {
-            let p = pods(&first, "app=my-web-app").await;
-            {
-                let mut most = most.lock().unwrap();
-                if p.len() > most.len() {
-                    *most = p.clone();
-                }
-            }
-            let on: std::collections::BTreeSet<&str> =
-                p.iter().map(|(_, n, _)| n.as_str()).collect();
-            let converged = p.len() == 3
-                && on.len() == 3
-                && p.iter().all(|(_, _, r)| *r)
-                && services(&third)
-                    .await
-                    .is_ok_and(|s| s.contains(&"during-partition".to_string()));
-            converged.then_some(())
-        },
-    )
+    let most = spread_again(&first, Duration::from_secs(10)).await;
+    let left = Duration::from_secs(10).saturating_sub(healed.elapsed());
+    wait_for("the majority's writes on the third", left, || async {
+        services(&third)
+            .await
+            .is_ok_and(|s| s.contains(&"during-partition".to_string()))
+            .then_some(())
+    })
     .await;
-    let most = most.into_inner().unwrap();
     assert!(
         most.len() <= 4,
         "{} pods at once after the heal: {most:?}",
@@ -932,4 +894,71 @@ async fn a_partitioned_node_refuses_writes_keeps_serving_and_converges_when_heal
     eprintln!("converged {:?} after the heal", healed.elapsed());
     drop((first, second, third));
     drop(net);
+}
+
+#[tokio::test]
+async fn a_dead_voter_is_replaced_by_a_learner_only_after_the_grace_period() {
+    let grace = ["--voter-grace", "2s"];
+    let mut first_args = vec!["--node-name", "one"];
+    first_args.extend(grace);
+    let first = Node::start_with(&first_args).await;
+    let join = join_args(&first);
+    let mut nodes = vec![first];
+    for name in ["two", "three", "four"] {
+        let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
+        extra.extend(["--node-name", name]);
+        extra.extend(grace);
+        nodes.push(Node::start_with(&extra).await);
+    }
+    wait_ready(&nodes[0], 4, 4, "four ready nodes").await;
+    let count = |r: &std::collections::BTreeMap<String, String>, role: &str| {
+        r.values().filter(|v| *v == role).count()
+    };
+    let formed = wait_for(
+        "3 voters and a learner",
+        Duration::from_secs(30),
+        || async {
+            let r = roles(&nodes[0]).await;
+            (count(&r, "leader") == 1 && count(&r, "voter") == 2 && count(&r, "learner") == 1)
+                .then_some(r)
+        },
+    )
+    .await;
+    // Kill a voter that does not lead.
+    let victim = formed
+        .iter()
+        .find(|(_, r)| *r == "voter")
+        .unwrap()
+        .0
+        .clone();
+    let at = ["one", "two", "three", "four"]
+        .iter()
+        .position(|n| *n == victim)
+        .unwrap();
+    nodes.remove(at).kill9();
+    let killed = Instant::now();
+    let watcher = &nodes[0];
+    let replaced = wait_for(
+        "the dead voter to be replaced",
+        Duration::from_secs(30),
+        || async {
+            let r = roles(watcher).await;
+            let voting = |n: &str| r.get(n).is_some_and(|v| v == "leader" || v == "voter");
+            (!voting(&victim) && count(&r, "leader") == 1 && count(&r, "voter") == 2).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "replaced after {:?}, inside the 2 s grace: {replaced:?}",
+        killed.elapsed()
+    );
+    assert_eq!(count(&replaced, "learner"), 1, "{replaced:?}");
+    // Three live voters: one more may fail and writes go on.
+    assert!(
+        write_service(watcher, "after-replacement")
+            .await
+            .status
+            .success()
+    );
 }

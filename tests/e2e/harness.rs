@@ -547,3 +547,17 @@ impl Load {
         )
     }
 }
+
+/// Builds the nginx example's site (its Dockerfile, unchanged, and one page) in `dir` as
+/// image `my-web-app` on `node`.
+pub async fn build_nginx_site(node: &Node, dir: &Path) {
+    let site = dir.join("site");
+    std::fs::create_dir_all(site.join("html")).unwrap();
+    std::fs::write(
+        site.join("Dockerfile"),
+        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\nEXPOSE 80\n",
+    )
+    .unwrap();
+    std::fs::write(site.join("html/index.html"), "<h1>my web app</h1>\n").unwrap();
+    ok(&skiff(node, &["build", "-t", "my-web-app", site.to_str().unwrap()]).await);
+}

@@ -102,15 +102,7 @@ fn served_by(r: &reqwest::Response) -> String {
 async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
     let node = Node::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("site");
-    std::fs::create_dir_all(site.join("html")).unwrap();
-    std::fs::write(
-        site.join("Dockerfile"),
-        "FROM nginx:latest\nCOPY ./html /usr/share/nginx/html\nEXPOSE 80\n",
-    )
-    .unwrap();
-    std::fs::write(site.join("html/index.html"), "<h1>my web app</h1>\n").unwrap();
-    ok(&skiff(&node, &["build", "-t", "my-web-app", path(&site)]).await);
+    crate::harness::build_nginx_site(&node, dir.path()).await;
     let (d, s) = (
         dir.path().join("deployment.yaml"),
         dir.path().join("service.yaml"),

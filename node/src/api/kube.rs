@@ -436,9 +436,7 @@ async fn patch_node(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<k8s::Node>, ApiError> {
-    if !nodes(&shared).await.iter().any(|n| n.metadata.name == name) {
-        return Err(ApiError::not_found(format!("node {name} not found")));
-    }
+    node_named(&shared, &name).await?;
     let patch: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid_patch", format!("the patch is not JSON: {e}"))
     })?;
@@ -459,12 +457,7 @@ async fn patch_node(
             unschedulable,
         })
         .await?;
-    nodes(&shared)
-        .await
-        .into_iter()
-        .find(|n| n.metadata.name == name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))
+    node_named(&shared, &name).await.map(Json)
 }
 
 /// This node's pods and every live peer's (a peer that does not answer within 2 s is
@@ -507,16 +500,20 @@ async fn list_nodes(
     Ok(list("v1", "NodeList", shared.apps.desired_version(), items))
 }
 
+/// Node `name`, or 404.
+async fn node_named(shared: &Shared, name: &str) -> Result<k8s::Node, ApiError> {
+    nodes(shared)
+        .await
+        .into_iter()
+        .find(|n| n.metadata.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))
+}
+
 async fn get_node(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<k8s::Node>, ApiError> {
-    nodes(&shared)
-        .await
-        .into_iter()
-        .find(|n| n.metadata.name == name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))
+    node_named(&shared, &name).await.map(Json)
 }
 
 async fn list_pods(

@@ -333,18 +333,6 @@ impl Member {
     }
 }
 
-/// The machine's memory, bytes (`MemTotal`), or 1 GiB when it cannot be read.
-fn machine_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(1 << 30, |kb| kb * 1024)
-}
-
 /// A live node as placement and routing see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
@@ -529,7 +517,7 @@ impl Cluster {
                 keys::CAPACITY.to_string(),
                 settings
                     .capacity_memory
-                    .unwrap_or_else(machine_memory)
+                    .unwrap_or_else(skiff_runtime::machine_memory)
                     .to_string(),
             ),
             (

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::OciProcess;
@@ -30,7 +28,7 @@ pub struct OciWorkload {
     body_timeout: Duration,
     /// The port has accepted a connection once: no more probing.
     listening: AtomicBool,
-    client: Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
+    client: crate::remote::ProxyClient,
 }
 
 impl OciWorkload {
@@ -117,19 +115,15 @@ impl OciWorkload {
         B::Error: Into<BoxError>,
     {
         self.wait_listening().await?;
-        let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = format!("http://{}{path}", self.target)
-            .parse()
-            .map_err(|e| HandleError::BadRequest(format!("bad request path: {e}")))?;
-        // Nothing else bounds a Linux app's request: a client that stops sending its
-        // body mid-way fails the request instead of holding the container's slot.
-        let body =
-            crate::ProgressBody::new(body.map_err(Into::into).boxed_unsync(), self.body_timeout);
-        let req = hyper::Request::from_parts(parts, body.boxed_unsync());
-        let resp = self.client.request(req).await.map_err(|e| {
-            HandleError::BadResponse(format!("container at {} did not answer: {e}", self.target))
-        })?;
-        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        // A client that stops sending its body mid-way fails the request instead of
+        // holding the container's slot.
+        crate::remote::proxy(
+            &self.client,
+            self.target,
+            req,
+            self.body_timeout,
+            "container",
+        )
+        .await
     }
 }

@@ -237,7 +237,4 @@ pub(super) fn remote_endpoints(
 }
 
 /// The client every remote endpoint shares (connections pooled per peer).
-pub(crate) type RemoteClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, skiff_runtime::BoxError>,
->;
+pub(crate) type RemoteClient = skiff_runtime::ProxyClient;
