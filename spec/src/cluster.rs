@@ -14,7 +14,8 @@ pub const LABELS: &str = "labels";
 pub const STARTED: &str = "started";
 /// Memory it offers pods, bytes (`--capacity-memory`).
 pub const CAPACITY: &str = "capacity";
-/// `pods.<deployment>`: the Deployment's pods on it, `total,updated,ready,available`.
+/// `pods.<deployment>`: the Deployment's pods on it,
+/// `hash,total,updated,ready,available` (`hash`: the revision it rolls out).
 pub const PODS_PREFIX: &str = "pods.";
 /// `node` (holds pods) or `gateway` (only routes: `skiff gateway`).
 pub const ROLE: &str = "role";

@@ -792,6 +792,18 @@ async fn a_rolling_update_across_three_nodes_under_load_fails_no_request() {
         })
         .await;
     }
+
+    // An app uploaded to one node answers once its pods are ready on every node they
+    // were placed on, so all three serve at once.
+    first
+        .deploy_ok("upl", crate::harness::hello_wasm(), "replicas=3")
+        .await;
+    let p = pods(&second, "skiff.dev/app=upl").await;
+    let on: std::collections::BTreeSet<&str> = p.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert!(
+        p.len() == 3 && on.len() == 3 && p.iter().all(|(_, _, r)| *r),
+        "{p:?}"
+    );
 }
 
 #[tokio::test]

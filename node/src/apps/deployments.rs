@@ -917,8 +917,10 @@ impl Apps {
                 _ => None,
             });
         let desired = d.object.spec.replicas.unwrap_or(1);
+        // Done when the cluster's pods (this node's and what the others gossip) are all
+        // of the current revision and available.
         let done = inner.progress.get(name).is_some_and(|p| {
-            let s = &p.status;
+            let s = spread::cluster_status(d, p.status.clone(), &self.view.borrow());
             p.hash == *hash
                 && s.observed_generation == d.object.metadata.generation
                 && s.updated_replicas == desired

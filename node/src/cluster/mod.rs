@@ -355,8 +355,11 @@ pub struct NodeView {
 }
 
 /// A node's pods of one Deployment, as it gossips them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodCounts {
+    /// The revision (pod-template hash) the node rolls out: `updated` counts its pods,
+    /// so a node that has not applied a newer revision yet does not count as updated.
+    pub hash: String,
     /// Pods, any revision, not terminating.
     pub total: u32,
     /// Of the current revision.
@@ -370,14 +373,16 @@ pub struct PodCounts {
 impl PodCounts {
     fn encode(&self) -> String {
         format!(
-            "{},{},{},{}",
-            self.total, self.updated, self.ready, self.available
+            "{},{},{},{},{}",
+            self.hash, self.total, self.updated, self.ready, self.available
         )
     }
 
     fn decode(value: &str) -> Option<Self> {
-        let mut n = value.split(',').map(|v| v.parse::<u32>().ok());
+        let (hash, counts) = value.split_once(',')?;
+        let mut n = counts.split(',').map(|v| v.parse::<u32>().ok());
         Some(Self {
+            hash: hash.to_string(),
             total: n.next()??,
             updated: n.next()??,
             ready: n.next()??,
@@ -411,7 +416,7 @@ impl Member {
             .keys
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(keys::PODS_PREFIX)?, PodCounts::decode(v)?)))
-            .filter(|(_, c)| *c != PodCounts::default())
+            .filter(|(_, c)| c.total > 0)
             .map(|(d, c)| (d.to_string(), c))
             .collect();
         NodeView {

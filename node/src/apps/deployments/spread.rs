@@ -133,6 +133,7 @@ pub(super) fn pod_counts(inner: &Inner) -> BTreeMap<String, PodCounts> {
             (
                 name.clone(),
                 PodCounts {
+                    hash: p.hash.clone(),
                     total: n(total),
                     updated: n(updated),
                     ready: n(ready),
@@ -151,11 +152,15 @@ pub(super) fn cluster_status(
     view: &View,
 ) -> DeploymentStatus {
     let name = &d.object.metadata.name;
+    let current = &d.current().hash;
     for node in view.nodes.iter().filter(|n| n.id != view.me) {
         if let Some(c) = node.pods.get(name) {
             let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
             status.replicas += n(c.total);
-            status.updated_replicas += n(c.updated);
+            // A node still on an older revision has none of this one yet.
+            if &c.hash == current {
+                status.updated_replicas += n(c.updated);
+            }
             status.ready_replicas += n(c.ready);
             status.available_replicas += n(c.available);
         }
