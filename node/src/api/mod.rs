@@ -207,7 +207,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(cluster_join).layer(DefaultBodyLimit::max(64 << 10)),
         )
         // Called by other nodes: signed with the cluster's peer key instead.
-        .merge(peer::routes())
+        .merge(peer::routes(shared.clone()))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(middleware::from_fn(close_after_refused_uploads))

@@ -1,13 +1,14 @@
 //! The peer API: Raft's RPCs and writes forwarded to the leader, called by other nodes
 //! of the cluster only. Every request is signed with the cluster's peer key
-//! (`raft::peer`); one that is not is refused before its body is parsed.
+//! (`raft::peer`) over its body's digest: one that is not is refused before its body is
+//! read, and at most [`BODIES`] bodies are read at once (the others wait).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::routing::post;
 use serde::de::DeserializeOwned;
 
@@ -20,7 +21,69 @@ use crate::raft::{Forwarded, TypeConfig, peer};
 /// of log entries.
 const MAX_PEER_REQUEST: usize = 32 << 20;
 
-pub(super) fn routes() -> axum::Router<Arc<Shared>> {
+/// Peer requests whose bodies may be read at once.
+const BODIES: usize = 8;
+static READING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BODIES);
+
+/// Checks a request's signature before its body is read (401 when it is not a
+/// member's), reads the body (bounded, at most [`BODIES`] at once) and checks it is the
+/// one that was signed.
+async fn gate(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let refused = |why: &'static str| {
+        tracing::warn!(path = req.uri().path(), why, "a peer request was refused");
+        ApiError::new(StatusCode::UNAUTHORIZED, "not_a_peer", why)
+    };
+    let header = req
+        .headers()
+        .get(peer::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let signed = shared
+        .consensus
+        .peer_key()
+        .verify_head(header, req.uri().path(), crate::apps::now_ms())
+        .map_err(refused)?;
+    let (parts, body) = req.into_parts();
+    let bytes = {
+        // Only reading is bounded: a handler may wait (a forwarded write, up to 5 s)
+        // without holding a reader's place.
+        let _permit = READING.acquire().await.map_err(ApiError::internal)?;
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            axum::body::to_bytes(body, MAX_PEER_REQUEST),
+        )
+        .await;
+        match read {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                return Err(ApiError::too_large(format!(
+                    "a peer request is at most {MAX_PEER_REQUEST} bytes: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(ApiError::bad_request(
+                    "bad_body",
+                    "a peer request body did not arrive within 30 s",
+                ));
+            }
+        }
+    };
+    if !signed.matches(&bytes) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "not_a_peer",
+            "the body is not the one that was signed",
+        ));
+    }
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    Ok(next.run(req).await)
+}
+
+pub(super) fn routes(shared: Arc<Shared>) -> axum::Router<Arc<Shared>> {
     axum::Router::new()
         .route("/v1/raft/append", post(append))
         .route("/v1/raft/vote", post(vote))
@@ -29,39 +92,20 @@ pub(super) fn routes() -> axum::Router<Arc<Shared>> {
         .route("/v1/raft/read-index", post(read_index))
         .route("/v1/peer/pods", post(pods))
         .layer(DefaultBodyLimit::max(MAX_PEER_REQUEST))
+        .route_layer(axum::middleware::from_fn_with_state(shared, gate))
 }
 
-/// The body of a request signed by a member, parsed; 401 if it is not signed so.
-fn signed<T: DeserializeOwned>(
-    shared: &Shared,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    let header = headers
-        .get(peer::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    shared
-        .consensus
-        .peer_key()
-        .verify(header, uri.path(), body, crate::apps::now_ms())
-        .map_err(|why| {
-            tracing::warn!(path = uri.path(), why, "a peer request was refused");
-            ApiError::new(StatusCode::UNAUTHORIZED, "not_a_peer", why)
-        })?;
+/// The body of a request (its signature checked by [`gate`]), parsed.
+fn signed<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_peer_request", e.to_string()))
 }
 
 async fn append(
     State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
-        signed(&shared, &uri, &headers, &body)?;
+    let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = signed(&body)?;
     let answer = shared.consensus.raft().append_entries(rpc).await;
     Ok(Json(
         serde_json::to_value(answer).map_err(ApiError::internal)?,
@@ -70,12 +114,9 @@ async fn append(
 
 async fn vote(
     State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let rpc: openraft::raft::VoteRequest<crate::raft::NodeId> =
-        signed(&shared, &uri, &headers, &body)?;
+    let rpc: openraft::raft::VoteRequest<crate::raft::NodeId> = signed(&body)?;
     let answer = shared.consensus.raft().vote(rpc).await;
     Ok(Json(
         serde_json::to_value(answer).map_err(ApiError::internal)?,
@@ -84,12 +125,9 @@ async fn vote(
 
 async fn snapshot(
     State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> =
-        signed(&shared, &uri, &headers, &body)?;
+    let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = signed(&body)?;
     let answer = shared.consensus.raft().install_snapshot(rpc).await;
     Ok(Json(
         serde_json::to_value(answer).map_err(ApiError::internal)?,
@@ -98,11 +136,9 @@ async fn snapshot(
 
 async fn write(
     State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Forwarded>, ApiError> {
-    let data: Versioned = signed(&shared, &uri, &headers, &body)?;
+    let data: Versioned = signed(&body)?;
     let answer = shared
         .consensus
         .write_as_leader(data)
@@ -111,13 +147,8 @@ async fn write(
     Ok(Json(answer))
 }
 
-async fn read_index(
-    State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<u64>, ApiError> {
-    let () = signed(&shared, &uri, &headers, &body)?;
+async fn read_index(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<u64>, ApiError> {
+    let () = signed(&body)?;
     let index = shared
         .consensus
         .read_index_as_leader()
@@ -129,11 +160,9 @@ async fn read_index(
 /// This node's pods, for a peer listing the cluster's.
 async fn pods(
     State(shared): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Vec<skiff_spec::k8s::Pod>>, ApiError> {
-    let () = signed(&shared, &uri, &headers, &body)?;
+    let () = signed(&body)?;
     Ok(Json(
         shared.apps.pod_objects(&shared.cluster.identity().name),
     ))

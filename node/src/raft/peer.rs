@@ -2,10 +2,13 @@
 //!
 //! Nodes call each other's API (Raft RPCs, forwarded writes) with JSON bodies signed by
 //! a key derived (HKDF-SHA256) from the cluster's join secret: the header
-//! `x-skiff-peer: <unix ms>.<hex HMAC-SHA256(key, ms "\n" path "\n" body)>`. The key never
-//! crosses the network; a request whose signature does not verify, or whose time is
-//! more than [`WINDOW`] from ours, is refused. A replay inside the window repeats a Raft
-//! RPC, which Raft tolerates (terms and indexes make it idempotent).
+//! `x-skiff-peer: <unix ms>.<hex SHA-256(body)>.<hex HMAC-SHA256(key, ms "\n" path "\n"
+//! body digest)>`. The signature covers the body's digest, so a request is checked before
+//! its body is read (a stranger cannot make a node read a body), and the body against
+//! the digest once read. The key never crosses the network; a request whose signature
+//! does not verify, or whose time is more than [`WINDOW`] from ours, is refused. A replay
+//! inside the window repeats a Raft RPC, which Raft tolerates (terms and indexes make it
+//! idempotent).
 
 use std::time::Duration;
 
@@ -39,41 +42,63 @@ impl PeerKey {
         Self(key)
     }
 
-    fn mac(&self, ms: u64, path: &str, body: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, ms: u64, path: &str, digest: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
         mac.update(ms.to_string().as_bytes());
         mac.update(b"\n");
         mac.update(path.as_bytes());
         mac.update(b"\n");
-        mac.update(body);
+        mac.update(digest);
         mac
     }
 
     /// The header value for a request to `path` with `body`, at `ms`.
     pub fn sign(&self, ms: u64, path: &str, body: &[u8]) -> String {
+        use sha2::Digest as _;
+        let digest = Sha256::digest(body);
         format!(
-            "{ms}.{}",
-            hex::encode(self.mac(ms, path, body).finalize().into_bytes())
+            "{ms}.{}.{}",
+            hex::encode(digest),
+            hex::encode(self.mac(ms, path, &digest).finalize().into_bytes())
         )
     }
 
-    /// Checks `header` for a request to `path` with `body`, at our time `now_ms`.
-    pub fn verify(
+    /// Checks `header` for a request to `path` at our time `now_ms`, before its body is
+    /// read: the body must then have the [`Signed`] digest.
+    pub fn verify_head(
         &self,
         header: &str,
         path: &str,
-        body: &[u8],
         now_ms: u64,
-    ) -> Result<(), &'static str> {
-        let (ms, sig) = header.split_once('.').ok_or("malformed signature")?;
+    ) -> Result<Signed, &'static str> {
+        let mut parts = header.splitn(3, '.');
+        let (Some(ms), Some(digest), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("malformed signature");
+        };
         let ms: u64 = ms.parse().map_err(|_| "malformed signature")?;
+        let mut body_digest = [0u8; 32];
+        hex::decode_to_slice(digest, &mut body_digest).map_err(|_| "malformed signature")?;
         let sig = hex::decode(sig).map_err(|_| "malformed signature")?;
         if ms.abs_diff(now_ms) > WINDOW.as_millis() as u64 {
             return Err("signature outside the time window (are the clocks apart?)");
         }
-        self.mac(ms, path, body)
+        self.mac(ms, path, &body_digest)
             .verify_slice(&sig)
-            .map_err(|_| "signature does not verify: not a member of this cluster")
+            .map_err(|_| "signature does not verify: not a member of this cluster")?;
+        Ok(Signed(body_digest))
+    }
+}
+
+/// A verified signature, waiting for its body.
+#[derive(Debug)]
+pub struct Signed([u8; 32]);
+
+impl Signed {
+    /// Whether `body` is the one that was signed.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        bool::from(Sha256::digest(body).as_slice().ct_eq(&self.0))
     }
 }
 
@@ -219,31 +244,44 @@ mod tests {
         let key = PeerKey::new("secret", "cluster");
         let now = 1_000_000_000;
         let sig = key.sign(now, "/v1/raft/vote", b"{}");
-        assert_eq!(
-            key.verify(&sig, "/v1/raft/vote", b"{}", now + 5_000),
-            Ok(())
+        let signed = key.verify_head(&sig, "/v1/raft/vote", now + 5_000).unwrap();
+        assert!(signed.matches(b"{}"));
+        assert!(!signed.matches(b"{ }"), "another body");
+        assert!(key.verify_head(&sig, "/v1/raft/append", now).is_err());
+        for other in [
+            PeerKey::new("other", "cluster"),
+            PeerKey::new("secret", "another"),
+        ] {
+            assert!(other.verify_head(&sig, "/v1/raft/vote", now).is_err());
+        }
+        // Another body's digest in this header: the signature no longer verifies.
+        let other = key.sign(now, "/v1/raft/vote", b"{ }");
+        let parts: Vec<&str> = sig.split('.').collect();
+        let swapped = format!(
+            "{}.{}.{}",
+            parts[0],
+            other.split('.').nth(1).unwrap(),
+            parts[2]
         );
-        assert!(key.verify(&sig, "/v1/raft/append", b"{}", now).is_err());
-        assert!(key.verify(&sig, "/v1/raft/vote", b"{ }", now).is_err());
-        assert!(
-            PeerKey::new("other", "cluster")
-                .verify(&sig, "/v1/raft/vote", b"{}", now)
-                .is_err()
-        );
-        assert!(
-            PeerKey::new("secret", "another")
-                .verify(&sig, "/v1/raft/vote", b"{}", now)
-                .is_err()
-        );
+        assert!(key.verify_head(&swapped, "/v1/raft/vote", now).is_err());
         let late = now + WINDOW.as_millis() as u64 + 1;
         assert!(
-            key.verify(&sig, "/v1/raft/vote", b"{}", late)
+            key.verify_head(&sig, "/v1/raft/vote", late)
                 .unwrap_err()
                 .contains("time window")
         );
-        for bad in ["", "x", "1.zz", "abc.00", "1."] {
+        for bad in [
+            "",
+            "x",
+            "1.zz",
+            "abc.00",
+            "1.",
+            "1.00.00",
+            "1..",
+            &format!("1.{}.", "0".repeat(64)),
+        ] {
             assert!(
-                key.verify(bad, "/v1/raft/vote", b"{}", now).is_err(),
+                key.verify_head(bad, "/v1/raft/vote", now).is_err(),
                 "{bad:?}"
             );
         }
