@@ -231,7 +231,7 @@ fn random_hex(n: usize) -> String {
 /// check and the voters' grace), and, once a second, lets the leader tend the
 /// membership.
 async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
-    let settle = Settle::new(&shared.config.cluster);
+    let mut settle = Settle::new(&shared.config.cluster);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
@@ -257,6 +257,9 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
         shared
             .cluster
             .remember_peers(&shared.config.data_dir, &members);
+        if !shared.consensus.in_majority() {
+            settle.in_minority();
+        }
         let view = view_of(&shared.cluster, &members, &shared.consensus, settle);
         shared.view.send_if_modified(|v| {
             let changed = **v != view;
@@ -272,12 +275,14 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
     }
 }
 
-/// How long a starting node waits to hear from every member before it treats the ones
-/// it has not heard from as gone: until then it takes over nobody's pods (a node it has
-/// not heard from yet may well be running them).
+/// How long a node that starts, or comes back from a minority (a healed partition),
+/// waits to hear from every member before it treats the ones it has not heard from as
+/// gone: until then it takes over nobody's pods (a node it has not heard from again yet
+/// may well be running them, and heartbeats come back one node at a time).
 #[derive(Clone, Copy)]
 struct Settle {
     until: std::time::Instant,
+    wait: Duration,
 }
 
 impl Settle {
@@ -288,7 +293,13 @@ impl Settle {
             .mul_f64(settings.phi_threshold * 2.0);
         Self {
             until: std::time::Instant::now() + wait,
+            wait,
         }
+    }
+
+    /// While this node is in a minority, the wait starts again.
+    fn in_minority(&mut self) {
+        self.until = std::time::Instant::now() + self.wait;
     }
 }
 

@@ -418,6 +418,28 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         )
         .await;
     }
+    // A pod of another node is deleted through any node; its Deployment makes another.
+    let elsewhere = placed
+        .iter()
+        .find(|(_, n, _)| n == "three")
+        .unwrap()
+        .0
+        .clone();
+    assert_eq!(
+        first
+            .api_delete(&format!("/api/v1/namespaces/default/pods/{elsewhere}"))
+            .await,
+        200
+    );
+    let placed = wait_for(
+        "the deleted pod replaced",
+        Duration::from_secs(30),
+        || async {
+            let p = wait_spread(&first, "app=my-web-app", 3, 3).await;
+            (!p.iter().any(|(name, _, _)| *name == elsewhere)).then_some(p)
+        },
+    )
+    .await;
     let status = ok(&skiff(&second, &["get", "deployment", "my-web-app"]).await);
     assert!(status.contains("3/3"), "{status}");
 

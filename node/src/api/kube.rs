@@ -554,13 +554,33 @@ async fn delete_pod(
 ) -> Result<Json<k8s::Pod>, ApiError> {
     namespace(&ns)?;
     let pod = pod(&shared, &name).await?;
-    if pod.spec.node_name.as_deref() != Some(shared.cluster.identity().name.as_str()) {
-        return Err(ApiError::conflict(format!(
-            "pod {name} runs on node {}: delete it through that node's API",
-            pod.spec.node_name.as_deref().unwrap_or("?")
-        )));
+    let node = pod.spec.node_name.clone().unwrap_or_default();
+    if node == shared.cluster.identity().name {
+        shared.apps.delete_pod(&name)?;
+        return Ok(Json(pod));
     }
-    shared.apps.delete_pod(&name)?;
+    // Another node's pod: that node deletes it.
+    let view = shared.apps.view();
+    let api = view
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.api.clone())
+        .ok_or_else(|| {
+            ApiError::conflict(format!(
+                "pod {name} runs on node {node}, which is not reachable now"
+            ))
+        })?;
+    shared
+        .consensus
+        .client()
+        .call::<_, ()>(&api, "/v1/peer/delete-pod", &name, Duration::from_secs(10))
+        .await
+        .map_err(|e| {
+            ApiError::conflict(format!(
+                "pod {name} runs on node {node}, which could not delete it: {e}"
+            ))
+        })?;
     Ok(Json(pod))
 }
 

@@ -91,6 +91,7 @@ pub(super) fn routes(shared: Arc<Shared>) -> axum::Router<Arc<Shared>> {
         .route("/v1/raft/write", post(write))
         .route("/v1/raft/read-index", post(read_index))
         .route("/v1/peer/pods", post(pods))
+        .route("/v1/peer/delete-pod", post(delete_pod))
         .layer(DefaultBodyLimit::max(MAX_PEER_REQUEST))
         .route_layer(axum::middleware::from_fn_with_state(shared, gate))
 }
@@ -166,4 +167,11 @@ async fn pods(
     Ok(Json(
         shared.apps.pod_objects(&shared.cluster.identity().name),
     ))
+}
+
+/// Deletes one of this node's pods, for a peer asked to (its Deployment makes another).
+async fn delete_pod(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<()>, ApiError> {
+    let name: String = signed(&body)?;
+    shared.apps.delete_pod(&name)?;
+    Ok(Json(()))
 }
