@@ -361,12 +361,6 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
     }
     assert_eq!(holders, 1, "the build is on exactly one other node");
     // The nginx example's two files, applied through a node that does not lead.
-    let (d, s) = (
-        dir.path().join("deployment.yaml"),
-        dir.path().join("service.yaml"),
-    );
-    std::fs::write(&d, include_str!("../../samples/nginx-k8s/deployment.yaml")).unwrap();
-    std::fs::write(&s, include_str!("../../samples/nginx-k8s/service.yaml")).unwrap();
     let leader = roles(&first)
         .await
         .into_iter()
@@ -379,17 +373,7 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         .find(|(_, name)| *name != leader)
         .unwrap()
         .0;
-    let out = ok(&skiff(
-        follower,
-        &[
-            "apply",
-            "-f",
-            d.to_str().unwrap(),
-            "-f",
-            s.to_str().unwrap(),
-        ],
-    )
-    .await);
+    let out = apply_nginx_files(follower).await;
     assert_eq!(
         out,
         "deployment.apps/my-web-app created\nservice/my-web-app created\n"
@@ -576,8 +560,14 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
 async fn apply_nginx_example(node: &Node) {
     let dir = tempfile::tempdir().unwrap();
     crate::harness::build_nginx_site(node, dir.path()).await;
-    let d = dir.path().join("d.yaml");
-    let s = dir.path().join("s.yaml");
+    apply_nginx_files(node).await;
+}
+
+/// Applies the nginx example's two files, unchanged, through `node`; what it printed.
+async fn apply_nginx_files(node: &Node) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("deployment.yaml");
+    let s = dir.path().join("service.yaml");
     std::fs::write(&d, include_str!("../../samples/nginx-k8s/deployment.yaml")).unwrap();
     std::fs::write(&s, include_str!("../../samples/nginx-k8s/service.yaml")).unwrap();
     ok(&skiff(
@@ -590,7 +580,7 @@ async fn apply_nginx_example(node: &Node) {
             s.to_str().unwrap(),
         ],
     )
-    .await);
+    .await)
 }
 
 /// Waits until `node`, cut off from the others, answers 20 requests in a row for the
