@@ -330,7 +330,9 @@ where
     let result = container.workload().handle(req, info).await;
     let now = Instant::now();
     // Another node that had no pod for it (its pods just stopped) served nothing.
-    let unserved = matches!(&result, Ok(r) if r.headers().contains_key(skiff_runtime::UNSERVED));
+    // Only another node's word counts: an app's own response cannot claim it.
+    let unserved = matches!(container.workload(), Workload::Remote(_))
+        && matches!(&result, Ok(r) if r.headers().contains_key(skiff_runtime::UNSERVED));
     match &result {
         Ok(_) if !unserved => {
             flight.finish(now);
