@@ -24,6 +24,16 @@ pub enum ArchiveError {
         "unexpected entry {0:?} in the archive: an OCI layout holds only oci-layout, index.json and blobs/sha256/<digest>"
     )]
     Unexpected(String),
+    /// A symbolic link whose target is outside the archive.
+    #[error(
+        "link {0:?} in the archive points to {1:?}, outside the archive: links may only name other files of the archive"
+    )]
+    OutsideLink(String, String),
+    /// A hard link (a layer archive's own links are fine; the image archive has no use for them).
+    #[error(
+        "hard link {0:?} in the archive: image archives may hold files and symbolic links only"
+    )]
+    HardLink(String),
     /// A blob whose content does not hash to its name.
     #[error("blob {name} does not match its digest: its content hashes to {actual}")]
     DigestMismatch {
@@ -161,13 +171,17 @@ struct DockerRootFs {
 
 /// Loads an image archive of at most `cap` bytes of content into `store`: an OCI image
 /// layout tarball (`skiff save`, `docker save` since 25), or a classic `docker save`
-/// tarball (`manifest.json` naming a config and layer tars by path).
+/// tarball (`manifest.json` naming a config and layer tars by path: Docker before 25
+/// writes `<id>/layer.tar` files, skopeo and podman `<digest>.tar` files with
+/// `<id>/layer.tar` links to them). Links may only name files inside the archive.
 pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Loaded>, ArchiveError> {
     let mut staged: BTreeMap<Digest, StagedBlob> = BTreeMap::new();
     // Where each file of the archive went, for `docker save`'s path references.
     let mut by_path: BTreeMap<String, Digest> = BTreeMap::new();
     let mut docker: Option<Vec<DockerEntry>> = None;
     let mut index: Option<Index> = None;
+    // Symbolic links: (name, what it names, relative to the archive's root).
+    let mut links: Vec<(String, String)> = Vec::new();
     let mut total = 0u64;
     let mut archive = tar::Archive::new(input);
     let tar_err = |e: std::io::Error| ArchiveError::Tar(e.to_string());
@@ -187,6 +201,22 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
         if kind.is_dir() {
             // blobs/, blobs/sha256/, and docker save's per-layer directories.
             continue;
+        }
+        if kind.is_symlink() {
+            // skopeo and podman write `<id>/layer.tar -> ../<digest>.tar`: another name for
+            // a file of the archive, resolved once every file is in.
+            let target = entry
+                .link_name()
+                .map_err(tar_err)?
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let resolved = resolve_link(&name, &target)
+                .ok_or_else(|| ArchiveError::OutsideLink(path.clone(), target.clone()))?;
+            links.push((name, resolved));
+            continue;
+        }
+        if kind.is_hard_link() {
+            return Err(ArchiveError::HardLink(path));
         }
         if !kind.is_file() {
             return Err(ArchiveError::Unexpected(path));
@@ -253,6 +283,22 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
                 by_path.insert(other.to_string(), blob.digest());
                 staged.insert(blob.digest(), blob);
             }
+        }
+    }
+    // A link names a file, or another link (a few hops at most); one that names nothing
+    // is an error only if manifest.json uses it.
+    for _ in 0..8 {
+        let mut added = false;
+        for (name, target) in &links {
+            if !by_path.contains_key(name)
+                && let Some(digest) = by_path.get(target).copied()
+            {
+                by_path.insert(name.clone(), digest);
+                added = true;
+            }
+        }
+        if !added {
+            break;
         }
     }
     let index = match (index, docker) {
@@ -364,6 +410,26 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
         out.push(Loaded { tags, digest });
     }
     Ok(out)
+}
+
+/// Where a symbolic link at `name` pointing to `target` leads, as a path from the
+/// archive's root; `None` when it leads outside (absolute, or `..` past the root).
+fn resolve_link(name: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') || target.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    parts.pop();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// Turns `docker save`'s manifest.json into the OCI index the rest of `import` reads:
@@ -545,6 +611,93 @@ mod tests {
             t.append(&h, *data).unwrap();
         }
         t.into_inner().unwrap()
+    }
+
+    /// A link entry, as skopeo and podman write them (or a hostile one).
+    fn with_link(mut archive: Vec<u8>, name: &str, target: &str, kind: tar::EntryType) -> Vec<u8> {
+        // Drop the two zero blocks that end the archive, append the link, end it again.
+        archive.truncate(archive.len() - 1024);
+        let mut t = tar::Builder::new(archive);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_entry_type(kind);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        t.append(&h, &[][..]).unwrap();
+        t.into_inner().unwrap()
+    }
+
+    #[test]
+    fn links_inside_the_archive_are_other_names_and_links_outside_are_refused() {
+        use sha2::{Digest as _, Sha256};
+        let layer = crate::layer::write_tar(
+            &BTreeMap::from([(
+                "bin/hello".to_string(),
+                crate::layer::LayerFile {
+                    data: b"#!/bin/sh".to_vec(),
+                    mode: 0o755,
+                },
+            )]),
+            0,
+        );
+        let hex = hex::encode(Sha256::digest(&layer));
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{hex}"]}}}}"#
+        );
+        // skopeo's docker-archive: layers by digest, the legacy names as links to them.
+        let manifest = r#"[{"Config":"cfg.json","RepoTags":["docker.io/library/bb:v1"],"Layers":["legacy/layer.tar"]}]"#;
+        let layer_name = format!("{hex}.tar");
+        let base = tar_of(&[
+            ("manifest.json", manifest.as_bytes()),
+            ("cfg.json", config.as_bytes()),
+            (&layer_name, &layer),
+            ("legacy/VERSION", b"1.0"),
+        ]);
+        let good = with_link(
+            base.clone(),
+            "legacy/layer.tar",
+            &format!("../{hex}.tar"),
+            tar::EntryType::Symlink,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let loaded = import(&store, good.as_slice(), 1 << 30).unwrap();
+        assert_eq!(loaded[0].tags, ["bb:v1"]);
+        let m = store.manifest(&store.resolve("bb:v1").unwrap()).unwrap();
+        assert_eq!(m.layers[0].digest.hex(), hex);
+
+        for (target, kind) in [
+            ("../../etc/passwd", tar::EntryType::Symlink),
+            ("/etc/passwd", tar::EntryType::Symlink),
+            (layer_name.as_str(), tar::EntryType::Link),
+        ] {
+            let bad = with_link(base.clone(), "legacy/layer.tar", target, kind);
+            let dir = tempfile::tempdir().unwrap();
+            let store = ImageStore::open(dir.path()).unwrap();
+            let err = import(&store, bad.as_slice(), 1 << 30).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ArchiveError::OutsideLink(..) | ArchiveError::HardLink(_)
+                ),
+                "{target}: {err}"
+            );
+            assert!(err.to_string().contains("legacy/layer.tar"), "{err}");
+            assert!(store.blobs().list().unwrap().is_empty(), "nothing kept");
+            assert!(store.list().unwrap().is_empty());
+        }
+        // A link to a name the archive lacks: manifest.json names a missing file.
+        let dangling = with_link(
+            base,
+            "legacy/layer.tar",
+            "nothing.tar",
+            tar::EntryType::Symlink,
+        );
+        let (_d, store, _) = store_with_image();
+        let err = import(&store, dangling.as_slice(), 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("legacy/layer.tar"), "{err}");
     }
 
     #[test]
