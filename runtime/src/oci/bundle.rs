@@ -1,6 +1,6 @@
 //! A container's bundle: the overlay root filesystem, the files written into it
 //! (/etc/hosts, hostname, resolv.conf), and the pieces of `config.json` that confine it
-//! (Docker's default capabilities, a seccomp deny list).
+//! (Docker's default capabilities and seccomp profile).
 
 use super::*;
 
@@ -103,12 +103,83 @@ pub(super) fn unmount(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// A seccomp filter in the spirit of Docker's default profile, as a deny list: the
-/// kernel keyring, userfaultfd, perf events, module and kexec loading, mounting and
-/// namespace calls (all but the keyring and user namespaces need capabilities these
-/// containers lack anyway) fail with EPERM; `clone` of a user namespace fails with
-/// EPERM; `clone3`, whose flags a filter cannot read, fails with ENOSYS so libc falls
-/// back to `clone`.
+/// Calls Docker's default seccomp profile allows to every container, for any argument.
+/// Everything not named here or in [`seccomp_profile`]'s argument rules fails with EPERM.
+#[rustfmt::skip]
+const ALLOWED_SYSCALLS: &[&str] = &[
+    "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset",
+    "chdir", "chmod", "chown", "chown32", "clock_adjtime", "clock_adjtime64", "clock_getres",
+    "clock_getres_time64", "clock_gettime", "clock_gettime64", "clock_nanosleep",
+    "clock_nanosleep_time64", "close", "close_range", "connect", "copy_file_range", "creat",
+    "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_ctl_old",
+    "epoll_pwait", "epoll_pwait2", "epoll_wait", "epoll_wait_old", "eventfd", "eventfd2",
+    "execve", "execveat", "exit", "exit_group", "faccessat", "faccessat2", "fadvise64",
+    "fadvise64_64", "fallocate", "fanotify_mark", "fchdir", "fchmod", "fchmodat", "fchown",
+    "fchown32", "fchownat", "fcntl", "fcntl64", "fdatasync", "fgetxattr", "flistxattr",
+    "flock", "fork", "fremovexattr", "fsetxattr", "fstat", "fstat64", "fstatat64", "fstatfs",
+    "fstatfs64", "fsync", "ftruncate", "ftruncate64", "futex", "futex_time64", "futex_waitv",
+    "futimesat", "getcpu", "getcwd", "getdents", "getdents64", "getegid", "getegid32",
+    "geteuid", "geteuid32", "getgid", "getgid32", "getgroups", "getgroups32", "getitimer",
+    "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority", "getrandom",
+    "getresgid", "getresgid32", "getresuid", "getresuid32", "getrlimit", "get_robust_list",
+    "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area", "gettid",
+    "gettimeofday", "getuid", "getuid32", "getxattr", "inotify_add_watch", "inotify_init",
+    "inotify_init1", "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy", "io_getevents",
+    "io_pgetevents", "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup",
+    "io_submit", "io_uring_enter", "io_uring_register", "io_uring_setup", "ipc", "kill",
+    "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "lchown",
+    "lchown32", "lgetxattr", "link", "linkat", "listen", "listxattr", "llistxattr",
+    "_llseek", "lremovexattr", "lseek", "lsetxattr", "lstat", "lstat64", "madvise",
+    "membarrier", "memfd_create", "memfd_secret", "mincore", "mkdir", "mkdirat", "mknod",
+    "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2", "mprotect", "mq_getsetattr",
+    "mq_notify", "mq_open", "mq_timedreceive", "mq_timedreceive_time64", "mq_timedsend",
+    "mq_timedsend_time64", "mq_unlink", "mremap", "msgctl", "msgget", "msgrcv", "msgsnd",
+    "msync", "munlock", "munlockall", "munmap", "name_to_handle_at", "nanosleep",
+    "newfstatat", "_newselect", "open", "openat", "openat2", "pause", "pidfd_open",
+    "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free", "pkey_mprotect", "poll",
+    "ppoll", "ppoll_time64", "prctl", "pread64", "preadv", "preadv2", "prlimit64",
+    "process_mrelease", "pselect6", "pselect6_time64", "pwrite64", "pwritev", "pwritev2",
+    "read", "readahead", "readlink", "readlinkat", "readv", "recv", "recvfrom", "recvmmsg",
+    "recvmmsg_time64", "recvmsg", "remap_file_pages", "removexattr", "rename", "renameat",
+    "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending",
+    "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
+    "rt_sigtimedwait_time64", "rt_tgsigqueueinfo", "sched_getaffinity", "sched_getattr",
+    "sched_getparam", "sched_get_priority_max", "sched_get_priority_min",
+    "sched_getscheduler", "sched_rr_get_interval", "sched_rr_get_interval_time64",
+    "sched_setaffinity", "sched_setattr", "sched_setparam", "sched_setscheduler",
+    "sched_yield", "seccomp", "select", "semctl", "semget", "semop", "semtimedop",
+    "semtimedop_time64", "send", "sendfile", "sendfile64", "sendmmsg", "sendmsg", "sendto",
+    "setfsgid", "setfsgid32", "setfsuid", "setfsuid32", "setgid", "setgid32", "setgroups",
+    "setgroups32", "setitimer", "setpgid", "setpriority", "setregid", "setregid32",
+    "setresgid", "setresgid32", "setresuid", "setresuid32", "setreuid", "setreuid32",
+    "setrlimit", "set_robust_list", "setsid", "setsockopt", "set_thread_area",
+    "set_tid_address", "setuid", "setuid32", "setxattr", "shmat", "shmctl", "shmdt",
+    "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "sigprocmask", "sigreturn",
+    "socketcall", "socketpair", "splice", "stat", "stat64", "statfs", "statfs64", "statx",
+    "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill",
+    "time", "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime",
+    "timer_gettime64", "timer_settime", "timer_settime64", "timerfd_create",
+    "timerfd_gettime", "timerfd_gettime64", "timerfd_settime", "timerfd_settime64", "times",
+    "tkill", "truncate", "truncate64", "ugetrlimit", "umask", "uname", "unlink", "unlinkat",
+    "utime", "utimensat", "utimensat_time64", "utimes", "vfork", "vmsplice", "wait4",
+    "waitid", "waitpid", "write", "writev",
+    // Kernel 4.8 and later (where seccomp checks run after ptrace, so these cannot be
+    // used to escape the filter): every kernel runc supports.
+    "process_vm_readv", "process_vm_writev", "ptrace",
+    // Allowed for holders of CAP_SYS_CHROOT, which these containers have.
+    "chroot",
+];
+
+/// Docker's default seccomp profile, for a container with Docker's default capabilities
+/// ([`docker_capabilities`]): an allow list, default EPERM. Beyond the plain list,
+/// `socket` is allowed for every family but AF_VSOCK; `personality` only for the
+/// personas programs ask for (Linux, 32-bit Linux, with or without UNAME26, and the
+/// query); `clone` only without the namespace flags (a new user, mount, pid, net, uts,
+/// ipc or cgroup namespace needs CAP_SYS_ADMIN in Docker); `clone3`, whose flags a filter
+/// cannot read, fails with ENOSYS so libc falls back to `clone`. The calls Docker allows
+/// only with capabilities these containers lack (mount, unshare, setns, bpf, keyctl's
+/// kin are not allowed at all; reboot, module loading, kcmp, iopl, settimeofday, ...)
+/// fail with EPERM.
 pub(super) fn seccomp_profile(
     bad: &impl Fn(oci_spec::OciSpecError) -> OciError,
 ) -> Result<oci_spec::runtime::LinuxSeccomp, OciError> {
@@ -116,66 +187,77 @@ pub(super) fn seccomp_profile(
         Arch, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
         LinuxSeccompOperator, LinuxSyscallBuilder,
     };
-    const CLONE_NEWUSER: u64 = 0x1000_0000;
+    // CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
+    // CLONE_NEWPID | CLONE_NEWNET: Docker's mask.
+    const CLONE_NAMESPACES: u64 = 0x7E02_0000;
+    const AF_VSOCK: u64 = 40;
+    const PERSONAS: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
     let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    let denied = LinuxSyscallBuilder::default()
-        .names(names(&[
-            "add_key",
-            "keyctl",
-            "request_key",
-            "userfaultfd",
-            "perf_event_open",
-            "bpf",
-            "kexec_load",
-            "kexec_file_load",
-            "init_module",
-            "finit_module",
-            "delete_module",
-            "open_by_handle_at",
-            "acct",
-            "swapon",
-            "swapoff",
-            "reboot",
-            "syslog",
-            "mount",
-            "umount2",
-            "pivot_root",
-            "move_mount",
-            "open_tree",
-            "fsopen",
-            "fsconfig",
-            "fsmount",
-            "fspick",
-            "setns",
-            "unshare",
-        ]))
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()
-        .map_err(bad)?;
-    let user_namespace = LinuxSyscallBuilder::default()
-        .names(names(&["clone"]))
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .args(vec![
-            LinuxSeccompArgBuilder::default()
-                .index(0usize)
-                .value(CLONE_NEWUSER)
-                .value_two(CLONE_NEWUSER)
-                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+    let allow = |list: &[&str]| {
+        LinuxSyscallBuilder::default()
+            .names(names(list))
+            .action(LinuxSeccompAction::ScmpActAllow)
+    };
+    let arg = |index: usize, value: u64, op: LinuxSeccompOperator| {
+        LinuxSeccompArgBuilder::default()
+            .index(index)
+            .value(value)
+            .op(op)
+            .build()
+            .map_err(bad)
+    };
+    let mut arch_calls: Vec<&str> = Vec::new();
+    if cfg!(target_arch = "x86_64") {
+        arch_calls.extend(["arch_prctl", "modify_ldt"]);
+    } else if cfg!(target_arch = "aarch64") {
+        arch_calls.extend([
+            "arm_fadvise64_64",
+            "arm_sync_file_range",
+            "sync_file_range2",
+            "breakpoint",
+            "cacheflush",
+            "set_tls",
+        ]);
+    }
+    let mut rules = vec![
+        allow(ALLOWED_SYSCALLS).build().map_err(bad)?,
+        allow(&["socket"])
+            .args(vec![arg(0, AF_VSOCK, LinuxSeccompOperator::ScmpCmpNe)?])
+            .build()
+            .map_err(bad)?,
+        allow(&["clone"])
+            .args(vec![
+                LinuxSeccompArgBuilder::default()
+                    .index(0usize)
+                    .value(CLONE_NAMESPACES)
+                    .value_two(0u64)
+                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                    .build()
+                    .map_err(bad)?,
+            ])
+            .build()
+            .map_err(bad)?,
+        LinuxSyscallBuilder::default()
+            .names(names(&["clone3"]))
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::ENOSYS as u32)
+            .build()
+            .map_err(bad)?,
+    ];
+    if !arch_calls.is_empty() {
+        rules.push(allow(&arch_calls).build().map_err(bad)?);
+    }
+    for persona in PERSONAS {
+        rules.push(
+            allow(&["personality"])
+                .args(vec![arg(0, persona, LinuxSeccompOperator::ScmpCmpEq)?])
                 .build()
                 .map_err(bad)?,
-        ])
-        .build()
-        .map_err(bad)?;
-    let clone3 = LinuxSyscallBuilder::default()
-        .names(names(&["clone3"]))
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::ENOSYS as u32)
-        .build()
-        .map_err(bad)?;
+        );
+    }
     LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(libc::EPERM as u32)
         .architectures(if cfg!(target_arch = "x86_64") {
             vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
         } else if cfg!(target_arch = "aarch64") {
@@ -183,7 +265,7 @@ pub(super) fn seccomp_profile(
         } else {
             vec![Arch::ScmpArchNative]
         })
-        .syscalls(vec![denied, user_namespace, clone3])
+        .syscalls(rules)
         .build()
         .map_err(bad)
 }

@@ -3,11 +3,11 @@
 //! Each container gets a bundle under its own directory: an overlay of a writable upper
 //! layer on the image's read-only tree (a copy where overlayfs is refused), a
 //! `config.json` built with the `oci-spec` crate (pid, mount, ipc, uts, cgroup and
-//! network namespaces; memory/cpu/pids limits; Docker's default capabilities, a seccomp
-//! deny list, masked and read-only paths; `no_new_privileges`; the image's user resolved
-//! in its own /etc/passwd; /etc/hosts, hostname and resolv.conf written for it), and a
-//! network namespace of its own, wired to
-//! the node bridge `skiff0` (10.213.0.0/16, outbound NAT) by a veth pair.
+//! network namespaces; memory/cpu/pids limits; Docker's default capabilities, seccomp
+//! profile and open-files limit; masked and read-only paths; `no_new_privileges`; the
+//! image's user resolved in its own /etc/passwd; /etc/hosts, hostname and resolv.conf
+//! written for it), and a network namespace of its own, wired to the node bridge
+//! `skiff0` (10.213.0.0/16, outbound NAT) by a veth pair.
 //!
 //! The namespaces are made ahead of time by a small pool (`net.rs`), so a start costs an
 //! overlay mount, a `config.json` and a `runc run`; `skiff run` answers once runc is
@@ -18,12 +18,14 @@
 //! stopped container (and its cgroup, read for OOM kills) stays until `cleanup`.
 
 mod bundle;
+mod exec;
 mod net;
 mod process;
 mod proxy;
 mod user;
 
 use bundle::*;
+pub use exec::{ExecOutput, ExecSpec};
 pub use process::{Exit, OciProcess};
 
 use std::net::Ipv4Addr;
@@ -44,6 +46,23 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{LogBook, LogStream};
+
+/// A container's open-files limit (soft, hard), as Docker's on a systemd host (dockerd
+/// passes on systemd's default): soft 1024 for programs that still use select(2), hard
+/// 524288 for those that raise it; the hard limit no higher than the node's own, which
+/// is all the node may hand out.
+static NOFILE: std::sync::LazyLock<(u64, u64)> = std::sync::LazyLock::new(|| {
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) } != 0 {
+        own.rlim_max = libc::RLIM_INFINITY;
+    }
+    let hard = own.rlim_max.min(524_288);
+    (hard.min(1024), hard)
+});
 
 /// Why a Linux container could not be run or managed.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +290,14 @@ impl OciHost {
                 spec.cwd.clone()
             })
             .no_new_privileges(true)
+            .rlimits(vec![
+                oci_spec::runtime::PosixRlimitBuilder::default()
+                    .typ(oci_spec::runtime::PosixRlimitType::RlimitNofile)
+                    .soft(NOFILE.0)
+                    .hard(NOFILE.1)
+                    .build()
+                    .map_err(bad)?,
+            ])
             .build()
             .map_err(bad)?;
         let mut namespaces = get_default_namespaces();
