@@ -168,7 +168,7 @@ impl OciProcess {
     /// `runc state`, so it costs no runc process. A start does not wait for this (the
     /// container is routed while runc builds it, and answers once its process listens);
     /// a stop does.
-    async fn wait_created(&self) -> Result<(), OciError> {
+    pub(super) async fn wait_created(&self) -> Result<(), OciError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let state = self.state.join(&self.runc_id).join("state.json");
         loop {
