@@ -7,13 +7,14 @@ use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use skiff_image::{ImageName, ImageStore};
 use skiff_spec::api::{
-    AppStatus, ContainerInfo, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream,
+    AppStatus, AttachEvent, ContainerInfo, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream,
 };
 use skiff_spec::{DeployParams, RunParams};
 
 use crate::ClientOpts;
 use crate::registry::{Reference, Registry};
 
+#[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
     api: String,
@@ -424,6 +425,148 @@ impl Client {
             .json()
             .await?;
         Ok(info.id)
+    }
+
+    /// `docker run` without `-d`: starts the container with its output attached, prints
+    /// stdout and stderr lines as they come, and returns its exit code. SIGINT or SIGTERM
+    /// to this process stops the container (as Docker's signal proxy does); a second one
+    /// returns at once, leaving it stopping.
+    pub(crate) async fn run_attached(&self, run: &RunParams) -> anyhow::Result<i32> {
+        use std::io::Write as _;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+        let mut q = run.to_pairs();
+        q.push(("attach".into(), "true".into()));
+        let resp = self
+            .send(self.http.post(self.url("/v1/containers")).query(&q))
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        let mut id: Option<String> = None;
+        let mut signals = 0;
+        loop {
+            let signalled = tokio::select! {
+                chunk = stream.next() => {
+                    let Some(chunk) = chunk else {
+                        bail!("the node closed the connection before the container exited (see skiff ps -a)");
+                    };
+                    buf.extend_from_slice(&chunk.context("the container's output stream broke")?);
+                    false
+                }
+                _ = interrupt.recv() => true,
+                _ = terminate.recv() => true,
+            };
+            if signalled {
+                signals += 1;
+                let Some(id) = id.clone() else { continue };
+                if signals > 1 {
+                    eprintln!(
+                        "skiff: container {} is stopping; not waiting for it",
+                        &id[..12]
+                    );
+                    return Ok(130);
+                }
+                let client = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.container_action(&id, "stop", Some(10)).await {
+                        eprintln!("error: cannot stop the container: {e:#}");
+                    }
+                });
+                continue;
+            }
+            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let event: AttachEvent =
+                    serde_json::from_slice(&line).context("invalid event from the API")?;
+                match event {
+                    AttachEvent::Started(info) => id = Some(info.id),
+                    AttachEvent::Log(l) => match l.stream {
+                        LogStream::Stdout => {
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "{}", l.line)?;
+                            out.flush()?;
+                        }
+                        LogStream::Stderr => writeln!(std::io::stderr(), "{}", l.line)?,
+                    },
+                    AttachEvent::Exited { code } => return Ok(code),
+                }
+            }
+        }
+    }
+
+    /// `docker exec`: runs `cmd` in the container, copying its stdout and stderr through
+    /// as they come; returns its exit code.
+    pub(crate) async fn exec(
+        &self,
+        name: &str,
+        cmd: &[String],
+        env: &[(String, String)],
+        workdir: Option<&str>,
+    ) -> anyhow::Result<i32> {
+        use std::io::Write as _;
+        let body = serde_json::json!({
+            "cmd": cmd,
+            "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "workdir": workdir,
+        });
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/v1/containers/{name}/exec")))
+                    .json(&body),
+            )
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk.context("the exec output stream broke")?);
+            while buf.len() >= 8 {
+                let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+                if buf.len() < 8 + len {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..8 + len).collect();
+                let data = &frame[8..];
+                match frame[0] {
+                    1 => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(data)?;
+                        out.flush()?;
+                    }
+                    2 => std::io::stderr().write_all(data)?,
+                    _ => {
+                        let end: serde_json::Value =
+                            serde_json::from_slice(data).context("invalid exec result")?;
+                        if let Some(e) = end["error"].as_str() {
+                            eprintln!("error: {e}");
+                        }
+                        return end["exit_code"]
+                            .as_i64()
+                            .map(|c| c as i32)
+                            .context("the exec result has no exit_code");
+                    }
+                }
+            }
+        }
+        bail!("the node closed the exec stream before the command exited")
+    }
+
+    /// `docker wait`: the container's exit code once it stops.
+    pub(crate) async fn wait(&self, name: &str) -> anyhow::Result<i32> {
+        let v: serde_json::Value = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/v1/containers/{name}/wait"))),
+            )
+            .await?
+            .json()
+            .await
+            .context("invalid answer to wait")?;
+        v["exit_code"]
+            .as_i64()
+            .map(|c| c as i32)
+            .context("the answer to wait has no exit_code")
     }
 
     pub(crate) async fn ps(&self, all: bool, quiet: bool) -> anyhow::Result<()> {

@@ -293,9 +293,13 @@ enum Command {
     },
     /// Run a container from an image, like `docker run`.
     Run {
-        /// Detach: print the id and return (otherwise follow its logs).
+        /// Detach: print the id and return (otherwise print its output as it comes and
+        /// exit with its exit code; Ctrl-C stops it).
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Remove the container once it stops.
+        #[arg(long)]
+        rm: bool,
         /// Container name (a DNS label); generated when absent.
         #[arg(long)]
         name: Option<String>,
@@ -331,6 +335,30 @@ enum Command {
         /// Arguments replacing the image's CMD (after its ENTRYPOINT arguments).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Run a command in a running Linux container; exits with its exit code.
+    Exec {
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_parser = parse_env_arg)]
+        env: Vec<(String, String)>,
+        /// Working directory inside the container.
+        #[arg(long = "workdir", short = 'w')]
+        workdir: Option<String>,
+        /// Container name or id.
+        container: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Wait until containers stop; print each one's exit code.
+    Wait {
+        /// Container names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -690,6 +718,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => each(&Client::new(&client)?, &names, |c, n| c.rm(n, force)).await,
         Command::Run {
             detach,
+            rm,
             name,
             publish,
             env,
@@ -726,15 +755,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 milli_cpus: cpus.map(RunParams::milli_cpus).transpose()?,
                 pids_limit,
                 host_network,
+                auto_remove: rm,
             };
             let c = Client::new(&client)?;
-            let id = c.run(&run).await?;
-            println!("{id}");
             if detach {
+                println!("{}", c.run(&run).await?);
                 Ok(())
             } else {
-                c.logs(&id, "all", true).await
+                let code = c.run_attached(&run).await?;
+                std::process::exit(code)
             }
+        }
+        Command::Exec {
+            env,
+            workdir,
+            container,
+            cmd,
+            client,
+        } => {
+            let code = Client::new(&client)?
+                .exec(&container, &cmd, &env, workdir.as_deref())
+                .await?;
+            std::process::exit(code)
+        }
+        Command::Wait { names, client } => {
+            let c = Client::new(&client)?;
+            for name in &names {
+                println!("{}", c.wait(name).await?);
+            }
+            Ok(())
         }
         Command::Ps { all, quiet, client } => Client::new(&client)?.ps(all, quiet).await,
         Command::Stop {

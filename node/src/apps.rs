@@ -40,6 +40,7 @@ mod standalone;
 pub(crate) use deployments::spread::LOCAL_ROUTE;
 pub use error::AppError;
 pub(crate) use pull::REPLICA_HEADER;
+pub use standalone::Attached;
 
 use crate::container::Container;
 use crate::desired::DesiredStore;

@@ -50,6 +50,9 @@ pub struct ContainerRecord {
     /// Settings only Linux containers have.
     #[serde(default)]
     pub oci: OciOptions,
+    /// `--rm`: removed once it stops.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 impl ContainerRecord {

@@ -119,6 +119,22 @@ pub struct LoadedImage {
     pub tags: Vec<String>,
 }
 
+/// What `POST /v1/containers?attach=true` streams, one JSON object per line: the
+/// container once started, its output as it comes, and how it ended (last).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachEvent {
+    /// It started.
+    Started(Box<ContainerInfo>),
+    /// A line of its output.
+    Log(LogLine),
+    /// It stopped, with this exit code.
+    Exited {
+        /// The exit code (`wait`'s).
+        code: i32,
+    },
+}
+
 /// One container as `GET /v1/containers` lists it (what `docker ps` shows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
@@ -158,6 +174,9 @@ pub struct ContainerInfo {
     pub sandbox_key: Option<String>,
     /// Restart policy.
     pub restart: RestartPolicy,
+    /// `--rm`: removed once it stops.
+    #[serde(default)]
+    pub auto_remove: bool,
     /// The deployment that manages it, for replicas; `None` for `skiff run` containers.
     pub deployment: Option<String>,
     /// Bounds.

@@ -114,6 +114,8 @@ pub struct RunParams {
     pub pids_limit: Option<i64>,
     /// `--network host` (Linux containers).
     pub host_network: bool,
+    /// `--rm`: removed once it stops.
+    pub auto_remove: bool,
 }
 
 impl RunParams {
@@ -139,6 +141,9 @@ impl RunParams {
         }
         let network = if self.host_network { "host" } else { "bridge" };
         q.push(("network".into(), network.into()));
+        if self.auto_remove {
+            q.push(("rm".into(), "true".into()));
+        }
         for a in self.args.iter().flatten() {
             q.push(("arg".into(), a.clone()));
         }
@@ -192,6 +197,13 @@ impl RunParams {
                             .map_err(|_| bad(k, format!("{v:?} is not a number")))?,
                     );
                 }
+                "rm" => {
+                    run.auto_remove = match v.as_str() {
+                        "" | "1" | "true" => true,
+                        "0" | "false" => false,
+                        other => return Err(bad(k, format!("{other:?}: use true or false"))),
+                    };
+                }
                 "network" => {
                     run.host_network = match v.as_str() {
                         "host" => true,
@@ -206,6 +218,12 @@ impl RunParams {
             .filter(|i| !i.is_empty())
             .ok_or_else(|| bad("image", "missing: name the image to run".into()))?;
         run.params = crate::DeployParams::from_pairs(rest)?;
+        if run.auto_remove && run.restart != RestartPolicy::No {
+            return Err(bad(
+                "rm",
+                "conflicting options: --restart and --rm (a container removed when it stops is never restarted)".into(),
+            ));
+        }
         if run.params.replicas.is_some() || run.params.image.is_some() {
             return Err(bad(
                 "replicas",
@@ -245,6 +263,15 @@ mod tests {
             ..RunParams::default()
         };
         assert_eq!(RunParams::from_pairs(run.to_pairs()), Ok(run));
+        let rm = RunParams {
+            image: "x".into(),
+            auto_remove: true,
+            ..RunParams::default()
+        };
+        assert_eq!(RunParams::from_pairs(rm.to_pairs()), Ok(rm));
+        let e = RunParams::from_pairs([("image", "x"), ("rm", "true"), ("restart", "always")])
+            .unwrap_err();
+        assert!(e.to_string().contains("--restart and --rm"), "{e}");
         assert!(RunParams::from_pairs([("image", "x"), ("replicas", "2")]).is_err());
         assert!(RunParams::from_pairs([("image", "x"), ("cpus", "0")]).is_err());
         assert!(RunParams::from_pairs([("image", "x"), ("network", "none")]).is_err());

@@ -10,8 +10,13 @@ use axum::response::{IntoResponse, Response};
 use skiff_spec::RunParams;
 use skiff_spec::api::ContainerInfo;
 
-use super::{ApiError, log_response};
+use super::{ApiError, follow_until, log_response};
 use crate::Shared;
+use crate::apps::Attached;
+use axum::body::Body;
+use axum::http::header;
+use futures_util::StreamExt as _;
+use skiff_spec::api::AttachEvent;
 
 fn pairs(q: Option<String>) -> Vec<(String, String)> {
     form_urlencoded::parse(q.unwrap_or_default().as_bytes())
@@ -37,10 +42,50 @@ pub(super) async fn run(
     State(shared): State<Arc<Shared>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let run = RunParams::from_pairs(pairs(q))
+    let mut pairs = pairs(q);
+    let attach = flag(&pairs, "attach");
+    pairs.retain(|(k, _)| k != "attach");
+    let run = RunParams::from_pairs(pairs)
         .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
-    let info = shared.apps.run(run).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    let (info, attached) = shared.apps.run(run, attach).await?;
+    let Some(Attached {
+        past,
+        lines,
+        mut exit,
+    }) = attached
+    else {
+        return Ok((StatusCode::CREATED, Json(info)).into_response());
+    };
+    // NDJSON of [`AttachEvent`]s: started, the output, then how it ended (unless the node
+    // shuts down first: the client then says the stream broke).
+    let encode = |e: AttachEvent| {
+        let mut s = serde_json::to_string(&e).expect("events serialize");
+        s.push('\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))
+    };
+    let started = futures_util::stream::iter([AttachEvent::Started(Box::new(info))]);
+    let output = futures_util::stream::iter(past)
+        .chain(follow_until(lines, Some(exit.clone())))
+        .map(AttachEvent::Log);
+    let ended = futures_util::stream::once(async move {
+        let code = exit.wait_for(Option::is_some).await.ok().and_then(|c| *c);
+        AttachEvent::Exited {
+            code: code.unwrap_or(255),
+        }
+    });
+    let body = Body::from_stream(
+        started
+            .chain(output)
+            .chain(ended)
+            .map(encode)
+            .take_until(shared.shutdown.clone().cancelled_owned()),
+    );
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /v1/containers?all=true`
@@ -116,5 +161,98 @@ pub(super) async fn logs(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let book = shared.apps.container_log(&key).await?;
-    log_response(&shared, &book, q)
+    let exit = shared.apps.container_exit(&key).await;
+    log_response(&shared, &book, q, exit)
+}
+
+/// `POST /v1/containers/{key}/wait`: `{"exit_code": N}` once it is not running.
+pub(super) async fn wait(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let code = shared.apps.wait_container(&key).await?;
+    Ok(Json(serde_json::json!({ "exit_code": code })))
+}
+
+/// The body of `POST /v1/containers/{key}/exec`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExecRequest {
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    workdir: Option<String>,
+}
+
+/// `POST /v1/containers/{key}/exec` with `{"cmd": [...], "env": ["K=V"], "workdir": "/"}`:
+/// the command's output as it comes, in Docker's multiplexed-stream frames (a byte for the
+/// stream, three zeros, a big-endian u32 length, the bytes: 1 stdout, 2 stderr), then a
+/// frame of stream 3 holding `{"exit_code": N}` (and `"error"` when it could not start).
+pub(super) async fn exec(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    use skiff_runtime::oci::{ExecOutput, ExecSpec};
+    let req: ExecRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid exec request: {e}")))?;
+    if req.cmd.is_empty() {
+        return Err(bad("cmd", "empty: name the command to run"));
+    }
+    let nul = |s: &String| s.contains('\0');
+    if req.cmd.iter().any(nul) || req.env.iter().any(nul) || req.workdir.as_ref().is_some_and(nul) {
+        return Err(bad("cmd", "a NUL byte cannot be passed to a process"));
+    }
+    if let Some(e) = req
+        .env
+        .iter()
+        .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        return Err(bad("env", format!("{e:?} is not KEY=VALUE")));
+    }
+    if let Some(w) = req.workdir.as_ref().filter(|w| !w.starts_with('/')) {
+        return Err(bad("workdir", format!("{w:?} is not an absolute path")));
+    }
+    let rx = shared
+        .apps
+        .exec_container(
+            &key,
+            ExecSpec {
+                args: req.cmd,
+                env: req.env,
+                workdir: req.workdir,
+            },
+        )
+        .await?;
+    let frame = |stream: u8, data: &[u8]| {
+        let mut f = Vec::with_capacity(8 + data.len());
+        f.extend_from_slice(&[stream, 0, 0, 0]);
+        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        f.extend_from_slice(data);
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(f))
+    };
+    let outputs =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|out| (out, rx)) },
+        );
+    let frames = outputs.map(move |out| match out {
+        ExecOutput::Stdout(b) => frame(1, &b),
+        ExecOutput::Stderr(b) => frame(2, &b),
+        ExecOutput::Exited(code, error) => frame(
+            3,
+            serde_json::json!({ "exit_code": code, "error": error })
+                .to_string()
+                .as_bytes(),
+        ),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.docker.multiplexed-stream",
+        )],
+        Body::from_stream(frames.take_until(shared.shutdown.clone().cancelled_owned())),
+    )
+        .into_response())
 }

@@ -14,6 +14,7 @@ use skiff_image::StoreError;
 use skiff_spec::api::{ErrorBody, ErrorDetail, LogLine};
 use skiff_spec::{AppName, DeployParams};
 use subtle::ConstantTimeEq as _;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
@@ -188,6 +189,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(containers::restart),
         )
         .route("/v1/containers/{key}/logs", get(containers::logs))
+        .route(
+            "/v1/containers/{key}/exec",
+            axum::routing::post(containers::exec).layer(DefaultBodyLimit::max(1 << 20)),
+        )
+        .route(
+            "/v1/containers/{key}/wait",
+            axum::routing::post(containers::wait),
+        )
         .route("/metrics", get(metrics))
         .route("/v1/cluster/join-token", get(join_token))
         .merge(kube::routes())
@@ -454,15 +463,17 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let name = app_name(name)?;
     let book = shared.apps.log(&name).await?;
-    log_response(&shared, &book, query)
+    log_response(&shared, &book, query, None)
 }
 
 /// NDJSON lines of `book`: `tail=N|all` first, then, with `follow`, new lines as they
-/// come until the node shuts down or the log is dropped.
+/// come until the node shuts down, the log is dropped, or (a container's log) `exit`
+/// says the container stopped: a container that is not running has nothing to follow.
 pub(crate) fn log_response(
     shared: &Shared,
     book: &skiff_runtime::LogBook,
     query: Option<String>,
+    exit: Option<watch::Receiver<Option<i32>>>,
 ) -> Result<Response, ApiError> {
     let mut tail = 100usize;
     let mut follow = false;
@@ -489,6 +500,9 @@ pub(crate) fn log_response(
             }
         }
     }
+    if exit.as_ref().is_some_and(|e| e.borrow().is_some()) {
+        follow = false;
+    }
     let (past, rx) = book.tail_and_subscribe(tail);
     let encode = |l: &LogLine| {
         let mut s = serde_json::to_string(l).expect("log lines serialize");
@@ -500,7 +514,7 @@ pub(crate) fn log_response(
     let past = futures_util::stream::iter(past).map(move |l| encode(&l));
     let body = if follow {
         let shutdown: CancellationToken = shared.shutdown.clone();
-        let live = tokio_stream_from(rx).map(move |l| encode(&l));
+        let live = follow_until(rx, exit).map(move |l| encode(&l));
         Body::from_stream(past.chain(live).take_until(shutdown.cancelled_owned()))
     } else {
         Body::from_stream(past)
@@ -509,19 +523,43 @@ pub(crate) fn log_response(
 }
 
 /// A broadcast receiver as a stream that skips over lines it lagged behind on and ends
-/// when the app's log is dropped (the app was removed).
-fn tokio_stream_from(
-    rx: tokio::sync::broadcast::Receiver<LogLine>,
+/// when the app's log is dropped (the app was removed) or, given a container's `exit`,
+/// once the container stopped and the lines it wrote before are all out (its output is
+/// in the log before its exit is told).
+pub(crate) fn follow_until(
+    rx: broadcast::Receiver<LogLine>,
+    exit: Option<watch::Receiver<Option<i32>>>,
 ) -> impl futures_util::Stream<Item = LogLine> {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(line) => return Some((line, rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    futures_util::stream::unfold(
+        (rx, exit, false),
+        |(mut rx, mut exit, mut stopped)| async move {
+            loop {
+                if stopped {
+                    match rx.try_recv() {
+                        Ok(line) => return Some((line, (rx, exit, stopped))),
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => return None,
+                    }
+                }
+                let exited = async {
+                    match exit.as_mut() {
+                        Some(e) => drop(e.wait_for(Option::is_some).await),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    line = rx.recv() => match line {
+                        Ok(line) => return Some((line, (rx, exit, stopped))),
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
+                    () = exited => stopped = true,
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -12,7 +12,7 @@ use skiff_runtime::oci::Exit;
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppKind, AppName, RestartPolicy, RunParams};
 use tokio::net::TcpListener;
-use tokio::sync::MutexGuard;
+use tokio::sync::{MutexGuard, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -31,6 +31,9 @@ pub(super) struct Standalone {
     running: Option<Running>,
     /// Quick failures in a row, for the restart back-off.
     restarts: u32,
+    /// `None` while it runs, its exit code once it stopped: what `wait` and `logs -f`
+    /// watch. Receivers keep the last code after the container is removed (`--rm`).
+    exit: watch::Sender<Option<i32>>,
 }
 
 struct Running {
@@ -53,7 +56,34 @@ impl Running {
     }
 }
 
+/// A just-started container's output and exit, for `run` without `-d`.
+pub struct Attached {
+    /// Lines it wrote before the subscription.
+    pub past: Vec<skiff_spec::api::LogLine>,
+    /// Every line after them.
+    pub lines: tokio::sync::broadcast::Receiver<skiff_spec::api::LogLine>,
+    /// Its exit code once it stops.
+    pub exit: watch::Receiver<Option<i32>>,
+}
+
 impl Standalone {
+    fn new(record: ContainerRecord) -> Self {
+        let exit = watch::Sender::new(record.exit_code.or(Some(0)));
+        Self {
+            record,
+            log: LogBook::new(LOG_LINES),
+            running: None,
+            restarts: 0,
+            exit,
+        }
+    }
+
+    /// Tells `wait` and `logs -f` that it stopped, with its (final) exit code.
+    fn ended(&self) {
+        self.exit
+            .send_replace(Some(self.record.exit_code.unwrap_or(0)));
+    }
+
     pub(super) fn name(&self) -> &str {
         self.record.spec.name.as_str()
     }
@@ -98,8 +128,14 @@ pub(super) fn new_id() -> String {
 }
 
 impl Apps {
-    /// Creates and starts a container from an image (`docker run -d`).
-    pub async fn run(&self, req: RunParams) -> Result<ContainerInfo, AppError> {
+    /// Creates and starts a container from an image (`docker run -d`); with `attach`,
+    /// also its output from the first line on and its exit, taken before anything else
+    /// (an exit, a `--rm`) can happen to it.
+    pub async fn run(
+        &self,
+        req: RunParams,
+        attach: bool,
+    ) -> Result<(ContainerInfo, Option<Attached>), AppError> {
         let images = self.images.clone();
         let reference = req.image.clone();
         let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
@@ -176,18 +212,23 @@ impl Apps {
             exit_code: None,
             oom_killed: false,
             exit_error: None,
+            auto_remove: req.auto_remove,
         };
-        let mut entry = Standalone {
-            record,
-            log: LogBook::new(LOG_LINES),
-            running: None,
-            restarts: 0,
-        };
+        let mut entry = Standalone::new(record);
         self.start_entry(&mut entry).await?;
         let info = self.info_of(&entry);
+        // Still under the lock, which its exit must take: nothing is missed.
+        let attached = attach.then(|| {
+            let (past, lines) = entry.log.tail_and_subscribe(usize::MAX);
+            Attached {
+                past,
+                lines,
+                exit: entry.exit.subscribe(),
+            }
+        });
         info!(container = %entry.record.spec.name, id = %&entry.record.id[..12], image = %entry.record.image_ref, "container started");
         standalone.insert(entry.record.id.clone(), entry);
-        Ok(info)
+        Ok((info, attached))
     }
 
     /// Starts a stopped (or new) container: prepares its image, binds its ports, routes
@@ -247,6 +288,7 @@ impl Apps {
             ports,
             listeners,
         });
+        entry.exit.send_replace(None);
         Ok(())
     }
 
@@ -323,6 +365,11 @@ impl Apps {
         if let Err(e) = self.persist(&entry.record).await {
             warn!(error = %e, "failed to record a container's exit");
         }
+        entry.ended();
+        if entry.record.auto_remove {
+            self.remove_entry(standalone, &id).await;
+            return;
+        }
         let restart = match entry.record.restart {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => code != 0,
@@ -346,11 +393,12 @@ impl Apps {
         entry: &mut Standalone,
         grace: std::time::Duration,
     ) -> Result<(), AppError> {
-        if let Some(running) = self.begin_stop(entry).await?
-            && let Some(exit) = running.finish(grace).await
-        {
-            entry.record.exited(&exit);
-            self.persist(&entry.record).await?;
+        if let Some(running) = self.begin_stop(entry).await? {
+            if let Some(exit) = running.finish(grace).await {
+                entry.record.exited(&exit);
+                self.persist(&entry.record).await?;
+            }
+            entry.ended();
         }
         Ok(())
     }
@@ -414,17 +462,22 @@ impl Apps {
         let mut info = self.info_of(entry);
         // Drained without the lock: `ps` and the other verbs need not wait up to -t.
         drop(standalone);
-        if let Some(running) = running
-            && let Some(exit) = running.finish(grace).await
-        {
-            // A Linux container's own exit code replaces the provisional 0.
+        if let Some(running) = running {
+            let exit = running.finish(grace).await;
             let mut standalone = self.standalone.lock().await;
             if let Some(entry) = standalone.get_mut(&id)
                 && entry.running.is_none()
             {
-                entry.record.exited(&exit);
-                self.persist(&entry.record).await?;
-                info = self.info_of(entry);
+                // A Linux container's own exit code replaces the provisional 0.
+                if let Some(exit) = exit {
+                    entry.record.exited(&exit);
+                    self.persist(&entry.record).await?;
+                    info = self.info_of(entry);
+                }
+                entry.ended();
+                if entry.record.auto_remove {
+                    self.remove_entry(standalone, &id).await;
+                }
             }
         }
         Ok(info)
@@ -451,17 +504,107 @@ impl Apps {
             }
             self.stop_entry(entry, std::time::Duration::ZERO).await?;
         }
-        let state = self.state.clone();
-        let id2 = id.clone();
-        tokio::task::spawn_blocking(move || state.delete_container(&id2))
-            .await
-            .map_err(AppError::internal)?
-            .map_err(AppError::internal)?;
+        if entry.exit.borrow().is_none() {
+            // Removed while another caller still stops it: its waiters get the code now.
+            entry.ended();
+        }
+        self.delete_record(&id).await?;
         let entry = standalone.remove(&id).expect("found");
         info!(container = %entry.record.spec.name, "container removed");
         drop(standalone);
         self.collect_garbage_now().await;
         Ok(())
+    }
+
+    async fn delete_record(&self, id: &str) -> Result<(), AppError> {
+        let state = self.state.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || state.delete_container(&id))
+            .await
+            .map_err(AppError::internal)?
+            .map(|_| ())
+            .map_err(AppError::internal)
+    }
+
+    /// `--rm`: removes a container that just stopped (its waiters were told its code).
+    async fn remove_entry(
+        &self,
+        mut standalone: MutexGuard<'_, HashMap<String, Standalone>>,
+        id: &str,
+    ) {
+        if let Err(e) = self.delete_record(id).await {
+            warn!(error = %e, "failed to remove a --rm container's record");
+            return;
+        }
+        if let Some(entry) = standalone.remove(id) {
+            info!(container = %entry.record.spec.name, "container removed (--rm)");
+        }
+        drop(standalone);
+        self.collect_garbage_now().await;
+    }
+
+    /// `docker wait`: the container's exit code once it is not running (at once if it
+    /// is not). A `--rm` container's code is kept for those waiting when it is removed.
+    pub async fn wait_container(&self, key: &str) -> Result<i32, AppError> {
+        let (standalone, id) = self.locate(key).await?;
+        let mut rx = standalone[&id].exit.subscribe();
+        drop(standalone);
+        let code = match rx.wait_for(Option::is_some).await {
+            Ok(code) => *code,
+            Err(_) => None,
+        };
+        let code = code.or(*rx.borrow());
+        code.ok_or_else(|| {
+            AppError::not_found(format!("container {key} was removed while running"))
+        })
+    }
+
+    /// `docker exec`: runs a command in a running Linux container (one of `run`'s or a
+    /// deployment's pod), its output and exit code on the returned channel.
+    pub async fn exec_container(
+        &self,
+        key: &str,
+        spec: skiff_runtime::oci::ExecSpec,
+    ) -> Result<tokio::sync::mpsc::Receiver<skiff_runtime::oci::ExecOutput>, AppError> {
+        let standalone = self.standalone.lock().await;
+        let container = match Self::find(&standalone, key) {
+            Ok(id) => {
+                let entry = &standalone[&id];
+                match &entry.running {
+                    Some(r) => r.container.clone(),
+                    None => {
+                        return Err(AppError::conflict(format!(
+                            "container {} is not running: start it first",
+                            entry.record.spec.name
+                        )));
+                    }
+                }
+            }
+            Err(e) => {
+                drop(standalone);
+                self.pod_container(key).map(|(c, _)| c).ok_or(e)?
+            }
+        };
+        let Some(process) = container.workload().oci_process() else {
+            return Err(AppError::invalid(
+                "exec_unsupported",
+                format!(
+                    "exec is not supported for container {}: it is a WebAssembly app, which has no processes to run a command beside",
+                    container.name
+                ),
+            ));
+        };
+        process.exec(spec).await.map_err(|e| {
+            AppError::conflict(format!("cannot exec in container {}: {e}", container.name))
+        })
+    }
+
+    /// A receiver of the container's exit (see [`Standalone::exit`]), if `key` is one.
+    pub async fn container_exit(&self, key: &str) -> Option<watch::Receiver<Option<i32>>> {
+        let standalone = self.standalone.lock().await;
+        Self::find(&standalone, key)
+            .ok()
+            .map(|id| standalone[&id].exit.subscribe())
     }
 
     /// The container named or id-prefixed by `key`, with the lock that guards it. A
@@ -550,6 +693,7 @@ impl Apps {
                 ip_address,
                 sandbox_key,
                 restart: RestartPolicy::Always,
+                auto_remove: false,
                 deployment: Some(deployment),
                 limits,
                 env_keys: Vec::new(),
@@ -601,6 +745,7 @@ impl Apps {
             ip_address,
             sandbox_key,
             restart: r.restart,
+            auto_remove: r.auto_remove,
             deployment: None,
             limits: r.spec.limits.clone(),
             env_keys: r.spec.env.keys().cloned().collect(),
@@ -627,12 +772,15 @@ impl Apps {
                 RestartPolicy::OnFailure => record.exit_code.is_some_and(|c| c != 0),
                 RestartPolicy::No => false,
             };
-            let mut entry = Standalone {
-                record,
-                log: LogBook::new(LOG_LINES),
-                running: None,
-                restarts: 0,
-            };
+            if record.auto_remove && !start {
+                // `--rm`: it stopped (with the node), so it goes.
+                let id = record.id.clone();
+                self.delete_record(&id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                continue;
+            }
+            let mut entry = Standalone::new(record);
             if start {
                 if let Err(e) = self.start_entry(&mut entry).await {
                     warn!(container = %entry.record.spec.name, error = %e, "container could not be restarted");
