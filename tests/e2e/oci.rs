@@ -42,7 +42,7 @@ fn busybox_layer(extra: &[(&str, &[u8])]) -> Vec<u8> {
         0o644,
     );
     for applet in [
-        "sh", "httpd", "echo", "pwd", "dd", "tr", "sleep", "cat", "id", "grep",
+        "sh", "httpd", "echo", "pwd", "dd", "tr", "sleep", "cat", "id", "grep", "unshare", "mount",
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -57,11 +57,34 @@ fn busybox_layer(extra: &[(&str, &[u8])]) -> Vec<u8> {
         h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(data.len() as u64);
-        h.set_mode(0o644);
+        h.set_mode(if path.starts_with("bin/") {
+            0o755
+        } else {
+            0o644
+        });
         h.set_cksum();
         t.append(&h, *data).unwrap();
     }
     t.into_inner().unwrap()
+}
+
+/// `samples/syscall-probe`, built static with the C compiler Rust links with.
+fn syscall_probe() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("probe");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/syscall-probe/probe.c");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .status()
+        .expect("cc, the C compiler Rust links with, builds the probe");
+    assert!(
+        status.success(),
+        "cc -static failed for {}",
+        source.display()
+    );
+    std::fs::read(out).unwrap()
 }
 
 fn sha(b: &[u8]) -> String {
@@ -1132,6 +1155,68 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
         "{logs}"
     );
 
+    // Docker's allow list, argument filters included, seen from a program's calls; the
+    // open-files limit as Docker's (hard: no higher than the node's own).
+    let probe = busybox_layer(&[("bin/probe", &syscall_probe())]);
+    load(&node, &docker_save("probe:v1", &probe)).await;
+    let (_, logs) = run_to_exit(
+        &node,
+        "probe",
+        &["probe:v1", "sh", "-c", "probe; ulimit -n; ulimit -Hn"],
+    )
+    .await;
+    for blocked in [
+        "keyctl",
+        "add_key",
+        "socket_vsock",
+        "personality_exec",
+        "clone_newns",
+        "get_mempolicy",
+        "kcmp",
+    ] {
+        assert!(
+            logs.contains(&format!("stdout: {blocked}=Operation not permitted")),
+            "{blocked} is blocked: {logs}"
+        );
+    }
+    for allowed in [
+        "socket_inet",
+        "personality_query",
+        "personality_linux",
+        "clone",
+    ] {
+        assert!(
+            logs.contains(&format!("stdout: {allowed}=ok")),
+            "{allowed} is allowed: {logs}"
+        );
+    }
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    assert!(
+        logs.contains("stdout: 1024\n"),
+        "soft RLIMIT_NOFILE: {logs}"
+    );
+    assert!(
+        logs.contains(&format!("stdout: {}\n", own.rlim_max.min(524_288))),
+        "hard RLIMIT_NOFILE: {logs}"
+    );
+    let (_, logs) = run_to_exit(
+        &node,
+        "mount",
+        &[
+            "root:v1",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /tmp; echo mount=$?",
+        ],
+    )
+    .await;
+    assert!(logs.contains("mount=1"), "{logs}");
+
     let e = err(&skiff(&node, &["run", "-d", "--name", "ghost", "ghost:v1", "id"]).await);
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(
@@ -1190,4 +1275,317 @@ async fn a_deployment_of_a_linux_image_is_ready_once_its_port_answers() {
         },
     )
     .await;
+}
+
+/// Entries of a tar archive, rewritten by `edit` (name, header) on the way.
+fn rewrite_tar(archive: &[u8], edit: impl Fn(&str, &mut tar::Header)) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut input = tar::Archive::new(archive);
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut header = entry.header().clone();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        edit(&name, &mut header);
+        header.set_cksum();
+        out.append(&header, data.as_slice()).unwrap();
+    }
+    out.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_and_legacy_docker_archives_load_and_a_link_outside_is_refused() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(&[]);
+
+    // skopeo (as podman save) writes `<id>/layer.tar` as a link to `../<digest>.tar`.
+    let oci = dir.path().join("oci.tar");
+    std::fs::write(&oci, oci_layout("src:v1", &layer)).unwrap();
+    let converted = dir.path().join("skopeo.tar");
+    let status = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci-archive:{}", oci.display()))
+        .arg(format!(
+            "docker-archive:{}:fromskopeo:v1",
+            converted.display()
+        ))
+        .status()
+        .expect("skopeo is installed by ./test");
+    assert!(status.success(), "skopeo copy failed");
+    let skopeo = std::fs::read(&converted).unwrap();
+    let mut has_link = false;
+    for e in tar::Archive::new(skopeo.as_slice()).entries().unwrap() {
+        has_link |= e.unwrap().header().entry_type().is_symlink();
+    }
+    assert!(has_link, "skopeo's archive holds a layer link");
+    ok(&skiff(&node, &["load", "-i", converted.to_str().unwrap()]).await);
+    let out = skiff(
+        &node,
+        &["run", "--rm", "fromskopeo:v1", "cat", "/www/index.html"],
+    )
+    .await;
+    assert_eq!(ok(&out), "<h1>busybox httpd in skiff</h1>\n");
+
+    // Docker before 25: `<id>/layer.tar` files, `<id>/json`, `<id>/VERSION`, `repositories`.
+    let config = config(&layer);
+    let id = sha(b"legacy layer id");
+    let legacy = tar_of(&BTreeMap::from([
+        (
+            "manifest.json".to_string(),
+            format!(
+                r#"[{{"Config":"{}.json","RepoTags":["legacy:v1"],"Layers":["{id}/layer.tar"]}}]"#,
+                sha(&config)
+            )
+            .into_bytes(),
+        ),
+        (format!("{}.json", sha(&config)), config.clone()),
+        (format!("{id}/layer.tar"), layer.clone()),
+        (
+            format!("{id}/json"),
+            format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+        ),
+        (format!("{id}/VERSION"), b"1.0".to_vec()),
+        (
+            "repositories".to_string(),
+            format!(r#"{{"legacy":{{"v1":"{id}"}}}}"#).into_bytes(),
+        ),
+    ]));
+    load(&node, &legacy).await;
+    let out = skiff(&node, &["run", "--rm", "legacy:v1", "echo", "legacy runs"]).await;
+    assert_eq!(ok(&out), "legacy runs\n");
+
+    // The same archive with its link pointing outside: refused, nothing written.
+    let blobs = || {
+        std::fs::read_dir(node.dir.join("images/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let images = ok(&skiff(&node, &["images"]).await);
+    let before = blobs();
+    let hostile = rewrite_tar(&skopeo, |_, h| {
+        if h.entry_type().is_symlink() {
+            h.set_link_name("../../../../etc/passwd").unwrap();
+        }
+    });
+    let path = dir.path().join("hostile.tar");
+    std::fs::write(&path, hostile).unwrap();
+    let e = err(&skiff(&node, &["load", "-i", path.to_str().unwrap()]).await);
+    assert!(
+        e.contains("layer.tar") && e.contains("outside the archive"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert_eq!(blobs(), before, "no blob was kept");
+    assert_eq!(ok(&skiff(&node, &["images"]).await), images);
+}
+
+/// The exit code, stdout and stderr of a finished CLI run.
+fn outcome(o: &std::process::Output) -> (Option<i32>, String, String) {
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_run_rm_wait_logs_follow_ctrl_c_and_exec() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
+
+    // Attached: the output in order, the container's exit code (non-zero and zero).
+    let (code, out, errs) = outcome(
+        &skiff(
+            &node,
+            &[
+                "run",
+                "--name",
+                "lines",
+                "bb:v1",
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8; do echo line$i; done; echo oops >&2; exit 3",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, Some(3), "{errs}");
+    assert_eq!(
+        out,
+        "line1\nline2\nline3\nline4\nline5\nline6\nline7\nline8\n"
+    );
+    assert_eq!(errs, "oops\n");
+    let (code, out, _) = outcome(
+        &skiff(
+            &node,
+            &["run", "--rm", "--name", "gone", "bb:v1", "echo", "bye"],
+        )
+        .await,
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "bye\n"));
+    let ps = ok(&skiff(&node, &["ps", "-a"]).await);
+    assert!(!ps.contains("gone"), "--rm removed it: {ps}");
+    assert!(ps.contains("Exited (3)") && ps.contains("lines"), "{ps}");
+
+    // Detached with --rm: `wait` gives the code, then it is gone.
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            "brief",
+            "bb:v1",
+            "sh",
+            "-c",
+            "sleep 1; exit 4",
+        ],
+    )
+    .await);
+    assert_eq!(ok(&skiff(&node, &["wait", "brief"]).await), "4\n");
+    wait_for("brief to be removed", Duration::from_secs(10), || async {
+        (!ok(&skiff(&node, &["ps", "-a"]).await).contains("brief")).then_some(())
+    })
+    .await;
+    let e = err(&skiff(
+        &node,
+        &["run", "--rm", "--restart", "always", "bb:v1", "true"],
+    )
+    .await);
+    assert!(e.contains("--restart and --rm"), "{e}");
+
+    // `logs -f` ends when the container exits, and at once for one that has.
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "follow",
+            "bb:v1",
+            "sh",
+            "-c",
+            "echo first; sleep 1; echo last",
+        ],
+    )
+    .await);
+    let logs = tokio::time::timeout(
+        Duration::from_secs(30),
+        skiff(&node, &["logs", "-f", "follow"]),
+    )
+    .await
+    .expect("logs -f ends when the container exits");
+    let logs = ok(&logs);
+    assert!(
+        logs.contains("stdout: first") && logs.contains("stdout: last"),
+        "{logs}"
+    );
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        skiff(&node, &["logs", "-f", "follow"]),
+    )
+    .await
+    .expect("logs -f of an exited container ends");
+    assert_eq!(ok(&again), logs);
+
+    // Ctrl-C to an attached run stops the container (SIGTERM to it); the CLI returns its code.
+    let mut child = tokio::process::Command::new(crate::harness::SKIFF)
+        .args([
+            "run",
+            "--name",
+            "interrupted",
+            "bb:v1",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 5' TERM; echo started; while true; do sleep 0.1; done",
+        ])
+        .env("SKIFF_API", &node.api)
+        .env("SKIFF_TOKEN", &node.token)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first),
+    )
+    .await
+    .expect("the container's first line arrives")
+    .unwrap();
+    assert_eq!(first, "started\n");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the CLI returns once the container stopped")
+        .unwrap();
+    assert_eq!(status.code(), Some(5), "{rest}");
+    assert_eq!(rest, "got TERM\n");
+
+    // exec: in the container's UTS, mount and pid namespaces, with its exit code.
+    ok(&skiff(
+        &node,
+        &["run", "-d", "--name", "box", "bb:v1", "sleep", "1000"],
+    )
+    .await);
+    let exec = |args: &'static [&'static str]| {
+        let node = &node;
+        async move { outcome(&skiff(node, &[&["exec"][..], args].concat()).await) }
+    };
+    assert_eq!(
+        exec(&["box", "cat", "/proc/sys/kernel/hostname"]).await.1,
+        "box\n"
+    );
+    assert_eq!(
+        exec(&["box", "cat", "/www/index.html"]).await.1,
+        "<h1>busybox httpd in skiff</h1>\n"
+    );
+    assert_eq!(
+        exec(&["box", "cat", "/proc/1/cmdline"]).await.1,
+        "sleep\x001000\x00"
+    );
+    let (code, out, errs) = exec(&[
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/www",
+        "box",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; echo bad >&2; exit 7",
+    ])
+    .await;
+    assert_eq!(
+        (code, out.as_str(), errs.as_str()),
+        (Some(7), "hi\n/www\n", "bad\n")
+    );
+    let (code, _, errs) = exec(&["box", "no-such-command"]).await;
+    assert_eq!(code, Some(127), "{errs}");
+    assert!(errs.contains("executable file not found"), "{errs}");
+    ok(&skiff(&node, &["stop", "-t", "0", "box"]).await);
+    let (code, _, errs) = exec(&["box", "true"]).await;
+    assert_ne!(code, Some(0));
+    assert!(errs.contains("is not running"), "{errs}");
+
+    // A Wasm container has no processes: one line saying so.
+    node.deploy_ok("hello", hello_wasm(), "").await;
+    ok(&skiff(&node, &["run", "-d", "--name", "wasm", "hello"]).await);
+    let (code, _, errs) = exec(&["wasm", "ls"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(errs.lines().count(), 1, "{errs}");
+    assert!(
+        errs.contains("exec is not supported") && errs.contains("WebAssembly"),
+        "{errs}"
+    );
 }
