@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use skiff_image::{ImageName, ImageStore};
 use skiff_spec::api::{
-    AppStatus, AttachEvent, ContainerInfo, ErrorBody, ImageStatus, LoadedImage, LogLine, LogStream,
+    AppStatus, AttachEvent, ContainerInfo, ContainerStats, ErrorBody, ImageStatus, LoadedImage,
+    LogLine, LogStream,
 };
 use skiff_spec::{DeployParams, RunParams};
 
@@ -627,6 +628,57 @@ impl Client {
         Ok(())
     }
 
+    /// `docker stats`: CPU %, memory, network, processes and requests of running
+    /// containers (all, or those named), from two reads a moment apart; `stream` redraws
+    /// every second until interrupted.
+    pub(crate) async fn stats(&self, names: &[String], stream: bool) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut before = self.read_stats(names).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(if stream { 1000 } else { 500 })).await;
+            let now = self.read_stats(names).await?;
+            let rows = stats_rows(&before, &now);
+            if stream {
+                // Docker's redraw: clear the screen, table from the top.
+                print!("\x1b[2J\x1b[H");
+            }
+            print_table(
+                &[
+                    "CONTAINER ID",
+                    "NAME",
+                    "CPU %",
+                    "MEM USAGE / LIMIT",
+                    "MEM %",
+                    "NET I/O",
+                    "PIDS",
+                    "REQUESTS",
+                ],
+                &rows,
+            );
+            std::io::stdout().flush()?;
+            if !stream {
+                return Ok(());
+            }
+            before = now;
+        }
+    }
+
+    async fn read_stats(&self, names: &[String]) -> anyhow::Result<Vec<ContainerStats>> {
+        let all: Vec<ContainerStats> = self.get_json("/v1/stats").await?;
+        if names.is_empty() {
+            return Ok(all);
+        }
+        let mut out = Vec::new();
+        for n in names {
+            let found = all
+                .iter()
+                .find(|s| &s.name == n || (n.len() >= 4 && s.id.starts_with(n.as_str())))
+                .with_context(|| format!("no such running container: {n}"))?;
+            out.push(found.clone());
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn container_action(
         &self,
         name: &str,
@@ -641,6 +693,49 @@ impl Client {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// One row per container in `now`: rates from its read in `before` (CPU % as Docker's:
+/// 100% is one CPU busy), sizes in binary units.
+fn stats_rows(before: &[ContainerStats], now: &[ContainerStats]) -> Vec<[String; 8]> {
+    now.iter()
+        .map(|s| {
+            let prev = before.iter().find(|b| b.id == s.id);
+            let cpu = prev
+                .filter(|p| s.read_ms > p.read_ms)
+                .map(|p| {
+                    let spent = s.cpu_ns.saturating_sub(p.cpu_ns) as f64;
+                    let wall = (s.read_ms - p.read_ms) as f64 * 1e6;
+                    format!("{:.2}%", spent / wall * 100.0)
+                })
+                .unwrap_or_else(|| "--".into());
+            let limit = s.memory_limit;
+            [
+                s.id[..12].to_string(),
+                s.name.clone(),
+                cpu,
+                format!("{} / {}", binary_size(s.memory), binary_size(limit)),
+                format!("{:.2}%", s.memory as f64 / limit.max(1) as f64 * 100.0),
+                s.net.map_or("--".into(), |(rx, tx)| {
+                    format!("{} / {}", human_size(rx), human_size(tx))
+                }),
+                s.pids.map_or("--".into(), |p| p.to_string()),
+                s.requests.map_or("--".into(), |r| r.to_string()),
+            ]
+        })
+        .collect()
+}
+
+/// Docker's memory sizes: 1.5MiB, 64MiB, 23.4GiB.
+fn binary_size(n: u64) -> String {
+    let n = n as f64;
+    const K: f64 = 1024.0;
+    match n {
+        _ if n < K => format!("{n}B"),
+        _ if n < K * K => format!("{:.2}KiB", n / K),
+        _ if n < K * K * K => format!("{:.2}MiB", n / (K * K)),
+        _ => format!("{:.2}GiB", n / (K * K * K)),
     }
 }
 
@@ -711,6 +806,41 @@ pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_rows_are_rates_between_two_reads() {
+        let read = |read_ms, cpu_ns, requests| ContainerStats {
+            id: "a".repeat(64),
+            name: "web".into(),
+            kind: skiff_spec::AppKind::Oci,
+            read_ms,
+            cpu_ns,
+            memory: 3 << 20,
+            memory_limit: 64 << 20,
+            pids: Some(2),
+            requests,
+            net: Some((1500, 2_000_000)),
+        };
+        // 250 ms of CPU in 500 ms: half of one CPU.
+        let rows = stats_rows(&[read(1000, 0, None)], &[read(1500, 250_000_000, None)]);
+        assert_eq!(
+            rows[0],
+            [
+                "aaaaaaaaaaaa",
+                "web",
+                "50.00%",
+                "3.00MiB / 64.00MiB",
+                "4.69%",
+                "1.5kB / 2.0MB",
+                "2",
+                "--"
+            ]
+            .map(String::from)
+        );
+        // Nothing before it: no rate yet.
+        let rows = stats_rows(&[], &[read(1500, 5, Some(7))]);
+        assert_eq!((rows[0][2].as_str(), rows[0][7].as_str()), ("--", "7"));
+    }
 
     #[test]
     fn ages_read_like_docker() {

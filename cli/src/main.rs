@@ -354,6 +354,16 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// What running containers use: CPU %, memory, network, processes, requests.
+    Stats {
+        /// Print one table and return (otherwise redraw every second).
+        #[arg(long)]
+        no_stream: bool,
+        /// Container names or ids (default: every running container).
+        names: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Wait until containers stop; print each one's exit code.
     Wait {
         /// Container names or ids.
@@ -778,6 +788,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             std::process::exit(code)
         }
+        Command::Stats {
+            no_stream,
+            names,
+            client,
+        } => Client::new(&client)?.stats(&names, !no_stream).await,
         Command::Wait { names, client } => {
             let c = Client::new(&client)?;
             for name in &names {

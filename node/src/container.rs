@@ -148,6 +148,11 @@ impl Container {
         self.permits.clone().try_acquire_owned().ok()
     }
 
+    /// Requests it serves at once, at most.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency
+    }
+
     /// Requests being served now.
     pub fn in_flight(&self) -> u32 {
         self.concurrency - self.permits.available_permits() as u32

@@ -26,6 +26,7 @@ mod log;
 pub mod oci;
 mod remote;
 mod site;
+mod usage;
 mod wasm;
 mod workload;
 
@@ -33,6 +34,7 @@ pub use body::{BodyStalled, Guarded, ProgressBody};
 pub use log::{LogBook, LogStream};
 pub use remote::{FORWARDED, ProxyClient, RemoteWorkload, UNSERVED};
 pub use site::StaticSite;
+pub use usage::{CgroupUsage, Usage};
 pub use wasm::{
     CompileError, Compiled, CompilerCommand, ContainerConfig, MemoryError, MemoryReservation,
     PrepareError, Runtime, RuntimeConfig, RuntimeError, compile_worker, machine_memory, parse_cgi,

@@ -65,6 +65,24 @@ impl Workload {
         }
     }
 
+    /// A Wasm container's running totals (requests, CPU, memory).
+    pub fn usage(&self) -> Option<&std::sync::Arc<crate::Usage>> {
+        match self {
+            Workload::Http(w) => Some(w.usage()),
+            Workload::Wagi(w) => Some(w.usage()),
+            _ => None,
+        }
+    }
+
+    /// The most memory one Wasm instance of it may have.
+    pub fn instance_memory(&self) -> Option<u64> {
+        match self {
+            Workload::Http(w) => Some(w.instance_memory()),
+            Workload::Wagi(w) => Some(w.instance_memory()),
+            _ => None,
+        }
+    }
+
     /// The process behind a Linux container.
     pub fn oci_process(&self) -> Option<&std::sync::Arc<crate::oci::OciProcess>> {
         match self {

@@ -119,6 +119,33 @@ pub struct LoadedImage {
     pub tags: Vec<String>,
 }
 
+/// What one running container uses, as `GET /v1/stats` lists it (`docker stats`): running
+/// totals a client turns into rates between two reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// 64 hex digits.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// What it runs.
+    pub kind: AppKind,
+    /// When these were read (Unix ms).
+    pub read_ms: u64,
+    /// CPU time used so far, in nanoseconds (a Wasm container: its instances' run time).
+    pub cpu_ns: u64,
+    /// Memory in use, in bytes (a Wasm container: its live instances' linear memory).
+    pub memory: u64,
+    /// The most it may use: its limit (a Wasm container: one instance's limit times its
+    /// concurrency), else the node's memory.
+    pub memory_limit: u64,
+    /// Processes in it (Linux containers).
+    pub pids: Option<u64>,
+    /// Requests it was given (Wasm containers).
+    pub requests: Option<u64>,
+    /// Bytes received and sent on its own network interface (Linux containers on the bridge).
+    pub net: Option<(u64, u64)>,
+}
+
 /// What `POST /v1/containers?attach=true` streams, one JSON object per line: the
 /// container once started, its output as it comes, and how it ended (last).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,13 @@ pub(super) async fn run(
         .into_response())
 }
 
+/// `GET /v1/stats`: what each running container uses (`docker stats`).
+pub(super) async fn stats(
+    State(shared): State<Arc<Shared>>,
+) -> Json<Vec<skiff_spec::api::ContainerStats>> {
+    Json(shared.apps.container_stats().await)
+}
+
 /// `GET /v1/containers?all=true`
 pub(super) async fn list(
     State(shared): State<Arc<Shared>>,

@@ -189,6 +189,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(containers::restart),
         )
         .route("/v1/containers/{key}/logs", get(containers::logs))
+        .route("/v1/stats", get(containers::stats))
         .route(
             "/v1/containers/{key}/exec",
             axum::routing::post(containers::exec).layer(DefaultBodyLimit::max(1 << 20)),

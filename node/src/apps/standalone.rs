@@ -703,6 +703,64 @@ impl Apps {
         out
     }
 
+    /// `docker stats`: what each running container (of `run` or a deployment's pod on
+    /// this node) uses now. Static sites are listed with their requests untracked.
+    pub async fn container_stats(&self) -> Vec<skiff_spec::api::ContainerStats> {
+        let mut containers: Vec<(Arc<Container>, Option<u64>)> = {
+            let standalone = self.standalone.lock().await;
+            standalone
+                .values()
+                .filter_map(|s| {
+                    let r = s.running.as_ref()?;
+                    Some((r.container.clone(), s.record.oci.memory_bytes))
+                })
+                .collect()
+        };
+        containers.extend(self.pod_containers().into_iter().map(|c| (c, None)));
+        let machine = skiff_runtime::machine_memory();
+        let mut out = Vec::new();
+        for (c, oci_limit) in containers {
+            let kind = match c.workload() {
+                skiff_runtime::Workload::Http(_) => AppKind::Http,
+                skiff_runtime::Workload::Wagi(_) => AppKind::Wagi,
+                skiff_runtime::Workload::Static(_) => AppKind::Static,
+                skiff_runtime::Workload::Oci(_) => AppKind::Oci,
+                skiff_runtime::Workload::Remote(_) => continue,
+            };
+            let mut stats = skiff_spec::api::ContainerStats {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                kind,
+                read_ms: now_ms(),
+                cpu_ns: 0,
+                memory: 0,
+                memory_limit: machine,
+                pids: None,
+                requests: None,
+                net: None,
+            };
+            if let Some(u) = c.workload().usage() {
+                stats.cpu_ns = u.cpu_ns();
+                stats.memory = u.memory();
+                stats.requests = Some(u.requests());
+                if let Some(m) = c.workload().instance_memory() {
+                    stats.memory_limit = (m * u64::from(c.concurrency())).min(machine);
+                }
+            }
+            if let Some(p) = c.workload().oci_process() {
+                let Some(u) = p.usage() else { continue };
+                stats.cpu_ns = u.cpu_ns;
+                stats.memory = u.memory;
+                stats.memory_limit = u.memory_limit.or(oci_limit).unwrap_or(machine).min(machine);
+                stats.pids = Some(u.pids);
+                stats.net = u.net;
+            }
+            out.push(stats);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// `docker inspect`.
     pub async fn inspect_container(&self, key: &str) -> Result<ContainerInfo, AppError> {
         let all = self.list_containers(true).await;

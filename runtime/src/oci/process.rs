@@ -185,6 +185,17 @@ impl OciProcess {
         }
     }
 
+    /// What it uses now (its cgroup and network interface), while it has a cgroup.
+    pub fn usage(&self) -> Option<crate::CgroupUsage> {
+        let host_if = self
+            .net
+            .lock()
+            .expect("net lock")
+            .as_ref()
+            .map(Net::host_if);
+        crate::usage::cgroup_usage(&self.runc_id, host_if.as_deref())
+    }
+
     /// Whether its process has ended.
     pub fn has_exited(&self) -> bool {
         self.exit.as_ref().is_none_or(|rx| rx.borrow().is_some())

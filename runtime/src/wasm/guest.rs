@@ -20,30 +20,45 @@ use crate::{HandleError, LogBook, LogStream, TrapKind};
 pub(crate) struct Limiter {
     memory_bytes: usize,
     hit: Arc<AtomicBool>,
+    /// The container's totals, which count the memory this store holds until it goes.
+    usage: Arc<crate::Usage>,
+    held: u64,
 }
 
 impl Limiter {
-    pub(crate) fn new(memory_bytes: u64) -> (Self, Arc<AtomicBool>) {
+    pub(crate) fn new(memory_bytes: u64, usage: Arc<crate::Usage>) -> (Self, Arc<AtomicBool>) {
         let hit = Arc::new(AtomicBool::new(false));
         (
             Self {
                 memory_bytes: memory_bytes as usize,
                 hit: hit.clone(),
+                usage,
+                held: 0,
             },
             hit,
         )
     }
 }
 
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.usage.freed(self.held);
+    }
+}
+
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let ok = desired <= self.memory_bytes;
-        if !ok {
+        if ok {
+            let grown = desired.saturating_sub(current) as u64;
+            self.held += grown;
+            self.usage.grew(grown);
+        } else {
             self.hit.store(true, Ordering::Relaxed);
         }
         Ok(ok)

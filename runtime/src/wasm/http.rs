@@ -23,6 +23,7 @@ pub struct HttpWorkload {
     /// Keeps the code in the runtime's shared cache while this container lives.
     _code: Arc<Compiled>,
     memory: NodeMemory,
+    usage: Arc<crate::Usage>,
 }
 
 impl HttpWorkload {
@@ -37,7 +38,18 @@ impl HttpWorkload {
             config,
             _code: code,
             memory,
+            usage: Arc::default(),
         }
+    }
+
+    /// The most memory one instance may have.
+    pub fn instance_memory(&self) -> u64 {
+        self.config.limits.memory_bytes
+    }
+
+    /// What it has used so far.
+    pub fn usage(&self) -> &Arc<crate::Usage> {
+        &self.usage
     }
 
     pub(crate) async fn handle<B>(
@@ -56,7 +68,9 @@ impl HttpWorkload {
             .memory
             .reserve(self.config.limits.memory_bytes)
             .map_err(|e| HandleError::Overloaded(e.to_string()))?;
-        let (limiter, memory_hit) = Limiter::new(self.config.limits.memory_bytes);
+        self.usage.request();
+        let (limiter, memory_hit) =
+            Limiter::new(self.config.limits.memory_bytes, self.usage.clone());
         let state = HttpState {
             wasi: wasi_builder(&self.config).build(),
             http: WasiHttpCtx::new(),
@@ -81,6 +95,7 @@ impl HttpWorkload {
             .new_response_outparam(tx)
             .map_err(|e| HandleError::Instantiate(format!("{e:#}")))?;
         let pre = self.pre.clone();
+        let usage = self.usage.clone();
 
         // The guest runs in its own task so it can keep streaming the body after the head
         // is sent. The task, and with it the store, ends at the deadline whatever the guest
@@ -98,6 +113,7 @@ impl HttpWorkload {
                     .await
                     .map_err(RunError::Guest)
             };
+            let run = crate::usage::CpuTimed::new(run, usage);
             match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(Ok(())) => Ok(()),
                 // Instantiation failed: not the guest's doing.

@@ -27,6 +27,7 @@ pub struct WagiWorkload {
     /// Keeps the code in the runtime's shared cache while this container lives.
     _code: Arc<Compiled>,
     memory: NodeMemory,
+    usage: Arc<crate::Usage>,
 }
 
 impl WagiWorkload {
@@ -41,7 +42,18 @@ impl WagiWorkload {
             config,
             _code: code,
             memory,
+            usage: Arc::default(),
         }
+    }
+
+    /// The most memory one instance may have.
+    pub fn instance_memory(&self) -> u64 {
+        self.config.limits.memory_bytes
+    }
+
+    /// What it has used so far.
+    pub fn usage(&self) -> &Arc<crate::Usage> {
+        &self.usage
     }
 
     pub(crate) async fn handle<B>(
@@ -80,7 +92,9 @@ impl WagiWorkload {
             .args(&cgi_args(parts.uri.query().unwrap_or("")))
             .stdin(MemoryInputPipe::new(body))
             .stdout(stdout.clone());
-        let (limiter, memory_hit) = Limiter::new(self.config.limits.memory_bytes);
+        self.usage.request();
+        let (limiter, memory_hit) =
+            Limiter::new(self.config.limits.memory_bytes, self.usage.clone());
         let mut store = Store::new(
             self.pre.module().engine(),
             WagiState {
@@ -104,6 +118,7 @@ impl WagiWorkload {
                 .await
                 .map_err(RunError::Guest)
         };
+        let run = crate::usage::CpuTimed::new(run, self.usage.clone());
         match tokio::time::timeout_at(deadline.into(), run).await {
             Err(_) => return Err(HandleError::Timeout(timeout)),
             Ok(Ok(())) => {}
