@@ -1589,3 +1589,110 @@ async fn attached_run_rm_wait_logs_follow_ctrl_c_and_exec() {
         "{errs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_cpu_memory_processes_and_requests() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
+    // A Linux container that keeps one CPU busy with two processes, under a limit.
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "spin",
+            "--memory",
+            "64m",
+            "bb:v1",
+            "sh",
+            "-c",
+            "while true; do :; done",
+        ],
+    )
+    .await);
+    node.deploy_ok("hello", hello_wasm(), "").await;
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "wasm",
+            "--memory",
+            "16m",
+            "--concurrency",
+            "4",
+            "hello",
+        ],
+    )
+    .await);
+    for _ in 0..5 {
+        let (status, _) = node.get("wasm", "/").await;
+        assert_eq!(status, 200);
+    }
+    let stats = |name: &'static str| {
+        let node = &node;
+        async move {
+            let all: serde_json::Value = node.api_get("/v1/stats").await.json().await.unwrap();
+            all.as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} in {all}"))
+        }
+    };
+    let spin = wait_for(
+        "the busy container to use CPU",
+        Duration::from_secs(20),
+        || async {
+            let s = stats("spin").await;
+            (s["cpu_ns"].as_u64().unwrap() > 100_000_000).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(spin["memory_limit"], 64 << 20, "{spin}");
+    assert!(spin["memory"].as_u64().unwrap() > 0, "{spin}");
+    assert!(spin["pids"].as_u64().unwrap() >= 1, "{spin}");
+    assert!(spin["net"].is_array(), "its veth: {spin}");
+    assert!(spin["requests"].is_null(), "{spin}");
+
+    let wasm = stats("wasm").await;
+    assert_eq!(wasm["requests"], 5, "{wasm}");
+    assert!(
+        wasm["cpu_ns"].as_u64().unwrap() > 0,
+        "instances ran: {wasm}"
+    );
+    assert_eq!(
+        wasm["memory"], 0,
+        "no instance is live between requests: {wasm}"
+    );
+    assert_eq!(wasm["memory_limit"], 4 * (16 << 20), "{wasm}");
+
+    // The table: the busy container near one CPU, the Wasm one with its requests.
+    let table = ok(&skiff(&node, &["stats", "--no-stream", "spin", "wasm"]).await);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} in {table}"))
+            .to_string()
+    };
+    assert!(table.starts_with("CONTAINER ID"), "{table}");
+    let cpu: f64 = row("spin")
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(cpu > 20.0, "a busy loop shows CPU: {table}");
+    assert!(row("spin").contains("/ 64.00MiB"), "{table}");
+    assert!(row("wasm").trim_end().ends_with(" 5"), "{table}");
+    let e = err(&skiff(&node, &["stats", "--no-stream", "nothing-here"]).await);
+    assert!(e.contains("no such running container: nothing-here"), "{e}");
+    // (Its shell ignores SIGTERM as pid 1: removed at once rather than after the grace.)
+    ok(&skiff(&node, &["rm", "-f", "spin"]).await);
+}
