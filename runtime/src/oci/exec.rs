@@ -66,7 +66,8 @@ impl OciProcess {
         }
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pid_file = self.state.join(format!("exec-{}-{n}.pid", self.runc_id));
+        // In the bundle directory, which goes with the container.
+        let pid_file = self.dir.join(format!("exec-{n}.pid"));
         let mut cmd = tokio::process::Command::new(&self.runc);
         cmd.arg("--root").arg(&self.state).arg("exec");
         cmd.arg("--pid-file").arg(&pid_file);
