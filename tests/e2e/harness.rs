@@ -299,11 +299,12 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // A clean stop, so the node takes down what it started (Linux containers
-        // outlive a killed node); SIGKILL if it does not stop within 10 s.
+        // outlive a killed node); SIGKILL if it does not stop within 30 s (a container
+        // that ignores SIGTERM gets the node's 10 s grace, then SIGKILL from the node).
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if c.try_wait().ok().flatten().is_some() {
                     return;

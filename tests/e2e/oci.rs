@@ -1573,6 +1573,29 @@ async fn attached_run_rm_wait_logs_follow_ctrl_c_and_exec() {
     let (code, _, errs) = exec(&["box", "no-such-command"]).await;
     assert_eq!(code, Some(127), "{errs}");
     assert!(errs.contains("executable file not found"), "{errs}");
+    // A client that goes away takes its command with it.
+    let mut resp = node
+        .http
+        .post(format!("{}/v1/containers/box/exec", node.api))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({"cmd": ["sh", "-c", "echo started; exec sleep 999"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"\x01\0\0\0\0\0\0\x08started\n");
+    drop(resp);
+    const PROCESSES: &str = "for p in /proc/[0-9]*; do cat $p/cmdline; echo; done";
+    wait_for(
+        "the abandoned command to be killed",
+        Duration::from_secs(10),
+        || async {
+            let (_, out, _) = exec(&["box", "sh", "-c", PROCESSES]).await;
+            (!out.contains("sleep\x00999")).then_some(())
+        },
+    )
+    .await;
     ok(&skiff(&node, &["stop", "-t", "0", "box"]).await);
     let (code, _, errs) = exec(&["box", "true"]).await;
     assert_ne!(code, Some(0));

@@ -586,10 +586,14 @@ impl Apps {
             }
         };
         let Some(process) = container.workload().oci_process() else {
+            let what = match container.workload() {
+                skiff_runtime::Workload::Static(_) => "a static site",
+                _ => "a WebAssembly app",
+            };
             return Err(AppError::invalid(
                 "exec_unsupported",
                 format!(
-                    "exec is not supported for container {}: it is a WebAssembly app, which has no processes to run a command beside",
+                    "exec is not supported for container {}: it is {what}, which has no processes to run a command beside",
                     container.name
                 ),
             ));
@@ -853,13 +857,39 @@ impl Apps {
         Ok(())
     }
 
-    /// Node shutdown: stop every container, recording a clean exit.
+    /// Node shutdown: stop every container at once (each gets the whole grace, so a
+    /// shutdown takes one grace period however many ignore SIGTERM), recording how
+    /// each exited.
     pub(super) async fn stop_all_standalone(&self) {
         let mut standalone = self.standalone.lock().await;
-        for entry in standalone.values_mut() {
-            if let Err(e) = self.stop_entry(entry, self.drain).await {
-                warn!(container = %entry.record.spec.name, error = %e, "container did not stop cleanly");
+        let mut stopping = Vec::new();
+        for (id, entry) in standalone.iter_mut() {
+            match self.begin_stop(entry).await {
+                Ok(Some(running)) => stopping.push((id.clone(), running)),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(container = %entry.record.spec.name, error = %e, "container did not stop cleanly");
+                }
             }
+        }
+        let grace = self.drain;
+        let exits = futures_util::future::join_all(
+            stopping
+                .into_iter()
+                .map(|(id, running)| async move { (id, running.finish(grace).await) }),
+        )
+        .await;
+        for (id, exit) in exits {
+            let Some(entry) = standalone.get_mut(&id) else {
+                continue;
+            };
+            if let Some(exit) = exit {
+                entry.record.exited(&exit);
+                if let Err(e) = self.persist(&entry.record).await {
+                    warn!(container = %entry.record.spec.name, error = %e, "failed to record a container's exit");
+                }
+            }
+            entry.ended();
         }
     }
 }
