@@ -613,6 +613,20 @@ mod tests {
         t.into_inner().unwrap()
     }
 
+    /// A layer holding one small executable.
+    fn one_file_layer() -> Vec<u8> {
+        crate::layer::write_tar(
+            &BTreeMap::from([(
+                "bin/hello".to_string(),
+                crate::layer::LayerFile {
+                    data: b"#!/bin/sh".to_vec(),
+                    mode: 0o755,
+                },
+            )]),
+            0,
+        )
+    }
+
     /// A link entry, as skopeo and podman write them (or a hostile one).
     fn with_link(mut archive: Vec<u8>, name: &str, target: &str, kind: tar::EntryType) -> Vec<u8> {
         // Drop the two zero blocks that end the archive, append the link, end it again.
@@ -632,16 +646,7 @@ mod tests {
     #[test]
     fn links_inside_the_archive_are_other_names_and_links_outside_are_refused() {
         use sha2::{Digest as _, Sha256};
-        let layer = crate::layer::write_tar(
-            &BTreeMap::from([(
-                "bin/hello".to_string(),
-                crate::layer::LayerFile {
-                    data: b"#!/bin/sh".to_vec(),
-                    mode: 0o755,
-                },
-            )]),
-            0,
-        );
+        let layer = one_file_layer();
         let hex = hex::encode(Sha256::digest(&layer));
         let config = format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{hex}"]}}}}"#
@@ -758,16 +763,7 @@ mod tests {
     #[test]
     fn loads_docker_save_tarballs_checking_layers_against_the_config() {
         use sha2::{Digest as _, Sha256};
-        let layer = crate::layer::write_tar(
-            &BTreeMap::from([(
-                "bin/hello".to_string(),
-                crate::layer::LayerFile {
-                    data: b"#!/bin/sh".to_vec(),
-                    mode: 0o755,
-                },
-            )]),
-            0,
-        );
+        let layer = one_file_layer();
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
         let config = format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
