@@ -998,6 +998,9 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         "  join:    skiff up --join {} --join-token {} ...  (gossip on {}/UDP)",
         node.api_addr, node.join_token, node.gossip_addr
     );
+    if let Some(socket) = &node.docker_socket {
+        println!("  docker:  export DOCKER_HOST=unix://{}", socket.display());
+    }
     println!(
         "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",
         node.token_path.display(),

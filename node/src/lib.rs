@@ -62,7 +62,7 @@ use skiff_runtime::{ProgressBody, Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use crate::listener::ListenerLimits;
 pub use skiff_image::layer::ExtractLimits as ImageExtractLimits;
@@ -164,6 +164,9 @@ pub struct RunningNode {
     pub gossip_addr: SocketAddr,
     /// The cluster's join secret (what `--join-token` takes).
     pub join_token: String,
+    /// The Docker API's unix socket (`DOCKER_HOST=unix://...`), unless it could not be
+    /// made (the node serves without it).
+    pub docker_socket: Option<PathBuf>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -506,6 +509,37 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             },
         ))
     };
+    // The Docker API on a unix socket: whoever can open it (root and the socket's group)
+    // is an admin, as with Docker's own.
+    let socket_path = dir.join("docker.sock");
+    let docker_socket = match docker_listener(&socket_path) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the Docker API socket is not served");
+            None
+        }
+    };
+    let docker = docker_socket.map(|socket| {
+        let router = api::docker::router(shared.clone());
+        let body_timeout = config.listener.body_timeout;
+        tokio::spawn(listener::serve(
+            listener::Listening::Unix(socket),
+            config.listener,
+            shutdown.clone(),
+            config.drain_timeout,
+            "docker",
+            move |req: http::Request<hyper::body::Incoming>, _, _| {
+                let req = req.map(|b| axum::body::Body::new(ProgressBody::new(b, body_timeout)));
+                let router = router.clone();
+                async move {
+                    match tower::ServiceExt::oneshot(router, req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            },
+        ))
+    });
     info!(%api_addr, %ingress_addr, data_dir = %dir.display(), "node started");
     Ok(RunningNode {
         api_addr,
@@ -514,9 +548,28 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         token_created,
         gossip_addr: shared.cluster.gossip_addr(),
         join_token: shared.cluster.join_token().to_string(),
+        docker_socket: docker.is_some().then_some(socket_path),
         shutdown,
-        tasks: vec![ingress, api, exits, reconciler, membership],
+        tasks: [ingress, api, exits, reconciler, membership]
+            .into_iter()
+            .chain(docker)
+            .collect(),
         shared,
         _lock: lock,
     })
+}
+
+/// Listens on the Docker API's socket at `path` (mode 0660), replacing a stale socket a
+/// killed node left (never another kind of file).
+fn docker_listener(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)
+            .with_context(|| format!("failed to remove the old {}", path.display()))?;
+    }
+    let socket = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("failed to listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("failed to set the mode of {}", path.display()))?;
+    Ok(socket)
 }

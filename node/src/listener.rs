@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use skiff_runtime::{BoxError, Guarded};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -94,10 +94,107 @@ fn set(phase: &SharedPhase, to: Phase) {
     }
 }
 
+/// What a listener accepts on: TCP, or a unix socket (the Docker API's `docker.sock`).
+pub(crate) enum Listening {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listening {
+    fn from(l: TcpListener) -> Self {
+        Self::Tcp(l)
+    }
+}
+
+/// The address a unix socket's connections are given (they have none of their own).
+const UNIX_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
+
+impl Listening {
+    async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
+        match self {
+            Self::Tcp(l) => {
+                let (s, remote) = l.accept().await?;
+                // Small responses should not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                Ok((Conn::Tcp(s), remote))
+            }
+            Self::Unix(l) => Ok((Conn::Unix(l.accept().await?.0), UNIX_ADDR)),
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr(),
+            Self::Unix(_) => Ok(UNIX_ADDR),
+        }
+    }
+}
+
+/// An accepted connection of either kind.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+macro_rules! both {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Tcp($s) => $e,
+            Conn::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        both!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        both!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
 /// Accepts connections until `shutdown`, serving each with `handler` within `limits`,
 /// then lets in-flight requests finish (up to `drain`) before returning.
 pub(crate) async fn serve<H, F, B>(
-    listener: TcpListener,
+    listener: impl Into<Listening>,
     limits: ListenerLimits,
     shutdown: CancellationToken,
     drain: Duration,
@@ -109,6 +206,7 @@ pub(crate) async fn serve<H, F, B>(
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let listener = listener.into();
     let graceful = GracefulShutdown::new();
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -135,8 +233,6 @@ pub(crate) async fn serve<H, F, B>(
             debug!(listener = what, %remote, max = limits.max_connections, "connection refused: listener at its connection cap");
             continue;
         };
-        // Small responses should not wait for Nagle.
-        let _ = stream.set_nodelay(true);
         let phase: SharedPhase = Arc::new(Mutex::new(PhaseState {
             phase: Phase::Idle(Instant::now()),
             reader: None,
@@ -188,9 +284,9 @@ impl Drop for IdleOnDrop {
     }
 }
 
-/// A TCP stream with the connection's read and write deadlines.
+/// A connection with its read and write deadlines.
 struct Deadlines {
-    stream: TcpStream,
+    stream: Conn,
     phase: SharedPhase,
     limits: ListenerLimits,
     read_sleep: Pin<Box<Sleep>>,
@@ -200,7 +296,7 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    fn new(stream: TcpStream, phase: SharedPhase, limits: ListenerLimits) -> Self {
+    fn new(stream: Conn, phase: SharedPhase, limits: ListenerLimits) -> Self {
         Self {
             stream,
             phase,

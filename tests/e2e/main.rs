@@ -7,6 +7,7 @@ mod bounds;
 mod cli;
 mod cluster;
 mod containers;
+mod docker;
 mod hostile;
 mod images;
 mod kinds;

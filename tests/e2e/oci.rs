@@ -25,7 +25,7 @@ async fn get(url: &str) -> Option<reqwest::Response> {
 }
 
 /// A rootfs layer: busybox, its applets, and a web root; plus `extra` raw entries.
-fn busybox_layer(extra: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn busybox_layer(extra: &[(&str, &[u8])]) -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static is installed by ./test");
     let mut t = tar::Builder::new(Vec::new());
     let mut file = |path: &str, data: &[u8], mode: u32| {
@@ -115,7 +115,7 @@ fn tar_of(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 }
 
 /// `docker save` format: manifest.json naming a config and a layer tar by path.
-fn docker_save(name: &str, layer: &[u8]) -> Vec<u8> {
+pub(crate) fn docker_save(name: &str, layer: &[u8]) -> Vec<u8> {
     docker_save_with(name, layer, config(layer))
 }
 
@@ -161,7 +161,7 @@ fn oci_layout(name: &str, layer: &[u8]) -> Vec<u8> {
     ]))
 }
 
-async fn load(node: &Node, archive: &[u8]) {
+pub(crate) async fn load(node: &Node, archive: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("image.tar");
     std::fs::write(&path, archive).unwrap();
@@ -266,7 +266,7 @@ fn leftovers(dir: &Path, id: &str, net: &serde_json::Value) -> Vec<String> {
     found
 }
 
-fn need_root_and_runc() {
+pub(crate) fn need_root_and_runc() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -1383,7 +1383,7 @@ async fn skopeo_and_legacy_docker_archives_load_and_a_link_outside_is_refused() 
 }
 
 /// The exit code, stdout and stderr of a finished CLI run.
-fn outcome(o: &std::process::Output) -> (Option<i32>, String, String) {
+pub(crate) fn outcome(o: &std::process::Output) -> (Option<i32>, String, String) {
     (
         o.status.code(),
         String::from_utf8_lossy(&o.stdout).into_owned(),

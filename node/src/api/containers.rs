@@ -233,11 +233,7 @@ pub(super) async fn exec(
         )
         .await?;
     let frame = |stream: u8, data: &[u8]| {
-        let mut f = Vec::with_capacity(8 + data.len());
-        f.extend_from_slice(&[stream, 0, 0, 0]);
-        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        f.extend_from_slice(data);
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(f))
+        Ok::<_, std::convert::Infallible>(super::docker::frame(stream, data))
     };
     let outputs =
         futures_util::stream::unfold(

@@ -21,6 +21,7 @@ use tracing::error;
 use crate::Shared;
 
 mod containers;
+pub(crate) mod docker;
 mod images;
 mod kube;
 mod peer;
@@ -115,6 +116,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// What went wrong, in words.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -220,6 +226,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(peer::routes(shared.clone()))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        // Docker's paths (`/_ping`, `/v1.NN/...`) go to the Docker API, under the token.
+        .layer(middleware::from_fn_with_state(
+            docker::router(shared.clone()).layer(middleware::from_fn_with_state(
+                shared.clone(),
+                require_token,
+            )),
+            to_docker,
+        ))
         .layer(middleware::from_fn(close_after_refused_uploads))
         // Uploads are streamed and capped by the handler itself.
         .layer(DefaultBodyLimit::disable())
@@ -321,6 +335,18 @@ async fn close_after_refused_uploads(req: Request, next: Next) -> Response {
         );
     }
     resp
+}
+
+/// Hands Docker's paths to the Docker API router.
+async fn to_docker(State(docker): State<Router>, req: Request, next: Next) -> Response {
+    if docker::is_docker_path(req.uri().path()) {
+        match tower::ServiceExt::oneshot(docker, req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    } else {
+        next.run(req).await
+    }
 }
 
 fn app_name(name: String) -> Result<AppName, ApiError> {

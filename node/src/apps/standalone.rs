@@ -136,6 +136,20 @@ impl Apps {
         req: RunParams,
         attach: bool,
     ) -> Result<(ContainerInfo, Option<Attached>), AppError> {
+        self.make_container(req, true, attach).await
+    }
+
+    /// `docker create`: the container, made and recorded but not started.
+    pub async fn create_container(&self, req: RunParams) -> Result<ContainerInfo, AppError> {
+        Ok(self.make_container(req, false, false).await?.0)
+    }
+
+    async fn make_container(
+        &self,
+        req: RunParams,
+        start: bool,
+        attach: bool,
+    ) -> Result<(ContainerInfo, Option<Attached>), AppError> {
         let images = self.images.clone();
         let reference = req.image.clone();
         let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
@@ -215,7 +229,11 @@ impl Apps {
             auto_remove: req.auto_remove,
         };
         let mut entry = Standalone::new(record);
-        self.start_entry(&mut entry).await?;
+        if start {
+            self.start_entry(&mut entry).await?;
+        } else {
+            self.persist(&entry.record).await?;
+        }
         let info = self.info_of(&entry);
         // Still under the lock, which its exit must take: nothing is missed.
         let attached = attach.then(|| {
@@ -226,7 +244,7 @@ impl Apps {
                 exit: entry.exit.subscribe(),
             }
         });
-        info!(container = %entry.record.spec.name, id = %&entry.record.id[..12], image = %entry.record.image_ref, "container started");
+        info!(container = %entry.record.spec.name, id = %&entry.record.id[..12], image = %entry.record.image_ref, started = start, "container created");
         standalone.insert(entry.record.id.clone(), entry);
         Ok((info, attached))
     }
@@ -546,16 +564,35 @@ impl Apps {
     /// `docker wait`: the container's exit code once it is not running (at once if it
     /// is not). A `--rm` container's code is kept for those waiting when it is removed.
     pub async fn wait_container(&self, key: &str) -> Result<i32, AppError> {
+        self.container_waiter(key, false).await?.await
+    }
+
+    /// `wait`, or with `next` Docker's `condition=next-exit` (the code of the run that
+    /// ends next: a container not running now must first start), as a future that is
+    /// subscribed already: the caller may answer before it resolves.
+    pub async fn container_waiter(
+        &self,
+        key: &str,
+        next: bool,
+    ) -> Result<impl Future<Output = Result<i32, AppError>> + Send + 'static, AppError> {
         let (standalone, id) = self.locate(key).await?;
         let mut rx = standalone[&id].exit.subscribe();
         drop(standalone);
-        let code = match rx.wait_for(Option::is_some).await {
-            Ok(code) => *code,
-            Err(_) => None,
-        };
-        let code = code.or(*rx.borrow());
-        code.ok_or_else(|| {
-            AppError::not_found(format!("container {key} was removed while running"))
+        let key = key.to_string();
+        Ok(async move {
+            if next && rx.wait_for(Option::is_none).await.is_err() {
+                return Err(AppError::not_found(format!(
+                    "container {key} was removed before it ran"
+                )));
+            }
+            let code = match rx.wait_for(Option::is_some).await {
+                Ok(code) => *code,
+                Err(_) => None,
+            };
+            let code = code.or(*rx.borrow());
+            code.ok_or_else(|| {
+                AppError::not_found(format!("container {key} was removed while running"))
+            })
         })
     }
 

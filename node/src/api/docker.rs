@@ -1,0 +1,896 @@
+//! The Docker Engine API, a second front door onto the same containers and images: what
+//! Docker's CLI and SDKs call, with Docker's paths (with or without a `/v1.NN` prefix),
+//! shapes, status codes and `{"message": ...}` errors. Served on `<data-dir>/docker.sock`
+//! (whoever can open it is an admin, as with Docker's) and on the API port under the
+//! bearer token.
+//!
+//! Not served yet (a 404 `page not found`, as Docker answers an unknown path): attach,
+//! exec, build, image load/save/pull/push, events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use skiff_spec::api::{ContainerInfo, LogLine, LogStream};
+use skiff_spec::{PortMapping, RestartPolicy, RunParams};
+
+use super::{ApiError, follow_until};
+use crate::Shared;
+
+/// The newest API version served; clients negotiate down to it.
+pub(crate) const API_VERSION: &str = "1.45";
+/// The oldest API version served (Docker's own minimum).
+pub(crate) const MIN_API_VERSION: &str = "1.24";
+
+/// An error as Docker's: its status, `{"message": ...}`.
+#[derive(Debug)]
+pub(crate) struct DockerError(StatusCode, String);
+
+impl DockerError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into())
+    }
+}
+
+impl From<ApiError> for DockerError {
+    fn from(e: ApiError) -> Self {
+        Self(e.status(), e.message().to_string())
+    }
+}
+
+impl From<crate::apps::AppError> for DockerError {
+    fn from(e: crate::apps::AppError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for DockerError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "message": self.1 }))).into_response()
+    }
+}
+
+type Answer<T> = Result<T, DockerError>;
+
+/// Docker's routes, for a path without its version prefix.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let routes = Router::new()
+        .route("/_ping", get(ping).head(ping))
+        .route("/version", get(version))
+        .route("/info", get(info))
+        .route("/containers/json", get(list))
+        .route("/containers/create", post(create))
+        .route("/containers/{id}/json", get(inspect))
+        .route("/containers/{id}/start", post(start))
+        .route("/containers/{id}/stop", post(stop))
+        .route("/containers/{id}/restart", post(restart))
+        .route("/containers/{id}/kill", post(kill))
+        .route("/containers/{id}/wait", post(wait))
+        .route("/containers/{id}/logs", get(logs))
+        .route("/containers/{id}", delete(remove))
+        .route("/images/json", get(images))
+        .fallback(|| async { DockerError::new(StatusCode::NOT_FOUND, "page not found") })
+        .with_state(shared)
+        .layer(middleware::from_fn(headers));
+    // The prefix comes off before routing (a `Router::layer` runs after it).
+    Router::new().fallback_service(
+        tower::ServiceBuilder::new()
+            .layer(middleware::map_request(strip_version))
+            .service(routes),
+    )
+}
+
+/// Whether `path` is one of Docker's (what the API port hands to [`router`]).
+pub(crate) fn is_docker_path(path: &str) -> bool {
+    path == "/_ping" || version_prefix(path).is_some()
+}
+
+/// `(major, minor, rest)` of a `/v1.NN/rest` path.
+fn version_prefix(path: &str) -> Option<(u32, u32, &str)> {
+    let rest = path.strip_prefix("/v")?;
+    let (version, tail) = rest.split_at(rest.find('/')?);
+    let (major, minor) = version.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?, tail))
+}
+
+fn parse_version(v: &str) -> (u32, u32) {
+    let (a, b) = v.split_once('.').unwrap_or((v, "0"));
+    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+}
+
+/// Takes off the `/v1.NN` prefix the clients send once they negotiated; a version this
+/// node does not speak becomes a path that answers Docker's message for it.
+async fn strip_version(mut req: Request) -> Request {
+    let path = req.uri().path().to_string();
+    if let Some((major, minor, rest)) = version_prefix(&path) {
+        let asked = (major, minor);
+        let new_path = if asked > parse_version(API_VERSION) {
+            format!("/__too-new/{major}.{minor}")
+        } else if asked < parse_version(MIN_API_VERSION) {
+            format!("/__too-old/{major}.{minor}")
+        } else {
+            rest.to_string()
+        };
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        if let Ok(uri) = format!("{new_path}{query}").parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+/// Docker's response headers, and its answer to a version it does not speak.
+async fn headers(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let mut response = if let Some(v) = path.strip_prefix("/__too-new/") {
+        DockerError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "client version {v} is too new. Maximum supported API version is {API_VERSION}"
+            ),
+        )
+        .into_response()
+    } else if let Some(v) = path.strip_prefix("/__too-old/") {
+        DockerError::new(
+            StatusCode::BAD_REQUEST,
+            format!("client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"),
+        )
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = response.headers_mut();
+    h.insert("api-version", HeaderValue::from_static(API_VERSION));
+    h.insert("docker-experimental", HeaderValue::from_static("false"));
+    h.insert("ostype", HeaderValue::from_static("linux"));
+    // The legacy builder's protocol (`POST /build`), not BuildKit's.
+    h.insert("builder-version", HeaderValue::from_static("1"));
+    h.insert(
+        header::SERVER,
+        HeaderValue::from_static(concat!("skiff/", env!("CARGO_PKG_VERSION"))),
+    );
+    response
+}
+
+async fn ping() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+        ],
+        "OK",
+    )
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+async fn version() -> Json<Value> {
+    let version = env!("CARGO_PKG_VERSION");
+    Json(json!({
+        "Platform": {"Name": "skiff"},
+        "Components": [{
+            "Name": "Engine",
+            "Version": version,
+            "Details": {
+                "ApiVersion": API_VERSION,
+                "MinAPIVersion": MIN_API_VERSION,
+                "Os": "linux",
+                "Arch": arch(),
+                "KernelVersion": kernel(),
+            },
+        }],
+        "Version": version,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": arch(),
+        "KernelVersion": kernel(),
+        "BuildTime": "",
+    }))
+}
+
+async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let containers = shared.apps.list_containers(true).await;
+    let running = containers.iter().filter(|c| c.state == "running").count();
+    let store = shared.images.clone();
+    let images = tokio::task::spawn_blocking(move || store.list().map(|l| l.len()))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let name = shared.cluster.identity().name.clone();
+    Json(json!({
+        "ID": name,
+        "Name": name,
+        "Containers": containers.len(),
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": containers.len() - running,
+        "Images": images,
+        "Driver": "overlay",
+        "DockerRootDir": shared.config.data_dir.display().to_string(),
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "OperatingSystem": "skiff",
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "KernelVersion": kernel(),
+        "NCPU": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "MemTotal": skiff_runtime::machine_memory(),
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "2" } else { "1" },
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
+        "DefaultRuntime": "runc",
+        "Runtimes": {"runc": {"path": "runc"}},
+        "LoggingDriver": "skiff",
+        "Warnings": [],
+    }))
+}
+
+fn query(q: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn truthy(pairs: &[(String, String)], key: &str) -> bool {
+    pairs
+        .iter()
+        .any(|(k, v)| k == key && matches!(v.as_str(), "1" | "true" | "True"))
+}
+
+fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Docker's human durations ("5 seconds", "About a minute", "2 hours").
+fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..60 => format!("{s} seconds"),
+        60..120 => "About a minute".into(),
+        120..3600 => format!("{} minutes", s / 60),
+        3600..7200 => "About an hour".into(),
+        7200..172_800 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    if ms == 0 {
+        return "0001-01-01T00:00:00Z".into();
+    }
+    humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn status_text(c: &ContainerInfo, now: u64) -> String {
+    match c.state.as_str() {
+        "running" => format!("Up {}", human(now.saturating_sub(c.started_ms))),
+        "created" => "Created".into(),
+        _ => format!(
+            "Exited ({}) {} ago",
+            c.exit_code.unwrap_or(0),
+            human(now.saturating_sub(c.finished_ms))
+        ),
+    }
+}
+
+fn ports_list(c: &ContainerInfo) -> Vec<Value> {
+    c.ports
+        .iter()
+        .map(|p| {
+            json!({"IP": p.host_ip.to_string(), "PrivatePort": p.container_port,
+                   "PublicPort": p.host_port, "Type": "tcp"})
+        })
+        .collect()
+}
+
+/// `filters` as Docker sends them: `{"name": ["web"], "status": ["exited"]}` (or the
+/// older `{"name": {"web": true}}`).
+fn filters(pairs: &[(String, String)]) -> Answer<BTreeMap<String, Vec<String>>> {
+    let Some(raw) = param(pairs, "filters").filter(|f| !f.is_empty()) else {
+        return Ok(BTreeMap::new());
+    };
+    let v: Value = serde_json::from_str(raw)
+        .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, format!("invalid filter: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, vals) in v.as_object().into_iter().flatten() {
+        let list = match vals {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
+            Value::Object(o) => o.keys().cloned().collect(),
+            _ => vec![],
+        };
+        out.insert(k.clone(), list);
+    }
+    Ok(out)
+}
+
+fn matches(c: &ContainerInfo, filters: &BTreeMap<String, Vec<String>>) -> Answer<bool> {
+    for (key, wanted) in filters {
+        let ok = match key.as_str() {
+            // Docker matches names as substrings (a regexp, in fact).
+            "name" => wanted
+                .iter()
+                .any(|w| c.name.contains(w.trim_start_matches('/'))),
+            "id" => wanted.iter().any(|w| c.id.starts_with(w.as_str())),
+            "status" => wanted.contains(&c.state),
+            "ancestor" => wanted
+                .iter()
+                .any(|w| *w == c.image || c.image_id.to_string().starts_with(w.as_str())),
+            // No container has labels yet.
+            "label" => false,
+            other => {
+                return Err(DockerError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid filter '{other}'"),
+                ));
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `GET /containers/json?all=1&filters=...`
+async fn list(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answer<Json<Value>> {
+    let pairs = query(q);
+    let all = truthy(&pairs, "all");
+    let filters = filters(&pairs)?;
+    let now = crate::apps::now_ms();
+    let mut out = Vec::new();
+    for c in shared.apps.list_containers(true).await {
+        // A filter on status lists stopped ones too, as Docker's does.
+        if !(all || filters.contains_key("status") || c.state == "running")
+            || !matches(&c, &filters)?
+        {
+            continue;
+        }
+        out.push(json!({
+            "Id": c.id,
+            "Names": [format!("/{}", c.name)],
+            "Image": c.image,
+            "ImageID": c.image_id.to_string(),
+            "Command": "",
+            "Created": c.created_ms / 1000,
+            "Ports": ports_list(&c),
+            "Labels": {},
+            "State": c.state,
+            "Status": status_text(&c, now),
+            "HostConfig": {"NetworkMode": if c.sandbox_key.is_some() || c.ip_address.is_some() { "bridge" } else { "default" }},
+            "NetworkSettings": {"Networks": {}},
+            "Mounts": [],
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// What `docker create` sends (the fields skiff reads; others are ignored, as an older
+/// Docker ignores fields it does not know).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateBody {
+    image: String,
+    cmd: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    tty: bool,
+    open_stdin: bool,
+    host_config: Option<HostConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct HostConfig {
+    port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
+    memory: Option<i64>,
+    nano_cpus: Option<i64>,
+    pids_limit: Option<i64>,
+    restart_policy: Option<DockerRestart>,
+    auto_remove: bool,
+    network_mode: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct PortBinding {
+    host_ip: String,
+    host_port: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct DockerRestart {
+    name: String,
+}
+
+fn bad(message: impl Into<String>) -> DockerError {
+    DockerError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// A `docker create` body as `skiff run`'s parameters.
+fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
+    if body.image.is_empty() {
+        return Err(bad("Config.Image is required"));
+    }
+    if body.entrypoint.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(bad(
+            "Entrypoint overrides are not supported by skiff: the image's ENTRYPOINT stays (give the command as Cmd)",
+        ));
+    }
+    if body.tty || body.open_stdin {
+        return Err(bad(
+            "a TTY or stdin (-t, -i) is not supported by skiff: containers' output is logged",
+        ));
+    }
+    let mut params = skiff_spec::DeployParams::default();
+    for e in body.env.unwrap_or_default() {
+        let (k, v) = e
+            .split_once('=')
+            .ok_or_else(|| bad(format!("invalid environment variable {e:?}: use KEY=VALUE")))?;
+        params.env.push((k.to_string(), v.to_string()));
+    }
+    let hc = body.host_config.unwrap_or_default();
+    params.memory_bytes = hc.memory.filter(|&m| m > 0).map(|m| m as u64);
+    let mut ports = Vec::new();
+    for (container, bindings) in hc.port_bindings.unwrap_or_default() {
+        let (port, proto) = container.split_once('/').unwrap_or((&container, "tcp"));
+        if proto != "tcp" {
+            return Err(bad(format!(
+                "only tcp ports can be published, not {container}"
+            )));
+        }
+        for b in bindings.unwrap_or_default() {
+            // An empty HostIp publishes on loopback, as every skiff listener by default.
+            let spec = match b.host_ip.as_str() {
+                "" => format!("{}:{port}", b.host_port),
+                ip if ip.contains(':') => format!("[{ip}]:{}:{port}", b.host_port),
+                ip => format!("{ip}:{}:{port}", b.host_port),
+            };
+            ports.push(spec.parse::<PortMapping>().map_err(bad)?);
+        }
+    }
+    let restart = match hc.restart_policy.map(|r| r.name).as_deref() {
+        None | Some("" | "no") => RestartPolicy::No,
+        Some("always" | "unless-stopped") => RestartPolicy::Always,
+        Some("on-failure") => RestartPolicy::OnFailure,
+        Some(other) => return Err(bad(format!("invalid restart policy '{other}'"))),
+    };
+    let host_network = match hc.network_mode.as_deref() {
+        None | Some("" | "default" | "bridge") => false,
+        Some("host") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "network {other} not found: skiff has the networks bridge and host"
+            )));
+        }
+    };
+    let run = RunParams {
+        image: body.image,
+        name,
+        params,
+        ports,
+        restart,
+        args: body.cmd.filter(|c| !c.is_empty()),
+        milli_cpus: hc
+            .nano_cpus
+            .filter(|&n| n > 0)
+            .map(|n| RunParams::milli_cpus(n as f64 / 1e9))
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?,
+        pids_limit: hc.pids_limit.filter(|&p| p > 0),
+        host_network,
+        auto_remove: hc.auto_remove,
+    };
+    if run.auto_remove && run.restart != RestartPolicy::No {
+        return Err(bad(
+            "conflicting options: cannot specify both --restart and --rm",
+        ));
+    }
+    Ok(run)
+}
+
+/// `POST /containers/create?name=N`
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> Answer<Response> {
+    let pairs = query(q);
+    let body: CreateBody =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid container config: {e}")))?;
+    let name = param(&pairs, "name")
+        .filter(|n| !n.is_empty())
+        .map(|n| n.trim_start_matches('/').to_string());
+    let image = body.image.clone();
+    let run = run_params(body, name)?;
+    let info = match shared.apps.create_container(run).await {
+        Ok(info) => info,
+        // Docker's CLI pulls on this message, then creates again.
+        Err(crate::apps::AppError::NotFound(_)) => {
+            return Err(DockerError::new(
+                StatusCode::NOT_FOUND,
+                format!("No such image: {image}"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"Id": info.id, "Warnings": []})),
+    )
+        .into_response())
+}
+
+async fn container(shared: &Shared, id: &str) -> Answer<ContainerInfo> {
+    shared
+        .apps
+        .inspect_container(id)
+        .await
+        .map_err(|_| DockerError::new(StatusCode::NOT_FOUND, format!("No such container: {id}")))
+}
+
+/// `GET /containers/{id}/json`
+async fn inspect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer<Json<Value>> {
+    let c = container(&shared, &id).await?;
+    let mut ports = serde_json::Map::new();
+    for p in &c.ports {
+        ports
+            .entry(format!("{}/tcp", p.container_port))
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .expect("an array")
+            .push(json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));
+    }
+    let ip = c.ip_address.clone().unwrap_or_default();
+    let running = c.state == "running";
+    Ok(Json(json!({
+        "Id": c.id,
+        "Created": rfc3339(c.created_ms),
+        "Path": "",
+        "Args": [],
+        "State": {
+            "Status": c.state,
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": c.oom_killed,
+            "Dead": false,
+            "Pid": 0,
+            "ExitCode": c.exit_code.unwrap_or(0),
+            "Error": c.exit_reason.clone().unwrap_or_default(),
+            "StartedAt": rfc3339(c.started_ms),
+            "FinishedAt": rfc3339(if running { 0 } else { c.finished_ms }),
+        },
+        "Image": c.image_id.to_string(),
+        "Name": format!("/{}", c.name),
+        "RestartCount": 0,
+        "Driver": "overlay",
+        "Platform": "linux",
+        "HostConfig": {
+            "NetworkMode": if c.sandbox_key.is_some() || !ip.is_empty() { "bridge" } else { "default" },
+            "RestartPolicy": {"Name": c.restart.to_string(), "MaximumRetryCount": 0},
+            "AutoRemove": c.auto_remove,
+            "Memory": c.limits.memory_bytes,
+        },
+        "Config": {
+            "Hostname": c.name,
+            "Image": c.image,
+            "Env": c.env_keys,
+            "Labels": {},
+        },
+        "NetworkSettings": {
+            "IPAddress": ip,
+            "Ports": ports,
+            "SandboxKey": c.sandbox_key.clone().unwrap_or_default(),
+            "Networks": if ip.is_empty() { json!({}) } else { json!({"bridge": {"IPAddress": ip}}) },
+        },
+        "Mounts": [],
+    })))
+}
+
+/// `POST /containers/{id}/start`: 204, or 304 when it already runs.
+async fn start(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer<StatusCode> {
+    if container(&shared, &id).await?.state == "running" {
+        return Ok(StatusCode::NOT_MODIFIED);
+    }
+    shared.apps.start_container(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn grace(pairs: &[(String, String)]) -> Answer<Duration> {
+    match param(pairs, "t").or_else(|| param(pairs, "timeout")) {
+        None | Some("") => Ok(Duration::from_secs(10)),
+        Some(t) => t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| bad(format!("invalid value for t: {t:?}"))),
+    }
+}
+
+/// `POST /containers/{id}/stop?t=10`: 204, or 304 when it is not running.
+async fn stop(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<StatusCode> {
+    let grace = grace(&query(q))?;
+    if container(&shared, &id).await?.state != "running" {
+        return Ok(StatusCode::NOT_MODIFIED);
+    }
+    shared.apps.stop_container(&id, grace).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/restart?t=10`
+async fn restart(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<StatusCode> {
+    let grace = grace(&query(q))?;
+    container(&shared, &id).await?;
+    shared.apps.stop_container(&id, grace).await?;
+    shared.apps.start_container(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/kill`: stops it at once (SIGKILL after no grace).
+async fn kill(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Answer<StatusCode> {
+    if container(&shared, &id).await?.state != "running" {
+        return Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!("cannot kill container: {id}: container is not running"),
+        ));
+    }
+    shared.apps.stop_container(&id, Duration::ZERO).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/wait?condition=not-running|next-exit|removed`
+async fn wait(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<Response> {
+    let pairs = query(q);
+    let next = match param(&pairs, "condition").unwrap_or("not-running") {
+        "" | "not-running" => false,
+        "next-exit" | "removed" => true,
+        other => return Err(bad(format!("invalid condition: {other:?}"))),
+    };
+    container(&shared, &id).await?;
+    let waiter = shared.apps.container_waiter(&id, next).await?;
+    // The head goes out now (Docker's CLI waits for it before it starts the container),
+    // the body once the container exits.
+    let body = futures_util::stream::once(async move {
+        let v = match waiter.await {
+            Ok(code) => json!({"StatusCode": code, "Error": null}),
+            Err(e) => json!({"StatusCode": -1, "Error": {"Message": ApiError::from(e).message()}}),
+        };
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(v.to_string()))
+    })
+    .take_until(shared.shutdown.clone().cancelled_owned());
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `DELETE /containers/{id}?force=1`
+async fn remove(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<StatusCode> {
+    let force = truthy(&query(q), "force");
+    container(&shared, &id).await?;
+    match shared.apps.remove_container(&id, force).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::apps::AppError::Conflict(_)) => Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot remove container \"/{id}\": container is running: stop the container before removing or force remove"
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One frame of Docker's multiplexed stream: the stream's byte, three zeros, the length.
+pub(crate) fn frame(stream: u8, data: &[u8]) -> bytes::Bytes {
+    let mut f = Vec::with_capacity(8 + data.len());
+    f.extend_from_slice(&[stream, 0, 0, 0]);
+    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    f.extend_from_slice(data);
+    bytes::Bytes::from(f)
+}
+
+/// `GET /containers/{id}/logs?stdout=1&stderr=1&follow=1&tail=N&timestamps=1`: framed as
+/// Docker frames a container without a TTY.
+async fn logs(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<Response> {
+    let pairs = query(q);
+    let (stdout, stderr) = (truthy(&pairs, "stdout"), truthy(&pairs, "stderr"));
+    if !stdout && !stderr {
+        return Err(bad("you must choose at least one stream"));
+    }
+    let timestamps = truthy(&pairs, "timestamps");
+    let tail = match param(&pairs, "tail") {
+        None | Some("" | "all") => usize::MAX,
+        Some(n) => n.parse().map_err(|_| bad(format!("invalid tail: {n:?}")))?,
+    };
+    container(&shared, &id).await?;
+    let book = shared.apps.container_log(&id).await?;
+    let exit = shared.apps.container_exit(&id).await;
+    let follow = truthy(&pairs, "follow") && exit.as_ref().is_some_and(|e| e.borrow().is_none());
+    let (past, rx) = book.tail_and_subscribe(tail);
+    let encode = move |l: LogLine| {
+        let wanted = match l.stream {
+            LogStream::Stdout => stdout,
+            LogStream::Stderr => stderr,
+        };
+        wanted.then(|| {
+            let mut text = String::new();
+            if timestamps {
+                text.push_str(&rfc3339(l.ts_ms));
+                text.push(' ');
+            }
+            text.push_str(&l.line);
+            text.push('\n');
+            let stream = if l.stream == LogStream::Stdout { 1 } else { 2 };
+            Ok::<_, std::convert::Infallible>(frame(stream, text.as_bytes()))
+        })
+    };
+    let past = futures_util::stream::iter(past);
+    let lines = if follow {
+        past.chain(follow_until(rx, exit)).boxed()
+    } else {
+        past.boxed()
+    };
+    let body = lines
+        .filter_map(move |l| std::future::ready(encode(l)))
+        .take_until(shared.shutdown.clone().cancelled_owned());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.docker.multiplexed-stream",
+        )],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// `GET /images/json`
+async fn images(State(shared): State<Arc<Shared>>) -> Answer<Json<Value>> {
+    let store = shared.images.clone();
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let out: Vec<Value> = list
+        .into_iter()
+        .map(|i| {
+            let created = humantime::parse_rfc3339_weak(&i.created)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            let tags: Vec<String> = i
+                .tags
+                .iter()
+                .map(|t| {
+                    if t.contains(':') {
+                        t.clone()
+                    } else {
+                        format!("{t}:latest")
+                    }
+                })
+                .collect();
+            json!({
+                "Id": i.digest.to_string(),
+                "ParentId": "",
+                "RepoTags": tags,
+                "RepoDigests": [],
+                "Created": created,
+                "Size": i.size,
+                "SharedSize": -1,
+                "Labels": {},
+                "Containers": -1,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefixes_and_create_bodies() {
+        assert_eq!(
+            version_prefix("/v1.45/containers/json"),
+            Some((1, 45, "/containers/json"))
+        );
+        assert_eq!(version_prefix("/v1/apps"), None);
+        assert!(is_docker_path("/_ping") && is_docker_path("/v1.24/version"));
+        assert!(!is_docker_path("/v1/containers") && !is_docker_path("/version"));
+
+        let body: CreateBody = serde_json::from_str(
+            r#"{"Image":"web","Cmd":["httpd","-f"],"Env":["A=1"],"Tty":false,
+                "HostConfig":{"PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"8080"}]},
+                "Memory":67108864,"NanoCpus":500000000,"RestartPolicy":{"Name":"always"},
+                "NetworkMode":"default"},"Unknown":1}"#,
+        )
+        .unwrap();
+        let run = run_params(body, Some("w".into())).unwrap();
+        assert_eq!(run.image, "web");
+        assert_eq!(
+            run.args.as_deref(),
+            Some(&["httpd".to_string(), "-f".into()][..])
+        );
+        assert_eq!(run.params.env, [("A".to_string(), "1".to_string())]);
+        assert_eq!(run.ports[0].to_string(), "127.0.0.1:8080->80/tcp");
+        assert_eq!(run.params.memory_bytes, Some(64 << 20));
+        assert_eq!(
+            (run.milli_cpus, run.restart),
+            (Some(500), RestartPolicy::Always)
+        );
+
+        for bad_body in [
+            r#"{"Image":"web","Entrypoint":["sh"]}"#,
+            r#"{"Image":"web","Tty":true}"#,
+            r#"{"Image":"web","HostConfig":{"NetworkMode":"none"}}"#,
+            r#"{"Image":"web","HostConfig":{"AutoRemove":true,"RestartPolicy":{"Name":"always"}}}"#,
+            r#"{"Image":""}"#,
+        ] {
+            let body: CreateBody = serde_json::from_str(bad_body).unwrap();
+            assert!(run_params(body, None).is_err(), "{bad_body}");
+        }
+    }
+
+    #[test]
+    fn frames_are_dockers() {
+        assert_eq!(&frame(2, b"hi\n")[..], b"\x02\0\0\0\0\0\0\x03hi\n");
+    }
+}
