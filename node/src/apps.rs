@@ -41,6 +41,7 @@ pub(crate) use deployments::spread::LOCAL_ROUTE;
 pub use error::AppError;
 pub(crate) use pull::REPLICA_HEADER;
 pub use standalone::Attached;
+pub(crate) use standalone::new_id;
 
 use crate::container::Container;
 use crate::desired::DesiredStore;

@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     consensus: Arc<raft::Consensus>,
     /// What this node sees of the cluster, for the reconciler.
     view: tokio::sync::watch::Sender<Arc<cluster::View>>,
+    /// Docker API execs: made by one call, started and inspected by others.
+    docker_execs: api::docker::Execs,
 }
 
 /// A started node.
@@ -466,6 +468,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         cluster,
         consensus,
         view: view_tx,
+        docker_execs: Default::default(),
     });
 
     let exits = {

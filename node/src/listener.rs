@@ -29,7 +29,6 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use skiff_runtime::{BoxError, Guarded};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -207,7 +206,6 @@ pub(crate) async fn serve<H, F, B>(
     B::Error: Into<BoxError>,
 {
     let listener = listener.into();
-    let graceful = GracefulShutdown::new();
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -252,17 +250,30 @@ pub(crate) async fn serve<H, F, B>(
         });
         let conn = http1::Builder::new()
             .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
+            .serve_connection(TokioIo::new(io), service)
+            // Docker's attach and exec take over their connection (101 Switching Protocols).
+            .with_upgrades();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            // At shutdown: no new requests on it, the one in flight finishes.
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(listener = what, error = %e, "connection ended with an error");
             }
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    // Every connection holds a slot until it ends: all slots back means all drained.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, slots.acquire_many(all))
         .await
         .is_err()
     {

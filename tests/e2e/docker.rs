@@ -107,3 +107,132 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
     assert_ne!(code, Some(0));
     assert!(e.contains("already in use"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_run_attaches_and_returns_the_exit_code_and_exec_runs_in_the_container() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("busybox", &busybox_layer(&[]))).await;
+
+    // `docker run --rm busybox echo hi`: attach (an upgraded connection), wait, start.
+    let (code, out, e) = outcome(&docker(&node, &["run", "--rm", "busybox", "echo", "hi"]).await);
+    assert_eq!((code, out.as_str()), (Some(0), "hi\n"), "{e}");
+    let (code, out, e) = outcome(
+        &docker(
+            &node,
+            &[
+                "run",
+                "--name",
+                "three",
+                "busybox",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        (code, out.as_str(), e.as_str()),
+        (Some(3), "out\n", "err\n")
+    );
+    let ps = stdout_of(&docker(&node, &["ps", "-a"]).await);
+    assert!(ps.contains("three") && ps.contains("Exited (3)"), "{ps}");
+    assert_eq!(ps.lines().count(), 2, "the --rm one is gone: {ps}");
+
+    // `docker exec`: create, start (upgraded), inspect for the code.
+    stdout_of(
+        &docker(
+            &node,
+            &["run", "-d", "--name", "box", "busybox", "sleep", "1000"],
+        )
+        .await,
+    );
+    let hostname =
+        stdout_of(&docker(&node, &["exec", "box", "cat", "/proc/sys/kernel/hostname"]).await);
+    assert_eq!(hostname, "box\n");
+    let (code, out, _) = outcome(
+        &docker(
+            &node,
+            &[
+                "exec",
+                "-e",
+                "A=B",
+                "-w",
+                "/www",
+                "box",
+                "sh",
+                "-c",
+                "echo $A; pwd; exit 7",
+            ],
+        )
+        .await,
+    );
+    assert_eq!((code, out.as_str()), (Some(7), "B\n/www\n"));
+    let (code, _, e) = outcome(&docker(&node, &["exec", "box", "no-such-command"]).await);
+    assert_eq!(code, Some(127), "{e}");
+    let (code, _, e) = outcome(&docker(&node, &["exec", "-i", "box", "sh"]).await);
+    assert_ne!(code, Some(0));
+    assert!(e.contains("not supported"), "{e}");
+    ok(&docker(&node, &["rm", "-f", "box"]).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_python_sdk_runs_logs_execs_stops_and_removes() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
+    let port = free_port();
+    let script = format!(
+        r#"
+import docker, time
+c = docker.DockerClient(base_url="unix://{socket}")
+assert c.version()["ApiVersion"] == "1.45"
+assert c.containers.run("bb:v1", ["echo", "hi"], remove=True) == b"hi\n"
+w = c.containers.run("bb:v1", ["sh", "-c", "echo up; sleep 100"], detach=True, name="py",
+                     ports={{"80/tcp": {port}}})
+deadline = time.time() + 20
+while b"up" not in w.logs() and time.time() < deadline:
+    time.sleep(0.05)
+assert w.logs() == b"up\n", w.logs()
+w.reload()
+assert w.status == "running" and w.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] == "{port}"
+r = w.exec_run(["cat", "/proc/sys/kernel/hostname"])
+assert (r.exit_code, r.output) == (0, b"py\n"), r
+w.stop(timeout=1)
+w.reload()
+assert w.status == "exited", w.status
+w.remove()
+assert [i.tags for i in c.images.list()] == [["bb:v1"]]
+try:
+    c.containers.get("nope")
+    raise SystemExit("found a container that is not there")
+except docker.errors.NotFound as e:
+    assert "No such container: nope" in e.explanation
+try:
+    c.containers.run("bb:v1", ["sh", "-c", "echo bad >&2; exit 3"], remove=True)
+    raise SystemExit("a failing container did not raise")
+except docker.errors.ContainerError as e:
+    assert (e.exit_status, e.stderr) == (3, b"bad\n"), (e.exit_status, e.stderr)
+assert c.containers.list(all=True) == []
+print("sdk ok")
+"#,
+        socket = node.dir.join("docker.sock").display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK script ends")
+    .expect("python3 runs (./test installs the docker SDK where it is missing)");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sdk ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,6 +26,7 @@ use skiff_spec::{PortMapping, RestartPolicy, RunParams};
 
 use super::{ApiError, follow_until};
 use crate::Shared;
+use tokio::sync::watch;
 
 /// The newest API version served; clients negotiate down to it.
 pub(crate) const API_VERSION: &str = "1.45";
@@ -77,8 +78,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/logs", get(logs))
+        .route("/containers/{id}/attach", post(attach))
+        .route("/containers/{id}/exec", post(exec_create))
+        .route("/exec/{id}/start", post(exec_start))
+        .route("/exec/{id}/json", get(exec_inspect))
         .route("/containers/{id}", delete(remove))
         .route("/images/json", get(images))
+        .route("/images/{*name}", get(image_get))
         .fallback(|| async { DockerError::new(StatusCode::NOT_FOUND, "page not found") })
         .with_state(shared)
         .layer(middleware::from_fn(headers));
@@ -578,6 +584,7 @@ async fn inspect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> A
             .expect("an array")
             .push(json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));
     }
+    let port_bindings = ports.clone();
     let ip = c.ip_address.clone().unwrap_or_default();
     let running = c.state == "running";
     Ok(Json(json!({
@@ -608,12 +615,20 @@ async fn inspect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> A
             "RestartPolicy": {"Name": c.restart.to_string(), "MaximumRetryCount": 0},
             "AutoRemove": c.auto_remove,
             "Memory": c.limits.memory_bytes,
+            // The SDKs read the driver to know whether logs can be read back.
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "PortBindings": port_bindings,
         },
         "Config": {
             "Hostname": c.name,
             "Image": c.image,
             "Env": c.env_keys,
             "Labels": {},
+            "Tty": false,
+            "OpenStdin": false,
+            "AttachStdin": false,
+            "AttachStdout": true,
+            "AttachStderr": true,
         },
         "NetworkSettings": {
             "IPAddress": ip,
@@ -799,6 +814,366 @@ async fn logs(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// An exit receiver that tells the exit of the run after the current state: for a
+/// container not started yet, its first run's (what an attach before `start` follows).
+fn next_exit(mut exit: watch::Receiver<Option<i32>>) -> watch::Receiver<Option<i32>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        // Removed before it ran: -1, as nothing ran.
+        if exit.wait_for(Option::is_none).await.is_err() {
+            let _ = tx.send(Some(-1));
+            return;
+        }
+        let code = match exit.wait_for(Option::is_some).await {
+            Ok(c) => *c,
+            Err(_) => None,
+        };
+        let _ = tx.send(Some(code.or(*exit.borrow()).unwrap_or(255)));
+    });
+    rx
+}
+
+/// `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1[&logs=1]`: the connection is
+/// upgraded (101) and carries the container's output in Docker's frames until it exits,
+/// then closes: what `docker run` without `-d` reads. stdin is not taken (no `-i`).
+async fn attach(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    mut req: Request,
+) -> Answer<Response> {
+    let pairs = query(q);
+    let (stdout, stderr) = (truthy(&pairs, "stdout"), truthy(&pairs, "stderr"));
+    if truthy(&pairs, "stdin") {
+        return Err(bad(
+            "attaching stdin (-i) is not supported by skiff: containers read no input",
+        ));
+    }
+    container(&shared, &id).await?;
+    let book = shared.apps.container_log(&id).await?;
+    let exit = shared.apps.container_exit(&id).await.ok_or_else(|| {
+        bad(format!(
+            "container {id} belongs to a deployment: attach to its logs instead"
+        ))
+    })?;
+    let running = exit.borrow().is_none();
+    let exit = if running { exit } else { next_exit(exit) };
+    let backlog = if truthy(&pairs, "logs") {
+        usize::MAX
+    } else {
+        0
+    };
+    let (past, rx) = book.tail_and_subscribe(backlog);
+    let lines = futures_util::stream::iter(past).chain(follow_until(rx, Some(exit)));
+    let upgrade = hyper::upgrade::on(&mut req);
+    let shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut lines = std::pin::pin!(lines.take_until(shutdown.cancelled_owned()));
+        while let Some(l) = lines.next().await {
+            let (wanted, stream) = match l.stream {
+                LogStream::Stdout => (stdout, 1),
+                LogStream::Stderr => (stderr, 2),
+            };
+            if wanted {
+                let mut text = l.line;
+                text.push('\n');
+                if io.write_all(&frame(stream, text.as_bytes())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = io.shutdown().await;
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "Upgrade"),
+            (header::UPGRADE, "tcp"),
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.docker.multiplexed-stream",
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// Execs made by `POST /containers/{id}/exec`, until inspected after they ended (or
+/// pushed out: at most [`MAX_EXECS`] are kept, the oldest ended ones go first).
+#[derive(Default)]
+pub(crate) struct Execs(std::sync::Mutex<BTreeMap<String, Exec>>);
+
+const MAX_EXECS: usize = 1024;
+
+struct Exec {
+    container: String,
+    spec: skiff_runtime::oci::ExecSpec,
+    /// `None` until started; then `None` inside while it runs, the code once it ended.
+    state: Option<Arc<std::sync::Mutex<Option<i32>>>>,
+    made_ms: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct ExecBody {
+    cmd: Vec<String>,
+    env: Option<Vec<String>>,
+    working_dir: Option<String>,
+    tty: bool,
+    attach_stdin: bool,
+    user: Option<String>,
+    privileged: bool,
+}
+
+/// `POST /containers/{id}/exec`: an exec to start, checked now.
+async fn exec_create(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer<Response> {
+    let body: ExecBody =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid exec config: {e}")))?;
+    if body.cmd.is_empty() {
+        return Err(bad("No exec command specified"));
+    }
+    if body.tty || body.attach_stdin {
+        return Err(bad(
+            "a TTY or stdin (-t, -i) is not supported by skiff's exec",
+        ));
+    }
+    if body.privileged || body.user.as_deref().is_some_and(|u| !u.is_empty()) {
+        return Err(bad(
+            "exec --privileged and --user are not supported by skiff",
+        ));
+    }
+    let c = container(&shared, &id).await?;
+    if c.state != "running" {
+        return Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!("container {} is not running", c.id),
+        ));
+    }
+    let exec_id = crate::apps::new_id();
+    let mut execs = shared.docker_execs.0.lock().expect("execs lock");
+    if execs.len() >= MAX_EXECS {
+        let oldest_ended = execs
+            .iter()
+            .filter(|(_, e)| {
+                e.state
+                    .as_ref()
+                    .is_none_or(|s| s.lock().expect("exec").is_some())
+            })
+            .min_by_key(|(_, e)| e.made_ms)
+            .map(|(k, _)| k.clone());
+        match oldest_ended {
+            Some(k) => drop(execs.remove(&k)),
+            None => {
+                return Err(DockerError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("too many execs ({MAX_EXECS}) are running"),
+                ));
+            }
+        }
+    }
+    execs.insert(
+        exec_id.clone(),
+        Exec {
+            container: c.id,
+            spec: skiff_runtime::oci::ExecSpec {
+                args: body.cmd,
+                env: body.env.unwrap_or_default(),
+                workdir: body.working_dir.filter(|w| !w.is_empty()),
+            },
+            state: None,
+            made_ms: crate::apps::now_ms(),
+        },
+    );
+    Ok((StatusCode::CREATED, Json(json!({"Id": exec_id}))).into_response())
+}
+
+/// `POST /exec/{id}/start`: the connection is upgraded and carries the command's output
+/// in Docker's frames until it exits (`{"Detach": true}`: it runs with nobody reading).
+async fn exec_start(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> Answer<Response> {
+    use skiff_runtime::oci::ExecOutput;
+    let bytes = axum::body::to_bytes(std::mem::take(req.body_mut()), 64 << 10)
+        .await
+        .map_err(|e| bad(format!("invalid exec start: {e}")))?;
+    let detach = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("Detach").and_then(Value::as_bool))
+        .unwrap_or(false);
+    let (container, spec, state) = {
+        let mut execs = shared.docker_execs.0.lock().expect("execs lock");
+        let exec = execs.get_mut(&id).ok_or_else(|| {
+            DockerError::new(
+                StatusCode::NOT_FOUND,
+                format!("No such exec instance: {id}"),
+            )
+        })?;
+        if exec.state.is_some() {
+            return Err(DockerError::new(
+                StatusCode::CONFLICT,
+                format!("Error: Exec command {id} has already run"),
+            ));
+        }
+        let state = Arc::new(std::sync::Mutex::new(None));
+        exec.state = Some(state.clone());
+        (exec.container.clone(), exec.spec.clone(), state)
+    };
+    let mut outputs = shared.apps.exec_container(&container, spec).await?;
+    let upgrade = (!detach).then(|| hyper::upgrade::on(&mut req));
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut io = match upgrade {
+            Some(u) => match u.await {
+                Ok(upgraded) => Some(hyper_util::rt::TokioIo::new(upgraded)),
+                Err(_) => return,
+            },
+            None => None,
+        };
+        while let Some(out) = outputs.recv().await {
+            let chunk = match out {
+                ExecOutput::Stdout(b) => frame(1, &b),
+                ExecOutput::Stderr(b) => frame(2, &b),
+                ExecOutput::Exited(code, error) => {
+                    if let (Some(io), Some(e)) = (io.as_mut(), error) {
+                        let _ = io.write_all(&frame(2, format!("{e}\n").as_bytes())).await;
+                    }
+                    *state.lock().expect("exec state") = Some(code);
+                    break;
+                }
+            };
+            if let Some(w) = io.as_mut()
+                && w.write_all(&chunk).await.is_err()
+            {
+                // The client went away: dropping `outputs` kills the command.
+                return;
+            }
+        }
+        if let Some(mut io) = io {
+            let _ = io.shutdown().await;
+        }
+    });
+    if detach {
+        return Ok(StatusCode::OK.into_response());
+    }
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "Upgrade"),
+            (header::UPGRADE, "tcp"),
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.docker.multiplexed-stream",
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// `GET /exec/{id}/json`: whether it runs, and its exit code once it ended.
+async fn exec_inspect(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Answer<Json<Value>> {
+    let execs = shared.docker_execs.0.lock().expect("execs lock");
+    let exec = execs.get(&id).ok_or_else(|| {
+        DockerError::new(
+            StatusCode::NOT_FOUND,
+            format!("No such exec instance: {id}"),
+        )
+    })?;
+    let code = exec
+        .state
+        .as_ref()
+        .and_then(|s| *s.lock().expect("exec state"));
+    let running = exec.state.is_some() && code.is_none();
+    Ok(Json(json!({
+        "ID": id,
+        "ContainerID": exec.container,
+        "Running": running,
+        "ExitCode": code,
+        "ProcessConfig": {
+            "entrypoint": exec.spec.args.first(),
+            "arguments": exec.spec.args.get(1..).unwrap_or_default(),
+            "tty": false,
+            "privileged": false,
+        },
+        "OpenStdin": false,
+        "OpenStdout": true,
+        "OpenStderr": true,
+        "Pid": 0,
+    })))
+}
+
+/// `GET /images/{name}/json`: an image as Docker's inspect shows it (names may hold `/`).
+async fn image_get(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<String>,
+) -> Answer<Json<Value>> {
+    let Some(name) = path.strip_suffix("/json") else {
+        return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found"));
+    };
+    let store = shared.images.clone();
+    let wanted = name.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        let digest = store.resolve(&wanted).ok()?;
+        let summary = store.summary(&digest).ok()?;
+        let info = store
+            .list()
+            .ok()?
+            .into_iter()
+            .find(|i| i.digest == digest)?;
+        Some((summary, info))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((summary, info)) = found else {
+        return Err(DockerError::new(
+            StatusCode::NOT_FOUND,
+            format!("No such image: {name}"),
+        ));
+    };
+    let run = &summary.run;
+    let layers: Vec<String> = match &summary.runnable {
+        skiff_image::Runnable::Oci { layers } => {
+            layers.iter().map(|l| l.digest.to_string()).collect()
+        }
+        _ => vec![],
+    };
+    Ok(Json(json!({
+        "Id": info.digest.to_string(),
+        "RepoTags": info.tags,
+        "RepoDigests": [],
+        "Parent": "",
+        "Comment": "",
+        "Created": info.created,
+        "Author": "",
+        "Architecture": arch(),
+        "Os": if layers.is_empty() { "wasip2" } else { "linux" },
+        "Size": info.size,
+        "Config": {
+            "Env": run.env,
+            "Cmd": run.cmd,
+            "Entrypoint": if run.entrypoint.is_empty() { Value::Null } else { json!(run.entrypoint) },
+            "WorkingDir": run.working_dir,
+            "ExposedPorts": run.exposed_ports,
+            "User": run.user,
+            "Labels": run.labels,
+        },
+        "RootFS": {"Type": "layers", "Layers": layers},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+    })))
 }
 
 /// `GET /images/json`

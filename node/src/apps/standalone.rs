@@ -121,7 +121,7 @@ fn generated_name(taken: impl Fn(&str) -> bool) -> String {
 }
 
 /// Whether `key` is the container's name or a prefix (4+ digits) of its id.
-pub(super) fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut id = [0u8; 32];
     getrandom::fill(&mut id).expect("the OS has randomness");
     hex::encode(id)
