@@ -236,3 +236,58 @@ print("sdk ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_build_then_run_serves_the_nginx_example_and_unsupported_steps_are_one_line() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/static-site");
+    let out = stdout_of(
+        &docker(
+            &node,
+            &["build", "-t", "my-web-app", site.to_str().unwrap()],
+        )
+        .await,
+    );
+    assert!(
+        out.contains("Step 2/3 : COPY ./html /usr/share/nginx/html"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Successfully tagged my-web-app:latest"),
+        "{out}"
+    );
+    let port = free_port();
+    stdout_of(
+        &docker(
+            &node,
+            &["run", "-d", "-p", &format!("{port}:80"), "my-web-app"],
+        )
+        .await,
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = wait_for("the site to answer", Duration::from_secs(20), || async {
+        reqwest::get(&url).await.ok()?.text().await.ok()
+    })
+    .await;
+    let expected = std::fs::read_to_string(site.join("html/index.html")).unwrap();
+    assert_eq!(page, expected);
+
+    // What the Dockerfile subset lacks: the CLI prints the one line and fails.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM nginx\nRUN echo hi\n").unwrap();
+    let (code, _, e) =
+        outcome(&docker(&node, &["build", "-t", "bad", dir.path().to_str().unwrap()]).await);
+    assert_ne!(code, Some(0));
+    assert!(e.contains("Dockerfile:2: RUN is not supported"), "{e}");
+    assert!(
+        !e.contains(node.dir.to_str().unwrap()),
+        "no node paths: {e}"
+    );
+    // A Dockerfile that is a link out of the context is not read.
+    std::fs::remove_file(dir.path().join("Dockerfile")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("Dockerfile")).unwrap();
+    let (code, _, e) = outcome(&docker(&node, &["build", dir.path().to_str().unwrap()]).await);
+    assert_ne!(code, Some(0));
+    assert!(!e.contains("root:"), "{e}");
+}

@@ -84,6 +84,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/exec/{id}/json", get(exec_inspect))
         .route("/containers/{id}", delete(remove))
         .route("/images/json", get(images))
+        .route("/build", post(build))
         .route("/images/{*name}", get(image_get))
         .fallback(|| async { DockerError::new(StatusCode::NOT_FOUND, "page not found") })
         .with_state(shared)
@@ -1174,6 +1175,159 @@ async fn image_get(
         "RootFS": {"Type": "layers", "Layers": layers},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
     })))
+}
+
+/// The build's query keys that change the result and that skiff does not take.
+const BUILD_UNSUPPORTED: &[&str] = &["buildargs", "labels", "target", "platform", "extrahosts"];
+
+/// `POST /build?t=NAME&dockerfile=PATH`, the body a tar (or gzipped tar) of the context,
+/// as the legacy builder sends it: built with skiff's Dockerfile subset (or skiff.toml),
+/// answered with Docker's JSON progress stream; a build that fails is an `error` in it.
+async fn build(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Answer<Response> {
+    let pairs = query(q);
+    for key in BUILD_UNSUPPORTED {
+        if let Some(v) = param(&pairs, key).filter(|v| !v.is_empty() && *v != "{}" && *v != "[]") {
+            return Err(bad(format!(
+                "build option {key}={v} is not supported by skiff"
+            )));
+        }
+    }
+    let tags = pairs
+        .iter()
+        .filter(|(k, _)| k == "t")
+        .map(|(_, v)| skiff_image::ImageName::parse(v).map_err(|e| bad(e.to_string())))
+        .collect::<Answer<Vec<_>>>()?;
+    let dockerfile = param(&pairs, "dockerfile")
+        .filter(|d| !d.is_empty())
+        .map(String::from);
+    let mut spool =
+        super::images::spool(&headers, body, shared.config.upload_cap, "build context").await?;
+    let (store, limits, scratch) = (
+        shared.images.clone(),
+        shared.config.extract,
+        shared.config.data_dir.clone(),
+    );
+    let outcome = tokio::task::spawn_blocking(
+        move || -> Result<(Vec<String>, skiff_spec::Digest, Vec<String>), String> {
+            use std::io::{Read as _, Seek as _};
+            let dir =
+                tempfile::tempdir_in(&scratch).map_err(|e| format!("no scratch directory: {e}"))?;
+            let mut magic = [0u8; 2];
+            spool.rewind().map_err(|e| e.to_string())?;
+            let gzipped = spool.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+            spool.rewind().map_err(|e| e.to_string())?;
+            let reader: Box<dyn std::io::Read> = if gzipped {
+                Box::new(flate2::read::GzDecoder::new(spool))
+            } else {
+                Box::new(spool)
+            };
+            skiff_image::layer::extract_stream(reader, dir.path(), limits)
+                .map_err(|e| format!("the build context: {e}"))?;
+            // The file is the client's choice of a path in the context: a regular file
+            // beneath it, never through a link (the node reads it as root).
+            let file = match &dockerfile {
+                Some(name) => {
+                    let rel = std::path::Path::new(name);
+                    if rel.is_absolute()
+                        || rel
+                            .components()
+                            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                    {
+                        return Err(format!(
+                            "dockerfile {name:?} is not a path inside the build context"
+                        ));
+                    }
+                    Some(dir.path().join(rel))
+                }
+                None => ["Dockerfile", "skiff.toml"]
+                    .iter()
+                    .map(|n| dir.path().join(n))
+                    .find(|p| p.exists()),
+            };
+            let steps = match &file {
+                Some(f) => {
+                    let meta = std::fs::symlink_metadata(f).map_err(|_| {
+                        format!(
+                            "Cannot locate specified Dockerfile: {}",
+                            f.strip_prefix(dir.path()).unwrap_or(f).display()
+                        )
+                    })?;
+                    if !meta.is_file() {
+                        return Err(format!(
+                            "{} is not a regular file",
+                            f.strip_prefix(dir.path()).unwrap_or(f).display()
+                        ));
+                    }
+                    instructions(&std::fs::read_to_string(f).unwrap_or_default())
+                }
+                None => vec![],
+            };
+            // Messages name files as the client knows them, not where the node put them.
+            let inside = format!("{}/", dir.path().display());
+            let (desc, _kind) = skiff_image::build::build(&store, dir.path(), file.as_deref())
+                .map_err(|e| e.to_string().replace(&inside, ""))?;
+            let mut tagged = Vec::new();
+            for t in &tags {
+                store.tag(t, &desc).map_err(|e| e.to_string())?;
+                tagged.push(t.to_string());
+            }
+            Ok((steps, desc.digest, tagged))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| Err(format!("the build failed: {e}")));
+    let mut events = Vec::new();
+    match outcome {
+        Ok((steps, digest, tagged)) => {
+            let n = steps.len();
+            for (i, s) in steps.iter().enumerate() {
+                events.push(json!({"stream": format!("Step {}/{n} : {s}\n", i + 1)}));
+            }
+            events.push(json!({"aux": {"ID": digest.to_string()}}));
+            events.push(json!({"stream": format!("Successfully built {}\n", &digest.hex()[..12])}));
+            for t in tagged {
+                events.push(json!({"stream": format!("Successfully tagged {t}\n")}));
+            }
+        }
+        Err(message) => {
+            let message = message.lines().next().unwrap_or_default().to_string();
+            events.push(json!({"errorDetail": {"message": message}, "error": message}));
+        }
+    }
+    let body: String = events.iter().map(|e| format!("{e}\r\n")).collect();
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A Dockerfile's instructions, one per entry (continuation lines joined), for the
+/// build's `Step i/n` lines.
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part.trim_end());
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    out
 }
 
 /// `GET /images/json`

@@ -70,24 +70,23 @@ pub(super) async fn list(
     ))
 }
 
-/// `POST /v1/images`: the body is an OCI image layout tarball (`skiff save` output).
-pub(super) async fn load(
-    State(shared): State<Arc<Shared>>,
-    headers: axum::http::HeaderMap,
+/// An upload (`what`) in an unnamed temp file, refused past `cap` bytes: by its
+/// Content-Length before a byte is read, else once it has sent more.
+pub(super) async fn spool(
+    headers: &axum::http::HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let cap = shared.config.upload_cap;
-    // A Content-Length over the cap is refused before a byte of the body is read.
+    cap: u64,
+    what: &str,
+) -> Result<std::fs::File, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > cap) {
         return Err(ApiError::too_large(format!(
-            "image archive is larger than the {cap}-byte limit"
+            "{what} is larger than the {cap}-byte limit"
         )));
     }
-    // Spooled to a temp file under the cap, then checked and loaded off the executor.
     let mut spool = tempfile::tempfile().map_err(ApiError::internal)?;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
@@ -99,11 +98,23 @@ pub(super) async fn load(
         if total > cap {
             discard(&mut stream, 1 << 20).await;
             return Err(ApiError::too_large(format!(
-                "image archive is larger than the {cap}-byte limit"
+                "{what} is larger than the {cap}-byte limit"
             )));
         }
         spool.write_all(&chunk).map_err(ApiError::internal)?;
     }
+    Ok(spool)
+}
+
+/// `POST /v1/images`: the body is an OCI image layout tarball (`skiff save` output).
+pub(super) async fn load(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let cap = shared.config.upload_cap;
+    // Spooled to a temp file under the cap, then checked and loaded off the executor.
+    let mut spool = spool(&headers, body, cap, "image archive").await?;
     let images = shared.images.clone();
     let loaded = blocking(move || {
         use std::io::Seek as _;

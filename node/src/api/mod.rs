@@ -22,7 +22,7 @@ use crate::Shared;
 
 mod containers;
 pub(crate) mod docker;
-mod images;
+pub(crate) mod images;
 mod kube;
 mod peer;
 
