@@ -97,6 +97,32 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
     ok(&docker(&node, &["rm", "-f", "web"]).await);
     assert!(!stdout_of(&docker(&node, &["ps", "-a"]).await).contains("web"));
 
+    // Images: tag, history, save, rmi, load.
+    ok(&docker(&node, &["tag", "bb:v1", "team/bb:v2"]).await);
+    let images = stdout_of(&docker(&node, &["images"]).await);
+    assert!(
+        images.contains("team/bb") && images.contains("v2"),
+        "{images}"
+    );
+    let history = stdout_of(&docker(&node, &["history", "team/bb:v2"]).await);
+    assert_eq!(history.lines().count(), 2, "one layer: {history}");
+    let saved = node.dir.join("saved.tar");
+    ok(&docker(
+        &node,
+        &["save", "-o", saved.to_str().unwrap(), "team/bb:v2"],
+    )
+    .await);
+    assert_eq!(
+        stdout_of(&docker(&node, &["rmi", "team/bb:v2"]).await),
+        "Untagged: team/bb:v2\n"
+    );
+    assert!(!stdout_of(&docker(&node, &["images"]).await).contains("team/bb"));
+    let loaded = stdout_of(&docker(&node, &["load", "-i", saved.to_str().unwrap()]).await);
+    assert_eq!(loaded, "Loaded image: team/bb:v2\n");
+    let (code, _, e) = outcome(&docker(&node, &["rmi", "nope"]).await);
+    assert_ne!(code, Some(0));
+    assert!(e.contains("No such image: nope"), "{e}");
+
     // Errors as Docker's: the CLI prints the daemon's message.
     let (code, _, e) = outcome(&docker(&node, &["rm", "nothing-here"]).await);
     assert_ne!(code, Some(0));

@@ -85,7 +85,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/containers/{id}", delete(remove))
         .route("/images/json", get(images))
         .route("/build", post(build))
-        .route("/images/{*name}", get(image_get))
+        .route("/images/load", post(image_load))
+        .route("/images/get", get(image_save))
+        .route(
+            "/images/{*name}",
+            get(image_get).post(image_tag).delete(image_remove),
+        )
         .fallback(|| async { DockerError::new(StatusCode::NOT_FOUND, "page not found") })
         .with_state(shared)
         .layer(middleware::from_fn(headers));
@@ -509,7 +514,7 @@ fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
         }
     };
     let run = RunParams {
-        image: body.image,
+        image: familiar(&body.image).to_string(),
         name,
         params,
         ports,
@@ -1116,14 +1121,139 @@ async fn exec_inspect(
     })))
 }
 
-/// `GET /images/{name}/json`: an image as Docker's inspect shows it (names may hold `/`).
+/// A name as skiff keeps it: Docker Hub's `docker.io/` and `library/` are implied (as
+/// `docker save` archives are loaded), so `docker.io/library/web` is `web`.
+fn familiar(name: &str) -> &str {
+    let name = name.strip_prefix("docker.io/").unwrap_or(name);
+    name.strip_prefix("library/").unwrap_or(name)
+}
+
+fn encode(pairs: &[(&str, &str)]) -> Option<String> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    Some(q.finish())
+}
+
+/// `POST /images/{name}/tag?repo=R&tag=T`
+async fn image_tag(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<StatusCode> {
+    let Some(name) = path.strip_suffix("/tag").map(familiar) else {
+        return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found"));
+    };
+    let pairs = query(q);
+    let repo = familiar(param(&pairs, "repo").unwrap_or_default());
+    let target = match param(&pairs, "tag").filter(|t| !t.is_empty()) {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo.to_string(),
+    };
+    super::images::tag(
+        State(shared),
+        RawQuery(encode(&[("source", name), ("target", &target)])),
+    )
+    .await
+    .map_err(|e| no_such_image(e, name))?;
+    Ok(StatusCode::CREATED)
+}
+
+/// Docker's words for an image that is not there.
+fn no_such_image(e: ApiError, name: &str) -> DockerError {
+    if e.status() == StatusCode::NOT_FOUND {
+        DockerError::new(StatusCode::NOT_FOUND, format!("No such image: {name}"))
+    } else {
+        e.into()
+    }
+}
+
+/// `DELETE /images/{name}?force=1`: untags a name, or every name of an id.
+async fn image_remove(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer<Json<Value>> {
+    let name = familiar(&name).to_string();
+    let force = if truthy(&query(q), "force") {
+        "true"
+    } else {
+        "false"
+    };
+    let store = shared.images.clone();
+    let wanted = name.clone();
+    let tags = tokio::task::spawn_blocking(move || {
+        let digest = store.resolve(&wanted).ok()?;
+        store.tags_of(&digest).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    super::images::remove(
+        State(shared),
+        RawQuery(encode(&[("ref", &name), ("force", force)])),
+    )
+    .await
+    .map_err(|e| no_such_image(e, &name))?;
+    let untagged: Vec<Value> = match skiff_image::ImageName::parse(&name) {
+        Ok(n) if tags.contains(&n.to_string()) => vec![json!({"Untagged": n.to_string()})],
+        _ => tags.iter().map(|t| json!({"Untagged": t})).collect(),
+    };
+    Ok(Json(Value::Array(untagged)))
+}
+
+/// `POST /images/load`: the archives `skiff load` takes, answered as Docker's stream.
+async fn image_load(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Answer<Response> {
+    let response = super::images::load(State(shared), headers, body).await?;
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let loaded: Vec<skiff_spec::api::LoadedImage> = serde_json::from_slice(&bytes)
+        .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut out = String::new();
+    for l in loaded {
+        if l.tags.is_empty() {
+            out.push_str(&json!({"stream": format!("Loaded image ID: {}\n", l.id)}).to_string());
+            out.push_str("\r\n");
+        }
+        for t in l.tags {
+            out.push_str(&json!({"stream": format!("Loaded image: {t}\n")}).to_string());
+            out.push_str("\r\n");
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// `GET /images/get?names=A&names=B`: one tar of those images (an OCI layout, which
+/// Docker 25 and later load).
+async fn image_save(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answer<Response> {
+    let names: Vec<String> = query(q)
+        .into_iter()
+        .filter(|(k, _)| k == "names")
+        .map(|(_, v)| v)
+        .collect();
+    let pairs: Vec<(&str, &str)> = names.iter().map(|v| ("ref", familiar(v))).collect();
+    Ok(super::images::save(State(shared), RawQuery(encode(&pairs))).await?)
+}
+
+/// `GET /images/{name}/json` (an image as Docker's inspect shows it; names may hold `/`)
+/// and `GET /images/{name}/history` (its layers).
 async fn image_get(
     State(shared): State<Arc<Shared>>,
     Path(path): Path<String>,
 ) -> Answer<Json<Value>> {
-    let Some(name) = path.strip_suffix("/json") else {
-        return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found"));
+    let (name, history) = match (path.strip_suffix("/json"), path.strip_suffix("/history")) {
+        (Some(n), _) => (familiar(n), false),
+        (_, Some(n)) => (familiar(n), true),
+        _ => return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found")),
     };
+
     let store = shared.images.clone();
     let wanted = name.to_string();
     let found = tokio::task::spawn_blocking(move || {
@@ -1145,6 +1275,31 @@ async fn image_get(
             format!("No such image: {name}"),
         ));
     };
+    if history {
+        let manifest = shared
+            .images
+            .manifest(&info.digest)
+            .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let n = manifest.layers.len();
+        let rows: Vec<Value> = manifest
+            .layers
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, l)| {
+                let top = i + 1 == n;
+                json!({
+                    "Id": if top { info.digest.to_string() } else { "<missing>".into() },
+                    "Created": 0,
+                    "CreatedBy": "",
+                    "Tags": if top { json!(info.tags) } else { Value::Null },
+                    "Size": l.size,
+                    "Comment": "",
+                })
+            })
+            .collect();
+        return Ok(Json(Value::Array(rows)));
+    }
     let run = &summary.run;
     let layers: Vec<String> = match &summary.runnable {
         skiff_image::Runnable::Oci { layers } => {
@@ -1200,7 +1355,7 @@ async fn build(
     let tags = pairs
         .iter()
         .filter(|(k, _)| k == "t")
-        .map(|(_, v)| skiff_image::ImageName::parse(v).map_err(|e| bad(e.to_string())))
+        .map(|(_, v)| skiff_image::ImageName::parse(familiar(v)).map_err(|e| bad(e.to_string())))
         .collect::<Answer<Vec<_>>>()?;
     let dockerfile = param(&pairs, "dockerfile")
         .filter(|d| !d.is_empty())
