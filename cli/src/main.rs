@@ -300,6 +300,13 @@ enum Command {
         /// Remove the container once it stops.
         #[arg(long)]
         rm: bool,
+        /// Replace the image's ENTRYPOINT (and its CMD, unless arguments follow the image);
+        /// "" for none.
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(long = "label", short = 'l', value_parser = parse_env_arg)]
+        labels: Vec<(String, String)>,
         /// Container name (a DNS label); generated when absent.
         #[arg(long)]
         name: Option<String>,
@@ -729,6 +736,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             detach,
             rm,
+            entrypoint,
+            labels,
             name,
             publish,
             env,
@@ -766,6 +775,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pids_limit,
                 host_network,
                 auto_remove: rm,
+                entrypoint: entrypoint.map(|e| if e.is_empty() { vec![] } else { vec![e] }),
+                labels: labels.into_iter().collect(),
             };
             let c = Client::new(&client)?;
             if detach {

@@ -53,6 +53,9 @@ pub struct ContainerRecord {
     /// `--rm`: removed once it stops.
     #[serde(default)]
     pub auto_remove: bool,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ContainerRecord {

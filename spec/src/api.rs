@@ -204,6 +204,9 @@ pub struct ContainerInfo {
     /// `--rm`: removed once it stops.
     #[serde(default)]
     pub auto_remove: bool,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The deployment that manages it, for replicas; `None` for `skiff run` containers.
     pub deployment: Option<String>,
     /// Bounds.

@@ -116,6 +116,11 @@ pub struct RunParams {
     pub host_network: bool,
     /// `--rm`: removed once it stops.
     pub auto_remove: bool,
+    /// `--entrypoint`: replaces the image's ENTRYPOINT (and with it its CMD, unless
+    /// arguments are given), as Docker's.
+    pub entrypoint: Option<Vec<String>>,
+    /// `--label K=V`: the container's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl RunParams {
@@ -143,6 +148,15 @@ impl RunParams {
         q.push(("network".into(), network.into()));
         if self.auto_remove {
             q.push(("rm".into(), "true".into()));
+        }
+        for e in self.entrypoint.iter().flatten() {
+            q.push(("entrypoint".into(), e.clone()));
+        }
+        if self.entrypoint.as_ref().is_some_and(Vec::is_empty) {
+            q.push(("entrypoint".into(), String::new()));
+        }
+        for (k, v) in &self.labels {
+            q.push(("label".into(), format!("{k}={v}")));
         }
         for a in self.args.iter().flatten() {
             q.push(("arg".into(), a.clone()));
@@ -185,6 +199,20 @@ impl RunParams {
                 "publish" => run.ports.push(v.parse().map_err(|e| bad(k, e))?),
                 "restart" => run.restart = v.parse().map_err(|e| bad(k, e))?,
                 "arg" => run.args.get_or_insert_with(Vec::new).push(v),
+                // An empty one alone: no entrypoint at all (Docker's `--entrypoint ""`).
+                "entrypoint" => {
+                    let ep = run.entrypoint.get_or_insert_with(Vec::new);
+                    if !v.is_empty() {
+                        ep.push(v);
+                    }
+                }
+                "label" => {
+                    let (lk, lv) = v
+                        .split_once('=')
+                        .filter(|(lk, _)| !lk.is_empty())
+                        .ok_or_else(|| bad(k, format!("{v:?} is not KEY=VALUE")))?;
+                    run.labels.insert(lk.to_string(), lv.to_string());
+                }
                 "cpus" => {
                     let cpus: f64 = v
                         .parse()
@@ -260,9 +288,21 @@ mod tests {
             milli_cpus: Some(RunParams::milli_cpus(0.5).unwrap()),
             pids_limit: Some(100),
             host_network: true,
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            labels: [("team".to_string(), "web".to_string())].into(),
             ..RunParams::default()
         };
         assert_eq!(RunParams::from_pairs(run.to_pairs()), Ok(run));
+        let no_entrypoint = RunParams {
+            image: "x".into(),
+            entrypoint: Some(vec![]),
+            ..RunParams::default()
+        };
+        assert_eq!(
+            RunParams::from_pairs(no_entrypoint.to_pairs()),
+            Ok(no_entrypoint)
+        );
+        assert!(RunParams::from_pairs([("image", "x"), ("label", "novalue")]).is_err());
         let rm = RunParams {
             image: "x".into(),
             auto_remove: true,

@@ -123,6 +123,42 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
     assert_ne!(code, Some(0));
     assert!(e.contains("No such image: nope"), "{e}");
 
+    // Labels (and filters on them) and an entrypoint of one's own.
+    stdout_of(
+        &docker(
+            &node,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "labelled",
+                "--label",
+                "team=web",
+                "--entrypoint",
+                "sh",
+                "bb:v1",
+                "-c",
+                "echo from-entrypoint; sleep 100",
+            ],
+        )
+        .await,
+    );
+    let web = stdout_of(&docker(&node, &["ps", "--filter", "label=team=web"]).await);
+    assert!(web.contains("labelled"), "{web}");
+    let db = stdout_of(&docker(&node, &["ps", "--filter", "label=team=db"]).await);
+    assert!(!db.contains("labelled"), "{db}");
+    wait_for(
+        "the entrypoint's output",
+        Duration::from_secs(20),
+        || async {
+            stdout_of(&docker(&node, &["logs", "labelled"]).await)
+                .contains("from-entrypoint")
+                .then_some(())
+        },
+    )
+    .await;
+    ok(&docker(&node, &["rm", "-f", "labelled"]).await);
+
     // Errors as Docker's: the CLI prints the daemon's message.
     let (code, _, e) = outcome(&docker(&node, &["rm", "nothing-here"]).await);
     assert_ne!(code, Some(0));

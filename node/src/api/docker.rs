@@ -364,8 +364,11 @@ fn matches(c: &ContainerInfo, filters: &BTreeMap<String, Vec<String>>) -> Answer
             "ancestor" => wanted
                 .iter()
                 .any(|w| *w == c.image || c.image_id.to_string().starts_with(w.as_str())),
-            // No container has labels yet.
-            "label" => false,
+            // `key` or `key=value`.
+            "label" => wanted.iter().any(|w| match w.split_once('=') {
+                Some((k, v)) => c.labels.get(k).is_some_and(|have| have == v),
+                None => c.labels.contains_key(w.as_str()),
+            }),
             other => {
                 return Err(DockerError::new(
                     StatusCode::BAD_REQUEST,
@@ -402,7 +405,7 @@ async fn list(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answe
             "Command": "",
             "Created": c.created_ms / 1000,
             "Ports": ports_list(&c),
-            "Labels": {},
+            "Labels": c.labels,
             "State": c.state,
             "Status": status_text(&c, now),
             "HostConfig": {"NetworkMode": if c.sandbox_key.is_some() || c.ip_address.is_some() { "bridge" } else { "default" }},
@@ -424,6 +427,7 @@ struct CreateBody {
     env: Option<Vec<String>>,
     tty: bool,
     open_stdin: bool,
+    labels: Option<BTreeMap<String, String>>,
     host_config: Option<HostConfig>,
 }
 
@@ -460,11 +464,6 @@ fn bad(message: impl Into<String>) -> DockerError {
 fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
     if body.image.is_empty() {
         return Err(bad("Config.Image is required"));
-    }
-    if body.entrypoint.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(bad(
-            "Entrypoint overrides are not supported by skiff: the image's ENTRYPOINT stays (give the command as Cmd)",
-        ));
     }
     if body.tty || body.open_stdin {
         return Err(bad(
@@ -529,6 +528,8 @@ fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
         pids_limit: hc.pids_limit.filter(|&p| p > 0),
         host_network,
         auto_remove: hc.auto_remove,
+        entrypoint: body.entrypoint,
+        labels: body.labels.unwrap_or_default(),
     };
     if run.auto_remove && run.restart != RestartPolicy::No {
         return Err(bad(
@@ -629,7 +630,7 @@ async fn inspect(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> A
             "Hostname": c.name,
             "Image": c.image,
             "Env": c.env_keys,
-            "Labels": {},
+            "Labels": c.labels,
             "Tty": false,
             "OpenStdin": false,
             "AttachStdin": false,
@@ -1562,7 +1563,6 @@ mod tests {
         );
 
         for bad_body in [
-            r#"{"Image":"web","Entrypoint":["sh"]}"#,
             r#"{"Image":"web","Tty":true}"#,
             r#"{"Image":"web","HostConfig":{"NetworkMode":"none"}}"#,
             r#"{"Image":"web","HostConfig":{"AutoRemove":true,"RestartPolicy":{"Name":"always"}}}"#,

@@ -195,9 +195,19 @@ impl Apps {
         }
         let memory_bytes = req.params.memory_bytes;
         let mut spec = super::image_spec(req.params, &summary, name);
-        if let Some(args) = req.args {
+        match (req.entrypoint, req.args) {
+            // As `docker run --entrypoint E IMAGE ARGS...`: the image's CMD goes too.
+            (Some(entrypoint), args) => {
+                spec.args = entrypoint
+                    .into_iter()
+                    .chain(args.unwrap_or_default())
+                    .collect();
+            }
             // As `docker run IMAGE ARGS...`: the arguments replace CMD, ENTRYPOINT stays.
-            spec.args = summary.run.entrypoint.iter().cloned().chain(args).collect();
+            (None, Some(args)) => {
+                spec.args = summary.run.entrypoint.iter().cloned().chain(args).collect();
+            }
+            (None, None) => {}
         }
         spec.replicas = 1;
         if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
@@ -227,6 +237,7 @@ impl Apps {
             oom_killed: false,
             exit_error: None,
             auto_remove: req.auto_remove,
+            labels: req.labels,
         };
         let mut entry = Standalone::new(record);
         if start {
@@ -735,6 +746,7 @@ impl Apps {
                 sandbox_key,
                 restart: RestartPolicy::Always,
                 auto_remove: false,
+                labels: Default::default(),
                 deployment: Some(deployment),
                 limits,
                 env_keys: Vec::new(),
@@ -845,6 +857,7 @@ impl Apps {
             sandbox_key,
             restart: r.restart,
             auto_remove: r.auto_remove,
+            labels: r.labels.clone(),
             deployment: None,
             limits: r.spec.limits.clone(),
             env_keys: r.spec.env.keys().cloned().collect(),
