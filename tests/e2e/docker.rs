@@ -35,6 +35,41 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
     let node = Node::start().await;
     load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
 
+    // Whoever can open the socket is an admin: root and its group only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(node.dir.join("docker.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    // On the API port the same API answers under the token only.
+    let ping = format!("{}/_ping", node.api);
+    assert_eq!(reqwest::get(&ping).await.unwrap().status(), 401);
+    let authed = node
+        .http
+        .get(&ping)
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authed.status(), 200);
+    assert_eq!(authed.headers()["api-version"], "1.45");
+    let too_new = node
+        .http
+        .get(format!("{}/v1.99/containers/json", node.api))
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_new.status(), 400);
+    assert!(
+        too_new
+            .text()
+            .await
+            .unwrap()
+            .contains("client version 1.99 is too new")
+    );
+
     let version =
         stdout_of(&docker(&node, &["version", "--format", "{{.Server.APIVersion}}"]).await);
     assert_eq!(
