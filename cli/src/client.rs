@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use skiff_image::{ImageName, ImageStore};
 use skiff_spec::api::{
     AppStatus, AttachEvent, ContainerInfo, ContainerStats, ErrorBody, ImageStatus, LoadedImage,
-    LogLine, LogStream,
+    LogLine, LogStream, human_duration,
 };
 use skiff_spec::{DeployParams, RunParams};
 
@@ -753,21 +753,6 @@ pub(crate) fn age(ms: u64) -> String {
         60..3600 => format!("{}m", s / 60),
         3600..86400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
-    }
-}
-
-/// Docker-style durations: "Less than a second", "5 seconds", "About a minute", "3 hours".
-fn human_duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => "Less than a second".into(),
-        1 => "1 second".into(),
-        2..60 => format!("{s} seconds"),
-        60..120 => "About a minute".into(),
-        120..3600 => format!("{} minutes", s / 60),
-        3600..7200 => "About an hour".into(),
-        7200..172_800 => format!("{} hours", s / 3600),
-        _ => format!("{} days", s / 86400),
     }
 }
 

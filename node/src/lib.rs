@@ -490,28 +490,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shutdown.clone(),
         config.drain_timeout,
     ));
-    let api = {
-        let router = api::router(shared.clone());
-        let body_timeout = config.listener.body_timeout;
-        tokio::spawn(listener::serve(
-            api_listener,
-            config.listener,
-            shutdown.clone(),
-            config.drain_timeout,
-            "api",
-            move |req: http::Request<hyper::body::Incoming>, _, _| {
-                // Uploads that stop moving fail instead of holding a temp file open.
-                let req = req.map(|b| axum::body::Body::new(ProgressBody::new(b, body_timeout)));
-                let router = router.clone();
-                async move {
-                    match tower::ServiceExt::oneshot(router, req).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                }
-            },
-        ))
-    };
+    let api = serve_router(
+        api_listener.into(),
+        api::router(shared.clone()),
+        &config,
+        &shutdown,
+        "api",
+    );
     // The Docker API on a unix socket: whoever can open it (root and the socket's group)
     // is an admin, as with Docker's own.
     let socket_path = dir.join("docker.sock");
@@ -523,25 +508,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     };
     let docker = docker_socket.map(|socket| {
-        let router = api::docker::router(shared.clone());
-        let body_timeout = config.listener.body_timeout;
-        tokio::spawn(listener::serve(
+        serve_router(
             listener::Listening::Unix(socket),
-            config.listener,
-            shutdown.clone(),
-            config.drain_timeout,
+            api::docker::router(shared.clone()),
+            &config,
+            &shutdown,
             "docker",
-            move |req: http::Request<hyper::body::Incoming>, _, _| {
-                let req = req.map(|b| axum::body::Body::new(ProgressBody::new(b, body_timeout)));
-                let router = router.clone();
-                async move {
-                    match tower::ServiceExt::oneshot(router, req).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                }
-            },
-        ))
+        )
     });
     info!(%api_addr, %ingress_addr, data_dir = %dir.display(), "node started");
     Ok(RunningNode {
@@ -560,6 +533,35 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shared,
         _lock: lock,
     })
+}
+
+/// Serves `router` on `listening` within the node's listener limits.
+fn serve_router(
+    listening: listener::Listening,
+    router: axum::Router,
+    config: &NodeConfig,
+    shutdown: &CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()> {
+    let body_timeout = config.listener.body_timeout;
+    tokio::spawn(listener::serve(
+        listening,
+        config.listener,
+        shutdown.clone(),
+        config.drain_timeout,
+        what,
+        move |req: http::Request<hyper::body::Incoming>, _, _| {
+            // Uploads that stop moving fail instead of holding a temp file open.
+            let req = req.map(|b| axum::body::Body::new(ProgressBody::new(b, body_timeout)));
+            let router = router.clone();
+            async move {
+                match tower::ServiceExt::oneshot(router, req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        },
+    ))
 }
 
 /// Listens on the Docker API's socket at `path` (mode 0660), replacing a stale socket a

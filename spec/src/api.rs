@@ -119,6 +119,22 @@ pub struct LoadedImage {
     pub tags: Vec<String>,
 }
 
+/// Docker's human durations, as `docker ps` shows ages: "Less than a second",
+/// "5 seconds", "About a minute", "3 hours", "2 days".
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..60 => format!("{s} seconds"),
+        60..120 => "About a minute".into(),
+        120..3600 => format!("{} minutes", s / 60),
+        3600..7200 => "About an hour".into(),
+        7200..172_800 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
 /// What one running container uses, as `GET /v1/stats` lists it (`docker stats`): running
 /// totals a client turns into rates between two reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use skiff_spec::api::{ContainerInfo, LogLine, LogStream};
+use skiff_spec::api::{ContainerInfo, LogLine, LogStream, human_duration as human};
 use skiff_spec::{PortMapping, RestartPolicy, RunParams};
 
 use super::{ApiError, follow_until};
@@ -283,21 +283,6 @@ fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
-}
-
-/// Docker's human durations ("5 seconds", "About a minute", "2 hours").
-fn human(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => "Less than a second".into(),
-        1 => "1 second".into(),
-        2..60 => format!("{s} seconds"),
-        60..120 => "About a minute".into(),
-        120..3600 => format!("{} minutes", s / 60),
-        3600..7200 => "About an hour".into(),
-        7200..172_800 => format!("{} hours", s / 3600),
-        _ => format!("{} days", s / 86400),
-    }
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -896,18 +881,7 @@ async fn attach(
         }
         let _ = io.shutdown().await;
     });
-    Ok((
-        StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (header::CONNECTION, "Upgrade"),
-            (header::UPGRADE, "tcp"),
-            (
-                header::CONTENT_TYPE,
-                "application/vnd.docker.multiplexed-stream",
-            ),
-        ],
-    )
-        .into_response())
+    Ok(upgraded())
 }
 
 /// Execs made by `POST /containers/{id}/exec`, until inspected after they ended (or
@@ -1073,7 +1047,12 @@ async fn exec_start(
     if detach {
         return Ok(StatusCode::OK.into_response());
     }
-    Ok((
+    Ok(upgraded())
+}
+
+/// The answer that hands the connection over to Docker's multiplexed stream.
+fn upgraded() -> Response {
+    (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::CONNECTION, "Upgrade"),
@@ -1084,7 +1063,7 @@ async fn exec_start(
             ),
         ],
     )
-        .into_response())
+        .into_response()
 }
 
 /// `GET /exec/{id}/json`: whether it runs, and its exit code once it ended.
