@@ -513,7 +513,10 @@ fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
         pids_limit: hc.pids_limit.filter(|&p| p > 0),
         host_network,
         auto_remove: hc.auto_remove,
-        entrypoint: body.entrypoint,
+        // `--entrypoint ""` arrives as `[""]`: no entrypoint at all.
+        entrypoint: body
+            .entrypoint
+            .map(|e| e.into_iter().filter(|a| !a.is_empty()).collect()),
         labels: body.labels.unwrap_or_default(),
     };
     if run.auto_remove && run.restart != RestartPolicy::No {
@@ -1010,7 +1013,14 @@ async fn exec_start(
         exec.state = Some(state.clone());
         (exec.container.clone(), exec.spec.clone(), state)
     };
-    let mut outputs = shared.apps.exec_container(&container, spec).await?;
+    let mut outputs = match shared.apps.exec_container(&container, spec).await {
+        Ok(outputs) => outputs,
+        Err(e) => {
+            // It never ran: inspect says so (126, as Docker's for a command not run).
+            *state.lock().expect("exec state") = Some(126);
+            return Err(e.into());
+        }
+    };
     let upgrade = (!detach).then(|| hyper::upgrade::on(&mut req));
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt as _;
@@ -1540,6 +1550,13 @@ mod tests {
             (run.milli_cpus, run.restart),
             (Some(500), RestartPolicy::Always)
         );
+
+        let body: CreateBody =
+            serde_json::from_str(r#"{"Image":"web","Entrypoint":[""],"Labels":{"a":"b"}}"#)
+                .unwrap();
+        let run = run_params(body, None).unwrap();
+        assert_eq!(run.entrypoint, Some(vec![]), "--entrypoint \"\" is none");
+        assert_eq!(run.labels["a"], "b");
 
         for bad_body in [
             r#"{"Image":"web","Tty":true}"#,
