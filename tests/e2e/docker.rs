@@ -70,6 +70,18 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
             .contains("client version 1.99 is too new")
     );
 
+    // A JSON body past 1 MiB is refused, not read into memory.
+    let huge = node
+        .http
+        .post(format!("{}/v1.45/containers/create", node.api))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+
     let version =
         stdout_of(&docker(&node, &["version", "--format", "{{.Server.APIVersion}}"]).await);
     assert_eq!(

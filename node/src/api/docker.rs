@@ -93,6 +93,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .fallback(|| async { DockerError::new(StatusCode::NOT_FOUND, "page not found") })
         .with_state(shared)
+        // JSON bodies (create, exec) are small; build contexts and image archives are
+        // streamed to a spool under the upload cap instead.
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .layer(middleware::from_fn(headers));
     // The prefix comes off before routing (a `Router::layer` runs after it).
     Router::new().fallback_service(
