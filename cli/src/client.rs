@@ -460,20 +460,16 @@ impl Client {
             };
             if signalled {
                 signals += 1;
-                let Some(id) = id.clone() else { continue };
                 if signals > 1 {
-                    eprintln!(
-                        "skiff: container {} is stopping; not waiting for it",
-                        &id[..12]
-                    );
+                    let which = id.as_deref().map_or("", |i| &i[..12]);
+                    eprintln!("skiff: container {which} is stopping; not waiting for it");
                     return Ok(130);
                 }
-                let client = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = client.container_action(&id, "stop", Some(10)).await {
-                        eprintln!("error: cannot stop the container: {e:#}");
-                    }
-                });
+                // Before it started (its image still being prepared) the stop waits
+                // for its id.
+                if let Some(id) = id.clone() {
+                    self.stop_in_background(id);
+                }
                 continue;
             }
             while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
@@ -481,7 +477,12 @@ impl Client {
                 let event: AttachEvent =
                     serde_json::from_slice(&line).context("invalid event from the API")?;
                 match event {
-                    AttachEvent::Started(info) => id = Some(info.id),
+                    AttachEvent::Started(info) => {
+                        if signals > 0 {
+                            self.stop_in_background(info.id.clone());
+                        }
+                        id = Some(info.id);
+                    }
                     AttachEvent::Log(l) => match l.stream {
                         LogStream::Stdout => {
                             let mut out = std::io::stdout().lock();
@@ -551,6 +552,16 @@ impl Client {
             }
         }
         bail!("the node closed the exec stream before the command exited")
+    }
+
+    /// Stops container `id` (10 s grace) while the caller goes on reading its output.
+    fn stop_in_background(&self, id: String) {
+        let client = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.container_action(&id, "stop", Some(10)).await {
+                eprintln!("error: cannot stop the container: {e:#}");
+            }
+        });
     }
 
     /// `docker wait`: the container's exit code once it stops.
