@@ -10,19 +10,13 @@ use axum::response::{IntoResponse, Response};
 use skiff_spec::RunParams;
 use skiff_spec::api::ContainerInfo;
 
-use super::{ApiError, follow_until, log_response};
+use super::{ApiError, follow_until, log_response, query_pairs};
 use crate::Shared;
 use crate::apps::Attached;
 use axum::body::Body;
 use axum::http::header;
 use futures_util::StreamExt as _;
 use skiff_spec::api::AttachEvent;
-
-fn pairs(q: Option<String>) -> Vec<(String, String)> {
-    form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
-}
 
 fn flag(pairs: &[(String, String)], key: &str) -> bool {
     pairs
@@ -42,7 +36,7 @@ pub(super) async fn run(
     State(shared): State<Arc<Shared>>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut pairs = pairs(q);
+    let mut pairs = query_pairs(q);
     let attach = flag(&pairs, "attach");
     pairs.retain(|(k, _)| k != "attach");
     let run = RunParams::from_pairs(pairs)
@@ -100,7 +94,12 @@ pub(super) async fn list(
     State(shared): State<Arc<Shared>>,
     RawQuery(q): RawQuery,
 ) -> Json<Vec<ContainerInfo>> {
-    Json(shared.apps.list_containers(flag(&pairs(q), "all")).await)
+    Json(
+        shared
+            .apps
+            .list_containers(flag(&query_pairs(q), "all"))
+            .await,
+    )
 }
 
 /// `GET /v1/containers/{key}`
@@ -112,7 +111,7 @@ pub(super) async fn inspect(
 }
 
 fn grace(q: Option<String>) -> Result<Duration, ApiError> {
-    match pairs(q).into_iter().find(|(k, _)| k == "t") {
+    match query_pairs(q).into_iter().find(|(k, _)| k == "t") {
         Some((_, v)) => v
             .parse::<u64>()
             .map(Duration::from_secs)
@@ -156,7 +155,7 @@ pub(super) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     shared
         .apps
-        .remove_container(&key, flag(&pairs(q), "force"))
+        .remove_container(&key, flag(&query_pairs(q), "force"))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

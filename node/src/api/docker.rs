@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use skiff_spec::api::{ContainerInfo, LogLine, LogStream, human_duration as human};
 use skiff_spec::{PortMapping, RestartPolicy, RunParams};
 
-use super::{ApiError, follow_until};
+use super::{ApiError, follow_until, query_pairs};
 use crate::Shared;
 use tokio::sync::watch;
 
@@ -269,12 +269,7 @@ async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
     }))
 }
 
-fn query(q: Option<String>) -> Vec<(String, String)> {
-    form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
-}
-
+/// A Docker boolean parameter: `1` or `true` (an empty value is not set).
 fn truthy(pairs: &[(String, String)], key: &str) -> bool {
     pairs
         .iter()
@@ -373,7 +368,7 @@ fn matches(c: &ContainerInfo, filters: &BTreeMap<String, Vec<String>>) -> Answer
 
 /// `GET /containers/json?all=1&filters=...`
 async fn list(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answer<Json<Value>> {
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     let all = truthy(&pairs, "all");
     let filters = filters(&pairs)?;
     let now = crate::apps::now_ms();
@@ -536,7 +531,7 @@ async fn create(
     RawQuery(q): RawQuery,
     body: axum::body::Bytes,
 ) -> Answer<Response> {
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     let body: CreateBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid container config: {e}")))?;
     let name = param(&pairs, "name")
@@ -663,7 +658,7 @@ async fn stop(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer<StatusCode> {
-    let grace = grace(&query(q))?;
+    let grace = grace(&query_pairs(q))?;
     if container(&shared, &id).await?.state != "running" {
         return Ok(StatusCode::NOT_MODIFIED);
     }
@@ -677,7 +672,7 @@ async fn restart(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer<StatusCode> {
-    let grace = grace(&query(q))?;
+    let grace = grace(&query_pairs(q))?;
     container(&shared, &id).await?;
     shared.apps.stop_container(&id, grace).await?;
     shared.apps.start_container(&id).await?;
@@ -702,7 +697,7 @@ async fn wait(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer<Response> {
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     let next = match param(&pairs, "condition").unwrap_or("not-running") {
         "" | "not-running" => false,
         "next-exit" | "removed" => true,
@@ -733,7 +728,7 @@ async fn remove(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer<StatusCode> {
-    let force = truthy(&query(q), "force");
+    let force = truthy(&query_pairs(q), "force");
     container(&shared, &id).await?;
     match shared.apps.remove_container(&id, force).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
@@ -763,7 +758,7 @@ async fn logs(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer<Response> {
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     let (stdout, stderr) = (truthy(&pairs, "stdout"), truthy(&pairs, "stderr"));
     if !stdout && !stderr {
         return Err(bad("you must choose at least one stream"));
@@ -842,7 +837,7 @@ async fn attach(
     RawQuery(q): RawQuery,
     mut req: Request,
 ) -> Answer<Response> {
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     let (stdout, stderr) = (truthy(&pairs, "stdout"), truthy(&pairs, "stderr"));
     if truthy(&pairs, "stdin") {
         return Err(bad(
@@ -1138,7 +1133,7 @@ async fn image_tag(
     let Some(name) = path.strip_suffix("/tag").map(familiar) else {
         return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found"));
     };
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     let repo = familiar(param(&pairs, "repo").unwrap_or_default());
     let target = match param(&pairs, "tag").filter(|t| !t.is_empty()) {
         Some(t) => format!("{repo}:{t}"),
@@ -1169,7 +1164,7 @@ async fn image_remove(
     RawQuery(q): RawQuery,
 ) -> Answer<Json<Value>> {
     let name = familiar(&name).to_string();
-    let force = if truthy(&query(q), "force") {
+    let force = if truthy(&query_pairs(q), "force") {
         "true"
     } else {
         "false"
@@ -1226,7 +1221,7 @@ async fn image_load(
 /// `GET /images/get?names=A&names=B`: one tar of those images (an OCI layout, which
 /// Docker 25 and later load).
 async fn image_save(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answer<Response> {
-    let names: Vec<String> = query(q)
+    let names: Vec<String> = query_pairs(q)
         .into_iter()
         .filter(|(k, _)| k == "names")
         .map(|(_, v)| v)
@@ -1337,7 +1332,7 @@ async fn build(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Answer<Response> {
-    let pairs = query(q);
+    let pairs = query_pairs(q);
     for key in BUILD_UNSUPPORTED {
         if let Some(v) = param(&pairs, key).filter(|v| !v.is_empty() && *v != "{}" && *v != "[]") {
             return Err(bad(format!(

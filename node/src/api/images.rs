@@ -14,7 +14,7 @@ use skiff_image::archive::{self, ArchiveError};
 use skiff_image::{ImageError, ImageName};
 use skiff_spec::api::{ImageStatus, LoadedImage};
 
-use super::{ApiError, discard};
+use super::{ApiError, discard, query_pairs};
 use crate::Shared;
 
 fn image_err(e: ImageError) -> ApiError {
@@ -22,12 +22,6 @@ fn image_err(e: ImageError) -> ApiError {
         ImageError::NotFound(_) | ImageError::Ambiguous(_) => ApiError::not_found(e.to_string()),
         other => ApiError::internal(other),
     }
-}
-
-fn query_pairs(query: Option<String>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
 }
 
 fn one(pairs: &[(String, String)], key: &str) -> Result<String, ApiError> {

@@ -337,6 +337,13 @@ async fn close_after_refused_uploads(req: Request, next: Next) -> Response {
     resp
 }
 
+/// A request's query as (key, value) pairs, decoded.
+pub(super) fn query_pairs(query: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// Hands Docker's paths to the Docker API router.
 async fn to_docker(State(docker): State<Router>, req: Request, next: Next) -> Response {
     if docker::is_docker_path(req.uri().path()) {
