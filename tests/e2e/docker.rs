@@ -393,10 +393,102 @@ async fn docker_build_then_run_serves_the_nginx_example_and_unsupported_steps_ar
         !e.contains(node.dir.to_str().unwrap()),
         "no node paths: {e}"
     );
-    // A Dockerfile that is a link out of the context is not read.
-    std::fs::remove_file(dir.path().join("Dockerfile")).unwrap();
-    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("Dockerfile")).unwrap();
-    let (code, _, e) = outcome(&docker(&node, &["build", dir.path().to_str().unwrap()]).await);
+    // A crafted context (Docker's CLI would not send it) whose Dockerfile is a link out of
+    // it: the node does not read through the link.
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    t.append_link(&mut h, "Dockerfile", "/etc/passwd").unwrap();
+    let context = t.into_inner().unwrap();
+    let answer = node
+        .http
+        .post(format!("{}/v1.45/build?t=leak", node.api))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/x-tar")
+        .body(context)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        answer.contains("Dockerfile is not a regular file"),
+        "{answer}"
+    );
+    assert!(!answer.contains("root:"), "{answer}");
+    // Nor is a file COPY names through a link out of the context.
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM nginx\nCOPY secret /usr/share/nginx/html/secret\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", dir.path().join("secret")).unwrap();
+    let (code, _, e) = outcome(
+        &docker(
+            &node,
+            &["build", "-t", "leak", dir.path().to_str().unwrap()],
+        )
+        .await,
+    );
     assert_ne!(code, Some(0));
-    assert!(!e.contains("root:"), "{e}");
+    assert!(
+        e.contains("COPY secret: not found in the build context (or outside it)"),
+        "{e}"
+    );
+    assert!(!stdout_of(&docker(&node, &["images"]).await).contains("leak"));
+}
+
+#[tokio::test]
+async fn the_docker_socket_drops_a_client_that_trickles_its_request() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let node = Node::start_with(&["--header-timeout", "1s", "--idle-timeout", "2s"]).await;
+    let socket = node.dir.join("docker.sock");
+    // Silent: closed after the idle timeout.
+    let mut silent = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    // A head that never ends: closed after the header timeout, though bytes keep coming.
+    let mut trickle = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    trickle.write_all(b"GET /_ping HTTP/1.1\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the trickling client is still connected"
+        );
+        if trickle.write_all(b"X-A: b\r\n").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), trickle.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            _ => continue,
+        }
+    };
+    assert!(closed);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "header timeout: {:?}",
+        started.elapsed()
+    );
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the silent client is dropped")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // A well-behaved client still gets its answer.
+    let mut good = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    good.write_all(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), good.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }

@@ -212,3 +212,31 @@ pub(crate) fn classify(
         message: format!("{err:#}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_counts_granted_memory_until_its_store_goes() {
+        let usage = Arc::new(crate::Usage::default());
+        let (mut a, hit) = Limiter::new(1 << 20, usage.clone());
+        let (mut b, _) = Limiter::new(1 << 20, usage.clone());
+        assert!(a.memory_growing(0, 65536, None).unwrap());
+        assert!(a.memory_growing(65536, 131_072, None).unwrap());
+        assert!(b.memory_growing(0, 65536, None).unwrap());
+        assert_eq!(usage.memory(), 196_608, "two stores' grants");
+        // Refused growth is not counted, and says the limit was hit.
+        assert!(!a.memory_growing(131_072, 2 << 20, None).unwrap());
+        assert!(hit.load(Ordering::Relaxed));
+        assert_eq!(usage.memory(), 196_608);
+        drop(a);
+        assert_eq!(
+            usage.memory(),
+            65536,
+            "a dropped store gives its memory back"
+        );
+        drop(b);
+        assert_eq!(usage.memory(), 0);
+    }
+}
