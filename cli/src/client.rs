@@ -41,6 +41,29 @@ impl Client {
         })
     }
 
+    /// A kubeconfig for this node, as k3s writes one: the API port over TLS (kubectl
+    /// sends a token over TLS only) with the node's CA, the bearer token, one context.
+    /// Values are JSON strings (valid YAML).
+    pub(crate) async fn kubeconfig(&self) -> anyhow::Result<String> {
+        use base64::Engine as _;
+        let ca = self
+            .send(self.http.get(self.url("/v1/cluster/ca")))
+            .await?
+            .text()
+            .await?;
+        let server = match self.api.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None => self.api.clone(),
+        };
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        Ok(format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: skiff\n    namespace: default\ncurrent-context: skiff\nusers:\n- name: skiff\n  user:\n    token: {}\npreferences: {{}}\n",
+            q(&server),
+            q(&base64::engine::general_purpose::STANDARD.encode(ca)),
+            q(&self.token)
+        ))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }

@@ -122,6 +122,12 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Print a kubeconfig for this node (server URL and token), for kubectl:
+    /// `KUBECONFIG=<(skiff kubeconfig) kubectl get nodes`.
+    Kubeconfig {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// The cluster: `skiff cluster join-token`.
     Cluster {
         #[command(subcommand)]
@@ -799,6 +805,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             std::process::exit(code)
         }
+        Command::Kubeconfig { client } => {
+            print!("{}", Client::new(&client)?.kubeconfig().await?);
+            Ok(())
+        }
         Command::Stats {
             no_stream,
             names,
@@ -1012,6 +1022,10 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
     if let Some(socket) = &node.docker_socket {
         println!("  docker:  export DOCKER_HOST=unix://{}", socket.display());
     }
+    println!(
+        "  kubectl: skiff kubeconfig --api http://{} > skiff.kubeconfig; KUBECONFIG=skiff.kubeconfig kubectl get nodes",
+        node.api_addr
+    );
     println!(
         "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",
         node.token_path.display(),

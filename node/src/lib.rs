@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod placement;
 pub mod raft;
 pub mod state;
+mod tls;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -150,6 +151,10 @@ pub(crate) struct Shared {
     view: tokio::sync::watch::Sender<Arc<cluster::View>>,
     /// Docker API execs: made by one call, started and inspected by others.
     docker_execs: api::docker::Execs,
+    /// The Kubernetes API's resourceVersions and watch events.
+    kube_journal: api::kube::Journal,
+    /// The CA of the API's TLS (PEM), for kubeconfigs.
+    api_ca: String,
 }
 
 /// A started node.
@@ -200,7 +205,7 @@ impl RunningNode {
 }
 
 /// Reads the token file, creating it (mode 0600) on first start.
-fn load_or_create_secret(
+pub(crate) fn load_or_create_secret(
     path: &Path,
     make: impl FnOnce() -> String,
 ) -> anyhow::Result<(String, bool)> {
@@ -375,6 +380,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("failed to bind the ingress to {}", config.ingress_addr))?;
     let api_addr = api_listener.local_addr()?;
+    let api_tls = tls::load(
+        dir,
+        &[
+            api_addr.ip(),
+            cluster::advertised(api_addr, config.cluster.advertise).ip(),
+        ],
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+    )
+    .context("failed to set up the API's TLS")?;
     let ingress_addr = ingress_listener.local_addr()?;
     let gossip_socket = tokio::net::UdpSocket::bind(config.cluster.gossip_addr)
         .await
@@ -469,6 +485,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         consensus,
         view: view_tx,
         docker_execs: Default::default(),
+        kube_journal: Default::default(),
+        api_ca: api_tls.ca.clone(),
     });
 
     let exits = {
@@ -491,7 +509,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.drain_timeout,
     ));
     let api = serve_router(
-        api_listener.into(),
+        listener::Listening::TcpOrTls(api_listener, api_tls.acceptor.clone()),
         api::router(shared.clone()),
         &config,
         &shutdown,

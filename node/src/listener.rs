@@ -97,6 +97,8 @@ fn set(phase: &SharedPhase, to: Phase) {
 pub(crate) enum Listening {
     Tcp(TcpListener),
     Unix(UnixListener),
+    /// TCP where a connection that opens with a TLS handshake is served over TLS.
+    TcpOrTls(TcpListener, tokio_rustls::TlsAcceptor),
 }
 
 impl From<TcpListener> for Listening {
@@ -114,7 +116,7 @@ const UNIX_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 impl Listening {
     async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         match self {
-            Self::Tcp(l) => {
+            Self::Tcp(l) | Self::TcpOrTls(l, _) => {
                 let (s, remote) = l.accept().await?;
                 // Small responses should not wait for Nagle.
                 let _ = s.set_nodelay(true);
@@ -126,8 +128,29 @@ impl Listening {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Self::Tcp(l) => l.local_addr(),
+            Self::Tcp(l) | Self::TcpOrTls(l, _) => l.local_addr(),
             Self::Unix(_) => Ok(UNIX_ADDR),
+        }
+    }
+
+    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        match self {
+            Self::TcpOrTls(_, tls) => Some(tls.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+impl Conn {
+    /// Whether the client opens with a TLS handshake (waits for its first byte).
+    async fn opens_with_tls(&self) -> io::Result<bool> {
+        let mut first = [0u8; 1];
+        match self {
+            Conn::Tcp(s) => Ok(s.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE),
+            Conn::Unix(_) => Ok(false),
         }
     }
 }
@@ -235,34 +258,46 @@ pub(crate) async fn serve<H, F, B>(
             phase: Phase::Idle(Instant::now()),
             reader: None,
         }));
-        let io = Deadlines::new(stream, phase.clone(), limits);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            set(&phase, Phase::Busy);
-            let response = handler(req, remote, local);
+        let service = hyper::service::service_fn({
             let phase = phase.clone();
-            async move {
-                let response = response.await;
-                Ok::<_, std::convert::Infallible>(
-                    response.map(|inner| Guarded::new(inner, IdleOnDrop(phase))),
-                )
+            move |req| {
+                set(&phase, Phase::Busy);
+                let response = handler(req, remote, local);
+                let phase = phase.clone();
+                async move {
+                    let response = response.await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|inner| Guarded::new(inner, IdleOnDrop(phase))),
+                    )
+                }
             }
         });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service)
-            // Docker's attach and exec take over their connection (101 Switching Protocols).
-            .with_upgrades();
         let stop = shutdown.clone();
+        let tls = listener.tls();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            // At shutdown: no new requests on it, the one in flight finishes.
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let tls = match tls {
+                // A client that never sends its first byte is as slow as one that
+                // trickles its head.
+                Some(tls) => {
+                    match tokio::time::timeout(limits.idle_timeout, stream.opens_with_tls()).await {
+                        Ok(Ok(true)) => Some(tls),
+                        Ok(Ok(false)) => None,
+                        _ => return,
+                    }
                 }
+                None => None,
+            };
+            let io = Deadlines::new(stream, phase, limits);
+            let ended = match tls {
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(io)).await {
+                        Ok(Ok(io)) => serve_http(io, service, stop).await,
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err("the TLS handshake timed out".into()),
+                    }
+                }
+                None => serve_http(io, service, stop).await,
             };
             if let Err(e) = ended {
                 debug!(listener = what, error = %e, "connection ended with an error");
@@ -283,6 +318,36 @@ pub(crate) async fn serve<H, F, B>(
             "drain timed out with connections still open"
         );
     }
+}
+
+/// Serves HTTP/1.1 on one connection until it ends or, at `stop`, its request in
+/// flight is answered.
+async fn serve_http<I, S, B>(io: I, service: S, stop: CancellationToken) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        // Docker's attach and exec take over their connection (101 Switching Protocols).
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    ended.map_err(Into::into)
 }
 
 /// Marks its connection idle when dropped: carried by each response body, which hyper

@@ -4,7 +4,8 @@
 //! with no I/O: validated names ([`AppName`]), content digests ([`Digest`]), what an app is
 //! and how it is bounded ([`AppSpec`], [`Limits`]), the JSON the API speaks ([`api`]),
 //! the Kubernetes objects skiff applies ([`k8s`]) and the manifests they come in
-//! ([`manifest`]).
+//! ([`manifest`]), the OpenAPI document kubectl validates them with ([`openapi`]) and
+//! the patches that change them ([`patch`]).
 //! No tokio, no wasmtime: this crate is cheap to depend on from anywhere.
 
 #![deny(missing_docs)]
@@ -18,6 +19,8 @@ pub mod k8s;
 mod limits;
 pub mod manifest;
 mod name;
+pub mod openapi;
+pub mod patch;
 
 pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_matches};
 pub use container::{PortMapping, RestartPolicy, RunParams};

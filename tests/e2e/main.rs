@@ -12,6 +12,7 @@ mod hostile;
 mod images;
 mod kinds;
 mod kube;
+mod kubectl;
 mod lifecycle;
 mod netns;
 mod observe;

@@ -23,7 +23,7 @@ use crate::Shared;
 mod containers;
 pub(crate) mod docker;
 pub(crate) mod images;
-mod kube;
+pub(crate) mod kube;
 mod peer;
 
 /// The API's one error type: a status, a stable code and a message. 4xx carry the
@@ -148,14 +148,47 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The `reason` of a Kubernetes `Status` for an error.
+fn status_reason(status: StatusCode, code: &str) -> &'static str {
+    match (status.as_u16(), code) {
+        (409, "already_exists") => "AlreadyExists",
+        (400, _) => "BadRequest",
+        (401, _) => "Unauthorized",
+        (403, _) => "Forbidden",
+        (404, _) => "NotFound",
+        (405, _) => "MethodNotAllowed",
+        (409, _) => "Conflict",
+        (410, _) => "Expired",
+        (413, _) => "RequestEntityTooLarge",
+        (415, _) => "UnsupportedMediaType",
+        (422, _) => "Invalid",
+        (429, _) => "TooManyRequests",
+        (503, _) => "ServiceUnavailable",
+        (504, _) => "Timeout",
+        _ => "InternalError",
+    }
+}
+
+/// Every error is skiff's `{"error": {code, message}}` and, in the same object, a
+/// Kubernetes `Status`, so kubectl and client-go read the API's errors as a real
+/// server's.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
+        let reason = status_reason(self.status, self.code);
+        let mut body = serde_json::to_value(ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
-                message: self.message,
+                message: self.message.clone(),
             },
-        };
+        })
+        .expect("errors serialize");
+        body["kind"] = "Status".into();
+        body["apiVersion"] = "v1".into();
+        body["metadata"] = serde_json::json!({});
+        body["status"] = "Failure".into();
+        body["message"] = self.message.into();
+        body["reason"] = reason.into();
+        body["code"] = self.status.as_u16().into();
         (self.status, Json(body)).into_response()
     }
 }
@@ -206,6 +239,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/v1/cluster/join-token", get(join_token))
+        .route("/v1/cluster/ca", get(api_ca))
         .merge(kube::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -269,6 +303,15 @@ async fn join_token(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value
         "join_token": cluster.join_token(),
         "cluster_id": cluster.identity().cluster_id,
     }))
+}
+
+/// `GET /v1/cluster/ca`: the CA of the API port's TLS (PEM), which kubeconfigs carry.
+async fn api_ca(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        shared.api_ca.clone(),
+    )
+        .into_response()
 }
 
 /// `ok`, or 503 naming what is wrong (the state store cannot be written).

@@ -215,14 +215,6 @@ impl Apps {
         Ok(self.deployment_object(&self.stored(name)?))
     }
 
-    /// A Service as it is shown (with its status), or 404.
-    pub(crate) fn service(&self, name: &str) -> Result<k8s::Service, AppError> {
-        self.desired
-            .read(|s| s.state.services.get(name).cloned())
-            .map(with_status)
-            .ok_or_else(|| AppError::not_found(format!("service/{name} not found")))
-    }
-
     /// Every Service as it is shown.
     pub(crate) fn services(&self) -> Vec<k8s::Service> {
         self.desired.read(|s| {
@@ -243,16 +235,9 @@ impl Apps {
         Ok(self.history(&self.stored(name)?))
     }
 
-    /// Every Deployment with its status.
-    pub(crate) fn deployments(&self) -> Vec<k8s::Deployment> {
-        let stored: Vec<StoredDeployment> = self
-            .desired
-            .read(|s| s.state.deployments.values().cloned().collect());
-        stored.iter().map(|d| self.deployment_object(d)).collect()
-    }
-
-    /// The desired state's version (lists' resourceVersion).
-    pub(crate) fn desired_version(&self) -> u64 {
-        self.desired.read(|s| s.state.version)
+    /// Every Deployment as stored, with its revisions.
+    pub(crate) fn stored_deployments(&self) -> Vec<StoredDeployment> {
+        self.desired
+            .read(|s| s.state.deployments.values().cloned().collect())
     }
 }

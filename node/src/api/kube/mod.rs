@@ -1,0 +1,2030 @@
+//! The Kubernetes API, as kubectl and client-go speak it, over skiff's objects.
+//!
+//! Served on the API port under the token: discovery (`/api`, `/apis`, `/api/v1`,
+//! `/apis/apps/v1`, `/version`), the OpenAPI v2 document kubectl validates with
+//! (`/openapi/v2`, JSON or protobuf), and the resources of the `default` namespace:
+//! `deployments` (with `scale` and `status`), `replicasets` (a Deployment's revisions,
+//! read-only), `pods` (read and delete), `services`, `events` (read-only), and the
+//! cluster's `nodes` and `namespaces`. Verbs: get, list (label and field selectors,
+//! `limit`/`continue`), watch (`?watch=true`, from a `resourceVersion`), create,
+//! update, patch (JSON, merge and strategic merge), delete; `Table` answers when
+//! `kubectl get` asks for them. Errors are `Status` objects (see `ApiError`).
+//!
+//! Writes go through the same manifest reader and commands as `skiff apply`: an object
+//! sent here is checked as a file would be, and unknown fields come back as `Warning`
+//! headers, which kubectl prints. resourceVersions come from the [`journal`].
+//!
+//! skiff's own CLI uses these paths too, plus `POST /v1/apply` and `/v1/delete` (whole
+//! manifest files, read on the node, all or nothing) and
+//! `/v1/deployments/{name}/image|rollback|history`.
+
+mod discovery;
+mod journal;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use skiff_spec::api::{ApplyResult, ManifestFiles, RolloutHistory};
+use skiff_spec::k8s;
+use skiff_spec::manifest::{self, Object};
+use skiff_spec::patch::{self, PatchKind};
+
+pub(crate) use journal::Journal;
+
+use super::ApiError;
+use crate::Shared;
+use crate::desired::{Command, StoredDeployment};
+
+/// Largest request body of these routes (manifest files are bounded again one by one).
+const BODY_LIMIT: usize = 32 << 20;
+
+/// Most watches open at once on a node.
+const MAX_WATCHES: usize = 256;
+
+/// How often a watch reads its kind again (pods and nodes change without a command).
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+/// The longest a watch stays open (clients watch again from where they were).
+const MAX_WATCH: Duration = Duration::from_secs(1800);
+
+/// The revision annotation Kubernetes puts on Deployments and ReplicaSets.
+const REVISION: &str = "deployment.kubernetes.io/revision";
+
+/// The kinds served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Deployment,
+    ReplicaSet,
+    Pod,
+    Service,
+    Node,
+    Event,
+    Namespace,
+}
+
+/// A resource as discovery describes it.
+pub(crate) struct Resource {
+    kind: Kind,
+    plural: &'static str,
+    singular: &'static str,
+    kind_name: &'static str,
+    /// `""` for the core group.
+    group: &'static str,
+    namespaced: bool,
+    verbs: &'static [&'static str],
+    short_names: &'static [&'static str],
+    /// In kubectl's `all` category.
+    all: bool,
+}
+
+impl Resource {
+    fn api_version(&self) -> &'static str {
+        if self.group == "apps" {
+            "apps/v1"
+        } else {
+            "v1"
+        }
+    }
+
+    /// `deployments.apps`, `pods`: as Kubernetes names a resource in messages.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+pub(crate) const RESOURCES: [Resource; 7] = [
+    Resource {
+        kind: Kind::Deployment,
+        plural: "deployments",
+        singular: "deployment",
+        kind_name: "Deployment",
+        group: "apps",
+        namespaced: true,
+        verbs: WRITE,
+        short_names: &["deploy"],
+        all: true,
+    },
+    Resource {
+        kind: Kind::ReplicaSet,
+        plural: "replicasets",
+        singular: "replicaset",
+        kind_name: "ReplicaSet",
+        group: "apps",
+        namespaced: true,
+        verbs: READ,
+        short_names: &["rs"],
+        all: true,
+    },
+    Resource {
+        kind: Kind::Pod,
+        plural: "pods",
+        singular: "pod",
+        kind_name: "Pod",
+        group: "",
+        namespaced: true,
+        verbs: &["delete", "get", "list", "watch"],
+        short_names: &["po"],
+        all: true,
+    },
+    Resource {
+        kind: Kind::Service,
+        plural: "services",
+        singular: "service",
+        kind_name: "Service",
+        group: "",
+        namespaced: true,
+        verbs: WRITE,
+        short_names: &["svc"],
+        all: true,
+    },
+    Resource {
+        kind: Kind::Node,
+        plural: "nodes",
+        singular: "node",
+        kind_name: "Node",
+        group: "",
+        namespaced: false,
+        verbs: &["get", "list", "patch", "watch"],
+        short_names: &["no"],
+        all: false,
+    },
+    Resource {
+        kind: Kind::Event,
+        plural: "events",
+        singular: "event",
+        kind_name: "Event",
+        group: "",
+        namespaced: true,
+        verbs: READ,
+        short_names: &["ev"],
+        all: false,
+    },
+    Resource {
+        kind: Kind::Namespace,
+        plural: "namespaces",
+        singular: "namespace",
+        kind_name: "Namespace",
+        group: "",
+        namespaced: false,
+        verbs: READ,
+        short_names: &["ns"],
+        all: false,
+    },
+];
+
+fn resource(group: &str, plural: &str) -> Result<&'static Resource, ApiError> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+        .ok_or_else(|| ApiError::not_found("the server could not find the requested resource"))
+}
+
+fn resource_of(kind: Kind) -> &'static Resource {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind)
+        .expect("every kind is a resource")
+}
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    let mut router = Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/delete", post(delete_files))
+        .route("/v1/deployments/{name}/image", post(set_image))
+        .route("/v1/deployments/{name}/rollback", post(rollback))
+        .route("/v1/deployments/{name}/history", get(history))
+        .merge(discovery::routes());
+    for (prefix, group) in [("/api/v1", ""), ("/apis/apps/v1", "apps")] {
+        let handler = move |state: State<Arc<Shared>>,
+                            Path(params): Path<HashMap<String, String>>,
+                            method: Method,
+                            RawQuery(query): RawQuery,
+                            headers: HeaderMap,
+                            body: Bytes| {
+            let target = Target {
+                group,
+                namespace: params.get("ns").cloned(),
+                resource: params.get("resource").cloned().unwrap_or_default(),
+                name: params.get("name").cloned(),
+                sub: params.get("sub").cloned(),
+            };
+            async move {
+                dispatch(&state.0, target, method, query, &headers, body)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+        };
+        for shape in [
+            "/{resource}",
+            "/{resource}/{name}",
+            "/{resource}/{name}/{sub}",
+            "/namespaces/{ns}/{resource}",
+            "/namespaces/{ns}/{resource}/{name}",
+            "/namespaces/{ns}/{resource}/{name}/{sub}",
+        ] {
+            router = router.route(&format!("{prefix}{shape}"), any(handler));
+        }
+    }
+    router.layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// What a request names.
+struct Target {
+    group: &'static str,
+    namespace: Option<String>,
+    resource: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+/// Query parameters the API reads.
+#[derive(Default)]
+struct Params {
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    watch: bool,
+    resource_version: Option<String>,
+    timeout: Option<Duration>,
+    limit: Option<usize>,
+    continue_: Option<String>,
+    dry_run: bool,
+}
+
+fn params(query: Option<String>) -> Result<Params, ApiError> {
+    let mut p = Params::default();
+    for (k, v) in super::query_pairs(query) {
+        match k.as_str() {
+            "labelSelector" => p.label_selector = Some(v),
+            "fieldSelector" => p.field_selector = Some(v),
+            "watch" => p.watch = v == "true" || v == "1",
+            "resourceVersion" => p.resource_version = Some(v),
+            "timeoutSeconds" => {
+                let s: u64 = v.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid",
+                        format!("timeoutSeconds: {v:?} is not a number"),
+                    )
+                })?;
+                p.timeout = Some(Duration::from_secs(s));
+            }
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| {
+                    ApiError::bad_request("invalid", format!("limit: {v:?} is not a number"))
+                })?;
+                p.limit = (n > 0).then_some(n);
+            }
+            "continue" => p.continue_ = Some(v).filter(|v| !v.is_empty()),
+            "dryRun" => p.dry_run = !v.is_empty(),
+            // Read and ignored, as a server without these features ignores them.
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    t: Target,
+    method: Method,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let res = resource(t.group, &t.resource)?;
+    // `/api/v1/namespaces/default` is the namespace object itself.
+    match (&t.namespace, res.namespaced) {
+        (Some(ns), true) => namespace(ns)?,
+        (Some(_), false) => {
+            return Err(ApiError::not_found(
+                "the server could not find the requested resource",
+            ));
+        }
+        (None, true) if t.name.is_some() => {
+            return Err(ApiError::not_found(
+                "the server could not find the requested resource",
+            ));
+        }
+        _ => {}
+    }
+    let p = params(query)?;
+    let table = table::wanted(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match (method, t.name, t.sub.as_deref()) {
+        (Method::GET, None, None) if p.watch => watch(shared.clone(), res, p, table).await,
+        (Method::GET, None, None) => list(shared, res, &p, table).await,
+        (Method::POST, None, None) => create(shared, res, &p, &body).await,
+        (Method::GET, Some(name), None | Some("status")) => {
+            let object = get_object(shared, res, &name).await?;
+            Ok(if table {
+                Json(table::table(res.kind, &[object], "", None)).into_response()
+            } else {
+                Json(object).into_response()
+            })
+        }
+        (Method::PUT, Some(name), None) => {
+            let object = json_body(&body)?;
+            update(shared, res, &name, object, &p, true).await
+        }
+        (Method::PATCH, Some(name), None) => {
+            patch_object(shared, res, &name, content_type, &body, &p).await
+        }
+        (Method::DELETE, Some(name), None) => delete(shared, res, &name).await,
+        (method, Some(name), Some("scale")) if res.kind == Kind::Deployment => {
+            scale(shared, &name, method, content_type, &body).await
+        }
+        (Method::PUT | Method::PATCH, Some(_), Some("status")) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("the status of {} is written by skiff", res.qualified()),
+        )),
+        (_, Some(_), Some(_)) => Err(ApiError::not_found(
+            "the server could not find the requested resource",
+        )),
+        (method, _, _) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not supported on {}", res.qualified()),
+        )),
+    }
+}
+
+/// skiff has one namespace.
+fn namespace(ns: &str) -> Result<(), ApiError> {
+    if ns == "default" {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "namespaces {ns:?} not found; skiff has only the namespace default"
+        )))
+    }
+}
+
+fn not_found(res: &Resource, name: &str) -> ApiError {
+    ApiError::not_found(format!("{} {name:?} not found", res.qualified()))
+}
+
+/// One requirement of an equality-based label selector.
+#[derive(Debug, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+/// Parses `app=web,tier!=db,canary,!legacy` (kubectl's `-l`; `--field-selector` takes
+/// the same shape without the bare forms).
+fn selector(text: &str, what: &str) -> Result<Vec<Requirement>, ApiError> {
+    let bad = |part: &str| {
+        ApiError::bad_request(
+            "invalid_selector",
+            format!("{what}: {part:?} is not key, !key, key=value or key!=value"),
+        )
+    };
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let r = if let Some((k, v)) = part.split_once("!=") {
+            Requirement::NotEquals(k.trim().into(), v.trim().into())
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            Requirement::Equals(k.trim().into(), v.trim().into())
+        } else if let Some(k) = part.strip_prefix('!') {
+            Requirement::Absent(k.trim().into())
+        } else {
+            Requirement::Exists(part.into())
+        };
+        let key = match &r {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::Exists(k)
+            | Requirement::Absent(k) => k,
+        };
+        if !key_ok(key) {
+            return Err(bad(part));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn matches(reqs: &[Requirement], get: impl Fn(&str) -> Option<String>) -> bool {
+    reqs.iter().all(|r| match r {
+        Requirement::Equals(k, v) => get(k).as_ref() == Some(v),
+        Requirement::NotEquals(k, v) => get(k).as_ref() != Some(v),
+        Requirement::Exists(k) => get(k).is_some(),
+        Requirement::Absent(k) => get(k).is_none(),
+    })
+}
+
+/// The fields a field selector may name, beyond `metadata.name` and
+/// `metadata.namespace`.
+fn selectable(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Pod => &["spec.nodeName", "status.phase"],
+        Kind::Node => &["spec.unschedulable"],
+        Kind::Event => &[
+            "involvedObject.kind",
+            "involvedObject.name",
+            "involvedObject.namespace",
+            "involvedObject.uid",
+            "reason",
+            "type",
+        ],
+        Kind::Namespace => &["status.phase"],
+        _ => &[],
+    }
+}
+
+/// The value at a dotted path, as a field selector compares it.
+fn field(object: &Value, path: &str) -> String {
+    let mut v = object;
+    for part in path.split('.') {
+        v = &v[part];
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null if path == "spec.unschedulable" => "false".into(),
+        _ => String::new(),
+    }
+}
+
+/// Label and field selectors of a request, checked.
+struct Filter {
+    labels: Vec<Requirement>,
+    fields: Vec<Requirement>,
+}
+
+impl Filter {
+    fn new(kind: Kind, p: &Params) -> Result<Self, ApiError> {
+        let labels = selector(p.label_selector.as_deref().unwrap_or(""), "labelSelector")?;
+        let fields = selector(p.field_selector.as_deref().unwrap_or(""), "fieldSelector")?;
+        for r in &fields {
+            let (Requirement::Equals(k, _) | Requirement::NotEquals(k, _)) = r else {
+                return Err(ApiError::bad_request(
+                    "invalid_selector",
+                    "fieldSelector: only key=value and key!=value",
+                ));
+            };
+            if !(k == "metadata.name"
+                || k == "metadata.namespace"
+                || selectable(kind).contains(&k.as_str()))
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_selector",
+                    format!(
+                        "field label not supported: {k} (metadata.name, metadata.namespace{})",
+                        selectable(kind)
+                            .iter()
+                            .map(|f| format!(", {f}"))
+                            .collect::<String>()
+                    ),
+                ));
+            }
+        }
+        Ok(Self { labels, fields })
+    }
+
+    fn admits(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        matches(&self.labels, |k| labels[k].as_str().map(String::from))
+            && matches(&self.fields, |k| Some(field(object, k)))
+    }
+}
+
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_object",
+            format!("the body is not a JSON object: {e}"),
+        )
+    })
+}
+
+/// This node's pods and every live peer's (a peer that does not answer within 2 s is
+/// left out: its pods show once it does).
+pub(super) async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
+    let mut pods = shared.apps.pod_objects(&shared.cluster.identity().name);
+    let view = shared.apps.view();
+    let asks = view
+        .nodes
+        .iter()
+        .filter(|n| n.id != view.me)
+        .filter_map(|n| n.api.clone())
+        .map(|api| async move {
+            shared
+                .consensus
+                .client()
+                .call::<_, Vec<k8s::Pod>>(&api, "/v1/peer/pods", &(), Duration::from_secs(2))
+                .await
+        });
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(remote) => pods.extend(remote),
+            Err(e) => tracing::debug!(error = %e, "a peer's pods are left out"),
+        }
+    }
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    pods
+}
+
+/// Every node gossip knows, with its Raft role and whether it is cordoned.
+async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
+    let roles = shared.consensus.roles();
+    let cordoned = shared.apps.cordoned();
+    shared
+        .cluster
+        .members()
+        .await
+        .iter()
+        .map(|m| {
+            let role = crate::raft::raft_id(&m.node_id)
+                .and_then(|id| roles.get(&id))
+                .map_or(crate::raft::Role::None, |r| *r);
+            let mut node = m.node(role.as_str());
+            node.spec.unschedulable = cordoned.contains(&node.metadata.name);
+            node
+        })
+        .collect()
+}
+
+fn value(object: impl serde::Serialize) -> Value {
+    serde_json::to_value(object).expect("objects serialize")
+}
+
+/// A Deployment as served: with its status and current revision.
+fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
+    let mut v = value(shared.apps.deployment_object(d));
+    v["metadata"]["namespace"] = json!("default");
+    v["metadata"]["annotations"][REVISION] = json!(d.current().number.to_string());
+    v
+}
+
+/// A stable uid for an object derived from another (a revision's ReplicaSet, an event).
+fn derived_uid(base: &str, part: &str) -> String {
+    use sha2::Digest as _;
+    let h = hex::encode(&sha2::Sha256::digest(format!("{base}/{part}").as_bytes())[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Every revision of every Deployment as a ReplicaSet: the current one wants the
+/// Deployment's replicas, an old one the pods it still has (none once rolled out).
+fn replica_sets(shared: &Shared, stored: &[StoredDeployment], pods: &[k8s::Pod]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for d in stored {
+        let name = &d.object.metadata.name;
+        let uid = d.object.metadata.uid.clone().unwrap_or_default();
+        let current = d.current().number;
+        let status = shared.apps.deployment_object(d).status.unwrap_or_default();
+        for r in &d.revisions {
+            let mine: Vec<&k8s::Pod> = pods
+                .iter()
+                .filter(|p| {
+                    p.metadata.labels.get("pod-template-hash") == Some(&r.hash)
+                        && p.metadata.name.starts_with(&format!("{name}-"))
+                })
+                .collect();
+            let ready = mine
+                .iter()
+                .filter(|p| {
+                    p.status.container_statuses.iter().all(|c| c.ready)
+                        && p.status.phase == "Running"
+                })
+                .count();
+            let wanted = if r.number == current {
+                d.object.spec.replicas.unwrap_or(1)
+            } else {
+                mine.iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count() as i32
+            };
+            let mut template = value(&r.template);
+            template["metadata"]["labels"]["pod-template-hash"] = json!(r.hash);
+            let mut selector = value(&d.object.spec.selector);
+            selector["matchLabels"]["pod-template-hash"] = json!(r.hash);
+            let mut labels = template["metadata"]["labels"].clone();
+            labels["pod-template-hash"] = json!(r.hash);
+            out.push(json!({
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": format!("{name}-{}", r.hash),
+                    "namespace": "default",
+                    "uid": derived_uid(&uid, &r.hash),
+                    "creationTimestamp": r.at,
+                    "generation": 1,
+                    "labels": labels,
+                    "annotations": {
+                        REVISION: r.number.to_string(),
+                        "deployment.kubernetes.io/desired-replicas":
+                            d.object.spec.replicas.unwrap_or(1).to_string(),
+                    },
+                    "ownerReferences": [{
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": name,
+                        "uid": uid,
+                        "controller": true,
+                        "blockOwnerDeletion": true,
+                    }],
+                },
+                "spec": {"replicas": wanted, "selector": selector, "template": template},
+                "status": {
+                    "replicas": mine.len(),
+                    "fullyLabeledReplicas": mine.len(),
+                    "readyReplicas": ready,
+                    "availableReplicas": ready,
+                    "observedGeneration": status.observed_generation.unwrap_or(1).max(1),
+                },
+            }));
+        }
+    }
+    out
+}
+
+/// What happened to Deployments, as `v1 Event`s about them.
+fn events(shared: &Shared, stored: &[StoredDeployment]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for d in stored {
+        let name = &d.object.metadata.name;
+        let uid = d.object.metadata.uid.clone().unwrap_or_default();
+        for e in shared.apps.history(d).events {
+            let id = derived_uid(&uid, &format!("{}/{}/{}", e.at, e.reason, e.message));
+            out.push(json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": format!("{name}.{}", &id[..8]),
+                    "namespace": "default",
+                    "uid": id,
+                    "creationTimestamp": e.at,
+                },
+                "involvedObject": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": name,
+                    "namespace": "default",
+                    "uid": uid,
+                },
+                "reason": e.reason,
+                "message": e.message,
+                "type": e.kind,
+                "count": 1,
+                "firstTimestamp": e.at,
+                "lastTimestamp": e.at,
+                "source": {"component": "skiff"},
+                "reportingComponent": "skiff",
+            }));
+        }
+    }
+    out
+}
+
+/// The objects of `kind` now, before the journal versions them.
+async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
+    let stored = || -> Vec<StoredDeployment> { shared.apps.stored_deployments() };
+    let mut out: Vec<Value> = match kind {
+        Kind::Deployment => stored()
+            .iter()
+            .map(|d| deployment_value(shared, d))
+            .collect(),
+        Kind::ReplicaSet => {
+            let pods = all_pods(shared).await;
+            replica_sets(shared, &stored(), &pods)
+        }
+        Kind::Pod => all_pods(shared).await.into_iter().map(value).collect(),
+        Kind::Service => shared
+            .apps
+            .services()
+            .into_iter()
+            .map(|s| {
+                let mut v = value(s);
+                v["metadata"]["namespace"] = json!("default");
+                v
+            })
+            .collect(),
+        Kind::Node => nodes(shared).await.into_iter().map(value).collect(),
+        Kind::Event => events(shared, &stored()),
+        Kind::Namespace => vec![json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "default", "uid": derived_uid("namespace", "default")},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        })],
+    };
+    for v in &mut out {
+        v["apiVersion"] = json!(resource_of(kind).api_version());
+        v["kind"] = json!(resource_of(kind).kind_name);
+    }
+    out.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    out
+}
+
+/// The objects of `kind` with their versions, and the journal's version.
+async fn objects(shared: &Shared, kind: Kind) -> (Vec<Value>, u64) {
+    let _reading = shared.kube_journal.reading.lock().await;
+    let now = read_kind(shared, kind).await;
+    shared.kube_journal.observe(kind, now)
+}
+
+async fn get_object(shared: &Shared, res: &Resource, name: &str) -> Result<Value, ApiError> {
+    objects(shared, res.kind)
+        .await
+        .0
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .ok_or_else(|| not_found(res, name))
+}
+
+async fn list(
+    shared: &Shared,
+    res: &Resource,
+    p: &Params,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let filter = Filter::new(res.kind, p)?;
+    let (all, version) = objects(shared, res.kind).await;
+    // A continue token is the hex of the last name given: names sort, so the next
+    // page starts after it.
+    let after = match &p.continue_ {
+        Some(token) => Some(
+            hex::decode(token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid", "continue: not a token this server gave")
+                })?,
+        ),
+        None => None,
+    };
+    let mut items: Vec<Value> = all
+        .into_iter()
+        .filter(|o| filter.admits(o))
+        .filter(|o| {
+            after
+                .as_deref()
+                .is_none_or(|a| o["metadata"]["name"].as_str() > Some(a))
+        })
+        .collect();
+    let mut next = None;
+    let mut remaining = 0;
+    if let Some(limit) = p.limit
+        && items.len() > limit
+    {
+        remaining = items.len() - limit;
+        items.truncate(limit);
+        next = items
+            .last()
+            .and_then(|o| o["metadata"]["name"].as_str())
+            .map(|n| hex::encode(n.as_bytes()));
+    }
+    if table {
+        return Ok(Json(table::table(
+            res.kind,
+            &items,
+            &version.to_string(),
+            next.as_deref(),
+        ))
+        .into_response());
+    }
+    let mut metadata = json!({"resourceVersion": version.to_string()});
+    if let Some(n) = next {
+        metadata["continue"] = json!(n);
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    Ok(Json(json!({
+        "apiVersion": res.api_version(),
+        "kind": format!("{}List", res.kind_name),
+        "metadata": metadata,
+        "items": items,
+    }))
+    .into_response())
+}
+
+/// Watches open now, against [`MAX_WATCHES`].
+static WATCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// Holds a watch's place while it streams.
+struct WatchSlot;
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        WATCHES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One watch event as a line.
+fn event_line(change: &str, kind: Kind, object: &Value, table: bool) -> Bytes {
+    let object = if table {
+        let version = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        table::table(kind, std::slice::from_ref(object), version, None)
+    } else {
+        object.clone()
+    };
+    let mut line =
+        serde_json::to_vec(&json!({"type": change, "object": object})).expect("events serialize");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// `?watch=true`: `ADDED`/`MODIFIED`/`DELETED` lines from the version asked for (or
+/// every object now, then changes), until `timeoutSeconds`, a client that reads too
+/// slowly to keep up (it watches again from its last version), or the node stops.
+async fn watch(
+    shared: Arc<Shared>,
+    res: &'static Resource,
+    p: Params,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let filter = Filter::new(res.kind, &p)?;
+    let from = match p.resource_version.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid",
+                format!("resourceVersion: {v:?} is not one this server gave"),
+            )
+        })?),
+    };
+    if WATCHES.fetch_add(1, Ordering::Relaxed) >= MAX_WATCHES {
+        WATCHES.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watches",
+            format!("{MAX_WATCHES} watches are open on this node; try again later"),
+        ));
+    }
+    let slot = WatchSlot;
+    let (current, _) = objects(&shared, res.kind).await;
+    let kind = res.kind;
+    let mut first: Vec<Bytes> = Vec::new();
+    let mut last = 0;
+    let rx = match shared.kube_journal.watch(kind, from, current) {
+        Ok((journal::Start::Now(objects), rx)) => {
+            for o in objects.iter().filter(|o| filter.admits(o)) {
+                first.push(event_line("ADDED", kind, o, table));
+            }
+            last = shared.kube_journal.version();
+            Some(rx)
+        }
+        Ok((journal::Start::After(events), rx)) => {
+            for e in &events {
+                if filter.admits(&e.object) {
+                    first.push(event_line(e.change.as_str(), kind, &e.object, table));
+                }
+                last = e.version;
+            }
+            last = last.max(from.unwrap_or(0));
+            Some(rx)
+        }
+        Err(oldest) => {
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {} ({oldest})", from.unwrap_or(0)),
+                "reason": "Expired", "code": 410,
+            });
+            let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
+                .expect("serializes");
+            line.push(b'\n');
+            first.push(Bytes::from(line));
+            None
+        }
+    };
+    let limit = p.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    let deadline = tokio::time::Instant::now() + limit;
+    let state = (shared, rx, filter, last, slot);
+    let live = futures_util::stream::unfold(
+        state,
+        move |(shared, rx, filter, mut last, slot)| async move {
+            let mut rx = rx?;
+            let mut poll = tokio::time::interval(WATCH_POLL);
+            loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Ok(e) if e.kind == kind && e.version > last => {
+                            last = e.version;
+                            if filter.admits(&e.object) {
+                                let line = event_line(e.change.as_str(), kind, &e.object, table);
+                                return Some((line, (shared, Some(rx), filter, last, slot)));
+                            }
+                        }
+                        Ok(_) => {}
+                        // Fell behind or the journal is gone: end; the client watches again.
+                        Err(_) => return None,
+                    },
+                    _ = poll.tick() => {
+                        objects(&shared, kind).await;
+                    }
+                    () = tokio::time::sleep_until(deadline) => return None,
+                    () = shared.shutdown.cancelled() => return None,
+                }
+            }
+        },
+    );
+    let body = futures_util::stream::iter(first)
+        .chain(live)
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Annotations the node sets: never taken from what a client sends.
+fn strip_server_fields(object: &mut Value) {
+    if let Some(a) = object["metadata"]["annotations"].as_object_mut() {
+        a.remove(REVISION);
+    }
+}
+
+/// Drops nulls, empty objects and empty lists, which Kubernetes reads as absent:
+/// client-go writes them (`creationTimestamp: null`, `resources: {}`), and a template
+/// that differs only by them must be the same revision (`rollout undo` sends an old
+/// template back through Go's types).
+fn prune(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.values_mut().for_each(prune);
+            m.retain(|_, v| !is_empty(v));
+        }
+        Value::Array(a) => a.iter_mut().for_each(prune),
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Reads `object` as the manifest reader reads a file: checked, with warnings for the
+/// fields skiff does not read.
+fn read_object(
+    res: &Resource,
+    name: Option<&str>,
+    mut object: Value,
+) -> Result<(Object, Vec<String>), ApiError> {
+    if object["apiVersion"] != res.api_version() || object["kind"] != res.kind_name {
+        return Err(ApiError::bad_request(
+            "invalid_object",
+            format!(
+                "the object is {} {}, not {} {}",
+                object["apiVersion"].as_str().unwrap_or("<none>"),
+                object["kind"].as_str().unwrap_or("<none>"),
+                res.api_version(),
+                res.kind_name
+            ),
+        ));
+    }
+    if let Some(name) = name
+        && object["metadata"]["name"] != name
+    {
+        return Err(ApiError::bad_request(
+            "invalid_object",
+            format!(
+                "metadata.name {} does not match the name in the path, {name:?}",
+                object["metadata"]["name"]
+            ),
+        ));
+    }
+    strip_server_fields(&mut object);
+    prune(&mut object);
+    let text = object.to_string();
+    if text.len() > manifest::MAX_MANIFEST_BYTES {
+        return Err(ApiError::too_large(format!(
+            "the object is {} bytes; at most {}",
+            text.len(),
+            manifest::MAX_MANIFEST_BYTES
+        )));
+    }
+    let mut docs = manifest::parse("the request", &text)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.message))?;
+    let doc = docs
+        .pop()
+        .ok_or_else(|| ApiError::bad_request("invalid_object", "no object in the request"))?;
+    // What the node reports (status, server metadata) is not the client's to set, and
+    // not worth a warning.
+    let warnings = doc
+        .warnings
+        .into_iter()
+        .filter(|w| !w.contains("\"status") && !w.contains("\"metadata."))
+        .collect();
+    Ok((doc.object, warnings))
+}
+
+/// `Warning` headers, as kubectl prints them.
+fn warn(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings.iter().take(16) {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("warning", v);
+        }
+    }
+    response
+}
+
+async fn create(
+    shared: &Shared,
+    res: &'static Resource,
+    p: &Params,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if !matches!(res.kind, Kind::Deployment | Kind::Service) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} are not created through the API on skiff",
+                res.qualified()
+            ),
+        ));
+    }
+    let object = json_body(body)?;
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "{} is invalid: metadata.name: Required value (generateName is not supported)",
+                res.qualified()
+            ),
+        ));
+    }
+    if get_object(shared, res, &name).await.is_ok() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!("{} {name:?} already exists", res.qualified()),
+        ));
+    }
+    let (object, warnings) = read_object(res, None, object)?;
+    let written = write(shared, res, &name, object, p).await?;
+    Ok(warn(
+        (StatusCode::CREATED, Json(written)).into_response(),
+        &warnings,
+    ))
+}
+
+/// Applies a checked object (nothing with `dryRun`) and answers with it as stored.
+async fn write(
+    shared: &Shared,
+    res: &Resource,
+    name: &str,
+    object: Object,
+    p: &Params,
+) -> Result<Value, ApiError> {
+    if p.dry_run {
+        let mut v = match &object {
+            Object::Deployment(d) => value(d),
+            Object::Service(s) => value(s),
+        };
+        v["metadata"]["namespace"] = json!("default");
+        return Ok(v);
+    }
+    shared.apps.apply_object(object).await?;
+    get_object(shared, res, name).await
+}
+
+async fn update(
+    shared: &Shared,
+    res: &'static Resource,
+    name: &str,
+    object: Value,
+    p: &Params,
+    check_version: bool,
+) -> Result<Response, ApiError> {
+    if !matches!(res.kind, Kind::Deployment | Kind::Service) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} are not changed through the API on skiff",
+                res.qualified()
+            ),
+        ));
+    }
+    let current = get_object(shared, res, name).await?;
+    if check_version
+        && let Some(sent) = object["metadata"]["resourceVersion"].as_str()
+        && Some(sent) != current["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(format!(
+            "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+            res.qualified()
+        )));
+    }
+    let (object, warnings) = read_object(res, Some(name), object)?;
+    let written = write(shared, res, name, object, p).await?;
+    Ok(warn(Json(written).into_response(), &warnings))
+}
+
+fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
+    // skiff's own CLI sends merge patches as plain JSON.
+    if content_type.split(';').next().unwrap_or("").trim() == "application/json" {
+        return Ok(PatchKind::Merge);
+    }
+    PatchKind::from_content_type(content_type).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body of the request was in an unknown format {content_type:?}; accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (server-side apply is not supported: use kubectl apply without --server-side)"
+            ),
+        )
+    })
+}
+
+async fn patch_object(
+    shared: &Shared,
+    res: &'static Resource,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+    p: &Params,
+) -> Result<Response, ApiError> {
+    let how = patch_kind(content_type)?;
+    let mut object = get_object(shared, res, name).await?;
+    patch::apply(res.kind_name, &mut object, how, body)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e))?;
+    if res.kind == Kind::Node {
+        return patch_node(shared, name, &object).await;
+    }
+    update(shared, res, name, object, p, false).await
+}
+
+/// A node takes one change: `spec.unschedulable` (cordon, uncordon).
+async fn patch_node(shared: &Shared, name: &str, object: &Value) -> Result<Response, ApiError> {
+    let unschedulable = match &object["spec"]["unschedulable"] {
+        Value::Bool(b) => *b,
+        Value::Null => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("spec.unschedulable must be true or false, not {other}"),
+            ));
+        }
+    };
+    shared
+        .apps
+        .submit(Command::Cordon {
+            node: name.to_string(),
+            unschedulable,
+        })
+        .await?;
+    Ok(Json(get_object(shared, resource_of(Kind::Node), name).await?).into_response())
+}
+
+async fn delete(shared: &Shared, res: &'static Resource, name: &str) -> Result<Response, ApiError> {
+    let object = get_object(shared, res, name).await?;
+    match res.kind {
+        Kind::Deployment => {
+            shared
+                .apps
+                .submit(Command::DeleteDeployment { name: name.into() })
+                .await?;
+        }
+        Kind::Service => {
+            shared
+                .apps
+                .submit(Command::DeleteService { name: name.into() })
+                .await?;
+        }
+        Kind::Pod => delete_pod(shared, name, &object).await?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} are not deleted through the API on skiff",
+                    res.qualified()
+                ),
+            ));
+        }
+    }
+    Ok(Json(object).into_response())
+}
+
+/// Stops a pod wherever it runs: its Deployment starts a replacement.
+async fn delete_pod(shared: &Shared, name: &str, pod: &Value) -> Result<(), ApiError> {
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node == shared.cluster.identity().name {
+        shared.apps.delete_pod(name)?;
+        return Ok(());
+    }
+    // Another node's pod: that node deletes it.
+    let view = shared.apps.view();
+    let api = view
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.api.clone())
+        .ok_or_else(|| {
+            ApiError::conflict(format!(
+                "pod {name} runs on node {node}, which is not reachable now"
+            ))
+        })?;
+    shared
+        .consensus
+        .client()
+        .call::<_, ()>(&api, "/v1/peer/delete-pod", &name, Duration::from_secs(10))
+        .await
+        .map_err(|e| {
+            ApiError::conflict(format!(
+                "pod {name} runs on node {node}, which could not delete it: {e}"
+            ))
+        })
+}
+
+/// The `autoscaling/v1 Scale` of a Deployment.
+fn scale_object(d: &Value) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            "name": d["metadata"]["name"],
+            "namespace": "default",
+            "uid": d["metadata"]["uid"],
+            "resourceVersion": d["metadata"]["resourceVersion"],
+            "creationTimestamp": d["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": d["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": d["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": d["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+        },
+    })
+}
+
+/// The `scale` subresource: read, replaced (`PUT`) or patched (`kubectl scale`).
+async fn scale(
+    shared: &Shared,
+    name: &str,
+    method: Method,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let res = resource_of(Kind::Deployment);
+    let current = scale_object(&get_object(shared, res, name).await?);
+    let wanted = match method {
+        Method::GET => return Ok(Json(current).into_response()),
+        Method::PUT => json_body(body)?,
+        Method::PATCH => {
+            let mut s = current;
+            patch::apply("Scale", &mut s, patch_kind(content_type)?, body)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e))?;
+            s
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{other} is not supported on deployments.apps/scale"),
+            ));
+        }
+    };
+    let replicas = wanted["spec"]["replicas"]
+        .as_i64()
+        .and_then(|r| i32::try_from(r).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!(
+                    "spec.replicas must be a number, not {}",
+                    wanted["spec"]["replicas"]
+                ),
+            )
+        })?;
+    shared
+        .apps
+        .submit(Command::ScaleDeployment {
+            name: name.to_string(),
+            replicas,
+        })
+        .await?;
+    Ok(Json(scale_object(&get_object(shared, res, name).await?)).into_response())
+}
+
+async fn apply(
+    State(shared): State<Arc<Shared>>,
+    Json(files): Json<ManifestFiles>,
+) -> Result<Json<ApplyResult>, ApiError> {
+    Ok(Json(shared.apps.apply_files(&files.files).await?))
+}
+
+async fn delete_files(
+    State(shared): State<Arc<Shared>>,
+    Json(files): Json<ManifestFiles>,
+) -> Result<Json<ApplyResult>, ApiError> {
+    Ok(Json(shared.apps.delete_files(&files.files).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SetImage {
+    container: String,
+    image: String,
+}
+
+async fn set_image(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(body): Json<SetImage>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    if body.image.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid", "the image is empty"));
+    }
+    shared
+        .apps
+        .submit(Command::SetImage {
+            name: name.clone(),
+            container: body.container,
+            image: body.image,
+            at: crate::apps::now_rfc3339(),
+        })
+        .await?;
+    Ok(Json(shared.apps.deployment(&name)?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Rollback {
+    #[serde(default)]
+    to_revision: Option<i64>,
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(body): Json<Rollback>,
+) -> Result<Json<k8s::Deployment>, ApiError> {
+    shared
+        .apps
+        .submit(Command::Rollback {
+            name: name.clone(),
+            // kubectl's --to-revision=0 means "the previous one".
+            to_revision: body.to_revision.filter(|r| *r != 0),
+            at: crate::apps::now_rfc3339(),
+        })
+        .await?;
+    Ok(Json(shared.apps.deployment(&name)?))
+}
+
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<RolloutHistory>, ApiError> {
+    Ok(Json(shared.apps.rollout_history(&name)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn label_selectors_as_kubectl_writes_them() {
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".into(), "front".into()),
+        ]
+        .into();
+        let sel = |s: &str| {
+            matches(&selector(s, "labelSelector").unwrap(), |k| {
+                labels.get(k).cloned()
+            })
+        };
+        assert!(sel(""));
+        assert!(sel("app=web"));
+        assert!(sel("app==web,tier"));
+        assert!(sel("app!=db,!canary"));
+        assert!(!sel("app=db"));
+        assert!(!sel("tier!=front"));
+        assert!(!sel("canary"));
+        assert!(!sel("!app"));
+        assert!(selector("a b=c", "labelSelector").is_err());
+        assert!(selector("=x", "labelSelector").is_err());
+    }
+
+    /// Sends one request through the API's router (no socket), with the token.
+    async fn call(
+        router: &axum::Router,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = tower::ServiceExt::oneshot(router.clone(), req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Polls `check` until it gives a value; panics after 10 s.
+    async fn eventually<T, F, Fut>(mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    const MANIFEST: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {tier: front}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: 'nope:v1', colour: blue}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+
+    #[tokio::test]
+    async fn objects_are_applied_listed_scaled_and_deleted_through_the_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let token = Some(node.shared.token.as_str());
+        let files = |text: &str| json!({"files": [{"source": "web.yaml", "text": text}]});
+
+        let (s, _) = call(
+            &router,
+            None,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+        let (s, v) = call(&router, token, "POST", "/v1/apply", Some(files(MANIFEST))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["results"][0],
+            json!({"reference": "deployment.apps/web", "action": "created"})
+        );
+        assert_eq!(v["results"][1]["action"], "created");
+        assert!(v["warnings"][0].as_str().unwrap().contains("colour"), "{v}");
+        let (_, v) = call(&router, token, "POST", "/v1/apply", Some(files(MANIFEST))).await;
+        assert_eq!(v["results"][0]["action"], "unchanged");
+
+        // A bad file: one line naming the file and the problem; nothing applied.
+        let bad = MANIFEST
+            .replace("replicas: 2", "replicas: -2")
+            .replace("name: web\n  labels", "name: other\n  labels");
+        let (s, v) = call(&router, token, "POST", "/v1/apply", Some(files(&bad))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "invalid_manifest");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("web.yaml")
+                && message.contains("spec.replicas")
+                && !message.contains('\n'),
+            "{message}"
+        );
+
+        // Bounds of the route: files per request, bytes per request.
+        let many = json!({"files": vec![json!({"source": "x.yaml", "text": ""}); 65]});
+        let (s, v) = call(&router, token, "POST", "/v1/apply", Some(many)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("65 files"),
+            "{v}"
+        );
+        let huge = files(&" ".repeat(33 << 20));
+        let (s, _) = call(&router, token, "POST", "/v1/apply", Some(huge)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+
+        let (s, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments?labelSelector=tier%3Dfront",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["kind"], "DeploymentList");
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+        let (_, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments?labelSelector=tier%3Dback",
+            None,
+        )
+        .await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 0);
+        let (s, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/kube-system/deployments",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+        // The scale subresource, as kubectl scale patches it.
+        let (s, v) = call(
+            &router,
+            token,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+            Some(json!({"spec": {"replicas": 4}})),
+        )
+        .await;
+        assert_eq!(
+            (s, v["spec"]["replicas"].clone()),
+            (StatusCode::OK, json!(4))
+        );
+        let (_, v) = call(
+            &router,
+            token,
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            None,
+        )
+        .await;
+        assert_eq!(v["spec"]["replicas"], 4);
+        assert_eq!(v["metadata"]["generation"], 2);
+        let (s, _) = call(
+            &router,
+            token,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+            Some(json!({"spec": {"replicas": -1}})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        // Its pods wait for an image that is not there, and say so.
+        let pods = eventually(|| async {
+            let (_, v) = call(
+                &router,
+                token,
+                "GET",
+                "/api/v1/namespaces/default/pods",
+                None,
+            )
+            .await;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (items.len() == 4).then_some(items)
+        })
+        .await;
+        assert!(pods.iter().all(|p| p["status"]["phase"] == "Pending"));
+
+        let (s, _) = call(
+            &router,
+            token,
+            "DELETE",
+            "/api/v1/namespaces/default/services/web",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(
+            &router,
+            token,
+            "GET",
+            "/api/v1/namespaces/default/services/web",
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, v) = call(&router, token, "POST", "/v1/delete", Some(files(MANIFEST))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["results"][0]["action"], "deleted");
+        assert_eq!(v["results"][1]["action"], "not found");
+        node.shutdown_token().cancel();
+        node.wait().await;
+    }
+
+    /// One request with headers; the status, headers and body.
+    async fn send(
+        router: &axum::Router,
+        token: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(router.clone(), req)
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// The first `n` lines of a watch.
+    async fn watch_lines(router: &axum::Router, token: &str, path: &str, n: usize) -> Vec<Value> {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(router.clone(), req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while text.lines().count() < n {
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .expect("watch events in time")
+                .expect("the watch goes on")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn deployment_json(image: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "api", "creationTimestamp": null},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {
+                    "metadata": {"labels": {"app": "api"}},
+                    "spec": {"containers": [{"name": "c", "image": image, "resources": {}, "colour": "blue"}]}
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn the_kubernetes_verbs_answer_as_a_real_server_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let token = node.shared.token.clone();
+        let t = token.as_str();
+        const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+        const SERVICES: &str = "/api/v1/namespaces/default/services";
+
+        // Create: 201, unknown fields as warnings; again: 409 AlreadyExists.
+        let (s, h, v) = send(
+            &router,
+            t,
+            "POST",
+            DEPLOYMENTS,
+            &[],
+            Some(deployment_json("a:1")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let warning = h.get("warning").unwrap().to_str().unwrap();
+        assert!(
+            warning.starts_with("299 - ") && warning.contains("colour"),
+            "{warning}"
+        );
+        assert_eq!(v["metadata"]["annotations"][REVISION], "1");
+        let (s, _, v) = send(
+            &router,
+            t,
+            "POST",
+            DEPLOYMENTS,
+            &[],
+            Some(deployment_json("a:1")),
+        )
+        .await;
+        assert_eq!(
+            (s, v["kind"].as_str(), v["reason"].as_str()),
+            (StatusCode::CONFLICT, Some("Status"), Some("AlreadyExists"))
+        );
+        assert_eq!(v["code"], 409);
+
+        // A list's version, then a change, then a watch from that version sees it.
+        let (_, _, list) = send(&router, t, "GET", DEPLOYMENTS, &[], None).await;
+        let version = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (s, _, v) = send(
+            &router, t, "PATCH", &format!("{DEPLOYMENTS}/api"),
+            &[("content-type", "application/strategic-merge-patch+json")],
+            Some(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "a:2"}]}}}})),
+        ).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["image"],
+            "a:2"
+        );
+        assert_eq!(v["metadata"]["annotations"][REVISION], "2");
+        let events = watch_lines(
+            &router,
+            t,
+            &format!("{DEPLOYMENTS}?watch=true&resourceVersion={version}"),
+            1,
+        )
+        .await;
+        assert_eq!(events[0]["type"], "MODIFIED");
+        assert_eq!(
+            events[0]["object"]["spec"]["template"]["spec"]["containers"][0]["image"],
+            "a:2"
+        );
+        // Without a version: every object now, as ADDED.
+        let events = watch_lines(&router, t, &format!("{DEPLOYMENTS}?watch=1"), 1).await;
+        assert_eq!(
+            (
+                events[0]["type"].as_str(),
+                events[0]["object"]["metadata"]["name"].as_str()
+            ),
+            (Some("ADDED"), Some("api"))
+        );
+        // From a version older than the node: 410 in the stream.
+        let events = watch_lines(
+            &router,
+            t,
+            &format!("{DEPLOYMENTS}?watch=1&resourceVersion=5"),
+            1,
+        )
+        .await;
+        assert_eq!(
+            (
+                events[0]["type"].as_str(),
+                events[0]["object"]["code"].as_i64()
+            ),
+            (Some("ERROR"), Some(410))
+        );
+
+        // Both revisions are ReplicaSets owned by the Deployment.
+        let (_, _, rs) = send(
+            &router,
+            t,
+            "GET",
+            "/apis/apps/v1/namespaces/default/replicasets",
+            &[],
+            None,
+        )
+        .await;
+        let items = rs["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{rs}");
+        assert!(
+            items
+                .iter()
+                .all(|r| r["metadata"]["ownerReferences"][0]["uid"] == v["metadata"]["uid"])
+        );
+
+        // An update from a stale read is refused; a patch type not served is 415.
+        let mut stale = v.clone();
+        stale["metadata"]["resourceVersion"] = json!("1");
+        let (s, _, e) = send(
+            &router,
+            t,
+            "PUT",
+            &format!("{DEPLOYMENTS}/api"),
+            &[],
+            Some(stale),
+        )
+        .await;
+        assert_eq!(
+            (s, e["reason"].as_str()),
+            (StatusCode::CONFLICT, Some("Conflict")),
+            "{e}"
+        );
+        let (s, _, e) = send(
+            &router,
+            t,
+            "PATCH",
+            &format!("{DEPLOYMENTS}/api"),
+            &[("content-type", "application/apply-patch+yaml")],
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(
+            (s, e["reason"].as_str()),
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("UnsupportedMediaType")
+            )
+        );
+        let (s, _, e) = send(
+            &router,
+            t,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            &[],
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{e}");
+
+        // Pages, field selectors, Tables.
+        for name in ["sa", "sb", "sc"] {
+            let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                             "spec": {"selector": {"app": "api"}, "ports": [{"port": 80}]}});
+            let (s, _, v) = send(&router, t, "POST", SERVICES, &[], Some(svc)).await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+        }
+        let (_, _, page) = send(&router, t, "GET", &format!("{SERVICES}?limit=2"), &[], None).await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 2);
+        assert_eq!(page["metadata"]["remainingItemCount"], 1);
+        let next = page["metadata"]["continue"].as_str().unwrap();
+        let (_, _, page) = send(
+            &router,
+            t,
+            "GET",
+            &format!("{SERVICES}?limit=2&continue={next}"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(page["items"][0]["metadata"]["name"], "sc");
+        assert!(page["metadata"]["continue"].is_null());
+        let (_, _, one) = send(
+            &router,
+            t,
+            "GET",
+            &format!("{SERVICES}?fieldSelector=metadata.name%3Dsb"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(one["items"].as_array().unwrap().len(), 1);
+        let (s, _, e) = send(
+            &router,
+            t,
+            "GET",
+            &format!("{SERVICES}?fieldSelector=spec.bogus%3Dx"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("field label not supported: spec.bogus"),
+            "{e}"
+        );
+        let table = [(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )];
+        let (_, _, tbl) = send(&router, t, "GET", SERVICES, &table, None).await;
+        assert_eq!(tbl["kind"], "Table");
+        assert_eq!(tbl["rows"].as_array().unwrap().len(), 3);
+        assert_eq!(tbl["rows"][0]["cells"][4], "80/TCP");
+
+        // The namespace object, other namespaces, unknown resources.
+        let (s, _, ns) = send(&router, t, "GET", "/api/v1/namespaces/default", &[], None).await;
+        assert_eq!(
+            (s, ns["status"]["phase"].as_str()),
+            (StatusCode::OK, Some("Active"))
+        );
+        let (s, _, e) = send(
+            &router,
+            t,
+            "GET",
+            "/api/v1/namespaces/other/services",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, e["reason"].as_str()),
+            (StatusCode::NOT_FOUND, Some("NotFound"))
+        );
+        let (s, _, e) = send(
+            &router,
+            t,
+            "GET",
+            "/apis/apps/v1/namespaces/default/widgets",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, e["kind"].as_str()),
+            (StatusCode::NOT_FOUND, Some("Status"))
+        );
+
+        // The OpenAPI document, both ways.
+        let (s, h, doc) = send(&router, t, "GET", "/openapi/v2", &[], None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(doc["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        assert_eq!(h["content-type"], "application/json");
+        let (_, h, _) = send(
+            &router,
+            t,
+            "GET",
+            "/openapi/v2",
+            &[(
+                "accept",
+                "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            )],
+            None,
+        )
+        .await;
+        assert!(h["content-type"].to_str().unwrap().ends_with("+protobuf"));
+
+        node.shutdown_token().cancel();
+        node.wait().await;
+    }
+}
