@@ -13,7 +13,27 @@ use skiff_spec::api::{
 use skiff_spec::{DeployParams, RunParams};
 
 use crate::ClientOpts;
-use crate::registry::{Reference, Registry};
+use skiff_registry::{Reference, Registry};
+
+/// A registry session for the CLI: credentials from `SKIFF_REGISTRY_AUTH=user:password`,
+/// progress on stderr when it is a terminal.
+fn registry(reference: Reference, insecure: bool) -> anyhow::Result<Registry> {
+    use std::io::{IsTerminal as _, Write as _};
+    let basic = std::env::var("SKIFF_REGISTRY_AUTH").ok().and_then(|a| {
+        a.split_once(':')
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+    });
+    let mut r = Registry::new(reference, insecure)?
+        .with_basic_auth(basic, "SKIFF_REGISTRY_AUTH (user:password)");
+    if std::io::stderr().is_terminal() {
+        r = r.with_progress(Box::new(|what| {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K{what}");
+            let _ = err.flush();
+        }));
+    }
+    Ok(r)
+}
 
 #[derive(Clone)]
 pub(crate) struct Client {
@@ -186,9 +206,7 @@ impl Client {
         let store = ImageStore::open(scratch.path())?;
         let loaded = skiff_image::archive::import(&store, tar.as_ref(), u64::MAX)?;
         let digest = loaded.first().context("the node sent no image")?.digest;
-        Registry::new(target, insecure)?
-            .push(&store, digest)
-            .await?;
+        registry(target, insecure)?.push(&store, digest).await?;
         println!("{reference}: {digest}");
         Ok(())
     }
@@ -198,7 +216,7 @@ impl Client {
         let name = ImageName::parse(&source.local_name())?;
         let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
         let store = ImageStore::open(scratch.path())?;
-        let digest = Registry::new(source, insecure)?.pull(&store).await?;
+        let digest = registry(source, insecure)?.pull(&store).await?;
         let mut tar = Vec::new();
         skiff_image::archive::export(&store, &[(Some(name.clone()), digest)], &mut tar)?;
         self.send(self.http.post(self.url("/v1/images")).body(tar))

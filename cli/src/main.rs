@@ -3,7 +3,6 @@
 
 mod client;
 mod kube;
-mod registry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 mod deploy;
 mod deployments;
 mod error;
+pub(crate) mod events;
 mod linux;
 mod objects;
 mod pull;
@@ -203,6 +204,8 @@ pub struct Apps {
     deploying: Mutex<()>,
     /// `skiff run` containers by id. Locked after `apps` when both are needed.
     standalone: Mutex<HashMap<String, standalone::Standalone>>,
+    /// What happened to those containers, for `docker events`.
+    pub(crate) container_events: events::ContainerEvents,
     /// Stops published-port listeners with the node.
     shutdown: CancellationToken,
     /// How long stopping listeners wait for requests in flight.
@@ -279,6 +282,7 @@ impl Apps {
             ingress,
             deploying: Mutex::new(()),
             standalone: Mutex::new(HashMap::new()),
+            container_events: Default::default(),
             url_suffix,
             shutdown,
             drain,

@@ -492,3 +492,171 @@ async fn the_docker_socket_drops_a_client_that_trickles_its_request() {
         String::from_utf8_lossy(&buf[..n])
     );
 }
+
+/// `docker` with `input` on its stdin.
+async fn docker_stdin(node: &Node, args: &[&str], input: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = node.dir.join("docker.sock");
+    let mut child = tokio::process::Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", node.dir.join("docker-cli"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("docker returns within 60 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_login_push_pull_through_a_real_registry_and_events_tell_a_containers_life() {
+    need_root_and_runc();
+    let hash = std::process::Command::new("htpasswd")
+        .args(["-Bbn", "user", "secret"])
+        .output()
+        .expect("htpasswd (apache2-utils) is installed by ./test");
+    let registry =
+        crate::registry::Registry::start(Some(&String::from_utf8_lossy(&hash.stdout))).await;
+    let node = Node::start().await;
+    load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
+    let remote = format!("{}/team/bb:v1", registry.addr);
+    ok(&docker(&node, &["tag", "bb:v1", &remote]).await);
+
+    // Without credentials the registry's 401 is the error; a wrong password fails login.
+    let (code, _, e) = outcome(&docker(&node, &["push", &remote]).await);
+    assert_ne!(code, Some(0));
+    assert!(e.contains("401") && e.contains("docker login"), "{e}");
+    let (code, _, e) = outcome(
+        &docker_stdin(
+            &node,
+            &["login", &registry.addr, "-u", "user", "--password-stdin"],
+            "wrong\n",
+        )
+        .await,
+    );
+    assert_ne!(code, Some(0));
+    assert!(e.contains("401"), "{e}");
+    let out = stdout_of(
+        &docker_stdin(
+            &node,
+            &["login", &registry.addr, "-u", "user", "--password-stdin"],
+            "secret\n",
+        )
+        .await,
+    );
+    assert!(out.contains("Login Succeeded"), "{out}");
+
+    // Push, then pull it back into an empty name.
+    let out = stdout_of(&docker(&node, &["push", &remote]).await);
+    let id = stdout_of(&docker(&node, &["inspect", "--format", "{{.Id}}", "bb:v1"]).await);
+    assert!(
+        out.contains(&format!("v1: digest: {}", id.trim())),
+        "the registry holds the node's image, byte for byte: {out} / {id}"
+    );
+    ok(&docker(&node, &["rmi", &remote]).await);
+    let out = stdout_of(&docker(&node, &["pull", &remote]).await);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    let pulled = stdout_of(&docker(&node, &["inspect", "--format", "{{.Id}}", &remote]).await);
+    assert_eq!(pulled, id);
+    let (code, _, e) =
+        outcome(&docker(&node, &["pull", &format!("{}/team/none:v9", registry.addr)]).await);
+    assert_ne!(code, Some(0));
+    assert!(e.contains("MANIFEST_UNKNOWN") || e.contains("404"), "{e}");
+
+    // Events: a container's whole life, live and then again from the past.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let socket = node.dir.join("docker.sock");
+    let mut watch = tokio::process::Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        ])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", node.dir.join("docker-cli"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        use tokio::io::AsyncBufReadExt as _;
+        let seen = seen.clone();
+        let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    // `docker events` is subscribed once it has its answer's head; a ping after it
+    // has started is not proof, so run until the first event shows.
+    let life = ["create ev", "start ev", "die ev", "destroy ev"];
+    let text = wait_for(
+        "the events of a container's life",
+        Duration::from_secs(30),
+        || async {
+            let text = seen.lock().unwrap().clone();
+            if text.is_empty() {
+                let _ = docker(
+                    &node,
+                    &["run", "--rm", "--name", "ev", "bb:v1", "echo", "hi"],
+                )
+                .await;
+            }
+            let text = seen.lock().unwrap().clone();
+            life.iter().all(|l| text.contains(l)).then_some(text)
+        },
+    )
+    .await;
+    let at = |l: &str| text.find(l).unwrap();
+    assert!(
+        at("create ev") < at("start ev")
+            && at("start ev") < at("die ev")
+            && at("die ev") < at("destroy ev"),
+        "{text}"
+    );
+    let _ = watch.kill().await;
+    reader.abort();
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let past = stdout_of(
+        &docker(
+            &node,
+            &[
+                "events",
+                "--since",
+                &since,
+                "--until",
+                &until,
+                "--filter",
+                "event=die",
+                "--format",
+                "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        past.lines().all(|l| l.starts_with("die ev 0")) && !past.is_empty(),
+        "{past}"
+    );
+}

@@ -108,7 +108,21 @@ pub(super) async fn load(
 ) -> Result<Response, ApiError> {
     let cap = shared.config.upload_cap;
     // Spooled to a temp file under the cap, then checked and loaded off the executor.
-    let mut spool = spool(&headers, body, cap, "image archive").await?;
+    let spool = spool(&headers, body, cap, "image archive").await?;
+    let replicate = !headers.contains_key(crate::apps::REPLICA_HEADER);
+    let out = import(&shared, spool, replicate).await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// Loads an archive spooled to `spool` (any layout `skiff load` takes) into the node's
+/// store, as an upload is loaded; with `replicate`, answers once another node holds a
+/// copy too.
+pub(super) async fn import(
+    shared: &Shared,
+    mut spool: std::fs::File,
+    replicate: bool,
+) -> Result<Vec<LoadedImage>, ApiError> {
+    let cap = shared.config.upload_cap;
     let images = shared.images.clone();
     let loaded = blocking(move || {
         use std::io::Seek as _;
@@ -124,7 +138,7 @@ pub(super) async fn load(
         other => ApiError::bad_request("invalid_archive", other.to_string()),
     })?;
     // Acknowledged once another node holds a copy too (unless this is that copy).
-    if !headers.contains_key(crate::apps::REPLICA_HEADER) {
+    if replicate {
         let picked: Vec<(Option<ImageName>, skiff_spec::Digest)> = loaded
             .iter()
             .map(|l| {
@@ -134,14 +148,13 @@ pub(super) async fn load(
             .collect();
         shared.apps.replicate(&picked).await?;
     }
-    let out: Vec<LoadedImage> = loaded
+    Ok(loaded
         .into_iter()
         .map(|l| LoadedImage {
             id: l.digest,
             tags: l.tags,
         })
-        .collect();
-    Ok((StatusCode::CREATED, Json(out)).into_response())
+        .collect())
 }
 
 /// `POST /v1/images/tag?source=REF&target=NAME`

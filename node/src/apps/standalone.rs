@@ -66,6 +66,16 @@ pub struct Attached {
     pub exit: watch::Receiver<Option<i32>>,
 }
 
+impl Apps {
+    /// Tells `wait`, `logs -f` and `docker events` that a container stopped.
+    fn ended(&self, entry: &Standalone) {
+        entry.ended();
+        let code = entry.record.exit_code.unwrap_or(0);
+        self.container_events
+            .record("die", &entry.record, Some(code));
+    }
+}
+
 impl Standalone {
     fn new(record: ContainerRecord) -> Self {
         let exit = watch::Sender::new(record.exit_code.or(Some(0)));
@@ -241,9 +251,15 @@ impl Apps {
         };
         let mut entry = Standalone::new(record);
         if start {
-            self.start_entry(&mut entry).await?;
+            self.container_events.record("create", &entry.record, None);
+            if let Err(e) = self.start_entry(&mut entry).await {
+                // It never ran and is not kept.
+                self.container_events.record("destroy", &entry.record, None);
+                return Err(e);
+            }
         } else {
             self.persist(&entry.record).await?;
+            self.container_events.record("create", &entry.record, None);
         }
         let info = self.info_of(&entry);
         // Still under the lock, which its exit must take: nothing is missed.
@@ -318,6 +334,7 @@ impl Apps {
             listeners,
         });
         entry.exit.send_replace(None);
+        self.container_events.record("start", &entry.record, None);
         Ok(())
     }
 
@@ -394,7 +411,7 @@ impl Apps {
         if let Err(e) = self.persist(&entry.record).await {
             warn!(error = %e, "failed to record a container's exit");
         }
-        entry.ended();
+        self.ended(entry);
         if entry.record.auto_remove {
             self.remove_entry(standalone, &id).await;
             return;
@@ -427,7 +444,7 @@ impl Apps {
                 entry.record.exited(&exit);
                 self.persist(&entry.record).await?;
             }
-            entry.ended();
+            self.ended(entry);
         }
         Ok(())
     }
@@ -503,7 +520,7 @@ impl Apps {
                     self.persist(&entry.record).await?;
                     info = self.info_of(entry);
                 }
-                entry.ended();
+                self.ended(entry);
                 if entry.record.auto_remove {
                     self.remove_entry(standalone, &id).await;
                 }
@@ -535,10 +552,11 @@ impl Apps {
         }
         if entry.exit.borrow().is_none() {
             // Removed while another caller still stops it: its waiters get the code now.
-            entry.ended();
+            self.ended(entry);
         }
         self.delete_record(&id).await?;
         let entry = standalone.remove(&id).expect("found");
+        self.container_events.record("destroy", &entry.record, None);
         info!(container = %entry.record.spec.name, "container removed");
         drop(standalone);
         self.collect_garbage_now().await;
@@ -566,6 +584,7 @@ impl Apps {
             return;
         }
         if let Some(entry) = standalone.remove(id) {
+            self.container_events.record("destroy", &entry.record, None);
             info!(container = %entry.record.spec.name, "container removed (--rm)");
         }
         drop(standalone);
@@ -939,7 +958,7 @@ impl Apps {
                     warn!(container = %entry.record.spec.name, error = %e, "failed to record a container's exit");
                 }
             }
-            entry.ended();
+            self.ended(entry);
         }
     }
 }

@@ -1,12 +1,11 @@
-//! `skiff push` / `skiff pull`: the OCI distribution API, spoken by the CLI.
+//! skiff-registry: the OCI distribution API, as a client. `skiff push`/`pull` and the
+//! Docker API's pull and push speak it.
 //!
-//! The CLI moves images between the node and a registry through a scratch image layout:
-//! push = `save` from the node, then upload blobs and the manifest byte for byte (so the
-//! digest a registry reports is the node's image id); pull = download and verify every
-//! blob against its digest, then `load` into the node. The node itself never talks to
-//! registries.
-
-use std::io::{IsTerminal as _, Write as _};
+//! Images move through an image layout: push uploads the blobs and the manifest of an
+//! image in a store byte for byte (so the digest a registry reports is the image's id);
+//! pull downloads and verifies every blob against its digest before any of them enters
+//! the store. Callers pull into a scratch store and load the result as they load an
+//! archive, so what a registry sends is checked as an uploaded image is.
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
@@ -24,15 +23,15 @@ const MAX_BLOB: u64 = 4 << 30;
 
 /// `HOST[:PORT]/REPOSITORY[:TAG|@sha256:…]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Reference {
-    pub(crate) registry: String,
-    pub(crate) repository: String,
-    pub(crate) tag: String,
-    pub(crate) digest: Option<Digest>,
+pub struct Reference {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: Option<Digest>,
 }
 
 impl Reference {
-    pub(crate) fn parse(s: &str) -> anyhow::Result<Self> {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
         let (name, digest) = match s.split_once('@') {
             Some((n, d)) => (
                 n,
@@ -82,7 +81,7 @@ impl Reference {
     }
 
     /// The local name the image gets: `host:port/repo:tag`.
-    pub(crate) fn local_name(&self) -> String {
+    pub fn local_name(&self) -> String {
         format!("{}/{}:{}", self.registry, self.repository, self.tag)
     }
 
@@ -100,20 +99,25 @@ impl Reference {
 }
 
 /// A registry session: one repository, with a bearer token once challenged.
-pub(crate) struct Registry {
+pub struct Registry {
     http: reqwest::Client,
     base: String,
     reference: Reference,
     token: Option<String>,
-    /// `SKIFF_REGISTRY_AUTH=user:password`, sent when the registry asks for Basic auth.
+    /// User and password, sent when the registry asks for Basic auth.
     basic: Option<(String, String)>,
+    /// Where the credentials come from, for errors (`SKIFF_REGISTRY_AUTH`).
+    credentials_from: String,
     use_basic: bool,
-    progress: bool,
+    progress: Option<Progress>,
 }
+
+/// Told how a transfer goes, a line at a time (an empty line when it is done).
+pub type Progress = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Registry {
     /// Plain HTTP only for loopback registries or with `insecure`.
-    pub(crate) fn new(reference: Reference, insecure: bool) -> anyhow::Result<Self> {
+    pub fn new(reference: Reference, insecure: bool) -> anyhow::Result<Self> {
         let scheme = if insecure || reference.loopback() {
             "http"
         } else {
@@ -123,20 +127,30 @@ impl Registry {
             "{scheme}://{}/v2/{}",
             reference.registry, reference.repository
         );
-        let progress = std::io::stderr().is_terminal();
-        let basic = std::env::var("SKIFF_REGISTRY_AUTH").ok().and_then(|a| {
-            a.split_once(':')
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-        });
         Ok(Self {
             http: reqwest::Client::new(),
             base,
             reference,
             token: None,
-            basic,
+            basic: None,
+            credentials_from: "credentials".into(),
             use_basic: false,
-            progress,
+            progress: None,
         })
+    }
+
+    /// Credentials for registries that ask for Basic auth; `from` says where they come
+    /// from, for errors (`SKIFF_REGISTRY_AUTH`, `X-Registry-Auth`).
+    pub fn with_basic_auth(mut self, basic: Option<(String, String)>, from: &str) -> Self {
+        self.basic = basic;
+        self.credentials_from = from.to_string();
+        self
+    }
+
+    /// Reports transfers to `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     fn describe(&self, method: &Method, path: &str) -> String {
@@ -213,13 +227,15 @@ impl Registry {
                         .collect()
                 });
             let hint = match (status, self.basic.is_some()) {
-                (StatusCode::UNAUTHORIZED, false) => {
-                    " (the registry wants credentials: set SKIFF_REGISTRY_AUTH=user:password)"
-                }
-                (StatusCode::UNAUTHORIZED, true) => {
-                    " (the credentials in SKIFF_REGISTRY_AUTH were refused)"
-                }
-                _ => "",
+                (StatusCode::UNAUTHORIZED, false) => format!(
+                    " (the registry wants credentials: give them in {})",
+                    self.credentials_from
+                ),
+                (StatusCode::UNAUTHORIZED, true) => format!(
+                    " (the credentials in {} were refused)",
+                    self.credentials_from
+                ),
+                _ => String::new(),
             };
             let detail = if detail.trim().is_empty() {
                 String::new()
@@ -257,19 +273,25 @@ impl Registry {
     }
 
     fn show(&self, what: &str) {
-        if self.progress {
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\r\x1b[2K{what}");
-            let _ = err.flush();
+        if let Some(progress) = &self.progress {
+            progress(what);
         }
     }
 
+    /// Checks that the registry takes the credentials given (`docker login`): its API
+    /// root answers with them.
+    pub async fn check_login(mut self) -> anyhow::Result<()> {
+        let root = match self.base.find("/v2/") {
+            Some(at) => format!("{}/v2/", &self.base[..at]),
+            None => bail!("not a registry URL: {}", self.base),
+        };
+        self.call(Method::GET, &root, "/v2/", |r| r, &[StatusCode::OK])
+            .await
+            .map(drop)
+    }
+
     /// Uploads the image `manifest` from `store` under this reference's tag.
-    pub(crate) async fn push(
-        &mut self,
-        store: &ImageStore,
-        manifest: Digest,
-    ) -> anyhow::Result<()> {
+    pub async fn push(&mut self, store: &ImageStore, manifest: Digest) -> anyhow::Result<()> {
         let m = store.manifest(&manifest)?;
         let blobs: Vec<_> = m
             .layers
@@ -368,7 +390,7 @@ impl Registry {
     /// From a multi-platform index it takes the Wasm image, else the one for this
     /// machine (linux/amd64 on x86-64).
     /// Returns the manifest's digest.
-    pub(crate) async fn pull(&mut self, store: &ImageStore) -> anyhow::Result<Digest> {
+    pub async fn pull(&mut self, store: &ImageStore) -> anyhow::Result<Digest> {
         let (mut bytes, mut media_type) = self.manifest(&self.reference.reference()).await?;
         if let Some(want) = self.reference.digest {
             check_digest(&bytes, want, "manifest")?;

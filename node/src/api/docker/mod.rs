@@ -4,8 +4,9 @@
 //! (whoever can open it is an admin, as with Docker's) and on the API port under the
 //! bearer token.
 //!
-//! Not served yet (a 404 `page not found`, as Docker answers an unknown path): attach,
-//! exec, build, image load/save/pull/push, events.
+//! Pull, push and login are in [`registry`], events in [`events`]. Not served (a 404
+//! `page not found`, as Docker answers an unknown path): volumes, networks, swarm,
+//! plugins, `docker import`/`commit`/`cp`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ use skiff_spec::{PortMapping, RestartPolicy, RunParams};
 use super::{ApiError, follow_until, query_pairs};
 use crate::Shared;
 use tokio::sync::watch;
+
+mod events;
+mod registry;
 
 /// The newest API version served; clients negotiate down to it.
 pub(crate) const API_VERSION: &str = "1.45";
@@ -86,6 +90,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/images/json", get(images))
         .route("/build", post(build))
         .route("/images/load", post(image_load))
+        .route("/images/create", post(registry::pull))
+        .route("/auth", post(registry::login))
+        .route("/events", get(events::events))
         .route("/images/get", get(image_save))
         .route(
             "/images/{*name}",
@@ -1124,12 +1131,17 @@ fn encode(pairs: &[(&str, &str)]) -> Option<String> {
     Some(q.finish())
 }
 
-/// `POST /images/{name}/tag?repo=R&tag=T`
+/// `POST /images/{name}/tag?repo=R&tag=T`, and `POST /images/{name}/push` (`docker
+/// push`, names may hold `/`).
 async fn image_tag(
     State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
     Path(path): Path<String>,
     RawQuery(q): RawQuery,
-) -> Answer<StatusCode> {
+) -> Answer<Response> {
+    if let Some(name) = path.strip_suffix("/push") {
+        return registry::push(shared, headers, name, q).await;
+    }
     let Some(name) = path.strip_suffix("/tag").map(familiar) else {
         return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found"));
     };
@@ -1145,7 +1157,7 @@ async fn image_tag(
     )
     .await
     .map_err(|e| no_such_image(e, name))?;
-    Ok(StatusCode::CREATED)
+    Ok(StatusCode::CREATED.into_response())
 }
 
 /// Docker's words for an image that is not there.
