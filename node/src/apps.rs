@@ -76,6 +76,10 @@ enum Prepared {
 /// garbage collection to leave alone, and for the next start to sweep).
 const EXTRACTING: &str = ".extract-";
 
+/// Scratch directories in the data dir: a Docker API build's context, a pull's layout.
+pub(crate) const BUILD_SCRATCH: &str = ".build-";
+pub(crate) const PULL_SCRATCH: &str = ".pull-";
+
 /// Extracts an image's layers beside `dest` and renames the tree into place last, so a
 /// tree under its digest's name is always whole: a crash or a failure leaves only a
 /// `.extract-*` directory, which nothing uses and the next start removes.
@@ -260,10 +264,18 @@ impl Apps {
             token,
             pull_cap,
         } = settings;
-        // Trees a killed node was extracting: never complete, never used.
-        if let Ok(dirs) = std::fs::read_dir(&sites) {
-            for d in dirs.flatten() {
-                if d.file_name().to_string_lossy().starts_with(EXTRACTING) {
+        // Trees a killed node was extracting, builds and pulls it was in the middle of:
+        // never complete, never used.
+        for (dir, prefixes) in [
+            (&sites, &[EXTRACTING][..]),
+            (&data, &[BUILD_SCRATCH, PULL_SCRATCH][..]),
+        ] {
+            for d in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = d.file_name();
+                if prefixes
+                    .iter()
+                    .any(|p| name.to_string_lossy().starts_with(p))
+                {
                     let _ = std::fs::remove_dir_all(d.path());
                 }
             }

@@ -29,7 +29,12 @@ async fn nodes(node: &Node) -> Vec<(String, bool)> {
         .unwrap_or_default()
 }
 
-async fn wait_ready(node: &Node, ready: usize, total: usize, what: &str) -> Vec<(String, bool)> {
+pub(crate) async fn wait_ready(
+    node: &Node,
+    ready: usize,
+    total: usize,
+    what: &str,
+) -> Vec<(String, bool)> {
     wait_for(what, Duration::from_secs(30), || async {
         let n = nodes(node).await;
         (n.len() == total && n.iter().filter(|(_, r)| *r).count() == ready).then_some(n)
@@ -37,7 +42,7 @@ async fn wait_ready(node: &Node, ready: usize, total: usize, what: &str) -> Vec<
     .await
 }
 
-fn join_args(first: &Node) -> Vec<String> {
+pub(crate) fn join_args(first: &Node) -> Vec<String> {
     let token = std::fs::read_to_string(first.dir.join("join-token")).unwrap();
     vec![
         "--join".into(),

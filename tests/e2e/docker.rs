@@ -660,3 +660,34 @@ async fn docker_login_push_pull_through_a_real_registry_and_events_tell_a_contai
         "{past}"
     );
 }
+
+#[tokio::test]
+async fn an_image_docker_builds_is_on_a_second_node_when_the_build_answers() {
+    let first = Node::start().await;
+    let join = crate::cluster::join_args(&first);
+    let join: Vec<&str> = join.iter().map(String::as_str).collect();
+    let second = Node::start_with(&join).await;
+    crate::cluster::wait_ready(&first, 2, 2, "both nodes ready").await;
+    // The first node copies loads to the second once its view holds it: a probe image
+    // loaded until it lands there.
+    let probe = docker_save("probe:v1", &busybox_layer(&[]));
+    wait_for("loads to be copied", Duration::from_secs(30), || async {
+        load(&first, &probe).await;
+        has_image(&second, "probe:v1").await.then_some(())
+    })
+    .await;
+    let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/static-site");
+    let out = stdout_of(&docker(&first, &["build", "-t", "web:v1", site.to_str().unwrap()]).await);
+    assert!(out.contains("Successfully tagged web:v1"), "{out}");
+    // No waiting: the build answered once the other node held a copy.
+    assert!(has_image(&second, "web:v1").await);
+}
+
+async fn has_image(node: &Node, tag: &str) -> bool {
+    let images: serde_json::Value = node.api_get("/v1/images").await.json().await.unwrap();
+    images.as_array().unwrap().iter().any(|i| {
+        i["tags"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == tag))
+    })
+}

@@ -1370,8 +1370,10 @@ async fn build(
     let outcome = tokio::task::spawn_blocking(
         move || -> Result<(Vec<String>, skiff_spec::Digest, Vec<String>), String> {
             use std::io::{Read as _, Seek as _};
-            let dir =
-                tempfile::tempdir_in(&scratch).map_err(|e| format!("no scratch directory: {e}"))?;
+            let dir = tempfile::Builder::new()
+                .prefix(crate::apps::BUILD_SCRATCH)
+                .tempdir_in(&scratch)
+                .map_err(|e| format!("no scratch directory: {e}"))?;
             let mut magic = [0u8; 2];
             spool.rewind().map_err(|e| e.to_string())?;
             let gzipped = spool.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
@@ -1436,6 +1438,25 @@ async fn build(
     )
     .await
     .unwrap_or_else(|e| Err(format!("the build failed: {e}")));
+    // Another node holds a copy before the build is reported done, as with `skiff load`.
+    let outcome = match outcome {
+        Ok((steps, digest, tagged)) => {
+            let picked: Vec<(Option<skiff_image::ImageName>, skiff_spec::Digest)> = tagged
+                .iter()
+                .map(|t| (skiff_image::ImageName::parse(t).ok(), digest))
+                .collect();
+            let picked = if picked.is_empty() {
+                vec![(None, digest)]
+            } else {
+                picked
+            };
+            match shared.apps.replicate(&picked).await {
+                Ok(()) => Ok((steps, digest, tagged)),
+                Err(e) => Err(format!("the image was built but not replicated: {e}")),
+            }
+        }
+        Err(e) => Err(e),
+    };
     let mut events = Vec::new();
     match outcome {
         Ok((steps, digest, tagged)) => {

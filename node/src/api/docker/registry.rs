@@ -143,7 +143,7 @@ async fn pull_into_node(
 ) -> Result<skiff_spec::Digest, String> {
     let data = shared.config.data_dir.clone();
     let scratch = tempfile::Builder::new()
-        .prefix(".pull-")
+        .prefix(crate::apps::PULL_SCRATCH)
         .tempdir_in(&data)
         .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let store = skiff_image::ImageStore::open(scratch.path()).map_err(|e| e.to_string())?;
@@ -245,6 +245,23 @@ pub(super) async fn login(axum::Json(auth): axum::Json<AuthConfig>) -> Answer<ax
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_start_sweeps_the_pulls_and_builds_a_killed_node_left() {
+        let dir = tempfile::tempdir().unwrap();
+        for scratch in [".pull-abc/blobs", ".build-xyz/ctx"] {
+            std::fs::create_dir_all(dir.path().join(scratch)).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("keep.pull-not")).unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        assert!(!dir.path().join(".pull-abc").exists());
+        assert!(!dir.path().join(".build-xyz").exists());
+        assert!(dir.path().join("keep.pull-not").exists());
+        node.shutdown_token().cancel();
+        node.wait().await;
+    }
 
     #[test]
     fn registry_auth_headers_decode_as_docker_writes_them() {

@@ -243,7 +243,11 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/namespaces/{ns}/{resource}/{name}",
             "/namespaces/{ns}/{resource}/{name}/{sub}",
         ] {
-            router = router.route(&format!("{prefix}{shape}"), any(handler));
+            // An object is at most a manifest file's size (and a patch of one).
+            router = router.route(
+                &format!("{prefix}{shape}"),
+                any(handler).layer(DefaultBodyLimit::max(manifest::MAX_MANIFEST_BYTES)),
+            );
         }
     }
     router.layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -1903,6 +1907,18 @@ mod tests {
                 Some("UnsupportedMediaType")
             )
         );
+        // An object is bounded as a manifest file is: a 5 MiB patch is refused whole.
+        let huge = json!({"metadata": {"annotations": {"x": "y".repeat(5 << 20)}}});
+        let (s, _, _) = send(
+            &router,
+            t,
+            "PATCH",
+            &format!("{DEPLOYMENTS}/api"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(huge),
+        )
+        .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
         let (s, _, e) = send(
             &router,
             t,
