@@ -151,7 +151,14 @@ fn definitions() -> Map<String, Value> {
                 ("replicas", integer()),
                 ("selector", reference(&format!("{META}LabelSelector"))),
                 ("template", reference(&format!("{CORE}PodTemplateSpec"))),
-                ("strategy", reference(&format!("{APPS}DeploymentStrategy"))),
+                (
+                    "strategy",
+                    // As Kubernetes declares it: on the field, not the type.
+                    json!({
+                        "$ref": format!("#/definitions/{APPS}DeploymentStrategy"),
+                        "x-kubernetes-patch-strategy": "retainKeys",
+                    }),
+                ),
                 ("minReadySeconds", integer()),
                 ("revisionHistoryLimit", integer()),
                 ("progressDeadlineSeconds", integer()),
@@ -160,7 +167,7 @@ fn definitions() -> Map<String, Value> {
             &["selector", "template"],
         ),
     );
-    let mut strategy = object(
+    let strategy = object(
         vec![
             ("type", string()),
             (
@@ -171,7 +178,6 @@ fn definitions() -> Map<String, Value> {
         &[],
         &[],
     );
-    strategy["x-kubernetes-patch-strategy"] = json!("retainKeys");
     add(format!("{APPS}DeploymentStrategy"), strategy);
     add(
         format!("{APPS}RollingUpdateDeployment"),

@@ -99,6 +99,19 @@ async fn pod_images(k: &Kubectl) -> Vec<String> {
     out.lines().map(String::from).collect()
 }
 
+/// `kubectl rollout status` of the example, which must end rolled out.
+async fn rolled_out(k: &Kubectl) {
+    let status = k
+        .ok(&[
+            "rollout",
+            "status",
+            "deployment/my-web-app",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(status.contains("successfully rolled out"), "{status}");
+}
+
 async fn the_walkthrough(node: &Node, k: &Kubectl, dir: &Path) {
     let (d, s) = (dir.join("deployment.yaml"), dir.join("service.yaml"));
     std::fs::write(&d, DEPLOYMENT).unwrap();
@@ -124,15 +137,7 @@ async fn the_walkthrough(node: &Node, k: &Kubectl, dir: &Path) {
         k.ok(&["apply", "-f", d]).await,
         "deployment.apps/my-web-app unchanged\n"
     );
-    let status = k
-        .ok(&[
-            "rollout",
-            "status",
-            "deployment/my-web-app",
-            "--timeout=60s",
-        ])
-        .await;
-    assert!(status.contains("successfully rolled out"), "{status}");
+    rolled_out(k).await;
     let (code, body) = node.get("my-web-app", "/").await;
     assert_eq!((code, body.as_str()), (200, "<h1>my web app</h1>\n"));
 
@@ -221,15 +226,7 @@ async fn the_walkthrough(node: &Node, k: &Kubectl, dir: &Path) {
         .await,
         "deployment.apps/my-web-app image updated\n"
     );
-    let status = k
-        .ok(&[
-            "rollout",
-            "status",
-            "deployment/my-web-app",
-            "--timeout=60s",
-        ])
-        .await;
-    assert!(status.contains("successfully rolled out"), "{status}");
+    rolled_out(k).await;
     assert_eq!(pod_images(k).await, ["my-web-app:v2", "my-web-app:v2"]);
     let history = k.ok(&["rollout", "history", "deployment/my-web-app"]).await;
     assert!(
@@ -240,13 +237,7 @@ async fn the_walkthrough(node: &Node, k: &Kubectl, dir: &Path) {
         k.ok(&["rollout", "undo", "deployment/my-web-app"]).await,
         "deployment.apps/my-web-app rolled back\n"
     );
-    k.ok(&[
-        "rollout",
-        "status",
-        "deployment/my-web-app",
-        "--timeout=60s",
-    ])
-    .await;
+    rolled_out(k).await;
     assert_eq!(
         pod_images(k).await,
         ["my-web-app:latest", "my-web-app:latest"]

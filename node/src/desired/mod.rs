@@ -186,8 +186,12 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
 /// A deterministic uid for an object created at `version` (no randomness in the state
 /// machine: every node must give the same uid).
 fn uid(kind: &str, name: &str, version: u64) -> String {
-    let digest = Sha256::digest(format!("{kind}/{name}/{version}").as_bytes());
-    let h = hex::encode(&digest[..16]);
+    uid_of(&format!("{kind}/{name}/{version}"))
+}
+
+/// A uid (`8-4-4-4-12` hex) that is a digest of `seed`: the same seed, the same uid.
+pub fn uid_of(seed: &str) -> String {
+    let h = hex::encode(&Sha256::digest(seed.as_bytes())[..16]);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

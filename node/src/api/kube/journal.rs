@@ -114,8 +114,8 @@ fn unversioned(object: &Value) -> Value {
 
 /// Where a watch starts.
 pub(crate) enum Start {
-    /// Every object now, as `ADDED`.
-    Now(Vec<Value>),
+    /// Every object the journal holds now, as `ADDED`, and the version they are at.
+    Now(Vec<Value>, u64),
     /// The events after the version asked for.
     After(Vec<Arc<Event>>),
 }
@@ -129,7 +129,8 @@ impl Journal {
     }
 
     /// The journal's version now.
-    pub(crate) fn version(&self) -> u64 {
+    #[cfg(test)]
+    fn version(&self) -> u64 {
         self.lock().version
     }
 
@@ -196,13 +197,13 @@ impl Journal {
         let _ = self.events.send(event);
     }
 
-    /// Starts a watch of `kind` from `from` (none or 0: from now, with every current
-    /// object). Subscribes before reading, so nothing falls between the two.
+    /// Starts a watch of `kind` from `from` (none or 0: from now, with every object the
+    /// journal holds). Subscribes before reading, so nothing falls between the two; an
+    /// event in both is told once by its version.
     pub(crate) fn watch(
         &self,
         kind: Kind,
         from: Option<u64>,
-        current: Vec<Value>,
     ) -> Result<(Start, broadcast::Receiver<Arc<Event>>), u64> {
         let rx = self.events.subscribe();
         let inner = self.lock();
@@ -220,7 +221,16 @@ impl Journal {
                         .collect(),
                 )
             }
-            _ => Start::Now(current),
+            _ => {
+                let mut now: Vec<Value> = inner
+                    .objects
+                    .iter()
+                    .filter(|((k, _), _)| *k == kind)
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                now.sort_by_key(name_of);
+                Start::Now(now, inner.version)
+            }
         };
         Ok((start, rx))
     }
@@ -245,7 +255,7 @@ mod tests {
         let (objs, v1) = j.observe(Kind::Pod, vec![pod("a", "Pending")]);
         assert_eq!(v1, v0);
         assert_eq!(objs[0]["metadata"]["resourceVersion"], v0.to_string());
-        let (Start::After(none), _) = j.watch(Kind::Pod, Some(v0), Vec::new()).unwrap() else {
+        let (Start::After(none), _) = j.watch(Kind::Pod, Some(v0)).unwrap() else {
             panic!()
         };
         assert!(none.is_empty());
@@ -254,7 +264,7 @@ mod tests {
         j.observe(Kind::Pod, vec![pod("b", "Pending")]);
         // Other kinds do not show in a pod watch.
         j.observe(Kind::Service, vec![json!({"metadata": {"name": "s"}})]);
-        let (Start::After(events), _) = j.watch(Kind::Pod, Some(v0), Vec::new()).unwrap() else {
+        let (Start::After(events), _) = j.watch(Kind::Pod, Some(v0)).unwrap() else {
             panic!()
         };
         let seen: Vec<(Change, String)> = events
@@ -279,7 +289,7 @@ mod tests {
         for i in 0..HISTORY {
             j.observe(Kind::Pod, vec![pod("b", &i.to_string())]);
         }
-        assert!(j.watch(Kind::Pod, Some(v0), Vec::new()).is_err());
-        assert!(j.watch(Kind::Pod, Some(j.version()), Vec::new()).is_ok());
+        assert!(j.watch(Kind::Pod, Some(v0)).is_err());
+        assert!(j.watch(Kind::Pod, Some(j.version())).is_ok());
     }
 }

@@ -596,16 +596,7 @@ fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
 
 /// A stable uid for an object derived from another (a revision's ReplicaSet, an event).
 fn derived_uid(base: &str, part: &str) -> String {
-    use sha2::Digest as _;
-    let h = hex::encode(&sha2::Sha256::digest(format!("{base}/{part}").as_bytes())[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    crate::desired::uid_of(&format!("{base}/{part}"))
 }
 
 /// Every revision of every Deployment as a ReplicaSet: the current one wants the
@@ -903,16 +894,17 @@ async fn watch(
         ));
     }
     let slot = WatchSlot;
-    let (current, _) = objects(&shared, res.kind).await;
+    // Read now, so the journal holds the objects as they are.
+    objects(&shared, res.kind).await;
     let kind = res.kind;
     let mut first: Vec<Bytes> = Vec::new();
     let mut last = 0;
-    let rx = match shared.kube_journal.watch(kind, from, current) {
-        Ok((journal::Start::Now(objects), rx)) => {
+    let rx = match shared.kube_journal.watch(kind, from) {
+        Ok((journal::Start::Now(objects, version), rx)) => {
             for o in objects.iter().filter(|o| filter.admits(o)) {
                 first.push(event_line("ADDED", kind, o, table));
             }
-            last = shared.kube_journal.version();
+            last = version;
             Some(rx)
         }
         Ok((journal::Start::After(events), rx)) => {
@@ -1714,6 +1706,25 @@ mod tests {
         )
     }
 
+    /// A POST of `body` with the token.
+    async fn post(
+        router: &axum::Router,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        send(router, token, "POST", path, &[], Some(body)).await
+    }
+
+    /// A GET with the token.
+    async fn get(
+        router: &axum::Router,
+        token: &str,
+        path: &str,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        send(router, token, "GET", path, &[], None).await
+    }
+
     /// The first `n` lines of a watch.
     async fn watch_lines(router: &axum::Router, token: &str, path: &str, n: usize) -> Vec<Value> {
         let req = Request::builder()
@@ -1771,15 +1782,7 @@ mod tests {
         const SERVICES: &str = "/api/v1/namespaces/default/services";
 
         // Create: 201, unknown fields as warnings; again: 409 AlreadyExists.
-        let (s, h, v) = send(
-            &router,
-            t,
-            "POST",
-            DEPLOYMENTS,
-            &[],
-            Some(deployment_json("a:1")),
-        )
-        .await;
+        let (s, h, v) = post(&router, t, DEPLOYMENTS, deployment_json("a:1")).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let warning = h.get("warning").unwrap().to_str().unwrap();
         assert!(
@@ -1787,15 +1790,7 @@ mod tests {
             "{warning}"
         );
         assert_eq!(v["metadata"]["annotations"][REVISION], "1");
-        let (s, _, v) = send(
-            &router,
-            t,
-            "POST",
-            DEPLOYMENTS,
-            &[],
-            Some(deployment_json("a:1")),
-        )
-        .await;
+        let (s, _, v) = post(&router, t, DEPLOYMENTS, deployment_json("a:1")).await;
         assert_eq!(
             (s, v["kind"].as_str(), v["reason"].as_str()),
             (StatusCode::CONFLICT, Some("Status"), Some("AlreadyExists"))
@@ -1803,7 +1798,7 @@ mod tests {
         assert_eq!(v["code"], 409);
 
         // A list's version, then a change, then a watch from that version sees it.
-        let (_, _, list) = send(&router, t, "GET", DEPLOYMENTS, &[], None).await;
+        let (_, _, list) = get(&router, t, DEPLOYMENTS).await;
         let version = list["metadata"]["resourceVersion"]
             .as_str()
             .unwrap()
@@ -1857,15 +1852,7 @@ mod tests {
         );
 
         // Both revisions are ReplicaSets owned by the Deployment.
-        let (_, _, rs) = send(
-            &router,
-            t,
-            "GET",
-            "/apis/apps/v1/namespaces/default/replicasets",
-            &[],
-            None,
-        )
-        .await;
+        let (_, _, rs) = get(&router, t, "/apis/apps/v1/namespaces/default/replicasets").await;
         let items = rs["items"].as_array().unwrap();
         assert_eq!(items.len(), 2, "{rs}");
         assert!(
@@ -1919,56 +1906,34 @@ mod tests {
         )
         .await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-        let (s, _, e) = send(
-            &router,
-            t,
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            &[],
-            Some(json!({})),
-        )
-        .await;
+        let (s, _, e) = post(&router, t, "/api/v1/namespaces/default/pods", json!({})).await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{e}");
 
         // Pages, field selectors, Tables.
         for name in ["sa", "sb", "sc"] {
             let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                              "spec": {"selector": {"app": "api"}, "ports": [{"port": 80}]}});
-            let (s, _, v) = send(&router, t, "POST", SERVICES, &[], Some(svc)).await;
+            let (s, _, v) = post(&router, t, SERVICES, svc).await;
             assert_eq!(s, StatusCode::CREATED, "{v}");
         }
-        let (_, _, page) = send(&router, t, "GET", &format!("{SERVICES}?limit=2"), &[], None).await;
+        let (_, _, page) = get(&router, t, &format!("{SERVICES}?limit=2")).await;
         assert_eq!(page["items"].as_array().unwrap().len(), 2);
         assert_eq!(page["metadata"]["remainingItemCount"], 1);
         let next = page["metadata"]["continue"].as_str().unwrap();
-        let (_, _, page) = send(
-            &router,
-            t,
-            "GET",
-            &format!("{SERVICES}?limit=2&continue={next}"),
-            &[],
-            None,
-        )
-        .await;
+        let (_, _, page) = get(&router, t, &format!("{SERVICES}?limit=2&continue={next}")).await;
         assert_eq!(page["items"][0]["metadata"]["name"], "sc");
         assert!(page["metadata"]["continue"].is_null());
-        let (_, _, one) = send(
+        let (_, _, one) = get(
             &router,
             t,
-            "GET",
             &format!("{SERVICES}?fieldSelector=metadata.name%3Dsb"),
-            &[],
-            None,
         )
         .await;
         assert_eq!(one["items"].as_array().unwrap().len(), 1);
-        let (s, _, e) = send(
+        let (s, _, e) = get(
             &router,
             t,
-            "GET",
             &format!("{SERVICES}?fieldSelector=spec.bogus%3Dx"),
-            &[],
-            None,
         )
         .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -1989,40 +1954,24 @@ mod tests {
         assert_eq!(tbl["rows"][0]["cells"][4], "80/TCP");
 
         // The namespace object, other namespaces, unknown resources.
-        let (s, _, ns) = send(&router, t, "GET", "/api/v1/namespaces/default", &[], None).await;
+        let (s, _, ns) = get(&router, t, "/api/v1/namespaces/default").await;
         assert_eq!(
             (s, ns["status"]["phase"].as_str()),
             (StatusCode::OK, Some("Active"))
         );
-        let (s, _, e) = send(
-            &router,
-            t,
-            "GET",
-            "/api/v1/namespaces/other/services",
-            &[],
-            None,
-        )
-        .await;
+        let (s, _, e) = get(&router, t, "/api/v1/namespaces/other/services").await;
         assert_eq!(
             (s, e["reason"].as_str()),
             (StatusCode::NOT_FOUND, Some("NotFound"))
         );
-        let (s, _, e) = send(
-            &router,
-            t,
-            "GET",
-            "/apis/apps/v1/namespaces/default/widgets",
-            &[],
-            None,
-        )
-        .await;
+        let (s, _, e) = get(&router, t, "/apis/apps/v1/namespaces/default/widgets").await;
         assert_eq!(
             (s, e["kind"].as_str()),
             (StatusCode::NOT_FOUND, Some("Status"))
         );
 
         // The OpenAPI document, both ways.
-        let (s, h, doc) = send(&router, t, "GET", "/openapi/v2", &[], None).await;
+        let (s, h, doc) = get(&router, t, "/openapi/v2").await;
         assert_eq!(s, StatusCode::OK);
         assert!(doc["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
         assert_eq!(h["content-type"], "application/json");
