@@ -280,7 +280,12 @@ pub(crate) async fn serve<H, F, B>(
                 // A client that never sends its first byte is as slow as one that
                 // trickles its head.
                 Some(tls) => {
-                    match tokio::time::timeout(limits.idle_timeout, stream.opens_with_tls()).await {
+                    let first = tokio::time::timeout(limits.idle_timeout, stream.opens_with_tls());
+                    let first = tokio::select! {
+                        first = first => first,
+                        () = stop.cancelled() => return,
+                    };
+                    match first {
                         Ok(Ok(true)) => Some(tls),
                         Ok(Ok(false)) => None,
                         _ => return,

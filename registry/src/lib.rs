@@ -110,6 +110,8 @@ pub struct Registry {
     credentials_from: String,
     use_basic: bool,
     progress: Option<Progress>,
+    /// The most bytes one pull may bring (its blobs as its manifest declares them).
+    max_pull: u64,
 }
 
 /// Told how a transfer goes, a line at a time (an empty line when it is done).
@@ -136,7 +138,14 @@ impl Registry {
             credentials_from: "credentials".into(),
             use_basic: false,
             progress: None,
+            max_pull: u64::MAX,
         })
+    }
+
+    /// Refuses a pull whose blobs add up to more than `bytes`, before downloading any.
+    pub fn with_max_pull(mut self, bytes: u64) -> Self {
+        self.max_pull = bytes;
+        self
     }
 
     /// Credentials for registries that ask for Basic auth; `from` says where they come
@@ -409,6 +418,13 @@ impl Registry {
             .chain(&manifest.layers)
             .cloned()
             .collect();
+        let total = blobs.iter().fold(0u64, |t, b| t.saturating_add(b.size));
+        if total > self.max_pull {
+            bail!(
+                "the image is {total} bytes, more than the {} this node takes in one pull",
+                self.max_pull
+            );
+        }
         let mut staged: Vec<StagedBlob> = Vec::new();
         for (i, blob) in blobs.iter().enumerate() {
             if store.blobs().contains(&blob.digest) {
@@ -419,7 +435,8 @@ impl Registry {
             let resp = self
                 .call(Method::GET, &url, &path, |r| r, &[StatusCode::OK])
                 .await?;
-            let mut writer = store.blobs().writer(MAX_BLOB)?;
+            // No more than it declares: a registry that sends more is cut off.
+            let mut writer = store.blobs().writer(blob.size.min(MAX_BLOB))?;
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk =

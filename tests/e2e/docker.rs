@@ -571,6 +571,25 @@ async fn docker_login_push_pull_through_a_real_registry_and_events_tell_a_contai
     assert_ne!(code, Some(0));
     assert!(e.contains("MANIFEST_UNKNOWN") || e.contains("404"), "{e}");
 
+    // A node whose uploads are capped takes no larger pull, and keeps nothing of it.
+    let small = Node::start_with(&["--upload-limit", "1KiB"]).await;
+    ok(&docker_stdin(
+        &small,
+        &["login", &registry.addr, "-u", "user", "--password-stdin"],
+        "secret\n",
+    )
+    .await);
+    let (code, _, e) = outcome(&docker(&small, &["pull", &remote]).await);
+    assert_ne!(code, Some(0));
+    assert!(e.contains("more than the 1024"), "{e}");
+    assert!(!has_image(&small, &remote).await);
+    let leftovers: Vec<_> = std::fs::read_dir(&small.dir)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with(".pull-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // Events: a container's whole life, live and then again from the past.
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -65,10 +65,12 @@ fn reference(text: &str) -> Answer<Reference> {
     Reference::parse(text).map_err(|e| bad(format!("{e:#}")))
 }
 
-fn registry(r: Reference, headers: &HeaderMap) -> Answer<Registry> {
+fn registry(r: Reference, headers: &HeaderMap, max_pull: u64) -> Answer<Registry> {
     Ok(Registry::new(r, false)
         .map_err(|e| bad(format!("{e:#}")))?
-        .with_basic_auth(credentials(headers)?, "X-Registry-Auth (docker login)"))
+        .with_basic_auth(credentials(headers)?, "X-Registry-Auth (docker login)")
+        // A pull is an upload from elsewhere: the same cap.
+        .with_max_pull(max_pull))
 }
 
 /// A progress stream: lines sent by a task, the response reading them as they come.
@@ -115,7 +117,7 @@ pub(super) async fn pull(
     };
     let r = reference(&text)?;
     let name = ImageName::parse(&r.local_name()).map_err(|e| bad(e.to_string()))?;
-    let mut session = registry(r.clone(), &headers)?;
+    let mut session = registry(r.clone(), &headers, shared.config.upload_cap)?;
     let (tx, response) = stream();
     tokio::spawn(async move {
         let _ = tx
@@ -194,7 +196,7 @@ pub(super) async fn push(
                 ),
             )
         })?;
-    let mut session = registry(r.clone(), &headers)?;
+    let mut session = registry(r.clone(), &headers, shared.config.upload_cap)?;
     let (tx, response) = stream();
     tokio::spawn(async move {
         let _ = tx
