@@ -153,8 +153,8 @@ pub(crate) struct Shared {
     docker_execs: api::docker::Execs,
     /// The Kubernetes API's resourceVersions and watch events.
     kube_journal: api::kube::Journal,
-    /// The CA of the API's TLS (PEM), for kubeconfigs.
-    api_ca: String,
+    /// The CA of the API's TLS (PEM), for kubeconfigs; none when TLS could not be set up.
+    api_ca: Option<String>,
 }
 
 /// A started node.
@@ -380,7 +380,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("failed to bind the ingress to {}", config.ingress_addr))?;
     let api_addr = api_listener.local_addr()?;
-    let api_tls = tls::load(
+    // TLS is for kubectl; without it the node still serves everything else.
+    let api_tls = match tls::load(
         dir,
         &[
             api_addr.ip(),
@@ -389,8 +390,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
             .trim(),
-    )
-    .context("failed to set up the API's TLS")?;
+    ) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the API port serves plain HTTP only: kubectl cannot use it");
+            None
+        }
+    };
     let ingress_addr = ingress_listener.local_addr()?;
     let gossip_socket = tokio::net::UdpSocket::bind(config.cluster.gossip_addr)
         .await
@@ -486,7 +492,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         view: view_tx,
         docker_execs: Default::default(),
         kube_journal: Default::default(),
-        api_ca: api_tls.ca.clone(),
+        api_ca: api_tls.as_ref().map(|t| t.ca.clone()),
     });
 
     let exits = {
@@ -509,7 +515,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.drain_timeout,
     ));
     let api = serve_router(
-        listener::Listening::TcpOrTls(api_listener, api_tls.acceptor.clone()),
+        match api_tls {
+            Some(tls) => listener::Listening::TcpOrTls(api_listener, tls.acceptor),
+            None => listener::Listening::Tcp(api_listener),
+        },
         api::router(shared.clone()),
         &config,
         &shutdown,

@@ -306,12 +306,15 @@ async fn join_token(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value
 }
 
 /// `GET /v1/cluster/ca`: the CA of the API port's TLS (PEM), which kubeconfigs carry.
-async fn api_ca(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/x-pem-file")],
-        shared.api_ca.clone(),
-    )
-        .into_response()
+async fn api_ca(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let ca = shared.api_ca.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_tls",
+            "the API port has no TLS (see the node's log for why), so kubectl cannot be given a kubeconfig",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response())
 }
 
 /// `ok`, or 503 naming what is wrong (the state store cannot be written).
