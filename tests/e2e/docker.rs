@@ -622,21 +622,41 @@ async fn docker_login_push_pull_through_a_real_registry_and_events_tell_a_contai
             }
         })
     };
-    // `docker events` is subscribed once it has its answer's head; a ping after it
-    // has started is not proof, so run until the first event shows.
+    // `docker events` has subscribed once it shows an event: probe containers are run
+    // until one's removal is seen, so the container watched is run once, in full view.
+    let mut probes = 0;
+    wait_for(
+        "the event stream to be live",
+        Duration::from_secs(30),
+        || {
+            probes += 1;
+            let name = format!("probe{probes}");
+            let node = &node;
+            let seen = seen.clone();
+            async move {
+                if seen.lock().unwrap().contains("destroy probe") {
+                    return Some(());
+                }
+                let _ = docker(
+                    node,
+                    &["run", "--rm", "--name", &name, "bb:v1", "echo", "hi"],
+                )
+                .await;
+                None
+            }
+        },
+    )
+    .await;
+    ok(&docker(
+        &node,
+        &["run", "--rm", "--name", "ev", "bb:v1", "echo", "hi"],
+    )
+    .await);
     let life = ["create ev", "start ev", "die ev", "destroy ev"];
     let text = wait_for(
         "the events of a container's life",
         Duration::from_secs(30),
         || async {
-            let text = seen.lock().unwrap().clone();
-            if text.is_empty() {
-                let _ = docker(
-                    &node,
-                    &["run", "--rm", "--name", "ev", "bb:v1", "echo", "hi"],
-                )
-                .await;
-            }
             let text = seen.lock().unwrap().clone();
             life.iter().all(|l| text.contains(l)).then_some(text)
         },
@@ -668,6 +688,8 @@ async fn docker_login_push_pull_through_a_real_registry_and_events_tell_a_contai
                 &until,
                 "--filter",
                 "event=die",
+                "--filter",
+                "container=ev",
                 "--format",
                 "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
             ],
