@@ -328,12 +328,37 @@ impl Client {
         Ok(())
     }
 
-    pub(crate) async fn apps(&self) -> anyhow::Result<()> {
-        let apps: Vec<AppStatus> = self
-            .send(self.http.get(self.url("/v1/apps")))
-            .await?
-            .json()
-            .await?;
+    /// Every app, `chunk` at a time (0: in one request), following the pages.
+    async fn all_apps(&self, chunk: usize) -> anyhow::Result<Vec<AppStatus>> {
+        if chunk == 0 {
+            return Ok(self
+                .send(self.http.get(self.url("/v1/apps")))
+                .await?
+                .json()
+                .await?);
+        }
+        let mut apps = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", chunk.to_string())];
+            if let Some(token) = next.take() {
+                query.push(("continue", token));
+            }
+            let page: skiff_spec::api::Page<AppStatus> = self
+                .send(self.http.get(self.url("/v1/apps")).query(&query))
+                .await?
+                .json()
+                .await?;
+            apps.extend(page.items);
+            match page.metadata.continue_token {
+                Some(token) => next = Some(token),
+                None => return Ok(apps),
+            }
+        }
+    }
+
+    pub(crate) async fn apps(&self, chunk: usize) -> anyhow::Result<()> {
+        let apps = self.all_apps(chunk).await?;
         let now = now_ms();
         let rows: Vec<[String; 6]> = apps
             .iter()

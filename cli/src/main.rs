@@ -259,6 +259,9 @@ enum Command {
     /// List apps.
     #[command(alias = "ls")]
     Apps {
+        /// Apps asked for per request (as kubectl's --chunk-size; 0: all at once).
+        #[arg(long, default_value_t = 500)]
+        chunk_size: usize,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -724,7 +727,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
         } => Client::new(&client)?.save(&output, &images).await,
         Command::Load { input, client } => Client::new(&client)?.load(&input).await,
-        Command::Apps { client } => Client::new(&client)?.apps().await,
+        Command::Apps { chunk_size, client } => Client::new(&client)?.apps(chunk_size).await,
         Command::Inspect { name, client } => Client::new(&client)?.inspect(&name).await,
         Command::Logs {
             name,

@@ -20,6 +20,29 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// One page of a list, as Kubernetes pages lists: asked for with `?limit=N` (and
+/// `&continue=TOKEN` for the next), the items in name order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// Where the next page starts.
+    #[serde(default)]
+    pub metadata: PageMeta,
+}
+
+/// A page's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageMeta {
+    /// The token for the next page; none on the last.
+    #[serde(default, rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+    /// Items after this page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_item_count: Option<u64>,
+}
+
 /// One app as `GET /v1/apps/{name}` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppStatus {

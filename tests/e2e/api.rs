@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use serde_json::Value;
 
-use crate::harness::{Node, hello_wasm, wat};
+use crate::harness::{Node, hello_wasm, ok, skiff, wat};
 
 #[tokio::test]
 async fn upload_serves_and_redeploy_bumps_generation() {
@@ -324,4 +324,49 @@ async fn unknown_hosts_and_apps_get_404() {
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("<app>.localhost"));
     assert_eq!(node.get("nothing-here", "/").await.0, 404);
+}
+
+#[tokio::test]
+async fn lists_page_as_kubernetes_pages_and_the_cli_follows_the_pages() {
+    let node = Node::start().await;
+    for name in ["pa", "pb", "pc"] {
+        node.deploy_ok(name, hello_wasm(), "").await;
+    }
+    let page: Value = node.api_get("/v1/apps?limit=2").await.json().await.unwrap();
+    let names = |p: &Value| -> Vec<String> {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&page), ["pa", "pb"]);
+    assert_eq!(page["metadata"]["remainingItemCount"], 1);
+    let token = page["metadata"]["continue"].as_str().unwrap();
+    let last: Value = node
+        .api_get(&format!("/v1/apps?limit=2&continue={token}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&last), ["pc"]);
+    assert!(last["metadata"]["continue"].is_null(), "{last}");
+    // Without a limit: the whole list, as before.
+    let all: Value = node.api_get("/v1/apps").await.json().await.unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    for bad in [
+        "/v1/apps?limit=0",
+        "/v1/apps?limit=x",
+        "/v1/apps?limit=1&continue=zz",
+    ] {
+        let r = node.api_get(bad).await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // The CLI asks a page of one at a time and shows all three.
+    let out = ok(&skiff(&node, &["apps", "--chunk-size", "1"]).await);
+    for name in ["pa", "pb", "pc"] {
+        assert!(out.contains(name), "{out}");
+    }
+    assert_eq!(out.lines().count(), 4, "{out}");
 }

@@ -406,8 +406,64 @@ fn app_name(name: String) -> Result<AppName, ApiError> {
     AppName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))
 }
 
-async fn list_apps(State(shared): State<Arc<Shared>>) -> Json<Vec<skiff_spec::api::AppStatus>> {
-    Json(shared.apps.list().await)
+/// A continue token: lists go in name order, so the next page starts after the last
+/// name given (hex, so it is opaque and URL-safe).
+pub(super) fn continue_token(last: &str) -> String {
+    hex::encode(last.as_bytes())
+}
+
+/// The name a continue token says the next page starts after.
+pub(super) fn continue_after(token: &str) -> Result<String, ApiError> {
+    hex::decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::bad_request("invalid", "continue: not a token this server gave"))
+}
+
+/// Largest page a client may ask for.
+const MAX_PAGE: usize = 10_000;
+
+/// `GET /v1/apps`: every app; with `?limit=N[&continue=T]`, one page (a [`Page`]).
+///
+/// [`Page`]: skiff_spec::api::Page
+async fn list_apps(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(q);
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(limit) = get("limit") else {
+        return Ok(Json(shared.apps.list().await).into_response());
+    };
+    let limit: usize = limit
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid",
+                format!("limit: {limit:?} is not 1 to {MAX_PAGE}"),
+            )
+        })?;
+    let after = get("continue")
+        .filter(|t| !t.is_empty())
+        .map(continue_after)
+        .transpose()?;
+    let (items, last, remaining) = shared.apps.list_page(after.as_deref(), limit).await;
+    let continue_token = last.filter(|_| remaining > 0).map(|l| continue_token(&l));
+    Ok(Json(skiff_spec::api::Page {
+        metadata: skiff_spec::api::PageMeta {
+            remaining_item_count: continue_token.is_some().then_some(remaining),
+            continue_token,
+        },
+        items,
+    })
+    .into_response())
 }
 
 async fn get_app(

@@ -317,6 +317,31 @@ impl Apps {
         self.app_status(&d).await
     }
 
+    /// At most `limit` apps in name order after the app named `after`, the last name
+    /// looked at, and how many deployments come after it: the cost is the page's, not
+    /// the node's.
+    pub async fn list_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<AppStatus>, Option<String>, u64) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let (page, remaining): (Vec<_>, u64) = self.desired.read(|s| {
+            let from = after.map_or(Unbounded, Excluded);
+            let mut range = s.state.deployments.range::<str, _>((from, Unbounded));
+            let page: Vec<_> = range.by_ref().take(limit).map(|(_, d)| d.clone()).collect();
+            (page, range.count() as u64)
+        });
+        let mut out = Vec::with_capacity(page.len());
+        for d in &page {
+            if let Ok(s) = self.app_status(d).await {
+                out.push(s);
+            }
+        }
+        let last = page.last().map(|d| d.object.metadata.name.clone());
+        (out, last, remaining)
+    }
+
     /// Every app (Deployment), by name.
     pub async fn list(&self) -> Vec<AppStatus> {
         let deployments: Vec<_> = self

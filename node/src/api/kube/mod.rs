@@ -781,19 +781,11 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let filter = Filter::new(res.kind, p)?;
     let (all, version) = objects(shared, res.kind).await;
-    // A continue token is the hex of the last name given: names sort, so the next
-    // page starts after it.
-    let after = match &p.continue_ {
-        Some(token) => Some(
-            hex::decode(token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid", "continue: not a token this server gave")
-                })?,
-        ),
-        None => None,
-    };
+    let after = p
+        .continue_
+        .as_deref()
+        .map(super::continue_after)
+        .transpose()?;
     let mut items: Vec<Value> = all
         .into_iter()
         .filter(|o| filter.admits(o))
@@ -813,7 +805,7 @@ async fn list(
         next = items
             .last()
             .and_then(|o| o["metadata"]["name"].as_str())
-            .map(|n| hex::encode(n.as_bytes()));
+            .map(super::continue_token);
     }
     if table {
         return Ok(Json(table::table(
