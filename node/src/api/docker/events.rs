@@ -96,7 +96,6 @@ pub(super) async fn events(
     let since = time_ns(&pairs, "since")?;
     let until = time_ns(&pairs, "until")?;
     let (kept, rx) = shared.apps.container_events.subscribe();
-    let last_kept = kept.last().map_or(0, |e| e.at_ns);
     let f = Arc::new(f);
     let past: Vec<String> = match since {
         Some(since) => kept
@@ -127,9 +126,9 @@ pub(super) async fn events(
                         Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok()?,
                         None => rx.recv().await,
                     };
+                    // The kept events and the subscription were taken together: every
+                    // event here is newer than the past ones sent.
                     match next {
-                        // Already sent as a past event.
-                        Ok(e) if e.at_ns <= last_kept && since.is_some() => {}
                         Ok(e) if wanted(&e, &f) => return Some((line(&e), rx)),
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -586,11 +586,39 @@ fn value(object: impl serde::Serialize) -> Value {
     serde_json::to_value(object).expect("objects serialize")
 }
 
-/// A Deployment as served: with its status and current revision.
+/// A Deployment as served: with its status, current revision, and the strategy
+/// Kubernetes defaults (the pod template is left as stored: a default added there
+/// would make an undo's template a new revision).
 fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
     let mut v = value(shared.apps.deployment_object(d));
     v["metadata"]["namespace"] = json!("default");
     v["metadata"]["annotations"][REVISION] = json!(d.current().number.to_string());
+    let strategy = &mut v["spec"]["strategy"];
+    if strategy["type"].is_null() {
+        strategy["type"] = json!("RollingUpdate");
+    }
+    if strategy["type"] == "RollingUpdate" {
+        for field in ["maxSurge", "maxUnavailable"] {
+            if strategy["rollingUpdate"][field].is_null() {
+                strategy["rollingUpdate"][field] = json!("25%");
+            }
+        }
+    }
+    v
+}
+
+/// A Service as served: ports with the protocol and target port Kubernetes defaults.
+fn service_value(s: k8s::Service) -> Value {
+    let mut v = value(s);
+    v["metadata"]["namespace"] = json!("default");
+    for port in v["spec"]["ports"].as_array_mut().into_iter().flatten() {
+        if port["protocol"].is_null() {
+            port["protocol"] = json!("TCP");
+        }
+        if port["targetPort"].is_null() {
+            port["targetPort"] = port["port"].clone();
+        }
+    }
     v
 }
 
@@ -729,11 +757,7 @@ async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
             .apps
             .services()
             .into_iter()
-            .map(|s| {
-                let mut v = value(s);
-                v["metadata"]["namespace"] = json!("default");
-                v
-            })
+            .map(service_value)
             .collect(),
         Kind::Node => nodes(shared).await.into_iter().map(value).collect(),
         Kind::Event => events(shared, &stored()),
@@ -1782,6 +1806,9 @@ mod tests {
             "{warning}"
         );
         assert_eq!(v["metadata"]["annotations"][REVISION], "1");
+        // Kubernetes' defaults, as kubectl describe shows them.
+        assert_eq!(v["spec"]["strategy"]["type"], "RollingUpdate");
+        assert_eq!(v["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         let (s, _, v) = post(&router, t, DEPLOYMENTS, deployment_json("a:1")).await;
         assert_eq!(
             (s, v["kind"].as_str(), v["reason"].as_str()),
@@ -1914,6 +1941,10 @@ mod tests {
         let next = page["metadata"]["continue"].as_str().unwrap();
         let (_, _, page) = get(&router, t, &format!("{SERVICES}?limit=2&continue={next}")).await;
         assert_eq!(page["items"][0]["metadata"]["name"], "sc");
+        assert_eq!(
+            page["items"][0]["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
         assert!(page["metadata"]["continue"].is_null());
         let (_, _, one) = get(
             &router,
