@@ -233,7 +233,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             header.kind.unwrap_or_default(),
         );
         let mut ignored = Vec::new();
-        let object = match (api_version.as_str(), kind.as_str()) {
+        let mut object = match (api_version.as_str(), kind.as_str()) {
             (_, "") => {
                 return Err(error(
                     Some(index),
@@ -275,6 +275,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                 ));
             }
         };
+        normalize(&mut object);
         let problems = match &object {
             Object::Deployment(d) => validate_deployment(d),
             Object::Service(s) => validate_service(s),
@@ -307,6 +308,22 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
         });
     }
     Ok(out)
+}
+
+/// What Kubernetes reads as absent is absent here too: `resources: {}`, which Go's
+/// types always write (so a template kubectl sends back, as `rollout undo` does, must
+/// hash to the revision it came from, not make a new one).
+fn normalize(object: &mut Object) {
+    if let Object::Deployment(d) = object {
+        for c in &mut d.spec.template.spec.containers {
+            if c.resources
+                .as_ref()
+                .is_some_and(|r| r.limits.is_empty() && r.requests.is_empty())
+            {
+                c.resources = None;
+            }
+        }
+    }
 }
 
 /// `text` with control characters escaped: an error is one line whatever the
@@ -629,6 +646,20 @@ mod tests {
     /// The nginx example's two manifests, as people write them (samples/nginx-k8s).
     const DEPLOYMENT: &str = include_str!("../../samples/nginx-k8s/deployment.yaml");
     const SERVICE: &str = include_str!("../../samples/nginx-k8s/service.yaml");
+
+    #[test]
+    fn an_empty_resources_is_no_resources_so_templates_written_back_by_go_match() {
+        let with = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec:\n  selector: {matchLabels: {app: w}}\n  template:\n    metadata: {labels: {app: w}, creationTimestamp: null}\n    spec: {containers: [{name: w, image: 'w:1', resources: {}}]}\n";
+        let without = with
+            .replace(", resources: {}", "")
+            .replace(", creationTimestamp: null", "");
+        let read = |text: &str| match parse("t.yaml", text).unwrap().remove(0).object {
+            Object::Deployment(d) => d.spec.template,
+            Object::Service(_) => unreachable!(),
+        };
+        assert_eq!(read(with), read(&without));
+        assert!(read(with).spec.containers[0].resources.is_none());
+    }
 
     #[test]
     fn the_nginx_example_manifests_read_unchanged() {

@@ -272,7 +272,18 @@ async fn api_needs_the_token_except_healthz() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    for path in ["/v1/apps", "/v1/apps/x", "/metrics", "/v1/apps/x/logs"] {
+    for path in [
+        "/v1/apps",
+        "/v1/apps/x",
+        "/metrics",
+        "/v1/apps/x/logs",
+        // The Kubernetes API and the CA a kubeconfig carries are the token's too.
+        "/v1/cluster/ca",
+        "/api",
+        "/openapi/v2",
+        "/api/v1/namespaces/default/pods?watch=true",
+        "/apis/apps/v1/namespaces/default/deployments",
+    ] {
         let r = node
             .http
             .get(format!("{}{path}", node.api))
@@ -290,6 +301,8 @@ async fn api_needs_the_token_except_healthz() {
         assert_eq!(r.status(), 401, "{path} with a wrong token");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
+        // kubectl reads the same answer as a Status.
+        assert_eq!(body["reason"], "Unauthorized");
     }
     // A small body: the node answers 401 without reading uploads from strangers.
     let r = node

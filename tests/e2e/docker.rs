@@ -54,13 +54,7 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
         .unwrap();
     assert_eq!(authed.status(), 200);
     assert_eq!(authed.headers()["api-version"], "1.45");
-    let too_new = node
-        .http
-        .get(format!("{}/v1.99/containers/json", node.api))
-        .bearer_auth(&node.token)
-        .send()
-        .await
-        .unwrap();
+    let too_new = node.api_get("/v1.99/containers/json").await;
     assert_eq!(too_new.status(), 400);
     assert!(
         too_new

@@ -989,32 +989,13 @@ async fn watch(
 
 /// Annotations the node sets: never taken from what a client sends.
 fn strip_server_fields(object: &mut Value) {
-    if let Some(a) = object["metadata"]["annotations"].as_object_mut() {
+    // `get_mut`, not indexing: indexing a Value mutably inserts the keys it passes.
+    if let Some(a) = object
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+        .and_then(Value::as_object_mut)
+    {
         a.remove(REVISION);
-    }
-}
-
-/// Drops nulls, empty objects and empty lists, which Kubernetes reads as absent:
-/// client-go writes them (`creationTimestamp: null`, `resources: {}`), and a template
-/// that differs only by them must be the same revision (`rollout undo` sends an old
-/// template back through Go's types).
-fn prune(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.values_mut().for_each(prune);
-            m.retain(|_, v| !is_empty(v));
-        }
-        Value::Array(a) => a.iter_mut().for_each(prune),
-        _ => {}
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
     }
 }
 
@@ -1049,7 +1030,6 @@ fn read_object(
         ));
     }
     strip_server_fields(&mut object);
-    prune(&mut object);
     let text = object.to_string();
     if text.len() > manifest::MAX_MANIFEST_BYTES {
         return Err(ApiError::too_large(format!(
@@ -1499,13 +1479,24 @@ mod tests {
             None => req.body(Body::empty()),
         }
         .unwrap();
+        let (status, _, value) = answer(router, req).await;
+        (status, value)
+    }
+
+    /// Sends a request through the router; its status, headers and JSON body (null
+    /// when it is not JSON).
+    async fn answer(
+        router: &axum::Router,
+        req: Request<Body>,
+    ) -> (StatusCode, http::HeaderMap, Value) {
         let resp = tower::ServiceExt::oneshot(router.clone(), req)
             .await
             .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
         (
-            status,
+            parts.status,
+            parts.headers,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
     }
@@ -1710,16 +1701,7 @@ mod tests {
         let req = req
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .unwrap();
-        let resp = tower::ServiceExt::oneshot(router.clone(), req)
-            .await
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        answer(router, req).await
     }
 
     /// A POST of `body` with the token.
@@ -2012,6 +1994,44 @@ mod tests {
         .await;
         assert!(h["content-type"].to_str().unwrap().ends_with("+protobuf"));
 
+        node.shutdown_token().cancel();
+        node.wait().await;
+    }
+
+    #[tokio::test]
+    async fn watches_are_capped_and_a_closed_one_frees_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let watch = || {
+            let req = Request::builder()
+                .uri("/api/v1/namespaces/default/pods?watch=1")
+                .header("authorization", format!("Bearer {}", node.shared.token))
+                .body(Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(router.clone(), req)
+        };
+        // Open watches (their bodies held, never read) until the node says no; other
+        // tests in this process may hold a few, so the count is at most the cap.
+        let mut open = Vec::new();
+        let refused = loop {
+            let resp = watch().await.unwrap();
+            if resp.status() != StatusCode::OK {
+                break resp;
+            }
+            open.push(resp);
+            assert!(
+                open.len() <= MAX_WATCHES,
+                "more than {MAX_WATCHES} watches open"
+            );
+        };
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(open.len() > MAX_WATCHES - 16, "{} opened", open.len());
+        open.pop();
+        assert_eq!(watch().await.unwrap().status(), StatusCode::OK);
+        drop(open);
         node.shutdown_token().cancel();
         node.wait().await;
     }
