@@ -1,12 +1,13 @@
 //! The node's images as an OCI image layout: `oci-layout`, `index.json` (one entry per
 //! tag, named by `org.opencontainers.image.ref.name`), and `blobs/sha256/…`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use skiff_spec::{AppKind, Digest};
 
@@ -111,12 +112,103 @@ pub struct ImageSummary {
 pub struct ImageStore {
     root: PathBuf,
     blobs: BlobStore,
-    /// Serialises read-modify-write of `index.json`.
-    index: Mutex<()>,
+    /// The tags, durable in `tags.redb` and read from memory. Its lock serialises
+    /// tag changes and garbage collection.
+    tags: Mutex<Tags>,
+    db: Database,
 }
 
+/// The table of tags: name -> manifest descriptor (JSON).
+const TAGS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("tags/v1");
+
+/// The tags in memory, both ways.
+#[derive(Default)]
+struct Tags {
+    by_name: BTreeMap<String, Descriptor>,
+    by_digest: BTreeMap<Digest, BTreeSet<String>>,
+    /// Built the first time a collection removes a manifest.
+    refs: Option<Refs>,
+}
+
+impl Tags {
+    fn insert(&mut self, name: String, entry: Descriptor) {
+        self.by_digest
+            .entry(entry.digest)
+            .or_default()
+            .insert(name.clone());
+        if let Some(old) = self.by_name.insert(name.clone(), entry) {
+            self.forget(&name, old.digest);
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Descriptor> {
+        let old = self.by_name.remove(name)?;
+        self.forget(name, old.digest);
+        Some(old)
+    }
+
+    /// Drops `name` from `digest`'s names (unless it still names it).
+    fn forget(&mut self, name: &str, digest: Digest) {
+        if self.by_name.get(name).is_some_and(|d| d.digest == digest) {
+            return;
+        }
+        if let Some(names) = self.by_digest.get_mut(&digest) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_digest.remove(&digest);
+            }
+        }
+    }
+}
+
+/// Which stored manifests refer to each blob: built once from the store, then kept up
+/// to date from the blobs committed since (the blob store records them), so removing
+/// one image costs that image, not the store. Manifests never change (a digest names
+/// its bytes), so what one refers to is read once.
+#[derive(Default)]
+struct Refs {
+    /// Manifests counted, with the blobs each refers to.
+    counted: HashMap<Digest, Vec<Digest>>,
+    /// Counted manifests referring to each blob.
+    parents: HashMap<Digest, u32>,
+}
+
+impl Refs {
+    fn add(&mut self, manifest: Digest, m: &Manifest) {
+        if self.counted.contains_key(&manifest) {
+            return;
+        }
+        let children: Vec<Digest> = std::iter::once(m.config.digest)
+            .chain(m.layers.iter().map(|l| l.digest))
+            .collect();
+        for c in &children {
+            *self.parents.entry(*c).or_default() += 1;
+        }
+        self.counted.insert(manifest, children);
+    }
+
+    /// Forgets `manifest`; returns the blobs no counted manifest refers to any more.
+    fn remove(&mut self, manifest: &Digest) -> Vec<Digest> {
+        let mut orphans = Vec::new();
+        for c in self.counted.remove(manifest).unwrap_or_default() {
+            if let Some(n) = self.parents.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    self.parents.remove(&c);
+                    orphans.push(c);
+                }
+            }
+        }
+        orphans
+    }
+}
+
+/// Largest blob read as a possible manifest when the store is first counted.
+const MAX_MANIFEST: u64 = 1 << 20;
+
 impl ImageStore {
-    /// Opens (or creates) the layout at `root`.
+    /// Opens (or creates) the layout at `root`. Tags of a store written before tags
+    /// moved to `tags.redb` (its `index.json`) are carried over once.
     pub fn open(root: &Path) -> Result<Self, ImageError> {
         let blobs = BlobStore::open(root)?;
         let layout = root.join("oci-layout");
@@ -126,48 +218,119 @@ impl ImageStore {
                 format!("{{\"imageLayoutVersion\":\"{}\"}}", oci::LAYOUT_VERSION).as_bytes(),
             )?;
         }
+        let db_path = root.join("tags.redb");
+        let db_err = |op: &'static str| {
+            let path = db_path.clone();
+            move |e: redb::Error| ImageError::Index {
+                op,
+                path,
+                message: e.to_string(),
+            }
+        };
+        let db = Database::create(&db_path).map_err(|e| db_err("open")(e.into()))?;
+        let mut tags = Tags::default();
+        {
+            let txn = db.begin_write().map_err(|e| db_err("open")(e.into()))?;
+            txn.open_table(TAGS).map_err(|e| db_err("open")(e.into()))?;
+            txn.commit().map_err(|e| db_err("open")(e.into()))?;
+            let txn = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+            let table = txn.open_table(TAGS).map_err(|e| db_err("read")(e.into()))?;
+            for row in table.iter().map_err(|e| db_err("read")(e.into()))? {
+                let (name, value) = row.map_err(|e| db_err("read")(e.into()))?;
+                let entry: Descriptor =
+                    serde_json::from_slice(value.value()).map_err(|e| ImageError::Index {
+                        op: "parse a tag of",
+                        path: db_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                tags.insert(name.value().to_string(), entry);
+            }
+        }
         let store = Self {
             root: root.to_path_buf(),
             blobs,
-            index: Mutex::new(()),
+            tags: Mutex::new(Tags::default()),
+            db,
         };
-        if !store.index_path().exists() {
-            store.write_index(&Index {
+        let index_path = store.root.join("index.json");
+        let listed: Option<Vec<Descriptor>> = fs::read(&index_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+            .map(|i| i.manifests);
+        let rewrite_index = listed.as_ref().is_none_or(|m| !m.is_empty());
+        let legacy = listed.unwrap_or_default();
+        if tags.by_name.is_empty() && !legacy.is_empty() {
+            let txn = store
+                .db
+                .begin_write()
+                .map_err(|e| db_err("write")(e.into()))?;
+            {
+                let mut table = txn
+                    .open_table(TAGS)
+                    .map_err(|e| db_err("write")(e.into()))?;
+                for entry in legacy {
+                    if let Some(name) = entry.annotations.get(oci::REF_NAME).cloned() {
+                        let bytes = serde_json::to_vec(&entry).expect("descriptors serialize");
+                        table
+                            .insert(name.as_str(), bytes.as_slice())
+                            .map_err(|e| db_err("write")(e.into()))?;
+                        tags.insert(name, entry);
+                    }
+                }
+            }
+            txn.commit().map_err(|e| db_err("write")(e.into()))?;
+        }
+        if rewrite_index {
+            // The layout keeps a valid index; the tags are in `tags.redb`.
+            let empty = Index {
                 schema_version: 2,
                 media_type: Some(oci::INDEX_V1.into()),
                 manifests: vec![],
-            })?;
+            };
+            write_atomic(
+                &index_path,
+                &serde_json::to_vec(&empty).expect("index serializes"),
+            )?;
         }
+        *store.lock() = tags;
         Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tags> {
+        self.tags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes (`Some`) or removes (`None`) the tag `name`, durably.
+    fn write_tag(&self, name: &str, entry: Option<&Descriptor>) -> Result<(), ImageError> {
+        let err = |op: &'static str| {
+            let path = self.root.join("tags.redb");
+            move |e: redb::Error| ImageError::Index {
+                op,
+                path,
+                message: e.to_string(),
+            }
+        };
+        let txn = self.db.begin_write().map_err(|e| err("write")(e.into()))?;
+        {
+            let mut table = txn.open_table(TAGS).map_err(|e| err("write")(e.into()))?;
+            match entry {
+                Some(entry) => {
+                    let bytes = serde_json::to_vec(entry).expect("descriptors serialize");
+                    table
+                        .insert(name, bytes.as_slice())
+                        .map_err(|e| err("write")(e.into()))?;
+                }
+                None => {
+                    table.remove(name).map_err(|e| err("write")(e.into()))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| err("write")(e.into()))
     }
 
     /// The content-addressed blobs.
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
-    }
-
-    fn index_path(&self) -> PathBuf {
-        self.root.join("index.json")
-    }
-
-    /// The layout's index.
-    pub fn index(&self) -> Result<Index, ImageError> {
-        let path = self.index_path();
-        let bytes = fs::read(&path).map_err(|e| ImageError::Index {
-            op: "read",
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| ImageError::Index {
-            op: "parse",
-            path,
-            message: e.to_string(),
-        })
-    }
-
-    fn write_index(&self, index: &Index) -> Result<(), ImageError> {
-        let bytes = serde_json::to_vec(index).expect("index serializes");
-        write_atomic(&self.index_path(), &bytes)
     }
 
     /// Stores `value` as a JSON blob and describes it.
@@ -347,45 +510,32 @@ impl ImageStore {
         name: &ImageName,
         manifest: &Descriptor,
     ) -> Result<Option<Digest>, ImageError> {
-        let _guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let mut index = self.index()?;
+        let mut tags = self.lock();
         let name = name.to_string();
-        let mut previous = None;
-        index.manifests.retain(|d| {
-            let same = d.annotations.get(oci::REF_NAME) == Some(&name);
-            if same && d.digest != manifest.digest {
-                previous = Some(d.digest);
-            }
-            !same
-        });
+        let previous = tags
+            .by_name
+            .get(&name)
+            .map(|d| d.digest)
+            .filter(|d| *d != manifest.digest);
         let mut entry = manifest.clone();
-        entry.annotations.insert(oci::REF_NAME.into(), name);
-        index.manifests.push(entry);
-        index.manifests.sort_by(|a, b| {
-            a.annotations
-                .get(oci::REF_NAME)
-                .cmp(&b.annotations.get(oci::REF_NAME))
-        });
-        self.write_index(&index)?;
+        entry.annotations.insert(oci::REF_NAME.into(), name.clone());
+        self.write_tag(&name, Some(&entry))?;
+        tags.insert(name, entry);
         Ok(previous)
     }
 
     /// Removes the tag `name`; returns the image it named.
     pub fn untag(&self, name: &ImageName) -> Result<Digest, ImageError> {
-        let _guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let mut index = self.index()?;
-        let name_s = name.to_string();
-        let pos = index
-            .manifests
-            .iter()
-            .position(|d| d.annotations.get(oci::REF_NAME) == Some(&name_s))
-            .ok_or_else(|| ImageError::NotFound(name_s.clone()))?;
-        let removed = index.manifests.remove(pos);
-        self.write_index(&index)?;
-        Ok(removed.digest)
+        let mut tags = self.lock();
+        let name = name.to_string();
+        if !tags.by_name.contains_key(&name) {
+            return Err(ImageError::NotFound(name));
+        }
+        self.write_tag(&name, None)?;
+        Ok(tags.remove(&name).expect("checked above").digest)
     }
 
-    /// Resolves a name (`app`, `app:tag`), a full digest or an id prefix (12+ hex
+    /// Resolves a name (`app`, `app:tag`), a full digest or an id prefix (4+ hex
     /// digits) to an image.
     pub fn resolve(&self, reference: &str) -> Result<Digest, ImageError> {
         if let Ok(d) = reference.parse::<Digest>() {
@@ -395,28 +545,24 @@ impl ImageStore {
                 Err(ImageError::NotFound(reference.into()))
             };
         }
-        let index = self.index()?;
-        if let Ok(name) = ImageName::parse(reference) {
-            let name = name.to_string();
-            if let Some(d) = index
-                .manifests
-                .iter()
-                .find(|d| d.annotations.get(oci::REF_NAME) == Some(&name))
-            {
-                return Ok(d.digest);
-            }
+        let tags = self.lock();
+        if let Ok(name) = ImageName::parse(reference)
+            && let Some(d) = tags.by_name.get(&name.to_string())
+        {
+            return Ok(d.digest);
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: BTreeSet<Digest> = index
-                .manifests
-                .iter()
-                .map(|d| d.digest)
+            let matches: Vec<Digest> = tags
+                .by_digest
+                .keys()
                 .filter(|d| d.hex().starts_with(prefix))
+                .take(2)
+                .copied()
                 .collect();
-            return match matches.len() {
-                0 => Err(ImageError::NotFound(reference.into())),
-                1 => Ok(*matches.first().expect("one")),
+            return match matches[..] {
+                [] => Err(ImageError::NotFound(reference.into())),
+                [one] => Ok(one),
                 _ => Err(ImageError::Ambiguous(reference.into())),
             };
         }
@@ -425,14 +571,12 @@ impl ImageStore {
 
     /// Every tagged image (untagged ones are garbage and collected).
     pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
-        let index = self.index()?;
-        let mut by_digest: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-        for d in &index.manifests {
-            by_digest
-                .entry(d.digest)
-                .or_default()
-                .extend(d.annotations.get(oci::REF_NAME).cloned());
-        }
+        let by_digest: Vec<(Digest, Vec<String>)> = self
+            .lock()
+            .by_digest
+            .iter()
+            .map(|(d, names)| (*d, names.iter().cloned().collect()))
+            .collect();
         let mut out = Vec::new();
         for (digest, tags) in by_digest {
             let manifest = self.manifest(&digest)?;
@@ -465,26 +609,20 @@ impl ImageStore {
     /// Names pointing at `digest`.
     pub fn tags_of(&self, digest: &Digest) -> Result<Vec<String>, ImageError> {
         Ok(self
-            .index()?
-            .manifests
-            .iter()
-            .filter(|d| d.digest == *digest)
-            .filter_map(|d| d.annotations.get(oci::REF_NAME).cloned())
-            .collect())
+            .lock()
+            .by_digest
+            .get(digest)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     /// Deletes every blob that no tagged image and no image in `keep` refers to.
-    /// Returns how many blobs were removed.
+    /// Returns how many blobs were removed. Reads every image: for a start, and for
+    /// the image verbs (`rmi`); a deploy collects [`Self::collect_images`].
     pub fn collect_garbage(&self, keep: &BTreeSet<Digest>) -> Result<usize, ImageError> {
-        let _guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let index = self.index()?;
+        let mut tags = self.lock();
         let mut live = BTreeSet::new();
-        for digest in index
-            .manifests
-            .iter()
-            .map(|d| d.digest)
-            .chain(keep.iter().copied())
-        {
+        for digest in tags.by_digest.keys().chain(keep.iter()).copied() {
             live.insert(digest);
             if let Ok(m) = self.manifest(&digest) {
                 live.insert(m.config.digest);
@@ -498,7 +636,88 @@ impl ImageStore {
                 removed += 1;
             }
         }
+        // Counted again from the store the next time they are needed.
+        tags.refs = None;
+        self.blobs.record(false);
         Ok(removed)
+    }
+
+    /// Deletes the images `candidates` (manifest digests) that no tag names and `used`
+    /// does not claim, with the config and layers no other stored image refers to.
+    /// Returns the blobs removed. Costs the candidates, not the store: what each
+    /// manifest refers to is counted once (the first time, by reading the store's
+    /// manifests), then kept up to date from the blobs committed since.
+    pub fn collect_images(
+        &self,
+        candidates: &BTreeSet<Digest>,
+        used: impl Fn(&Digest) -> bool,
+    ) -> Result<Vec<Digest>, ImageError> {
+        let mut tags = self.lock();
+        let garbage: Vec<Digest> = candidates
+            .iter()
+            .filter(|d| !tags.by_digest.contains_key(d) && self.blobs.contains(d) && !used(d))
+            .copied()
+            .collect();
+        if garbage.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = match tags.refs.take() {
+            Some(mut refs) => {
+                for d in self.blobs.recorded() {
+                    if let Ok(m) = self.manifest_if_small(&d) {
+                        refs.add(d, &m);
+                    }
+                }
+                refs
+            }
+            None => {
+                // Blobs committed while the store is read are recorded, so none is
+                // missed; one counted twice is counted once.
+                self.blobs.record(true);
+                let mut refs = Refs::default();
+                for d in self.blobs.list()? {
+                    if let Ok(m) = self.manifest_if_small(&d) {
+                        refs.add(d, &m);
+                    }
+                }
+                for d in self.blobs.recorded() {
+                    if let Ok(m) = self.manifest_if_small(&d) {
+                        refs.add(d, &m);
+                    }
+                }
+                refs
+            }
+        };
+        let Tags {
+            by_digest,
+            refs: slot,
+            ..
+        } = &mut *tags;
+        let refs = slot.insert(refs);
+        let mut removed = Vec::new();
+        for manifest in garbage {
+            let orphans = refs.remove(&manifest);
+            self.blobs.remove(&manifest)?;
+            removed.push(manifest);
+            for blob in orphans {
+                // A blob that is itself an image someone holds stays.
+                if by_digest.contains_key(&blob) || refs.counted.contains_key(&blob) || used(&blob)
+                {
+                    continue;
+                }
+                self.blobs.remove(&blob)?;
+                removed.push(blob);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The manifest `digest`, if it is a small blob that reads as one.
+    fn manifest_if_small(&self, digest: &Digest) -> Result<Manifest, ImageError> {
+        if self.blobs.size(digest)? > MAX_MANIFEST {
+            return Err(ImageError::NotFound(digest.to_string()));
+        }
+        self.manifest(digest)
     }
 }
 
@@ -600,5 +819,136 @@ mod tests {
             "manifest, config and layer go"
         );
         assert!(!store.blobs().contains(&layer.digest));
+    }
+
+    /// An image of the shared layer `layer` whose config differs by `created`.
+    fn image_of(store: &ImageStore, layer: &Descriptor, created: &str) -> Descriptor {
+        let mut c = config();
+        c.created = created.into();
+        store
+            .write_image(oci::WASM_CONFIG, &c, vec![layer.clone()], BTreeMap::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn collecting_images_removes_only_what_no_other_image_refers_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let layer = Descriptor {
+            media_type: oci::WASM_LAYER.into(),
+            digest: store.blobs().put(b"\0asm shared").unwrap(),
+            size: 11,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
+        let one = image_of(&store, &layer, "2026-01-01T00:00:01Z");
+        let two = image_of(&store, &layer, "2026-01-01T00:00:02Z");
+        let (a, b) = (
+            ImageName::parse("a").unwrap(),
+            ImageName::parse("b").unwrap(),
+        );
+        store.tag(&a, &one).unwrap();
+        store.tag(&b, &two).unwrap();
+        let candidates = BTreeSet::from([one.digest, two.digest]);
+        assert!(
+            store
+                .collect_images(&candidates, |_| false)
+                .unwrap()
+                .is_empty(),
+            "tagged images stay"
+        );
+        store.untag(&a).unwrap();
+        assert!(
+            store
+                .collect_images(&candidates, |d| *d == one.digest)
+                .unwrap()
+                .is_empty(),
+            "images in use stay"
+        );
+        let config_one = store.manifest(&one.digest).unwrap().config.digest;
+        let removed = store.collect_images(&candidates, |_| false).unwrap();
+        assert_eq!(removed, [one.digest, config_one], "the shared layer stays");
+        assert!(store.blobs().contains(&layer.digest));
+        // An image written after the counts were made is counted too.
+        let three = image_of(&store, &layer, "2026-01-01T00:00:03Z");
+        store.tag(&a, &three).unwrap();
+        store.untag(&b).unwrap();
+        let removed = store.collect_images(&candidates, |_| false).unwrap();
+        assert_eq!(
+            removed.len(),
+            2,
+            "manifest and config of the second: {removed:?}"
+        );
+        assert!(
+            store.blobs().contains(&layer.digest),
+            "the third still needs it"
+        );
+        store.untag(&a).unwrap();
+        let removed = store
+            .collect_images(&BTreeSet::from([three.digest]), |_| false)
+            .unwrap();
+        assert_eq!(removed.len(), 3, "the last image takes the layer with it");
+        assert!(store.blobs().list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn tags_survive_reopening_and_an_old_index_is_carried_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = {
+            let store = ImageStore::open(dir.path()).unwrap();
+            let layer = Descriptor {
+                media_type: oci::WASM_LAYER.into(),
+                digest: store.blobs().put(b"\0asm kept").unwrap(),
+                size: 9,
+                annotations: BTreeMap::new(),
+                platform: None,
+            };
+            let image = image_of(&store, &layer, "2026-01-01T00:00:00Z");
+            store
+                .tag(&ImageName::parse("kept").unwrap(), &image)
+                .unwrap();
+            image
+        };
+        let store = ImageStore::open(dir.path()).unwrap();
+        assert_eq!(store.resolve("kept").unwrap(), layer.digest);
+        drop(store);
+
+        // A store whose tags are in index.json, as stores were before tags.redb.
+        let old = tempfile::tempdir().unwrap();
+        let image = {
+            let store = ImageStore::open(old.path()).unwrap();
+            let layer = Descriptor {
+                media_type: oci::WASM_LAYER.into(),
+                digest: store.blobs().put(b"\0asm old").unwrap(),
+                size: 8,
+                annotations: BTreeMap::new(),
+                platform: None,
+            };
+            image_of(&store, &layer, "2026-01-01T00:00:00Z")
+        };
+        std::fs::remove_file(old.path().join("tags.redb")).unwrap();
+        let mut entry = image.clone();
+        entry
+            .annotations
+            .insert(oci::REF_NAME.into(), "old:v1".into());
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(oci::INDEX_V1.into()),
+            manifests: vec![entry],
+        };
+        std::fs::write(
+            old.path().join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        let store = ImageStore::open(old.path()).unwrap();
+        assert_eq!(store.resolve("old:v1").unwrap(), image.digest);
+        assert_eq!(store.tags_of(&image.digest).unwrap(), ["old:v1"]);
+        let rewritten: Index =
+            serde_json::from_slice(&std::fs::read(old.path().join("index.json")).unwrap()).unwrap();
+        assert!(
+            rewritten.manifests.is_empty(),
+            "the tags live in tags.redb now"
+        );
     }
 }

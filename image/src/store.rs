@@ -48,6 +48,9 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError
 pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
+    /// Blobs committed since recording began (`None`: not recording), for whoever
+    /// keeps counts of what the stored blobs refer to.
+    recorded: std::sync::Arc<std::sync::Mutex<Option<Vec<Digest>>>>,
 }
 
 impl BlobStore {
@@ -61,7 +64,37 @@ impl BlobStore {
             fs::remove_dir_all(&tmp).map_err(io_err("clean", &tmp))?;
         }
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
-        Ok(Self { blobs, tmp })
+        Ok(Self {
+            blobs,
+            tmp,
+            recorded: Default::default(),
+        })
+    }
+
+    /// Starts (or stops) recording the blobs committed from now on.
+    pub fn record(&self, on: bool) {
+        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    /// The blobs committed since the last call (while recording).
+    pub fn recorded(&self) -> Vec<Digest> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn committed(&self, digest: Digest) {
+        if let Some(list) = self
+            .recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            list.push(digest);
+        }
     }
 
     /// Where the blob `digest` lives (whether or not it exists).
@@ -246,6 +279,7 @@ impl StagedBlob {
     /// Moves the blob into the store under its digest and makes the rename durable.
     pub fn commit(self) -> Result<Digest, StoreError> {
         let dest = self.store.path(&self.digest);
+        self.store.committed(self.digest);
         if dest.is_file() {
             // Same digest, same bytes: the temp file is dropped (deleted).
             return Ok(self.digest);

@@ -193,8 +193,16 @@ pub(crate) struct Settings {
     pub(crate) pull_cap: u64,
 }
 
+/// How far the node's start has brought its pods back.
+pub(crate) struct Restore {
+    started: std::time::Instant,
+    /// How long it took, once done.
+    done: tokio::sync::watch::Sender<Option<Duration>>,
+}
+
 /// The node's apps: desired state, running containers, routes.
 pub struct Apps {
+    restore: Restore,
     runtime: Runtime,
     images: Arc<ImageStore>,
     /// Extracted static sites, by image digest.
@@ -305,6 +313,10 @@ impl Apps {
             desired,
             consensus,
             pods: Arc::new(deployments::PodTable::new(kick)),
+            restore: Restore {
+                started: std::time::Instant::now(),
+                done: tokio::sync::watch::Sender::new(None),
+            },
             view,
             remote_client: skiff_runtime::RemoteWorkload::client(),
             body_timeout,
@@ -354,12 +366,10 @@ impl Apps {
                 }
             }
         }
-        // Apps of an older node become Deployments; then one reconciler pass starts
-        // every Deployment's pods, and the node waits (a little) for them to be ready
-        // before it serves, as it always brought its apps back before serving.
+        // Apps of an older node become Deployments. Their pods come back in the
+        // reconciler's first passes while the node serves (`track_restore`), so the
+        // first app answers before the last is made.
         self.migrate_app_records().await?;
-        self.reconcile().await;
-        self.wait_initial_pods(Duration::from_secs(10)).await;
         self.ingress
             .metrics
             .set_apps(self.desired.read(|s| s.state.deployments.len()));
@@ -468,9 +478,9 @@ impl Apps {
         if let Some(loaded) = self.runtime.loaded(layer, kind) {
             return Ok(loaded);
         }
-        let compiled = self
+        let (compiled, fresh) = self
             .runtime
-            .compile(layer, kind, wasm.await?.into())
+            .compile_or_share(layer, kind, wasm.await?.into())
             .await
             .map_err(|e| match e {
                 skiff_runtime::CompileError::Invalid { .. } => {
@@ -483,9 +493,11 @@ impl Apps {
                 }
                 other => AppError::internal(other),
             })?;
-        self.ingress
-            .metrics
-            .compile(compiled.from_cache, compiled.took.as_secs_f64());
+        if fresh {
+            self.ingress
+                .metrics
+                .compile(compiled.from_cache, compiled.took.as_secs_f64());
+        }
         self.runtime
             .check_links(&compiled)
             .map_err(|e| AppError::invalid("unsupported_imports", e.to_string()))?;
@@ -584,6 +596,8 @@ impl Apps {
         .map_err(AppError::internal)?;
         let summary = self.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
+        let app = name.to_string();
+        let pinned_before = self.pinned_by(&app);
         // On a second node before it is acknowledged (then deployed).
         let installed = match self
             .replicate(&[(Some(image_name.clone()), desc.digest)])
@@ -595,7 +609,12 @@ impl Apps {
             }
             Err(e) => Err(e),
         };
+        // What may be garbage now: the image the tag named before, the revisions' images
+        // the Deployment dropped, and (when refused) the new image.
+        let mut candidates: BTreeSet<Digest> = previous.into_iter().collect();
+        candidates.extend(self.unpinned_since(&app, pinned_before));
         if installed.is_err() {
+            candidates.insert(desc.digest);
             // A refused deploy leaves the name where it was: on the image that still runs
             // (or on none).
             let images = self.images.clone();
@@ -619,7 +638,7 @@ impl Apps {
             })
             .await;
         }
-        self.collect_garbage().await;
+        self.collect_images(candidates).await;
         drop(guard);
         installed
     }
@@ -641,10 +660,13 @@ impl Apps {
                 "image {digest} was removed during the deploy"
             )));
         }
+        let pinned_before = self.pinned_by(name.as_str());
+        let app = name.to_string();
         let installed = self
             .install(name, params, (summary, image_ref), prepared)
             .await;
-        self.collect_garbage().await;
+        self.collect_images(self.unpinned_since(&app, pinned_before))
+            .await;
         installed
     }
 
@@ -687,8 +709,60 @@ impl Apps {
         users
     }
 
-    /// Deletes blobs and extracted sites no tagged image, app or container refers to.
-    /// Callers hold `deploying`.
+    /// The images Deployment `name`'s revisions name.
+    pub(crate) fn pinned_by(&self, name: &str) -> BTreeSet<Digest> {
+        self.desired.read(|s| {
+            s.state
+                .deployments
+                .get(name)
+                .into_iter()
+                .flat_map(|d| &d.revisions)
+                .flat_map(|r| &r.template.spec.containers)
+                .filter_map(|c| c.image.parse().ok())
+                .collect()
+        })
+    }
+
+    /// Of `before` (what Deployment `name` pinned), the images it no longer pins.
+    pub(crate) fn unpinned_since(&self, name: &str, before: BTreeSet<Digest>) -> BTreeSet<Digest> {
+        let after = self.pinned_by(name);
+        before.difference(&after).copied().collect()
+    }
+
+    /// Deletes the images `candidates` (with their config and layers, and extracted
+    /// sites) that no tag, Deployment, pod or container holds any more. Costs the
+    /// candidates, not the node: pods and containers are looked at only for an image
+    /// nothing else holds. Callers hold `deploying`.
+    pub(crate) async fn collect_images(&self, candidates: BTreeSet<Digest>) {
+        let candidates: BTreeSet<Digest> = candidates
+            .into_iter()
+            .filter(|d| !self.desired.pinned(&d.to_string()))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let mut in_use: BTreeSet<Digest> = self.pods.images().into_iter().map(|(d, _)| d).collect();
+        in_use.extend(self.standalone.lock().await.values().map(|c| c.image()));
+        let images = self.images.clone();
+        let sites = self.sites.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let removed = images.collect_images(&candidates, |d| in_use.contains(d))?;
+            for d in &removed {
+                let _ = std::fs::remove_dir_all(sites.join(d.hex()));
+            }
+            Ok::<_, ImageError>(removed.len())
+        })
+        .await;
+        match result {
+            Ok(Ok(n)) if n > 0 => info!(blobs = n, "collected unused image data"),
+            Ok(Err(e)) => warn!(error = %e, "garbage collection failed"),
+            _ => {}
+        }
+    }
+
+    /// Deletes blobs and extracted sites no tagged image, app or container refers to:
+    /// every image is read (the image verbs, and once at start). Callers hold
+    /// `deploying`.
     async fn collect_garbage(&self) {
         // Images of apps and of containers (running or stopped) stay.
         let keep: BTreeSet<Digest> = self.image_users().await.into_keys().collect();
@@ -718,9 +792,39 @@ impl Apps {
         }
     }
 
+    /// `/healthz`'s line about the pods a start brings back: how many are ready while
+    /// it is under way, how long it took once done.
+    pub fn restore_line(&self) -> String {
+        let done = *self.restore.done.borrow();
+        match done {
+            Some(took) => format!("restored: pods back in {} ms", took.as_millis()),
+            None => {
+                let (ready, total, _) = self.restore_progress();
+                format!("restoring: {ready} of {total} pods ready")
+            }
+        }
+    }
+
+    /// Waits until the start's pods are back (what `/healthz` then says).
+    pub async fn wait_restored(&self) {
+        let _ = self
+            .restore
+            .done
+            .subscribe()
+            .wait_for(Option::is_some)
+            .await;
+    }
+
     /// Whether the state store can be written (`Err` says why not).
     pub fn state_health(&self) -> Result<(), String> {
         self.state.health()
+    }
+
+    /// Collects `image` (and what only it refers to) if nothing holds it any more
+    /// (after a container that ran it was removed).
+    pub(crate) async fn collect_images_now(&self, image: Digest) {
+        let _guard = self.deploying.lock().await;
+        self.collect_images(BTreeSet::from([image])).await;
     }
 
     /// Runs garbage collection now (after an image was untagged).

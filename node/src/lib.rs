@@ -503,6 +503,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move { shared.apps.run_reconciler(shutdown).await })
     };
+    let restore = {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move { shared.apps.track_restore(shutdown).await })
+    };
     let membership = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move { follow_membership(&shared, shutdown).await })
@@ -553,7 +557,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         join_token: shared.cluster.join_token().to_string(),
         docker_socket: docker.is_some().then_some(socket_path),
         shutdown,
-        tasks: [ingress, api, exits, reconciler, membership]
+        tasks: [ingress, api, exits, reconciler, restore, membership]
             .into_iter()
             .chain(docker)
             .collect(),

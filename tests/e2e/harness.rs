@@ -173,7 +173,7 @@ impl Node {
             .unwrap()
             .trim()
             .to_string();
-        Node {
+        let node = Node {
             child: Some(child),
             dir: dir.to_path_buf(),
             _tmp: None,
@@ -181,6 +181,28 @@ impl Node {
             ingress: SocketAddr::from(([127, 0, 0, 1], ingress_port)),
             token,
             http: reqwest::Client::new(),
+        };
+        node.wait_restored().await;
+        node
+    }
+
+    /// Waits until `/healthz` says the pods a start brings back are back (a node serves
+    /// while it restores; tests that restart one expect its apps, as before).
+    pub async fn wait_restored(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let body = match self.http.get(format!("{}/healthz", self.api)).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if body.contains("\nrestored: ") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node did not restore its pods in 60 s: {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

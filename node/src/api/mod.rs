@@ -317,13 +317,16 @@ async fn api_ca(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError>
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response())
 }
 
-/// `ok`, or 503 naming what is wrong (the state store cannot be written).
+/// `ok`, or 503 naming what is wrong (the state store cannot be written); then how far
+/// the start has brought the pods back (`restoring: 40 of 10000 pods ready`, then
+/// `restored: pods back in 2100 ms`). The node serves while it restores.
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let restore = shared.apps.restore_line();
     match shared.apps.state_health() {
-        Ok(()) => "ok\n".into_response(),
+        Ok(()) => format!("ok\n{restore}\n").into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: {why}\n"),
+            format!("unhealthy: {why}\n{restore}\n"),
         )
             .into_response(),
     }

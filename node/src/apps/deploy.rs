@@ -274,6 +274,7 @@ impl Apps {
         if !known {
             return Err(AppError::not_found(format!("app {name} not found")));
         }
+        let pinned = self.pinned_by(name.as_str());
         let service_is_ours = self.desired.read(|s| {
             s.state
                 .services
@@ -303,7 +304,8 @@ impl Apps {
         self.ingress
             .metrics
             .set_apps(self.desired.read(|s| s.state.deployments.len()));
-        self.collect_garbage_now().await;
+        let _guard = self.deploying.lock().await;
+        self.collect_images(pinned).await;
         info!(app = %name, "app removed");
         Ok(())
     }
@@ -554,6 +556,10 @@ mod tests {
             .await
             .unwrap();
         let apps = &node.shared.apps;
+        // The node serves while it restores: the app answers once its pods are back.
+        tokio::time::timeout(std::time::Duration::from_secs(30), apps.wait_restored())
+            .await
+            .expect("restored within 30 s");
         let d = apps.deployment("old").unwrap();
         assert_eq!(d.spec.replicas, Some(2));
         assert!(apps.service_named("old"));

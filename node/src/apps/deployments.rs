@@ -19,7 +19,7 @@
 //! passes; without one, a Wasm or static pod at once (its code was linked when it was
 //! made) and a Linux pod once its port accepts connections.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,10 +45,11 @@ use super::linux::{self, LinuxEvent, LinuxStart};
 use super::{Apps, LOG_LINES, Prepared, image_spec, now_ms};
 use crate::container::{Container, ContainerState};
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
-use crate::desired::{State, StoredDeployment};
+use crate::desired::{Applied, StoredDeployment};
 use crate::state::OciOptions;
 use skiff_gateway::Endpoint as _;
 
+mod index;
 mod probes;
 pub(crate) mod spread;
 mod status;
@@ -58,6 +59,15 @@ use status::*;
 
 /// Events kept per Deployment.
 const EVENTS: usize = 50;
+
+/// How often the Deployments still waiting for something are planned again.
+const TICK: Duration = Duration::from_millis(500);
+
+/// How often every Deployment and Service is planned, whatever changed.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// Pods made (at once) in one pass.
+const LAUNCH_BATCH: usize = 64;
 
 /// A pod annotation `deploy` sets: `at-start`, the pod is ready as soon as its container is made (apps deployed with
 /// `skiff deploy`, whose Linux replicas' proxy holds requests until they listen).
@@ -167,9 +177,77 @@ struct Inner {
     shares: BTreeMap<String, i32>,
     /// Endpoints standing for other nodes' pods: (node, Service, n, ingress).
     remotes: BTreeMap<(String, String, u32, std::net::SocketAddr), Arc<Container>>,
+    /// Pods by label: what a Service's selector picks here.
+    pod_labels: index::LabelIndex,
+    /// Services by selector: the Services that pick a pod.
+    selectors: index::LabelIndex,
+    /// Deployments by their template's labels: whose pods on other nodes a Service picks.
+    templates: index::LabelIndex,
+    /// The node ports of NodePort Services.
+    node_port_wants: BTreeMap<String, Vec<u16>>,
+    /// What the next pass looks at.
+    dirty: Dirty,
+    /// Deployments their last plan left waiting for something (a rollout, a back-off, a
+    /// deadline): each tick plans them again.
+    unsettled: BTreeSet<String>,
+    /// Pods to make beyond the last pass's batch.
+    backlog: BTreeSet<String>,
+    /// Where the last placement put each Deployment: a pod's memory, pods by node.
+    placed: BTreeMap<String, (u64, BTreeMap<String, u32>)>,
+    /// Memory the placed pods take on each node.
+    placed_memory: BTreeMap<String, u64>,
+}
+
+/// What the reconciler's next pass must look at.
+#[derive(Default)]
+struct Dirty {
+    /// Every Deployment and Service.
+    all: bool,
+    deployments: BTreeSet<String>,
+    services: BTreeSet<String>,
+}
+
+impl Dirty {
+    /// Marks what a change to the desired state touched.
+    fn mark(&mut self, applied: &Applied) {
+        let (Applied::Created(r)
+        | Applied::Configured(r)
+        | Applied::Unchanged(r)
+        | Applied::Deleted(r)) = applied;
+        match r.split_once('/') {
+            Some(("deployment.apps", name)) => {
+                self.deployments.insert(name.to_string());
+            }
+            Some(("service", name)) => {
+                self.services.insert(name.to_string());
+            }
+            // Nodes cordoned or not change placement everywhere.
+            _ => self.all = true,
+        }
+    }
 }
 
 impl Inner {
+    /// The pods of Deployment `name` (found by their names' prefix, not by a scan).
+    fn pods_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a String, &'a PodEntry)> {
+        let prefix = format!("{name}-");
+        self.pods
+            .range(prefix.clone()..)
+            .take_while(move |(n, _)| n.starts_with(&prefix))
+            .filter(move |(_, p)| p.deployment == name)
+    }
+
+    fn add_pod(&mut self, name: String, pod: PodEntry) {
+        self.pod_labels.set(&name, &pod.labels);
+        self.pods.insert(name, pod);
+    }
+
+    fn remove_pod(&mut self, name: &str) -> Option<PodEntry> {
+        self.pod_labels.remove(name);
+        self.backlog.remove(name);
+        self.pods.remove(name)
+    }
+
     fn event(&mut self, deployment: &str, kind: &str, reason: &str, message: String) {
         if let Some(p) = self.progress.get_mut(deployment) {
             push_event(&mut p.events, kind, reason, message);
@@ -242,6 +320,7 @@ impl PodTable {
     fn ready(&self, pod: &str, instance: &str) {
         let mut inner = self.lock();
         if let Some(PodEntry {
+            deployment,
             state:
                 PodState::Running {
                     container,
@@ -253,6 +332,8 @@ impl PodTable {
             && container.id == instance
         {
             *ready_since = Some(now_ms());
+            let deployment = deployment.clone();
+            inner.dirty.deployments.insert(deployment);
         }
         drop(inner);
         self.kick();
@@ -287,6 +368,7 @@ impl PodTable {
             failure: None,
         };
         let deployment = p.deployment.clone();
+        inner.dirty.deployments.insert(deployment.clone());
         warn!(pod, %message, "pod container ended; restarting it after a back-off");
         inner.event(
             &deployment,
@@ -315,13 +397,6 @@ fn balancing(service: &Service) -> Balancing {
             .and_then(|h| HashOn::parse(h).ok())
             .unwrap_or_default(),
     }
-}
-
-/// Whether a Service's selector picks a pod with `labels` (an empty selector picks
-/// nothing, as in Kubernetes, where it means "endpoints managed elsewhere").
-fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
-    let selector = &service.spec.selector;
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Random lowercase letters and digits without vowels (Kubernetes' pod-name suffix).
@@ -377,16 +452,51 @@ pub(super) fn pod_spec(
 
 impl Apps {
     /// Runs the reconciler until the node stops. Run once, by the node.
+    ///
+    /// A pass plans what changed: the Deployments and Services the desired state's feed
+    /// names, the Deployments whose pods moved (ready, ended, stopped), and on each tick
+    /// the Deployments still waiting for something (a rollout, a back-off, a deadline).
+    /// Every Deployment and Service is planned when the cluster's view changes, after a
+    /// snapshot replaced the state, when the feed was missed, and every [`RESYNC`].
     pub(crate) async fn run_reconciler(&self, shutdown: CancellationToken) {
         let mut view = self.view.clone();
+        let mut feed = self.desired.subscribe();
+        let mut restores = self.desired.restores();
+        let mut resync = tokio::time::Instant::now() + RESYNC;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.pods.lock().dirty.all = true;
         loop {
+            {
+                let mut inner = self.pods.lock();
+                loop {
+                    use tokio::sync::broadcast::error::TryRecvError;
+                    match feed.try_recv() {
+                        Ok(change) => inner.dirty.mark(&change.applied),
+                        Err(TryRecvError::Lagged(_)) => inner.dirty.all = true,
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+                let now_restores = self.desired.restores();
+                if now_restores != restores || tokio::time::Instant::now() >= resync {
+                    restores = now_restores;
+                    inner.dirty.all = true;
+                }
+                if inner.dirty.all {
+                    resync = tokio::time::Instant::now() + RESYNC;
+                }
+            }
             self.reconcile().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.pods.kick.notified() => {}
                 // The cluster changed: a node came or went, another node's pods did.
-                Ok(()) = view.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                Ok(()) = view.changed() => self.pods.lock().dirty.all = true,
+                _ = tick.tick() => {
+                    let mut inner = self.pods.lock();
+                    let waiting = inner.unsettled.clone();
+                    inner.dirty.deployments.extend(waiting);
+                }
             }
         }
     }
@@ -396,35 +506,127 @@ impl Apps {
         spread::pod_counts(&self.pods.lock())
     }
 
-    /// One pass: plan every Deployment, stop and start pods, route every Service.
+    /// One pass over what is marked dirty (everything, the first time): plan each
+    /// Deployment, stop and start pods (at most [`LAUNCH_BATCH`] made per pass, so the
+    /// first pods of a node restoring thousands serve while the rest are made), route
+    /// each Service.
     pub(super) async fn reconcile(&self) {
-        let state = self.desired.snapshot().state;
+        let dirty = std::mem::take(&mut self.pods.lock().dirty);
+        let full = dirty.all;
         let view = self.view.borrow().clone();
         let now = now_ms();
+        // The objects this pass looks at, copied before the pod table is locked.
+        type Named<T> = Vec<(String, Option<T>)>;
+        let (deployments, cordoned): (Named<StoredDeployment>, _) = self.desired.read(|s| {
+            let deployments = if full {
+                s.state
+                    .deployments
+                    .iter()
+                    .map(|(n, d)| (n.clone(), Some(d.clone())))
+                    .collect()
+            } else {
+                dirty
+                    .deployments
+                    .iter()
+                    .map(|n| (n.clone(), s.state.deployments.get(n).cloned()))
+                    .collect()
+            };
+            (deployments, s.state.cordoned.clone())
+        });
+        let service_names: Option<BTreeSet<String>> = (!full).then(|| {
+            // The Services changed, and those that pick these Deployments' pods or
+            // templates (before and after the change).
+            let inner = self.pods.lock();
+            let mut names = dirty.services.clone();
+            for (name, d) in &deployments {
+                for (_, p) in inner.pods_of(name) {
+                    names.extend(
+                        inner
+                            .selectors
+                            .selecting(&p.labels)
+                            .into_iter()
+                            .map(String::from),
+                    );
+                }
+                if let Some(d) = d {
+                    let labels = &d.object.spec.template.metadata.labels;
+                    names.extend(
+                        inner
+                            .selectors
+                            .selecting(labels)
+                            .into_iter()
+                            .map(String::from),
+                    );
+                }
+            }
+            names
+        });
+        let services: Named<Service> = self.desired.read(|s| match &service_names {
+            None => s
+                .state
+                .services
+                .iter()
+                .map(|(n, svc)| (n.clone(), Some(svc.clone())))
+                .collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| (n.clone(), s.state.services.get(n).cloned()))
+                .collect(),
+        });
         let (to_stop, to_launch) = {
             let mut inner = self.pods.lock();
-            let targets = spread::local_targets(&mut inner, &state, &view);
-            let mut to_stop: Vec<String> = inner
-                .pods
-                .iter()
-                .filter(|(_, p)| {
-                    !matches!(p.state, PodState::Terminating { .. })
-                        && !state.deployments.contains_key(&p.deployment)
-                })
-                .map(|(n, _)| n.clone())
-                .collect();
-            inner
-                .progress
-                .retain(|name, _| state.deployments.contains_key(name));
-            inner
-                .logs
-                .retain(|name, _| state.deployments.contains_key(name));
-            for (name, d) in &state.deployments {
+            let present: Vec<&StoredDeployment> =
+                deployments.iter().filter_map(|(_, d)| d.as_ref()).collect();
+            let mut to_stop: Vec<String> = Vec::new();
+            if full {
+                let wanted: BTreeSet<&str> = deployments.iter().map(|(n, _)| n.as_str()).collect();
+                to_stop.extend(
+                    inner
+                        .pods
+                        .iter()
+                        .filter(|(_, p)| {
+                            !matches!(p.state, PodState::Terminating { .. })
+                                && !wanted.contains(p.deployment.as_str())
+                        })
+                        .map(|(n, _)| n.clone()),
+                );
+                let Inner {
+                    progress,
+                    logs,
+                    unsettled,
+                    templates,
+                    ..
+                } = &mut *inner;
+                progress.retain(|name, _| wanted.contains(name.as_str()));
+                logs.retain(|name, _| wanted.contains(name.as_str()));
+                unsettled.retain(|name| wanted.contains(name.as_str()));
+                templates.clear();
+            } else {
+                for (name, _) in deployments.iter().filter(|(_, d)| d.is_none()) {
+                    let gone: Vec<String> = inner
+                        .pods_of(name)
+                        .filter(|(_, p)| !matches!(p.state, PodState::Terminating { .. }))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    to_stop.extend(gone);
+                    inner.progress.remove(name);
+                    inner.logs.remove(name);
+                    inner.unsettled.remove(name);
+                    inner.templates.remove(name);
+                    inner.shares.remove(name);
+                    spread::unplace(&mut inner, name);
+                }
+            }
+            let targets = spread::local_targets(&mut inner, &present, &cordoned, &view, full);
+            let mut launchable: BTreeSet<String> = std::mem::take(&mut inner.backlog);
+            for d in &present {
+                let name = &d.object.metadata.name;
+                inner
+                    .templates
+                    .set(name, &d.object.spec.template.metadata.labels);
                 let hash = &d.current().hash;
                 let observed: Vec<rollout::Pod> = inner
-                    .pods
-                    .iter()
-                    .filter(|(_, p)| &p.deployment == name)
+                    .pods_of(name)
                     .map(|(n, p)| rollout::Pod {
                         name: n.clone(),
                         hash: p.hash.clone(),
@@ -432,10 +634,10 @@ impl Apps {
                     })
                     .collect();
                 // This node's part of the Deployment, rolled out as a Deployment of its own.
-                let mut local = d.clone();
-                local.object.spec.replicas = Some(targets.get(name).copied().unwrap_or(0));
-                let plan = rollout::plan(&local.object, hash, &observed, now);
-                track(&mut inner, &local, &plan, now);
+                let target = targets.get(name).copied().unwrap_or(0);
+                let plan = rollout::plan_replicas(&d.object, target, hash, &observed, now);
+                track(&mut inner, d, target, &plan, now);
+                let mut settled = plan.complete && plan.actions.is_empty();
                 for action in plan.actions {
                     match action {
                         Action::Start { hash } => {
@@ -446,7 +648,7 @@ impl Apps {
                             );
                             let mut labels = template.metadata.labels.clone();
                             labels.insert("pod-template-hash".into(), hash.clone());
-                            inner.pods.insert(
+                            inner.add_pod(
                                 pod.clone(),
                                 PodEntry {
                                     deployment: name.clone(),
@@ -482,25 +684,61 @@ impl Apps {
                         }
                     }
                 }
+                for (pod, p) in inner.pods_of(name) {
+                    match &p.state {
+                        PodState::Waiting { retry_ms, .. } => {
+                            settled = false;
+                            if *retry_ms <= now {
+                                launchable.insert(pod.clone());
+                            }
+                        }
+                        PodState::Running { ready_since, .. } => {
+                            settled &= ready_since.is_some();
+                        }
+                        PodState::Terminating { .. } => settled = false,
+                    }
+                }
+                if settled {
+                    inner.unsettled.remove(name);
+                } else {
+                    inner.unsettled.insert(name.clone());
+                }
             }
-            let to_launch: Vec<String> = inner
-                .pods
-                .iter()
-                .filter(|(_, p)| matches!(p.state, PodState::Waiting { retry_ms, .. } if retry_ms <= now))
-                .map(|(n, _)| n.clone())
-                .collect();
+            // Made in name order, a batch a pass; the rest wait for the next pass.
+            let mut to_launch = Vec::new();
+            for pod in launchable {
+                let waiting = inner.pods.get(&pod).is_some_and(
+                    |p| matches!(p.state, PodState::Waiting { retry_ms, .. } if retry_ms <= now),
+                );
+                if !waiting {
+                    continue;
+                }
+                if to_launch.len() < LAUNCH_BATCH {
+                    to_launch.push(pod);
+                } else {
+                    inner.backlog.insert(pod);
+                }
+            }
             (to_stop, to_launch)
         };
         for pod in &to_stop {
             self.stop_pod(pod);
         }
-        for pod in &to_launch {
-            self.launch(pod).await;
-        }
-        self.route_services(&state, &view);
+        futures_util::future::join_all(to_launch.iter().map(|pod| self.launch(pod))).await;
+        self.route_services(&services, &view, full);
         // What was just done shows in the next pass's status: run it now rather than at
         // the next tick, so a rollout's end is seen at once.
-        if !to_stop.is_empty() || !to_launch.is_empty() {
+        let more = {
+            let mut inner = self.pods.lock();
+            for pod in to_stop.iter().chain(&to_launch) {
+                if let Some(p) = inner.pods.get(pod) {
+                    let d = p.deployment.clone();
+                    inner.dirty.deployments.insert(d);
+                }
+            }
+            !to_stop.is_empty() || !to_launch.is_empty() || !inner.backlog.is_empty()
+        };
+        if more {
             self.pods.kick();
         }
         self.pods.passes.send_modify(|n| *n += 1);
@@ -514,7 +752,7 @@ impl Apps {
         };
         match &p.state {
             PodState::Waiting { .. } => {
-                inner.pods.remove(pod);
+                inner.remove_pod(pod);
             }
             PodState::Terminating { .. } => {}
             PodState::Running {
@@ -530,14 +768,22 @@ impl Apps {
                     container: container.clone(),
                     since: super::now_rfc3339(),
                 };
+                let labels = p.labels.clone();
+                let services: Vec<String> = inner
+                    .selectors
+                    .selecting(&labels)
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
                 let (table, pod) = (self.pods.clone(), pod.to_string());
                 let metrics = self.ingress.metrics.clone();
-                let services: Vec<String> = self
-                    .desired
-                    .read(|s| s.state.services.keys().cloned().collect());
                 tokio::spawn(async move {
                     linux::retire(&container, grace, linux::STOP_GRACE).await;
-                    table.lock().pods.remove(&pod);
+                    let mut inner = table.lock();
+                    if let Some(p) = inner.remove_pod(&pod) {
+                        inner.dirty.deployments.insert(p.deployment);
+                    }
+                    drop(inner);
                     metrics.forget_endpoint(&pod, services.iter().map(String::as_str));
                     table.kick();
                 });
@@ -721,19 +967,56 @@ impl Apps {
     /// the other live nodes, and its local route (what requests other nodes forward are
     /// served from) at the ones here; swaps a route only when what it holds changed
     /// (endpoint statistics live on the endpoints, so they survive the swap either way).
-    fn route_services(&self, state: &State, view: &crate::cluster::View) {
+    fn route_services(
+        &self,
+        services: &[(String, Option<Service>)],
+        view: &crate::cluster::View,
+        full: bool,
+    ) {
         let mut inner = self.pods.lock();
+        if full {
+            inner.selectors.clear();
+            inner.node_port_wants.clear();
+        }
         let mut remotes_used = std::collections::BTreeSet::new();
-        for (name, service) in &state.services {
+        for (name, service) in services {
+            let local_name = format!("{}{name}", spread::LOCAL_ROUTE);
+            let Some(service) = service else {
+                inner.selectors.remove(name);
+                inner.node_port_wants.remove(name);
+                for label in [name, &local_name] {
+                    if inner.routes.remove(label).is_some() {
+                        self.ingress.table.remove(label);
+                    }
+                }
+                continue;
+            };
+            inner.selectors.set(name, &service.spec.selector);
+            let node_ports: Vec<u16> = if service.spec.kind.as_deref() == Some("NodePort") {
+                service
+                    .spec
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.node_port.and_then(|np| u16::try_from(np).ok()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if node_ports.is_empty() {
+                inner.node_port_wants.remove(name);
+            } else {
+                inner.node_port_wants.insert(name.clone(), node_ports);
+            }
             let local: Vec<Arc<Container>> = inner
-                .pods
-                .values()
-                .filter(|p| selects(service, &p.labels))
+                .pod_labels
+                .selected(&service.spec.selector)
+                .into_iter()
+                .filter_map(|pod| inner.pods.get(pod))
                 .filter_map(|p| p.running().cloned())
                 .collect();
             let remote = spread::remote_endpoints(
                 &mut inner,
-                state,
+                service,
                 view,
                 name,
                 &self.remote_client,
@@ -741,7 +1024,6 @@ impl Apps {
             );
             remotes_used.extend(remote.iter().map(|c| c.id.clone()));
             let all: Vec<Arc<Container>> = local.iter().chain(&remote).cloned().collect();
-            let local_name = format!("{}{name}", spread::LOCAL_ROUTE);
             for (label, endpoints) in [(name, all), (&local_name, local)] {
                 let key = RouteKey {
                     containers: endpoints.iter().map(|c| c.id.clone()).collect(),
@@ -755,35 +1037,33 @@ impl Apps {
                 }
             }
         }
-        inner.remotes.retain(|_, c| remotes_used.contains(&c.id));
-        let gone: Vec<String> = inner
-            .routes
-            .keys()
-            .filter(|n| {
-                let service = n.strip_prefix(spread::LOCAL_ROUTE).unwrap_or(n);
-                !state.services.contains_key(service)
-            })
-            .cloned()
-            .collect();
-        for name in gone {
-            self.ingress.table.remove(&name);
-            inner.routes.remove(&name);
+        if full {
+            // Endpoints for other nodes' pods of Services no longer routed, and routes of
+            // Services gone.
+            inner.remotes.retain(|_, c| remotes_used.contains(&c.id));
+            let wanted: BTreeSet<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+            let gone: Vec<String> = inner
+                .routes
+                .keys()
+                .filter(|n| {
+                    let service = n.strip_prefix(spread::LOCAL_ROUTE).unwrap_or(n);
+                    !wanted.contains(service)
+                })
+                .cloned()
+                .collect();
+            for name in gone {
+                self.ingress.table.remove(&name);
+                inner.routes.remove(&name);
+            }
         }
         // NodePort Services also listen on their node ports, on the ingress's address.
-        let wanted: BTreeMap<u16, &str> = state
-            .services
+        let wanted: BTreeMap<u16, String> = inner
+            .node_port_wants
             .iter()
-            .filter(|(_, s)| s.spec.kind.as_deref() == Some("NodePort"))
-            .flat_map(|(name, s)| {
-                s.spec
-                    .ports
-                    .iter()
-                    .filter_map(|p| p.node_port.and_then(|np| u16::try_from(np).ok()))
-                    .map(move |np| (np, name.as_str()))
-            })
+            .flat_map(|(name, ports)| ports.iter().map(move |p| (*p, name.clone())))
             .collect();
         inner.node_ports.retain(|port, (service, stop)| {
-            let keep = wanted.get(port) == Some(&service.as_str());
+            let keep = wanted.get(port) == Some(&*service);
             if !keep {
                 stop.cancel();
             }
@@ -804,18 +1084,18 @@ impl Apps {
                     tokio::spawn(crate::ingress::serve(
                         listener,
                         self.ingress.clone(),
-                        crate::ingress::Target::Route(service.to_string()),
+                        crate::ingress::Target::Route(service.clone()),
                         stop.clone(),
                         self.drain,
                     ));
-                    info!(service, %addr, "node port listening");
+                    info!(%service, %addr, "node port listening");
                     inner.unbindable.remove(&port);
-                    inner.node_ports.insert(port, (service.to_string(), stop));
+                    inner.node_ports.insert(port, (service, stop));
                 }
                 Err(e) => {
                     let e = e.to_string();
                     if inner.unbindable.get(&port) != Some(&e) {
-                        warn!(service, %addr, error = %e, "cannot listen on the node port; trying again");
+                        warn!(%service, %addr, error = %e, "cannot listen on the node port; trying again");
                         inner.unbindable.insert(port, e);
                     }
                 }
@@ -877,8 +1157,13 @@ impl Apps {
 
     /// Stops a pod now (`delete pod`): its Deployment starts a replacement.
     pub(crate) fn delete_pod(&self, pod: &str) -> Result<(), AppError> {
-        if !self.pods.lock().pods.contains_key(pod) {
-            return Err(AppError::not_found(format!("pod {pod} not found")));
+        {
+            let mut inner = self.pods.lock();
+            let Some(p) = inner.pods.get(pod) else {
+                return Err(AppError::not_found(format!("pod {pod} not found")));
+            };
+            let deployment = p.deployment.clone();
+            inner.dirty.deployments.insert(deployment);
         }
         self.stop_pod(pod);
         self.pods.kick();
@@ -907,10 +1192,9 @@ impl Apps {
         let name = &d.object.metadata.name;
         let hash = &d.current().hash;
         let failure = inner
-            .pods
-            .values()
-            .filter(|p| &p.deployment == name && &p.hash == hash)
-            .find_map(|p| match &p.state {
+            .pods_of(name)
+            .filter(|(_, p)| &p.hash == hash)
+            .find_map(|(_, p)| match &p.state {
                 PodState::Waiting {
                     failure: Some(e), ..
                 } => Some(e.clone()),
@@ -937,9 +1221,7 @@ impl Apps {
     ) -> Vec<(ContainerStatus, bool, Option<String>)> {
         let inner = self.pods.lock();
         inner
-            .pods
-            .iter()
-            .filter(|(_, p)| p.deployment == deployment)
+            .pods_of(deployment)
             .map(|(name, p)| match &p.state {
                 PodState::Waiting {
                     reason, message, ..
@@ -1003,28 +1285,62 @@ impl Apps {
             .collect()
     }
 
-    /// Waits (up to `limit`) until every pod is ready or waiting after a failure: a
-    /// starting node serves once its pods can.
-    pub(super) async fn wait_initial_pods(&self, limit: Duration) {
-        let settled = || {
-            let inner = self.pods.lock();
-            inner.pods.values().all(|p| match &p.state {
-                PodState::Running { ready_since, .. } => ready_since.is_some(),
+    /// The pods restored so far: `(ready, total, settled)`, settled once the first pass
+    /// has made every pod and each is ready or waiting after a failure.
+    pub(crate) fn restore_progress(&self) -> (usize, usize, bool) {
+        let first_pass_done = *self.pods.passes.borrow() > 0;
+        let inner = self.pods.lock();
+        let mut ready = 0;
+        let mut settled = first_pass_done && inner.backlog.is_empty();
+        for p in inner.pods.values() {
+            match &p.state {
+                PodState::Running { ready_since, .. } => {
+                    if ready_since.is_some() {
+                        ready += 1;
+                    } else {
+                        settled = false;
+                    }
+                }
                 PodState::Waiting {
                     failure, reason, ..
-                } => failure.is_some() || *reason == "CrashLoopBackOff",
-                PodState::Terminating { .. } => true,
-            })
-        };
-        // The first pass made every pod; readiness and failures arrive from the probes
-        // and launches, each with a kick.
-        let deadline = tokio::time::Instant::now() + limit;
-        while !settled() {
-            if tokio::time::timeout_at(deadline, self.pods.kick.notified())
-                .await
-                .is_err()
-            {
+                } => settled &= failure.is_some() || *reason == "CrashLoopBackOff",
+                PodState::Terminating { .. } => {}
+            }
+        }
+        (ready, inner.pods.len(), settled)
+    }
+
+    /// Follows the node's first passes until its pods are back, logging progress each
+    /// second and recording the time it took (what `/healthz` reports). The node serves
+    /// meanwhile: each pod takes requests as soon as it is ready.
+    pub(crate) async fn track_restore(&self, shutdown: CancellationToken) {
+        let mut passes = self.pods.passes();
+        let mut logged = tokio::time::Instant::now();
+        loop {
+            let (ready, total, settled) = self.restore_progress();
+            if settled {
+                let took = self.restore.started.elapsed();
+                self.restore.done.send_replace(Some(took));
+                info!(
+                    pods = total,
+                    ready,
+                    ms = took.as_millis() as u64,
+                    "pods restored"
+                );
+                // What a killed node left (a blob written, its image never tagged) goes
+                // once, now that the pods have what they need.
+                self.collect_garbage_now().await;
                 return;
+            }
+            if logged.elapsed() >= Duration::from_secs(1) {
+                logged = tokio::time::Instant::now();
+                info!(ready, pods = total, "restoring pods");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = passes.changed() => if changed.is_err() { return },
+                // Readiness arrives between passes too.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     }

@@ -559,7 +559,7 @@ impl Apps {
         self.container_events.record("destroy", &entry.record, None);
         info!(container = %entry.record.spec.name, "container removed");
         drop(standalone);
-        self.collect_garbage_now().await;
+        self.collect_images_now(entry.image()).await;
         Ok(())
     }
 
@@ -583,12 +583,15 @@ impl Apps {
             warn!(error = %e, "failed to remove a --rm container's record");
             return;
         }
-        if let Some(entry) = standalone.remove(id) {
+        let image = standalone.remove(id).map(|entry| {
             self.container_events.record("destroy", &entry.record, None);
             info!(container = %entry.record.spec.name, "container removed (--rm)");
-        }
+            entry.image()
+        });
         drop(standalone);
-        self.collect_garbage_now().await;
+        if let Some(image) = image {
+            self.collect_images_now(image).await;
+        }
     }
 
     /// `docker wait`: the container's exit code once it is not running (at once if it

@@ -82,8 +82,13 @@ fn scaled(v: Option<&IntOrString>, replicas: i32, round_up: bool) -> i32 {
 /// Kubernetes rounds them (surge up, unavailable down); never both 0, so a rollout can
 /// always move.
 pub fn bounds(deployment: &Deployment) -> (i32, i32) {
+    bounds_for(deployment, deployment.spec.replicas.unwrap_or(1))
+}
+
+/// [`bounds`] for `desired` replicas of `deployment`'s strategy (a node's share).
+pub fn bounds_for(deployment: &Deployment, desired: i32) -> (i32, i32) {
     let spec = &deployment.spec;
-    let desired = spec.replicas.unwrap_or(1).max(0);
+    let desired = desired.max(0);
     let ru = spec
         .strategy
         .as_ref()
@@ -101,8 +106,26 @@ pub fn bounds(deployment: &Deployment) -> (i32, i32) {
 /// The next actions for `deployment` whose current template hash is `hash`, given its
 /// `pods`, at `now_ms`.
 pub fn plan(deployment: &Deployment, hash: &str, pods: &[Pod], now_ms: u64) -> Plan {
+    plan_replicas(
+        deployment,
+        deployment.spec.replicas.unwrap_or(1),
+        hash,
+        pods,
+        now_ms,
+    )
+}
+
+/// [`plan`] for `desired` replicas of `deployment` (a node's share of it), whatever its
+/// spec asks in all.
+pub fn plan_replicas(
+    deployment: &Deployment,
+    desired: i32,
+    hash: &str,
+    pods: &[Pod],
+    now_ms: u64,
+) -> Plan {
     let spec = &deployment.spec;
-    let desired = spec.replicas.unwrap_or(1).max(0);
+    let desired = desired.max(0);
     let min_ready_ms = u64::try_from(spec.min_ready_seconds.unwrap_or(0)).unwrap_or(0) * 1000;
     let available = |p: &Pod| matches!(p.phase, PodPhase::Ready { since_ms } if now_ms.saturating_sub(since_ms) >= min_ready_ms);
     let ready = |p: &Pod| matches!(p.phase, PodPhase::Ready { .. });
@@ -155,7 +178,7 @@ pub fn plan(deployment: &Deployment, hash: &str, pods: &[Pod], now_ms: u64) -> P
             stop(&new, n_new - desired, &mut actions);
         }
     } else {
-        let (surge, unavailable) = bounds(deployment);
+        let (surge, unavailable) = bounds_for(deployment, desired);
         if n_new > desired {
             stop(&new, n_new - desired, &mut actions);
         } else {

@@ -10,6 +10,7 @@
 //! thousand. The applied index advances for rejected commands too: in a replicated log
 //! every entry is applied, and a rejection is part of the state machine's answer.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -45,12 +46,51 @@ pub struct DesiredStore {
     db: std::sync::Arc<StateStore>,
     inner: Mutex<Inner>,
     feed: broadcast::Sender<Change>,
+    /// Snapshots restored so far: a restore replaces everything and is not in the feed.
+    restores: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
     snapshot: Snapshot,
     /// The consensus layer's record, opaque here.
     raft: Option<Vec<u8>>,
+    /// How many Deployments name each image in a revision (garbage collection asks).
+    pins: BTreeMap<String, u32>,
+}
+
+/// The images a Deployment's revisions name, each once.
+fn images_of(d: Option<&super::StoredDeployment>) -> BTreeSet<String> {
+    d.into_iter()
+        .flat_map(|d| &d.revisions)
+        .flat_map(|r| &r.template.spec.containers)
+        .map(|c| c.image.clone())
+        .collect()
+}
+
+/// Every image's pins in `state`.
+fn pins_of(state: &State) -> BTreeMap<String, u32> {
+    let mut pins = BTreeMap::new();
+    for d in state.deployments.values() {
+        for image in images_of(Some(d)) {
+            *pins.entry(image).or_default() += 1;
+        }
+    }
+    pins
+}
+
+/// Moves `pins` from the images of `before` to those of `after`.
+fn repin(pins: &mut BTreeMap<String, u32>, before: BTreeSet<String>, after: BTreeSet<String>) {
+    for image in before.difference(&after) {
+        if let Some(n) = pins.get_mut(image) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(image);
+            }
+        }
+    }
+    for image in after.difference(&before) {
+        *pins.entry(image.clone()).or_default() += 1;
+    }
 }
 
 /// The rows of the objects a command touches.
@@ -148,10 +188,16 @@ impl DesiredStore {
                 _ => {}
             }
         }
+        let pins = pins_of(&snapshot.state);
         Ok(Self {
             db,
-            inner: Mutex::new(Inner { snapshot, raft }),
+            inner: Mutex::new(Inner {
+                snapshot,
+                raft,
+                pins,
+            }),
             feed: broadcast::channel(FEED).0,
+            restores: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -176,10 +222,18 @@ impl DesiredStore {
             ),
         ];
         let mut undo = None;
+        let mut pinned = None;
         let result = command.map(|command| {
             let key = touched_key(&command);
             undo = Some((key.clone(), state.clone_entry(&key), state.version));
+            let deployment = key.strip_prefix("deployments/").map(str::to_string);
+            let before = deployment
+                .as_ref()
+                .map(|n| images_of(state.deployments.get(n)));
             let result = state.apply(command);
+            if let (Some(n), Some(before)) = (&deployment, before) {
+                pinned = Some((before, images_of(state.deployments.get(n))));
+            }
             rows.push((key.clone(), row(state, &key)));
             rows.push((
                 "meta/version".to_string(),
@@ -197,6 +251,9 @@ impl DesiredStore {
         }
         inner.snapshot.applied = index;
         inner.raft = Some(raft.to_vec());
+        if let Some((before, after)) = pinned {
+            repin(&mut inner.pins, before, after);
+        }
         if let Some(Ok(applied)) = &result
             && !matches!(applied, Applied::Unchanged(_))
         {
@@ -237,6 +294,25 @@ impl DesiredStore {
             .snapshot)
     }
 
+    /// Whether a revision of some Deployment names `image`.
+    pub fn pinned(&self, image: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pins
+            .contains_key(image)
+    }
+
+    /// The feed of changes from now on (without a copy of the state).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+
+    /// How many snapshots replaced the whole state since the node started.
+    pub fn restores(&self) -> u64 {
+        self.restores.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The state now and a feed of every change after it, with none missed between.
     pub fn watch(&self) -> (Snapshot, broadcast::Receiver<Change>) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,9 +327,12 @@ impl DesiredStore {
         all.push((RAFT_ROW.to_string(), raft.to_vec()));
         self.db.replace_desired(&all)?;
         *inner = Inner {
+            pins: pins_of(&snapshot.state),
             snapshot,
             raft: Some(raft.to_vec()),
         };
+        self.restores
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 }
@@ -352,6 +431,25 @@ mod tests {
     }
 
     const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+
+    #[test]
+    fn images_stay_pinned_while_a_revision_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = DesiredStore::open(Arc::new(StateStore::open(&path).unwrap())).unwrap();
+        submit(&store, web("web:v1")).unwrap().unwrap();
+        submit(&store, web("web:v2")).unwrap().unwrap();
+        assert!(store.pinned("web:v1"), "an old revision keeps its image");
+        assert!(store.pinned("web:v2"));
+        assert!(!store.pinned("web:v3"));
+        drop(store);
+        let store = DesiredStore::open(Arc::new(StateStore::open(&path).unwrap())).unwrap();
+        assert!(store.pinned("web:v1"), "counted again when opened");
+        submit(&store, Command::DeleteDeployment { name: "web".into() })
+            .unwrap()
+            .unwrap();
+        assert!(!store.pinned("web:v1") && !store.pinned("web:v2"));
+    }
 
     #[test]
     fn commands_survive_reopening_with_their_index_and_feed_watchers() {

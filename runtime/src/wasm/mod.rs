@@ -305,6 +305,9 @@ struct Inner {
     /// every workload holds an `Arc` of its code, so an entry lives as long as any
     /// container runs it.
     loaded: Mutex<HashMap<(Digest, AppKind), Weak<Compiled>>>,
+    /// One lock per code being compiled or loaded: pods of one image made at once load
+    /// its code once and share it.
+    loading: Mutex<HashMap<(Digest, AppKind), LoadingLock>>,
     _ticker: EpochTicker,
 }
 
@@ -347,6 +350,7 @@ impl Runtime {
                 )),
                 memory_budget: config.memory_budget,
                 loaded: Mutex::new(HashMap::new()),
+                loading: Mutex::new(HashMap::new()),
                 _ticker: ticker,
             }),
         })
@@ -361,9 +365,52 @@ impl Runtime {
         kind: AppKind,
         wasm: Arc<[u8]>,
     ) -> Result<Arc<Compiled>, CompileError> {
+        Ok(self.compile_or_share(digest, kind, wasm).await?.0)
+    }
+
+    /// [`Self::compile`], and whether this call compiled or loaded the code (false:
+    /// another caller's code was shared).
+    pub async fn compile_or_share(
+        &self,
+        digest: Digest,
+        kind: AppKind,
+        wasm: Arc<[u8]>,
+    ) -> Result<(Arc<Compiled>, bool), CompileError> {
         let key = (digest, kind);
         if let Some(hit) = self.loaded_get(&key) {
-            return Ok(hit);
+            return Ok((hit, false));
+        }
+        let loading = self
+            .inner
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let guard = loading.lock().await;
+        let result = self.compile_once(key, wasm).await;
+        drop(guard);
+        drop(loading);
+        // Whoever waits holds a clone: only locks nobody holds go.
+        self.inner
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        result
+    }
+
+    /// [`Self::compile`] for the one caller holding `key`'s loading lock.
+    async fn compile_once(
+        &self,
+        key: (Digest, AppKind),
+        wasm: Arc<[u8]>,
+    ) -> Result<(Arc<Compiled>, bool), CompileError> {
+        let (digest, kind) = key;
+        // Whoever held the loading lock before may have loaded it.
+        if let Some(hit) = self.loaded_get(&key) {
+            return Ok((hit, false));
         }
         let _permit =
             self.inner
@@ -376,7 +423,7 @@ impl Runtime {
                 })?;
         // Someone may have compiled it while we waited for a permit.
         if let Some(hit) = self.loaded_get(&key) {
-            return Ok(hit);
+            return Ok((hit, false));
         }
         if let Some(compiler) = &self.inner.compiler {
             let this = self.clone();
@@ -390,7 +437,7 @@ impl Runtime {
                 Some(hit) => hit,
                 None => self.compile_in_child(compiler, digest, kind, &wasm).await?,
             });
-            return Ok(self.remember(key, compiled));
+            return Ok((self.remember(key, compiled), true));
         }
         let this = self.clone();
         let task = tokio::task::spawn_blocking(move || this.compile_blocking(digest, kind, &wasm));
@@ -409,7 +456,7 @@ impl Runtime {
             }
             Ok(Ok(result)) => Arc::new(result?),
         };
-        Ok(self.remember(key, compiled))
+        Ok((self.remember(key, compiled), true))
     }
 
     fn remember(&self, key: (Digest, AppKind), compiled: Arc<Compiled>) -> Arc<Compiled> {
@@ -737,6 +784,9 @@ fn is_component(digest: Digest, kind: AppKind) -> Result<bool, CompileError> {
     }
 }
 
+/// Held while one code is compiled or loaded.
+type LoadingLock = Arc<tokio::sync::Mutex<()>>;
+
 /// The compile worker's exit code for a binary wasmtime refuses.
 const WORKER_INVALID: i32 = 3;
 /// The compile worker's exit code when its memory limit was reached.
@@ -886,6 +936,29 @@ mod tests {
         reserve(&pool, 64 << 20, budget).unwrap();
         let never = reserve(&pool, 512 << 20, budget).unwrap_err();
         assert!(matches!(never, MemoryError::OverBudget { .. }), "{never}");
+    }
+
+    #[tokio::test]
+    async fn pods_of_one_image_made_at_once_load_its_code_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RuntimeConfig::new(dir.path().to_path_buf(), [7; 32]);
+        config.pooling = false;
+        let runtime = Runtime::new(config).unwrap();
+        let wasm: Arc<[u8]> = wat::parse_str(r#"(module (func (export "_start")))"#)
+            .unwrap()
+            .into();
+        let digest = Digest::from_sha256([1; 32]);
+        let made = futures_util::future::join_all(
+            (0..8).map(|_| runtime.compile_or_share(digest, AppKind::Wagi, wasm.clone())),
+        )
+        .await;
+        let made: Vec<(Arc<Compiled>, bool)> = made.into_iter().map(Result::unwrap).collect();
+        assert_eq!(made.iter().filter(|(_, fresh)| *fresh).count(), 1);
+        assert!(made.iter().all(|(c, _)| Arc::ptr_eq(c, &made[0].0)));
+        assert!(
+            runtime.inner.loading.lock().unwrap().is_empty(),
+            "no loading lock is left behind"
+        );
     }
 
     #[test]

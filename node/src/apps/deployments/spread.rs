@@ -2,7 +2,7 @@
 //! runs (placement over the live nodes), and the endpoints that stand for the pods of
 //! other nodes in a Service's route.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use skiff_runtime::{RemoteWorkload, Workload};
@@ -10,11 +10,12 @@ use skiff_spec::AppName;
 
 use skiff_spec::k8s::DeploymentStatus;
 
-use super::{Inner, PodPhase, selects};
+use super::{Inner, PodPhase};
 use crate::cluster::{PodCounts, View};
 use crate::container::{Container, ContainerState};
-use crate::desired::State;
+use crate::desired::StoredDeployment;
 use crate::placement::{self, Candidate, Want};
+use skiff_spec::k8s::Service;
 
 /// Most endpoints one other node stands for in a route (it balances further itself).
 const MAX_REMOTE_PER_NODE: u32 = 16;
@@ -37,21 +38,37 @@ fn memory(d: &crate::desired::StoredDeployment) -> u64 {
         .unwrap_or(skiff_spec::Limits::default().memory_bytes)
 }
 
-/// How many pods of each Deployment this node should run now. From a view that reaches
-/// a majority: its share by placement, kept higher while the other nodes' ready pods do
-/// not make up for what it would give up. From a minority (or before gossip has run):
-/// what it decided last, so a node cut off keeps serving and starts nothing of others'.
+/// How many pods of each of `deployments` this node should run now. From a view that
+/// reaches a majority: its share by placement, kept higher while the other nodes' ready
+/// pods do not make up for what it would give up. From a minority (or before gossip has
+/// run): what it decided last, so a node cut off keeps serving and starts nothing of
+/// others'.
+///
+/// A `full` pass places every Deployment in name order against each node's capacity;
+/// a pass over a few places them against what the others took at their last placement
+/// (under memory pressure the next full pass may move a pod; with room, both agree).
 pub(super) fn local_targets(
     inner: &mut Inner,
-    state: &State,
+    deployments: &[&StoredDeployment],
+    cordoned: &BTreeSet<String>,
     view: &View,
+    full: bool,
 ) -> BTreeMap<String, i32> {
     if !view.can_place {
-        return state
-            .deployments
-            .keys()
-            .map(|name| (name.clone(), inner.shares.get(name).copied().unwrap_or(0)))
+        return deployments
+            .iter()
+            .map(|d| {
+                let name = &d.object.metadata.name;
+                (name.clone(), inner.shares.get(name).copied().unwrap_or(0))
+            })
             .collect();
+    }
+    if full {
+        inner.placed.clear();
+        inner.placed_memory.clear();
+    }
+    for d in deployments {
+        unplace(inner, &d.object.metadata.name);
     }
     let nodes: Vec<Candidate> = view
         .nodes
@@ -59,15 +76,16 @@ pub(super) fn local_targets(
         .map(|n| Candidate {
             id: n.id.clone(),
             labels: n.labels.clone(),
-            capacity: n.capacity,
-            schedulable: !n.gateway && !state.cordoned.contains(&n.name),
+            capacity: n
+                .capacity
+                .saturating_sub(inner.placed_memory.get(&n.id).copied().unwrap_or(0)),
+            schedulable: !n.gateway && !cordoned.contains(&n.name),
         })
         .collect();
-    let wants: Vec<Want> = state
-        .deployments
+    let wants: Vec<Want> = deployments
         .iter()
-        .map(|(name, d)| Want {
-            name: name.clone(),
+        .map(|d| Want {
+            name: d.object.metadata.name.clone(),
             replicas: u32::try_from(d.object.spec.replicas.unwrap_or(1)).unwrap_or(0),
             node_selector: d.object.spec.template.spec.node_selector.clone(),
             memory: memory(d),
@@ -76,38 +94,35 @@ pub(super) fn local_targets(
     // Where each Deployment's pods run now: this node's own count, the others' as they
     // gossip it.
     let mut current: placement::Current = BTreeMap::new();
-    for n in view.nodes.iter().filter(|n| n.id != view.me) {
-        for (d, c) in &n.pods {
-            current
-                .entry(d.clone())
-                .or_default()
-                .insert(n.id.clone(), c.total);
+    let mut local: BTreeMap<&str, u32> = BTreeMap::new();
+    for want in &wants {
+        let runs = current.entry(want.name.clone()).or_default();
+        for n in view.nodes.iter().filter(|n| n.id != view.me) {
+            if let Some(c) = n.pods.get(&want.name) {
+                runs.insert(n.id.clone(), c.total);
+            }
         }
-    }
-    for p in inner
-        .pods
-        .values()
-        .filter(|p| p.phase() != PodPhase::Terminating)
-    {
-        *current
-            .entry(p.deployment.clone())
-            .or_default()
-            .entry(view.me.clone())
-            .or_default() += 1;
+        let here = inner
+            .pods_of(&want.name)
+            .filter(|(_, p)| p.phase() != PodPhase::Terminating)
+            .count() as u32;
+        if here > 0 {
+            runs.insert(view.me.clone(), here);
+        }
+        local.insert(&want.name, here);
     }
     let placed = placement::place(&wants, &nodes, &current);
     let mut targets = BTreeMap::new();
     for want in &wants {
-        let share = placed
-            .get(&want.name)
-            .and_then(|p| p.get(&view.me))
-            .copied()
-            .unwrap_or(0);
-        let local = inner
-            .pods
-            .values()
-            .filter(|p| p.deployment == want.name && p.phase() != PodPhase::Terminating)
-            .count() as u32;
+        let counts = placed.get(&want.name).cloned().unwrap_or_default();
+        let share = counts.get(&view.me).copied().unwrap_or(0);
+        for (node, n) in &counts {
+            *inner.placed_memory.entry(node.clone()).or_default() +=
+                want.memory.saturating_mul(u64::from(*n));
+        }
+        inner
+            .placed
+            .insert(want.name.clone(), (want.memory, counts));
         let others_ready: u32 = view
             .nodes
             .iter()
@@ -115,11 +130,33 @@ pub(super) fn local_targets(
             .filter_map(|n| n.pods.get(&want.name))
             .map(|c| c.ready)
             .sum();
-        let keep = placement::keep(share, local, want.replicas, others_ready);
+        let keep = placement::keep(
+            share,
+            local[want.name.as_str()],
+            want.replicas,
+            others_ready,
+        );
         targets.insert(want.name.clone(), i32::try_from(keep).unwrap_or(i32::MAX));
     }
-    inner.shares.clone_from(&targets);
+    if full {
+        inner.shares.clone_from(&targets);
+    } else {
+        inner
+            .shares
+            .extend(targets.iter().map(|(n, t)| (n.clone(), *t)));
+    }
     targets
+}
+
+/// Forgets where Deployment `name` was placed (it is placed again, or gone).
+pub(super) fn unplace(inner: &mut Inner, name: &str) {
+    if let Some((memory, counts)) = inner.placed.remove(name) {
+        for (node, n) in counts {
+            if let Some(m) = inner.placed_memory.get_mut(&node) {
+                *m = m.saturating_sub(memory.saturating_mul(u64::from(n)));
+            }
+        }
+    }
 }
 
 /// This node's pods of each Deployment, as its last pass counted them (what it gossips).
@@ -191,20 +228,20 @@ pub(super) fn cluster_status(
 /// statistics last.
 pub(super) fn remote_endpoints(
     inner: &mut Inner,
-    state: &State,
+    svc: &Service,
     view: &View,
     service: &str,
     client: &RemoteClient,
     body_timeout: std::time::Duration,
 ) -> Vec<Arc<Container>> {
-    let Some(svc) = state.services.get(service) else {
+    if view.nodes.iter().all(|n| n.id == view.me) {
         return Vec::new();
-    };
-    let selected: Vec<&String> = state
-        .deployments
-        .iter()
-        .filter(|(_, d)| selects(svc, &d.object.spec.template.metadata.labels))
-        .map(|(name, _)| name)
+    }
+    let selected: Vec<String> = inner
+        .templates
+        .selected(&svc.spec.selector)
+        .into_iter()
+        .map(String::from)
         .collect();
     let mut out = Vec::new();
     for node in view.nodes.iter().filter(|n| n.id != view.me) {
@@ -213,7 +250,7 @@ pub(super) fn remote_endpoints(
         };
         let count: u32 = selected
             .iter()
-            .filter_map(|d| node.pods.get(*d))
+            .filter_map(|d| node.pods.get(d))
             .map(|c| c.ready)
             .sum();
         for i in 0..count.min(MAX_REMOTE_PER_NODE) {

@@ -4,7 +4,8 @@
 use super::*;
 
 /// Updates a Deployment's progress, conditions and status from its plan.
-pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, plan: &Plan, now: u64) {
+/// `target` is this node's share of the Deployment's replicas.
+pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, target: i32, plan: &Plan, now: u64) {
     let name = d.object.metadata.name.clone();
     let current = d.current();
     let generation = d.object.metadata.generation.unwrap_or(1);
@@ -78,8 +79,8 @@ pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, plan: &Plan, now: u
             );
         }
     }
-    let desired = d.object.spec.replicas.unwrap_or(1);
-    let (_, max_unavailable) = rollout::bounds(&d.object);
+    let desired = target;
+    let (_, max_unavailable) = rollout::bounds_for(&d.object, target);
     let at = Some(crate::apps::now_rfc3339());
     let available = plan.available >= desired - max_unavailable;
     let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
