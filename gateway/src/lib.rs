@@ -15,9 +15,7 @@
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
+use std::sync::{Arc, RwLock};
 
 pub mod balancer;
 pub mod load;
@@ -194,23 +192,44 @@ impl<E: Endpoint> Backends<E> {
     }
 }
 
-/// Host label -> backends, read lock-free, replaced atomically.
+/// Shards of the routing table: each is locked on its own, so requests for different
+/// routes rarely meet on one lock.
+const SHARDS: usize = 16;
+
+type Shard<E> = RwLock<HashMap<String, Arc<Backends<E>>>>;
+
+/// Host label -> backends. A route is replaced in one step (a request sees the old
+/// backends or the new, never a mix); changing one costs that route, not the table
+/// (a node with 10,000 apps changes routes as fast as one with ten).
 pub struct RoutingTable<E> {
-    routes: ArcSwap<HashMap<String, Arc<Backends<E>>>>,
+    shards: Box<[Shard<E>]>,
 }
 
 impl<E: Endpoint> Default for RoutingTable<E> {
     fn default() -> Self {
         Self {
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
         }
     }
 }
 
 impl<E: Endpoint> RoutingTable<E> {
+    fn shard(&self, label: &str) -> &Shard<E> {
+        // FNV-1a: fixed, so a label's shard is the same in every process.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in label.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.shards[(h % SHARDS as u64) as usize]
+    }
+
     /// The backends for `label`.
     pub fn get(&self, label: &str) -> Option<Arc<Backends<E>>> {
-        self.routes.load().get(label).cloned()
+        self.shard(label)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(label)
+            .cloned()
     }
 
     /// Replaces the backends of `label` in one atomic step; returns the previous ones.
@@ -222,29 +241,32 @@ impl<E: Endpoint> RoutingTable<E> {
     /// previous ones.
     pub fn set_backends(&self, label: &str, backends: Backends<E>) -> Option<Arc<Backends<E>>> {
         let backends = Arc::new(backends);
-        let mut previous = None;
-        self.routes.rcu(|routes| {
-            let mut next = HashMap::clone(routes);
-            previous = next.insert(label.to_string(), backends.clone());
-            next
-        });
-        previous
+        self.shard(label)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label.to_string(), backends)
     }
 
-    /// Every route now.
-    pub fn routes(&self) -> Arc<HashMap<String, Arc<Backends<E>>>> {
-        self.routes.load_full()
+    /// Every route now (a copy: for reports, not for requests).
+    pub fn routes(&self) -> HashMap<String, Arc<Backends<E>>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Removes a route; returns its backends.
     pub fn remove(&self, label: &str) -> Option<Arc<Backends<E>>> {
-        let mut previous = None;
-        self.routes.rcu(|routes| {
-            let mut next = HashMap::clone(routes);
-            previous = next.remove(label);
-            next
-        });
-        previous
+        self.shard(label)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(label)
     }
 }
 

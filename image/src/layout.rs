@@ -227,7 +227,11 @@ impl ImageStore {
                 message: e.to_string(),
             }
         };
-        let db = Database::create(&db_path).map_err(|e| db_err("open")(e.into()))?;
+        // Tags are read from memory: redb's page cache (1 GiB by default) stays small.
+        let db = redb::Builder::new()
+            .set_cache_size(4 << 20)
+            .create(&db_path)
+            .map_err(|e| db_err("open")(e.into()))?;
         let mut tags = Tags::default();
         {
             let txn = db.begin_write().map_err(|e| db_err("open")(e.into()))?;

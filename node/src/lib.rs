@@ -326,7 +326,13 @@ fn view_of(
     let mut nodes: Vec<cluster::NodeView> = members
         .iter()
         .filter(|m| m.live || &m.node_id == me)
-        .map(cluster::Member::view)
+        .map(|m| {
+            if &m.node_id == me {
+                m.view_without_pods()
+            } else {
+                m.view()
+            }
+        })
         .collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let heard_from_all = consensus

@@ -143,11 +143,20 @@ pub struct StateStore {
     broken: Mutex<Option<String>>,
 }
 
+/// Pages of the state file kept in memory.
+const STATE_CACHE: usize = 16 << 20;
+
 impl StateStore {
     /// Opens (or creates) the database file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let path = path.to_path_buf();
-        Self::with_opener(Box::new(move || Database::create(&path)))
+        // redb caches up to 1 GiB of pages by default: a node's resident memory would
+        // grow with its state file. The OS's page cache still holds what is read often.
+        Self::with_opener(Box::new(move || {
+            redb::Builder::new()
+                .set_cache_size(STATE_CACHE)
+                .create(&path)
+        }))
     }
 
     fn with_opener(open: Opener) -> Result<Self, StateError> {

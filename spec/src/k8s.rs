@@ -298,7 +298,8 @@ pub struct ResourceRequirements {
     /// `memory: 128Mi`, `cpu: 500m`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, Quantity>,
-    /// Read and kept; skiff schedules by limits.
+    /// What placement counts (`memory`), as Kubernetes schedules: a limit without a
+    /// request stands for it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requests: BTreeMap<String, Quantity>,
 }

@@ -63,8 +63,9 @@ const EVENTS: usize = 50;
 /// How often the Deployments still waiting for something are planned again.
 const TICK: Duration = Duration::from_millis(500);
 
-/// How often every Deployment and Service is planned, whatever changed.
-const RESYNC: Duration = Duration::from_secs(10);
+/// How often every Deployment and Service is planned, whatever changed (a safety net:
+/// every change names what it touches).
+const RESYNC: Duration = Duration::from_secs(60);
 
 /// Pods made (at once) in one pass.
 const LAUNCH_BATCH: usize = 64;
@@ -460,6 +461,7 @@ impl Apps {
     /// snapshot replaced the state, when the feed was missed, and every [`RESYNC`].
     pub(crate) async fn run_reconciler(&self, shutdown: CancellationToken) {
         let mut view = self.view.clone();
+        let mut seen = view.borrow_and_update().clone();
         let mut feed = self.desired.subscribe();
         let mut restores = self.desired.restores();
         let mut resync = tokio::time::Instant::now() + RESYNC;
@@ -490,8 +492,17 @@ impl Apps {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.pods.kick.notified() => {}
-                // The cluster changed: a node came or went, another node's pods did.
-                Ok(()) = view.changed() => self.pods.lock().dirty.all = true,
+                // The cluster changed: a node came or went (everything is placed
+                // again), another node's pods did (their Deployments are).
+                Ok(()) = view.changed() => {
+                    let now = view.borrow_and_update().clone();
+                    let mut inner = self.pods.lock();
+                    match spread::view_changes(&seen, &now) {
+                        None => inner.dirty.all = true,
+                        Some(changed) => inner.dirty.deployments.extend(changed),
+                    }
+                    seen = now;
+                }
                 _ = tick.tick() => {
                     let mut inner = self.pods.lock();
                     let waiting = inner.unsettled.clone();

@@ -334,7 +334,7 @@ impl Member {
 }
 
 /// A live node as placement and routing see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeView {
     /// Its node id.
     pub id: String,
@@ -412,13 +412,20 @@ impl Member {
 
     /// As placement and routing see it.
     pub fn view(&self) -> NodeView {
-        let pods = self
+        let mut view = self.view_without_pods();
+        view.pods = self
             .keys
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(keys::PODS_PREFIX)?, PodCounts::decode(v)?)))
             .filter(|(_, c)| c.total > 0)
             .map(|(d, c)| (d.to_string(), c))
             .collect();
+        view
+    }
+
+    /// [`Self::view`] without its pods: a node's own view of itself (it knows its pods
+    /// first-hand, and its own gossip changing must not look like the cluster changing).
+    pub fn view_without_pods(&self) -> NodeView {
         NodeView {
             id: self.node_id.clone(),
             name: self.key(keys::NAME).to_string(),
@@ -427,7 +434,7 @@ impl Member {
             ingress: self.key(keys::INGRESS).parse().ok(),
             api: Some(self.key(keys::API).to_string()).filter(|a| !a.is_empty()),
             gateway: self.is_gateway(),
-            pods,
+            pods: BTreeMap::new(),
         }
     }
 }

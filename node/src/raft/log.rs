@@ -42,7 +42,11 @@ impl LogStore {
     /// Opens (or creates) the log at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let db = Database::create(path)
+        // Entries are read back rarely (a follower catching up): a small cache, not
+        // redb's 1 GiB default, keeps the node's memory from growing with its log.
+        let db = redb::Builder::new()
+            .set_cache_size(8 << 20)
+            .create(path)
             .with_context(|| format!("failed to open the Raft log {}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;

@@ -136,7 +136,7 @@ pub enum CompileError {
 }
 
 /// Failures to link compiled code into a container.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("failed to link {kind} app: {message}")]
 pub struct PrepareError {
     /// The app kind.
@@ -244,9 +244,12 @@ fn fits_memory(compiled: &Compiled, memory_bytes: u64) -> Result<(), PrepareErro
 const WASM_PAGE: u64 = 64 << 10;
 
 /// Compiled code for one image, shared by every container running that image.
-#[derive(Clone)]
 pub struct Compiled {
     code: Code,
+    /// The code linked against the node's imports, once: every container of it shares
+    /// the one `InstancePre` (its resolved imports are the same), so a pod costs its
+    /// settings, not a copy of its imports.
+    linked: std::sync::OnceLock<Result<Linked, PrepareError>>,
     /// Whether the code came from the on-disk cache rather than the compiler.
     pub from_cache: bool,
     /// How long compiling (or loading) took.
@@ -254,6 +257,7 @@ pub struct Compiled {
 }
 
 /// Code linked against skiff's imports, ready to instantiate.
+#[derive(Clone)]
 enum Linked {
     Http(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
     Wagi(wasmtime::InstancePre<WagiState>),
@@ -566,6 +570,7 @@ impl Runtime {
         let took = start.elapsed();
         info!(%digest, %kind, took_ms = took.as_millis() as u64, "compiled (in a worker)");
         Ok(Compiled {
+            linked: std::sync::OnceLock::new(),
             code,
             from_cache: false,
             took,
@@ -598,6 +603,7 @@ impl Runtime {
         // directory name carries the engine's compatibility hash.
         match unsafe { self.load_code(kind == AppKind::Http, &bytes) } {
             Ok(code) => Some(Compiled {
+                linked: std::sync::OnceLock::new(),
                 code,
                 from_cache: true,
                 took: start.elapsed(),
@@ -650,6 +656,7 @@ impl Runtime {
         }
         info!(%digest, %kind, took_ms = took.as_millis() as u64, "compiled");
         Ok(Compiled {
+            linked: std::sync::OnceLock::new(),
             code,
             from_cache: false,
             took,
@@ -659,7 +666,12 @@ impl Runtime {
     /// Checks that the code's imports are all ones skiff provides, without making a
     /// container: a deploy calls this before it changes anything.
     pub fn check_links(&self, compiled: &Compiled) -> Result<(), PrepareError> {
-        self.link(compiled).map(drop)
+        compiled
+            .linked
+            .get_or_init(|| self.link(compiled))
+            .as_ref()
+            .map(drop)
+            .map_err(Clone::clone)
     }
 
     /// Reserves `bytes` of the node's memory budget until the reservation is dropped
@@ -694,7 +706,11 @@ impl Runtime {
             pool: self.inner.memory.clone(),
             budget: self.inner.memory_budget,
         };
-        Ok(match self.link(compiled)? {
+        let linked = compiled
+            .linked
+            .get_or_init(|| self.link(compiled))
+            .clone()?;
+        Ok(match linked {
             Linked::Http(pre) => {
                 Workload::Http(HttpWorkload::new(pre, config, compiled.clone(), memory))
             }

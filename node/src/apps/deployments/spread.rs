@@ -24,18 +24,24 @@ const MAX_REMOTE_PER_NODE: u32 = 16;
 /// is served from (`:` is not in any Service name, so it cannot collide).
 pub(crate) const LOCAL_ROUTE: &str = "local:";
 
-/// What a pod of `d`'s current template needs: its memory limit, else the default.
+/// What a pod of `d`'s current template takes of a node's memory when placed, as
+/// Kubernetes schedules: its memory request, else its limit (Kubernetes reads a limit
+/// without a request as the request), else nothing. A pod that names neither holds no
+/// memory at rest: a Wasm instance reserves its limit from the node's budget only while
+/// it runs, so an idle app costs its share of the compiled code, and thousands fit.
 fn memory(d: &crate::desired::StoredDeployment) -> u64 {
-    d.object
+    let resources = d
+        .object
         .spec
         .template
         .spec
         .containers
         .first()
-        .and_then(|c| c.resources.as_ref())
-        .and_then(|r| r.limits.get("memory"))
+        .and_then(|c| c.resources.as_ref());
+    resources
+        .and_then(|r| r.requests.get("memory").or_else(|| r.limits.get("memory")))
         .and_then(|q| q.bytes().ok())
-        .unwrap_or(skiff_spec::Limits::default().memory_bytes)
+        .unwrap_or(0)
 }
 
 /// How many pods of each of `deployments` this node should run now. From a view that
@@ -146,6 +152,35 @@ pub(super) fn local_targets(
             .extend(targets.iter().map(|(n, t)| (n.clone(), *t)));
     }
     targets
+}
+
+/// What a change of the cluster's view touches: `None` when a node came, went or
+/// changed, or this node's right to place did (everything is placed again); else the
+/// Deployments whose pods on other nodes changed.
+pub(super) fn view_changes(old: &View, new: &View) -> Option<BTreeSet<String>> {
+    if old.me != new.me || old.can_place != new.can_place || old.nodes.len() != new.nodes.len() {
+        return None;
+    }
+    let mut changed = BTreeSet::new();
+    for (a, b) in old.nodes.iter().zip(&new.nodes) {
+        let same_node = a.id == b.id
+            && a.name == b.name
+            && a.labels == b.labels
+            && a.capacity == b.capacity
+            && a.ingress == b.ingress
+            && a.api == b.api
+            && a.gateway == b.gateway;
+        if !same_node {
+            return None;
+        }
+        for (d, c) in &b.pods {
+            if a.pods.get(d) != Some(c) {
+                changed.insert(d.clone());
+            }
+        }
+        changed.extend(a.pods.keys().filter(|d| !b.pods.contains_key(*d)).cloned());
+    }
+    Some(changed)
 }
 
 /// Forgets where Deployment `name` was placed (it is placed again, or gone).
@@ -280,3 +315,56 @@ pub(super) fn remote_endpoints(
 
 /// The client every remote endpoint shares (connections pooled per peer).
 pub(crate) type RemoteClient = skiff_runtime::ProxyClient;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeView;
+
+    fn node(id: &str, pods: &[(&str, u32)]) -> NodeView {
+        NodeView {
+            id: id.into(),
+            name: id.into(),
+            capacity: 1 << 30,
+            pods: pods
+                .iter()
+                .map(|(d, ready)| {
+                    let counts = PodCounts {
+                        total: *ready,
+                        ready: *ready,
+                        ..PodCounts::default()
+                    };
+                    (d.to_string(), counts)
+                })
+                .collect(),
+            ..NodeView::default()
+        }
+    }
+
+    fn view(nodes: Vec<NodeView>) -> View {
+        View {
+            me: "a".into(),
+            nodes,
+            can_place: true,
+        }
+    }
+
+    #[test]
+    fn a_view_change_names_the_deployments_whose_pods_moved_elsewhere() {
+        let before = view(vec![node("a", &[]), node("b", &[("web", 1), ("api", 2)])]);
+        let after = view(vec![node("a", &[]), node("b", &[("web", 2), ("db", 1)])]);
+        assert_eq!(
+            view_changes(&before, &after),
+            Some(BTreeSet::from(["api".into(), "db".into(), "web".into()]))
+        );
+        assert_eq!(view_changes(&after, &after), Some(BTreeSet::new()));
+        let joined = view(vec![node("a", &[]), node("b", &[]), node("c", &[])]);
+        assert_eq!(view_changes(&before, &joined), None, "a node came");
+        let mut resized = before.clone();
+        resized.nodes[1].capacity = 1;
+        assert_eq!(view_changes(&before, &resized), None, "a node changed");
+        let mut minority = before.clone();
+        minority.can_place = false;
+        assert_eq!(view_changes(&before, &minority), None);
+    }
+}
