@@ -56,6 +56,41 @@ struct CompileLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Apps (and Services) with series of their own; the requests of any beyond count
+/// under [`OTHER`], so a scrape of a node with 10,000 apps stays the size of one with
+/// a few hundred.
+pub const MAX_LABELLED: usize = 256;
+
+/// The label value the apps (Services, endpoints) past [`MAX_LABELLED`] share.
+pub const OTHER: &str = "_other";
+
+/// The names that have series of their own: the first [`MAX_LABELLED`] to be seen.
+#[derive(Default)]
+struct Labelled(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Labelled {
+    /// `name`, or [`OTHER`] once the series are full.
+    fn label(&self, name: &str) -> String {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if names.contains(name) {
+            return name.to_string();
+        }
+        if names.len() < MAX_LABELLED {
+            names.insert(name.to_string());
+            return name.to_string();
+        }
+        OTHER.to_string()
+    }
+
+    /// Whether `name` has series of its own.
+    fn has(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +105,10 @@ pub struct Metrics {
     ejections: Family<EndpointLabels, Counter>,
     in_flight: Family<EndpointLabels, Gauge>,
     gossip_dropped: Family<ReasonLabel, Gauge>,
+    /// Apps with series of their own.
+    app_names: Labelled,
+    /// Services with series of their own.
+    service_names: Labelled,
     members: Gauge,
     apps: Gauge,
     rss: Gauge,
@@ -214,6 +253,8 @@ impl Default for Metrics {
             ejections,
             in_flight,
             gossip_dropped,
+            app_names: Labelled::default(),
+            service_names: Labelled::default(),
             members,
             apps,
             rss,
@@ -228,17 +269,13 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one request's outcome.
     pub fn request(&self, app: &str, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&StatusLabels {
-                app: app.to_string(),
-                status,
-            })
-            .inc();
+        let app = self.app_names.label(app);
         self.durations
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
+            .get_or_create(&AppLabel { app: app.clone() })
             .observe(seconds);
+        self.requests
+            .get_or_create(&StatusLabels { app, status })
+            .inc();
     }
 
     /// Records one request to a Service, answered by `endpoint`.
@@ -250,37 +287,48 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
+        let (service, endpoint) = self.service_labels(service, endpoint);
+        self.service_durations
+            .get_or_create(&ServiceLabel {
+                service: service.clone(),
+            })
+            .observe(seconds);
         self.service_requests
             .get_or_create(&ClassLabels {
-                service: service.to_string(),
-                endpoint: endpoint.to_string(),
+                service,
+                endpoint,
                 class,
             })
             .inc();
-        self.service_durations
-            .get_or_create(&ServiceLabel {
-                service: service.to_string(),
-            })
-            .observe(seconds);
     }
 
     /// Records a retry on another endpoint.
     pub fn service_retry(&self, service: &str) {
         self.service_retries
             .get_or_create(&ServiceLabel {
-                service: service.to_string(),
+                service: self.service_names.label(service),
             })
             .inc();
     }
 
     /// Records an endpoint's ejection.
     pub fn ejection(&self, service: &str, endpoint: &str) {
+        let (service, endpoint) = self.service_labels(service, endpoint);
         self.ejections
-            .get_or_create(&EndpointLabels {
-                service: service.to_string(),
-                endpoint: endpoint.to_string(),
-            })
+            .get_or_create(&EndpointLabels { service, endpoint })
             .inc();
+    }
+
+    /// The labels of `service`'s `endpoint`: both [`OTHER`] for a Service past
+    /// [`MAX_LABELLED`].
+    fn service_labels(&self, service: &str, endpoint: &str) -> (String, String) {
+        let service = self.service_names.label(service);
+        let endpoint = if service == OTHER {
+            OTHER.to_string()
+        } else {
+            endpoint.to_string()
+        };
+        (service, endpoint)
     }
 
     /// Drops the series of an endpoint (a pod) that is gone, for each of `services`:
@@ -315,10 +363,23 @@ impl Metrics {
     /// series of endpoints that are gone are dropped).
     pub fn set_in_flight(&self, now: impl IntoIterator<Item = (String, String, u32)>) {
         self.in_flight.clear();
+        let mut other = 0i64;
         for (service, endpoint, n) in now {
+            if self.service_names.has(&service) {
+                self.in_flight
+                    .get_or_create(&EndpointLabels { service, endpoint })
+                    .set(i64::from(n));
+            } else {
+                other += i64::from(n);
+            }
+        }
+        if other > 0 {
             self.in_flight
-                .get_or_create(&EndpointLabels { service, endpoint })
-                .set(i64::from(n));
+                .get_or_create(&EndpointLabels {
+                    service: OTHER.into(),
+                    endpoint: OTHER.into(),
+                })
+                .set(other);
         }
     }
 
@@ -326,7 +387,7 @@ impl Metrics {
     pub fn instance_start(&self, app: &str) {
         self.instance_starts
             .get_or_create(&AppLabel {
-                app: app.to_string(),
+                app: self.app_names.label(app),
             })
             .inc();
     }
@@ -335,7 +396,7 @@ impl Metrics {
     pub fn trap(&self, app: &str, kind: &str) {
         self.traps
             .get_or_create(&TrapLabels {
-                app: app.to_string(),
+                app: self.app_names.label(app),
                 kind: kind.to_string(),
             })
             .inc();
@@ -440,5 +501,31 @@ mod tests {
             .unwrap();
         let rss: i64 = rss_line.split(' ').nth(1).unwrap().parse().unwrap();
         assert!(rss > 1 << 20, "{rss_line}");
+    }
+
+    #[test]
+    fn a_scrape_of_ten_thousand_apps_has_series_for_the_first_few_hundred() {
+        let m = Metrics::default();
+        for i in 0..10_000 {
+            let app = format!("app{i}");
+            m.request(&app, 200, 0.001);
+            m.service_request(&app, &format!("{app}-pod"), 200, 0.001);
+        }
+        let text = m.render();
+        let labelled = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(labelled("skiff_requests_total{"), MAX_LABELLED + 1);
+        assert!(
+            text.contains(&format!(
+                "skiff_requests_total{{app=\"{OTHER}\",status=\"200\"}} {}",
+                10_000 - MAX_LABELLED
+            )),
+            "{text}"
+        );
+        assert!(text.contains("app=\"app255\"") && !text.contains("app=\"app256\""));
+        assert!(
+            text.len() < 1 << 20,
+            "a scrape stays small: {} bytes",
+            text.len()
+        );
     }
 }
