@@ -512,6 +512,11 @@ impl Apps {
         }
     }
 
+    /// How many passes the reconciler has finished.
+    pub(crate) fn passes_done(&self) -> u64 {
+        *self.pods.passes.borrow()
+    }
+
     /// This node's pods of each Deployment (what it gossips).
     pub(crate) fn pod_counts(&self) -> BTreeMap<String, crate::cluster::PodCounts> {
         spread::pod_counts(&self.pods.lock())
@@ -1381,5 +1386,52 @@ mod tests {
         // The manifest reader (spec) cannot see the gateway's list: both must agree.
         let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(names, skiff_spec::manifest::LOAD_BALANCERS);
+    }
+
+    #[test]
+    fn a_change_marks_only_the_object_it_names() {
+        let mut dirty = Dirty::default();
+        dirty.mark(&Applied::Created("deployment.apps/web".into()));
+        dirty.mark(&Applied::Deleted("service/web".into()));
+        dirty.mark(&Applied::Configured("deployment.apps/api".into()));
+        assert!(!dirty.all);
+        assert_eq!(
+            dirty.deployments,
+            BTreeSet::from(["api".to_string(), "web".to_string()])
+        );
+        assert_eq!(dirty.services, BTreeSet::from(["web".to_string()]));
+        // A cordon changes where everything may run.
+        dirty.mark(&Applied::Configured("node/one".into()));
+        assert!(dirty.all);
+    }
+
+    #[test]
+    fn a_deployments_pods_are_found_by_prefix_and_not_confused_with_a_longer_name() {
+        let mut inner = Inner::default();
+        let pod = |deployment: &str| PodEntry {
+            deployment: deployment.into(),
+            hash: "h".into(),
+            labels: BTreeMap::from([("app".to_string(), deployment.to_string())]),
+            template: PodTemplateSpec::default(),
+            created: String::new(),
+            restarts: 0,
+            crashes: 0,
+            state: PodState::Waiting {
+                reason: "ContainerCreating",
+                message: String::new(),
+                retry_ms: 0,
+                failure: None,
+            },
+        };
+        inner.add_pod("web-h-aaaaa".into(), pod("web"));
+        inner.add_pod("web-api-h-bbbbb".into(), pod("web-api"));
+        inner.add_pod("web-h-ccccc".into(), pod("web"));
+        let names: Vec<&String> = inner.pods_of("web").map(|(n, _)| n).collect();
+        assert_eq!(names, ["web-h-aaaaa", "web-h-ccccc"]);
+        assert_eq!(inner.pods_of("web-api").count(), 1);
+        let selector = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        assert_eq!(inner.pod_labels.selected(&selector).len(), 2);
+        inner.remove_pod("web-h-aaaaa");
+        assert_eq!(inner.pod_labels.selected(&selector), ["web-h-ccccc"]);
     }
 }

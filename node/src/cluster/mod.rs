@@ -578,8 +578,12 @@ impl Cluster {
         let live: std::collections::HashSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
         let mut by_node: BTreeMap<String, Member> = BTreeMap::new();
         for (id, state) in chitchat.node_states() {
+            // This node's own pod counts (one key per Deployment: thousands) are what it
+            // gossips, never what it reads back: not copied every tick.
+            let me = *id.node_id == *self.identity.node_id;
             let keys: BTreeMap<String, String> = state
                 .key_values()
+                .filter(|(k, _)| !(me && k.starts_with(keys::PODS_PREFIX)))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             let member = Member {
