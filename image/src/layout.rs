@@ -825,6 +825,17 @@ mod tests {
         assert!(!store.blobs().contains(&layer.digest));
     }
 
+    /// `bytes` stored as a Wasm layer.
+    fn wasm_layer(store: &ImageStore, bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: oci::WASM_LAYER.into(),
+            digest: store.blobs().put(bytes).unwrap(),
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        }
+    }
+
     /// An image of the shared layer `layer` whose config differs by `created`.
     fn image_of(store: &ImageStore, layer: &Descriptor, created: &str) -> Descriptor {
         let mut c = config();
@@ -838,13 +849,7 @@ mod tests {
     fn collecting_images_removes_only_what_no_other_image_refers_to() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path()).unwrap();
-        let layer = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: store.blobs().put(b"\0asm shared").unwrap(),
-            size: 11,
-            annotations: BTreeMap::new(),
-            platform: None,
-        };
+        let layer = wasm_layer(&store, b"\0asm shared");
         let one = image_of(&store, &layer, "2026-01-01T00:00:01Z");
         let two = image_of(&store, &layer, "2026-01-01T00:00:02Z");
         let (a, b) = (
@@ -900,13 +905,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layer = {
             let store = ImageStore::open(dir.path()).unwrap();
-            let layer = Descriptor {
-                media_type: oci::WASM_LAYER.into(),
-                digest: store.blobs().put(b"\0asm kept").unwrap(),
-                size: 9,
-                annotations: BTreeMap::new(),
-                platform: None,
-            };
+            let layer = wasm_layer(&store, b"\0asm kept");
             let image = image_of(&store, &layer, "2026-01-01T00:00:00Z");
             store
                 .tag(&ImageName::parse("kept").unwrap(), &image)
@@ -921,13 +920,7 @@ mod tests {
         let old = tempfile::tempdir().unwrap();
         let image = {
             let store = ImageStore::open(old.path()).unwrap();
-            let layer = Descriptor {
-                media_type: oci::WASM_LAYER.into(),
-                digest: store.blobs().put(b"\0asm old").unwrap(),
-                size: 8,
-                annotations: BTreeMap::new(),
-                platform: None,
-            };
+            let layer = wasm_layer(&store, b"\0asm old");
             image_of(&store, &layer, "2026-01-01T00:00:00Z")
         };
         std::fs::remove_file(old.path().join("tags.redb")).unwrap();

@@ -2,10 +2,12 @@
 //!
 //! Desired state lives in the [`DesiredStore`](crate::desired::DesiredStore); this
 //! module makes the node's pods match it. One task runs [`Apps::run_reconciler`]: woken
-//! by every change, by pod events (ready, exited, stopped) and twice a second, it reads
-//! the whole picture and, for each Deployment, runs the rollout planner
-//! ([`rollout::plan`]) and carries out its actions; then it points each Service's route
-//! at the pods its selector picks. It is the only thing that starts or stops a
+//! by every change, by pod events (ready, exited, stopped) and twice a second, it takes
+//! what those marked (the whole picture at start, on node changes and every minute)
+//! and, for each Deployment, runs the rollout planner ([`rollout::plan`]) and carries
+//! out its actions; then it points each Service's route at the pods its selector
+//! picks. A pass costs what changed, not what the node holds. It is the only thing that
+//! starts or stops a
 //! Deployment's pods. Pods live in memory only: after a restart (or `kill -9`) the node
 //! has none, and the planner starts what the desired state asks for.
 //!
@@ -121,6 +123,31 @@ struct PodEntry {
 }
 
 impl PodEntry {
+    /// A pod of `deployment`'s revision `hash`, waiting to be made.
+    fn new(
+        deployment: String,
+        hash: String,
+        labels: BTreeMap<String, String>,
+        template: PodTemplateSpec,
+        created: String,
+    ) -> Self {
+        Self {
+            deployment,
+            hash,
+            labels,
+            template,
+            created,
+            restarts: 0,
+            crashes: 0,
+            state: PodState::Waiting {
+                reason: "ContainerCreating",
+                message: String::new(),
+                retry_ms: 0,
+                failure: None,
+            },
+        }
+    }
+
     fn phase(&self) -> PodPhase {
         match &self.state {
             PodState::Waiting { .. } => PodPhase::Starting,
@@ -666,21 +693,13 @@ impl Apps {
                             labels.insert("pod-template-hash".into(), hash.clone());
                             inner.add_pod(
                                 pod.clone(),
-                                PodEntry {
-                                    deployment: name.clone(),
+                                PodEntry::new(
+                                    name.clone(),
                                     hash,
                                     labels,
                                     template,
-                                    created: super::now_rfc3339(),
-                                    restarts: 0,
-                                    crashes: 0,
-                                    state: PodState::Waiting {
-                                        reason: "ContainerCreating",
-                                        message: String::new(),
-                                        retry_ms: 0,
-                                        failure: None,
-                                    },
-                                },
+                                    super::now_rfc3339(),
+                                ),
                             );
                             inner.event(
                                 name,
@@ -1408,20 +1427,14 @@ mod tests {
     #[test]
     fn a_deployments_pods_are_found_by_prefix_and_not_confused_with_a_longer_name() {
         let mut inner = Inner::default();
-        let pod = |deployment: &str| PodEntry {
-            deployment: deployment.into(),
-            hash: "h".into(),
-            labels: BTreeMap::from([("app".to_string(), deployment.to_string())]),
-            template: PodTemplateSpec::default(),
-            created: String::new(),
-            restarts: 0,
-            crashes: 0,
-            state: PodState::Waiting {
-                reason: "ContainerCreating",
-                message: String::new(),
-                retry_ms: 0,
-                failure: None,
-            },
+        let pod = |deployment: &str| {
+            PodEntry::new(
+                deployment.into(),
+                "h".into(),
+                BTreeMap::from([("app".to_string(), deployment.to_string())]),
+                PodTemplateSpec::default(),
+                String::new(),
+            )
         };
         inner.add_pod("web-h-aaaaa".into(), pod("web"));
         inner.add_pod("web-api-h-bbbbb".into(), pod("web-api"));
