@@ -208,7 +208,7 @@ fn age_of(ts: Option<&str>) -> String {
         )
 }
 
-fn labels_text(labels: &BTreeMap<String, String>) -> String {
+fn labels_text(labels: &skiff_spec::Labels) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }

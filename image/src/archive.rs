@@ -95,7 +95,7 @@ pub fn export(
         blobs.insert(manifest.config.digest);
         blobs.extend(manifest.layers.iter().map(|l| l.digest));
         let size = store.blobs().size(digest)?;
-        let mut annotations = BTreeMap::new();
+        let mut annotations = skiff_spec::Labels::new();
         if let Some(name) = name {
             annotations.insert(oci::REF_NAME.to_string(), name.to_string());
         }
@@ -401,7 +401,7 @@ pub fn import(store: &ImageStore, input: impl Read, cap: u64) -> Result<Vec<Load
             media_type: oci::MANIFEST_V1.into(),
             digest,
             size,
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         };
         for tag in &tags {
@@ -487,7 +487,7 @@ fn docker_index(
                 media_type: oci::LAYER_TAR.into(),
                 digest,
                 size: staged.get(&digest).map_or(0, StagedBlob::len),
-                annotations: BTreeMap::new(),
+                annotations: skiff_spec::Labels::new(),
                 platform: None,
             });
         }
@@ -499,7 +499,7 @@ fn docker_index(
                 media_type: oci::CONFIG_V1.into(),
                 digest: config,
                 size: staged.get(&config).map_or(0, StagedBlob::len),
-                annotations: BTreeMap::new(),
+                annotations: skiff_spec::Labels::new(),
                 platform: None,
             },
             layers,
@@ -514,7 +514,7 @@ fn docker_index(
             media_type: oci::MANIFEST_V1.into(),
             digest: blob.digest(),
             size: blob.len(),
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         };
         staged.insert(blob.digest(), blob);

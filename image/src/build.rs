@@ -131,7 +131,7 @@ pub fn write(store: &ImageStore, plan: Plan) -> Result<(Descriptor, AppKind), Bu
                 media_type: oci::LAYER_TAR.into(),
                 digest,
                 size: tar.len() as u64,
-                annotations: BTreeMap::new(),
+                annotations: skiff_spec::Labels::new(),
                 platform: None,
             };
             let config = ImageConfig {

@@ -616,7 +616,7 @@ mod tests {
             media_type: media_type.into(),
             digest: store.put(&bytes).unwrap(),
             size: bytes.len() as u64,
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         })
         .collect();

@@ -229,7 +229,7 @@ impl ImageStore {
         };
         // Tags are read from memory: redb's page cache (1 GiB by default) stays small.
         let db = redb::Builder::new()
-            .set_cache_size(4 << 20)
+            .set_cache_size(1 << 20)
             .create(&db_path)
             .map_err(|e| db_err("open")(e.into()))?;
         let mut tags = Tags::default();
@@ -349,7 +349,7 @@ impl ImageStore {
             media_type: media_type.into(),
             digest,
             size: bytes.len() as u64,
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         })
     }
@@ -405,7 +405,7 @@ impl ImageStore {
             media_type: oci::WASM_LAYER.into(),
             digest: layer,
             size,
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         };
         let annotations = BTreeMap::from([(oci::KIND_ANNOTATION.to_string(), kind.to_string())]);
@@ -773,7 +773,7 @@ mod tests {
             media_type: oci::WASM_LAYER.into(),
             digest: layer,
             size: 9,
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         };
         let image = store
@@ -831,7 +831,7 @@ mod tests {
             media_type: oci::WASM_LAYER.into(),
             digest: store.blobs().put(bytes).unwrap(),
             size: bytes.len() as u64,
-            annotations: BTreeMap::new(),
+            annotations: skiff_spec::Labels::new(),
             platform: None,
         }
     }

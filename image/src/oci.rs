@@ -1,9 +1,11 @@
 //! The OCI image-spec documents skiff reads and writes, as plain serde types.
 //!
-//! Field order is fixed by the structs and maps are `BTreeMap`s, so the same content
+//! Field order is fixed by the structs and maps are sorted by key, so the same content
 //! always serializes to the same bytes, and builds are reproducible down to the digest.
 
 use std::collections::BTreeMap;
+
+use skiff_spec::Labels;
 
 use serde::{Deserialize, Serialize};
 use skiff_spec::Digest;
@@ -41,9 +43,9 @@ pub struct Descriptor {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
-    /// Free-form metadata.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    /// Free-form metadata (a store keeps a descriptor per tag: a small map).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub annotations: Labels,
     /// For manifests in an index: the platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,

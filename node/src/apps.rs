@@ -163,6 +163,11 @@ pub(crate) fn now_rfc3339() -> String {
     skiff_image::build::rfc3339(SystemTime::now())
 }
 
+/// A time in Unix ms as RFC 3339 (UTC, seconds).
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    skiff_image::build::rfc3339(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
 /// Where and how the supervisor works.
 pub(crate) struct Settings {
     /// Directory for extracted static sites.
@@ -214,6 +219,9 @@ pub struct Apps {
     ingress: Arc<Ingress>,
     /// One deploy, removal or garbage collection at a time; compiles run outside it.
     deploying: Mutex<()>,
+    /// Uploaded binaries already validated, by digest, and their kind: the same bytes
+    /// again (a deploy of many apps from one binary) are not parsed again.
+    validated: std::sync::Mutex<HashMap<Digest, AppKind>>,
     /// `skiff run` containers by id. Locked after `apps` when both are needed.
     standalone: Mutex<HashMap<String, standalone::Standalone>>,
     /// What happened to those containers, for `docker events`.
@@ -301,6 +309,7 @@ impl Apps {
             state,
             ingress,
             deploying: Mutex::new(()),
+            validated: std::sync::Mutex::default(),
             standalone: Mutex::new(HashMap::new()),
             container_events: Default::default(),
             url_suffix,
@@ -553,6 +562,23 @@ impl Apps {
         ))
     }
 
+    /// The kind of the binary `digest`, if one with these bytes was validated before.
+    fn validated_kind(&self, digest: &Digest) -> Option<AppKind> {
+        let known = self.validated.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(digest).copied()
+    }
+
+    /// Records that the binary `digest` validated as `kind` (up to a thousand binaries;
+    /// when full, all are forgotten and the next uploads are parsed again).
+    fn remember_valid(&self, digest: Digest, kind: AppKind) {
+        const KEEP: usize = 1024;
+        let mut known = self.validated.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KEEP && !known.contains_key(&digest) {
+            known.clear();
+        }
+        known.insert(digest, kind);
+    }
+
     /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
     /// it. Nothing changes unless the binary validates, compiles and links.
     pub async fn deploy_upload(
@@ -561,10 +587,12 @@ impl Apps {
         params: DeployParams,
         staged: StagedBlob,
     ) -> Result<(bool, AppStatus), AppError> {
+        let layer = staged.digest();
+        let known = self.validated_kind(&layer);
         // Reading and parsing a large binary takes a while: off the async executor.
         let (staged, read) = tokio::task::spawn_blocking(move || {
             let read = staged.read().map(|wasm| {
-                let kind = detect_kind(&wasm);
+                let kind = known.map_or_else(|| detect_kind(&wasm), Ok);
                 (wasm, kind)
             });
             (staged, read)
@@ -573,7 +601,7 @@ impl Apps {
         .map_err(AppError::internal)?;
         let (wasm, kind) = read.map_err(AppError::internal)?;
         let kind = kind.map_err(|e| AppError::invalid("invalid_wasm", e.to_string()))?;
-        let layer = staged.digest();
+        self.remember_valid(layer, kind);
         let compiled = self.compile(layer, kind, async { Ok(wasm) }).await?;
 
         let guard = self.deploying.lock().await;
@@ -628,7 +656,7 @@ impl Apps {
                                 media_type: skiff_image::oci::MANIFEST_V1.into(),
                                 digest,
                                 size,
-                                annotations: BTreeMap::new(),
+                                annotations: skiff_spec::Labels::new(),
                                 platform: None,
                             },
                         )

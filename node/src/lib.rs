@@ -41,6 +41,7 @@ pub mod container;
 pub mod desired;
 pub mod ingress;
 pub mod listener;
+mod memory;
 pub mod metrics;
 pub mod placement;
 pub mod raft;
@@ -355,6 +356,7 @@ fn view_of(
 
 /// Opens the data dir, restores the apps, binds both listeners and starts serving.
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    memory::tune();
     let dir = &config.data_dir;
     fs::create_dir_all(dir)
         .with_context(|| format!("failed to create data dir {}", dir.display()))?;

@@ -48,7 +48,7 @@ pub struct Want {
     /// How many pods.
     pub replicas: u32,
     /// Labels a node must have.
-    pub node_selector: BTreeMap<String, String>,
+    pub node_selector: skiff_spec::Labels,
     /// Memory each pod needs, bytes.
     pub memory: u64,
 }
@@ -188,7 +188,7 @@ mod tests {
         Want {
             name: name.into(),
             replicas,
-            node_selector: BTreeMap::new(),
+            node_selector: skiff_spec::Labels::new(),
             memory: 128 << 20,
         }
     }

@@ -144,7 +144,7 @@ pub struct StateStore {
 }
 
 /// Pages of the state file kept in memory.
-const STATE_CACHE: usize = 16 << 20;
+const STATE_CACHE: usize = 2 << 20;
 
 impl StateStore {
     /// Opens (or creates) the database file.

@@ -7,10 +7,12 @@
 //! (replicated state must accept fields a newer node wrote); the manifest reader
 //! reports them as warnings naming their path, as kubectl does.
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::map::{Labels, SortedMap};
 
 /// The most pods one Deployment may ask for (a bound on what one request can make a
 /// node start).
@@ -27,11 +29,11 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub labels: Labels,
     /// Annotations (`skiff.dev/load-balancer`, ...).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub annotations: Labels,
     /// Set by the node: a unique id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
@@ -98,8 +100,8 @@ impl IntOrString {
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     /// Labels that must be equal.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub match_labels: Labels,
     /// Set-based requirements.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
@@ -121,7 +123,7 @@ pub struct LabelSelectorRequirement {
 impl LabelSelector {
     /// Whether `labels` satisfy the selector (an empty selector matches everything, as
     /// in Kubernetes).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
@@ -167,9 +169,10 @@ pub struct DeploymentSpec {
     /// Which pods are its own; must match the template's labels.
     #[serde(default)]
     pub selector: LabelSelector,
-    /// The pods.
+    /// The pods. Shared: a node keeps it in the object, its current revision and each
+    /// of its pods, one copy for all.
     #[serde(default)]
-    pub template: PodTemplateSpec,
+    pub template: Arc<PodTemplateSpec>,
     /// How a new template replaces the old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<DeploymentStrategy>,
@@ -231,8 +234,8 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// Labels a node must have to run the pod.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub node_selector: Labels,
 }
 
 /// A pod's container.
@@ -296,12 +299,12 @@ pub struct ContainerPort {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceRequirements {
     /// `memory: 128Mi`, `cpu: 500m`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub limits: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub limits: SortedMap<String, Quantity>,
     /// What placement counts (`memory`), as Kubernetes schedules: a limit without a
     /// request stands for it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub requests: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub requests: SortedMap<String, Quantity>,
 }
 
 /// A Kubernetes quantity as written (`128Mi`, `0.5`, `500m`); numbers are accepted too.
@@ -495,8 +498,8 @@ pub struct LoadBalancerStatus {}
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Pods with these labels (of any Deployment).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub selector: Labels,
     /// Its ports.
     #[serde(default)]
     pub ports: Vec<ServicePort>,

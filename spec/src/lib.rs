@@ -18,6 +18,7 @@ mod digest;
 pub mod k8s;
 mod limits;
 pub mod manifest;
+pub mod map;
 mod name;
 pub mod openapi;
 pub mod patch;
@@ -26,4 +27,5 @@ pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_match
 pub use container::{PortMapping, RestartPolicy, RunParams};
 pub use digest::{Digest, DigestError};
 pub use limits::{Limits, parse_bytes, parse_duration};
+pub use map::{Labels, SortedMap};
 pub use name::{AppName, NameError};

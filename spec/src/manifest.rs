@@ -33,9 +33,7 @@ pub const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-hosts";
 
 /// The deploy settings a pod template's `skiff.dev/*` annotations give, checked exactly
 /// as `skiff deploy` checks its flags (bounds included); errors name the annotation.
-pub fn annotation_params(
-    annotations: &BTreeMap<String, String>,
-) -> Result<crate::DeployParams, String> {
+pub fn annotation_params(annotations: &crate::Labels) -> Result<crate::DeployParams, String> {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     if let Some(t) = annotations.get(TIMEOUT_ANNOTATION) {
         pairs.push(("timeout", t));
@@ -315,7 +313,10 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
 /// hash to the revision it came from, not make a new one).
 fn normalize(object: &mut Object) {
     if let Object::Deployment(d) = object {
-        for c in &mut d.spec.template.spec.containers {
+        for c in &mut std::sync::Arc::make_mut(&mut d.spec.template)
+            .spec
+            .containers
+        {
             if c.resources
                 .as_ref()
                 .is_some_and(|r| r.limits.is_empty() && r.requests.is_empty())
@@ -879,7 +880,7 @@ mod tests {
     #[test]
     fn selectors_match_as_kubernetes_matches() {
         use crate::k8s::{LabelSelector, LabelSelectorRequirement};
-        let labels: BTreeMap<String, String> = [
+        let labels: crate::Labels = [
             ("app".to_string(), "web".to_string()),
             ("tier".to_string(), "fe".to_string()),
         ]

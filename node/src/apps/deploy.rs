@@ -11,6 +11,7 @@
 //! new pods cannot start, the Deployment goes back to what it was and the deploy fails
 //! with the pods' error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_image::ImageSummary;
@@ -203,12 +204,12 @@ impl Apps {
     async fn undo_install(
         &self,
         name: &AppName,
-        previous: Option<crate::desired::StoredDeployment>,
+        previous: Option<Arc<crate::desired::StoredDeployment>>,
         previous_service: Option<Service>,
     ) {
         let restored = match previous {
             Some(d) => {
-                self.apply_object(Object::Deployment(Box::new(d.object)))
+                self.apply_object(Object::Deployment(Box::new(d.object.clone())))
                     .await
             }
             None => {

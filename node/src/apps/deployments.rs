@@ -37,7 +37,7 @@ use skiff_spec::k8s::{
     Probe, Service, StateReason, StateRunning,
 };
 use skiff_spec::manifest::{HASH_ON_ANNOTATION, LOAD_BALANCER_ANNOTATION, annotation_params};
-use skiff_spec::{AppKind, AppName, AppSpec, Digest};
+use skiff_spec::{AppKind, AppName, AppSpec, Digest, Labels};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -113,8 +113,8 @@ enum PodState {
 struct PodEntry {
     deployment: String,
     hash: String,
-    labels: BTreeMap<String, String>,
-    template: PodTemplateSpec,
+    labels: Labels,
+    template: Arc<PodTemplateSpec>,
     created: String,
     restarts: i32,
     /// Failures in a row, for the back-off.
@@ -127,8 +127,8 @@ impl PodEntry {
     fn new(
         deployment: String,
         hash: String,
-        labels: BTreeMap<String, String>,
-        template: PodTemplateSpec,
+        labels: Labels,
+        template: Arc<PodTemplateSpec>,
         created: String,
     ) -> Self {
         Self {
@@ -179,8 +179,41 @@ struct Progress {
     since_ms: u64,
     failed: bool,
     complete: bool,
-    status: DeploymentStatus,
-    events: VecDeque<EventInfo>,
+    /// What the status shows besides the counts; none before the first plan.
+    shown: Option<Shown>,
+    events: VecDeque<Event>,
+}
+
+/// One event of a Deployment, kept small (its text is made when it is read).
+struct Event {
+    at_ms: u64,
+    /// `Normal` or `Warning`.
+    kind: &'static str,
+    reason: &'static str,
+    message: Box<str>,
+}
+
+impl Event {
+    fn info(&self) -> EventInfo {
+        EventInfo {
+            at: super::rfc3339_ms(self.at_ms),
+            kind: self.kind.into(),
+            reason: self.reason.into(),
+            message: self.message.to_string(),
+        }
+    }
+}
+
+/// What a Deployment's status shows, as of its last plan.
+struct Shown {
+    /// The current revision's number.
+    revision: i64,
+    /// This node's share of the replicas.
+    desired: i32,
+    /// How many of them may be unavailable.
+    max_unavailable: i32,
+    /// When it was planned (ms).
+    at_ms: u64,
 }
 
 /// What a Service's route holds now, to swap it only when that changes.
@@ -221,7 +254,7 @@ struct Inner {
     /// Pods to make beyond the last pass's batch.
     backlog: BTreeSet<String>,
     /// Where the last placement put each Deployment: a pod's memory, pods by node.
-    placed: BTreeMap<String, (u64, BTreeMap<String, u32>)>,
+    placed: BTreeMap<String, (u64, skiff_spec::SortedMap<String, u32>)>,
     /// Memory the placed pods take on each node.
     placed_memory: BTreeMap<String, u64>,
 }
@@ -276,22 +309,33 @@ impl Inner {
         self.pods.remove(name)
     }
 
-    fn event(&mut self, deployment: &str, kind: &str, reason: &str, message: String) {
+    fn event(
+        &mut self,
+        deployment: &str,
+        kind: &'static str,
+        reason: &'static str,
+        message: String,
+    ) {
         if let Some(p) = self.progress.get_mut(deployment) {
             push_event(&mut p.events, kind, reason, message);
         }
     }
 }
 
-fn push_event(events: &mut VecDeque<EventInfo>, kind: &str, reason: &str, message: String) {
+fn push_event(
+    events: &mut VecDeque<Event>,
+    kind: &'static str,
+    reason: &'static str,
+    message: String,
+) {
     if events.len() == EVENTS {
         events.pop_front();
     }
-    events.push_back(EventInfo {
-        at: super::now_rfc3339(),
-        kind: kind.into(),
-        reason: reason.into(),
-        message,
+    events.push_back(Event {
+        at_ms: super::now_ms(),
+        kind,
+        reason,
+        message: message.into_boxed_str(),
     });
 }
 
@@ -560,7 +604,7 @@ impl Apps {
         let now = now_ms();
         // The objects this pass looks at, copied before the pod table is locked.
         type Named<T> = Vec<(String, Option<T>)>;
-        let (deployments, cordoned): (Named<StoredDeployment>, _) = self.desired.read(|s| {
+        let (deployments, cordoned): (Named<Arc<StoredDeployment>>, _) = self.desired.read(|s| {
             let deployments = if full {
                 s.state
                     .deployments
@@ -618,8 +662,10 @@ impl Apps {
         });
         let (to_stop, to_launch) = {
             let mut inner = self.pods.lock();
-            let present: Vec<&StoredDeployment> =
-                deployments.iter().filter_map(|(_, d)| d.as_ref()).collect();
+            let present: Vec<&StoredDeployment> = deployments
+                .iter()
+                .filter_map(|(_, d)| d.as_deref())
+                .collect();
             let mut to_stop: Vec<String> = Vec::new();
             if full {
                 let wanted: BTreeSet<&str> = deployments.iter().map(|(n, _)| n.as_str()).collect();
@@ -775,6 +821,10 @@ impl Apps {
         };
         if more {
             self.pods.kick();
+        }
+        if full {
+            // A full pass planned every Deployment: give back what it freed.
+            crate::memory::trim();
         }
         self.pods.passes.send_modify(|n| *n += 1);
     }
@@ -1146,7 +1196,7 @@ impl Apps {
             .lock()
             .progress
             .get(&object.metadata.name)
-            .map(|p| p.status.clone())
+            .map(Progress::status)
             .unwrap_or_default();
         object.status = Some(spread::cluster_status(d, local, &self.view.borrow()));
         object
@@ -1185,7 +1235,7 @@ impl Apps {
             events: inner
                 .progress
                 .get(&d.object.metadata.name)
-                .map(|p| p.events.iter().cloned().collect())
+                .map(|p| p.events.iter().map(Event::info).collect())
                 .unwrap_or_default(),
         }
     }
@@ -1239,7 +1289,7 @@ impl Apps {
         // Done when the cluster's pods (this node's and what the others gossip) are all
         // of the current revision and available.
         let done = inner.progress.get(name).is_some_and(|p| {
-            let s = spread::cluster_status(d, p.status.clone(), &self.view.borrow());
+            let s = spread::cluster_status(d, p.status(), &self.view.borrow());
             p.hash == *hash
                 && s.observed_generation == d.object.metadata.generation
                 && s.updated_replicas == desired
@@ -1365,6 +1415,8 @@ impl Apps {
                 // What a killed node left (a blob written, its image never tagged) goes
                 // once, now that the pods have what they need.
                 self.collect_garbage_now().await;
+                // A restore allocates for every pod at once; what it freed goes back.
+                crate::memory::trim();
                 return;
             }
             if logged.elapsed() >= Duration::from_secs(1) {
@@ -1431,8 +1483,8 @@ mod tests {
             PodEntry::new(
                 deployment.into(),
                 "h".into(),
-                BTreeMap::from([("app".to_string(), deployment.to_string())]),
-                PodTemplateSpec::default(),
+                Labels::from([("app".to_string(), deployment.to_string())]),
+                Arc::default(),
                 String::new(),
             )
         };
@@ -1442,7 +1494,7 @@ mod tests {
         let names: Vec<&String> = inner.pods_of("web").map(|(n, _)| n).collect();
         assert_eq!(names, ["web-h-aaaaa", "web-h-ccccc"]);
         assert_eq!(inner.pods_of("web-api").count(), 1);
-        let selector = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let selector = Labels::from([("app".to_string(), "web".to_string())]);
         assert_eq!(inner.pod_labels.selected(&selector).len(), 2);
         inner.remove_pod("web-h-aaaaa");
         assert_eq!(inner.pod_labels.selected(&selector), ["web-h-ccccc"]);

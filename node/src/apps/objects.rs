@@ -5,6 +5,7 @@
 //! every file is checked before anything is applied.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use skiff_spec::api::{ApplyResult, ManifestFile, ObjectResult};
 use skiff_spec::k8s;
@@ -204,7 +205,7 @@ impl Apps {
     }
 
     /// The stored Deployment `name`, or 404.
-    pub(super) fn stored(&self, name: &str) -> Result<StoredDeployment, AppError> {
+    pub(super) fn stored(&self, name: &str) -> Result<Arc<StoredDeployment>, AppError> {
         self.desired
             .read(|s| s.state.deployments.get(name).cloned())
             .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
@@ -212,7 +213,7 @@ impl Apps {
 
     /// A Deployment with its status, or 404.
     pub(crate) fn deployment(&self, name: &str) -> Result<k8s::Deployment, AppError> {
-        Ok(self.deployment_object(&self.stored(name)?))
+        Ok(self.deployment_object(&*self.stored(name)?))
     }
 
     /// Every Service as it is shown.
@@ -232,11 +233,11 @@ impl Apps {
         &self,
         name: &str,
     ) -> Result<skiff_spec::api::RolloutHistory, AppError> {
-        Ok(self.history(&self.stored(name)?))
+        Ok(self.history(&*self.stored(name)?))
     }
 
     /// Every Deployment as stored, with its revisions.
-    pub(crate) fn stored_deployments(&self) -> Vec<StoredDeployment> {
+    pub(crate) fn stored_deployments(&self) -> Vec<Arc<StoredDeployment>> {
         self.desired
             .read(|s| s.state.deployments.values().cloned().collect())
     }

@@ -281,7 +281,7 @@ impl Member {
     /// As the Kubernetes API shows a node; `role` (its Raft role, if any) is shown as
     /// kubectl reads roles, a `node-role.kubernetes.io/<role>` label.
     pub fn node(&self, role: &str) -> k8s::Node {
-        let mut labels: BTreeMap<String, String> =
+        let mut labels: skiff_spec::Labels =
             serde_json::from_str(self.key(keys::LABELS)).unwrap_or_default();
         if !role.is_empty() {
             labels.insert(format!("node-role.kubernetes.io/{role}"), String::new());

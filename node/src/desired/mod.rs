@@ -129,8 +129,8 @@ pub struct Revision {
     pub number: i64,
     /// The pod-template hash (names the revision's pods: `<deployment>-<hash>-<n>`).
     pub hash: String,
-    /// The template.
-    pub template: PodTemplateSpec,
+    /// The template (shared with the object while current, and with the pods).
+    pub template: std::sync::Arc<PodTemplateSpec>,
     /// When it became current.
     pub at: String,
 }
@@ -151,13 +151,24 @@ impl StoredDeployment {
             .last()
             .expect("a stored deployment has a revision")
     }
+
+    /// Makes the revision whose template is the object's hold the object's copy: read
+    /// back from disk or a snapshot they are two, which every pod would keep apart.
+    pub fn share_templates(&mut self) {
+        let template = &self.object.spec.template;
+        for r in &mut self.revisions {
+            if !std::sync::Arc::ptr_eq(&r.template, template) && r.template == *template {
+                r.template = template.clone();
+            }
+        }
+    }
 }
 
 /// The whole desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Deployments by name.
-    pub deployments: BTreeMap<String, StoredDeployment>,
+    pub deployments: BTreeMap<String, std::sync::Arc<StoredDeployment>>,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
     /// Bumped by every change; objects carry the value of their last change as their
@@ -233,9 +244,7 @@ impl State {
             } => {
                 let d = self.deployment(&name)?;
                 let mut next = d.object.clone();
-                let c = next
-                    .spec
-                    .template
+                let c = std::sync::Arc::make_mut(&mut next.spec.template)
                     .spec
                     .containers
                     .iter_mut()
@@ -399,12 +408,14 @@ impl State {
     fn deployment(&self, name: &str) -> Result<&StoredDeployment, Rejected> {
         self.deployments
             .get(name)
+            .map(std::sync::Arc::as_ref)
             .ok_or_else(|| Rejected::NotFound(reference(name)))
     }
 
     fn deployment_mut(&mut self, name: &str) -> Result<&mut StoredDeployment, Rejected> {
         self.deployments
             .get_mut(name)
+            .map(std::sync::Arc::make_mut)
             .ok_or_else(|| Rejected::NotFound(reference(name)))
     }
 
@@ -416,7 +427,11 @@ impl State {
         next.metadata.namespace = Some("default".into());
         let hash = template_hash(&next.spec.template);
         let limit = usize::try_from(next.spec.revision_history_limit.unwrap_or(10)).unwrap_or(0);
-        let Some(stored) = self.deployments.get_mut(&name) else {
+        let Some(stored) = self
+            .deployments
+            .get_mut(&name)
+            .map(std::sync::Arc::make_mut)
+        else {
             next.metadata.uid = Some(uid("Deployment", &name, version));
             next.metadata.creation_timestamp = Some(at.to_string());
             next.metadata.generation = Some(1);
@@ -429,10 +444,10 @@ impl State {
             };
             self.deployments.insert(
                 name.clone(),
-                StoredDeployment {
+                std::sync::Arc::new(StoredDeployment {
                     object: next,
                     revisions: vec![revision],
-                },
+                }),
             );
             self.version = version;
             return Ok(Applied::Created(reference(&name)));
@@ -468,6 +483,9 @@ impl State {
                 let drop = stored.revisions.len() - keep;
                 stored.revisions.drain(..drop);
             }
+        } else if stored.current().template == next.spec.template {
+            // The same template (labels or replicas changed): one copy stays shared.
+            next.spec.template = stored.current().template.clone();
         }
         stored.object = next;
         self.version = version;
@@ -516,6 +534,32 @@ mod tests {
             d.current().number,
             d.object.spec.template.spec.containers[0].image.clone(),
         )
+    }
+
+    #[test]
+    fn the_current_revision_shares_the_objects_template_also_when_read_back() {
+        let mut s = State::default();
+        apply(&mut s, "web:v1", 1, "t1");
+        apply(&mut s, "web:v2", 1, "t2");
+        let shared = |d: &StoredDeployment| {
+            std::sync::Arc::ptr_eq(&d.object.spec.template, &d.current().template)
+        };
+        assert!(shared(&s.deployments["web"]));
+        apply(&mut s, "web:v2", 3, "t3");
+        assert!(
+            shared(&s.deployments["web"]),
+            "a new replica count, the same template"
+        );
+        let json = serde_json::to_vec(&s.deployments["web"]).unwrap();
+        let mut back: StoredDeployment = serde_json::from_slice(&json).unwrap();
+        assert!(!shared(&back), "decoding makes two copies");
+        back.share_templates();
+        assert!(shared(&back));
+        assert_eq!(back, *s.deployments["web"]);
+        assert!(
+            !std::sync::Arc::ptr_eq(&back.revisions[0].template, &back.object.spec.template),
+            "an old revision keeps its own template"
+        );
     }
 
     #[test]

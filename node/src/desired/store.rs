@@ -171,8 +171,13 @@ impl DesiredStore {
             };
             match key.split_once('/') {
                 Some(("deployments", name)) => {
-                    let d = serde_json::from_slice(&value).map_err(|e| bad(&e))?;
-                    snapshot.state.deployments.insert(name.to_string(), d);
+                    let mut d: super::StoredDeployment =
+                        serde_json::from_slice(&value).map_err(|e| bad(&e))?;
+                    d.share_templates();
+                    snapshot
+                        .state
+                        .deployments
+                        .insert(name.to_string(), std::sync::Arc::new(d));
                 }
                 Some(("services", name)) => {
                     let s = serde_json::from_slice(&value).map_err(|e| bad(&e))?;
@@ -229,10 +234,10 @@ impl DesiredStore {
             let deployment = key.strip_prefix("deployments/").map(str::to_string);
             let before = deployment
                 .as_ref()
-                .map(|n| images_of(state.deployments.get(n)));
+                .map(|n| images_of(state.deployments.get(n).map(|d| &**d)));
             let result = state.apply(command);
             if let (Some(n), Some(before)) = (&deployment, before) {
-                pinned = Some((before, images_of(state.deployments.get(n))));
+                pinned = Some((before, images_of(state.deployments.get(n).map(|d| &**d))));
             }
             rows.push((key.clone(), row(state, &key)));
             rows.push((
@@ -321,7 +326,10 @@ impl DesiredStore {
 
     /// Replaces the whole state with `snapshot` and the consensus layer's record with
     /// `raft` (durably, in one transaction).
-    pub fn restore(&self, snapshot: Snapshot, raft: &[u8]) -> Result<(), StateError> {
+    pub fn restore(&self, mut snapshot: Snapshot, raft: &[u8]) -> Result<(), StateError> {
+        for d in snapshot.state.deployments.values_mut() {
+            std::sync::Arc::make_mut(d).share_templates();
+        }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut all = rows(&snapshot);
         all.push((RAFT_ROW.to_string(), raft.to_vec()));
@@ -339,7 +347,7 @@ impl DesiredStore {
 
 /// One object of the state, by row key, to put back after a failed write.
 pub(super) enum Entry {
-    Deployment(Option<Box<super::StoredDeployment>>),
+    Deployment(Option<std::sync::Arc<super::StoredDeployment>>),
     Service(Option<Box<skiff_spec::k8s::Service>>),
     Cordoned(bool),
     Other,
@@ -348,9 +356,7 @@ pub(super) enum Entry {
 impl State {
     fn clone_entry(&self, key: &str) -> Entry {
         match key.split_once('/') {
-            Some(("deployments", name)) => {
-                Entry::Deployment(self.deployments.get(name).cloned().map(Box::new))
-            }
+            Some(("deployments", name)) => Entry::Deployment(self.deployments.get(name).cloned()),
             Some(("services", name)) => {
                 Entry::Service(self.services.get(name).cloned().map(Box::new))
             }
@@ -365,7 +371,7 @@ impl State {
         };
         match entry {
             Entry::Deployment(Some(d)) => {
-                self.deployments.insert(name.to_string(), *d);
+                self.deployments.insert(name.to_string(), d);
             }
             Entry::Deployment(None) => {
                 self.deployments.remove(name);

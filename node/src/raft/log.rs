@@ -45,7 +45,7 @@ impl LogStore {
         // Entries are read back rarely (a follower catching up): a small cache, not
         // redb's 1 GiB default, keeps the node's memory from growing with its log.
         let db = redb::Builder::new()
-            .set_cache_size(8 << 20)
+            .set_cache_size(1 << 20)
             .create(path)
             .with_context(|| format!("failed to open the Raft log {}", path.display()))?;
         let txn = db.begin_write()?;

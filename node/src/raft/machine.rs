@@ -3,8 +3,10 @@
 //! layer's record (applied log id and membership) in one redb transaction, because
 //! openraft assumes applied entries and the membership survive a restart together.
 //!
-//! A snapshot is the whole desired state as JSON. The last one built or installed is
-//! kept in memory; after a restart, one is built from the state on demand.
+//! A snapshot is the whole desired state as JSON, built from the state each time one
+//! is asked for (at start, and for a follower that fell behind): none is kept, as a
+//! copy of the whole state held for the rare follower would be most of a node's
+//! memory. The meta of an installed snapshot is kept, so it is the one given back.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -32,8 +34,8 @@ struct Record {
 pub struct Machine {
     store: Arc<DesiredStore>,
     record: Record,
-    /// The last snapshot built or installed.
-    current: Option<(SnapshotMeta<NodeId, Peer>, Vec<u8>)>,
+    /// The meta of the last snapshot installed.
+    installed: Option<SnapshotMeta<NodeId, Peer>>,
     /// Wakes the reconciler after a change.
     changed: Arc<tokio::sync::Notify>,
 }
@@ -64,7 +66,7 @@ impl Machine {
         Ok(Self {
             store,
             record,
-            current: None,
+            installed: None,
             changed,
         })
     }
@@ -72,6 +74,9 @@ impl Machine {
     fn build(&self) -> Result<(SnapshotMeta<NodeId, Peer>, Vec<u8>)> {
         let (snapshot, record) = (self.store.snapshot(), self.record.clone());
         let data = serde_json::to_vec(&snapshot).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        // The copy of the whole state is freed now: its pages go back at once.
+        drop(snapshot);
+        crate::memory::trim();
         let id = match record.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, crate::random_hex(4)),
             None => format!("none-{}", crate::random_hex(4)),
@@ -179,20 +184,19 @@ impl RaftStateMachine<TypeConfig> for Machine {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.record = record;
-        self.current = Some((meta.clone(), data));
+        self.installed = Some(meta.clone());
         self.changed.notify_one();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let (meta, data) = match &self.current {
-            Some(c) if c.0.last_log_id == self.record.applied => c.clone(),
-            _ => {
-                let built = self.build()?;
-                self.current = Some(built.clone());
-                built
-            }
-        };
+        let (mut meta, data) = self.build()?;
+        if let Some(installed) = &self.installed
+            && installed.last_log_id == self.record.applied
+        {
+            // Nothing applied since: the state is the installed snapshot's.
+            meta = installed.clone();
+        }
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -629,7 +629,11 @@ fn derived_uid(base: &str, part: &str) -> String {
 
 /// Every revision of every Deployment as a ReplicaSet: the current one wants the
 /// Deployment's replicas, an old one the pods it still has (none once rolled out).
-fn replica_sets(shared: &Shared, stored: &[StoredDeployment], pods: &[k8s::Pod]) -> Vec<Value> {
+fn replica_sets(
+    shared: &Shared,
+    stored: &[Arc<StoredDeployment>],
+    pods: &[k8s::Pod],
+) -> Vec<Value> {
     let mut out = Vec::new();
     for d in stored {
         let name = &d.object.metadata.name;
@@ -703,7 +707,7 @@ fn replica_sets(shared: &Shared, stored: &[StoredDeployment], pods: &[k8s::Pod])
 }
 
 /// What happened to Deployments, as `v1 Event`s about them.
-fn events(shared: &Shared, stored: &[StoredDeployment]) -> Vec<Value> {
+fn events(shared: &Shared, stored: &[Arc<StoredDeployment>]) -> Vec<Value> {
     let mut out = Vec::new();
     for d in stored {
         let name = &d.object.metadata.name;
@@ -742,7 +746,7 @@ fn events(shared: &Shared, stored: &[StoredDeployment]) -> Vec<Value> {
 
 /// The objects of `kind` now, before the journal versions them.
 async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
-    let stored = || -> Vec<StoredDeployment> { shared.apps.stored_deployments() };
+    let stored = || -> Vec<Arc<StoredDeployment>> { shared.apps.stored_deployments() };
     let mut out: Vec<Value> = match kind {
         Kind::Deployment => stored()
             .iter()

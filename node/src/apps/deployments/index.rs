@@ -3,25 +3,42 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use skiff_spec::Labels;
+
 /// Names (pods, Deployments' templates, Services' selectors) by each of their label pairs.
+///
+/// One ordered set of strings, each a pair and a name ([`pair`] then the name): the
+/// names holding a pair are one range of it. A set of names per pair would cost a tree
+/// node (hundreds of bytes) for each pair held by one name, which is most of them
+/// (`app: <name>`); one string per entry is one allocation.
 #[derive(Default)]
 pub(super) struct LabelIndex {
-    of: BTreeMap<String, BTreeMap<String, String>>,
-    by: BTreeMap<(String, String), BTreeSet<String>>,
+    of: BTreeMap<String, Labels>,
+    by: BTreeSet<String>,
+}
+
+/// The pair `k: v` as the start of an index entry: each part after its length, so no
+/// other pair's entry starts the same way, whatever the labels hold.
+fn pair(k: &str, v: &str) -> String {
+    format!("{}:{k}{}:{v}", k.len(), v.len())
+}
+
+/// The entry for `name` holding `k: v`.
+fn entry(k: &str, v: &str, name: &str) -> String {
+    let mut entry = pair(k, v);
+    entry.push_str(name);
+    entry
 }
 
 impl LabelIndex {
     /// Records (or replaces) `name`'s labels.
-    pub(super) fn set(&mut self, name: &str, labels: &BTreeMap<String, String>) {
+    pub(super) fn set(&mut self, name: &str, labels: &Labels) {
         if self.of.get(name) == Some(labels) {
             return;
         }
         self.remove(name);
         for (k, v) in labels {
-            self.by
-                .entry((k.clone(), v.clone()))
-                .or_default()
-                .insert(name.to_string());
+            self.by.insert(entry(k, v, name));
         }
         self.of.insert(name.to_string(), labels.clone());
     }
@@ -31,13 +48,8 @@ impl LabelIndex {
         let Some(labels) = self.of.remove(name) else {
             return;
         };
-        for pair in labels {
-            if let Some(names) = self.by.get_mut(&pair) {
-                names.remove(name);
-                if names.is_empty() {
-                    self.by.remove(&pair);
-                }
-            }
+        for (k, v) in &labels {
+            self.by.remove(&entry(k, v, name));
         }
     }
 
@@ -47,38 +59,54 @@ impl LabelIndex {
         self.by.clear();
     }
 
+    /// The names holding the pair `k: v`, in order.
+    fn holding<'a>(&'a self, k: &str, v: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let prefix = pair(k, v);
+        let len = prefix.len();
+        self.by
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |entry| entry.starts_with(prefix.as_str()))
+            .map(move |entry| &entry[len..])
+    }
+
     /// The names whose labels hold every pair of `selector` (none for an empty one, as
-    /// a Service's empty selector picks nothing). Costs the rarest pair's names.
-    pub(super) fn selected<'a>(&'a self, selector: &BTreeMap<String, String>) -> Vec<&'a str> {
-        let rarest = selector
-            .iter()
-            .map(|(k, v)| self.by.get(&(k.clone(), v.clone())))
-            .min_by_key(|names| names.map_or(0, BTreeSet::len));
-        let Some(Some(names)) = rarest else {
-            return Vec::new();
+    /// a Service's empty selector picks nothing). Costs the rarest pair's names (times
+    /// the pairs, to find which is rarest).
+    pub(super) fn selected<'a>(&'a self, selector: &Labels) -> Vec<&'a str> {
+        // Walk every pair's names in step: the first to end is the rarest.
+        let mut walks: Vec<_> = selector.iter().map(|(k, v)| self.holding(k, v)).collect();
+        let rarest = 'walk: loop {
+            if walks.is_empty() {
+                return Vec::new();
+            }
+            for (i, walk) in walks.iter_mut().enumerate() {
+                if walk.next().is_none() {
+                    break 'walk i;
+                }
+            }
         };
-        names
-            .iter()
+        let (k, v) = selector.iter().nth(rarest).expect("a walk per pair");
+        self.holding(k, v)
             .filter(|n| {
                 let labels = &self.of[*n];
                 selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
-            .map(String::as_str)
             .collect()
     }
 
     /// The names whose labels, read as a selector, pick `labels` (the Services that
     /// select a pod). Costs the names sharing a pair with `labels`.
-    pub(super) fn selecting<'a>(&'a self, labels: &BTreeMap<String, String>) -> BTreeSet<&'a str> {
+    pub(super) fn selecting<'a>(&'a self, labels: &Labels) -> BTreeSet<&'a str> {
         labels
             .iter()
-            .filter_map(|(k, v)| self.by.get(&(k.clone(), v.clone())))
-            .flatten()
+            .flat_map(|(k, v)| self.holding(k, v))
             .filter(|n| {
                 let selector = &self.of[*n];
                 !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
-            .map(String::as_str)
             .collect()
     }
 }
@@ -87,7 +115,7 @@ impl LabelIndex {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -109,7 +137,7 @@ mod tests {
             ["web-2"]
         );
         assert!(pods.selected(&labels(&[("app", "nope")])).is_empty());
-        assert!(pods.selected(&BTreeMap::new()).is_empty());
+        assert!(pods.selected(&Labels::new()).is_empty());
         pods.set("web-2", &labels(&[("app", "api")]));
         assert_eq!(pods.selected(&labels(&[("app", "web")])), ["web-1"]);
         assert_eq!(
@@ -118,7 +146,27 @@ mod tests {
         );
         pods.remove("web-1");
         assert!(pods.selected(&labels(&[("app", "web")])).is_empty());
-        assert!(!pods.by.contains_key(&("tier".into(), "front".into())));
+        assert!(pods.holding("tier", "front").next().is_none());
+        assert_eq!(pods.by.len(), 2, "only web-2's and api-1's pairs are left");
+    }
+
+    #[test]
+    fn labels_that_would_join_to_the_same_text_stay_apart() {
+        // Labels are not checked for syntax: a hostile manifest may hold separators,
+        // digits and colons anywhere.
+        let mut pods = LabelIndex::default();
+        pods.set("x", &labels(&[("a:b", "c")]));
+        pods.set("y", &labels(&[("a", "b:c")]));
+        pods.set("z", &labels(&[("1:a", "")]));
+        pods.set("w", &labels(&[("1", "a0:")]));
+        assert_eq!(pods.selected(&labels(&[("a:b", "c")])), ["x"]);
+        assert_eq!(pods.selected(&labels(&[("a", "b:c")])), ["y"]);
+        assert_eq!(pods.selected(&labels(&[("a", "b")])), Vec::<&str>::new());
+        assert_eq!(pods.selected(&labels(&[("1:a", "")])), ["z"]);
+        assert_eq!(pods.selected(&labels(&[("1", "a0:")])), ["w"]);
+        pods.remove("x");
+        assert_eq!(pods.selected(&labels(&[("a", "b:c")])), ["y"]);
+        assert_eq!(pods.by.len(), 3);
     }
 
     #[test]
@@ -126,7 +174,7 @@ mod tests {
         let mut services = LabelIndex::default();
         services.set("web", &labels(&[("app", "web")]));
         services.set("front", &labels(&[("app", "web"), ("tier", "front")]));
-        services.set("all", &BTreeMap::new());
+        services.set("all", &Labels::new());
         let pod = labels(&[("app", "web"), ("pod-template-hash", "abc")]);
         assert_eq!(services.selecting(&pod), BTreeSet::from(["web"]));
         let front = labels(&[("app", "web"), ("tier", "front")]);

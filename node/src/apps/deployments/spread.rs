@@ -128,7 +128,7 @@ pub(super) fn local_targets(
         }
         inner
             .placed
-            .insert(want.name.clone(), (want.memory, counts));
+            .insert(want.name.clone(), (want.memory, counts.into()));
         let others_ready: u32 = view
             .nodes
             .iter()

@@ -17,7 +17,7 @@ pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, target: i32, plan: 
         since_ms: now,
         failed: false,
         complete: false,
-        status: DeploymentStatus::default(),
+        shown: None,
         events: VecDeque::new(),
     });
     if p.hash != current.hash {
@@ -79,59 +79,80 @@ pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, target: i32, plan: 
             );
         }
     }
-    let desired = target;
     let (_, max_unavailable) = rollout::bounds_for(&d.object, target);
-    let at = Some(crate::apps::now_rfc3339());
-    let available = plan.available >= desired - max_unavailable;
-    let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
-        kind: kind.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: Some(reason.into()),
-        message: Some(message),
-        last_transition_time: at.clone(),
-    };
-    let progressing = if p.failed {
-        condition(
-            "Progressing",
-            false,
-            "ProgressDeadlineExceeded",
-            format!("revision {} has timed out progressing", current.number),
-        )
-    } else if p.complete {
-        condition(
-            "Progressing",
-            true,
-            "NewReplicaSetAvailable",
-            format!("revision {} has successfully progressed", current.number),
-        )
-    } else {
-        condition(
-            "Progressing",
-            true,
-            "ReplicaSetUpdated",
-            format!("revision {} is progressing", current.number),
-        )
-    };
-    p.status = DeploymentStatus {
-        replicas: plan.replicas,
-        ready_replicas: plan.ready,
-        updated_replicas: plan.updated,
-        available_replicas: plan.available,
-        observed_generation: Some(generation),
-        conditions: vec![
+    p.shown = Some(Shown {
+        revision: current.number,
+        desired: target,
+        max_unavailable,
+        at_ms: now,
+    });
+}
+
+impl Progress {
+    /// The status this node's part of the Deployment shows: built when asked, from what
+    /// the last plan left (a node holds thousands of these; the strings are made for
+    /// the few that are read).
+    pub(super) fn status(&self) -> DeploymentStatus {
+        let Some(shown) = &self.shown else {
+            return DeploymentStatus::default();
+        };
+        let (replicas, updated, ready, available_replicas) = self.counts;
+        let revision = shown.revision;
+        let at = Some(crate::apps::rfc3339_ms(shown.at_ms));
+        let available = available_replicas >= shown.desired - shown.max_unavailable;
+        let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
+            kind: kind.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_transition_time: at.clone(),
+        };
+        let progressing = if self.failed {
             condition(
-                "Available",
-                available,
-                if available {
-                    "MinimumReplicasAvailable"
-                } else {
-                    "MinimumReplicasUnavailable"
-                },
-                format!("{} of {desired} replicas available", plan.available),
-            ),
-            progressing,
-        ],
-    };
+                "Progressing",
+                false,
+                "ProgressDeadlineExceeded",
+                format!("revision {revision} has timed out progressing"),
+            )
+        } else if self.complete {
+            condition(
+                "Progressing",
+                true,
+                "NewReplicaSetAvailable",
+                format!("revision {revision} has successfully progressed"),
+            )
+        } else {
+            condition(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("revision {revision} is progressing"),
+            )
+        };
+        DeploymentStatus {
+            replicas,
+            ready_replicas: ready,
+            updated_replicas: updated,
+            available_replicas,
+            observed_generation: Some(self.generation),
+            conditions: vec![
+                condition(
+                    "Available",
+                    available,
+                    if available {
+                        "MinimumReplicasAvailable"
+                    } else {
+                        "MinimumReplicasUnavailable"
+                    },
+                    format!(
+                        "{available_replicas} of {} replicas available",
+                        shown.desired
+                    ),
+                ),
+                progressing,
+            ],
+        }
+    }
 }
 
 pub(super) fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
