@@ -136,18 +136,6 @@ impl<K: Ord, V> SortedMap<K, V> {
         self.find(key).ok().map(|i| self.entries.remove(i).1)
     }
 
-    /// The value under `key`, inserting `make()` first if there is none.
-    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        let i = match self.find(&key) {
-            Ok(i) => i,
-            Err(i) => {
-                self.entries.insert(i, (key, make()));
-                i
-            }
-        };
-        &mut self.entries[i].1
-    }
-
     /// Sorts `entries` by key; of equal keys the last wins, as inserting them one by
     /// one into a map would leave. O(n log n) whatever the input.
     fn from_unsorted(mut entries: Vec<(K, V)>) -> Self {
