@@ -243,7 +243,6 @@ fn random_hex(n: usize) -> String {
 /// membership.
 async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
     let mut settle = Settle::new(&shared.config.cluster);
-    let mut published = u64::MAX;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
@@ -280,12 +279,10 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
             }
             changed
         });
-        // Pod counts change only in the reconciler's passes.
-        let passes = shared.apps.passes_done();
-        if passes != published {
-            published = passes;
-            shared.cluster.publish_pods(&shared.apps.pod_counts()).await;
-        }
+        shared
+            .cluster
+            .publish_pods(shared.apps.changed_pod_counts())
+            .await;
         if n % 4 == 0 {
             shared.consensus.tend(&live).await;
         }

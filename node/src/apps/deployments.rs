@@ -248,6 +248,8 @@ struct Inner {
     node_port_wants: BTreeMap<String, Vec<u16>>,
     /// What the next pass looks at.
     dirty: Dirty,
+    /// Deployments whose counts here changed since they were last gossiped.
+    regossip: BTreeSet<String>,
     /// Deployments their last plan left waiting for something (a rollout, a back-off, a
     /// deadline): each tick plans them again.
     unsettled: BTreeSet<String>,
@@ -583,14 +585,11 @@ impl Apps {
         }
     }
 
-    /// How many passes the reconciler has finished.
-    pub(crate) fn passes_done(&self) -> u64 {
-        *self.pods.passes.borrow()
-    }
-
-    /// This node's pods of each Deployment (what it gossips).
-    pub(crate) fn pod_counts(&self) -> BTreeMap<String, crate::cluster::PodCounts> {
-        spread::pod_counts(&self.pods.lock())
+    /// This node's pods of each Deployment whose counts changed since the last call
+    /// (what it gossips; `None`: it has none any more). The work is the changes', not
+    /// the number of Deployments.
+    pub(crate) fn changed_pod_counts(&self) -> Vec<(String, Option<crate::cluster::PodCounts>)> {
+        spread::changed_pod_counts(&mut self.pods.lock())
     }
 
     /// One pass over what is marked dirty (everything, the first time): plan each
@@ -684,9 +683,16 @@ impl Apps {
                     logs,
                     unsettled,
                     templates,
+                    regossip,
                     ..
                 } = &mut *inner;
-                progress.retain(|name, _| wanted.contains(name.as_str()));
+                progress.retain(|name, _| {
+                    let keep = wanted.contains(name.as_str());
+                    if !keep {
+                        regossip.insert(name.clone());
+                    }
+                    keep
+                });
                 logs.retain(|name, _| wanted.contains(name.as_str()));
                 unsettled.retain(|name| wanted.contains(name.as_str()));
                 templates.clear();
@@ -698,7 +704,9 @@ impl Apps {
                         .map(|(n, _)| n.clone())
                         .collect();
                     to_stop.extend(gone);
-                    inner.progress.remove(name);
+                    if inner.progress.remove(name).is_some() {
+                        inner.regossip.insert(name.clone());
+                    }
                     inner.logs.remove(name);
                     inner.unsettled.remove(name);
                     inner.templates.remove(name);

@@ -655,30 +655,35 @@ impl Cluster {
         }
     }
 
-    /// Gossips this node's pods of each Deployment (a Deployment no longer here is set
-    /// to zeros, not deleted: deletions leave tombstones in every peer).
-    pub async fn publish_pods(&self, pods: &BTreeMap<String, PodCounts>) {
+    /// Gossips this node's pods of the Deployments whose counts changed (one with none
+    /// left is set to zeros, not deleted: deletions leave tombstones in every peer).
+    pub async fn publish_pods(&self, changed: Vec<(String, Option<PodCounts>)>) {
+        if changed.is_empty() {
+            return;
+        }
         let chitchat = self.handle.chitchat();
         let mut chitchat = chitchat.lock().await;
         let state = chitchat.self_node_state();
-        let zero = PodCounts::default().encode();
-        let mut stale: Vec<String> = state
-            .key_values()
-            .filter_map(|(k, v)| {
-                let d = k.strip_prefix(keys::PODS_PREFIX)?;
-                (v != zero && !pods.contains_key(d)).then(|| k.to_string())
-            })
-            .collect();
-        for key in stale.drain(..) {
-            state.set(key, zero.clone());
-        }
-        for (d, counts) in pods {
+        for (d, counts) in changed {
             let key = format!("{}{d}", keys::PODS_PREFIX);
-            let value = counts.encode();
-            if state.get(&key) != Some(value.as_str()) {
+            let gossiped = state.get(&key);
+            // None gossiped yet reads as zeros already.
+            if counts.is_none() && gossiped.is_none() {
+                continue;
+            }
+            let value = counts.unwrap_or_default().encode();
+            if gossiped != Some(value.as_str()) {
                 state.set(key, value);
             }
         }
+    }
+
+    /// What this node gossips under `key`.
+    #[cfg(test)]
+    pub(crate) async fn own_key(&self, key: &str) -> Option<String> {
+        let chitchat = self.handle.chitchat();
+        let mut chitchat = chitchat.lock().await;
+        chitchat.self_node_state().get(key).map(str::to_string)
     }
 
     /// Stops gossiping.

@@ -354,7 +354,12 @@ impl State {
     /// Gives a NodePort Service's ports without a nodePort one: the one it had (same
     /// port), else the lowest free in 30000-32767. Refuses a nodePort another Service
     /// holds. Deterministic, so every node assigns the same.
+    /// Only a NodePort Service looks at the others (one that is not ignores its ports'
+    /// nodePorts), so applying any other costs nothing however many Services there are.
     fn assign_node_ports(&self, service: &mut Service) -> Result<(), Rejected> {
+        if service.spec.kind.as_deref() != Some("NodePort") {
+            return Ok(());
+        }
         let name = &service.metadata.name;
         let taken: BTreeMap<i32, &str> = self
             .services
@@ -367,9 +372,6 @@ impl State {
                     .filter_map(|p| p.node_port.map(|np| (np, s.metadata.name.as_str())))
             })
             .collect();
-        if service.spec.kind.as_deref() != Some("NodePort") {
-            return Ok(());
-        }
         let old = self.services.get(name);
         let mut mine: Vec<i32> = service
             .spec

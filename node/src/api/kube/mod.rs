@@ -1659,6 +1659,16 @@ mod tests {
         })
         .await;
         assert!(pods.iter().all(|p| p["status"]["phase"] == "Pending"));
+        // Other nodes learn of them by gossip: this node's count of web's pods.
+        let cluster = &node.shared.cluster;
+        let gossiped = || async { cluster.own_key("pods.web").await };
+        let counts = eventually(|| async {
+            gossiped()
+                .await
+                .filter(|v| v.split(',').nth(1) == Some("4"))
+        })
+        .await;
+        assert!(counts.ends_with(",4,4,0,0"), "{counts}");
 
         let (s, _) = call(
             &router,
@@ -1682,6 +1692,9 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["results"][0]["action"], "deleted");
         assert_eq!(v["results"][1]["action"], "not found");
+        // Gone: gossiped as none (a key set to zeros, not deleted).
+        eventually(|| async { (gossiped().await.as_deref() == Some(",0,0,0,0")).then_some(()) })
+            .await;
         node.shutdown_token().cancel();
         node.wait().await;
     }

@@ -194,24 +194,25 @@ pub(super) fn unplace(inner: &mut Inner, name: &str) {
     }
 }
 
-/// This node's pods of each Deployment, as its last pass counted them (what it gossips).
-pub(super) fn pod_counts(inner: &Inner) -> BTreeMap<String, PodCounts> {
+/// The counts of the Deployments marked for gossip since the last call, as the last
+/// pass counted them (`None`: no pods here any more).
+pub(super) fn changed_pod_counts(inner: &mut Inner) -> Vec<(String, Option<PodCounts>)> {
     let n = |v: i32| u32::try_from(v).unwrap_or(0);
-    inner
-        .progress
-        .iter()
-        .map(|(name, p)| {
-            let (total, updated, ready, available) = p.counts;
-            (
-                name.clone(),
+    let names = std::mem::take(&mut inner.regossip);
+    names
+        .into_iter()
+        .map(|name| {
+            let counts = inner.progress.get(&name).map(|p| {
+                let (total, updated, ready, available) = p.counts;
                 PodCounts {
                     hash: p.hash.clone(),
                     total: n(total),
                     updated: n(updated),
                     ready: n(ready),
                     available: n(available),
-                },
-            )
+                }
+            });
+            (name, counts)
         })
         .collect()
 }

@@ -10,16 +10,23 @@ pub(super) fn track(inner: &mut Inner, d: &StoredDeployment, target: i32, plan: 
     let current = d.current();
     let generation = d.object.metadata.generation.unwrap_or(1);
     let counts = (plan.replicas, plan.updated, plan.ready, plan.available);
-    let p = inner.progress.entry(name).or_insert_with(|| Progress {
-        hash: String::new(),
-        generation,
-        counts,
-        since_ms: now,
-        failed: false,
-        complete: false,
-        shown: None,
-        events: VecDeque::new(),
-    });
+    let p = inner
+        .progress
+        .entry(name.clone())
+        .or_insert_with(|| Progress {
+            hash: String::new(),
+            generation,
+            counts,
+            since_ms: now,
+            failed: false,
+            complete: false,
+            shown: None,
+            events: VecDeque::new(),
+        });
+    // What other nodes see of it (a new entry has no hash yet).
+    if p.hash != current.hash || p.counts != counts {
+        inner.regossip.insert(name);
+    }
     if p.hash != current.hash {
         p.hash.clone_from(&current.hash);
         p.since_ms = now;
