@@ -901,7 +901,7 @@ pub(crate) async fn describe(client: &Client, args: &[String]) -> anyhow::Result
             s.metadata
                 .annotations
                 .get("skiff.dev/load-balancer")
-                .map_or("p2c-ewma", String::as_str)
+                .map_or("p2c-ewma", |b| b.as_str())
         );
         for p in &s.spec.ports {
             println!(

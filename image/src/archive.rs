@@ -97,7 +97,7 @@ pub fn export(
         let size = store.blobs().size(digest)?;
         let mut annotations = skiff_spec::Labels::new();
         if let Some(name) = name {
-            annotations.insert(oci::REF_NAME.to_string(), name.to_string());
+            annotations.insert(oci::REF_NAME.into(), name.to_string().into());
         }
         index.manifests.push(Descriptor {
             media_type: oci::MANIFEST_V1.into(),
@@ -527,7 +527,8 @@ fn docker_index(
             // docker save writes `busybox:latest`; Docker Hub's library/ prefix is implied.
             let name = tag.strip_prefix("docker.io/").unwrap_or(&tag);
             let name = name.strip_prefix("library/").unwrap_or(name);
-            d.annotations.insert(oci::REF_NAME.into(), name.to_string());
+            d.annotations
+                .insert(oci::REF_NAME.into(), name.to_string().into());
             index.manifests.push(d);
         }
     }

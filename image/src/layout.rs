@@ -121,35 +121,36 @@ pub struct ImageStore {
 /// The table of tags: name -> manifest descriptor (JSON).
 const TAGS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("tags/v1");
 
-/// The tags in memory, both ways.
+/// The tags in memory, both ways. A tag's descriptor is in `tags.redb`; what a lookup
+/// needs of it is the digest (a node holds a tag per app: thousands).
 #[derive(Default)]
 struct Tags {
-    by_name: BTreeMap<String, Descriptor>,
+    by_name: BTreeMap<String, Digest>,
     by_digest: BTreeMap<Digest, BTreeSet<String>>,
     /// Built the first time a collection removes a manifest.
     refs: Option<Refs>,
 }
 
 impl Tags {
-    fn insert(&mut self, name: String, entry: Descriptor) {
+    fn insert(&mut self, name: String, digest: Digest) {
         self.by_digest
-            .entry(entry.digest)
+            .entry(digest)
             .or_default()
             .insert(name.clone());
-        if let Some(old) = self.by_name.insert(name.clone(), entry) {
-            self.forget(&name, old.digest);
+        if let Some(old) = self.by_name.insert(name.clone(), digest) {
+            self.forget(&name, old);
         }
     }
 
-    fn remove(&mut self, name: &str) -> Option<Descriptor> {
+    fn remove(&mut self, name: &str) -> Option<Digest> {
         let old = self.by_name.remove(name)?;
-        self.forget(name, old.digest);
+        self.forget(name, old);
         Some(old)
     }
 
     /// Drops `name` from `digest`'s names (unless it still names it).
     fn forget(&mut self, name: &str, digest: Digest) {
-        if self.by_name.get(name).is_some_and(|d| d.digest == digest) {
+        if self.by_name.get(name) == Some(&digest) {
             return;
         }
         if let Some(names) = self.by_digest.get_mut(&digest) {
@@ -247,7 +248,7 @@ impl ImageStore {
                         path: db_path.clone(),
                         message: e.to_string(),
                     })?;
-                tags.insert(name.value().to_string(), entry);
+                tags.insert(name.value().to_string(), entry.digest);
             }
         }
         let store = Self {
@@ -278,7 +279,7 @@ impl ImageStore {
                         table
                             .insert(name.as_str(), bytes.as_slice())
                             .map_err(|e| db_err("write")(e.into()))?;
-                        tags.insert(name, entry);
+                        tags.insert(name.into(), entry.digest);
                     }
                 }
             }
@@ -519,12 +520,14 @@ impl ImageStore {
         let previous = tags
             .by_name
             .get(&name)
-            .map(|d| d.digest)
+            .copied()
             .filter(|d| *d != manifest.digest);
         let mut entry = manifest.clone();
-        entry.annotations.insert(oci::REF_NAME.into(), name.clone());
+        entry
+            .annotations
+            .insert(oci::REF_NAME.into(), name.as_str().into());
         self.write_tag(&name, Some(&entry))?;
-        tags.insert(name, entry);
+        tags.insert(name, entry.digest);
         Ok(previous)
     }
 
@@ -536,7 +539,7 @@ impl ImageStore {
             return Err(ImageError::NotFound(name));
         }
         self.write_tag(&name, None)?;
-        Ok(tags.remove(&name).expect("checked above").digest)
+        Ok(tags.remove(&name).expect("checked above"))
     }
 
     /// Resolves a name (`app`, `app:tag`), a full digest or an id prefix (4+ hex
@@ -553,7 +556,7 @@ impl ImageStore {
         if let Ok(name) = ImageName::parse(reference)
             && let Some(d) = tags.by_name.get(&name.to_string())
         {
-            return Ok(d.digest);
+            return Ok(*d);
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -110,7 +110,7 @@ pub fn place(
             .filter(|n| {
                 want.node_selector
                     .iter()
-                    .all(|(k, v)| n.labels.get(k) == Some(v))
+                    .all(|(k, v)| n.labels.get(k.as_str()).map(String::as_str) == Some(v))
             })
             .collect();
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();

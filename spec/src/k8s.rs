@@ -14,6 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::map::{Labels, SortedMap};
 
+/// A list as decoded, holding only its elements: serde grows a `Vec` as it reads (room
+/// for four after the first element), and a stored template keeps its one container.
+fn exact<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    let mut v = Vec::<T>::deserialize(deserializer)?;
+    v.shrink_to_fit();
+    Ok(v)
+}
+
 /// The most pods one Deployment may ask for (a bound on what one request can make a
 /// node start).
 pub const MAX_REPLICAS: i32 = 1000;
@@ -103,7 +113,11 @@ pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
     pub match_labels: Labels,
     /// Set-based requirements.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "exact",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
@@ -116,7 +130,11 @@ pub struct LabelSelectorRequirement {
     /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
     pub operator: String,
     /// For `In` and `NotIn`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "exact",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub values: Vec<String>,
 }
 
@@ -128,10 +146,11 @@ impl LabelSelector {
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|e| {
-                let value = labels.get(&e.key);
+                let value = labels.get(e.key.as_str());
+                let listed = |v: &crate::Str| e.values.iter().any(|x| x == v);
                 match e.operator.as_str() {
-                    "In" => value.is_some_and(|v| e.values.contains(v)),
-                    "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                    "In" => value.is_some_and(listed),
+                    "NotIn" => value.is_none_or(|v| !listed(v)),
                     "Exists" => value.is_some(),
                     "DoesNotExist" => value.is_none(),
                     _ => false,
@@ -228,7 +247,7 @@ pub struct PodTemplateSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     /// Exactly one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub containers: Vec<Container>,
     /// The node a pod runs on (set by the node, on pods only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,16 +268,32 @@ pub struct Container {
     #[serde(default)]
     pub image: String,
     /// Replaces the image's ENTRYPOINT.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "exact",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub command: Vec<String>,
     /// Replaces the image's CMD.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "exact",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub args: Vec<String>,
     /// Environment (`value` only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "exact",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<EnvVar>,
     /// Ports it listens on.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "exact",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ports: Vec<ContainerPort>,
     /// `limits.memory`, `limits.cpu` as Kubernetes quantities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,7 +536,7 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
     pub selector: Labels,
     /// Its ports.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub ports: Vec<ServicePort>,
     /// `ClusterIP` (default) or `NodePort`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -725,6 +760,17 @@ pub struct NodeInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoded_lists_hold_only_their_elements() {
+        let json = r#"{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"name":"web","image":"web:1","args":["a"],"ports":[{"containerPort":80}]}]}}"#;
+        let t: PodTemplateSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(t.spec.containers.capacity(), 1);
+        assert_eq!(t.spec.containers[0].args.capacity(), 1);
+        assert_eq!(t.spec.containers[0].ports.capacity(), 1);
+        let s: ServiceSpec = serde_json::from_str(r#"{"ports":[{"port":80}]}"#).unwrap();
+        assert_eq!(s.ports.capacity(), 1);
+    }
 
     #[test]
     fn pods_use_kubectl_field_names() {

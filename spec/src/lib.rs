@@ -27,5 +27,5 @@ pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_match
 pub use container::{PortMapping, RestartPolicy, RunParams};
 pub use digest::{Digest, DigestError};
 pub use limits::{Limits, parse_bytes, parse_duration};
-pub use map::{Labels, SortedMap};
+pub use map::{Labels, SortedMap, Str};
 pub use name::{AppName, NameError};

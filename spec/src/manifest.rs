@@ -799,10 +799,10 @@ mod tests {
         assert!(parse("d.yaml", &with("skiff.dev/timeout: 2s", "/ready")).is_ok());
         let params = annotation_params(
             &[
-                (CONCURRENCY_ANNOTATION.to_string(), "8".to_string()),
+                (CONCURRENCY_ANNOTATION.into(), "8".into()),
                 (
-                    ALLOWED_HOSTS_ANNOTATION.to_string(),
-                    "a.example, B.example".to_string(),
+                    ALLOWED_HOSTS_ANNOTATION.into(),
+                    "a.example, B.example".into(),
                 ),
             ]
             .into(),
@@ -880,18 +880,15 @@ mod tests {
     #[test]
     fn selectors_match_as_kubernetes_matches() {
         use crate::k8s::{LabelSelector, LabelSelectorRequirement};
-        let labels: crate::Labels = [
-            ("app".to_string(), "web".to_string()),
-            ("tier".to_string(), "fe".to_string()),
-        ]
-        .into();
+        let labels: crate::Labels =
+            [("app".into(), "web".into()), ("tier".into(), "fe".into())].into();
         let req = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
             key: key.into(),
             operator: op.into(),
             values: values.iter().map(|v| v.to_string()).collect(),
         };
         let sel = |exprs| LabelSelector {
-            match_labels: [("app".to_string(), "web".to_string())].into(),
+            match_labels: [("app".into(), "web".into())].into(),
             match_expressions: exprs,
         };
         assert!(sel(vec![]).matches(&labels));

@@ -16,7 +16,13 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Labels, annotations, selectors: string to string.
-pub type Labels = SortedMap<String, String>;
+pub type Labels = SortedMap<Str, Str>;
+
+/// A label's key or value: up to 24 bytes kept inline, no allocation. A node holds a
+/// few labels per object (`app: <name>` in the Deployment, its selector, its
+/// template, the Service's selector, each pod, each index of them): as `String`s each
+/// part of each pair was an allocation of its own.
+pub type Str = compact_str::CompactString;
 
 /// A map kept as a `Vec` of pairs sorted by key: `BTreeMap`'s order and lookups (by
 /// binary search) at the size of its entries. Made for small maps: an insert moves the
@@ -122,6 +128,11 @@ impl<K: Ord, V> SortedMap<K, V> {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
+                // Small maps grow by one: a map of one or two pairs (most labels and
+                // annotations) would otherwise hold room for four.
+                if self.entries.len() == self.entries.capacity() && self.entries.len() < 8 {
+                    self.entries.reserve_exact(1);
+                }
                 self.entries.insert(i, (key, value));
                 None
             }
@@ -271,7 +282,7 @@ mod tests {
     #[test]
     fn behaves_as_a_btreemap_on_the_same_operations() {
         let input = pairs(&[("b", "1"), ("a", "2"), ("c", "3"), ("a", "4"), ("b", "5")]);
-        let ours: Labels = input.clone().into_iter().collect();
+        let ours: SortedMap<String, String> = input.clone().into_iter().collect();
         let theirs: BTreeMap<String, String> = input.into_iter().collect();
         assert!(ours.iter().eq(theirs.iter()), "same entries, same order");
         assert_eq!(
@@ -306,7 +317,8 @@ mod tests {
 
     #[test]
     fn deserializes_any_order_and_duplicates_as_a_map_would() {
-        let ours: Labels = serde_json::from_str(r#"{"z":"1","a":"2","z":"3"}"#).unwrap();
+        let ours: SortedMap<String, String> =
+            serde_json::from_str(r#"{"z":"1","a":"2","z":"3"}"#).unwrap();
         let theirs: BTreeMap<String, String> =
             serde_json::from_str(r#"{"z":"1","a":"2","z":"3"}"#).unwrap();
         assert!(ours.iter().eq(theirs.iter()));
@@ -315,9 +327,26 @@ mod tests {
     }
 
     #[test]
+    fn small_maps_take_only_the_room_their_pairs_need() {
+        let mut one = Labels::new();
+        one.insert("app".into(), "web".into());
+        assert_eq!(one.entries.capacity(), 1);
+        one.insert("pod-template-hash".into(), "abc".into());
+        assert_eq!(one.entries.capacity(), 2);
+        let read: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
+        assert_eq!(read.entries.capacity(), 2);
+        // Larger ones grow as a Vec does: n inserts are not n reallocations.
+        let mut many = Labels::new();
+        for i in 0..100 {
+            many.insert(format!("k{i:03}").into(), Str::default());
+        }
+        assert!(many.entries.capacity() > 100 && many.entries.capacity() < 200);
+    }
+
+    #[test]
     fn many_entries_are_sorted_once() {
         // A hostile manifest with many labels costs a sort, not n inserts.
-        let many: Labels = (0..100_000)
+        let many: SortedMap<String, String> = (0..100_000)
             .rev()
             .map(|i| (format!("k{i:06}"), i.to_string()))
             .collect();

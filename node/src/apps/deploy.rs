@@ -39,7 +39,7 @@ const DEPLOYED_AT_ANNOTATION: &str = "skiff.dev/deployed-at";
 const ROLLOUT_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) fn managed(meta: &k8s::ObjectMeta) -> bool {
-    meta.annotations.get(MANAGED_ANNOTATION).map(String::as_str) == Some(MANAGED)
+    meta.annotations.get(MANAGED_ANNOTATION).map(|v| v.as_str()) == Some(MANAGED)
 }
 
 /// The Deployment and Service of app `name` running `digest` with `params`.
@@ -370,7 +370,7 @@ impl Apps {
             .metadata
             .annotations
             .get(IMAGE_REF_ANNOTATION)
-            .cloned()
+            .map(|r| r.to_string())
             .or_else(|| template.spec.containers.first().map(|c| c.image.clone()))
             .unwrap_or_default();
         let image = template

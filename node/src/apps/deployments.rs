@@ -37,7 +37,7 @@ use skiff_spec::k8s::{
     Probe, Service, StateReason, StateRunning,
 };
 use skiff_spec::manifest::{HASH_ON_ANNOTATION, LOAD_BALANCER_ANNOTATION, annotation_params};
-use skiff_spec::{AppKind, AppName, AppSpec, Digest, Labels};
+use skiff_spec::{AppKind, AppName, AppSpec, Digest, Labels, Str};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -110,12 +110,14 @@ enum PodState {
 }
 
 /// One pod of a Deployment.
+/// Its short strings (names, the hash, the time) are kept inline: a node holds
+/// thousands of pods.
 struct PodEntry {
-    deployment: String,
-    hash: String,
+    deployment: Str,
+    hash: Str,
     labels: Labels,
     template: Arc<PodTemplateSpec>,
-    created: String,
+    created: Str,
     restarts: i32,
     /// Failures in a row, for the back-off.
     crashes: u32,
@@ -125,11 +127,11 @@ struct PodEntry {
 impl PodEntry {
     /// A pod of `deployment`'s revision `hash`, waiting to be made.
     fn new(
-        deployment: String,
-        hash: String,
+        deployment: Str,
+        hash: Str,
         labels: Labels,
         template: Arc<PodTemplateSpec>,
-        created: String,
+        created: Str,
     ) -> Self {
         Self {
             deployment,
@@ -216,11 +218,24 @@ struct Shown {
     at_ms: u64,
 }
 
-/// What a Service's route holds now, to swap it only when that changes.
-#[derive(PartialEq, Eq)]
+/// What a Service's route holds now, to swap it only when that changes. The endpoints
+/// are compared by identity: the key holds them, so no other container can take the
+/// place of one in memory while it is compared.
 struct RouteKey {
-    containers: Vec<String>,
+    containers: Vec<Arc<Container>>,
     balancing: Balancing,
+}
+
+impl PartialEq for RouteKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.balancing == other.balancing
+            && self.containers.len() == other.containers.len()
+            && self
+                .containers
+                .iter()
+                .zip(&other.containers)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
 }
 
 #[derive(Default)]
@@ -332,6 +347,9 @@ fn push_event(
 ) {
     if events.len() == EVENTS {
         events.pop_front();
+    } else if events.len() == events.capacity() {
+        // Most Deployments keep two or three events: no room for more until needed.
+        events.reserve_exact(1);
     }
     events.push_back(Event {
         at_ms: super::now_ms(),
@@ -406,7 +424,7 @@ impl PodTable {
             && container.id == instance
         {
             *ready_since = Some(now_ms());
-            let deployment = deployment.clone();
+            let deployment = deployment.to_string();
             inner.dirty.deployments.insert(deployment);
         }
         drop(inner);
@@ -441,7 +459,7 @@ impl PodTable {
             retry_ms: now_ms() + wait,
             failure: None,
         };
-        let deployment = p.deployment.clone();
+        let deployment = p.deployment.to_string();
         inner.dirty.deployments.insert(deployment.clone());
         warn!(pod, %message, "pod container ended; restarting it after a back-off");
         inner.event(
@@ -726,7 +744,7 @@ impl Apps {
                     .pods_of(name)
                     .map(|(n, p)| rollout::Pod {
                         name: n.clone(),
-                        hash: p.hash.clone(),
+                        hash: p.hash.to_string(),
                         phase: p.phase(),
                     })
                     .collect();
@@ -744,15 +762,15 @@ impl Apps {
                                 |r| r.template.clone(),
                             );
                             let mut labels = template.metadata.labels.clone();
-                            labels.insert("pod-template-hash".into(), hash.clone());
+                            labels.insert("pod-template-hash".into(), hash.as_str().into());
                             inner.add_pod(
                                 pod.clone(),
                                 PodEntry::new(
-                                    name.clone(),
-                                    hash,
+                                    name.as_str().into(),
+                                    hash.into(),
                                     labels,
                                     template,
-                                    super::now_rfc3339(),
+                                    super::now_rfc3339().into(),
                                 ),
                             );
                             inner.event(
@@ -821,7 +839,7 @@ impl Apps {
             let mut inner = self.pods.lock();
             for pod in to_stop.iter().chain(&to_launch) {
                 if let Some(p) = inner.pods.get(pod) {
-                    let d = p.deployment.clone();
+                    let d = p.deployment.to_string();
                     inner.dirty.deployments.insert(d);
                 }
             }
@@ -874,7 +892,7 @@ impl Apps {
                     linux::retire(&container, grace, linux::STOP_GRACE).await;
                     let mut inner = table.lock();
                     if let Some(p) = inner.remove_pod(&pod) {
-                        inner.dirty.deployments.insert(p.deployment);
+                        inner.dirty.deployments.insert(p.deployment.into());
                     }
                     drop(inner);
                     metrics.forget_endpoint(&pod, services.iter().map(String::as_str));
@@ -894,7 +912,7 @@ impl Apps {
             if !matches!(p.state, PodState::Waiting { .. }) {
                 return;
             }
-            let (deployment, template) = (p.deployment.clone(), p.template.clone());
+            let (deployment, template) = (p.deployment.to_string(), p.template.clone());
             let log = inner
                 .logs
                 .entry(deployment.clone())
@@ -1119,12 +1137,13 @@ impl Apps {
             let all: Vec<Arc<Container>> = local.iter().chain(&remote).cloned().collect();
             for (label, endpoints) in [(name, all), (&local_name, local)] {
                 let key = RouteKey {
-                    containers: endpoints.iter().map(|c| c.id.clone()).collect(),
+                    containers: endpoints,
                     balancing: balancing(service),
                 };
                 if inner.routes.get(label) != Some(&key) {
                     let backends =
-                        Backends::balanced(endpoints, key.balancing.clone()).for_service();
+                        Backends::balanced(key.containers.clone(), key.balancing.clone())
+                            .for_service();
                     self.ingress.table.set_backends(label, backends);
                     inner.routes.insert(label.clone(), key);
                 }
@@ -1255,7 +1274,7 @@ impl Apps {
             let Some(p) = inner.pods.get(pod) else {
                 return Err(AppError::not_found(format!("pod {pod} not found")));
             };
-            let deployment = p.deployment.clone();
+            let deployment = p.deployment.to_string();
             inner.dirty.deployments.insert(deployment);
         }
         self.stop_pod(pod);
@@ -1286,7 +1305,7 @@ impl Apps {
         let hash = &d.current().hash;
         let failure = inner
             .pods_of(name)
-            .filter(|(_, p)| &p.hash == hash)
+            .filter(|(_, p)| p.hash == hash)
             .find_map(|(_, p)| match &p.state {
                 PodState::Waiting {
                     failure: Some(e), ..
@@ -1351,7 +1370,7 @@ impl Apps {
                 _ => return None,
             };
             (c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
-                .then(|| (c.clone(), p.deployment.clone()))
+                .then(|| (c.clone(), p.deployment.to_string()))
         })
     }
 
@@ -1369,7 +1388,7 @@ impl Apps {
                     ..
                 } => Some((
                     container.clone(),
-                    p.deployment.clone(),
+                    p.deployment.to_string(),
                     *image,
                     limits.clone(),
                 )),
@@ -1491,9 +1510,9 @@ mod tests {
             PodEntry::new(
                 deployment.into(),
                 "h".into(),
-                Labels::from([("app".to_string(), deployment.to_string())]),
+                Labels::from([("app".into(), deployment.into())]),
                 Arc::default(),
-                String::new(),
+                Str::default(),
             )
         };
         inner.add_pod("web-h-aaaaa".into(), pod("web"));
@@ -1502,7 +1521,7 @@ mod tests {
         let names: Vec<&String> = inner.pods_of("web").map(|(n, _)| n).collect();
         assert_eq!(names, ["web-h-aaaaa", "web-h-ccccc"]);
         assert_eq!(inner.pods_of("web-api").count(), 1);
-        let selector = Labels::from([("app".to_string(), "web".to_string())]);
+        let selector = Labels::from([("app".into(), "web".into())]);
         assert_eq!(inner.pod_labels.selected(&selector).len(), 2);
         inner.remove_pod("web-h-aaaaa");
         assert_eq!(inner.pod_labels.selected(&selector), ["web-h-ccccc"]);

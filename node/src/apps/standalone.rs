@@ -734,7 +734,8 @@ impl Apps {
             // template's (a digest pinned by `deploy` reads better short).
             let template = app.as_ref().map(|d| &d.object.spec.template);
             let image_ref = template
-                .and_then(|t| t.metadata.annotations.get("skiff.dev/image-ref").cloned())
+                .and_then(|t| t.metadata.annotations.get("skiff.dev/image-ref"))
+                .map(|r| r.to_string())
                 .or_else(|| {
                     template
                         .and_then(|t| t.spec.containers.first())

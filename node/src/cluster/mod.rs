@@ -284,10 +284,10 @@ impl Member {
         let mut labels: skiff_spec::Labels =
             serde_json::from_str(self.key(keys::LABELS)).unwrap_or_default();
         if !role.is_empty() {
-            labels.insert(format!("node-role.kubernetes.io/{role}"), String::new());
+            labels.insert(format!("node-role.kubernetes.io/{role}").into(), "".into());
         }
         if self.is_gateway() {
-            labels.insert("node-role.kubernetes.io/gateway".into(), String::new());
+            labels.insert("node-role.kubernetes.io/gateway".into(), "".into());
         }
         let api = self.key(keys::API);
         let host = api.rsplit_once(':').map_or(api, |(h, _)| h).to_string();

@@ -644,7 +644,11 @@ fn replica_sets(
             let mine: Vec<&k8s::Pod> = pods
                 .iter()
                 .filter(|p| {
-                    p.metadata.labels.get("pod-template-hash") == Some(&r.hash)
+                    p.metadata
+                        .labels
+                        .get("pod-template-hash")
+                        .map(|h| h.as_str())
+                        == Some(r.hash.as_str())
                         && p.metadata.name.starts_with(&format!("{name}-"))
                 })
                 .collect();

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use skiff_spec::Labels;
+use skiff_spec::{Labels, Str};
 
 /// Names (pods, Deployments' templates, Services' selectors) by each of their label pairs.
 ///
@@ -14,17 +14,18 @@ use skiff_spec::Labels;
 #[derive(Default)]
 pub(super) struct LabelIndex {
     of: BTreeMap<String, Labels>,
-    by: BTreeSet<String>,
+    /// Short entries (most selectors' and templates') are kept inline.
+    by: BTreeSet<Str>,
 }
 
 /// The pair `k: v` as the start of an index entry: each part after its length, so no
 /// other pair's entry starts the same way, whatever the labels hold.
-fn pair(k: &str, v: &str) -> String {
-    format!("{}:{k}{}:{v}", k.len(), v.len())
+fn pair(k: &str, v: &str) -> Str {
+    compact_str::format_compact!("{}:{k}{}:{v}", k.len(), v.len())
 }
 
 /// The entry for `name` holding `k: v`.
-fn entry(k: &str, v: &str, name: &str) -> String {
+fn entry(k: &str, v: &str, name: &str) -> Str {
     let mut entry = pair(k, v);
     entry.push_str(name);
     entry
@@ -118,7 +119,7 @@ mod tests {
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
 

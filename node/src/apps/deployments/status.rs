@@ -210,7 +210,7 @@ pub(super) fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
         }
     };
     let mut labels = p.labels.clone();
-    labels.insert("pod-template-hash".into(), p.hash.clone());
+    labels.insert("pod-template-hash".into(), p.hash.as_str().into());
     k8s::Pod {
         api_version: "v1".into(),
         kind: "Pod".into(),
@@ -219,7 +219,7 @@ pub(super) fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
             namespace: Some("default".into()),
             labels,
             annotations: p.template.metadata.annotations.clone(),
-            creation_timestamp: Some(p.created.clone()),
+            creation_timestamp: Some(p.created.to_string()),
             deletion_timestamp: match &p.state {
                 PodState::Terminating { since, .. } => Some(since.clone()),
                 _ => None,
