@@ -335,6 +335,10 @@ mod tests {
         assert_eq!(one.entries.capacity(), 2);
         let read: Labels = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
         assert_eq!(read.entries.capacity(), 2);
+        assert_eq!(
+            serde_json::to_string(&read).unwrap(),
+            r#"{"a":"2","b":"3"}"#
+        );
         // Larger ones grow as a Vec does: n inserts are not n reallocations.
         let mut many = Labels::new();
         for i in 0..100 {

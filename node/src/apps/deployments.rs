@@ -109,9 +109,8 @@ enum PodState {
     },
 }
 
-/// One pod of a Deployment.
-/// Its short strings (names, the hash, the time) are kept inline: a node holds
-/// thousands of pods.
+/// One pod of a Deployment. Its short strings (names, the hash, the time) are kept
+/// inline: a node holds thousands of pods.
 struct PodEntry {
     deployment: Str,
     hash: Str,

@@ -354,6 +354,7 @@ impl State {
     /// Gives a NodePort Service's ports without a nodePort one: the one it had (same
     /// port), else the lowest free in 30000-32767. Refuses a nodePort another Service
     /// holds. Deterministic, so every node assigns the same.
+    ///
     /// Only a NodePort Service looks at the others (one that is not ignores its ports'
     /// nodePorts), so applying any other costs nothing however many Services there are.
     fn assign_node_ports(&self, service: &mut Service) -> Result<(), Rejected> {
