@@ -1587,9 +1587,11 @@ async fn attached_run_rm_wait_logs_follow_ctrl_c_and_exec() {
     assert_eq!(&first[..], b"\x01\0\0\0\0\0\0\x08started\n");
     drop(resp);
     const PROCESSES: &str = "for p in /proc/[0-9]*; do cat $p/cmdline; echo; done";
+    // Each look is a `runc exec` of its own, which takes seconds when the whole suite
+    // loads the machine: the deadline allows a few.
     wait_for(
         "the abandoned command to be killed",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             let (_, out, _) = exec(&["box", "sh", "-c", PROCESSES]).await;
             (!out.contains("sleep\x00999")).then_some(())
