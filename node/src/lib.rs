@@ -318,8 +318,9 @@ impl Settle {
 }
 
 /// What this node sees of the cluster: the live members (itself always), and whether
-/// it may move work (it reaches a majority of the voters, and has heard from every
-/// member or waited long enough to know it will not).
+/// it may move work (it reaches a majority of the voters, Raft has confirmed that
+/// since the last voter went, and it has heard from every member or waited long
+/// enough to know it will not).
 fn view_of(
     cluster: &cluster::Cluster,
     members: &[cluster::Member],
@@ -347,7 +348,7 @@ fn view_of(
     cluster::View {
         me: me.clone(),
         nodes,
-        can_place: settled && consensus.in_majority(),
+        can_place: settled && consensus.in_majority() && consensus.confirmed_since_a_voter_went(),
     }
 }
 

@@ -107,7 +107,7 @@ async fn append(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = signed(&body)?;
-    let answer = shared.consensus.raft().append_entries(rpc).await;
+    let answer = shared.consensus.append_entries(rpc).await;
     Ok(Json(
         serde_json::to_value(answer).map_err(ApiError::internal)?,
     ))

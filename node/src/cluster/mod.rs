@@ -399,8 +399,9 @@ pub struct View {
     /// The live nodes, this one included.
     pub nodes: Vec<NodeView>,
     /// Whether this node may change where pods run: it reaches a majority of the voters
-    /// and has heard from every member (or waited long enough to know it will not).
-    /// Otherwise it keeps its pods as they are instead of taking over others'.
+    /// (as gossip sees them, confirmed by Raft since the last voter went) and has heard
+    /// from every member (or waited long enough to know it will not). Otherwise it
+    /// keeps its pods as they are instead of taking over others'.
     pub can_place: bool,
 }
 

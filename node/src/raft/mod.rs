@@ -173,6 +173,8 @@ pub struct Consensus {
 struct Liveness {
     live: BTreeSet<NodeId>,
     dead_since: HashMap<NodeId, Instant>,
+    /// When this node last took entries (or a heartbeat) from a leader.
+    leader_heard: Option<Instant>,
 }
 
 /// Raft timing for a small machine: heartbeats every 250 ms, elections after 1-2 s
@@ -257,7 +259,7 @@ impl Consensus {
             book,
             liveness: Mutex::new(Liveness {
                 live: BTreeSet::from([id]),
-                dead_since: HashMap::new(),
+                ..Liveness::default()
             }),
             grace,
         };
@@ -333,6 +335,55 @@ impl Consensus {
     /// move work; a node cut off from the majority keeps what it has).
     pub fn in_majority(&self) -> bool {
         self.quorum().is_ok()
+    }
+
+    /// Hands a leader's entries (or heartbeat) to Raft, noting when one was taken.
+    pub async fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let answer = self.raft.append_entries(rpc).await;
+        if matches!(
+            answer,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.lock_liveness().leader_heard = Some(Instant::now());
+        }
+        answer
+    }
+
+    /// Whether Raft has confirmed this node's majority since the last voter gossip saw
+    /// go: a leader has had a quorum's acknowledgement since, a follower a leader's
+    /// heartbeat. Gossip alone cannot tell: a node cut off from every peer sees them go
+    /// one at a time, and until the last has gone it counts itself in a majority, which
+    /// would let it take over the pods of the one that went first.
+    pub fn confirmed_since_a_voter_went(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let liveness = self.lock_liveness();
+        let Some(went) = membership
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .filter_map(|v| liveness.dead_since.get(&v))
+            .max()
+            .copied()
+        else {
+            return true;
+        };
+        let contact = if metrics.state == ServerState::Leader {
+            metrics
+                .millis_since_quorum_ack
+                .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)))
+        } else {
+            liveness.leader_heard
+        };
+        contact.is_some_and(|c| c > went)
+    }
+
+    fn lock_liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `Ok` when a majority of the voters is reachable, else the error naming them.
