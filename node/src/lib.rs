@@ -264,7 +264,7 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
                 Some((id, peer))
             })
             .collect();
-        shared.consensus.set_live(&live);
+        shared.consensus.set_live(&live).await;
         shared
             .cluster
             .remember_peers(&shared.config.data_dir, &members);
@@ -272,6 +272,14 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
             settle.in_minority();
         }
         let view = view_of(&shared.cluster, &members, &shared.consensus, settle);
+        // Waiting for Raft to confirm the majority after a voter went (a heartbeat
+        // away): look again soon rather than a whole tick later.
+        if !view.can_place
+            && shared.consensus.in_majority()
+            && !shared.consensus.confirmed_since_a_voter_went()
+        {
+            tick.reset_after(Duration::from_millis(50));
+        }
         shared.view.send_if_modified(|v| {
             let changed = **v != view;
             if changed {

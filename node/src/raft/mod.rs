@@ -309,26 +309,39 @@ impl Consensus {
     /// Tells consensus which nodes gossip says are live and where their APIs are now
     /// (Raft reaches a node at its gossiped address, so a node restarted on other ports
     /// is reachable before the membership records the move).
-    pub fn set_live(&self, live: &BTreeMap<NodeId, Peer>) {
+    ///
+    /// A leader that sees a voter go sends a heartbeat at once: it is what confirms the
+    /// majority to every node (see [`Self::confirmed_since_a_voter_went`]), so pods move
+    /// off the node that went without waiting for the next one.
+    pub async fn set_live(&self, live: &BTreeMap<NodeId, Peer>) {
         {
             let mut book = self.book.write().unwrap_or_else(|e| e.into_inner());
             for (id, peer) in live {
                 book.insert(*id, peer.api.clone());
             }
         }
-        let live: BTreeSet<NodeId> = live.keys().copied().collect();
-        let mut l = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let metrics = self.raft.metrics().borrow().clone();
-        for (id, _) in metrics.membership_config.membership().nodes() {
-            if live.contains(id) || *id == self.id {
-                l.dead_since.remove(id);
-            } else {
-                l.dead_since.entry(*id).or_insert(now);
+        let (a_voter_went, leader) = {
+            let live: BTreeSet<NodeId> = live.keys().copied().collect();
+            let mut l = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let metrics = self.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            let mut a_voter_went = false;
+            for (id, _) in membership.nodes() {
+                if live.contains(id) || *id == self.id {
+                    l.dead_since.remove(id);
+                } else if !l.dead_since.contains_key(id) {
+                    l.dead_since.insert(*id, now);
+                    a_voter_went |= membership.voter_ids().any(|v| v == *id);
+                }
             }
+            l.live = live;
+            l.live.insert(self.id);
+            (a_voter_went, metrics.state == ServerState::Leader)
+        };
+        if a_voter_went && leader {
+            let _ = self.raft.trigger().heartbeat().await;
         }
-        l.live = live;
-        l.live.insert(self.id);
     }
 
     /// Whether this node sees a majority of the voters (so its view of the cluster may
