@@ -268,18 +268,23 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
         shared
             .cluster
             .remember_peers(&shared.config.data_dir, &members);
-        if !shared.consensus.in_majority() {
+        let majority = shared.consensus.in_majority();
+        if !majority {
             settle.in_minority();
         }
-        let view = view_of(&shared.cluster, &members, &shared.consensus, settle);
+        let confirmed = shared.consensus.confirmed_since_a_voter_went();
         // Waiting for Raft to confirm the majority after a voter went (a heartbeat
         // away): look again soon rather than a whole tick later.
-        if !view.can_place
-            && shared.consensus.in_majority()
-            && !shared.consensus.confirmed_since_a_voter_went()
-        {
+        if majority && !confirmed {
             tick.reset_after(Duration::from_millis(50));
         }
+        let view = view_of(
+            &shared.cluster,
+            &members,
+            &shared.consensus,
+            settle,
+            majority && confirmed,
+        );
         shared.view.send_if_modified(|v| {
             let changed = **v != view;
             if changed {
@@ -326,14 +331,15 @@ impl Settle {
 }
 
 /// What this node sees of the cluster: the live members (itself always), and whether
-/// it may move work (it reaches a majority of the voters, Raft has confirmed that
-/// since the last voter went, and it has heard from every member or waited long
-/// enough to know it will not).
+/// it may move work (`majority`: it reaches a majority of the voters and Raft has
+/// confirmed that since the last voter went; and it has heard from every member or
+/// waited long enough to know it will not).
 fn view_of(
     cluster: &cluster::Cluster,
     members: &[cluster::Member],
     consensus: &raft::Consensus,
     settle: Settle,
+    majority: bool,
 ) -> cluster::View {
     let me = &cluster.identity().node_id;
     let mut nodes: Vec<cluster::NodeView> = members
@@ -356,7 +362,7 @@ fn view_of(
     cluster::View {
         me: me.clone(),
         nodes,
-        can_place: settled && consensus.in_majority() && consensus.confirmed_since_a_voter_went(),
+        can_place: settled && majority,
     }
 }
 
@@ -480,6 +486,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         &cluster.members().await,
         &consensus,
         Settle::new(&config.cluster),
+        consensus.in_majority() && consensus.confirmed_since_a_voter_went(),
     );
     let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let settings = apps::Settings {

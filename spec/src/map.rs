@@ -350,12 +350,12 @@ mod tests {
     #[test]
     fn many_entries_are_sorted_once() {
         // A hostile manifest with many labels costs a sort, not n inserts.
-        let many: SortedMap<String, String> = (0..100_000)
+        let many: Labels = (0..100_000)
             .rev()
-            .map(|i| (format!("k{i:06}"), i.to_string()))
+            .map(|i| (format!("k{i:06}").into(), i.to_string().into()))
             .collect();
         assert_eq!(many.len(), 100_000);
-        assert_eq!(many.keys().next().map(String::as_str), Some("k000000"));
-        assert_eq!(many.get("k099999").map(String::as_str), Some("99999"));
+        assert_eq!(many.keys().next().map(Str::as_str), Some("k000000"));
+        assert_eq!(many.get("k099999").map(Str::as_str), Some("99999"));
     }
 }

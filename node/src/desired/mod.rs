@@ -430,11 +430,7 @@ impl State {
         next.metadata.namespace = Some("default".into());
         let hash = template_hash(&next.spec.template);
         let limit = usize::try_from(next.spec.revision_history_limit.unwrap_or(10)).unwrap_or(0);
-        let Some(stored) = self
-            .deployments
-            .get_mut(&name)
-            .map(std::sync::Arc::make_mut)
-        else {
+        let Some(stored) = self.deployments.get_mut(&name) else {
             next.metadata.uid = Some(uid("Deployment", &name, version));
             next.metadata.creation_timestamp = Some(at.to_string());
             next.metadata.generation = Some(1);
@@ -471,6 +467,8 @@ impl State {
             next.metadata.generation = Some(old.metadata.generation.unwrap_or(0) + 1);
         }
         next.metadata.resource_version = Some(version.to_string());
+        // Copied only now, if a reader holds it: an unchanged apply copies nothing.
+        let stored = std::sync::Arc::make_mut(stored);
         if stored.current().hash != hash {
             let number = stored.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
             // An old template coming back is moved up, not copied.
@@ -572,10 +570,14 @@ mod tests {
             apply(&mut s, "web:v1", 3, "t1"),
             Applied::Created("deployment.apps/web".into())
         );
+        // A reader's copy (a reconciler pass) is not duplicated by an unchanged apply.
+        let held = s.deployments["web"].clone();
         assert_eq!(
             apply(&mut s, "web:v1", 3, "t2"),
             Applied::Unchanged("deployment.apps/web".into())
         );
+        assert!(std::sync::Arc::ptr_eq(&held, &s.deployments["web"]));
+        drop(held);
         let d = &s.deployments["web"].object;
         assert_eq!(d.metadata.generation, Some(1));
         assert_eq!(d.metadata.creation_timestamp.as_deref(), Some("t1"));
