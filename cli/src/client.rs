@@ -38,32 +38,118 @@ fn registry(reference: Reference, insecure: bool) -> anyhow::Result<Registry> {
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
+    /// The base of request URLs (`http://localhost` over the unix socket).
+    base: String,
+    /// What the user knows the node as: the socket's path or the URL.
     api: String,
-    token: String,
+    /// Sent as a bearer token (none over the unix socket: opening it is the proof).
+    token: Option<String>,
+    /// The data dir the defaults came from.
+    data: std::path::PathBuf,
+}
+
+/// A rustls client trusting only the cluster CA in `pem`.
+fn tls_trusting(pem: &[u8], from: &Path) -> anyhow::Result<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| anyhow::anyhow!("{} is not PEM: {e}", from.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{} holds a certificate rustls refuses", from.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no certificate", from.display());
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 impl Client {
+    /// How to reach the node: `--api unix://PATH`, `https://...` (checked against
+    /// `--ca`, else the data dir's cluster CA), `http://...` (plain, only when asked);
+    /// by default the local node's unix socket, else https://127.0.0.1:7700.
     pub(crate) fn new(opts: &ClientOpts) -> anyhow::Result<Self> {
-        let token = match &opts.token {
-            Some(t) => t.clone(),
-            None => {
-                let path = crate::default_data_dir().join("token");
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("no SKIFF_TOKEN and cannot read {}", path.display()))?
-                    .trim()
-                    .to_string()
-            }
+        let data = crate::default_data_dir();
+        let socket = data.join("api.sock");
+        let api = match &opts.api {
+            Some(api) => api.trim_end_matches('/').to_string(),
+            None if socket.exists() => format!("unix://{}", socket.display()),
+            None => "https://127.0.0.1:7700".to_string(),
+        };
+        let builder = reqwest::Client::builder();
+        let (http, base) = if let Some(path) = api.strip_prefix("unix://") {
+            (
+                builder.unix_socket(Path::new(path)).build()?,
+                "http://localhost".to_string(),
+            )
+        } else if api.starts_with("https://") {
+            let ca = match &opts.ca {
+                Some(ca) => ca.clone(),
+                None => data.join("tls/ca.crt"),
+            };
+            let pem = std::fs::read(&ca).with_context(|| {
+                format!(
+                    "cannot read {} to check {api} against (give the cluster CA with --ca or SKIFF_CA; `curl -sk {api}/v1/cluster/ca` shows it)",
+                    ca.display()
+                )
+            })?;
+            (
+                builder
+                    .use_preconfigured_tls(tls_trusting(&pem, &ca)?)
+                    .build()?,
+                api.clone(),
+            )
+        } else if api.starts_with("http://") {
+            (builder.build()?, api.clone())
+        } else {
+            bail!("--api {api:?}: give https://HOST:PORT, http://HOST:PORT or unix://PATH");
+        };
+        let token = if api.starts_with("unix://") {
+            opts.token.clone()
+        } else {
+            Some(match &opts.token {
+                Some(t) => t.clone(),
+                None => {
+                    let path = data.join("token");
+                    std::fs::read_to_string(&path)
+                        .with_context(|| {
+                            format!("no SKIFF_TOKEN and cannot read {}", path.display())
+                        })?
+                        .trim()
+                        .to_string()
+                }
+            })
         };
         Ok(Self {
-            http: reqwest::Client::new(),
-            api: opts.api.trim_end_matches('/').to_string(),
+            http,
+            base,
+            api,
             token,
+            data,
         })
     }
 
+    /// `req` with the bearer token, if this client sends one.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     /// A kubeconfig for this node, as k3s writes one: the API port over TLS (kubectl
-    /// sends a token over TLS only) with the node's CA, the bearer token, one context.
-    /// Values are JSON strings (valid YAML).
+    /// sends a token over TLS only) with the cluster CA, the bearer token, one context.
+    /// The same kubeconfig works against every node of the cluster. Values are JSON
+    /// strings (valid YAML).
     pub(crate) async fn kubeconfig(&self) -> anyhow::Result<String> {
         use base64::Engine as _;
         let ca = self
@@ -71,26 +157,46 @@ impl Client {
             .await?
             .text()
             .await?;
-        let server = match self.api.strip_prefix("http://") {
-            Some(rest) => format!("https://{rest}"),
-            None => self.api.clone(),
+        let server = if self.api.starts_with("unix://") {
+            let v: serde_json::Value = self.get_json("/v1/cluster/join-token").await?;
+            format!("https://{}", v["api"].as_str().unwrap_or("127.0.0.1:7700"))
+        } else {
+            match self.api.strip_prefix("http://") {
+                Some(rest) => format!("https://{rest}"),
+                None => self.api.clone(),
+            }
+        };
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = self.data.join("token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "cannot read {}: a node that joined a cluster holds only the admin token's hash; make the kubeconfig on the first node, or give the token with --token",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
         };
         let q = |s: &str| serde_json::Value::from(s).to_string();
         Ok(format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: skiff\n    namespace: default\ncurrent-context: skiff\nusers:\n- name: skiff\n  user:\n    token: {}\npreferences: {{}}\n",
             q(&server),
             q(&base64::engine::general_purpose::STANDARD.encode(ca)),
-            q(&self.token)
+            q(&token)
         ))
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api)
+        format!("{}{path}", self.base)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req
-            .bearer_auth(&self.token)
+        let resp = self
+            .authed(req)
             .send()
             .await
             .with_context(|| format!("cannot reach the skiff API at {}", self.api))?;
@@ -440,10 +546,7 @@ impl Client {
     ) -> anyhow::Result<reqwest::Response> {
         for path in &paths[..paths.len() - 1] {
             let r = self
-                .http
-                .get(self.url(path))
-                .query(query)
-                .bearer_auth(&self.token)
+                .authed(self.http.get(self.url(path)).query(query))
                 .send()
                 .await
                 .with_context(|| format!("cannot reach the skiff API at {}", self.api))?;
@@ -466,10 +569,11 @@ impl Client {
             q.push(("force", "true"));
         }
         let r = self
-            .http
-            .delete(self.url(&format!("/v1/containers/{name}")))
-            .query(&q)
-            .bearer_auth(&self.token)
+            .authed(
+                self.http
+                    .delete(self.url(&format!("/v1/containers/{name}")))
+                    .query(&q),
+            )
             .send()
             .await;
         if let Ok(r) = &r

@@ -30,17 +30,17 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ClientOpts {
-    /// The node's API.
-    #[arg(
-        long,
-        env = "SKIFF_API",
-        default_value = "http://127.0.0.1:7700",
-        global = true
-    )]
-    api: String,
-    /// API token (default: the token file in the node's data dir).
+    /// The node's API: https://HOST:PORT, unix://PATH, or http://HOST:PORT (plain: the
+    /// token crosses the network in clear). Default: the local node's unix socket
+    /// (<data-dir>/api.sock), else https://127.0.0.1:7700.
+    #[arg(long, env = "SKIFF_API", global = true)]
+    api: Option<String>,
+    /// API token (default: the token file in the node's data dir; none over the socket).
     #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The cluster CA to check an https API against (default: <data-dir>/tls/ca.crt).
+    #[arg(long, env = "SKIFF_CA", global = true)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -519,6 +519,9 @@ struct UpArgs {
     /// Open connections per listener; more are closed at once.
     #[arg(long, env = "SKIFF_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Open connections per client address on each listener; more are closed at once.
+    #[arg(long, env = "SKIFF_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128)]
+    max_connections_per_client: usize,
     /// Most bytes of files one image may extract to.
     #[arg(long, env = "SKIFF_EXTRACT_MAX_BYTES", default_value = "4GiB", value_parser = parse_bytes)]
     extract_max_bytes: u64,
@@ -858,13 +861,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v: serde_json::Value = c.get_json("/v1/cluster/join-token").await?;
             let token = v["join_token"].as_str().unwrap_or_default();
             println!("{token}");
-            eprintln!(
-                "join another node: skiff up --join {} --join-token {token}",
-                client
-                    .api
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-            );
+            let api = v["api"].as_str().unwrap_or("<this node's API address>");
+            eprintln!("join another node: skiff up --join {api} --join-token {token}");
             Ok(())
         }
         Command::Get {
@@ -984,6 +982,7 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         body_timeout: args.body_timeout,
         write_timeout: args.write_timeout,
         max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
     };
     if let Some(budget) = args.memory_budget {
         config.memory_budget = budget;
@@ -1008,10 +1007,18 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
     };
     println!("skiff is up");
     println!(
-        "  API:     http://{}  (token {verb} at {})",
+        "  API:     http://{}  (also https, CA at {}; token {verb} at {})",
         node.api_addr,
+        config.data_dir.join("tls/ca.crt").display(),
         node.token_path.display()
     );
+    if let Some(socket) = &node.api_socket {
+        println!(
+            "  cli:     SKIFF_DATA_DIR={} skiff ...  (over {}, no token sent)",
+            config.data_dir.display(),
+            socket.display()
+        );
+    }
     println!(
         "  ingress: http://<app>.{}:{}/",
         config.domain,
@@ -1025,8 +1032,7 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         println!("  docker:  export DOCKER_HOST=unix://{}", socket.display());
     }
     println!(
-        "  kubectl: skiff kubeconfig --api http://{} > skiff.kubeconfig; KUBECONFIG=skiff.kubeconfig kubectl get nodes",
-        node.api_addr
+        "  kubectl: skiff kubeconfig > skiff.kubeconfig; KUBECONFIG=skiff.kubeconfig kubectl get nodes"
     );
     println!(
         "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",

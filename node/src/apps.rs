@@ -192,8 +192,10 @@ pub(crate) struct Settings {
     pub(crate) view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
     /// How long a request body forwarded to another node may stall.
     pub(crate) body_timeout: Duration,
-    /// The cluster's admin token (pulls from peers present it).
-    pub(crate) token: String,
+    /// This node's TLS client for other nodes (image copies present its certificate).
+    pub(crate) peer_tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// Marks requests forwarded to other nodes' ingresses.
+    pub(crate) forward_key: skiff_runtime::ForwardKey,
     /// The largest image archive pulled from a peer.
     pub(crate) pull_cap: u64,
 }
@@ -204,6 +206,9 @@ pub(crate) struct Restore {
     /// How long it took, once done.
     done: tokio::sync::watch::Sender<Option<Duration>>,
 }
+
+/// The body of requests to other nodes' APIs.
+type PeerBody = http_body_util::Full<bytes::Bytes>;
 
 /// The node's apps: desired state, running containers, routes.
 pub struct Apps {
@@ -251,8 +256,8 @@ pub struct Apps {
     remote_client: deployments::spread::RemoteClient,
     /// How long a request body forwarded to another node may stall.
     body_timeout: Duration,
-    /// The cluster's admin token.
-    token: String,
+    /// Other nodes' APIs, over TLS with this node's certificate.
+    peers: hyper_util::client::legacy::Client<crate::raft::peer::PeerConnector, PeerBody>,
     /// The largest image archive pulled from a peer.
     pull_cap: u64,
 }
@@ -277,7 +282,8 @@ impl Apps {
             kick,
             view,
             body_timeout,
-            token,
+            peer_tls,
+            forward_key,
             pull_cap,
         } = settings;
         // Trees a killed node was extracting, builds and pulls it was in the middle of:
@@ -327,9 +333,14 @@ impl Apps {
                 done: tokio::sync::watch::Sender::new(None),
             },
             view,
-            remote_client: skiff_runtime::RemoteWorkload::client(),
+            remote_client: deployments::spread::RemoteClient {
+                client: skiff_runtime::RemoteWorkload::client(),
+                key: forward_key,
+            },
             body_timeout,
-            token,
+            peers:
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(crate::raft::peer::connector(peer_tls)),
             pull_cap,
         }
     }

@@ -69,6 +69,8 @@ pub(crate) struct Ingress {
     pub(crate) limits: crate::listener::ListenerLimits,
     /// Where NodePort Services listen (the ingress's address).
     pub(crate) node_port_ip: std::net::IpAddr,
+    /// Checks the marks of requests other nodes forward here.
+    pub(crate) forward_key: skiff_runtime::ForwardKey,
 }
 
 /// What a listener serves.
@@ -206,11 +208,16 @@ async fn handle(
     }
     let start = Instant::now();
     // Another node forwarded it for one of its routes: served from this node's own pods
-    // of that route only, so it is never forwarded again.
+    // of that route only, so it is never forwarded again. Only a peer's mark counts; a
+    // client's is dropped.
     let forwarded = req
         .headers_mut()
         .remove(skiff_runtime::FORWARDED)
-        .and_then(|v| v.to_str().ok().map(|route| format!("{LOCAL_ROUTE}{route}")));
+        .and_then(|v| {
+            let v = v.to_str().ok()?;
+            let route = shared.forward_key.verify(v, crate::apps::now_ms())?;
+            Some(format!("{LOCAL_ROUTE}{route}"))
+        });
     let (container, service) = match target {
         Target::ByHost | Target::Route(_) => {
             let fixed = match (target, &forwarded) {

@@ -141,7 +141,7 @@ impl NodeConfig {
 /// What the API handlers and the ingress share.
 pub(crate) struct Shared {
     config: NodeConfig,
-    token: String,
+    token: AdminToken,
     images: Arc<ImageStore>,
     apps: Apps,
     metrics: Arc<Metrics>,
@@ -154,8 +154,14 @@ pub(crate) struct Shared {
     docker_execs: api::docker::Execs,
     /// The Kubernetes API's resourceVersions and watch events.
     kube_journal: api::kube::Journal,
-    /// The CA of the API's TLS (PEM), for kubeconfigs; none when TLS could not be set up.
-    api_ca: Option<String>,
+    /// The cluster CA (PEM), for kubeconfigs.
+    api_ca: String,
+    /// Where others reach this node's API (`host:port`).
+    api_advertised: String,
+    /// Live peers' addresses, for the API listener's connections kept for them.
+    peers: Arc<listener::Peers>,
+    /// Peer requests' ids seen within the signature window.
+    peer_replays: raft::peer::Replays,
 }
 
 /// A started node.
@@ -164,13 +170,16 @@ pub struct RunningNode {
     pub api_addr: SocketAddr,
     /// Where the ingress listens.
     pub ingress_addr: SocketAddr,
-    /// The API token file.
+    /// The API token file (a node that joined a cluster has only the token's hash: the
+    /// token is the first node's).
     pub token_path: PathBuf,
     /// Whether the token was created by this start.
     pub token_created: bool,
+    /// The full API on a unix socket (mode 0600): the local CLI's way in, no token sent.
+    pub api_socket: Option<PathBuf>,
     /// Where gossip listens (as others reach it).
     pub gossip_addr: SocketAddr,
-    /// The cluster's join secret (what `--join-token` takes).
+    /// The cluster's join token (what `--join-token` takes).
     pub join_token: String,
     /// The Docker API's unix socket (`DOCKER_HOST=unix://...`), unless it could not be
     /// made (the node serves without it).
@@ -202,6 +211,67 @@ impl RunningNode {
             .remember_peers(&self.shared.config.data_dir, &members);
         self.shared.consensus.shutdown().await;
         info!("node stopped");
+    }
+}
+
+/// The cluster's admin token as this node knows it: the first node made it and holds it
+/// (`token`); a node that joined holds only its SHA-256 (`token.sha256`), so the token
+/// never crossed the network, and accepts it all the same.
+pub(crate) struct AdminToken {
+    plain: Option<String>,
+    sha256: [u8; 32],
+}
+
+impl AdminToken {
+    /// Reads the token (or its hash) from `dir`, making a token on a first node's first
+    /// start. Also says whether it was made now.
+    fn load(dir: &Path, joined: bool) -> anyhow::Result<(Self, bool)> {
+        use sha2::Digest as _;
+        let token_path = dir.join("token");
+        let hash_path = dir.join(cluster::TOKEN_SHA256);
+        // A node that joined before tokens were hashed holds the token itself: kept.
+        if joined && !token_path.exists() {
+            let text = fs::read_to_string(&hash_path)
+                .with_context(|| format!("cannot read {}", hash_path.display()))?;
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut sha256)
+                .with_context(|| format!("{} is not 64 hex digits", hash_path.display()))?;
+            return Ok((
+                Self {
+                    plain: None,
+                    sha256,
+                },
+                false,
+            ));
+        }
+        let (token, created) = load_or_create_secret(&token_path, || random_hex(32))?;
+        let sha256 = sha2::Sha256::digest(token.as_bytes()).into();
+        Ok((
+            Self {
+                plain: Some(token),
+                sha256,
+            },
+            created,
+        ))
+    }
+
+    /// Whether `presented` is the token (constant time).
+    pub(crate) fn accepts(&self, presented: &str) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let digest = sha2::Sha256::digest(presented.as_bytes());
+        bool::from(digest.as_slice().ct_eq(&self.sha256))
+    }
+
+    /// Its SHA-256, hex: what a joining node is given.
+    pub(crate) fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    /// The token, on the node that made it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn plain(&self) -> Option<&str> {
+        self.plain.as_deref()
     }
 }
 
@@ -265,6 +335,18 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
             })
             .collect();
         shared.consensus.set_live(&live).await;
+        shared.peers.set(
+            members
+                .iter()
+                .filter(|m| m.live && m.node_id != shared.cluster.identity().node_id)
+                .flat_map(|m| {
+                    let api = m.keys.get(skiff_spec::cluster::API);
+                    let api = api.and_then(|a| a.parse::<SocketAddr>().ok());
+                    [Some(m.gossip.ip()), api.map(|a| a.ip())]
+                })
+                .flatten()
+                .collect(),
+        );
         shared
             .cluster
             .remember_peers(&shared.config.data_dir, &members);
@@ -379,9 +461,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         bail!("data dir {} is in use by another skiff node", dir.display());
     }
     let token_path = dir.join("token");
-    // Joining a cluster adopts its admin token: before the token is read.
-    let (identity, join_secret) = cluster::prepare(dir, &config.cluster, &token_path).await?;
-    let (token, token_created) = load_or_create_secret(&token_path, || random_hex(32))?;
+    let (identity, join_token) = cluster::prepare(dir, &config.cluster).await?;
+    let (token, token_created) = AdminToken::load(dir, identity.joined)?;
     let (key_hex, _) = load_or_create_secret(&dir.join("node.key"), || random_hex(32))?;
     let mut cache_key = [0u8; 32];
     hex::decode_to_slice(key_hex.trim(), &mut cache_key)
@@ -406,9 +487,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("failed to bind the ingress to {}", config.ingress_addr))?;
     let api_addr = api_listener.local_addr()?;
-    // TLS is for kubectl; without it the node still serves everything else.
-    let api_tls = match tls::load(
+    // TLS serves kubectl, and is how nodes join and talk to each other.
+    let node_tls = tls::load(
         dir,
+        &identity.node_id,
         &[
             api_addr.ip(),
             cluster::advertised(api_addr, config.cluster.advertise).ip(),
@@ -416,13 +498,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
             .trim(),
-    ) {
-        Ok(tls) => Some(tls),
-        Err(e) => {
-            warn!(error = %format!("{e:#}"), "the API port serves plain HTTP only: kubectl cannot use it");
-            None
-        }
-    };
+    )
+    .context("failed to set up the node's TLS (the cluster CA in tls/ of the data dir)")?;
     let ingress_addr = ingress_listener.local_addr()?;
     let gossip_socket = tokio::net::UdpSocket::bind(config.cluster.gossip_addr)
         .await
@@ -434,7 +511,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         })?;
     let cluster = cluster::Cluster::start(
         identity,
-        join_secret,
+        join_token,
         &config.cluster,
         gossip_socket,
         api_addr,
@@ -442,6 +519,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     )
     .await?;
 
+    // Requests one node's ingress forwards to another's are marked with this key.
+    let forward_key = {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(
+            Some(b"skiff forwarded v1"),
+            cluster.join_token().secret.as_bytes(),
+        );
+        let mut key = [0u8; 32];
+        hk.expand(cluster.identity().cluster_id.as_bytes(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        skiff_runtime::ForwardKey::new(key)
+    };
     let table = Arc::new(RoutingTable::default());
     let metrics = Arc::new(Metrics::default());
     let ingress = Arc::new(ingress::Ingress {
@@ -450,6 +538,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics: metrics.clone(),
         limits: config.listener,
         node_port_ip: ingress_addr.ip(),
+        forward_key: forward_key.clone(),
     });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let shutdown = CancellationToken::new();
@@ -460,7 +549,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let identity = cluster.identity().clone();
     let raft_id = raft::raft_id(&identity.node_id)
         .with_context(|| format!("node id {:?} is not 16 hex digits", identity.node_id))?;
-    let peer_key = raft::peer::PeerKey::new(cluster.join_token(), &identity.cluster_id);
+    let peer_key = raft::peer::PeerKey::new(&cluster.join_token().secret, &identity.cluster_id);
     let consensus = Arc::new(
         raft::Consensus::start(
             dir,
@@ -473,7 +562,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             },
             desired.clone(),
             kick.clone(),
-            raft::peer::PeerClient::new(peer_key),
+            raft::peer::PeerClient::new(peer_key, raft_id, node_tls.peer.clone()),
             !identity.joined,
             config.cluster.voter_grace,
         )
@@ -501,7 +590,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         kick,
         view: view_rx,
         body_timeout: config.listener.body_timeout,
-        token: token.clone(),
+        peer_tls: node_tls.peer.clone(),
+        forward_key,
         pull_cap: config.upload_cap,
     };
     let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
@@ -519,7 +609,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         view: view_tx,
         docker_execs: Default::default(),
         kube_journal: Default::default(),
-        api_ca: api_tls.as_ref().map(|t| t.ca.clone()),
+        api_ca: node_tls.ca.clone(),
+        api_advertised: cluster::advertised(api_addr, config.cluster.advertise).to_string(),
+        peers: Default::default(),
+        peer_replays: Default::default(),
     });
 
     let exits = {
@@ -546,10 +639,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.drain_timeout,
     ));
     let api = serve_router(
-        match api_tls {
-            Some(tls) => listener::Listening::TcpOrTls(api_listener, tls.acceptor),
-            None => listener::Listening::Tcp(api_listener),
-        },
+        listener::Listening::TcpOrTls(
+            api_listener,
+            node_tls.acceptor.clone(),
+            shared.peers.clone(),
+        ),
         api::router(shared.clone()),
         &config,
         &shutdown,
@@ -558,22 +652,36 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     // The Docker API on a unix socket: whoever can open it (root and the socket's group)
     // is an admin, as with Docker's own.
     let socket_path = dir.join("docker.sock");
-    let docker_socket = match docker_listener(&socket_path) {
-        Ok(socket) => Some(socket),
-        Err(e) => {
-            warn!(error = %format!("{e:#}"), "the Docker API socket is not served");
-            None
-        }
-    };
-    let docker = docker_socket.map(|socket| {
-        serve_router(
+    let docker = match unix_listener(&socket_path, 0o660) {
+        Ok(socket) => Some(serve_router(
             listener::Listening::Unix(socket),
             api::docker::router(shared.clone()),
             &config,
             &shutdown,
             "docker",
-        )
-    });
+        )),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the Docker API socket is not served");
+            None
+        }
+    };
+    // The whole API on a socket only the data dir's owner can open: the local CLI's way
+    // in, with no token on any wire.
+    let api_socket_path = dir.join("api.sock");
+    let api_local = match unix_listener(&api_socket_path, 0o600) {
+        Ok(socket) => Some(serve_router(
+            listener::Listening::Unix(socket),
+            api::router(shared.clone()),
+            &config,
+            &shutdown,
+            "api-local",
+        )),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the API's unix socket is not served");
+            None
+        }
+    };
+    let api_socket = api_local.is_some().then_some(api_socket_path);
     info!(%api_addr, %ingress_addr, data_dir = %dir.display(), "node started");
     Ok(RunningNode {
         api_addr,
@@ -582,11 +690,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         token_created,
         gossip_addr: shared.cluster.gossip_addr(),
         join_token: shared.cluster.join_token().to_string(),
+        api_socket,
         docker_socket: docker.is_some().then_some(socket_path),
         shutdown,
         tasks: [ingress, api, exits, reconciler, restore, membership]
             .into_iter()
             .chain(docker)
+            .chain(api_local)
             .collect(),
         shared,
         _lock: lock,
@@ -622,9 +732,9 @@ fn serve_router(
     ))
 }
 
-/// Listens on the Docker API's socket at `path` (mode 0660), replacing a stale socket a
-/// killed node left (never another kind of file).
-fn docker_listener(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+/// Listens on a unix socket at `path` with `mode`, replacing a stale socket a killed node
+/// left (never another kind of file).
+fn unix_listener(path: &Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(path)
@@ -632,7 +742,7 @@ fn docker_listener(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     let socket = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("failed to listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("failed to set the mode of {}", path.display()))?;
     Ok(socket)
 }

@@ -1,8 +1,12 @@
 //! Every HTTP listener of the node (API, ingress, published ports) is served by
 //! [`serve`], which bounds what one client can hold:
 //!
-//! - a connection cap per listener (over it, new connections are closed at once);
-//! - header read: a request's head must arrive within `header_timeout` of its first byte;
+//! - a connection cap per listener and one per client address (over either, new
+//!   connections are closed at once), with a share of the API listener's cap kept for
+//!   the cluster's peers ([`Peers`]), so no client crowds them out;
+//! - first byte: a new connection must send its first byte (a request's or a TLS
+//!   handshake's) within `header_timeout`, as a request's head must arrive within
+//!   `header_timeout` of its first byte;
 //! - idle keep-alive: a connection with no request in flight closes after `idle_timeout`;
 //! - write progress: a response write that makes no progress for `write_timeout` ends
 //!   the connection, which drops the response body and with it whatever it held (an
@@ -51,6 +55,8 @@ pub struct ListenerLimits {
     pub write_timeout: Duration,
     /// Open connections per listener; more are closed at once. Default 1024.
     pub max_connections: usize,
+    /// Open connections per client address (TCP); more are closed at once. Default 128.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for ListenerLimits {
@@ -61,6 +67,86 @@ impl Default for ListenerLimits {
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_client: 128,
+        }
+    }
+}
+
+/// Connections of the API listener kept for the cluster's peers: clients from other
+/// addresses may hold at most the cap less this many.
+const RESERVED_FOR_PEERS: usize = 64;
+
+/// The addresses of the cluster's live peers (from gossip), which may use the share of
+/// the API listener's connections that other clients may not.
+#[derive(Default)]
+pub(crate) struct Peers(std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>);
+
+impl Peers {
+    /// Replaces the set.
+    pub(crate) fn set(&self, ips: std::collections::HashSet<std::net::IpAddr>) {
+        let mut held = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if *held != ips {
+            *held = ips;
+        }
+    }
+
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ip)
+    }
+}
+
+/// What a request knows of the connection it came on (a request extension).
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    /// The client's address (loopback for a unix socket).
+    pub(crate) remote: SocketAddr,
+    /// How it came.
+    pub(crate) kind: ConnKind,
+    /// The certificate a TLS client showed, verified against the cluster CA.
+    pub(crate) peer_cert: Option<Arc<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>,
+}
+
+/// How a connection came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    /// Plain TCP.
+    Plain,
+    /// TCP with TLS.
+    Tls,
+    /// A unix socket (only who can open the file gets here).
+    Unix,
+}
+
+/// Open connections per client address, and the slot one holds.
+#[derive(Default)]
+struct PerClient(Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// A client's connection slot, given back on drop.
+struct ClientSlot(Arc<PerClient>, std::net::IpAddr);
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
         }
     }
 }
@@ -68,6 +154,8 @@ impl Default for ListenerLimits {
 /// What a connection is doing, for its read deadline.
 #[derive(Clone, Copy, Debug)]
 enum Phase {
+    /// Just accepted: its first byte is due within the header timeout.
+    New(Instant),
     /// No request; waiting since then for the next one.
     Idle(Instant),
     /// The first bytes of a request head arrived then.
@@ -97,8 +185,9 @@ fn set(phase: &SharedPhase, to: Phase) {
 pub(crate) enum Listening {
     Tcp(TcpListener),
     Unix(UnixListener),
-    /// TCP where a connection that opens with a TLS handshake is served over TLS.
-    TcpOrTls(TcpListener, tokio_rustls::TlsAcceptor),
+    /// TCP where a connection that opens with a TLS handshake is served over TLS; the
+    /// cluster's peers have connections kept for them.
+    TcpOrTls(TcpListener, tokio_rustls::TlsAcceptor, Arc<Peers>),
 }
 
 impl From<TcpListener> for Listening {
@@ -116,7 +205,7 @@ const UNIX_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 impl Listening {
     async fn accept(&self) -> io::Result<(Conn, SocketAddr)> {
         match self {
-            Self::Tcp(l) | Self::TcpOrTls(l, _) => {
+            Self::Tcp(l) | Self::TcpOrTls(l, _, _) => {
                 let (s, remote) = l.accept().await?;
                 // Small responses should not wait for Nagle.
                 let _ = s.set_nodelay(true);
@@ -128,16 +217,27 @@ impl Listening {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Self::Tcp(l) | Self::TcpOrTls(l, _) => l.local_addr(),
+            Self::Tcp(l) | Self::TcpOrTls(l, _, _) => l.local_addr(),
             Self::Unix(_) => Ok(UNIX_ADDR),
         }
     }
 
     fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
         match self {
-            Self::TcpOrTls(_, tls) => Some(tls.clone()),
+            Self::TcpOrTls(_, tls, _) => Some(tls.clone()),
             _ => None,
         }
+    }
+
+    fn peers(&self) -> Option<&Arc<Peers>> {
+        match self {
+            Self::TcpOrTls(_, _, peers) => Some(peers),
+            _ => None,
+        }
+    }
+
+    fn is_unix(&self) -> bool {
+        matches!(self, Self::Unix(_))
     }
 }
 
@@ -237,6 +337,11 @@ pub(crate) async fn serve<H, F, B>(
         }
     };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(PerClient::default());
+    let reserved = match listener.peers() {
+        Some(_) => RESERVED_FOR_PEERS.min(limits.max_connections / 2),
+        None => 0,
+    };
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -250,19 +355,39 @@ pub(crate) async fn serve<H, F, B>(
                 }
             },
         };
+        let peer = listener.peers().is_some_and(|p| p.contains(remote.ip()));
+        if !peer && slots.available_permits() <= reserved {
+            debug!(listener = what, %remote, "connection refused: the rest of the cap is kept for peers");
+            continue;
+        }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(listener = what, %remote, max = limits.max_connections, "connection refused: listener at its connection cap");
             continue;
         };
+        // A unix socket's clients have no address of their own (and only who can open
+        // the file gets in).
+        let client_slot = if listener.is_unix() {
+            None
+        } else {
+            match per_client.take(remote.ip(), limits.max_connections_per_client) {
+                Some(s) => Some(s),
+                None => {
+                    debug!(listener = what, %remote, max = limits.max_connections_per_client, "connection refused: client at its connection cap");
+                    continue;
+                }
+            }
+        };
         let phase: SharedPhase = Arc::new(Mutex::new(PhaseState {
-            phase: Phase::Idle(Instant::now()),
+            phase: Phase::New(Instant::now()),
             reader: None,
         }));
         let handler = handler.clone();
-        let service = hyper::service::service_fn({
-            let phase = phase.clone();
-            move |req| {
+        let service_phase = phase.clone();
+        let service = move |conn: ConnInfo| {
+            let phase = service_phase.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 set(&phase, Phase::Busy);
+                req.extensions_mut().insert(conn.clone());
                 let response = handler(req, remote, local);
                 let phase = phase.clone();
                 async move {
@@ -271,16 +396,18 @@ pub(crate) async fn serve<H, F, B>(
                         response.map(|inner| Guarded::new(inner, IdleOnDrop(phase))),
                     )
                 }
-            }
-        });
+            })
+        };
         let stop = shutdown.clone();
         let tls = listener.tls();
+        let unix = listener.is_unix();
         tokio::spawn(async move {
             let tls = match tls {
                 // A client that never sends its first byte is as slow as one that
                 // trickles its head.
                 Some(tls) => {
-                    let first = tokio::time::timeout(limits.idle_timeout, stream.opens_with_tls());
+                    let first =
+                        tokio::time::timeout(limits.header_timeout, stream.opens_with_tls());
                     let first = tokio::select! {
                         first = first => first,
                         () = stop.cancelled() => return,
@@ -297,17 +424,41 @@ pub(crate) async fn serve<H, F, B>(
             let ended = match tls {
                 Some(tls) => {
                     match tokio::time::timeout(limits.header_timeout, tls.accept(io)).await {
-                        Ok(Ok(io)) => serve_http(io, service, stop).await,
+                        Ok(Ok(io)) => {
+                            let peer_cert = io
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| Arc::new(c.clone().into_owned()));
+                            let conn = ConnInfo {
+                                remote,
+                                kind: ConnKind::Tls,
+                                peer_cert,
+                            };
+                            serve_http(io, service(conn), stop).await
+                        }
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err("the TLS handshake timed out".into()),
                     }
                 }
-                None => serve_http(io, service, stop).await,
+                None => {
+                    let conn = ConnInfo {
+                        remote,
+                        kind: if unix {
+                            ConnKind::Unix
+                        } else {
+                            ConnKind::Plain
+                        },
+                        peer_cert: None,
+                    };
+                    serve_http(io, service(conn), stop).await
+                }
             };
             if let Err(e) = ended {
                 debug!(listener = what, error = %e, "connection ended with an error");
             }
-            drop(slot);
+            drop((slot, client_slot));
         });
     }
     drop(listener);
@@ -431,7 +582,7 @@ impl AsyncRead for Deadlines {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     let mut state = this.phase.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Phase::Idle(_) = state.phase {
+                    if let Phase::Idle(_) | Phase::New(_) = state.phase {
                         state.phase = Phase::Head(Instant::now());
                     }
                 }
@@ -446,6 +597,7 @@ impl AsyncRead for Deadlines {
                             state.reader = Some(cx.waker().clone());
                             return Poll::Pending;
                         }
+                        Phase::New(since) => (since + this.limits.header_timeout, "first byte"),
                         Phase::Idle(since) => (since + this.limits.idle_timeout, "idle"),
                         Phase::Head(since) => (since + this.limits.header_timeout, "header"),
                     }
@@ -513,6 +665,7 @@ mod tests {
             body_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_millis(300),
             max_connections: 2,
+            max_connections_per_client: 2,
         }
     }
 
@@ -557,10 +710,14 @@ mod tests {
     #[tokio::test]
     async fn trickled_headers_idle_and_silent_connections_are_closed() {
         let (addr, _stop) = server(10).await;
-        // Silent from the start: the idle timeout.
+        // Silent from the start: its first byte was due within the header timeout (not
+        // the idle timeout, so silent connections cannot hold slots for long).
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let took = until_closed(&mut silent).await;
-        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(550),
+            "{took:?}"
+        );
         // A head trickled a byte at a time: the header timeout, though bytes keep coming.
         let mut trickle = TcpStream::connect(addr).await.unwrap();
         let start = Instant::now();
@@ -592,6 +749,56 @@ mod tests {
             .unwrap();
         let took = until_closed(&mut kept).await;
         assert!(took >= Duration::from_millis(500), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn one_client_address_cannot_take_every_connection() {
+        let limits = ListenerLimits {
+            idle_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 8,
+            max_connections_per_client: 2,
+            ..limits()
+        };
+        let (addr, _stop) = server_with(10, limits).await;
+        let from = |ip: &str| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            socket.connect(addr)
+        };
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(from("127.0.0.5").await.unwrap());
+        }
+        // A third from the same address is closed at once ...
+        let mut third = from("127.0.0.5").await.unwrap();
+        let took = until_closed(&mut third).await;
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // ... while another address is served.
+        let mut other = from("127.0.0.6").await.unwrap();
+        other
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        other.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        // A held one that ends gives its slot back.
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = from("127.0.0.5").await.unwrap();
+            let _ = s
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            if got.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the freed slot never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

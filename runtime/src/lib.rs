@@ -32,7 +32,7 @@ mod workload;
 
 pub use body::{BodyStalled, Guarded, ProgressBody};
 pub use log::{LogBook, LogStream};
-pub use remote::{FORWARDED, ProxyClient, RemoteWorkload, UNSERVED};
+pub use remote::{FORWARDED, ForwardKey, ProxyClient, RemoteWorkload, UNSERVED};
 pub use site::StaticSite;
 pub use usage::{CgroupUsage, Usage};
 pub use wasm::{

@@ -14,10 +14,64 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::{BoxError, HandleError, ResponseBody};
 
-/// The header that marks a request forwarded by another node, naming its route. It can
-/// only narrow where a request goes (to the receiving node's own pods of a route the
-/// client could name by Host anyway), so it needs no proof of origin.
+/// The header that marks a request forwarded by another node, naming its route:
+/// `<route>.<unix ms>.<hex HMAC-SHA256(key, ms "\n" route)>` with the cluster's
+/// [`ForwardKey`]. A receiving node honours it only when it verifies (a peer sent it
+/// within the last [`FORWARD_WINDOW`]) and strips it from every request either way, so a
+/// client cannot steer its request with it.
 pub const FORWARDED: &str = "x-skiff-forwarded";
+
+/// How old a forwarded mark may be.
+pub const FORWARD_WINDOW: Duration = Duration::from_secs(30);
+
+/// The key that marks requests forwarded between the cluster's nodes.
+#[derive(Clone)]
+pub struct ForwardKey([u8; 32]);
+
+impl ForwardKey {
+    /// A key from 32 bytes (the node derives them from the join secret).
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    fn mac(&self, ms: u64, route: &str) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac as _;
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&self.0).expect("any length");
+        mac.update(ms.to_string().as_bytes());
+        mac.update(b"\n");
+        mac.update(route.as_bytes());
+        mac
+    }
+
+    /// The header value marking a request for `route` sent at `ms`.
+    pub fn sign(&self, route: &str, ms: u64) -> Option<HeaderValue> {
+        use hmac::Mac as _;
+        let mac = hex::encode(self.mac(ms, route).finalize().into_bytes());
+        HeaderValue::from_str(&format!("{route}.{ms}.{mac}")).ok()
+    }
+
+    /// The route a header value names, if it is a peer's mark made within the window
+    /// of our time `now_ms`.
+    pub fn verify<'a>(&self, value: &'a str, now_ms: u64) -> Option<&'a str> {
+        use hmac::Mac as _;
+        let (rest, mac) = value.rsplit_once('.')?;
+        let (route, ms) = rest.rsplit_once('.')?;
+        let ms: u64 = ms.parse().ok()?;
+        if ms.abs_diff(now_ms) > FORWARD_WINDOW.as_millis() as u64 {
+            return None;
+        }
+        let mac = hex::decode(mac).ok()?;
+        self.mac(ms, route).verify_slice(&mac).ok()?;
+        Some(route)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The header a node puts on its answer to a forwarded request it could not give to any
 /// pod (none ready, the route gone): nothing reached an app, so the forwarding node may
@@ -27,24 +81,28 @@ pub const UNSERVED: &str = "x-skiff-unserved";
 /// Pods of one route on one other node.
 pub struct RemoteWorkload {
     target: SocketAddr,
-    route: HeaderValue,
+    route: String,
+    key: ForwardKey,
     body_timeout: Duration,
     client: ProxyClient,
 }
 
 impl RemoteWorkload {
-    /// Forwards requests for `route` to the ingress at `target`; a request body that
-    /// sends nothing for `body_timeout` fails. `client` is shared by every remote
-    /// endpoint of the node, so connections are pooled per peer.
+    /// Forwards requests for `route` to the ingress at `target`, marked with `key`; a
+    /// request body that sends nothing for `body_timeout` fails. `client` is shared by
+    /// every remote endpoint of the node, so connections are pooled per peer.
     pub fn new(
         target: SocketAddr,
         route: &str,
+        key: ForwardKey,
         body_timeout: Duration,
         client: ProxyClient,
     ) -> Result<Self, http::header::InvalidHeaderValue> {
+        HeaderValue::from_str(route)?;
         Ok(Self {
             target,
-            route: HeaderValue::from_str(route)?,
+            route: route.to_string(),
+            key,
             body_timeout,
             client,
         })
@@ -74,7 +132,11 @@ impl RemoteWorkload {
         B::Error: Into<BoxError>,
     {
         let mut req = req;
-        req.headers_mut().insert(FORWARDED, self.route.clone());
+        let mark = self
+            .key
+            .sign(&self.route, now_ms())
+            .ok_or_else(|| HandleError::BadRequest("the route is not a header value".into()))?;
+        req.headers_mut().insert(FORWARDED, mark);
         proxy(
             &self.client,
             self.target,
@@ -116,4 +178,24 @@ where
         .await
         .map_err(|e| HandleError::BadResponse(format!("{what} at {target} did not answer: {e}")))?;
     Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_mark_holds_for_its_route_key_and_time_only() {
+        let key = ForwardKey::new([7; 32]);
+        let now = 1_000_000_000;
+        let mark = key.sign("web", now).unwrap();
+        let mark = mark.to_str().unwrap();
+        assert_eq!(key.verify(mark, now + 1_000), Some("web"));
+        assert_eq!(ForwardKey::new([8; 32]).verify(mark, now), None);
+        assert_eq!(key.verify(&mark.replacen("web", "api", 1), now), None);
+        assert_eq!(key.verify(mark, now + 31_000), None, "too old");
+        for forged in ["web", "web.1.00", "", "..", "web.x.y"] {
+            assert_eq!(key.verify(forged, now), None, "{forged}");
+        }
+    }
 }

@@ -63,6 +63,16 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
     let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
     extra.extend(["--node-name", "three"]);
     let third = Node::start_in(dir3.path(), &extra).await;
+    // The token never crossed the network: a joined node holds only its hash.
+    for n in [&second, &third] {
+        assert!(!n.dir.join("token").exists());
+        let hash = std::fs::read_to_string(n.dir.join("token.sha256")).unwrap();
+        use sha2::Digest as _;
+        assert_eq!(
+            hash.trim(),
+            hex::encode(sha2::Sha256::digest(first.token.as_bytes()))
+        );
+    }
 
     // Everyone sees everyone; one admin token works on every node.
     for n in [&first, &second, &third] {
@@ -71,7 +81,13 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
         assert_eq!(names, ["one", "three", "two"]);
         assert_eq!(
             n.token, first.token,
-            "joining adopts the cluster's admin token"
+            "the first node's admin token works on every node"
+        );
+        assert_eq!(
+            n.api_get("/v1/apps").await.status(),
+            200,
+            "the first node's token is accepted by {}",
+            n.api
         );
     }
     let table = ok(&skiff(&second, &["get", "nodes", "-l", "zone=b"]).await);
@@ -144,6 +160,8 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
 
     // A node with the wrong join token is refused, saying so.
     let dir4 = tempfile::tempdir().unwrap();
+    // The CA's hash right, the secret wrong.
+    let wrong = format!("{}::wrong", join[3].split_once("::").unwrap().0);
     let o = tokio::process::Command::new(crate::harness::SKIFF)
         .args([
             "up",
@@ -158,7 +176,7 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
             "--join",
             &join[1],
             "--join-token",
-            "wrong",
+            &wrong,
         ])
         .arg("--data-dir")
         .arg(dir4.path())
@@ -168,9 +186,11 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
     let e = err(&o);
     assert!(e.contains("join token is wrong"), "{e}");
     // The join endpoint answers without the admin token: its body is bounded.
-    let r = first
-        .http
-        .post(format!("{}/v1/cluster/join", first.api))
+    let r = crate::trust::https(&first)
+        .post(format!(
+            "{}/v1/cluster/join",
+            crate::trust::https_api(&first)
+        ))
         .header("content-type", "application/json")
         .body(vec![b' '; 1 << 20])
         .send()

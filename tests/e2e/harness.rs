@@ -79,6 +79,30 @@ pub fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
 
+/// Admin tokens by join token: a node that joined a cluster holds only the token's hash,
+/// and is reached with the first node's token, as a user would.
+static TOKENS: std::sync::Mutex<BTreeMap<String, String>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The admin token that works on the node of data dir `dir`.
+fn admin_token(dir: &Path) -> String {
+    let join = std::fs::read_to_string(dir.join("join-token"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    match std::fs::read_to_string(dir.join("token")) {
+        Ok(token) => {
+            let token = token.trim().to_string();
+            tokens.insert(join, token.clone());
+            token
+        }
+        Err(_) => tokens
+            .get(&join)
+            .cloned()
+            .expect("a joined node's cluster was started by this test binary"),
+    }
+}
+
 /// A running `skiff up`.
 pub struct Node {
     child: Option<Child>,
@@ -169,10 +193,7 @@ impl Node {
             .unwrap()
             .parse()
             .unwrap();
-        let token = std::fs::read_to_string(dir.join("token"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let token = admin_token(dir);
         let node = Node {
             child: Some(child),
             dir: dir.to_path_buf(),

@@ -18,3 +18,4 @@ mod netns;
 mod observe;
 mod oci;
 mod registry;
+mod trust;

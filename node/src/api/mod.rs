@@ -13,7 +13,6 @@ use futures_util::StreamExt as _;
 use skiff_image::StoreError;
 use skiff_spec::api::{ErrorBody, ErrorDetail, LogLine};
 use skiff_spec::{AppName, DeployParams};
-use subtle::ConstantTimeEq as _;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
@@ -251,10 +250,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
-        // Asked by a node that has no admin token yet: it proves the join secret instead.
+        // Asked by a node that has no admin token: it proves the join secret instead.
+        .route(
+            "/v1/cluster/join/challenge",
+            axum::routing::post(join_challenge).layer(DefaultBodyLimit::max(1 << 10)),
+        )
         .route(
             "/v1/cluster/join",
-            axum::routing::post(cluster_join).layer(DefaultBodyLimit::max(64 << 10)),
+            axum::routing::post(cluster_join).layer(DefaultBodyLimit::max(16 << 10)),
         )
         // Called by other nodes: signed with the cluster's peer key instead.
         .merge(peer::routes(shared.clone()))
@@ -274,47 +277,119 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// `POST /v1/cluster/join`: the cluster's id, seeds and admin token for a node that
-/// presents the join secret; 403 otherwise.
+/// The connection a request came on (in-process calls have none: plain, loopback).
+fn conn_of(req_parts: &axum::http::Extensions) -> crate::listener::ConnInfo {
+    req_parts
+        .get::<crate::listener::ConnInfo>()
+        .cloned()
+        .unwrap_or(crate::listener::ConnInfo {
+            remote: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            kind: crate::listener::ConnKind::Plain,
+            peer_cert: None,
+        })
+}
+
+/// Joins are answered over TLS only, a few per client address at a time.
+fn join_allowed(shared: &Shared, conn: &crate::listener::ConnInfo) -> Result<(), ApiError> {
+    let now = std::time::Instant::now();
+    let gate = shared.cluster.join_gate();
+    if let Err(why) = gate.admit(conn.remote.ip(), now) {
+        gate.refused(conn.remote.ip(), &why, now);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_joins",
+            why.to_string(),
+        ));
+    }
+    if conn.kind != crate::listener::ConnKind::Tls {
+        return Err(ApiError::bad_request(
+            "join_over_tls",
+            "a node joins over TLS (https), pinned by the CA hash in its join token",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/cluster/join/challenge`: a nonce a joining node proves the secret over.
+async fn join_challenge(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+) -> Result<Json<crate::cluster::join::Challenge>, ApiError> {
+    let conn = conn_of(req.extensions());
+    join_allowed(&shared, &conn)?;
+    Ok(Json(
+        shared
+            .cluster
+            .join_gate()
+            .challenge(std::time::Instant::now()),
+    ))
+}
+
+/// `POST /v1/cluster/join`: the cluster's id, seeds, CA and the admin token's hash for a
+/// node whose proof holds; 403 otherwise.
 async fn cluster_join(
     State(shared): State<Arc<Shared>>,
-    Json(request): Json<crate::cluster::JoinRequest>,
-) -> Result<Json<crate::cluster::JoinAnswer>, ApiError> {
-    match shared.cluster.answer_join(&request, &shared.token).await {
-        Some(answer) => {
-            tracing::info!(node_id = %request.node_id, "a node joined with the join token");
+    req: Request,
+) -> Result<Json<crate::cluster::join::JoinAnswer>, ApiError> {
+    use crate::cluster::join::Refusal;
+    let conn = conn_of(req.extensions());
+    join_allowed(&shared, &conn)?;
+    let body = axum::body::to_bytes(req.into_body(), 16 << 10)
+        .await
+        .map_err(|e| {
+            ApiError::too_large(format!(
+                "a join request is at most 16 KiB (or it did not arrive): {e}"
+            ))
+        })?;
+    let request: crate::cluster::join::JoinRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("the join request: {e}")))?;
+    let answer = shared
+        .cluster
+        .answer_join(
+            &request,
+            &shared.config.data_dir,
+            &shared.token.sha256_hex(),
+        )
+        .await;
+    match answer {
+        Ok(answer) => {
+            tracing::info!(node_id = %request.node_id, name = %request.name, client = %conn.remote, "a node joined with the join token");
             Ok(Json(answer))
         }
-        None => {
-            tracing::warn!(node_id = %request.node_id, "a node asked to join with a wrong join token");
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrong_join_token",
-                "the join token is wrong for this cluster",
-            ))
+        Err(why) => {
+            shared
+                .cluster
+                .join_gate()
+                .refused(conn.remote.ip(), &why, std::time::Instant::now());
+            let (status, code) = match why {
+                Refusal::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "too_many_joins"),
+                Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_join"),
+                Refusal::WrongToken => (StatusCode::FORBIDDEN, "wrong_join_token"),
+                Refusal::NameTaken { .. } => (StatusCode::CONFLICT, "node_name_taken"),
+            };
+            Err(ApiError::new(status, code, why.to_string()))
         }
     }
 }
 
-/// `GET /v1/cluster/join-token`: the join secret and the command that uses it.
+/// `GET /v1/cluster/join-token`: the join token (the CA's hash and the secret), the
+/// cluster's id and the address to join through.
 async fn join_token(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let cluster = &shared.cluster;
     Json(serde_json::json!({
-        "join_token": cluster.join_token(),
+        "join_token": cluster.join_token().to_string(),
         "cluster_id": cluster.identity().cluster_id,
+        "api": shared.api_advertised,
     }))
 }
 
-/// `GET /v1/cluster/ca`: the CA of the API port's TLS (PEM), which kubeconfigs carry.
-async fn api_ca(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    let ca = shared.api_ca.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_tls",
-            "the API port has no TLS (see the node's log for why), so kubectl cannot be given a kubeconfig",
-        )
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response())
+/// `GET /v1/cluster/ca`: the cluster CA (PEM), which kubeconfigs carry.
+async fn api_ca(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        shared.api_ca.clone(),
+    )
+        .into_response()
 }
 
 /// `ok`, or 503 naming what is wrong (the state store cannot be written); then how far
@@ -353,6 +428,9 @@ async fn consistent_reads(
     Ok(next.run(req).await)
 }
 
+/// Lets in a request with the admin token, one on the API's unix socket (whoever can
+/// open it is an admin), and a node of the cluster (a TLS client certificate the cluster
+/// CA signed: image copies between nodes).
 async fn require_token(
     State(shared): State<Arc<Shared>>,
     req: Request,
@@ -364,7 +442,10 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(shared.token.as_bytes())) {
+    let conn = req.extensions().get::<crate::listener::ConnInfo>();
+    let local = conn.is_some_and(|c| c.kind == crate::listener::ConnKind::Unix);
+    let node = conn.is_some_and(|c| c.peer_cert.is_some());
+    if local || node || shared.token.accepts(presented) {
         Ok(next.run(req).await)
     } else {
         Err(ApiError::unauthorized())

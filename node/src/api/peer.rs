@@ -1,6 +1,8 @@
 //! The peer API: Raft's RPCs and writes forwarded to the leader, called by other nodes
-//! of the cluster only. Every request is signed with the cluster's peer key
-//! (`raft::peer`) over its body's digest: one that is not is refused before its body is
+//! of the cluster only, over mutual TLS. Every request comes with the calling node's
+//! certificate from the cluster CA and is signed with the cluster's peer key
+//! (`raft::peer`) for this node, once, over its body's digest: one that is not, or whose
+//! certificate is not the signer's, or whose id was seen, is refused before its body is
 //! read, and at most [`BODIES`] bodies are read at once (the others wait).
 
 use std::sync::Arc;
@@ -33,8 +35,9 @@ async fn gate(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<axum::response::Response, ApiError> {
+    let path = req.uri().path().to_owned();
     let refused = |why: &'static str| {
-        tracing::warn!(path = req.uri().path(), why, "a peer request was refused");
+        tracing::warn!(path, why, "a peer request was refused");
         ApiError::new(StatusCode::UNAUTHORIZED, "not_a_peer", why)
     };
     let header = req
@@ -42,10 +45,23 @@ async fn gate(
         .get(peer::HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let cert = req
+        .extensions()
+        .get::<crate::listener::ConnInfo>()
+        .and_then(|c| c.peer_cert.clone())
+        .ok_or_else(|| refused("no node certificate: peers call over mutual TLS"))?;
+    let now = crate::apps::now_ms();
     let signed = shared
         .consensus
         .peer_key()
-        .verify_head(header, req.uri().path(), crate::apps::now_ms())
+        .verify_head(header, &path, shared.consensus.id(), now)
+        .map_err(refused)?;
+    if !crate::tls::node_of(&cert, &format!("{:016x}", signed.from)) {
+        return Err(refused("the certificate is not the signing node's"));
+    }
+    shared
+        .peer_replays
+        .first_time(&signed, now)
         .map_err(refused)?;
     let (parts, body) = req.into_parts();
     let bytes = {
@@ -174,4 +190,82 @@ async fn delete_pod(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Js
     let name: String = signed(&body)?;
     shared.apps.delete_pod(&name)?;
     Ok(Json(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use crate::listener::{ConnInfo, ConnKind};
+    use crate::raft::peer::Envelope;
+
+    /// A signed `POST /v1/peer/pods` from node `from` (its signature) shown with `cert`.
+    fn request(
+        node: &crate::RunningNode,
+        from: u64,
+        cert: Option<&tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+        id: &str,
+    ) -> axum::extract::Request {
+        let shared = &node.shared;
+        let envelope = Envelope {
+            ms: crate::apps::now_ms(),
+            id,
+            from,
+            to: shared.consensus.id(),
+            path: "/v1/peer/pods",
+        };
+        let header = shared.consensus.peer_key().sign(&envelope, b"null");
+        let mut req = axum::http::Request::post("/v1/peer/pods")
+            .header(crate::raft::peer::HEADER, header)
+            .body(Body::from("null"))
+            .unwrap();
+        req.extensions_mut().insert(ConnInfo {
+            remote: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            kind: ConnKind::Tls,
+            peer_cert: cert.map(|c| std::sync::Arc::new(c.clone())),
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn a_peer_request_needs_the_senders_certificate_and_is_served_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        // A certificate from this cluster's CA for node 0xbb, as a peer holds.
+        let peer = crate::tls::load(dir.path(), "00000000000000bb", &[], "").unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let status = |req: axum::extract::Request| {
+            let router = router.clone();
+            async move { router.oneshot(req).await.unwrap().status().as_u16() }
+        };
+        assert_eq!(
+            status(request(&node, 0xbb, Some(&peer.cert), id)).await,
+            200
+        );
+        assert_eq!(
+            status(request(&node, 0xbb, Some(&peer.cert), id)).await,
+            401,
+            "a replayed request is refused"
+        );
+        let fresh = "f123456789abcdef0123456789abcdef";
+        assert_eq!(
+            status(request(&node, 0xcc, Some(&peer.cert), fresh)).await,
+            401,
+            "node 0xbb's certificate signing as 0xcc"
+        );
+        assert_eq!(
+            status(request(&node, 0xbb, None, fresh)).await,
+            401,
+            "no certificate"
+        );
+        assert_eq!(
+            status(request(&node, 0xbb, Some(&peer.cert), fresh)).await,
+            200
+        );
+        node.shared.shutdown.cancel();
+    }
 }

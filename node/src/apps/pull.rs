@@ -1,13 +1,14 @@
 //! Images a pod needs that this node lacks come from the other nodes: the first live
-//! peer that has the image sends it as an image archive (`GET /v1/images/archive`, with
-//! the cluster's admin token, which every node holds), and it is loaded as `skiff load`
+//! peer that has the image sends it as an image archive (`GET /v1/images/archive`, over
+//! TLS with this node's certificate from the cluster CA, which is how the peer knows a
+//! node asks: no admin token crosses the network), and it is loaded as `skiff load`
 //! loads one: bounded, every blob checked against its digest.
 
 use std::io::{Seek as _, Write as _};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::BodyExt as _;
 use skiff_image::archive;
 use tracing::{info, warn};
 
@@ -55,17 +56,14 @@ impl Apps {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("ref", reference)
             .finish();
-        let request = http::Request::get(format!("http://{api}/v1/images/archive?{query}"))
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            )
-            .body(Empty::<Bytes>::new())
+        let request = http::Request::get(format!("https://{api}/v1/images/archive?{query}"))
+            .body(http_body_util::Full::default())
             .map_err(|e| e.to_string())?;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Empty<Bytes>>();
-        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let response = self
+            .peers
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         if response.status() == http::StatusCode::NOT_FOUND {
             return Ok(false);
         }
@@ -164,19 +162,16 @@ impl Apps {
     }
 
     async fn push_to(&self, api: &str, archive: Vec<u8>) -> Result<(), String> {
-        let request = http::Request::post(format!("http://{api}/v1/images"))
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            )
+        let request = http::Request::post(format!("https://{api}/v1/images"))
             .header(http::header::CONTENT_TYPE, "application/x-tar")
             .header(REPLICA_HEADER, "1")
             .body(http_body_util::Full::new(Bytes::from(archive)))
             .map_err(|e| e.to_string())?;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<Bytes>>();
-        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let response = self
+            .peers
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -4,15 +4,17 @@
 //! Every data dir has a node id (random, never reused), a name, a cluster id and a join
 //! secret (`join-token`, 0600), kept in `cluster.json` and `join-token`; each start raises
 //! the generation, so peers tell a restarted node from its old self. The first node of a
-//! cluster makes the cluster id and the secret; another joins with `--join <api address>
-//! --join-token <secret>`: the member checks the secret and answers with the cluster id,
-//! gossip seeds and the cluster's admin token, which the joining node adopts, so one
-//! token works on every node. After that a restart needs no flags.
+//! cluster makes the cluster id, the secret and the cluster CA; another joins with
+//! `--join <api address> --join-token <token>` ([`join`]: over TLS pinned to the CA's
+//! hash in the token, the secret proven and never sent) and is given the cluster id,
+//! gossip seeds, the CA and the admin token's hash (never the token), so one token and
+//! one kubeconfig work on every node. After that a restart needs no flags.
 //!
 //! Each node gossips a few keys about itself (name, API and ingress addresses, labels,
 //! version, start time; see `skiff_spec::cluster`). A member is live once the failure
 //! detector says so and it has advertised its API and ingress.
 
+pub mod join;
 pub mod seal;
 
 use std::collections::BTreeMap;
@@ -26,8 +28,8 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use serde::{Deserialize, Serialize};
 use skiff_spec::cluster as keys;
 use skiff_spec::k8s::{self, Condition, NodeAddress, NodeInfo, NodeStatus, ObjectMeta};
-use subtle::ConstantTimeEq as _;
 
+use self::join::JoinToken;
 use self::seal::{GossipStats, Seal, SealedTransport};
 
 /// How a node takes part in a cluster (flags of `skiff up`).
@@ -39,7 +41,7 @@ pub struct ClusterSettings {
     pub advertise: Option<IpAddr>,
     /// A member's API address, to join its cluster (first start only).
     pub join: Option<String>,
-    /// The cluster's join secret, with `join`.
+    /// The cluster's join token (`SK1<CA hash>::<secret>`), with `join`.
     pub join_token: Option<String>,
     /// This node's name; default: the host name and a piece of the node id.
     pub node_name: Option<String>,
@@ -95,26 +97,10 @@ pub struct Identity {
     /// Whether this node joined a cluster (else it founded one).
     #[serde(default)]
     pub joined: bool,
-}
-
-/// `POST /v1/cluster/join`: a node asking in.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JoinRequest {
-    /// The join secret it was given.
-    pub token: String,
-    /// Its node id.
-    pub node_id: String,
-}
-
-/// The answer to a node allowed in.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JoinAnswer {
-    /// The cluster's id.
-    pub cluster_id: String,
-    /// The admin token every node takes.
-    pub admin_token: String,
-    /// Gossip addresses of live members.
-    pub seeds: Vec<String>,
+    /// Whether `tls/` holds the cluster's CA (a node that joined before nodes talked
+    /// over TLS holds a CA of its own).
+    #[serde(default)]
+    pub cluster_ca: bool,
 }
 
 fn host_name() -> String {
@@ -125,7 +111,8 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes `text` to `path` (mode 0600) through a temporary file and a rename.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
@@ -142,60 +129,58 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asks the member at `join` (its API address) to let this node in.
-async fn ask_to_join(join: &str, request: &JoinRequest) -> anyhow::Result<JoinAnswer> {
-    use http_body_util::BodyExt as _;
-    let url: http::Uri = format!("http://{join}/v1/cluster/join")
-        .parse()
-        .with_context(|| format!("--join {join:?} is not a host:port"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let body = serde_json::to_vec(request)?;
-    let req = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .with_context(|| format!("{join} did not answer the join within 10 s"))?
-        .with_context(|| format!("cannot reach {join} to join its cluster"))?;
-    let status = resp.status();
-    // Whatever answers is only as trusted as the address the user gave: bounded.
-    let body = http_body_util::Limited::new(resp.into_body(), 1 << 20);
-    let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
-        .await
-        .context("the join answer did not arrive")?
-        .map_err(|e| anyhow::anyhow!("the join answer could not be read: {e}"))?
-        .to_bytes();
-    if status == http::StatusCode::FORBIDDEN {
-        bail!("{join} refused to let this node in: the join token is wrong for its cluster");
+/// The file a joined node keeps the admin token's SHA-256 in (it never has the token).
+pub const TOKEN_SHA256: &str = "token.sha256";
+
+/// Joins through `join` as `identity` and keeps what the member answers: the CA in
+/// `tls/`, the admin token's hash, the cluster id and seeds.
+async fn join_through(
+    dir: &Path,
+    join: &str,
+    token: &JoinToken,
+    identity: &mut Identity,
+) -> anyhow::Result<()> {
+    let answer = join::ask(join, token, &identity.node_id, &identity.name).await?;
+    let ca = crate::tls::Ca {
+        cert: answer.ca_cert,
+        key: answer.ca_key,
+    };
+    if ca.sha256()? != token.ca_sha256 {
+        bail!("{join} answered with a CA other than the one the join token names");
     }
-    if !status.is_success() {
-        bail!(
-            "{join} refused to let this node in: {status} {}",
-            String::from_utf8_lossy(&bytes).trim()
-        );
-    }
-    serde_json::from_slice(&bytes).context("the join answer is not what skiff expects")
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&answer.admin_token_sha256, &mut hash)
+        .context("the join answer's admin token hash is not 64 hex digits")?;
+    crate::tls::adopt_ca(&dir.join("tls"), &ca)?;
+    write_private(
+        &dir.join(TOKEN_SHA256),
+        &format!("{}\n", answer.admin_token_sha256),
+    )?;
+    identity.cluster_id = answer.cluster_id;
+    identity.seeds = answer.seeds;
+    identity.joined = true;
+    identity.cluster_ca = true;
+    Ok(())
 }
 
 /// Reads (or makes, or joins) the data dir's cluster identity and raises its generation.
-/// Joining writes the cluster's admin token to `token_path`. Returns the identity and the
-/// join secret.
+/// Joining writes the cluster CA to `tls/` and the admin token's SHA-256 to
+/// [`TOKEN_SHA256`]. Returns the identity and the join token.
 pub async fn prepare(
     dir: &Path,
     settings: &ClusterSettings,
-    token_path: &Path,
-) -> anyhow::Result<(Identity, String)> {
+) -> anyhow::Result<(Identity, JoinToken)> {
     let identity_path = dir.join("cluster.json");
     let secret_path = dir.join("join-token");
+    let given = settings
+        .join_token
+        .as_deref()
+        .map(str::parse::<JoinToken>)
+        .transpose()
+        .context("--join-token")?;
     let mut identity = match std::fs::read(&identity_path) {
-        Ok(bytes) => {
-            if settings.join.is_some() {
-                tracing::info!("this data dir is in a cluster already; --join is ignored");
-            }
-            serde_json::from_slice::<Identity>(&bytes)
-                .with_context(|| format!("{} is not valid", identity_path.display()))?
-        }
+        Ok(bytes) => serde_json::from_slice::<Identity>(&bytes)
+            .with_context(|| format!("{} is not valid", identity_path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let node_id = crate::random_hex(8);
             let name = settings
@@ -204,58 +189,78 @@ pub async fn prepare(
                 .unwrap_or_else(|| format!("{}-{}", host_name(), &node_id[..4]));
             skiff_spec::AppName::new(name.clone())
                 .map_err(|e| anyhow::anyhow!("node name {name:?}: {e}"))?;
+            let mut identity = Identity {
+                node_id,
+                name,
+                cluster_id: crate::random_hex(8),
+                seeds: Vec::new(),
+                generation: 0,
+                joined: false,
+                cluster_ca: false,
+            };
             match &settings.join {
                 Some(join) => {
-                    let token = settings
-                        .join_token
-                        .clone()
-                        .context("--join needs --join-token (the first node's join-token file)")?;
-                    let answer = ask_to_join(
-                        join,
-                        &JoinRequest {
-                            token: token.clone(),
-                            node_id: node_id.clone(),
-                        },
-                    )
-                    .await?;
-                    write_private(token_path, &format!("{}\n", answer.admin_token))?;
+                    let token = given.clone().context(
+                        "--join needs --join-token (what `skiff cluster join-token` prints on a member)",
+                    )?;
+                    join_through(dir, join, &token, &mut identity).await?;
                     write_private(&secret_path, &format!("{token}\n"))?;
-                    Identity {
-                        node_id,
-                        name,
-                        cluster_id: answer.cluster_id,
-                        seeds: answer.seeds,
-                        generation: 0,
-                        joined: true,
-                    }
                 }
                 None => {
-                    write_private(&secret_path, &format!("{}\n", crate::random_hex(32)))?;
-                    Identity {
-                        node_id,
-                        name,
-                        cluster_id: crate::random_hex(8),
-                        seeds: Vec::new(),
-                        generation: 0,
-                        joined: false,
-                    }
+                    // A token of a data dir made before tokens carried the CA hash is
+                    // only the secret: the same secret, now with its hash.
+                    let secret = match std::fs::read_to_string(&secret_path) {
+                        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+                        _ => crate::random_hex(32),
+                    };
+                    write_private(&secret_path, &format!("{secret}\n"))?;
+                    identity.cluster_ca = true;
                 }
             }
+            identity
         }
         Err(e) => {
             return Err(e).with_context(|| format!("cannot read {}", identity_path.display()));
         }
     };
-    identity.generation += 1;
-    write_private(&identity_path, &serde_json::to_string_pretty(&identity)?)?;
-    let secret = std::fs::read_to_string(&secret_path)
-        .with_context(|| format!("cannot read {}", secret_path.display()))?
-        .trim()
-        .to_string();
+    if identity.joined && !identity.cluster_ca {
+        // Joined before nodes talked over TLS: its CA is its own, not the cluster's.
+        match (&settings.join, &given) {
+            (Some(join), Some(token)) => {
+                join_through(dir, join, token, &mut identity).await?;
+                tracing::info!(through = %join, "joined again to take the cluster CA");
+            }
+            _ => bail!(
+                "this node joined its cluster before nodes talked over TLS: start it once more with --join <a member's API address> --join-token <the token `skiff cluster join-token` prints on that member>, which keeps its node id, name and data"
+            ),
+        }
+    } else if settings.join.is_some() {
+        tracing::info!("this data dir is in a cluster already; --join is ignored");
+    }
+    if !identity.joined {
+        identity.cluster_ca = true;
+    }
+    let ca = crate::tls::ca(&dir.join("tls"))?;
+    let stored = std::fs::read_to_string(&secret_path)
+        .with_context(|| format!("cannot read {}", secret_path.display()))?;
+    let stored = stored.trim();
+    let secret = match stored.parse::<JoinToken>() {
+        Ok(token) => token.secret,
+        Err(_) => stored.to_string(),
+    };
     if secret.is_empty() {
         bail!("{} is empty", secret_path.display());
     }
-    Ok((identity, secret))
+    let token = JoinToken {
+        ca_sha256: ca.sha256()?,
+        secret,
+    };
+    if stored != token.to_string() {
+        write_private(&secret_path, &format!("{token}\n"))?;
+    }
+    identity.generation += 1;
+    write_private(&identity_path, &serde_json::to_string_pretty(&identity)?)?;
+    Ok((identity, token))
 }
 
 /// A member as gossip knows it.
@@ -446,7 +451,8 @@ pub struct Cluster {
     /// The seeds last written to `cluster.json`.
     seeds: std::sync::Mutex<Vec<String>>,
     identity: Identity,
-    secret: String,
+    token: JoinToken,
+    gate: join::Gate,
     stats: Arc<GossipStats>,
     gossip_addr: SocketAddr,
 }
@@ -466,7 +472,7 @@ impl Cluster {
     /// Starts gossiping on `socket` as `identity`, advertising `api` and `ingress`.
     pub async fn start(
         identity: Identity,
-        secret: String,
+        token: JoinToken,
         settings: &ClusterSettings,
         socket: tokio::net::UdpSocket,
         api: SocketAddr,
@@ -475,7 +481,7 @@ impl Cluster {
         let bound = socket.local_addr()?;
         let gossip_addr = advertised(bound, settings.advertise);
         let stats = Arc::new(GossipStats::default());
-        let seal = Arc::new(Seal::new(&secret, &identity.cluster_id));
+        let seal = Arc::new(Seal::new(&token.secret, &identity.cluster_id));
         let transport = SealedTransport::new(socket, seal, stats.clone());
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(
@@ -546,7 +552,8 @@ impl Cluster {
             handle,
             seeds: std::sync::Mutex::new(identity.seeds.clone()),
             identity,
-            secret,
+            token,
+            gate: join::Gate::default(),
             stats,
             gossip_addr,
         })
@@ -557,9 +564,9 @@ impl Cluster {
         &self.identity
     }
 
-    /// The cluster's join secret.
-    pub fn join_token(&self) -> &str {
-        &self.secret
+    /// The cluster's join token (the CA's hash and the secret).
+    pub fn join_token(&self) -> &JoinToken {
+        &self.token
     }
 
     /// Where others gossip with this node.
@@ -608,18 +615,35 @@ impl Cluster {
         members
     }
 
-    /// The answer to a node asking in with `request`, or `None` when its token is wrong.
+    /// The member's side of joins.
+    pub fn join_gate(&self) -> &join::Gate {
+        &self.gate
+    }
+
+    /// The answer to a node asking in with `request` from `client`: the cluster's id,
+    /// live seeds, the CA (from `data`) and `admin_sha256`, or why not.
     pub async fn answer_join(
         &self,
-        request: &JoinRequest,
-        admin_token: &str,
-    ) -> Option<JoinAnswer> {
-        if !bool::from(request.token.as_bytes().ct_eq(self.secret.as_bytes())) {
-            return None;
+        request: &join::JoinRequest,
+        data: &Path,
+        admin_sha256: &str,
+    ) -> Result<join::JoinAnswer, join::Refusal> {
+        let now = std::time::Instant::now();
+        self.gate
+            .check(request, &self.token.secret, &self.token.ca_sha256, now)?;
+        let members = self.members().await;
+        if let Some(holder) = members
+            .iter()
+            .find(|m| m.live && m.node_id != request.node_id && m.key(keys::NAME) == request.name)
+        {
+            return Err(join::Refusal::NameTaken {
+                name: request.name.clone(),
+                node_id: holder.node_id.clone(),
+            });
         }
-        let mut seeds: Vec<String> = self
-            .members()
-            .await
+        let ca = crate::tls::ca(&data.join("tls"))
+            .map_err(|e| join::Refusal::Invalid(format!("this member has no CA to give: {e:#}")))?;
+        let mut seeds: Vec<String> = members
             .into_iter()
             .filter(|m| m.live)
             .map(|m| m.gossip.to_string())
@@ -627,10 +651,12 @@ impl Cluster {
         if !seeds.contains(&self.gossip_addr.to_string()) {
             seeds.push(self.gossip_addr.to_string());
         }
-        Some(JoinAnswer {
+        Ok(join::JoinAnswer {
             cluster_id: self.identity.cluster_id.clone(),
-            admin_token: admin_token.to_string(),
             seeds,
+            ca_cert: ca.cert,
+            ca_key: ca.key,
+            admin_token_sha256: admin_sha256.to_string(),
         })
     }
 
@@ -690,5 +716,55 @@ impl Cluster {
     /// Stops gossiping.
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(dir: &Path, joined: bool) {
+        std::fs::write(
+            dir.join("cluster.json"),
+            format!(
+                r#"{{"node_id":"00000000000000aa","name":"old","cluster_id":"c1","seeds":[],"generation":4,"joined":{joined}}}"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("join-token"), "oldsecret\n").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_from_before_the_cluster_ca_gets_it_keeping_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        legacy(dir.path(), false);
+        let (identity, token) = prepare(dir.path(), &ClusterSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (identity.generation, identity.cluster_ca),
+            (5, true),
+            "{identity:?}"
+        );
+        assert_eq!(token.secret, "oldsecret", "gossip keys stay the same");
+        let ca = crate::tls::ca(&dir.path().join("tls")).unwrap();
+        assert_eq!(token.ca_sha256, ca.sha256().unwrap());
+        let stored = std::fs::read_to_string(dir.path().join("join-token")).unwrap();
+        assert_eq!(stored.trim(), token.to_string());
+        // And again: nothing changes but the generation.
+        let (again, same) = prepare(dir.path(), &ClusterSettings::default())
+            .await
+            .unwrap();
+        assert_eq!((again.generation, same), (6, token));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_joined_before_the_cluster_ca_is_told_how_to_take_it() {
+        let dir = tempfile::tempdir().unwrap();
+        legacy(dir.path(), true);
+        let e = prepare(dir.path(), &ClusterSettings::default())
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("--join-token"), "{e:#}");
     }
 }

@@ -489,7 +489,7 @@ impl Consensus {
                         self.wait_for_leader(deadline).await?;
                         continue;
                     };
-                    match self.forward(&leader, &data, deadline).await {
+                    match self.forward(leader, &data, deadline).await {
                         // A leader that is gone (nothing was sent): once gossip sees it
                         // dead, either the others elect another or the quorum is lost.
                         Err(ConsensusError::Refused) => {
@@ -504,12 +504,12 @@ impl Consensus {
     }
 
     /// The leader a `ForwardToLeader` names, at the address gossip gives for it.
-    fn leader(&self, f: openraft::error::ForwardToLeader<NodeId, Peer>) -> Option<Peer> {
+    fn leader(&self, f: openraft::error::ForwardToLeader<NodeId, Peer>) -> Option<(NodeId, Peer)> {
         let (id, mut peer) = (f.leader_id?, f.leader_node?);
         if let Some(api) = self.book.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
             peer.api.clone_from(api);
         }
-        Some(peer)
+        Some((id, peer))
     }
 
     /// Waits until some node leads, or `deadline`.
@@ -526,14 +526,14 @@ impl Consensus {
     /// Sends a write to `leader`, then waits for it here.
     async fn forward(
         &self,
-        leader: &Peer,
+        (leader_id, leader): (NodeId, Peer),
         data: &Versioned,
         deadline: Instant,
     ) -> Result<Reply, ConsensusError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let answer: Forwarded = self
             .client
-            .call(&leader.api, "/v1/raft/write", data, left)
+            .call(leader_id, &leader.api, "/v1/raft/write", data, left)
             .await
             .map_err(|e| match e {
                 CallError::Refused { .. } => ConsensusError::Refused,
@@ -597,13 +597,13 @@ impl Consensus {
             match outcome {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    let Some(leader) = self.leader(f) else {
+                    let Some((leader_id, leader)) = self.leader(f) else {
                         self.wait_for_leader(deadline).await?;
                         continue;
                     };
                     let asked: Result<u64, CallError> = self
                         .client
-                        .call(&leader.api, "/v1/raft/read-index", &(), left)
+                        .call(leader_id, &leader.api, "/v1/raft/read-index", &(), left)
                         .await;
                     match asked {
                         Ok(index) => return self.wait_applied(index, deadline).await,
@@ -766,7 +766,7 @@ impl Connection {
             .unwrap_or_else(|| self.addr.clone());
         let answer: Result<Result<Resp, RaftError<NodeId, E>>, CallError> = self
             .client
-            .call(&addr, path, request, option.hard_ttl())
+            .call(self.target, &addr, path, request, option.hard_ttl())
             .await;
         match answer {
             Ok(Ok(r)) => Ok(r),

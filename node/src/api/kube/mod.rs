@@ -544,12 +544,12 @@ pub(super) async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
         .nodes
         .iter()
         .filter(|n| n.id != view.me)
-        .filter_map(|n| n.api.clone())
-        .map(|api| async move {
+        .filter_map(|n| Some((crate::raft::raft_id(&n.id)?, n.api.clone()?)))
+        .map(|(id, api)| async move {
             shared
                 .consensus
                 .client()
-                .call::<_, Vec<k8s::Pod>>(&api, "/v1/peer/pods", &(), Duration::from_secs(2))
+                .call::<_, Vec<k8s::Pod>>(id, &api, "/v1/peer/pods", &(), Duration::from_secs(2))
                 .await
         });
     for answer in futures_util::future::join_all(asks).await {
@@ -1267,11 +1267,11 @@ async fn delete_pod(shared: &Shared, name: &str, pod: &Value) -> Result<(), ApiE
     }
     // Another node's pod: that node deletes it.
     let view = shared.apps.view();
-    let api = view
+    let (id, api) = view
         .nodes
         .iter()
         .find(|n| n.name == node)
-        .and_then(|n| n.api.clone())
+        .and_then(|n| Some((crate::raft::raft_id(&n.id)?, n.api.clone()?)))
         .ok_or_else(|| {
             ApiError::conflict(format!(
                 "pod {name} runs on node {node}, which is not reachable now"
@@ -1280,7 +1280,13 @@ async fn delete_pod(shared: &Shared, name: &str, pod: &Value) -> Result<(), ApiE
     shared
         .consensus
         .client()
-        .call::<_, ()>(&api, "/v1/peer/delete-pod", &name, Duration::from_secs(10))
+        .call::<_, ()>(
+            id,
+            &api,
+            "/v1/peer/delete-pod",
+            &name,
+            Duration::from_secs(10),
+        )
         .await
         .map_err(|e| {
             ApiError::conflict(format!(
@@ -1534,7 +1540,7 @@ mod tests {
             .await
             .unwrap();
         let router = crate::api::router(node.shared.clone());
-        let token = Some(node.shared.token.as_str());
+        let token = node.shared.token.plain();
         let files = |text: &str| json!({"files": [{"source": "web.yaml", "text": text}]});
 
         let (s, _) = call(
@@ -1795,8 +1801,7 @@ mod tests {
             .await
             .unwrap();
         let router = crate::api::router(node.shared.clone());
-        let token = node.shared.token.clone();
-        let t = token.as_str();
+        let t = node.shared.token.plain().unwrap();
         const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
         const SERVICES: &str = "/api/v1/namespaces/default/services";
 
@@ -2029,7 +2034,10 @@ mod tests {
         let watch = || {
             let req = Request::builder()
                 .uri("/api/v1/namespaces/default/pods?watch=1")
-                .header("authorization", format!("Bearer {}", node.shared.token))
+                .header(
+                    "authorization",
+                    format!("Bearer {}", node.shared.token.plain().unwrap()),
+                )
                 .body(Body::empty())
                 .unwrap();
             tower::ServiceExt::oneshot(router.clone(), req)

@@ -292,8 +292,14 @@ pub(super) fn remote_endpoints(
         for i in 0..count.min(MAX_REMOTE_PER_NODE) {
             let key = (node.id.clone(), service.to_string(), i, ingress);
             let endpoint = inner.remotes.entry(key).or_insert_with(|| {
-                let workload = RemoteWorkload::new(ingress, service, body_timeout, client.clone())
-                    .expect("a Service name is a valid header value");
+                let workload = RemoteWorkload::new(
+                    ingress,
+                    service,
+                    client.key.clone(),
+                    body_timeout,
+                    client.client.clone(),
+                )
+                .expect("a Service name is a valid header value");
                 let app = AppName::new(service.to_string())
                     .unwrap_or_else(|_| AppName::new("remote".to_string()).expect("valid"));
                 let c = Container::new(
@@ -314,8 +320,13 @@ pub(super) fn remote_endpoints(
     out
 }
 
-/// The client every remote endpoint shares (connections pooled per peer).
-pub(crate) type RemoteClient = skiff_runtime::ProxyClient;
+/// The client every remote endpoint shares (connections pooled per peer), and the key
+/// that marks its requests as a peer's.
+#[derive(Clone)]
+pub(crate) struct RemoteClient {
+    pub(crate) client: skiff_runtime::ProxyClient,
+    pub(crate) key: skiff_runtime::ForwardKey,
+}
 
 #[cfg(test)]
 mod tests {
