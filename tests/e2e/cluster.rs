@@ -192,7 +192,7 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
             crate::trust::https_api(&first)
         ))
         .header("content-type", "application/json")
-        .body(vec![b' '; 1 << 20])
+        .body(vec![b' '; 64 << 10])
         .send()
         .await
         .unwrap();

@@ -119,11 +119,31 @@ impl Capture {
         Some(Capture { child, file })
     }
 
-    /// Everything captured (tcpdump flushes each packet: -U).
-    async fn bytes(mut self) -> Vec<u8> {
+    /// What was captured to or from `nodes`' API and ingress ports (other tests share
+    /// loopback). tcpdump flushes each packet (-U).
+    async fn bytes(mut self, nodes: &[&Node]) -> Vec<u8> {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        std::fs::read(self.file.path()).unwrap()
+        let ports: Vec<String> = nodes
+            .iter()
+            .flat_map(|n| {
+                let api = n.api.rsplit(':').next().unwrap().to_string();
+                [api, n.ingress.port().to_string()]
+            })
+            .map(|p| format!("tcp port {p}"))
+            .collect();
+        let filtered = tempfile::NamedTempFile::new().unwrap();
+        let out = tokio::process::Command::new("tcpdump")
+            .arg("-r")
+            .arg(self.file.path())
+            .arg("-w")
+            .arg(filtered.path())
+            .arg(ports.join(" or "))
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::read(filtered.path()).unwrap()
     }
 }
 
@@ -254,7 +274,7 @@ async fn a_cluster_joins_and_works_with_no_secret_token_or_key_in_clear_on_the_w
         "{out:?}"
     );
 
-    let wire = capture.bytes().await;
+    let wire = capture.bytes(&[&first, &second, &third]).await;
     // The capture saw the cluster at work: the app's answers cross the ingresses.
     assert!(
         contains(&wire, b"x-skiff-forwarded"),
