@@ -1006,11 +1006,15 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         "using"
     };
     println!("skiff is up");
+    let token = if node.token_path.exists() {
+        format!("token {verb} at {}", node.token_path.display())
+    } else {
+        "the admin token is the first node's: this node holds only its hash".to_string()
+    };
     println!(
-        "  API:     http://{}  (also https, CA at {}; token {verb} at {})",
+        "  API:     http://{}  (also https, CA at {}; {token})",
         node.api_addr,
         config.data_dir.join("tls/ca.crt").display(),
-        node.token_path.display()
     );
     if let Some(socket) = &node.api_socket {
         println!(
@@ -1034,11 +1038,17 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
     println!(
         "  kubectl: skiff kubeconfig > skiff.kubeconfig; KUBECONFIG=skiff.kubeconfig kubectl get nodes"
     );
-    println!(
-        "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",
-        node.token_path.display(),
-        node.api_addr
-    );
+    match &node.api_socket {
+        Some(socket) => println!(
+            "  deploy:  curl --unix-socket {} -T app.wasm http://localhost/v1/apps/hello",
+            socket.display()
+        ),
+        None => println!(
+            "  deploy:  curl -T app.wasm -H \"Authorization: Bearer $(cat {})\" http://{}/v1/apps/hello",
+            node.token_path.display(),
+            node.api_addr
+        ),
+    }
     let shutdown = node.shutdown_token();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
