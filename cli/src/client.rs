@@ -283,7 +283,19 @@ impl Client {
         let name = ImageName::parse(tag)?;
         let scratch = tempfile::tempdir().context("failed to make a scratch directory")?;
         let store = ImageStore::open(scratch.path())?;
-        let (desc, kind) = skiff_image::build::build(&store, dir, file)?;
+        let context = skiff_image::build::Context::open(dir)?;
+        // `-f` is a path as the user typed it (from the working directory, as with
+        // `docker build -f`): one inside the context is opened beneath it like every
+        // other context path; one outside is the user's own file.
+        let file = match file {
+            Some(f) => match inside_context(dir, f)? {
+                Some(rel) => context.build_file(Some(&rel))?,
+                None => skiff_image::build::BuildFile::read_local(f)?,
+            },
+            None => context.build_file(None)?,
+        };
+        let plan = context.plan(&file.text, &file.name)?;
+        let (desc, kind) = skiff_image::build::write(&store, plan)?;
         let mut tar = Vec::new();
         skiff_image::archive::export(&store, &[(Some(name.clone()), desc.digest)], &mut tar)?;
         self.send(self.http.post(self.url("/v1/images")).body(tar))
@@ -969,6 +981,18 @@ pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N
     }
 }
 
+/// `file` (as the user typed it) as a clean path relative to the context `dir`, if it
+/// names one lexically inside it; `None` if it lies outside.
+fn inside_context(dir: &Path, file: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let dir = std::path::absolute(dir).context("failed to resolve the build context")?;
+    let file = std::path::absolute(file).context("failed to resolve the build file")?;
+    Ok(file.strip_prefix(&dir).ok().and_then(|rel| {
+        rel.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            .then(|| rel.to_path_buf())
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1006,6 +1030,25 @@ mod tests {
         // Nothing before it: no rate yet.
         let rows = stats_rows(&[], &[read(1500, 5, Some(7))]);
         assert_eq!((rows[0][2].as_str(), rows[0][7].as_str()), ("--", "7"));
+    }
+
+    #[test]
+    fn a_build_file_inside_the_context_is_named_relative_to_it() {
+        let rel = |dir: &str, file: &str| {
+            inside_context(Path::new(dir), Path::new(file))
+                .unwrap()
+                .map(|p| p.display().to_string())
+        };
+        assert_eq!(
+            rel("/r/site", "/r/site/Dockerfile").as_deref(),
+            Some("Dockerfile")
+        );
+        assert_eq!(
+            rel("/r/site", "/r/site/sub/Dockerfile").as_deref(),
+            Some("sub/Dockerfile")
+        );
+        assert_eq!(rel("/r/site", "/r/other/Dockerfile"), None);
+        assert_eq!(rel("/r/site", "/r/site/../Dockerfile"), None);
     }
 
     #[test]

@@ -619,7 +619,7 @@ mod tests {
         crate::layer::write_tar(
             &BTreeMap::from([(
                 "bin/hello".to_string(),
-                crate::layer::LayerFile {
+                crate::layer::LayerEntry::File {
                     data: b"#!/bin/sh".to_vec(),
                     mode: 0o755,
                 },

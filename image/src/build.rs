@@ -9,6 +9,7 @@ mod context;
 mod dockerfile;
 mod skiff_toml;
 use context::*;
+pub use context::{BuildFile, Context, ContextLimits, MAX_BUILD_FILE_BYTES};
 use dockerfile::*;
 use skiff_toml::*;
 
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use skiff_spec::{AppKind, parse_bytes, parse_duration};
 
-use crate::layer::{LayerFile, write_tar};
+use crate::layer::{LayerEntry, write_tar};
 use crate::oci::{self, Descriptor, ImageConfig, RunConfig};
 use crate::{ImageStore, detect_kind};
 
@@ -42,6 +43,11 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// Something in the context (or a path naming it) skiff will not read: a path that
+    /// leaves it, itself or through a link; one that is missing or not a regular file;
+    /// more than [`ContextLimits`] allow. The message names the path, never content.
+    #[error("{0}")]
+    Context(String),
     /// A problem not tied to a line.
     #[error("{0}")]
     Other(String),
@@ -67,44 +73,30 @@ pub enum Content {
     Wasm(Vec<u8>),
     /// Files by image path, and the directory to serve.
     Static {
-        /// Image path (no leading `/`) to content.
-        files: BTreeMap<String, (Vec<u8>, u32)>,
+        /// Image path (no leading `/`) to a file or a link.
+        files: BTreeMap<String, LayerEntry>,
         /// Absolute directory served.
         root: String,
     },
 }
 
-/// Builds `context` with `file` (default: `skiff.toml`, else `Dockerfile`) into `store`.
-/// Returns the manifest descriptor and the app kind.
+/// Builds `context` with `file` (a path inside the context, relative to it; default:
+/// `skiff.toml`, else `Dockerfile`) into `store`. Returns the manifest descriptor and
+/// the app kind.
 pub fn build(
     store: &ImageStore,
     context: &Path,
     file: Option<&Path>,
 ) -> Result<(Descriptor, AppKind), BuildError> {
-    let file = match file {
-        Some(f) => f.to_path_buf(),
-        None if context.join("skiff.toml").is_file() => context.join("skiff.toml"),
-        None if context.join("Dockerfile").is_file() => context.join("Dockerfile"),
-        None => {
-            return Err(other(format!(
-                "no skiff.toml or Dockerfile in {}",
-                context.display()
-            )));
-        }
-    };
-    let text = fs::read_to_string(&file)
-        .map_err(|e| other(format!("failed to read {}: {e}", file.display())))?;
-    write(store, plan(&text, &file.display().to_string(), context)?)
+    let context = Context::open(context)?;
+    let file = context.build_file(file)?;
+    write(store, context.plan(&file.text, &file.name)?)
 }
 
 /// Reads a build file's `text` (`file` names it: one ending in `.toml` is a skiff.toml,
-/// anything else a Dockerfile) into a plan, taking files from `context`.
+/// anything else a Dockerfile) into a plan, taking files from the directory `context`.
 pub fn plan(text: &str, file: &str, context: &Path) -> Result<Plan, BuildError> {
-    if file.ends_with(".toml") {
-        plan_from_manifest(text, file, context)
-    } else {
-        plan_from_dockerfile(text, file, context)
-    }
+    Context::open(context)?.plan(text, file)
 }
 
 /// Writes a plan into the store.
@@ -121,10 +113,6 @@ pub fn write(store: &ImageStore, plan: Plan) -> Result<(Descriptor, AppKind), Bu
             Ok((desc, kind))
         }
         Content::Static { files, root } => {
-            let files = files
-                .into_iter()
-                .map(|(p, (data, mode))| (p, LayerFile { data, mode }))
-                .collect();
             let tar = write_tar(&files, created.0);
             let digest = store.blobs().put(&tar).map_err(|e| other(e.to_string()))?;
             let layer = Descriptor {
@@ -251,7 +239,7 @@ mod tests {
         ]);
         let out = tempfile::tempdir().unwrap();
         let store = ImageStore::open(out.path()).unwrap();
-        let (d, kind) = build(&store, ctx.path(), Some(&ctx.path().join("Dockerfile"))).unwrap();
+        let (d, kind) = build(&store, ctx.path(), Some(Path::new("Dockerfile"))).unwrap();
         assert_eq!(kind, AppKind::Wagi);
         let s = store.summary(&d.digest).unwrap();
         assert_eq!(s.run.env, ["A=1", "B=two words"]);
@@ -283,16 +271,16 @@ mod tests {
             ),
             (
                 b"FROM golang AS build\n",
-                "Dockerfile:1: FROM golang AS build: named stages",
+                "Dockerfile:1: FROM IMAGE AS NAME: named stages",
             ),
             (
                 b"FROM ubuntu\n",
-                "Dockerfile:1: FROM ubuntu is not supported",
+                "Dockerfile:1: FROM: this base image is not supported",
             ),
             (b"FROM nginx\nFROM nginx\n", "Dockerfile:2: a second FROM"),
             (
                 b"FROM nginx\nCOPY --from=build /a /b\n",
-                "Dockerfile:2: COPY --from=build is not supported",
+                "Dockerfile:2: COPY --from is not supported",
             ),
             (b"COPY a b\n", "Dockerfile:1: COPY before FROM"),
             (

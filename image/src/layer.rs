@@ -58,17 +58,34 @@ pub enum LayerError {
     },
 }
 
-/// A file to put in a layer.
-pub struct LayerFile {
-    /// Content.
-    pub data: Vec<u8>,
-    /// Unix mode bits (0o644, 0o755).
-    pub mode: u32,
+/// An entry to put in a layer.
+#[derive(Debug)]
+pub enum LayerEntry {
+    /// A regular file.
+    File {
+        /// Content.
+        data: Vec<u8>,
+        /// Unix mode bits (0o644, 0o755).
+        mode: u32,
+    },
+    /// A symbolic link, its target stored as written: an absolute one means the image's
+    /// own root (as runc and the site server read it), a relative one must stay inside
+    /// the image (the extractor refuses it otherwise; see [`link_stays_inside`]).
+    Symlink {
+        /// Where it points.
+        target: String,
+    },
+}
+
+/// Whether a symlink at image path `entry` pointing at `target` stays inside the image
+/// when resolved as the extractor resolves it.
+pub fn link_stays_inside(entry: &str, target: &str) -> bool {
+    !target.is_empty() && link_target(Path::new(entry), Path::new(target), true).is_some()
 }
 
 /// A deterministic tar of `files` (paths relative to the image root): every parent
 /// directory gets an entry, entries are sorted, owners are root, mtimes are `mtime`.
-pub fn write_tar(files: &BTreeMap<String, LayerFile>, mtime: u64) -> Vec<u8> {
+pub fn write_tar(files: &BTreeMap<String, LayerEntry>, mtime: u64) -> Vec<u8> {
     let mut dirs = std::collections::BTreeSet::new();
     for path in files.keys() {
         let mut p = Path::new(path).parent();
@@ -77,7 +94,7 @@ pub fn write_tar(files: &BTreeMap<String, LayerFile>, mtime: u64) -> Vec<u8> {
             p = d.parent();
         }
     }
-    let mut entries: BTreeMap<String, Option<&LayerFile>> =
+    let mut entries: BTreeMap<String, Option<&LayerEntry>> =
         dirs.into_iter().map(|d| (d, None)).collect();
     entries.extend(files.iter().map(|(p, f)| (p.clone(), Some(f))));
     let mut tar = tar::Builder::new(Vec::new());
@@ -94,11 +111,18 @@ pub fn write_tar(files: &BTreeMap<String, LayerFile>, mtime: u64) -> Vec<u8> {
                 tar.append_data(&mut h, &path, io::empty())
                     .expect("writing to memory");
             }
-            Some(f) => {
+            Some(LayerEntry::File { data, mode }) => {
                 h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(f.mode);
-                h.set_size(f.data.len() as u64);
-                tar.append_data(&mut h, &path, f.data.as_slice())
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                tar.append_data(&mut h, &path, data.as_slice())
+                    .expect("writing to memory");
+            }
+            Some(LayerEntry::Symlink { target }) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                tar.append_link(&mut h, &path, target)
                     .expect("writing to memory");
             }
         }
@@ -534,14 +558,14 @@ mod tests {
         let files = BTreeMap::from([
             (
                 "usr/share/nginx/html/index.html".to_string(),
-                LayerFile {
+                LayerEntry::File {
                     data: b"hi".to_vec(),
                     mode: 0o644,
                 },
             ),
             (
                 "usr/share/nginx/html/a/b.css".to_string(),
-                LayerFile {
+                LayerEntry::File {
                     data: b"x".to_vec(),
                     mode: 0o644,
                 },

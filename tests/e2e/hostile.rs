@@ -707,3 +707,126 @@ async fn a_log_full_of_long_lines_is_read_back_within_its_cap() {
         assert!((1 << 20..3 << 20).contains(&len), "{len} bytes of log");
     }
 }
+
+/// A build context as a client crafts it (Docker's CLI sends links as links): `files` are
+/// regular files, `links` symlinks with their targets.
+fn build_context(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        t.append_link(&mut h, path, target).unwrap();
+    }
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        t.append_data(&mut h, path, text.as_bytes()).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn a_build_context_never_reads_host_files_through_a_link() {
+    let node = Node::start().await;
+    let data_dir = node.dir.display().to_string();
+    let copy = |src: &str| format!("FROM nginx\nCOPY {src} /usr/share/nginx/html/p\n");
+    // (query, the context's Dockerfile, its links, the path the refusal must name)
+    let cases = [
+        (
+            "dockerfile=sub/passwd",
+            None,
+            vec![("sub", "/etc")],
+            "sub/passwd",
+        ),
+        (
+            "dockerfile=data/token",
+            None,
+            vec![("data", data_dir.as_str())],
+            "data/token",
+        ),
+        (
+            "dockerfile=passwd",
+            None,
+            vec![("passwd", "/etc/passwd")],
+            "passwd",
+        ),
+        (
+            "dockerfile=a",
+            None,
+            vec![("a", "b"), ("b", "/etc/passwd")],
+            "a is not a regular file",
+        ),
+        // A link that climbs out is refused as the context is unpacked.
+        (
+            "dockerfile=up/passwd",
+            None,
+            vec![("up", "../../../../../../etc")],
+            "\"up\"",
+        ),
+        (
+            "",
+            Some(copy("sub/passwd")),
+            vec![("sub", "/etc")],
+            "COPY sub/passwd",
+        ),
+        ("", Some(copy("sub")), vec![("sub", "/etc")], "COPY sub"),
+        (
+            "",
+            Some(copy("data/token")),
+            vec![("data", data_dir.as_str())],
+            "COPY data/token",
+        ),
+        (
+            "",
+            Some(copy("../../../etc/passwd")),
+            vec![],
+            "COPY ../../../etc/passwd",
+        ),
+    ];
+    for (query, dockerfile, links, path) in cases {
+        let files: Vec<(&str, &str)> = dockerfile
+            .as_deref()
+            .map(|d| ("Dockerfile", d))
+            .into_iter()
+            .collect();
+        let answer = node
+            .http
+            .post(format!("{}/v1.45/build?t=leak&{query}", node.api))
+            .bearer_auth(&node.token)
+            .header("content-type", "application/x-tar")
+            .body(build_context(&files, &links))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let text = answer.text().await.unwrap();
+        // The first line of /etc/passwd (an error once quoted it, upper-cased), and the
+        // node's admin token.
+        assert!(
+            !text.to_lowercase().contains("root:"),
+            "{query} {dockerfile:?}: {text}"
+        );
+        assert!(
+            !text.to_lowercase().contains(&node.token.to_lowercase()),
+            "{query}: {text}"
+        );
+        assert!(
+            status.is_client_error(),
+            "{query} {dockerfile:?}: {status} {text}"
+        );
+        // Docker's error shape, naming the path.
+        let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let message = message["message"].as_str().unwrap_or_default();
+        assert!(message.contains(path), "{query} {dockerfile:?}: {text}");
+    }
+    let images = node
+        .api_get("/v1.45/images/json")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!images.contains("leak"), "{images}");
+}

@@ -28,20 +28,64 @@ pub(super) fn image_abs(path: &str) -> String {
     out
 }
 
+/// Docker's instruction keywords: the only words of a Dockerfile line an error repeats.
+/// A build file may not be what it claims (a link to another file, once), so a parse
+/// error names the line and, if it is one of these, the keyword; never other text.
+const KEYWORDS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// COPY's flags in Docker, which an error may name.
+const COPY_FLAGS: &[&str] = &[
+    "--from",
+    "--chown",
+    "--chmod",
+    "--link",
+    "--parents",
+    "--exclude",
+];
+
+/// `word` if it is an instruction keyword, else a description that repeats nothing.
+fn keyword(word: &str) -> &str {
+    KEYWORDS
+        .iter()
+        .find(|k| **k == word)
+        .copied()
+        .unwrap_or("an unknown instruction")
+}
+
 pub(super) fn plan_from_dockerfile(
+    context: &Context,
+    budget: &mut Budget,
     text: &str,
     file: &str,
-    context: &Path,
 ) -> Result<Plan, BuildError> {
     let at = |line: usize, message: String| BuildError::At {
         file: file.into(),
         line,
         message,
     };
-    let ignore = DockerIgnore::load(context)?;
+    let ignore = context.dockerignore()?;
     let mut base = None;
     let mut run = RunConfig::default();
-    let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
+    let mut files: BTreeMap<String, LayerEntry> = BTreeMap::new();
     for (line, instr) in logical_lines(text) {
         let (word, args) = instr
             .split_once(char::is_whitespace)
@@ -50,7 +94,10 @@ pub(super) fn plan_from_dockerfile(
         if base.is_none() && word != "FROM" {
             return Err(at(
                 line,
-                format!("{word} before FROM: a Dockerfile starts with FROM"),
+                format!(
+                    "{} before FROM: a Dockerfile starts with FROM",
+                    keyword(&word)
+                ),
             ));
         }
         match word.as_str() {
@@ -66,7 +113,7 @@ pub(super) fn plan_from_dockerfile(
                 if parts.next().is_some() {
                     return Err(at(
                         line,
-                        format!("FROM {args}: named stages are not supported"),
+                        "FROM IMAGE AS NAME: named stages are not supported".into(),
                     ));
                 }
                 let repo = image.split(['@', ':']).next().unwrap_or("");
@@ -79,17 +126,20 @@ pub(super) fn plan_from_dockerfile(
                     _ => {
                         return Err(at(
                             line,
-                            format!(
-                                "FROM {image} is not supported: skiff builds FROM scratch (a Wasm image) or FROM nginx (a static site)"
-                            ),
+                            "FROM: this base image is not supported: skiff builds FROM scratch (a Wasm image) or FROM nginx (a static site)".into(),
                         ));
                     }
                 });
             }
             "COPY" => {
-                let words = words(args).map_err(|m| at(line, m))?;
+                let words = words(args).map_err(|m| at(line, format!("COPY: {m}")))?;
                 if let Some(flag) = words.iter().find(|w| w.starts_with("--")) {
-                    return Err(at(line, format!("COPY {flag} is not supported")));
+                    let name = flag.split('=').next().unwrap_or_default();
+                    let name = COPY_FLAGS
+                        .iter()
+                        .find(|f| **f == name)
+                        .map_or("an unknown flag", |f| f);
+                    return Err(at(line, format!("COPY {name} is not supported")));
                 }
                 let (dest, srcs) = words
                     .split_last()
@@ -101,39 +151,34 @@ pub(super) fn plan_from_dockerfile(
                     image_abs(&format!("{}/{dest}", run.working_dir.trim_end_matches('/')))
                 };
                 for src in srcs {
-                    let path = inside(context, Path::new(src)).ok_or_else(|| {
-                        at(
-                            line,
-                            format!("COPY {src}: not found in the build context (or outside it)"),
-                        )
-                    })?;
-                    let into_dir = dest.ends_with('/') || srcs.len() > 1 || path.is_dir();
-                    let target = if path.is_dir() {
+                    let refused = |why: String| {
+                        BuildError::Context(format!("{file}:{line}: COPY {src}: {why}"))
+                    };
+                    let source = context.source(src).map_err(refused)?;
+                    let into_dir = dest.ends_with('/') || srcs.len() > 1 || source.is_dir();
+                    let target = if source.is_dir() {
                         dest.trim_end_matches('/').to_string()
                     } else if into_dir {
                         format!(
                             "{}/{}",
                             dest.trim_end_matches('/'),
-                            path.file_name()
-                                .expect("files have names")
-                                .to_string_lossy()
+                            source.name().unwrap_or_default()
                         )
                     } else {
                         dest.clone()
                     };
-                    collect(context, &path, &target, &ignore, &mut files)
-                        .map_err(|e| at(line, e.to_string()))?;
+                    collect(source, &target, &ignore, budget, &mut files).map_err(refused)?;
                 }
             }
             "ENV" => {
-                let words = words(args).map_err(|m| at(line, m))?;
+                let words = words(args).map_err(|m| at(line, format!("ENV: {m}")))?;
                 if words.len() == 2 && !words[0].contains('=') {
                     run.env.push(format!("{}={}", words[0], words[1]));
                 } else {
                     for w in words {
                         let (k, v) = w
                             .split_once('=')
-                            .ok_or_else(|| at(line, format!("ENV {w}: expected KEY=VALUE")))?;
+                            .ok_or_else(|| at(line, "ENV: expected KEY=VALUE".into()))?;
                         run.env.retain(|e| !e.starts_with(&format!("{k}=")));
                         run.env.push(format!("{k}={v}"));
                     }
@@ -143,17 +188,17 @@ pub(super) fn plan_from_dockerfile(
                 for p in args.split_whitespace() {
                     let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
                     if port.parse::<u16>().is_err() || !matches!(proto, "tcp" | "udp") {
-                        return Err(at(line, format!("EXPOSE {p}: expected PORT or PORT/tcp")));
+                        return Err(at(line, "EXPOSE: expected PORT or PORT/tcp".into()));
                     }
                     run.exposed_ports
                         .insert(format!("{port}/{proto}"), serde_json::json!({}));
                 }
             }
             "LABEL" => {
-                for w in words(args).map_err(|m| at(line, m))? {
+                for w in words(args).map_err(|m| at(line, format!("LABEL: {m}")))? {
                     let (k, v) = w
                         .split_once('=')
-                        .ok_or_else(|| at(line, format!("LABEL {w}: expected KEY=VALUE")))?;
+                        .ok_or_else(|| at(line, "LABEL: expected KEY=VALUE".into()))?;
                     run.labels.insert(k.to_string(), v.to_string());
                 }
             }
@@ -167,10 +212,15 @@ pub(super) fn plan_from_dockerfile(
             }
             "CMD" | "ENTRYPOINT" => {
                 let argv = if args.trim_start().starts_with('[') {
-                    serde_json::from_str::<Vec<String>>(args)
-                        .map_err(|e| at(line, format!("{word}: invalid JSON array: {e}")))?
+                    serde_json::from_str::<Vec<String>>(args).map_err(|e| {
+                        // serde's message can quote the text; its column cannot.
+                        at(
+                            line,
+                            format!("{word}: invalid JSON array (at column {})", e.column()),
+                        )
+                    })?
                 } else {
-                    words(args).map_err(|m| at(line, m))?
+                    words(args).map_err(|m| at(line, format!("{word}: {m}")))?
                 };
                 if word == "CMD" {
                     run.cmd = argv
@@ -182,7 +232,8 @@ pub(super) fn plan_from_dockerfile(
                 return Err(at(
                     line,
                     format!(
-                        "{other} is not supported (skiff builds run nothing; supported: FROM, COPY, ENV, EXPOSE, LABEL, WORKDIR, CMD, ENTRYPOINT)"
+                        "{} is not supported (skiff builds run nothing; supported: FROM, COPY, ENV, EXPOSE, LABEL, WORKDIR, CMD, ENTRYPOINT)",
+                        keyword(other)
                     ),
                 ));
             }
@@ -190,10 +241,13 @@ pub(super) fn plan_from_dockerfile(
     }
     let content = match base {
         None => return Err(other(format!("{file}: no FROM line"))),
-        Some(Base::Nginx) => Content::Static {
-            files,
-            root: NGINX_ROOT.into(),
-        },
+        Some(Base::Nginx) => {
+            links_hold_nothing(&files)?;
+            Content::Static {
+                files,
+                root: NGINX_ROOT.into(),
+            }
+        }
         Some(Base::Scratch) => {
             // The binary is what ENTRYPOINT names, else the one .wasm copied in.
             let wanted = run
@@ -215,11 +269,19 @@ pub(super) fn plan_from_dockerfile(
                     }
                 }
             };
-            let (wasm, _) = files.remove(&key).ok_or_else(|| {
-                other(format!(
-                    "{file}: ENTRYPOINT /{key} was not copied into the image"
-                ))
-            })?;
+            let wasm = match files.remove(&key) {
+                Some(LayerEntry::File { data, .. }) => data,
+                Some(LayerEntry::Symlink { .. }) => {
+                    return Err(other(format!(
+                        "{file}: ENTRYPOINT /{key} is a link; a Wasm image holds its module as a file"
+                    )));
+                }
+                None => {
+                    return Err(other(format!(
+                        "{file}: ENTRYPOINT /{key} was not copied into the image"
+                    )));
+                }
+            };
             if let Some(extra) = files.keys().next() {
                 return Err(other(format!(
                     "{file}: a Wasm image holds only its module; /{extra} was also copied"
@@ -291,7 +353,7 @@ pub(super) fn words(s: &str) -> Result<Vec<String>, String> {
         }
     }
     if quote.is_some() {
-        return Err(format!("unterminated quote in {s:?}"));
+        return Err("unterminated quote".into());
     }
     if has {
         out.push(cur);

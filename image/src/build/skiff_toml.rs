@@ -39,9 +39,10 @@ pub(super) struct ManifestLimits {
 }
 
 pub(super) fn plan_from_manifest(
+    context: &Context,
+    budget: &mut Budget,
     text: &str,
     file: &str,
-    context: &Path,
 ) -> Result<Plan, BuildError> {
     let m: Manifest = toml::from_str(text).map_err(|e| {
         let line = e
@@ -91,40 +92,38 @@ pub(super) fn plan_from_manifest(
     if !m.routes.is_empty() {
         run.labels.insert(ROUTES_LABEL.into(), m.routes.join(","));
     }
-    let content =
-        match m.kind {
-            ManifestKind::Wasm => {
-                let wasm = m.wasm.ok_or_else(|| {
-                    other(format!(
-                        "{file}: kind = \"wasm\" needs wasm = \"path/to/app.wasm\""
-                    ))
-                })?;
-                let path = inside(context, &wasm).ok_or_else(|| {
-                    other(format!(
-                        "{file}: wasm = {wasm:?} is outside the build context"
-                    ))
-                })?;
-                Content::Wasm(fs::read(&path).map_err(|e| {
-                    other(format!("{file}: failed to read {}: {e}", path.display()))
-                })?)
+    let content = match m.kind {
+        ManifestKind::Wasm => {
+            let wasm = m.wasm.ok_or_else(|| {
+                other(format!(
+                    "{file}: kind = \"wasm\" needs wasm = \"path/to/app.wasm\""
+                ))
+            })?;
+            let refused = |why: String| refused(format!("{file}: wasm = {wasm:?}: {why}"));
+            let source = context.source(&wasm.to_string_lossy()).map_err(refused)?;
+            let SourceKind::File(f) = source.kind else {
+                return Err(refused("not a regular file".into()));
+            };
+            Content::Wasm(read_file(f, &source.rel, budget).map_err(refused)?.0)
+        }
+        ManifestKind::Static => {
+            let root = m
+                .root
+                .ok_or_else(|| other(format!("{file}: kind = \"static\" needs root = \"dir\"")))?;
+            let refused = |why: String| refused(format!("{file}: root = {root:?}: {why}"));
+            let source = context.source(&root.to_string_lossy()).map_err(refused)?;
+            if !source.is_dir() {
+                return Err(refused("not a directory".into()));
             }
-            ManifestKind::Static => {
-                let root = m.root.ok_or_else(|| {
-                    other(format!("{file}: kind = \"static\" needs root = \"dir\""))
-                })?;
-                let dir = inside(context, &root).ok_or_else(|| {
-                    other(format!(
-                        "{file}: root = {root:?} is outside the build context"
-                    ))
-                })?;
-                let ignore = DockerIgnore::load(context)?;
-                let mut files = BTreeMap::new();
-                collect(context, &dir, "site", &ignore, &mut files)?;
-                Content::Static {
-                    files,
-                    root: "/site".into(),
-                }
+            let ignore = context.dockerignore()?;
+            let mut files = BTreeMap::new();
+            collect(source, "site", &ignore, budget, &mut files).map_err(refused)?;
+            links_hold_nothing(&files)?;
+            Content::Static {
+                files,
+                root: "/site".into(),
             }
-        };
+        }
+    };
     Ok(Plan { content, run })
 }

@@ -1368,25 +1368,40 @@ async fn build(
         shared.config.data_dir.clone(),
     );
     let outcome = tokio::task::spawn_blocking(
-        move || -> Result<(Vec<String>, skiff_spec::Digest, Vec<String>), String> {
+        move || -> Result<(Vec<String>, skiff_spec::Digest, Vec<String>), BuildFailure> {
+            use skiff_image::build::{BuildError, Context};
             use std::io::{Read as _, Seek as _};
+            let failed = BuildFailure::Failed;
             let dir = tempfile::Builder::new()
                 .prefix(crate::apps::BUILD_SCRATCH)
                 .tempdir_in(&scratch)
-                .map_err(|e| format!("no scratch directory: {e}"))?;
+                .map_err(|e| failed(format!("no scratch directory: {e}")))?;
             let mut magic = [0u8; 2];
-            spool.rewind().map_err(|e| e.to_string())?;
+            spool.rewind().map_err(|e| failed(e.to_string()))?;
             let gzipped = spool.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-            spool.rewind().map_err(|e| e.to_string())?;
+            spool.rewind().map_err(|e| failed(e.to_string()))?;
             let reader: Box<dyn std::io::Read> = if gzipped {
                 Box::new(flate2::read::GzDecoder::new(spool))
             } else {
                 Box::new(spool)
             };
-            skiff_image::layer::extract_stream(reader, dir.path(), limits)
-                .map_err(|e| format!("the build context: {e}"))?;
-            // The file is the client's choice of a path in the context: a regular file
-            // beneath it, never through a link (the node reads it as root).
+            skiff_image::layer::extract_stream(reader, dir.path(), limits).map_err(|e| {
+                let message = format!("the build context: {e}");
+                // A context the client crafted (a link out, past a limit) is its fault.
+                match e {
+                    skiff_image::layer::LayerError::Io { .. } => BuildFailure::Failed(message),
+                    _ => BuildFailure::Refused(message),
+                }
+            })?;
+            // Messages name files as the client knows them, not where the node put them.
+            let inside = format!("{}/", dir.path().display());
+            let fail = |e: BuildError| match e {
+                BuildError::Context(m) => BuildFailure::Refused(m.replace(&inside, "")),
+                e => BuildFailure::Failed(e.to_string().replace(&inside, "")),
+            };
+            // The context is a client's: every path in it, the build file's first, is
+            // opened beneath it (the node reads it as root).
+            let context = Context::open(dir.path()).map_err(fail)?;
             let file = match &dockerfile {
                 Some(name) => {
                     let rel = std::path::Path::new(name);
@@ -1395,49 +1410,31 @@ async fn build(
                             .components()
                             .any(|c| !matches!(c, std::path::Component::Normal(_)))
                     {
-                        return Err(format!(
+                        return Err(BuildFailure::Refused(format!(
                             "dockerfile {name:?} is not a path inside the build context"
-                        ));
+                        )));
                     }
-                    Some(dir.path().join(rel))
+                    Some(rel)
                 }
                 None => ["Dockerfile", "skiff.toml"]
-                    .iter()
-                    .map(|n| dir.path().join(n))
-                    .find(|p| p.exists()),
+                    .into_iter()
+                    .find(|n| context.contains(n))
+                    .map(std::path::Path::new),
             };
-            let steps = match &file {
-                Some(f) => {
-                    let meta = std::fs::symlink_metadata(f).map_err(|_| {
-                        format!(
-                            "Cannot locate specified Dockerfile: {}",
-                            f.strip_prefix(dir.path()).unwrap_or(f).display()
-                        )
-                    })?;
-                    if !meta.is_file() {
-                        return Err(format!(
-                            "{} is not a regular file",
-                            f.strip_prefix(dir.path()).unwrap_or(f).display()
-                        ));
-                    }
-                    instructions(&std::fs::read_to_string(f).unwrap_or_default())
-                }
-                None => vec![],
-            };
-            // Messages name files as the client knows them, not where the node put them.
-            let inside = format!("{}/", dir.path().display());
-            let (desc, _kind) = skiff_image::build::build(&store, dir.path(), file.as_deref())
-                .map_err(|e| e.to_string().replace(&inside, ""))?;
+            let file = context.build_file(file).map_err(fail)?;
+            let steps = instructions(&file.text);
+            let plan = context.plan(&file.text, &file.name).map_err(fail)?;
+            let (desc, _kind) = skiff_image::build::write(&store, plan).map_err(fail)?;
             let mut tagged = Vec::new();
             for t in &tags {
-                store.tag(t, &desc).map_err(|e| e.to_string())?;
+                store.tag(t, &desc).map_err(|e| failed(e.to_string()))?;
                 tagged.push(t.to_string());
             }
             Ok((steps, desc.digest, tagged))
         },
     )
     .await
-    .unwrap_or_else(|e| Err(format!("the build failed: {e}")));
+    .unwrap_or_else(|e| Err(BuildFailure::Failed(format!("the build failed: {e}"))));
     // Another node holds a copy before the build is reported done, as with `skiff load`.
     let outcome = match outcome {
         Ok((steps, digest, tagged)) => {
@@ -1455,7 +1452,12 @@ async fn build(
                 Err(e) => Err(format!("the image was built but not replicated: {e}")),
             }
         }
-        Err(e) => Err(e),
+        // A context the node will not read is refused as Docker refuses a bad request
+        // (`Error response from daemon`), naming the path; nothing was built.
+        Err(BuildFailure::Refused(message)) => {
+            return Err(bad(message.lines().next().unwrap_or_default()));
+        }
+        Err(BuildFailure::Failed(message)) => Err(message),
     };
     let mut events = Vec::new();
     match outcome {
@@ -1477,6 +1479,14 @@ async fn build(
     }
     let body: String = events.iter().map(|e| format!("{e}\r\n")).collect();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Why a build did not finish.
+enum BuildFailure {
+    /// The context, or a path the request named in it, is refused: answered 400.
+    Refused(String),
+    /// The build failed: answered as the `error` line of the progress stream.
+    Failed(String),
 }
 
 /// A Dockerfile's instructions, one per entry (continuation lines joined), for the
