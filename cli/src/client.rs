@@ -98,7 +98,7 @@ impl Client {
             };
             let pem = std::fs::read(&ca).with_context(|| {
                 format!(
-                    "cannot read {} to check {api} against (give the cluster CA with --ca or SKIFF_CA; `curl -sk {api}/v1/cluster/ca` shows it)",
+                    "cannot read {} to check {api} against (give the cluster CA with --ca or SKIFF_CA: it is tls/ca.crt in any node's data dir)",
                     ca.display()
                 )
             })?;

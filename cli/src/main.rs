@@ -862,7 +862,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = v["join_token"].as_str().unwrap_or_default();
             println!("{token}");
             let api = v["api"].as_str().unwrap_or("<this node's API address>");
-            eprintln!("join another node: skiff up --join {api} --join-token {token}");
+            // In the environment, not on the command line: any local user can read a
+            // process's arguments, not its environment.
+            eprintln!("join another node: SKIFF_JOIN_TOKEN={token} skiff up --join {api}");
             Ok(())
         }
         Command::Get {
@@ -1029,8 +1031,8 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         node.ingress_addr.port()
     );
     println!(
-        "  join:    skiff up --join {} --join-token {} ...  (gossip on {}/UDP)",
-        node.api_addr, node.join_token, node.gossip_addr
+        "  join:    SKIFF_JOIN_TOKEN={} skiff up --join {} ...  (gossip on {}/UDP)",
+        node.join_token, node.api_addr, node.gossip_addr
     );
     if let Some(socket) = &node.docker_socket {
         println!("  docker:  export DOCKER_HOST=unix://{}", socket.display());

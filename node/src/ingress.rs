@@ -210,14 +210,16 @@ async fn handle(
     // Another node forwarded it for one of its routes: served from this node's own pods
     // of that route only, so it is never forwarded again. Only a peer's mark counts; a
     // client's is dropped.
-    let forwarded = req
-        .headers_mut()
-        .remove(skiff_runtime::FORWARDED)
-        .and_then(|v| {
-            let v = v.to_str().ok()?;
-            let route = shared.forward_key.verify(v, crate::apps::now_ms())?;
-            Some(format!("{LOCAL_ROUTE}{route}"))
-        });
+    let mark = req.headers_mut().remove(skiff_runtime::FORWARDED);
+    let forwarded = mark.and_then(|v| {
+        let v = v.to_str().ok()?;
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map_or(&b""[..], |h| h.as_bytes());
+        let route = shared.forward_key.verify(v, host, crate::apps::now_ms())?;
+        Some(format!("{LOCAL_ROUTE}{route}"))
+    });
     let (container, service) = match target {
         Target::ByHost | Target::Route(_) => {
             let fixed = match (target, &forwarded) {

@@ -1,9 +1,12 @@
 //! Every HTTP listener of the node (API, ingress, published ports) is served by
 //! [`serve`], which bounds what one client can hold:
 //!
-//! - a connection cap per listener and one per client address (over either, new
-//!   connections are closed at once), with a share of the API listener's cap kept for
-//!   the cluster's peers ([`Peers`]), so no client crowds them out;
+//! - a connection cap per listener and one per client address (over the client's cap,
+//!   new connections are closed at once); at the listener's cap a new connection takes
+//!   the place of one that is not serving a request (waiting for its first byte, its
+//!   head, or its next request), of the address that holds the most ([`Open`]), so
+//!   connections that only hold a place cannot lock anyone out; a share of the API
+//!   listener's cap is kept for the cluster's peers ([`Peers`]);
 //! - first byte: a new connection must send its first byte (a request's or a TLS
 //!   handshake's) within `header_timeout`, as a request's head must arrive within
 //!   `header_timeout` of its first byte;
@@ -76,6 +79,9 @@ impl Default for ListenerLimits {
 /// addresses may hold at most the cap less this many.
 const RESERVED_FOR_PEERS: usize = 64;
 
+/// How long a new connection at the cap waits for the one it displaced to end.
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
+
 /// The addresses of the cluster's live peers (from gossip), which may use the share of
 /// the API listener's connections that other clients may not.
 #[derive(Default)]
@@ -118,6 +124,83 @@ pub(crate) enum ConnKind {
     Tls,
     /// A unix socket (only who can open the file gets here).
     Unix,
+}
+
+/// A listener's open connections, so that one that is not serving a request can make
+/// room for a new one at the cap.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<std::collections::HashMap<u64, OpenConn>>,
+    /// Signalled whenever a connection ends (its slot is back).
+    freed: tokio::sync::Notify,
+}
+
+struct OpenConn {
+    ip: std::net::IpAddr,
+    phase: SharedPhase,
+    /// Ends the connection at once.
+    evict: CancellationToken,
+}
+
+impl Open {
+    fn insert(&self, id: u64, conn: OpenConn) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, conn);
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.freed.notify_waiters();
+    }
+
+    /// Ends one connection that serves no request, of the address that holds the most
+    /// (its oldest); whether there was one.
+    fn evict_one(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_ip: std::collections::HashMap<std::net::IpAddr, usize> =
+            std::collections::HashMap::new();
+        for c in conns.values() {
+            *per_ip.entry(c.ip).or_default() += 1;
+        }
+        let waiting = |c: &OpenConn| {
+            !c.evict.is_cancelled()
+                && !matches!(
+                    c.phase.lock().unwrap_or_else(|e| e.into_inner()).phase,
+                    Phase::Busy
+                )
+        };
+        let victim = conns
+            .iter()
+            .filter(|(_, c)| waiting(c))
+            .max_by_key(|(id, c)| (per_ip[&c.ip], std::cmp::Reverse(**id)));
+        match victim {
+            Some((_, c)) => {
+                c.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits (at most `limit`) until `slots` has `need` free.
+    async fn room(&self, slots: &Semaphore, need: usize, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let freed = self.freed.notified();
+                if slots.available_permits() >= need {
+                    return;
+                }
+                freed.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// Open connections per client address, and the slot one holds.
@@ -338,6 +421,8 @@ pub(crate) async fn serve<H, F, B>(
     };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(PerClient::default());
+    let open = Arc::new(Open::default());
+    let mut next_id = 0u64;
     let reserved = match listener.peers() {
         Some(_) => RESERVED_FOR_PEERS.min(limits.max_connections / 2),
         None => 0,
@@ -356,8 +441,12 @@ pub(crate) async fn serve<H, F, B>(
             },
         };
         let peer = listener.peers().is_some_and(|p| p.contains(remote.ip()));
-        if !peer && slots.available_permits() <= reserved {
-            debug!(listener = what, %remote, "connection refused: the rest of the cap is kept for peers");
+        // A client may take the last `reserved` places only from a peer's address.
+        let need = if peer { 1 } else { reserved + 1 };
+        if slots.available_permits() < need
+            && !(open.evict_one() && open.room(&slots, need, EVICTION_WAIT).await)
+        {
+            debug!(listener = what, %remote, max = limits.max_connections, "connection refused: listener at its connection cap, every connection serving a request");
             continue;
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -381,6 +470,18 @@ pub(crate) async fn serve<H, F, B>(
             phase: Phase::New(Instant::now()),
             reader: None,
         }));
+        let id = next_id;
+        next_id += 1;
+        let evict = CancellationToken::new();
+        open.insert(
+            id,
+            OpenConn {
+                ip: remote.ip(),
+                phase: phase.clone(),
+                evict: evict.clone(),
+            },
+        );
+        let open = open.clone();
         let handler = handler.clone();
         let service_phase = phase.clone();
         let service = move |conn: ConnInfo| {
@@ -410,12 +511,16 @@ pub(crate) async fn serve<H, F, B>(
                         tokio::time::timeout(limits.header_timeout, stream.opens_with_tls());
                     let first = tokio::select! {
                         first = first => first,
-                        () = stop.cancelled() => return,
+                        () = stop.cancelled() => Ok(Err(io::ErrorKind::Interrupted.into())),
+                        () = evict.cancelled() => Ok(Err(io::ErrorKind::Interrupted.into())),
                     };
                     match first {
                         Ok(Ok(true)) => Some(tls),
                         Ok(Ok(false)) => None,
-                        _ => return,
+                        _ => {
+                            open.remove(id);
+                            return;
+                        }
                     }
                 }
                 None => None,
@@ -423,7 +528,12 @@ pub(crate) async fn serve<H, F, B>(
             let io = Deadlines::new(stream, phase, limits);
             let ended = match tls {
                 Some(tls) => {
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(io)).await {
+                    let handshake = tokio::time::timeout(limits.header_timeout, tls.accept(io));
+                    let handshake = tokio::select! {
+                        h = handshake => h,
+                        () = evict.cancelled() => Ok(Err(io::ErrorKind::Interrupted.into())),
+                    };
+                    match handshake {
                         Ok(Ok(io)) => {
                             let peer_cert = io
                                 .get_ref()
@@ -436,7 +546,7 @@ pub(crate) async fn serve<H, F, B>(
                                 kind: ConnKind::Tls,
                                 peer_cert,
                             };
-                            serve_http(io, service(conn), stop).await
+                            serve_http(io, service(conn), stop, evict).await
                         }
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err("the TLS handshake timed out".into()),
@@ -452,13 +562,14 @@ pub(crate) async fn serve<H, F, B>(
                         },
                         peer_cert: None,
                     };
-                    serve_http(io, service(conn), stop).await
+                    serve_http(io, service(conn), stop, evict).await
                 }
             };
             if let Err(e) = ended {
                 debug!(listener = what, error = %e, "connection ended with an error");
             }
             drop((slot, client_slot));
+            open.remove(id);
         });
     }
     drop(listener);
@@ -477,8 +588,13 @@ pub(crate) async fn serve<H, F, B>(
 }
 
 /// Serves HTTP/1.1 on one connection until it ends or, at `stop`, its request in
-/// flight is answered.
-async fn serve_http<I, S, B>(io: I, service: S, stop: CancellationToken) -> Result<(), BoxError>
+/// flight is answered; at `evict`, at once (it serves no request then).
+async fn serve_http<I, S, B>(
+    io: I,
+    service: S,
+    stop: CancellationToken,
+    evict: CancellationToken,
+) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -498,6 +614,7 @@ where
     let mut conn = std::pin::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
+        () = evict.cancelled() => return Ok(()),
         () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -799,6 +916,62 @@ mod tests {
             assert!(Instant::now() < deadline, "the freed slot never came back");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_new_client_takes_the_place_of_a_waiting_connection() {
+        let limits = ListenerLimits {
+            idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4,
+            max_connections_per_client: 4,
+            ..limits()
+        };
+        let (addr, _stop) = server_with(10, limits).await;
+        let from = |ip: &str| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            socket.connect(addr)
+        };
+        // Four places held by connections that send nothing (and one kept idle after a
+        // request), all from one address: the listener is full.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(from("127.0.0.5").await.unwrap());
+        }
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            // Another address is served all the same, each time in place of one of them
+            // (its connections stay open: the next needs a place too).
+            let mut other = from("127.0.0.6").await.unwrap();
+            other
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"xxxxxxxxxx") {
+                let n = tokio::time::timeout(Duration::from_secs(5), other.read(&mut buf))
+                    .await
+                    .expect("served within 5 s at the cap")
+                    .unwrap();
+                assert!(n > 0, "closed: {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+            others.push(other);
+        }
+        // The displaced ones were closed (long before their timeouts).
+        let mut closed = 0;
+        for s in &mut held {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_secs(2), s.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 3, "one displaced per newcomer");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::{BoxError, HandleError, ResponseBody};
 
 /// The header that marks a request forwarded by another node, naming its route:
-/// `<route>.<unix ms>.<hex HMAC-SHA256(key, ms "\n" route)>` with the cluster's
+/// `<route>.<unix ms>.<hex HMAC-SHA256(key, ms "\n" route "\n" host)>` with the cluster's
 /// [`ForwardKey`]. A receiving node honours it only when it verifies (a peer sent it
 /// within the last [`FORWARD_WINDOW`]) and strips it from every request either way, so a
 /// client cannot steer its request with it.
@@ -34,26 +34,29 @@ impl ForwardKey {
         Self(key)
     }
 
-    fn mac(&self, ms: u64, route: &str) -> hmac::Hmac<sha2::Sha256> {
+    fn mac(&self, ms: u64, route: &str, host: &[u8]) -> hmac::Hmac<sha2::Sha256> {
         use hmac::Mac as _;
         let mut mac =
             <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&self.0).expect("any length");
         mac.update(ms.to_string().as_bytes());
         mac.update(b"\n");
         mac.update(route.as_bytes());
+        mac.update(b"\n");
+        mac.update(host);
         mac
     }
 
-    /// The header value marking a request for `route` sent at `ms`.
-    pub fn sign(&self, route: &str, ms: u64) -> Option<HeaderValue> {
+    /// The header value marking a request for `route` with Host `host`, sent at `ms`.
+    pub fn sign(&self, route: &str, host: &[u8], ms: u64) -> Option<HeaderValue> {
         use hmac::Mac as _;
-        let mac = hex::encode(self.mac(ms, route).finalize().into_bytes());
+        let mac = hex::encode(self.mac(ms, route, host).finalize().into_bytes());
         HeaderValue::from_str(&format!("{route}.{ms}.{mac}")).ok()
     }
 
-    /// The route a header value names, if it is a peer's mark made within the window
-    /// of our time `now_ms`.
-    pub fn verify<'a>(&self, value: &'a str, now_ms: u64) -> Option<&'a str> {
+    /// The route a header value names, if it is a peer's mark for a request with Host
+    /// `host`, made within the window of our time `now_ms` (a mark seen on the wire
+    /// serves no other Host, and not for long).
+    pub fn verify<'a>(&self, value: &'a str, host: &[u8], now_ms: u64) -> Option<&'a str> {
         use hmac::Mac as _;
         let (rest, mac) = value.rsplit_once('.')?;
         let (route, ms) = rest.rsplit_once('.')?;
@@ -62,7 +65,7 @@ impl ForwardKey {
             return None;
         }
         let mac = hex::decode(mac).ok()?;
-        self.mac(ms, route).verify_slice(&mac).ok()?;
+        self.mac(ms, route, host).verify_slice(&mac).ok()?;
         Some(route)
     }
 }
@@ -132,9 +135,14 @@ impl RemoteWorkload {
         B::Error: Into<BoxError>,
     {
         let mut req = req;
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map_or(&b""[..], |h| h.as_bytes())
+            .to_vec();
         let mark = self
             .key
-            .sign(&self.route, now_ms())
+            .sign(&self.route, &host, now_ms())
             .ok_or_else(|| HandleError::BadRequest("the route is not a header value".into()))?;
         req.headers_mut().insert(FORWARDED, mark);
         proxy(
@@ -188,14 +196,20 @@ mod tests {
     fn a_forwarded_mark_holds_for_its_route_key_and_time_only() {
         let key = ForwardKey::new([7; 32]);
         let now = 1_000_000_000;
-        let mark = key.sign("web", now).unwrap();
+        let host = b"web.localhost:7780";
+        let mark = key.sign("web", host, now).unwrap();
         let mark = mark.to_str().unwrap();
-        assert_eq!(key.verify(mark, now + 1_000), Some("web"));
-        assert_eq!(ForwardKey::new([8; 32]).verify(mark, now), None);
-        assert_eq!(key.verify(&mark.replacen("web", "api", 1), now), None);
-        assert_eq!(key.verify(mark, now + 31_000), None, "too old");
+        assert_eq!(key.verify(mark, host, now + 1_000), Some("web"));
+        assert_eq!(ForwardKey::new([8; 32]).verify(mark, host, now), None);
+        assert_eq!(key.verify(&mark.replacen("web", "api", 1), host, now), None);
+        assert_eq!(
+            key.verify(mark, b"other.localhost", now),
+            None,
+            "another Host"
+        );
+        assert_eq!(key.verify(mark, host, now + 31_000), None, "too old");
         for forged in ["web", "web.1.00", "", "..", "web.x.y"] {
-            assert_eq!(key.verify(forged, now), None, "{forged}");
+            assert_eq!(key.verify(forged, host, now), None, "{forged}");
         }
     }
 }

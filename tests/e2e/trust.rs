@@ -165,20 +165,33 @@ async fn a_cluster_joins_and_works_with_no_secret_token_or_key_in_clear_on_the_w
     let printed = String::from_utf8(out.stderr).unwrap();
     let command = printed
         .lines()
-        .find_map(|l| l.split_once("skiff up ").map(|(_, rest)| rest.to_string()))
+        .find_map(|l| {
+            l.split_once("join another node: ")
+                .map(|(_, rest)| rest.to_string())
+        })
         .unwrap_or_else(|| panic!("no command in {printed:?}"));
-    let args: Vec<&str> = command.split_whitespace().collect();
-    assert_eq!(args[0], "--join");
-    assert_eq!(args[2], "--join-token");
+    let words: Vec<&str> = command.split_whitespace().collect();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(args[3], token);
     assert!(token.starts_with("SK1"), "{token}");
-    let mut second_args = args.clone();
-    second_args.extend(["--node-name", "two"]);
-    let second = Node::start_with(&second_args).await;
-    let mut third_args = args.clone();
-    third_args.extend(["--node-name", "three"]);
-    let third = Node::start_with(&third_args).await;
+    // The token goes in the environment, where other users cannot read it (`ps`).
+    assert_eq!(words[0], format!("SKIFF_JOIN_TOKEN={token}"));
+    assert_eq!(words[1..4], ["skiff", "up", "--join"]);
+    let join = words[4].to_string();
+    let (dir2, dir3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let joined = |dir: &Path, name: &str| {
+        let join = join.clone();
+        let token = token.clone();
+        let dir = dir.to_path_buf();
+        let name = name.to_string();
+        async move {
+            Node::start_customised(&dir, &["--join", &join, "--node-name", &name], |c| {
+                c.env("SKIFF_JOIN_TOKEN", &token);
+            })
+            .await
+        }
+    };
+    let second = joined(dir2.path(), "two").await;
+    let third = joined(dir3.path(), "three").await;
     for n in [&first, &second, &third] {
         let client = https(n);
         wait_for("3 ready nodes", Duration::from_secs(30), || async {
@@ -409,14 +422,36 @@ async fn two_thousand_silent_connections_from_one_client_leave_others_served() {
     assert!(silent.len() >= 1000, "only {} connected", silent.len());
     // Another client is served at once, over TLS as kubectl is.
     let client = https(&node);
-    let nodes = client
-        .get(format!("{}/api/v1/nodes", https_api(&node)))
-        .bearer_auth(&node.token)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("another client is served while one holds 2,000 connections");
-    assert_eq!(nodes.status(), 200);
+    let served = |what: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/api/v1/nodes", https_api(&node));
+        let token = node.token.clone();
+        async move {
+            let nodes = client
+                .get(url)
+                .bearer_auth(token)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("another client is not served {what}: {e}"));
+            assert_eq!(nodes.status(), 200, "{what}");
+        }
+    };
+    served("while one address holds 2,000 connections").await;
+    // Ten addresses fill the listener's cap (1,024) between them: a newcomer takes the
+    // place of one of theirs.
+    for i in 10..20 {
+        for _ in 0..128 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(format!("127.0.0.{i}:0").parse().unwrap())
+                .unwrap();
+            if let Ok(s) = socket.connect(api).await {
+                silent.push(s);
+            }
+        }
+    }
+    served("while ten addresses fill the listener").await;
     // The silent ones are closed: their first byte was due within the header timeout.
     wait_for(
         "every silent connection closed",

@@ -366,6 +366,7 @@ async fn cluster_join(
                 Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_join"),
                 Refusal::WrongToken => (StatusCode::FORBIDDEN, "wrong_join_token"),
                 Refusal::NameTaken { .. } => (StatusCode::CONFLICT, "node_name_taken"),
+                Refusal::IdTaken(_) => (StatusCode::CONFLICT, "node_id_taken"),
             };
             Err(ApiError::new(status, code, why.to_string()))
         }
@@ -430,7 +431,7 @@ async fn consistent_reads(
 
 /// Lets in a request with the admin token, one on the API's unix socket (whoever can
 /// open it is an admin), and a node of the cluster (a TLS client certificate the cluster
-/// CA signed: image copies between nodes).
+/// CA signed for a member: image copies between nodes).
 async fn require_token(
     State(shared): State<Arc<Shared>>,
     req: Request,
@@ -444,7 +445,14 @@ async fn require_token(
         .unwrap_or("");
     let conn = req.extensions().get::<crate::listener::ConnInfo>();
     let local = conn.is_some_and(|c| c.kind == crate::listener::ConnKind::Unix);
-    let node = conn.is_some_and(|c| c.peer_cert.is_some());
+    // A certificate counts only as a member's: the CA signed it for a node this node
+    // knows (`<id>.node.skiff`).
+    let node = conn.and_then(|c| c.peer_cert.as_ref()).is_some_and(|cert| {
+        let view = shared.apps.view();
+        view.nodes
+            .iter()
+            .any(|n| n.id != view.me && crate::tls::node_of(cert, &n.id))
+    });
     if local || node || shared.token.accepts(presented) {
         Ok(next.run(req).await)
     } else {

@@ -148,6 +148,9 @@ pub enum Refusal {
         /// The live node holding it.
         node_id: String,
     },
+    /// The node id is a live node's (a node joins once, with an id of its own).
+    #[error("node id {0} is a live node's")]
+    IdTaken(String),
 }
 
 /// The member's side of joins: nonces, per-client budgets, refusal counts.
@@ -211,7 +214,8 @@ impl Gate {
             return Err(Refusal::Invalid("the node id is not 16 hex digits".into()));
         }
         skiff_spec::AppName::new(request.name.clone()).map_err(|e| {
-            Refusal::Invalid(format!("node name {:?}: {e}", request.name.escape_debug()))
+            let shown: String = request.name.chars().take(64).collect();
+            Refusal::Invalid(format!("node name {shown:?}: {e}"))
         })?;
         let fresh = self
             .nonces
@@ -420,6 +424,13 @@ mod tests {
         assert!(matches!(
             gate.check(&ask(&c.nonce, "right", "a\nb"), "right", &ca, now),
             Err(Refusal::Invalid(m)) if !m.contains('\n')
+        ));
+        // A long name is named shortly.
+        let c = gate.challenge(now);
+        let long = "x\n".repeat(10_000);
+        assert!(matches!(
+            gate.check(&ask(&c.nonce, "right", &long), "right", &ca, now),
+            Err(Refusal::Invalid(m)) if m.len() < 300
         ));
     }
 

@@ -632,10 +632,11 @@ impl Cluster {
         self.gate
             .check(request, &self.token.secret, &self.token.ca_sha256, now)?;
         let members = self.members().await;
-        if let Some(holder) = members
-            .iter()
-            .find(|m| m.live && m.node_id != request.node_id && m.key(keys::NAME) == request.name)
-        {
+        let live = || members.iter().filter(|m| m.live);
+        if live().any(|m| m.node_id == request.node_id) {
+            return Err(join::Refusal::IdTaken(request.node_id.clone()));
+        }
+        if let Some(holder) = live().find(|m| m.key(keys::NAME) == request.name) {
             return Err(join::Refusal::NameTaken {
                 name: request.name.clone(),
                 node_id: holder.node_id.clone(),
