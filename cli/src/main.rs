@@ -345,6 +345,9 @@ enum Command {
         /// A Linux container's network: bridge (its own namespace) or host.
         #[arg(long, default_value = "bridge")]
         network: String,
+        /// Who runs and what confines it.
+        #[command(flatten)]
+        security: Box<RunSecurity>,
         /// Image name or id.
         image: String,
         /// Arguments replacing the image's CMD (after its ENTRYPOINT arguments).
@@ -482,6 +485,80 @@ enum RolloutCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+}
+
+/// `skiff run`'s flags for who runs and what confines a Linux container.
+#[derive(Args)]
+struct RunSecurity {
+    /// Run as user[:group] (names from the image's /etc/passwd and /etc/group).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Add a Linux capability, e.g. NET_RAW, or ALL (repeatable).
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability, or ALL (repeatable).
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// Add a supplementary group, by id or name (repeatable).
+    #[arg(long = "group-add")]
+    group_add: Vec<String>,
+    /// A security option: no-new-privileges (which every container has).
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
+    /// Mount a tmpfs: PATH[:OPTIONS], e.g. /tmp:size=64m (repeatable).
+    #[arg(long)]
+    tmpfs: Vec<String>,
+}
+
+impl RunSecurity {
+    /// The user, working directory and confinement asked for, checked as the node checks
+    /// them.
+    fn check(&self) -> anyhow::Result<(Option<String>, Option<String>, skiff_spec::Security)> {
+        let mut security = skiff_spec::Security {
+            read_only: self.read_only,
+            ..Default::default()
+        };
+        for c in &self.cap_add {
+            security
+                .add_capability(c)
+                .map_err(|e| anyhow::anyhow!("--cap-add: {e}"))?;
+        }
+        for c in &self.cap_drop {
+            security
+                .drop_capability(c)
+                .map_err(|e| anyhow::anyhow!("--cap-drop: {e}"))?;
+        }
+        for g in &self.group_add {
+            security
+                .add_group(g)
+                .map_err(|e| anyhow::anyhow!("--group-add: {e}"))?;
+        }
+        for o in &self.security_opt {
+            skiff_spec::security::check_security_opt(o).map_err(anyhow::Error::msg)?;
+        }
+        for t in &self.tmpfs {
+            let t = skiff_spec::Tmpfs::parse(t).map_err(|e| anyhow::anyhow!("--tmpfs: {e}"))?;
+            security
+                .add_tmpfs(t)
+                .map_err(|e| anyhow::anyhow!("--tmpfs: {e}"))?;
+        }
+        // `-u ""`: the image's user, as Docker's.
+        let user = self.user.clone().filter(|u| !u.is_empty());
+        if let Some(u) = &user {
+            skiff_spec::security::check_user(u).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+        }
+        if let Some(w) = &self.workdir {
+            skiff_spec::security::check_workdir(w)
+                .map_err(|e| anyhow::anyhow!("--workdir: {e}"))?;
+        }
+        Ok((user, self.workdir.clone(), security))
+    }
 }
 
 #[derive(Args)]
@@ -759,6 +836,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cpus,
             pids_limit,
             network,
+            security,
             image,
             args,
             client,
@@ -775,6 +853,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "bridge" | "default" => false,
                 other => anyhow::bail!("invalid --network {other:?}: use bridge or host"),
             };
+            let (user, workdir, security) = security.check()?;
             let run = RunParams {
                 image,
                 name,
@@ -788,6 +867,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 auto_remove: rm,
                 entrypoint: entrypoint.map(|e| if e.is_empty() { vec![] } else { vec![e] }),
                 labels: labels.into_iter().collect(),
+                user,
+                workdir,
+                security,
             };
             let c = Client::new(&client)?;
             if detach {

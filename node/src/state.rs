@@ -79,6 +79,16 @@ pub struct OciOptions {
     pub pids_limit: Option<i64>,
     /// `--network host`.
     pub host_network: bool,
+    /// `-u`, or a pod's `runAsUser`/`runAsGroup` over the image's `User`; none: the
+    /// image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `-w`; none: the image's `WorkingDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Capabilities, read-only root, tmpfs mounts, groups, `runAsNonRoot`.
+    #[serde(default, skip_serializing_if = "skiff_spec::Security::is_default")]
+    pub security: skiff_spec::Security,
 }
 
 /// An app as persisted: its spec plus bookkeeping.

@@ -121,6 +121,13 @@ pub struct RunParams {
     pub entrypoint: Option<Vec<String>>,
     /// `--label K=V`: the container's labels.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `-u user[:group]`: replaces the image's `User` (Linux containers).
+    pub user: Option<String>,
+    /// `-w`: replaces the image's `WorkingDir` (Linux containers).
+    pub workdir: Option<String>,
+    /// `--read-only`, `--cap-add`, `--cap-drop`, `--group-add`, `--tmpfs`.
+    /// (`--security-opt no-new-privileges` is checked and holds for every container.)
+    pub security: crate::Security,
 }
 
 impl RunParams {
@@ -158,6 +165,31 @@ impl RunParams {
         for (k, v) in &self.labels {
             q.push(("label".into(), format!("{k}={v}")));
         }
+        if let Some(u) = &self.user {
+            q.push(("user".into(), u.clone()));
+        }
+        if let Some(w) = &self.workdir {
+            q.push(("workdir".into(), w.clone()));
+        }
+        let sec = &self.security;
+        if sec.read_only {
+            q.push(("read_only".into(), "true".into()));
+        }
+        for c in &sec.cap_add {
+            q.push(("cap_add".into(), c.clone()));
+        }
+        for c in &sec.cap_drop {
+            q.push(("cap_drop".into(), c.clone()));
+        }
+        for g in &sec.groups {
+            q.push(("group_add".into(), g.clone()));
+        }
+        for t in &sec.tmpfs {
+            q.push((
+                "tmpfs".into(),
+                format!("{}:{}", t.path, t.options.join(",")),
+            ));
+        }
         for a in self.args.iter().flatten() {
             q.push(("arg".into(), a.clone()));
         }
@@ -187,6 +219,11 @@ impl RunParams {
         let bad = |param: &str, message: String| crate::ParamError {
             param: param.into(),
             message,
+        };
+        let flag = |param: &str, v: &str| match v {
+            "" | "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            other => Err(bad(param, format!("{other:?}: use true or false"))),
         };
         let mut run = RunParams::default();
         let mut image = None;
@@ -225,13 +262,25 @@ impl RunParams {
                             .map_err(|_| bad(k, format!("{v:?} is not a number")))?,
                     );
                 }
-                "rm" => {
-                    run.auto_remove = match v.as_str() {
-                        "" | "1" | "true" => true,
-                        "0" | "false" => false,
-                        other => return Err(bad(k, format!("{other:?}: use true or false"))),
-                    };
+                "rm" => run.auto_remove = flag(k, &v)?,
+                "user" => {
+                    crate::security::check_user(&v).map_err(|e| bad(k, e))?;
+                    run.user = Some(v);
                 }
+                "workdir" => {
+                    crate::security::check_workdir(&v).map_err(|e| bad(k, e))?;
+                    run.workdir = Some(v);
+                }
+                "read_only" => run.security.read_only = flag(k, &v)?,
+                "cap_add" => run.security.add_capability(&v).map_err(|e| bad(k, e))?,
+                "cap_drop" => run.security.drop_capability(&v).map_err(|e| bad(k, e))?,
+                "group_add" => run.security.add_group(&v).map_err(|e| bad(k, e))?,
+                "tmpfs" => {
+                    let t = crate::Tmpfs::parse(&v).map_err(|e| bad(k, e))?;
+                    run.security.add_tmpfs(t).map_err(|e| bad(k, e))?;
+                }
+                // Checked, and what it may say holds for every container already.
+                "security_opt" => crate::security::check_security_opt(&v).map_err(|e| bad(k, e))?,
                 "network" => {
                     run.host_network = match v.as_str() {
                         "host" => true,
@@ -290,9 +339,38 @@ mod tests {
             host_network: true,
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
             labels: [("team".to_string(), "web".to_string())].into(),
+            user: Some("1000:1000".into()),
+            workdir: Some("/srv".into()),
+            security: crate::Security {
+                read_only: true,
+                cap_add: vec!["NET_RAW".into()],
+                cap_drop: vec!["ALL".into()],
+                groups: vec!["50".into(), "staff".into()],
+                tmpfs: vec![crate::Tmpfs::parse("/tmp:size=1m,exec").unwrap()],
+                ..Default::default()
+            },
             ..RunParams::default()
         };
         assert_eq!(RunParams::from_pairs(run.to_pairs()), Ok(run));
+        let sec = |k: &str, v: &str| RunParams::from_pairs([("image", "x"), (k, v)]);
+        assert_eq!(
+            sec("cap_add", "cap_net_admin").unwrap().security.cap_add,
+            ["NET_ADMIN"]
+        );
+        assert!(sec("security_opt", "no-new-privileges:true").is_ok());
+        for (k, v) in [
+            ("user", "4294967295"),
+            ("workdir", "relative"),
+            ("read_only", "maybe"),
+            ("cap_add", "EVERYTHING"),
+            ("cap_drop", ""),
+            ("tmpfs", "/proc"),
+            ("security_opt", "seccomp=unconfined"),
+            ("privileged", "true"),
+        ] {
+            let e = sec(k, v).unwrap_err();
+            assert_eq!(e.param, k, "{e}");
+        }
         let no_entrypoint = RunParams {
             image: "x".into(),
             entrypoint: Some(vec![]),

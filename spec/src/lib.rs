@@ -5,7 +5,8 @@
 //! and how it is bounded ([`AppSpec`], [`Limits`]), the JSON the API speaks ([`api`]),
 //! the Kubernetes objects skiff applies ([`k8s`]) and the manifests they come in
 //! ([`manifest`]), the OpenAPI document kubectl validates them with ([`openapi`]) and
-//! the patches that change them ([`patch`]).
+//! the patches that change them ([`patch`]), and what confines a Linux container
+//! ([`security`]).
 //! No tokio, no wasmtime: this crate is cheap to depend on from anywhere.
 
 #![deny(missing_docs)]
@@ -22,6 +23,7 @@ pub mod map;
 mod name;
 pub mod openapi;
 pub mod patch;
+pub mod security;
 
 pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_matches};
 pub use container::{PortMapping, RestartPolicy, RunParams};
@@ -29,3 +31,4 @@ pub use digest::{Digest, DigestError};
 pub use limits::{Limits, parse_bytes, parse_duration};
 pub use map::{Labels, SortedMap, Str};
 pub use name::{AppName, NameError};
+pub use security::{Security, Tmpfs};

@@ -274,10 +274,22 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             }
         };
         normalize(&mut object);
-        let problems = match &object {
+        // A setting that confines a pod cannot be ignored with a warning: the pod would
+        // run less confined than written.
+        let mut problems: Vec<String> = ignored
+            .iter()
+            .filter(|p| confines(p))
+            .map(|p| {
+                format!(
+                    "{}: Forbidden: not supported by skiff (a security setting it cannot honour is refused, not ignored)",
+                    field_path(p)
+                )
+            })
+            .collect();
+        problems.extend(match &object {
             Object::Deployment(d) => validate_deployment(d),
             Object::Service(s) => validate_service(s),
-        };
+        });
         if let Some(first) = problems.into_iter().next() {
             return Err(error(Some(index), None, first));
         }
@@ -306,6 +318,40 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
         });
     }
     Ok(out)
+}
+
+/// Whether an unknown field at `path` (serde_ignored's, `a.b.0.c`) confines a pod: a
+/// field of a `securityContext` skiff does not read, or the runtime class (an isolation
+/// skiff has one of).
+fn confines(path: &str) -> bool {
+    let path = field_path(path);
+    let Some(pod) = path.strip_prefix("spec.template.spec.") else {
+        return false;
+    };
+    let in_container = pod
+        .strip_prefix("containers[")
+        .and_then(|rest| rest.split_once("]."))
+        .map(|(_, field)| field);
+    pod.starts_with("securityContext.")
+        || pod.starts_with("runtimeClassName")
+        || in_container.is_some_and(|f| f.starts_with("securityContext."))
+}
+
+/// serde_ignored's path (`a.?.containers.0.b`, `?` where it went through an `Option`)
+/// as Kubernetes writes one (`a.containers[0].b`).
+fn field_path(path: &str) -> String {
+    let mut out = String::new();
+    for part in path.split('.').filter(|p| *p != "?") {
+        if !out.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// What Kubernetes reads as absent is absent here too: `resources: {}`, which Go's
@@ -465,6 +511,10 @@ pub fn validate_deployment(d: &Deployment) -> Vec<String> {
     }
     for (i, c) in containers.iter().enumerate() {
         let path = format!("spec.template.spec.containers[{i}]");
+        // The user is the image's until the pod starts; the rest is checked now.
+        if let Err(e) = crate::security::of_pod(&spec.template.spec, i, "") {
+            problems.push(format!("spec.template.spec.{e}"));
+        }
         if let Err(e) = AppName::new(c.name.clone()) {
             problems.push(format!("{path}.name: {e}"));
         }
@@ -781,6 +831,116 @@ mod tests {
         // two-line error. Values are quoted and control characters escaped.
         let e = refused("apiVersion: v1\nkind: Service\n\n  m\n");
         assert!(e.contains("kind \"Service\\nm\""), "{e}");
+    }
+
+    /// The nginx example with `pod` lines under the pod spec and `container` lines under
+    /// its container (each indented for its place).
+    fn with_security(pod: &str, container: &str) -> String {
+        DEPLOYMENT
+            .replace(
+                "    spec:\n      containers:\n",
+                &format!("    spec:\n{pod}      containers:\n"),
+            )
+            .replace(
+                "        image: my-web-app:latest\n",
+                &format!("        image: my-web-app:latest\n{container}"),
+            )
+    }
+
+    #[test]
+    fn security_contexts_are_read_and_what_cannot_be_honoured_is_refused_by_path() {
+        let text = with_security(
+            "      securityContext: {runAsUser: 1000, runAsNonRoot: true, fsGroup: 2000, seccompProfile: {type: RuntimeDefault}}\n      hostNetwork: false\n",
+            "        securityContext:\n          runAsGroup: 3000\n          readOnlyRootFilesystem: true\n          allowPrivilegeEscalation: false\n          privileged: false\n          capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}\n",
+        );
+        let docs = parse("d.yaml", &text).unwrap();
+        assert!(docs[0].warnings.is_empty(), "{:?}", docs[0].warnings);
+        let Object::Deployment(d) = &docs[0].object else {
+            panic!()
+        };
+        let (user, security) = crate::security::of_pod(&d.spec.template.spec, 0, "www").unwrap();
+        assert_eq!(user, "1000:3000");
+        assert!(security.non_root && security.read_only);
+        assert_eq!(security.capabilities(), ["NET_BIND_SERVICE"]);
+        assert_eq!(security.groups, ["2000"]);
+
+        for (pod, container, says) in [
+            (
+                "",
+                "        securityContext: {privileged: true}\n",
+                "spec.template.spec.containers[0].securityContext.privileged: Forbidden",
+            ),
+            (
+                "",
+                "        securityContext: {allowPrivilegeEscalation: true}\n",
+                "spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation: Forbidden",
+            ),
+            (
+                "      hostNetwork: true\n",
+                "",
+                "spec.template.spec.hostNetwork: Forbidden",
+            ),
+            (
+                "      hostPID: true\n",
+                "",
+                "spec.template.spec.hostPID: Forbidden",
+            ),
+            (
+                "      hostIPC: true\n",
+                "",
+                "spec.template.spec.hostIPC: Forbidden",
+            ),
+            (
+                "      hostUsers: false\n",
+                "",
+                "spec.template.spec.hostUsers: Forbidden",
+            ),
+            (
+                "      securityContext: {runAsUser: -1}\n",
+                "",
+                "spec.template.spec.securityContext.runAsUser: Invalid value: -1",
+            ),
+            (
+                "",
+                "        securityContext: {runAsUser: 4294967295}\n",
+                "spec.template.spec.containers[0].securityContext.runAsUser: Invalid value",
+            ),
+            (
+                "",
+                "        securityContext: {capabilities: {add: [GOD_MODE]}}\n",
+                "spec.template.spec.containers[0].securityContext.capabilities.add[0]: Unsupported value",
+            ),
+            (
+                "      securityContext: {seccompProfile: {type: Unconfined}}\n",
+                "",
+                "spec.template.spec.securityContext.seccompProfile.type: Unsupported value: \"Unconfined\"",
+            ),
+            // Fields skiff does not read are refused beneath a securityContext, not
+            // warned about and dropped.
+            (
+                "      securityContext: {sysctls: [{name: net.core.somaxconn, value: '1024'}]}\n",
+                "",
+                "spec.template.spec.securityContext.sysctls: Forbidden",
+            ),
+            (
+                "",
+                "        securityContext: {seLinuxOptions: {level: 's0:c1'}}\n",
+                "spec.template.spec.containers[0].securityContext.seLinuxOptions: Forbidden",
+            ),
+            (
+                "",
+                "        securityContext: {procMount: Unmasked}\n",
+                "spec.template.spec.containers[0].securityContext.procMount: Forbidden",
+            ),
+            (
+                "      runtimeClassName: kata\n",
+                "",
+                "spec.template.spec.runtimeClassName: Forbidden",
+            ),
+        ] {
+            let e = refused(&with_security(pod, container));
+            assert!(e.contains(says), "{says}: {e}");
+        }
     }
 
     #[test]

@@ -96,6 +96,45 @@ async fn run_ps_stop_start_rm_with_a_published_port() {
     );
     let e = err(&skiff(&node, &["deploy", "hello", "--name", "web"]).await);
     assert!(e.contains("already used by a container"), "{e}");
+    // A Wasm container has no process: what only narrows one holds already and is
+    // taken; what would grant something is refused, naming it.
+    ok(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "narrow",
+            "-u",
+            "1000",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "hello",
+        ],
+    )
+    .await);
+    ok(&skiff(&node, &["rm", "-f", "narrow"]).await);
+    let e = err(&skiff(
+        &node,
+        &["run", "-d", "--name", "wide", "--tmpfs", "/tmp", "hello"],
+    )
+    .await);
+    assert!(e.contains("tmpfs /tmp cannot be mounted"), "{e}");
+    let e = err(&skiff(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "wide",
+            "--cap-add",
+            "NET_RAW",
+            "hello",
+        ],
+    )
+    .await);
+    assert!(e.contains("capability NET_RAW cannot be added"), "{e}");
     let e = err(&skiff(
         &node,
         &["run", "-d", "--name", "other", "-p", &publish, "hello"],

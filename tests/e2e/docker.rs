@@ -209,6 +209,20 @@ async fn dockers_cli_negotiates_and_runs_lists_logs_stops_starts_and_removes() {
     let (code, _, e) = outcome(&docker(&node, &["create", "--name", "x", "bb:v1", "true"]).await);
     assert_ne!(code, Some(0));
     assert!(e.contains("already in use"), "{e}");
+    // A security option skiff does not honour is refused, naming it, and nothing runs.
+    let (code, _, e) = outcome(
+        &docker(
+            &node,
+            &["run", "--name", "p", "--privileged", "bb:v1", "id"],
+        )
+        .await,
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        e.contains("--privileged is not supported by skiff (HostConfig.Privileged)"),
+        "{e}"
+    );
+    assert!(!stdout_of(&docker(&node, &["ps", "-a"]).await).contains(" p\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1116,8 +1116,9 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
         "User www from /etc/passwd, groups from /etc/group: {logs}"
     );
 
-    // Root keeps Docker's default capabilities: CAP_CHOWN (bit 0), CAP_SETUID (7),
-    // CAP_NET_RAW (13), CAP_SYS_CHROOT (18), and not CAP_SYS_ADMIN (21).
+    // Root keeps Docker's default capabilities but CAP_NET_RAW (13, dropped as Podman
+    // does): CAP_CHOWN (bit 0), CAP_SETUID (7), CAP_SYS_CHROOT (18), and not
+    // CAP_SYS_ADMIN (21).
     let (_, logs) = run_to_exit(
         &node,
         "caps",
@@ -1129,10 +1130,11 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
         .nth(1)
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
         .unwrap_or_else(|| panic!("no CapEff line: {logs}"));
-    for bit in [0, 7, 13, 18] {
+    for bit in [0, 7, 18] {
         assert!(eff & (1 << bit) != 0, "capability {bit} in {eff:#x}");
     }
     assert_eq!(eff & (1 << 21), 0, "no CAP_SYS_ADMIN in {eff:#x}");
+    assert_eq!(eff & (1 << 13), 0, "no CAP_NET_RAW in {eff:#x}");
 
     // The seccomp filter: no user namespaces, while ordinary forks work.
     let (_, logs) = run_to_exit(
@@ -1223,6 +1225,176 @@ async fn the_image_user_is_resolved_and_the_process_has_dockers_capabilities_and
         e.contains("user ghost is not in the image's /etc/passwd"),
         "{e}"
     );
+}
+
+/// The capability set `set` (`CapEff`, `CapBnd`) a process printed from /proc/self/status.
+fn capability_set(logs: &str, set: &str) -> u64 {
+    logs.split(&format!("{set}:"))
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .map(|v| u64::from_str_radix(v, 16).unwrap())
+        .unwrap_or_else(|| panic!("no {set} line: {logs}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_options_confine_the_process_and_what_cannot_be_honoured_is_refused() {
+    need_root_and_runc();
+    let node = Node::start().await;
+    load(&node, &docker_save("bb:v1", &busybox_layer(&[]))).await;
+
+    // -u: that uid and gid, holding no capabilities (as Docker's non-root processes)
+    // within a bounding set that lacks CAP_NET_RAW (bit 13) by default.
+    let (_, logs) = run_to_exit(
+        &node,
+        "as-1000",
+        &[
+            "-u",
+            "1000:1000",
+            "bb:v1",
+            "sh",
+            "-c",
+            "id; grep -E 'Cap(Eff|Bnd)' /proc/self/status",
+        ],
+    )
+    .await;
+    assert!(logs.contains("uid=1000 gid=1000"), "{logs}");
+    assert_eq!(capability_set(&logs, "CapEff"), 0, "{logs}");
+    let bounding = capability_set(&logs, "CapBnd");
+    assert_eq!(bounding & (1 << 13), 0, "no CAP_NET_RAW in {bounding:#x}");
+    assert!(bounding & 1 != 0, "CAP_CHOWN in {bounding:#x}");
+
+    // --read-only: the root refuses writes, a --tmpfs takes them up to its size;
+    // --cap-drop ALL leaves even root with nothing.
+    let (state, logs) = run_to_exit(
+        &node,
+        "read-only",
+        &[
+            "--read-only",
+            "--tmpfs",
+            "/tmp:size=1m",
+            "--cap-drop",
+            "ALL",
+            "bb:v1",
+            "sh",
+            "-c",
+            "echo x > /x; echo root=$?; echo kept > /tmp/y && cat /tmp/y; \
+             dd if=/dev/zero of=/tmp/big bs=1k count=2048; echo big=$?; \
+             grep -E 'Cap(Eff|Bnd)' /proc/self/status",
+        ],
+    )
+    .await;
+    assert_eq!(state["exit_code"], 0, "{logs}");
+    assert!(
+        logs.contains("Read-only file system") && logs.contains("root=1"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("stdout: kept"),
+        "the tmpfs is writable: {logs}"
+    );
+    assert!(logs.contains("big=1"), "the tmpfs holds 1m: {logs}");
+    assert_eq!(capability_set(&logs, "CapEff"), 0, "{logs}");
+    assert_eq!(capability_set(&logs, "CapBnd"), 0, "{logs}");
+
+    // --privileged at the Docker API: a 400 naming it, before anything is made.
+    let refused = node
+        .http
+        .post(format!("{}/v1.45/containers/create?name=priv", node.api))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({"Image": "bb:v1", "Cmd": ["id"], "HostConfig": {"Privileged": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--privileged is not supported by skiff (HostConfig.Privileged)"),
+        "{body}"
+    );
+
+    // A pod's securityContext: the restricted profile runs as written; runAsNonRoot on
+    // an image that runs as root waits with the kubelet's reason; privileged is refused
+    // at apply.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("pods.yaml");
+    let deployment = |name: &str, pod: &str, container: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      securityContext: {pod}\n      containers:\n      - name: c\n        image: bb:v1\n        command: [sh, -c, \"trap 'exit 0' TERM; id; echo x > /x; grep CapBnd /proc/self/status; sleep 600 & wait\"]\n        securityContext: {container}\n"
+        )
+    };
+    std::fs::write(
+        &manifest,
+        [
+            deployment(
+                "confined",
+                "{runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}",
+                "{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}",
+            ),
+            deployment("rootful", "{runAsNonRoot: true}", "{}"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    ok(&skiff(&node, &["apply", "-f", manifest.to_str().unwrap()]).await);
+    let logs = wait_for(
+        "the confined pod's output",
+        Duration::from_secs(30),
+        || async {
+            let logs = ok(&skiff(&node, &["logs", "confined"]).await);
+            logs.contains("CapBnd").then_some(logs)
+        },
+    )
+    .await;
+    assert!(logs.contains("uid=1000 gid=1000"), "{logs}");
+    assert!(logs.contains("Read-only file system"), "{logs}");
+    assert_eq!(capability_set(&logs, "CapBnd"), 0, "{logs}");
+    let table = wait_for(
+        "the rootful pod to wait for its configuration",
+        Duration::from_secs(30),
+        || async {
+            let table = ok(&skiff(&node, &["get", "pods"]).await);
+            table
+                .contains("CreateContainerConfigError")
+                .then_some(table)
+        },
+    )
+    .await;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("rootful-") && l.contains("CreateContainerConfigError")),
+        "{table}"
+    );
+    let described = ok(&skiff(&node, &["describe", "deployment", "rootful"]).await);
+    assert!(
+        described.contains("container has runAsNonRoot and image will run as root"),
+        "{described}"
+    );
+    let privileged = dir.path().join("privileged.yaml");
+    std::fs::write(&privileged, deployment("priv", "{}", "{privileged: true}")).unwrap();
+    let e = err(&skiff(&node, &["apply", "-f", privileged.to_str().unwrap()]).await);
+    assert!(
+        e.contains("spec.template.spec.containers[0].securityContext.privileged: Forbidden"),
+        "{e}"
+    );
+    ok(&skiff(&node, &["delete", "-f", manifest.to_str().unwrap()]).await);
+    wait_for(
+        "the pods' runc containers to go",
+        Duration::from_secs(30),
+        || async {
+            let listed = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(node.dir.join("runc"))
+                .args(["list", "-q"])
+                .output()
+                .unwrap();
+            listed.stdout.is_empty().then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

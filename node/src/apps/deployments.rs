@@ -966,6 +966,7 @@ impl Apps {
                 let wait = backoff_ms(p.crashes);
                 let reason = match e.code() {
                     "not_found" => "ErrImagePull",
+                    linux::CONFIG_ERROR => "CreateContainerConfigError",
                     _ => "CreateContainerError",
                 };
                 p.state = PodState::Waiting {
@@ -1012,6 +1013,9 @@ impl Apps {
         let summary = self.summary(digest).await?;
         let prepared = self.prepare(&summary).await?;
         let spec = pod_spec(deployment, template, &summary)?;
+        // Checked at apply too; a pod refuses what it cannot honour all the same.
+        let (user, security) = skiff_spec::security::of_pod(&template.spec, 0, &summary.run.user)
+            .map_err(|e| AppError::invalid(linux::CONFIG_ERROR, e))?;
         let container = match &prepared {
             Prepared::Oci { root } => {
                 let milli_cpus = c
@@ -1034,6 +1038,8 @@ impl Apps {
                         oci: &OciOptions {
                             memory_bytes: Some(spec.limits.memory_bytes),
                             milli_cpus,
+                            user: Some(user),
+                            security,
                             ..OciOptions::default()
                         },
                         port: c
@@ -1051,6 +1057,9 @@ impl Apps {
                 .await?
             }
             _ => {
+                security
+                    .check_in_process(None)
+                    .map_err(|e| AppError::invalid(linux::CONFIG_ERROR, e))?;
                 if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
                     self.runtime
                         .admit(&spec.limits)

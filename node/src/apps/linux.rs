@@ -25,6 +25,11 @@ use crate::state::OciOptions;
 /// retires it (Docker's and Kubernetes' default is 10 s and 30 s).
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The error code of a container whose settings cannot be run: a user its image does
+/// not have, root under `runAsNonRoot`, an option a Wasm container cannot honour (a
+/// pod waits with the reason `CreateContainerConfigError`).
+pub(crate) const CONFIG_ERROR: &str = "container_config";
+
 /// What happens to Linux containers behind the API's back.
 pub(crate) enum LinuxEvent {
     /// A container's process ended.
@@ -138,8 +143,17 @@ impl Apps {
             dir: self.data.join("containers").join(&s.id[..32]),
             args: s.spec.args.clone(),
             env: s.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            cwd: s.summary.run.working_dir.clone(),
-            user: s.summary.run.user.clone(),
+            cwd: s
+                .oci
+                .workdir
+                .clone()
+                .unwrap_or_else(|| s.summary.run.working_dir.clone()),
+            user: s
+                .oci
+                .user
+                .clone()
+                .unwrap_or_else(|| s.summary.run.user.clone()),
+            security: s.oci.security.clone(),
             memory: s.oci.memory_bytes,
             cpus: s.oci.milli_cpus.map(|m| f64::from(m) / 1000.0),
             pids: s.oci.pids_limit,
@@ -154,10 +168,11 @@ impl Apps {
             .map(|bytes| self.runtime.reserve_memory(bytes))
             .transpose()
             .map_err(AppError::over_budget)?;
-        let mut process = host
-            .start(spec)
-            .await
-            .map_err(|e| AppError::invalid("oci_failed", e.to_string()))?;
+        let mut process = host.start(spec).await.map_err(|e| match e {
+            // What it was asked to run as cannot be run (a pod's CreateContainerConfigError).
+            skiff_runtime::oci::OciError::Config(why) => AppError::invalid(CONFIG_ERROR, why),
+            e => AppError::invalid("oci_failed", e.to_string()),
+        })?;
         if let Err(e) = process.spawn(name.clone(), s.log.clone()) {
             process.cleanup().await;
             return Err(AppError::internal(e.to_string()));

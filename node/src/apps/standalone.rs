@@ -220,6 +220,11 @@ impl Apps {
             (None, None) => {}
         }
         spec.replicas = 1;
+        if spec.kind != AppKind::Oci {
+            req.security
+                .check_in_process(req.workdir.as_deref())
+                .map_err(|e| AppError::invalid(super::linux::CONFIG_ERROR, e))?;
+        }
         if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
             self.runtime
                 .admit(&spec.limits)
@@ -238,6 +243,9 @@ impl Apps {
                 milli_cpus: req.milli_cpus,
                 pids_limit: req.pids_limit,
                 host_network: req.host_network,
+                user: req.user,
+                workdir: req.workdir,
+                security: req.security,
             },
             created_ms: now,
             running: false,

@@ -1,6 +1,6 @@
 //! A container's bundle: the overlay root filesystem, the files written into it
 //! (/etc/hosts, hostname, resolv.conf), and the pieces of `config.json` that confine it
-//! (Docker's default capabilities and seccomp profile).
+//! (its capabilities and Docker's seccomp profile for them).
 
 use super::*;
 
@@ -166,22 +166,22 @@ const ALLOWED_SYSCALLS: &[&str] = &[
     // Kernel 4.8 and later (where seccomp checks run after ptrace, so these cannot be
     // used to escape the filter): every kernel runc supports.
     "process_vm_readv", "process_vm_writev", "ptrace",
-    // Allowed for holders of CAP_SYS_CHROOT, which these containers have.
-    "chroot",
 ];
 
-/// Docker's default seccomp profile, for a container with Docker's default capabilities
-/// ([`docker_capabilities`]): an allow list, default EPERM. Beyond the plain list,
+/// Docker's default seccomp profile for a container holding the capabilities `caps`
+/// (canonical names): an allow list, default EPERM. Beyond the plain list,
 /// `socket` is allowed for every family but AF_VSOCK; `personality` only for the
 /// personas programs ask for (Linux, 32-bit Linux, with or without UNAME26, and the
 /// query); `clone` only without the namespace flags (a new user, mount, pid, net, uts,
 /// ipc or cgroup namespace needs CAP_SYS_ADMIN in Docker); `clone3`, whose flags a filter
 /// cannot read, fails with ENOSYS so libc falls back to `clone`. The calls Docker allows
-/// only with capabilities these containers lack (mount, unshare, setns, bpf, keyctl's
-/// kin are not allowed at all; reboot, module loading, kcmp, iopl, settimeofday, ...)
-/// fail with EPERM.
+/// only with a capability ([`CAPABILITY_SYSCALLS`]: `chroot` with SYS_CHROOT, `mount`,
+/// `unshare` and `setns` with SYS_ADMIN, `reboot`, module loading, `kcmp`, `iopl`,
+/// `settimeofday`...) are allowed when the container holds it, and fail with EPERM
+/// otherwise; keyctl's kin are never allowed.
 pub(super) fn seccomp_profile(
     bad: &impl Fn(oci_spec::OciSpecError) -> OciError,
+    caps: &[&str],
 ) -> Result<oci_spec::runtime::LinuxSeccomp, OciError> {
     use oci_spec::runtime::{
         Arch, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
@@ -225,25 +225,43 @@ pub(super) fn seccomp_profile(
             .args(vec![arg(0, AF_VSOCK, LinuxSeccompOperator::ScmpCmpNe)?])
             .build()
             .map_err(bad)?,
-        allow(&["clone"])
-            .args(vec![
-                LinuxSeccompArgBuilder::default()
-                    .index(0usize)
-                    .value(CLONE_NAMESPACES)
-                    .value_two(0u64)
-                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-                    .build()
-                    .map_err(bad)?,
-            ])
-            .build()
-            .map_err(bad)?,
-        LinuxSyscallBuilder::default()
-            .names(names(&["clone3"]))
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(libc::ENOSYS as u32)
-            .build()
-            .map_err(bad)?,
     ];
+    let gated: Vec<&str> = CAPABILITY_SYSCALLS
+        .iter()
+        .filter(|(cap, _)| caps.contains(cap))
+        .flat_map(|(_, calls)| calls.iter().copied())
+        // Once each: libseccomp takes one rule per call and action.
+        .filter(|c| !ALLOWED_SYSCALLS.contains(c))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !gated.is_empty() {
+        rules.push(allow(&gated).build().map_err(bad)?);
+    }
+    // Without CAP_SYS_ADMIN, `clone` without namespace flags and `clone3` failing with
+    // ENOSYS (with it, both are allowed above).
+    if !caps.contains(&"SYS_ADMIN") {
+        rules.extend([
+            allow(&["clone"])
+                .args(vec![
+                    LinuxSeccompArgBuilder::default()
+                        .index(0usize)
+                        .value(CLONE_NAMESPACES)
+                        .value_two(0u64)
+                        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                        .build()
+                        .map_err(bad)?,
+                ])
+                .build()
+                .map_err(bad)?,
+            LinuxSyscallBuilder::default()
+                .names(names(&["clone3"]))
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc::ENOSYS as u32)
+                .build()
+                .map_err(bad)?,
+        ]);
+    }
     if !arch_calls.is_empty() {
         rules.push(allow(&arch_calls).build().map_err(bad)?);
     }
@@ -270,40 +288,108 @@ pub(super) fn seccomp_profile(
         .map_err(bad)
 }
 
-/// Docker's default capability set (runc's own default keeps only three, too few for
-/// images that drop to a user of their own, as nginx's does): bounding, effective and
-/// permitted; none inheritable or ambient.
-pub(super) fn docker_capabilities(
+/// The capabilities of a container's process: `names` (skiff_spec's: Docker's defaults
+/// without NET_RAW, as asked to add and drop) as the bounding set; effective and
+/// permitted too for root, none for another user (as Docker since 20.10: what execve(2)
+/// would leave a non-root process; a file capability can still raise one within the
+/// bounding set); never inheritable or ambient.
+pub(super) fn capabilities(
+    names: &[&str],
+    uid: u32,
     bad: impl Fn(oci_spec::OciSpecError) -> OciError,
 ) -> Result<oci_spec::runtime::LinuxCapabilities, OciError> {
-    use oci_spec::runtime::Capability::*;
-    let set: oci_spec::runtime::Capabilities = [
-        Chown,
-        DacOverride,
-        Fsetid,
-        Fowner,
-        Mknod,
-        NetRaw,
-        Setgid,
-        Setuid,
-        Setfcap,
-        Setpcap,
-        NetBindService,
-        SysChroot,
-        Kill,
-        AuditWrite,
-    ]
-    .into_iter()
-    .collect();
+    let set: oci_spec::runtime::Capabilities = names
+        .iter()
+        .map(|n| {
+            n.parse::<oci_spec::runtime::Capability>()
+                .map_err(|_| OciError::Config(format!("unknown capability {n}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let held = if uid == 0 {
+        set.clone()
+    } else {
+        oci_spec::runtime::Capabilities::new()
+    };
     oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-        .bounding(set.clone())
-        .effective(set.clone())
-        .permitted(set)
+        .bounding(set)
+        .effective(held.clone())
+        .permitted(held)
         .inheritable(oci_spec::runtime::Capabilities::new())
         .ambient(oci_spec::runtime::Capabilities::new())
         .build()
         .map_err(bad)
 }
+
+/// The calls Docker's seccomp profile allows only to holders of a capability, by
+/// capability (its `includes.caps` rules). CAP_SYS_ADMIN also lifts the `clone` flag
+/// filter and lets `clone3` through.
+const CAPABILITY_SYSCALLS: &[(&str, &[&str])] = &[
+    ("DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "SYS_ADMIN",
+        &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("SYS_BOOT", &["reboot"]),
+    ("SYS_CHROOT", &["chroot"]),
+    (
+        "SYS_MODULE",
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    ("SYS_PACCT", &["acct"]),
+    (
+        "SYS_PTRACE",
+        &[
+            "kcmp",
+            "pidfd_getfd",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
+    ),
+    ("SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    ("SYS_TTY_CONFIG", &["vhangup"]),
+    (
+        "SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    ("SYSLOG", &["syslog"]),
+    ("BPF", &["bpf"]),
+    ("PERFMON", &["perf_event_open"]),
+];
 
 /// Whether `path` is a mount point (listed in /proc/self/mounts).
 pub(super) fn is_mounted(path: &Path) -> bool {

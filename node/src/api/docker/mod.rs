@@ -407,7 +407,8 @@ async fn list(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answe
 }
 
 /// What `docker create` sends (the fields skiff reads; others are ignored, as an older
-/// Docker ignores fields it does not know).
+/// Docker ignores fields it does not know, unless they would loosen the container's
+/// confinement: those are read to be refused).
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct CreateBody {
@@ -419,6 +420,10 @@ struct CreateBody {
     open_stdin: bool,
     labels: Option<BTreeMap<String, String>>,
     host_config: Option<HostConfig>,
+    user: Option<String>,
+    working_dir: Option<String>,
+    /// Anonymous volumes (`-v /data`): refused, skiff has no volumes.
+    volumes: Option<BTreeMap<String, Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -431,6 +436,48 @@ struct HostConfig {
     restart_policy: Option<DockerRestart>,
     auto_remove: bool,
     network_mode: Option<String>,
+    readonly_rootfs: bool,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
+    group_add: Option<Vec<String>>,
+    security_opt: Option<Vec<String>>,
+    tmpfs: Option<BTreeMap<String, String>>,
+    mounts: Option<Vec<DockerMount>>,
+    // Read only to be refused when set.
+    privileged: bool,
+    binds: Option<Vec<String>>,
+    volumes_from: Option<Vec<String>>,
+    devices: Option<Vec<Value>>,
+    device_requests: Option<Vec<Value>>,
+    device_cgroup_rules: Option<Vec<String>>,
+    pid_mode: Option<String>,
+    ipc_mode: Option<String>,
+    #[serde(rename = "UTSMode")]
+    uts_mode: Option<String>,
+    userns_mode: Option<String>,
+    cgroupns_mode: Option<String>,
+    sysctls: Option<BTreeMap<String, String>>,
+    masked_paths: Option<Vec<String>>,
+    readonly_paths: Option<Vec<String>>,
+    runtime: Option<String>,
+}
+
+/// `--mount`: only `type=tmpfs` is honoured.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct DockerMount {
+    #[serde(rename = "Type")]
+    kind: String,
+    target: String,
+    read_only: bool,
+    tmpfs_options: Option<TmpfsOptions>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct TmpfsOptions {
+    size_bytes: Option<i64>,
+    mode: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -468,6 +515,12 @@ fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
         params.env.push((k.to_string(), v.to_string()));
     }
     let hc = body.host_config.unwrap_or_default();
+    let (user, workdir, security) = security_params(
+        body.user,
+        body.working_dir,
+        body.volumes.is_some_and(|v| !v.is_empty()),
+        &hc,
+    )?;
     params.memory_bytes = hc.memory.filter(|&m| m > 0).map(|m| m as u64);
     let mut ports = Vec::new();
     for (container, bindings) in hc.port_bindings.unwrap_or_default() {
@@ -523,6 +576,9 @@ fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
             .entrypoint
             .map(|e| e.into_iter().filter(|a| !a.is_empty()).collect()),
         labels: body.labels.unwrap_or_default(),
+        user,
+        workdir,
+        security,
     };
     if run.auto_remove && run.restart != RestartPolicy::No {
         return Err(bad(
@@ -530,6 +586,157 @@ fn run_params(body: CreateBody, name: Option<String>) -> Answer<RunParams> {
         ));
     }
     Ok(run)
+}
+
+/// The user, working directory and confinement a `docker create` body asks for; what
+/// skiff cannot honour is refused, naming the flag and the field (a 400 the CLI prints).
+fn security_params(
+    user: Option<String>,
+    working_dir: Option<String>,
+    volumes: bool,
+    hc: &HostConfig,
+) -> Answer<(Option<String>, Option<String>, skiff_spec::Security)> {
+    let refuse = |flag: &str, field: &str, why: &str| {
+        Err(bad(format!(
+            "{flag} is not supported by skiff ({field}): {why}"
+        )))
+    };
+    fn set<T>(v: &Option<Vec<T>>) -> bool {
+        v.as_ref().is_some_and(|v| !v.is_empty())
+    }
+    if hc.privileged {
+        return refuse(
+            "--privileged",
+            "HostConfig.Privileged",
+            "it runs no privileged containers",
+        );
+    }
+    if set(&hc.devices) || set(&hc.device_requests) || set(&hc.device_cgroup_rules) {
+        return refuse(
+            "--device",
+            "HostConfig.Devices",
+            "containers get no devices of the node",
+        );
+    }
+    for (flag, field, mode) in [
+        ("--pid", "HostConfig.PidMode", &hc.pid_mode),
+        ("--ipc", "HostConfig.IpcMode", &hc.ipc_mode),
+        ("--uts", "HostConfig.UTSMode", &hc.uts_mode),
+        ("--cgroupns", "HostConfig.CgroupnsMode", &hc.cgroupns_mode),
+    ] {
+        // Its own namespace is what skiff gives (`private`, `shareable`: nothing joins it).
+        match mode.as_deref() {
+            None | Some("" | "private" | "shareable") => {}
+            Some(m) => {
+                return refuse(
+                    &format!("{flag} {m}"),
+                    field,
+                    "every container has namespaces of its own",
+                );
+            }
+        }
+    }
+    // skiff makes no user namespaces, so the node's ("host") is what every container has.
+    if let Some(m) = hc
+        .userns_mode
+        .as_deref()
+        .filter(|m| !["", "host"].contains(m))
+    {
+        return refuse(
+            &format!("--userns {m}"),
+            "HostConfig.UsernsMode",
+            "it makes no user namespaces",
+        );
+    }
+    if hc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+        return refuse(
+            "--sysctl",
+            "HostConfig.Sysctls",
+            "a container's kernel settings are the runtime's",
+        );
+    }
+    if set(&hc.binds) || set(&hc.volumes_from) || volumes {
+        return refuse(
+            "-v/--volume",
+            "HostConfig.Binds, Config.Volumes",
+            "it has no volumes and mounts no paths of the node",
+        );
+    }
+    if hc.masked_paths.is_some() || hc.readonly_paths.is_some() {
+        return refuse(
+            "--security-opt systempaths",
+            "HostConfig.MaskedPaths",
+            "/proc and /sys are masked as Docker's defaults mask them",
+        );
+    }
+    if let Some(r) = hc.runtime.as_deref().filter(|r| !["", "runc"].contains(r)) {
+        return refuse(
+            &format!("--runtime {r}"),
+            "HostConfig.Runtime",
+            "Linux containers run with runc",
+        );
+    }
+    let user = user.filter(|u| !u.is_empty());
+    if let Some(u) = &user {
+        skiff_spec::security::check_user(u).map_err(|e| bad(format!("-u/--user: {e}")))?;
+    }
+    let workdir = working_dir.filter(|w| !w.is_empty());
+    if let Some(w) = &workdir {
+        skiff_spec::security::check_workdir(w).map_err(|e| bad(format!("-w/--workdir: {e}")))?;
+    }
+    let mut security = skiff_spec::Security {
+        read_only: hc.readonly_rootfs,
+        ..Default::default()
+    };
+    for c in hc.cap_add.iter().flatten() {
+        security
+            .add_capability(c)
+            .map_err(|e| bad(format!("--cap-add (HostConfig.CapAdd): {e}")))?;
+    }
+    for c in hc.cap_drop.iter().flatten() {
+        security
+            .drop_capability(c)
+            .map_err(|e| bad(format!("--cap-drop (HostConfig.CapDrop): {e}")))?;
+    }
+    for g in hc.group_add.iter().flatten() {
+        security
+            .add_group(g)
+            .map_err(|e| bad(format!("--group-add (HostConfig.GroupAdd): {e}")))?;
+    }
+    for o in hc.security_opt.iter().flatten() {
+        skiff_spec::security::check_security_opt(o)
+            .map_err(|e| bad(format!("{e} (HostConfig.SecurityOpt)")))?;
+    }
+    let tmpfs_error = |e: String| bad(format!("--tmpfs (HostConfig.Tmpfs): {e}"));
+    for (path, options) in hc.tmpfs.iter().flatten() {
+        let t = skiff_spec::Tmpfs::new(path, options).map_err(tmpfs_error)?;
+        security.add_tmpfs(t).map_err(tmpfs_error)?;
+    }
+    for m in hc.mounts.iter().flatten() {
+        if m.kind != "tmpfs" {
+            return refuse(
+                &format!("--mount type={}", m.kind),
+                "HostConfig.Mounts",
+                "it has no volumes and mounts no paths of the node; type=tmpfs is supported",
+            );
+        }
+        let mut options = Vec::new();
+        if m.read_only {
+            options.push("ro".to_string());
+        }
+        if let Some(o) = &m.tmpfs_options {
+            if let Some(size) = o.size_bytes.filter(|s| *s > 0) {
+                options.push(format!("size={size}"));
+            }
+            if let Some(mode) = o.mode {
+                options.push(format!("mode={mode:o}"));
+            }
+        }
+        let mount_error = |e: String| bad(format!("--mount (HostConfig.Mounts): {e}"));
+        let t = skiff_spec::Tmpfs::new(&m.target, &options.join(",")).map_err(mount_error)?;
+        security.add_tmpfs(t).map_err(mount_error)?;
+    }
+    Ok((user, workdir, security))
 }
 
 /// `POST /containers/create?name=N`
@@ -1608,6 +1815,166 @@ mod tests {
             let body: CreateBody = serde_json::from_str(bad_body).unwrap();
             assert!(run_params(body, None).is_err(), "{bad_body}");
         }
+    }
+
+    #[test]
+    fn security_options_are_honoured_or_refused_naming_them() {
+        let run = |json: &str| run_params(serde_json::from_str(json).unwrap(), None);
+        let r = run(
+            r#"{"Image":"web","User":"1000:1000","WorkingDir":"/srv","Volumes":{},
+                "HostConfig":{"ReadonlyRootfs":true,"CapAdd":["net_raw"],"CapDrop":["ALL"],
+                "GroupAdd":["staff"],"SecurityOpt":["no-new-privileges:true"],
+                "Tmpfs":{"/tmp":"size=1m","/run":""},"Privileged":false,"Binds":null,
+                "Devices":[],"PidMode":"","IpcMode":"private","UTSMode":"","UsernsMode":"",
+                "Mounts":[{"Type":"tmpfs","Target":"/cache","TmpfsOptions":{"SizeBytes":4096,"Mode":448}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.user.as_deref(), Some("1000:1000"));
+        assert_eq!(r.workdir.as_deref(), Some("/srv"));
+        let s = &r.security;
+        assert!(s.read_only);
+        assert_eq!(
+            (&s.cap_add[..], &s.cap_drop[..]),
+            (&["NET_RAW".to_string()][..], &["ALL".to_string()][..])
+        );
+        assert_eq!(s.capabilities(), ["NET_RAW"]);
+        assert_eq!(s.groups, ["staff"]);
+        let tmpfs: Vec<(&str, &[String])> = s
+            .tmpfs
+            .iter()
+            .map(|t| (t.path.as_str(), &t.options[..]))
+            .collect();
+        assert_eq!(tmpfs[0].0, "/run");
+        assert_eq!(
+            tmpfs[1],
+            (
+                "/tmp",
+                &["noexec", "nosuid", "nodev", "size=1048576"].map(String::from)[..]
+            )
+        );
+        assert_eq!(
+            tmpfs[2],
+            (
+                "/cache",
+                &["noexec", "nosuid", "nodev", "size=4096", "mode=700"].map(String::from)[..]
+            )
+        );
+        // An empty User is the image's, as Docker's.
+        assert_eq!(run(r#"{"Image":"web","User":""}"#).unwrap().user, None);
+
+        for (json, names) in [
+            (
+                r#"{"Privileged":true}"#,
+                "--privileged is not supported by skiff (HostConfig.Privileged)",
+            ),
+            (
+                r#"{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}"#,
+                "--device",
+            ),
+            (
+                r#"{"DeviceRequests":[{"Driver":"nvidia","Count":-1}]}"#,
+                "HostConfig.Devices",
+            ),
+            (
+                r#"{"PidMode":"host"}"#,
+                "--pid host is not supported by skiff (HostConfig.PidMode)",
+            ),
+            (r#"{"IpcMode":"host"}"#, "--ipc host"),
+            (r#"{"UTSMode":"host"}"#, "--uts host"),
+            (r#"{"PidMode":"container:db"}"#, "--pid container:db"),
+            (r#"{"CgroupnsMode":"host"}"#, "--cgroupns host"),
+            (r#"{"UsernsMode":"private"}"#, "--userns private"),
+            (
+                r#"{"Sysctls":{"net.ipv4.ip_forward":"1"}}"#,
+                "--sysctl is not supported by skiff (HostConfig.Sysctls)",
+            ),
+            (
+                r#"{"SecurityOpt":["seccomp=unconfined"]}"#,
+                "--security-opt seccomp=unconfined is not supported",
+            ),
+            (
+                r#"{"SecurityOpt":["apparmor=unconfined"]}"#,
+                "--security-opt apparmor=unconfined is not supported",
+            ),
+            (
+                r#"{"SecurityOpt":["no-new-privileges:false"]}"#,
+                "no-new-privileges:false",
+            ),
+            (r#"{"SecurityOpt":["label=disable"]}"#, "label=disable"),
+            (
+                r#"{"Binds":["/etc:/host-etc"]}"#,
+                "-v/--volume is not supported by skiff",
+            ),
+            (r#"{"VolumesFrom":["db"]}"#, "-v/--volume"),
+            (
+                r#"{"Mounts":[{"Type":"bind","Source":"/","Target":"/host"}]}"#,
+                "--mount type=bind",
+            ),
+            (r#"{"MaskedPaths":[],"ReadonlyPaths":[]}"#, "systempaths"),
+            (r#"{"Runtime":"runsc"}"#, "--runtime runsc"),
+            (
+                r#"{"CapAdd":["CAP_GOD_MODE"]}"#,
+                "--cap-add (HostConfig.CapAdd): unknown capability \"CAP_GOD_MODE\"",
+            ),
+            (r#"{"CapDrop":["NOPE"]}"#, "--cap-drop"),
+            (
+                r#"{"Tmpfs":{"/proc":""}}"#,
+                "--tmpfs (HostConfig.Tmpfs): tmpfs /proc",
+            ),
+            (r#"{"Tmpfs":{"/tmp":"size=lots"}}"#, "--tmpfs"),
+        ] {
+            let body = format!(r#"{{"Image":"web","HostConfig":{json}}}"#);
+            let e = run(&body)
+                .err()
+                .unwrap_or_else(|| panic!("{json} was accepted"));
+            assert_eq!(e.0, StatusCode::BAD_REQUEST, "{json}");
+            assert!(e.1.contains(names), "{json}: {}", e.1);
+        }
+        for (json, names) in [
+            (
+                r#""User":"4294967295""#,
+                "-u/--user: user id 4294967295 is outside",
+            ),
+            (r#""User":"a b""#, "-u/--user"),
+            (r#""WorkingDir":"srv""#, "-w/--workdir"),
+            (r#""Volumes":{"/data":{}}"#, "Config.Volumes"),
+        ] {
+            let e = run(&format!(r#"{{"Image":"web",{json}}}"#)).err().unwrap();
+            assert!(e.1.contains(names), "{json}: {}", e.1);
+        }
+    }
+
+    /// The refusal as the Docker CLI receives it: through the router, a 400 with
+    /// Docker's `{"message"}`, before any image is looked for.
+    #[tokio::test]
+    async fn a_privileged_create_is_a_400_in_dockers_shape() {
+        use http_body_util::BodyExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/v1.45/containers/create?name=p")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"Image":"busybox","Cmd":["id"],"HostConfig":{"Privileged":true,"NetworkMode":"default"}}"#,
+            ))
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(router(node.shared.clone()), req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"message": "--privileged is not supported by skiff (HostConfig.Privileged): it runs no privileged containers"})
+        );
+        assert!(
+            node.shared.apps.list_containers(true).await.is_empty(),
+            "nothing was made"
+        );
     }
 
     #[test]

@@ -1795,6 +1795,95 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn security_settings_skiff_cannot_honour_are_invalid_not_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let t = node.shared.token.clone();
+        const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+        let with = |pod: Value, container: Value| {
+            let mut d = deployment_json("a:1");
+            let spec = &mut d["spec"]["template"]["spec"];
+            spec["containers"][0]["securityContext"] = container;
+            for (k, v) in pod.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            d
+        };
+        for (pod, container, says) in [
+            (
+                json!({}),
+                json!({"privileged": true}),
+                "spec.template.spec.containers[0].securityContext.privileged: Forbidden",
+            ),
+            (
+                json!({"hostNetwork": true}),
+                json!({}),
+                "spec.template.spec.hostNetwork: Forbidden",
+            ),
+            (
+                json!({"hostPID": true}),
+                json!({}),
+                "spec.template.spec.hostPID: Forbidden",
+            ),
+            (
+                json!({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}]}}),
+                json!({}),
+                "spec.template.spec.securityContext.sysctls: Forbidden",
+            ),
+        ] {
+            let (s, _, v) = post(&router, &t, DEPLOYMENTS, with(pod, container)).await;
+            assert_eq!(
+                (s, v["reason"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")),
+                "{v}"
+            );
+            assert!(v["message"].as_str().unwrap().contains(says), "{says}: {v}");
+        }
+        // What skiff honours is stored and read back, with no warning about it.
+        let honoured = with(
+            json!({"securityContext": {"runAsUser": 1000, "runAsNonRoot": true}, "hostNetwork": false}),
+            json!({"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                   "capabilities": {"drop": ["ALL"]}}),
+        );
+        let (s, h, v) = post(&router, &t, DEPLOYMENTS, honoured).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let warnings: Vec<_> = h.get_all("warning").iter().collect();
+        assert!(
+            warnings
+                .iter()
+                .all(|w| !w.to_str().unwrap().contains("ecurity")),
+            "{warnings:?}"
+        );
+        let spec = &v["spec"]["template"]["spec"];
+        assert_eq!(spec["securityContext"]["runAsUser"], 1000);
+        assert_eq!(
+            spec["containers"][0]["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        // A change that would loosen it is refused as a create is.
+        let (s, _, v) = send(
+            &router,
+            &t,
+            "PATCH",
+            &format!("{DEPLOYMENTS}/api"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"spec": {"template": {"spec": {"hostIPC": true}}}})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("hostIPC: Forbidden"),
+            "{v}"
+        );
+    }
+
+    #[tokio::test]
     async fn the_kubernetes_verbs_answer_as_a_real_server_does() {
         let dir = tempfile::tempdir().unwrap();
         let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))

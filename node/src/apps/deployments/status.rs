@@ -227,9 +227,8 @@ pub(super) fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
             ..ObjectMeta::default()
         },
         spec: k8s::PodSpec {
-            containers: p.template.spec.containers.clone(),
             node_name: Some(node.to_string()),
-            node_selector: p.template.spec.node_selector.clone(),
+            ..p.template.spec.clone()
         },
         status: k8s::PodStatus {
             phase: phase.into(),
