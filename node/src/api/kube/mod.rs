@@ -1801,7 +1801,7 @@ mod tests {
             .await
             .unwrap();
         let router = crate::api::router(node.shared.clone());
-        let t = node.shared.token.clone();
+        let t = node.shared.token.plain().unwrap().to_string();
         const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
         let with = |pod: Value, container: Value| {
             let mut d = deployment_json("a:1");
