@@ -213,10 +213,14 @@ impl Gate {
         if crate::raft::raft_id(&request.node_id).is_none() {
             return Err(Refusal::Invalid("the node id is not 16 hex digits".into()));
         }
-        skiff_spec::AppName::new(request.name.clone()).map_err(|e| {
-            let shown: String = request.name.chars().take(64).collect();
-            Refusal::Invalid(format!("node name {shown:?}: {e}"))
-        })?;
+        // Checked on a bounded copy, so the error (which names it) stays short.
+        let shown: String = request.name.chars().take(64).collect();
+        if shown.len() < request.name.len() {
+            return Err(Refusal::Invalid(format!(
+                "node name {shown:?}...: at most 63 characters"
+            )));
+        }
+        skiff_spec::AppName::new(shown).map_err(|e| Refusal::Invalid(format!("node {e}")))?;
         let fresh = self
             .nonces
             .lock()
