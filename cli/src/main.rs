@@ -608,9 +608,14 @@ struct UpArgs {
     /// Deepest path an image may hold, in directories.
     #[arg(long, env = "SKIFF_EXTRACT_MAX_DEPTH", default_value_t = 128)]
     extract_max_depth: usize,
-    /// Free disk an extraction must leave on the data dir's disk.
+    /// Free disk an extraction or an image upload must leave on the data dir's disk.
     #[arg(long, env = "SKIFF_MIN_FREE_DISK", default_value = "512MiB", value_parser = parse_bytes)]
     min_free_disk: u64,
+    /// Free disk a change to the node's state (a deploy, an apply, a tag) must leave on
+    /// the data dir's disk; below it such writes are refused (507). Keep it below
+    /// --min-free-disk, so state can still change once image writes are refused.
+    #[arg(long, env = "SKIFF_MIN_FREE_DISK_STATE", default_value = "64MiB", value_parser = parse_bytes)]
+    min_free_disk_state: u64,
     /// Guest memory the node commits at once: every Wasm instance holds its app's memory
     /// limit while it runs, every Linux container its --memory. Default: half of RAM.
     #[arg(long, env = "SKIFF_MEMORY_BUDGET", value_parser = parse_bytes)]
@@ -1083,6 +1088,7 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         max_depth: args.extract_max_depth,
         min_free_bytes: args.min_free_disk,
     };
+    config.state_reserve = args.min_free_disk_state;
     let node = skiff_node::start(config.clone()).await?;
     let verb = if node.token_created {
         "created"
@@ -1144,6 +1150,7 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight requests");
         shutdown.cancel();
     });
-    node.wait().await;
-    Ok(())
+    // Raft stopping on its own (a storage error) ends the node with one line saying
+    // why and a failing exit status, for its supervisor to restart it.
+    node.wait().await
 }

@@ -67,6 +67,17 @@ pub enum ArchiveError {
     Write(std::io::Error),
 }
 
+impl ArchiveError {
+    /// Whether the disk was too full to take the archive (see [`crate::disk`]).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ArchiveError::Store(e) => e.is_disk_full(),
+            ArchiveError::Image(e) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 /// An image that was loaded: its names and id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Loaded {

@@ -11,6 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use skiff_spec::{AppKind, Digest};
 
+use crate::disk::Reserve;
 use crate::oci::{self, Descriptor, ImageConfig, Index, Manifest, RunConfig};
 use crate::{BlobStore, ImageName, StoreError};
 
@@ -54,6 +55,13 @@ pub enum ImageError {
         /// Why.
         message: String,
     },
+}
+
+impl ImageError {
+    /// Whether the disk was too full (see [`crate::disk`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ImageError::Store(e) if e.is_disk_full())
+    }
 }
 
 /// One image as `skiff images` lists it.
@@ -115,7 +123,38 @@ pub struct ImageStore {
     /// The tags, durable in `tags.redb` and read from memory. Its lock serialises
     /// tag changes and garbage collection.
     tags: Mutex<Tags>,
-    db: Database,
+    /// `tags.redb`; `None` after an I/O error, until it is opened again. Written only
+    /// under the lock of `tags`.
+    db: Mutex<Option<Database>>,
+    open_db: Opener,
+    /// What writes must leave free on the disk.
+    reserve: Reserve,
+}
+
+/// How many times a tag write is tried, the database opened again before each retry:
+/// redb refuses every write after one I/O error (a full disk) until it is reopened.
+const TAG_ATTEMPTS: usize = 3;
+
+/// What a change to the tags is called in a [`DiskFull`](crate::disk::DiskFull).
+const STATE_WRITE: &str = "a change to the node's state";
+
+/// Opens (or creates) the tags database, again after an I/O error.
+type Opener = Box<dyn Fn() -> Result<Database, redb::Error> + Send + Sync>;
+
+/// Opens `tags.redb` at `path`.
+fn tags_file(path: PathBuf) -> Opener {
+    Box::new(move || {
+        // Tags are read from memory: redb's page cache (1 GiB by default) stays small.
+        with_table(redb::Builder::new().set_cache_size(1 << 20).create(&path)?)
+    })
+}
+
+/// `db` with the tags table made.
+fn with_table(db: Database) -> Result<Database, redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(TAGS)?;
+    txn.commit()?;
+    Ok(db)
 }
 
 /// The table of tags: name -> manifest descriptor (JSON).
@@ -211,7 +250,17 @@ impl ImageStore {
     /// Opens (or creates) the layout at `root`. Tags of a store written before tags
     /// moved to `tags.redb` (its `index.json`) are carried over once.
     pub fn open(root: &Path) -> Result<Self, ImageError> {
-        let blobs = BlobStore::open(root)?;
+        Self::open_reserving(root, Reserve::default())
+    }
+
+    /// [`ImageStore::open`], refusing blobs and tag changes that would leave less than
+    /// `reserve` free on the disk.
+    pub fn open_reserving(root: &Path, reserve: Reserve) -> Result<Self, ImageError> {
+        Self::open_with(root, reserve, tags_file(root.join("tags.redb")))
+    }
+
+    fn open_with(root: &Path, reserve: Reserve, open_db: Opener) -> Result<Self, ImageError> {
+        let blobs = BlobStore::open(root)?.reserving(reserve.bulk);
         let layout = root.join("oci-layout");
         if !layout.exists() {
             write_atomic(
@@ -228,16 +277,9 @@ impl ImageStore {
                 message: e.to_string(),
             }
         };
-        // Tags are read from memory: redb's page cache (1 GiB by default) stays small.
-        let db = redb::Builder::new()
-            .set_cache_size(1 << 20)
-            .create(&db_path)
-            .map_err(|e| db_err("open")(e.into()))?;
+        let db = open_db().map_err(db_err("open"))?;
         let mut tags = Tags::default();
         {
-            let txn = db.begin_write().map_err(|e| db_err("open")(e.into()))?;
-            txn.open_table(TAGS).map_err(|e| db_err("open")(e.into()))?;
-            txn.commit().map_err(|e| db_err("open")(e.into()))?;
             let txn = db.begin_read().map_err(|e| db_err("read")(e.into()))?;
             let table = txn.open_table(TAGS).map_err(|e| db_err("read")(e.into()))?;
             for row in table.iter().map_err(|e| db_err("read")(e.into()))? {
@@ -255,7 +297,9 @@ impl ImageStore {
             root: root.to_path_buf(),
             blobs,
             tags: Mutex::new(Tags::default()),
-            db,
+            db: Mutex::new(Some(db)),
+            open_db,
+            reserve,
         };
         let index_path = store.root.join("index.json");
         let listed: Option<Vec<Descriptor>> = fs::read(&index_path)
@@ -265,8 +309,10 @@ impl ImageStore {
         let rewrite_index = listed.as_ref().is_none_or(|m| !m.is_empty());
         let legacy = listed.unwrap_or_default();
         if tags.by_name.is_empty() && !legacy.is_empty() {
-            let txn = store
-                .db
+            let db = store.db.lock().unwrap_or_else(|e| e.into_inner());
+            let txn = db
+                .as_ref()
+                .expect("opened above")
                 .begin_write()
                 .map_err(|e| db_err("write")(e.into()))?;
             {
@@ -305,32 +351,70 @@ impl ImageStore {
         self.tags.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes (`Some`) or removes (`None`) the tag `name`, durably.
+    /// Writes (`Some`) or removes (`None`) the tag `name`, durably. A new tag is refused
+    /// while the disk is below the state reserve (removing one is how images, and so
+    /// space, are freed); after an I/O error (a full disk), `tags.redb` is opened again
+    /// and the write tried again, up to [`TAG_ATTEMPTS`] times, so the store heals once
+    /// space is back instead of refusing every write until a restart.
     fn write_tag(&self, name: &str, entry: Option<&Descriptor>) -> Result<(), ImageError> {
-        let err = |op: &'static str| {
-            let path = self.root.join("tags.redb");
-            move |e: redb::Error| ImageError::Index {
-                op,
-                path,
-                message: e.to_string(),
-            }
-        };
-        let txn = self.db.begin_write().map_err(|e| err("write")(e.into()))?;
-        {
-            let mut table = txn.open_table(TAGS).map_err(|e| err("write")(e.into()))?;
-            match entry {
-                Some(entry) => {
-                    let bytes = serde_json::to_vec(entry).expect("descriptors serialize");
-                    table
-                        .insert(name, bytes.as_slice())
-                        .map_err(|e| err("write")(e.into()))?;
+        if entry.is_some() {
+            crate::disk::check(&self.root, self.reserve.state, 0, STATE_WRITE)
+                .map_err(StoreError::from)?;
+        }
+        let path = self.root.join("tags.redb");
+        let bytes = entry.map(|e| serde_json::to_vec(e).expect("descriptors serialize"));
+        let write = |db: &Database| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(TAGS)?;
+                match &bytes {
+                    Some(bytes) => {
+                        table.insert(name, bytes.as_slice())?;
+                    }
+                    None => {
+                        table.remove(name)?;
+                    }
                 }
-                None => {
-                    table.remove(name).map_err(|e| err("write")(e.into()))?;
+            }
+            Ok(txn.commit()?)
+        };
+        let mut db = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed = redb::Error::PreviousIo;
+        for _ in 0..TAG_ATTEMPTS {
+            if db.is_none() {
+                match (self.open_db)() {
+                    Ok(fresh) => *db = Some(fresh),
+                    Err(e) => {
+                        failed = e;
+                        continue;
+                    }
+                }
+            }
+            match write(db.as_ref().expect("opened above")) {
+                Ok(()) => return Ok(()),
+                Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "the tags database failed on I/O; opening it again");
+                    // The old handle (and its file lock) must be gone before reopening.
+                    *db = None;
+                    failed = e;
+                }
+                Err(e) => {
+                    failed = e;
+                    break;
                 }
             }
         }
-        txn.commit().map_err(|e| err("write")(e.into()))
+        Err(match failed {
+            redb::Error::Io(e) if crate::disk::is_no_space(&e) => StoreError::from(
+                crate::disk::full(&self.root, self.reserve.state, STATE_WRITE),
+            )
+            .into(),
+            e => ImageError::Index {
+                op: "write",
+                path,
+                message: e.to_string(),
+            },
+        })
     }
 
     /// The content-addressed blobs.
@@ -950,5 +1034,128 @@ mod tests {
             rewritten.manifests.is_empty(),
             "the tags live in tags.redb now"
         );
+    }
+
+    /// A file backend whose writes fail with ENOSPC while `fail` is set.
+    #[derive(Debug)]
+    struct Flaky {
+        file: redb::backends::FileBackend,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    #[test]
+    fn the_tags_heal_once_the_disk_has_room_again() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let fail = std::sync::Arc::new(AtomicBool::new(false));
+        let path = dir.path().join("tags.redb");
+        let failing = fail.clone();
+        let opener: Opener = Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            let backend = Flaky {
+                file: redb::backends::FileBackend::new(file)?,
+                fail: failing.clone(),
+            };
+            with_table(Database::builder().create_with_backend(backend)?)
+        });
+        let store = ImageStore::open_with(dir.path(), Reserve::default(), opener).unwrap();
+        let layer = wasm_layer(&store, b"\0asm tagged");
+        let image = image_of(&store, &layer, "2026-01-01T00:00:00Z");
+        let name = |n: &str| ImageName::parse(n).unwrap();
+        store.tag(&name("before"), &image).unwrap();
+
+        // The disk fills: the write fails as a full disk's, and is not applied.
+        fail.store(true, Ordering::SeqCst);
+        let refused = store.tag(&name("refused"), &image).unwrap_err();
+        assert!(refused.is_disk_full(), "{refused}");
+        assert!(
+            refused.to_string().contains("insufficient storage"),
+            "{refused}"
+        );
+        assert!(matches!(
+            store.resolve("refused"),
+            Err(ImageError::NotFound(_))
+        ));
+
+        // Space is back: the next write reopens the database instead of answering
+        // redb's "previous I/O error" for ever.
+        fail.store(false, Ordering::SeqCst);
+        store.tag(&name("after"), &image).unwrap();
+        store.untag(&name("before")).unwrap();
+        drop(store);
+        let store = ImageStore::open(dir.path()).unwrap();
+        assert_eq!(store.tags_of(&image.digest).unwrap(), ["after:latest"]);
+    }
+
+    #[test]
+    fn writes_that_would_eat_the_disk_reserve_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = {
+            let store = ImageStore::open(dir.path()).unwrap();
+            let layer = wasm_layer(&store, b"\0asm reserved");
+            image_of(&store, &layer, "2026-01-01T00:00:00Z")
+        };
+        let all = crate::disk::free_bytes(dir.path()).unwrap() + (1 << 40);
+        let store = ImageStore::open_reserving(
+            dir.path(),
+            Reserve {
+                bulk: all,
+                state: all,
+            },
+        )
+        .unwrap();
+        let e = store
+            .tag(&ImageName::parse("full").unwrap(), &image)
+            .unwrap_err();
+        assert!(e.is_disk_full(), "{e}");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        assert!(matches!(
+            store.resolve("full"),
+            Err(ImageError::NotFound(_))
+        ));
+        let e = store.blobs().writer(1 << 20).unwrap_err();
+        assert!(e.is_disk_full(), "{e}");
+        assert!(e.to_string().contains("image data must leave"), "{e}");
     }
 }

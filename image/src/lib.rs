@@ -11,6 +11,7 @@
 //!   reference before committing anything. [`layer`]: deterministic tar layers and their
 //!   safe extraction (whiteouts; nothing escapes the tree).
 //! - [`detect_kind`]: which app kind a binary is, or exactly why it is none.
+//! - [`disk`]: the free space a write must leave on the data dir's disk.
 //!
 //! Map change: registry transport (push/pull) lives in the CLI (`cli/src/registry.rs`),
 //! not here. It needs an async HTTP client and this crate stays free of tokio; and the
@@ -22,6 +23,7 @@
 pub mod archive;
 pub mod build;
 mod detect;
+pub mod disk;
 pub mod layer;
 mod layout;
 pub mod oci;

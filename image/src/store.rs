@@ -6,6 +6,8 @@ use sha2::{Digest as _, Sha256};
 use skiff_spec::Digest;
 use tempfile::{NamedTempFile, TempPath};
 
+use crate::disk::{self, DiskFull};
+
 /// Failures of the blob store, naming the blob or file and the step.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +28,9 @@ pub enum StoreError {
         /// What its content hashes to now.
         actual: Digest,
     },
+    /// The disk is too full to take the blob (see [`crate::disk`]).
+    #[error(transparent)]
+    DiskFull(#[from] DiskFull),
     /// A filesystem operation failed.
     #[error("failed to {op} {path}: {source}")]
     Io {
@@ -36,6 +41,17 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+impl StoreError {
+    /// Whether the disk was too full: refused up front, or a write found no space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Io { source, .. } => disk::is_no_space(source),
+            _ => false,
+        }
+    }
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
@@ -51,7 +67,12 @@ pub struct BlobStore {
     /// Blobs committed since recording began (`None`: not recording), for whoever
     /// keeps counts of what the stored blobs refer to.
     recorded: std::sync::Arc<std::sync::Mutex<Option<Vec<Digest>>>>,
+    /// Bytes a blob being written must leave free on the disk.
+    reserve: u64,
 }
+
+/// Bytes a blob writer writes between two looks at the free space.
+const CHECK_EVERY: u64 = 1 << 20;
 
 impl BlobStore {
     /// Opens (creating if needed) a store rooted at `root`. Temp files left by a crash
@@ -68,7 +89,14 @@ impl BlobStore {
             blobs,
             tmp,
             recorded: Default::default(),
+            reserve: 0,
         })
+    }
+
+    /// The store, refusing blobs that would leave less than `bytes` free on its disk.
+    pub fn reserving(mut self, bytes: u64) -> Self {
+        self.reserve = bytes;
+        self
     }
 
     /// Starts (or stops) recording the blobs committed from now on.
@@ -164,17 +192,25 @@ impl BlobStore {
         }
     }
 
-    /// Starts writing a new blob of at most `cap` bytes.
+    /// Starts writing a new blob of at most `cap` bytes; refused while the disk is below
+    /// the store's reserve.
     pub fn writer(&self, cap: u64) -> Result<BlobWriter, StoreError> {
+        self.check_free(0)?;
         let file =
             NamedTempFile::new_in(&self.tmp).map_err(io_err("create a temp file in", &self.tmp))?;
         Ok(BlobWriter {
             file,
             hasher: Sha256::new(),
             len: 0,
+            unchecked: 0,
             cap,
             store: self.clone(),
         })
+    }
+
+    /// `Ok` when writing `need` more bytes leaves the reserve free.
+    fn check_free(&self, need: u64) -> Result<(), StoreError> {
+        Ok(disk::check(&self.tmp, self.reserve, need, "image data")?)
     }
 
     /// Stores `bytes` as a blob (a convenience for small, already-validated content).
@@ -191,17 +227,24 @@ pub struct BlobWriter {
     file: NamedTempFile,
     hasher: Sha256,
     len: u64,
+    /// Bytes written since the free space was last looked at.
+    unchecked: u64,
     cap: u64,
     store: BlobStore,
 }
 
 impl BlobWriter {
-    /// Appends a chunk, refusing it (and everything after) once the cap would be passed;
-    /// nothing past the cap is ever written.
+    /// Appends a chunk, refusing it (and everything after) once the cap would be passed
+    /// or the disk's reserve reached; nothing past the cap is ever written.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         let new_len = self.len + chunk.len() as u64;
         if new_len > self.cap {
             return Err(StoreError::TooLarge { cap: self.cap });
+        }
+        self.unchecked += chunk.len() as u64;
+        if self.unchecked >= CHECK_EVERY {
+            self.store.check_free(chunk.len() as u64)?;
+            self.unchecked = 0;
         }
         let path = self.file.path().to_path_buf();
         self.file.write_all(chunk).map_err(io_err("write", &path))?;

@@ -632,7 +632,7 @@ impl Apps {
         })
         .await
         .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
+        .map_err(AppError::image)?;
         let summary = self.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
         let app = name.to_string();

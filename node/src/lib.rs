@@ -93,8 +93,12 @@ pub struct NodeConfig {
     pub pooling: bool,
     /// Timeouts and the connection cap of every listener.
     pub listener: ListenerLimits,
-    /// Bounds on extracting an image's layers.
+    /// Bounds on extracting an image's layers; its `min_free_bytes` is also what an
+    /// image blob being written must leave free on the data dir's disk.
     pub extract: ExtractLimits,
+    /// Bytes a change to the node's state (a Raft entry, a tag) must leave free on the
+    /// data dir's disk; below it writes are refused (507). Default 64 MiB.
+    pub state_reserve: u64,
     /// Guest memory the node may commit at once (bytes). Default: half the machine's.
     pub memory_budget: u64,
     /// Longest a compilation may take. Default 120 s.
@@ -119,6 +123,7 @@ impl NodeConfig {
             pooling: true,
             listener: ListenerLimits::default(),
             extract: ExtractLimits::default(),
+            state_reserve: 64 << 20,
             memory_budget: skiff_runtime::machine_memory() / 2,
             compile_timeout: Duration::from_secs(120),
             compiler: None,
@@ -187,6 +192,8 @@ pub struct RunningNode {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Why the node stopped itself, if it did.
+    failure: Arc<std::sync::OnceLock<String>>,
     _lock: File,
 }
 
@@ -196,8 +203,10 @@ impl RunningNode {
         self.shutdown.clone()
     }
 
-    /// Waits for shutdown, then for in-flight requests to drain.
-    pub async fn wait(self) {
+    /// Waits for shutdown, then for in-flight requests to drain. An error says why the
+    /// node stopped itself (Raft stopped on a storage error: a restart recovers from
+    /// what is on disk, so the process should exit for its supervisor to start it again).
+    pub async fn wait(self) -> anyhow::Result<()> {
         for t in self.tasks {
             let _ = t.await;
         }
@@ -211,6 +220,10 @@ impl RunningNode {
             .remember_peers(&self.shared.config.data_dir, &members);
         self.shared.consensus.shutdown().await;
         info!("node stopped");
+        match self.failure.get() {
+            Some(why) => bail!("{why}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -273,6 +286,27 @@ impl AdminToken {
     pub(crate) fn plain(&self) -> Option<&str> {
         self.plain.as_deref()
     }
+}
+
+/// Stops the node when Raft stops on its own (openraft stops its core for good on a
+/// storage error other than a full disk, which its storage waits out): a node whose
+/// consensus is gone would only refuse every write until someone restarts it.
+async fn exit_if_consensus_fails(
+    shared: Arc<Shared>,
+    failure: Arc<std::sync::OnceLock<String>>,
+    shutdown: CancellationToken,
+) {
+    let why = tokio::select! {
+        () = shutdown.cancelled() => return,
+        why = shared.consensus.failed() => why,
+    };
+    let why = format!(
+        "Raft stopped on this node ({why}; data dir {}): exiting so that a restart recovers from what is on disk",
+        shared.config.data_dir.display()
+    );
+    tracing::error!("{why}");
+    let _ = failure.set(why);
+    shutdown.cancel();
 }
 
 /// Reads the token file, creating it (mode 0600) on first start.
@@ -468,8 +502,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     hex::decode_to_slice(key_hex.trim(), &mut cache_key)
         .context("node.key is not 64 hex digits")?;
 
-    let images =
-        Arc::new(ImageStore::open(&dir.join("images")).context("failed to open the image store")?);
+    let images = Arc::new(
+        ImageStore::open_reserving(
+            &dir.join("images"),
+            skiff_image::disk::Reserve {
+                bulk: config.extract.min_free_bytes,
+                state: config.state_reserve,
+            },
+        )
+        .context("failed to open the image store")?,
+    );
     let state = Arc::new(
         StateStore::open(&dir.join("state.redb")).context("failed to open the state database")?,
     );
@@ -565,6 +607,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             raft::peer::PeerClient::new(peer_key, raft_id, node_tls.peer.clone()),
             !identity.joined,
             config.cluster.voter_grace,
+            config.state_reserve,
+            shutdown.clone(),
         )
         .await?,
     );
@@ -631,6 +675,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move { follow_membership(&shared, shutdown).await })
     };
+    let failure = Arc::new(std::sync::OnceLock::new());
+    let consensus_watch = tokio::spawn(exit_if_consensus_fails(
+        shared.clone(),
+        failure.clone(),
+        shutdown.clone(),
+    ));
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
         ingress.clone(),
@@ -693,12 +743,21 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         api_socket,
         docker_socket: docker.is_some().then_some(socket_path),
         shutdown,
-        tasks: [ingress, api, exits, reconciler, restore, membership]
-            .into_iter()
-            .chain(docker)
-            .chain(api_local)
-            .collect(),
+        tasks: [
+            ingress,
+            api,
+            exits,
+            reconciler,
+            restore,
+            membership,
+            consensus_watch,
+        ]
+        .into_iter()
+        .chain(docker)
+        .chain(api_local)
+        .collect(),
         shared,
+        failure,
         _lock: lock,
     })
 }

@@ -119,6 +119,14 @@ pub enum StateError {
         /// redb's message.
         message: String,
     },
+    /// The disk is full: nothing was written (see `skiff_image::disk`).
+    #[error("state database: failed to {op}: the disk is full ({message})")]
+    NoSpace {
+        /// What was being done.
+        op: &'static str,
+        /// redb's message.
+        message: String,
+    },
     /// A record did not decode (written by an incompatible version, or corrupt).
     #[error("state database: record {key:?} is unreadable: {message}")]
     Decode {
@@ -136,21 +144,105 @@ fn db_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> StateErro
     }
 }
 
-/// Opens the database (again, after an I/O error).
-type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+/// A failure of redb as a [`StateError`]: [`StateError::NoSpace`] when the disk is full.
+fn state_err(op: &'static str) -> impl FnOnce(redb::Error) -> StateError {
+    move |e| match &e {
+        redb::Error::Io(io) if skiff_image::disk::is_no_space(io) => StateError::NoSpace {
+            op,
+            message: e.to_string(),
+        },
+        _ => db_err(op)(e),
+    }
+}
 
-/// The node's desired-state store.
+/// Opens the database (again, after an I/O error).
+pub(crate) type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// A redb database that is opened again after an I/O error.
 ///
 /// redb refuses every write after one failed I/O ("Previous I/O error occurred") until
 /// the database is opened again. A full disk or a hiccup of the device is usually
-/// transient, so the store reopens the database on such an error and tries the
-/// operation once more; while it cannot, [`StateStore::health`] says why (and the
-/// node's `/healthz` with it).
-pub struct StateStore {
+/// transient, so on such an error the database is reopened and the operation tried once
+/// more; while that does not help, [`Reopening::health`] says why.
+pub(crate) struct Reopening {
+    /// What it is, for messages: "state database", "Raft log".
+    name: &'static str,
     db: RwLock<Option<Database>>,
     open: Opener,
     /// Why the last operation failed on I/O and reopening did not help.
     broken: Mutex<Option<String>>,
+}
+
+impl Reopening {
+    /// Opens it with `open`.
+    pub(crate) fn open(name: &'static str, open: Opener) -> Result<Self, redb::DatabaseError> {
+        let db = open()?;
+        Ok(Self {
+            name,
+            db: RwLock::new(Some(db)),
+            open,
+            broken: Mutex::new(None),
+        })
+    }
+
+    /// `Err(why)` while the database cannot be written.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        match &*self.broken.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the database; after an I/O error, reopens it and runs `f` once more.
+    pub(crate) fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        let first = {
+            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            match &*db {
+                Some(db) => f(db),
+                None => Err(redb::Error::PreviousIo),
+            }
+        };
+        let e = match first {
+            Ok(v) => return Ok(v),
+            Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => e,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(db = self.name, op, error = %e, "database I/O failed; reopening it");
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be gone (and its file lock released) before reopening.
+        *db = None;
+        let retried = match (self.open)() {
+            Ok(fresh) => {
+                let r = f(&fresh);
+                *db = Some(fresh);
+                r
+            }
+            Err(open) => Err(redb::Error::from(open)),
+        };
+        let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        match retried {
+            Ok(v) => {
+                *broken = None;
+                Ok(v)
+            }
+            Err(e) => {
+                *broken = Some(format!("{}: failed to {op}: {e}", self.name));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The node's desired-state store, on a database that heals ([`Reopening`]): a full
+/// disk's failed write does not refuse every write after it until a restart; while
+/// reopening does not help, [`StateStore::health`] says why (and the node's `/healthz`
+/// with it).
+pub struct StateStore {
+    db: Reopening,
 }
 
 /// Pages of the state file kept in memory.
@@ -170,71 +262,31 @@ impl StateStore {
     }
 
     fn with_opener(open: Opener) -> Result<Self, StateError> {
-        let db = open().map_err(db_err("open"))?;
-        let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
-        txn.open_table(APPS)
-            .map_err(db_err("create the apps table"))?;
-        txn.open_table(CONTAINERS)
-            .map_err(db_err("create the containers table"))?;
-        txn.open_table(DESIRED)
-            .map_err(db_err("create the desired-state table"))?;
-        txn.commit().map_err(db_err("commit"))?;
-        Ok(Self {
-            db: RwLock::new(Some(db)),
-            open,
-            broken: Mutex::new(None),
-        })
+        let db = Reopening::open("state database", open).map_err(db_err("open"))?;
+        let store = Self { db };
+        store.run("create the tables", |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(APPS)?;
+            txn.open_table(CONTAINERS)?;
+            txn.open_table(DESIRED)?;
+            txn.commit()?;
+            Ok(())
+        })?;
+        Ok(store)
     }
 
     /// `Err(why)` while the database cannot be written.
     pub fn health(&self) -> Result<(), String> {
-        match &*self.broken.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => Err(why.clone()),
-            None => Ok(()),
-        }
+        self.db.health()
     }
 
-    /// Runs `f` on the database; after an I/O error, reopens it and runs `f` once more.
+    /// Runs `f` on the database, reopening it after an I/O error (see [`Reopening`]).
     fn run<T>(
         &self,
         op: &'static str,
         f: impl Fn(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, StateError> {
-        let first = {
-            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-            match &*db {
-                Some(db) => f(db),
-                None => Err(redb::Error::PreviousIo),
-            }
-        };
-        let e = match first {
-            Ok(v) => return Ok(v),
-            Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => e,
-            Err(e) => return Err(db_err(op)(e)),
-        };
-        tracing::warn!(op, error = %e, "state database I/O failed; reopening it");
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        // The old handle must be gone (and its file lock released) before reopening.
-        *db = None;
-        let retried = match (self.open)() {
-            Ok(fresh) => {
-                let r = f(&fresh);
-                *db = Some(fresh);
-                r
-            }
-            Err(open) => Err(redb::Error::from(open)),
-        };
-        let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
-        match retried {
-            Ok(v) => {
-                *broken = None;
-                Ok(v)
-            }
-            Err(e) => {
-                *broken = Some(format!("state database: failed to {op}: {e}"));
-                Err(db_err(op)(e))
-            }
-        }
+        self.db.run(op, f).map_err(state_err(op))
     }
 
     /// Inserts or replaces an app record, durably.
@@ -410,10 +462,17 @@ pub(crate) mod testing {
 
     /// A store on `path` whose writes fail while the returned flag is set.
     pub(crate) fn flaky_store(path: &Path) -> (StateStore, Arc<AtomicBool>) {
+        let (open, fail) = flaky_opener(path);
+        let store = StateStore::with_opener(open).expect("open a flaky store");
+        (store, fail)
+    }
+
+    /// Opens a database on `path` whose writes fail (ENOSPC) while the flag is set.
+    pub(crate) fn flaky_opener(path: &Path) -> (super::Opener, Arc<AtomicBool>) {
         let fail = Arc::new(AtomicBool::new(false));
         let opener_fail = fail.clone();
         let path = path.to_path_buf();
-        let store = StateStore::with_opener(Box::new(move || {
+        let open: super::Opener = Box::new(move || {
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -426,9 +485,8 @@ pub(crate) mod testing {
                 fail: opener_fail.clone(),
             };
             Database::builder().create_with_backend(backend)
-        }))
-        .expect("open a flaky store");
-        (store, fail)
+        });
+        (open, fail)
     }
 }
 

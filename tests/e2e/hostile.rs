@@ -830,3 +830,445 @@ async fn a_build_context_never_reads_host_files_through_a_link() {
         .unwrap();
     assert!(!images.contains("leak"), "{images}");
 }
+
+/// A tmpfs mounted on a fresh temp dir, unmounted by that exact path when dropped (a
+/// failing test too). Declare it before the node that uses it: locals drop in reverse,
+/// so the node stops first and nothing holds the mount.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts one of `size` (`64m`), or says why it cannot (not root, a sandbox).
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let path = self.dir.path();
+        let unmounted = std::process::Command::new("umount")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a node that would not stop): detach it, so nothing stays mounted.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(path)
+                .status();
+        }
+    }
+}
+
+/// Writes `path` until its disk has no byte left.
+fn fill_disk(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// An authenticated API request with a JSON body.
+async fn api_send(
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let mut req = node
+        .http
+        .request(method, format!("{}{path}", node.api))
+        .bearer_auth(&node.token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A Deployment as kubectl creates it, running `image`.
+fn kube_deployment(name: &str, image: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            },
+        },
+    })
+}
+
+/// The tags of every image on `node`.
+async fn image_tags(node: &Node) -> Vec<String> {
+    let images: serde_json::Value = node.api_get("/v1/images").await.json().await.unwrap();
+    images
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["tags"].as_array().unwrap().clone())
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_and_the_node_takes_them_again_once_space_is_back() {
+    let tmpfs = match Tmpfs::mount("64m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: this machine cannot mount a tmpfs for the node's data dir: {why}");
+            return;
+        }
+    };
+    let data = tmpfs.path().to_path_buf();
+    let data_dir = data.display().to_string();
+    let flags = ["--min-free-disk", "16MiB", "--min-free-disk-state", "4MiB"];
+    let node = Node::start_in(&data, &flags).await;
+    node.deploy_ok("before", hello_wasm(), "").await;
+    assert_eq!(node.get("before", "/").await.0, 200);
+
+    // The attack: something fills the node's disk to the last byte.
+    let filler = data.join("filler");
+    fill_disk(&filler);
+    let refused = |what: &str, (status, body): (u16, String)| {
+        assert_eq!(status, 507, "{what}: {body}");
+        assert!(
+            body.contains(&data_dir) && body.contains("bytes free"),
+            "{what} names the data dir and the bytes free: {body}"
+        );
+        body
+    };
+    // A deploy (an upload), a deploy of an image already here (straight to Raft),
+    // kubectl's create, an image upload, a tag by skiff's API and by Docker's.
+    let r = node.deploy("refused", hello_wasm(), "").await;
+    let body = refused("an upload", (r.status().as_u16(), r.text().await.unwrap()));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "insufficient_storage", "{body}");
+    refused(
+        "a deploy of a stored image",
+        api_send(
+            &node,
+            reqwest::Method::PUT,
+            "/v1/apps/refused-image?image=before:latest",
+            None,
+        )
+        .await,
+    );
+    let body = refused(
+        "kubectl's create",
+        api_send(
+            &node,
+            reqwest::Method::POST,
+            "/apis/apps/v1/namespaces/default/deployments",
+            Some(kube_deployment("refused-kube", "before:latest")),
+        )
+        .await,
+    );
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["kind"], "Status", "{body}");
+    assert_eq!(status["code"], 507, "{body}");
+    let page = raw_layer(&[("site/", Directory, ""), ("site/index.html", Regular, "")]);
+    let archive = image_archive(&site_config("site"), &[&page], "refused-load:v1");
+    let r = node
+        .http
+        .post(format!("{}/v1/images", node.api))
+        .bearer_auth(&node.token)
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
+    refused(
+        "an image upload",
+        (r.status().as_u16(), r.text().await.unwrap()),
+    );
+    refused(
+        "a tag",
+        api_send(
+            &node,
+            reqwest::Method::POST,
+            "/v1/images/tag?source=before:latest&target=refused:v1",
+            None,
+        )
+        .await,
+    );
+    let body = refused(
+        "Docker's tag",
+        api_send(
+            &node,
+            reqwest::Method::POST,
+            "/v1.45/images/before:latest/tag?repo=refused&tag=docker",
+            None,
+        )
+        .await,
+    );
+    let docker: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        docker["message"].is_string(),
+        "Docker's error shape: {body}"
+    );
+    // The node is not wedged meanwhile: it serves and reads.
+    assert_eq!(node.get("before", "/").await.0, 200);
+    assert_eq!(node.api_get("/v1/apps/before").await.status(), 200);
+
+    // Space comes back. Without a restart, writes go through again and read back.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(
+        "a deploy to go through once space is back",
+        Duration::from_secs(30),
+        || async {
+            let r = node.deploy("after", hello_wasm(), "").await;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+    assert_eq!(node.get("after", "/").await.0, 200);
+    let (status, body) = api_send(
+        &node,
+        reqwest::Method::POST,
+        "/v1/images/tag?source=before:latest&target=after-tag:v1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api_send(
+        &node,
+        reqwest::Method::POST,
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(kube_deployment("after-kube", "before:latest")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api_send(
+        &node,
+        reqwest::Method::GET,
+        "/apis/apps/v1/namespaces/default/deployments/after-kube",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        image_tags(&node)
+            .await
+            .contains(&"after-tag:v1".to_string())
+    );
+
+    // After a restart, what was taken is there and nothing refused was applied.
+    node.stop().await;
+    let node = Node::start_in(&data, &flags).await;
+    for app in ["before", "after"] {
+        assert_eq!(node.get(app, "/").await.0, 200, "{app}");
+    }
+    for app in ["refused", "refused-image"] {
+        assert_eq!(
+            node.api_get(&format!("/v1/apps/{app}")).await.status(),
+            404,
+            "{app} was refused, yet it is there"
+        );
+    }
+    for (name, want) in [("refused-kube", 404), ("after-kube", 200)] {
+        let (status, body) = api_send(
+            &node,
+            reqwest::Method::GET,
+            &format!("/apis/apps/v1/namespaces/default/deployments/{name}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, want, "{name}: {body}");
+    }
+    let tags = image_tags(&node).await;
+    assert!(
+        tags.iter().all(|t| !t.starts_with("refused")),
+        "a refused tag is there: {tags:?}"
+    );
+    for tag in ["before:latest", "after:latest", "after-tag:v1"] {
+        assert!(
+            tags.contains(&tag.to_string()),
+            "{tag} is missing: {tags:?}"
+        );
+    }
+    drop(node);
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_under_raft_and_the_tags_wedges_nothing_and_fails_no_write_that_lands() {
+    let tmpfs = match Tmpfs::mount("64m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: this machine cannot mount a tmpfs for the node's data dir: {why}");
+            return;
+        }
+    };
+    let data = tmpfs.path().to_path_buf();
+    let data_dir = data.display().to_string();
+    // No reserves: nothing is refused up front, so the disk fills under the databases
+    // themselves (what a write racing something else that fills the disk meets).
+    let flags = ["--min-free-disk", "0", "--min-free-disk-state", "0"];
+    let node = Node::start_in(&data, &flags).await;
+    node.deploy_ok("before", hello_wasm(), "").await;
+    let filler = data.join("filler");
+    fill_disk(&filler);
+
+    // Tags until one finds no room in tags.redb: a clear 507, not redb's "previous
+    // I/O error" from then on.
+    let mut tagged = Vec::new();
+    let refused_tag = loop {
+        let target = format!("t{}:v1", tagged.len());
+        let (status, body) = api_send(
+            &node,
+            reqwest::Method::POST,
+            &format!("/v1/images/tag?source=before:latest&target={target}"),
+            None,
+        )
+        .await;
+        if status != 201 {
+            assert_eq!(status, 507, "{target}: {body}");
+            assert!(body.contains(&data_dir), "{body}");
+            break target;
+        }
+        tagged.push(target);
+        assert!(tagged.len() < 20_000, "tags.redb never ran out of room");
+    };
+
+    // Deployments until one finds no room in the Raft log or the state: its outcome is
+    // unknown (it was proposed), never "failed"; Raft waits for space and says so.
+    let deployment = |name: &str| {
+        let mut d = kube_deployment(name, "before:latest");
+        d["spec"]["replicas"] = 0.into();
+        d
+    };
+    let mut created = Vec::new();
+    let unknown = loop {
+        let name = format!("d{}", created.len());
+        let (status, body) = api_send(
+            &node,
+            reqwest::Method::POST,
+            "/apis/apps/v1/namespaces/default/deployments",
+            Some(deployment(&name)),
+        )
+        .await;
+        if status != 201 {
+            assert_eq!(status, 503, "{name}: {body}");
+            assert!(body.contains("outcome_unknown"), "{name}: {body}");
+            assert!(body.contains("outcome is unknown"), "{name}: {body}");
+            break name;
+        }
+        created.push(name);
+        assert!(created.len() < 20_000, "Raft never ran out of room");
+    };
+    let r = node
+        .http
+        .get(format!("{}/healthz", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let health = r.text().await.unwrap();
+    assert!(
+        health.contains(&format!("disk full at {data_dir}")),
+        "{health}"
+    );
+    // Meanwhile the node serves and reads.
+    assert_eq!(node.get("before", "/").await.0, 200);
+
+    // Space is back: without a restart, the write whose outcome was unknown lands, and
+    // new writes (a Deployment, a tag) go through.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(
+        "the write whose outcome was unknown to land",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = api_send(
+                &node,
+                reqwest::Method::GET,
+                &format!("/apis/apps/v1/namespaces/default/deployments/{unknown}"),
+                None,
+            )
+            .await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let (status, body) = api_send(
+        &node,
+        reqwest::Method::POST,
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(deployment("after")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api_send(
+        &node,
+        reqwest::Method::POST,
+        "/v1/images/tag?source=before:latest&target=after-tag:v1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let r = node
+        .http
+        .get(format!("{}/healthz", node.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // After a restart: everything answered as done is there, the refused tag is not.
+    node.stop().await;
+    let node = Node::start_in(&data, &flags).await;
+    let list: serde_json::Value = node
+        .api_get("/apis/apps/v1/namespaces/default/deployments")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: std::collections::BTreeSet<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in created.iter().chain([&unknown, &"after".to_string()]) {
+        assert!(
+            names.contains(name),
+            "{name} was answered done, yet it is gone"
+        );
+    }
+    let tags = image_tags(&node).await;
+    assert!(
+        !tags.contains(&refused_tag),
+        "{refused_tag} was refused, yet it is there"
+    );
+    for tag in tagged.iter().map(String::as_str).chain(["after-tag:v1"]) {
+        assert!(tags.iter().any(|t| t == tag), "{tag} is missing");
+    }
+    drop(node);
+}

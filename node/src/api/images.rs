@@ -20,6 +20,7 @@ use crate::Shared;
 fn image_err(e: ImageError) -> ApiError {
     match e {
         ImageError::NotFound(_) | ImageError::Ambiguous(_) => ApiError::not_found(e.to_string()),
+        e if e.is_disk_full() => ApiError::disk_full(e),
         other => ApiError::internal(other),
     }
 }
@@ -133,6 +134,7 @@ pub(super) async fn import(
     })
     .await?
     .map_err(|e| match e {
+        e if e.is_disk_full() => ApiError::disk_full(e),
         ArchiveError::Store(_) | ArchiveError::Write(_) => ApiError::internal(e),
         ArchiveError::TooLarge(_) => ApiError::too_large(e.to_string()),
         other => ApiError::bad_request("invalid_archive", other.to_string()),

@@ -89,6 +89,24 @@ impl ApiError {
         }
     }
 
+    /// 507: the node's disk is too full to take the write (nothing was written).
+    pub fn disk_full(err: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            code: "insufficient_storage",
+            message: err.to_string(),
+        }
+    }
+
+    /// A blob store's failure: a full disk is 507, anything else 500.
+    pub fn store(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            ApiError::disk_full(e)
+        } else {
+            ApiError::internal(e)
+        }
+    }
+
     /// 401.
     pub fn unauthorized() -> Self {
         Self {
@@ -132,6 +150,7 @@ impl From<crate::apps::AppError> for ApiError {
             AppError::Invalid { code, message } => ApiError::bad_request(code, message),
             AppError::Conflict(m) => ApiError::conflict(m),
             AppError::OverBudget(m) => ApiError::over_budget(m),
+            AppError::DiskFull(m) => ApiError::disk_full(m),
             AppError::NotReady(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_ready", m),
             AppError::Unavailable { code, message } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
@@ -393,12 +412,18 @@ async fn api_ca(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// `ok`, or 503 naming what is wrong (the state store cannot be written); then how far
+/// `ok`, or 503 naming what is wrong (the state store cannot be written, Raft's storage
+/// waits for disk space); then how far
 /// the start has brought the pods back (`restoring: 40 of 10000 pods ready`, then
 /// `restored: pods back in 2100 ms`). The node serves while it restores.
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let restore = shared.apps.restore_line();
-    match shared.apps.state_health() {
+    // Raft's storage first: it names the data dir whose disk is full.
+    match shared
+        .consensus
+        .health()
+        .and_then(|()| shared.apps.state_health())
+    {
         Ok(()) => format!("ok\n{restore}\n").into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -625,11 +650,15 @@ async fn put_app(
     if declared.is_some_and(|len| len > cap) {
         return Err(too_large());
     }
-    let mut writer = shared
-        .images
-        .blobs()
-        .writer(cap)
-        .map_err(ApiError::internal)?;
+    let mut writer = match shared.images.blobs().writer(cap) {
+        Ok(writer) => writer,
+        Err(e) => {
+            // Refused before a byte is stored (the disk is full): read the upload to
+            // the end so the client sees this answer instead of a reset.
+            discard(&mut body.into_data_stream(), cap).await;
+            return Err(ApiError::store(e));
+        }
+    };
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -644,7 +673,11 @@ async fn put_app(
                 discard(&mut stream, OVERSHOOT_DRAIN).await;
                 return Err(too_large());
             }
-            Err(other) => return Err(ApiError::internal(other)),
+            Err(other) => {
+                drop(writer);
+                discard(&mut stream, cap).await;
+                return Err(ApiError::store(other));
+            }
         }
     }
     if writer.is_empty() {
@@ -656,7 +689,7 @@ async fn put_app(
     let staged = tokio::task::spawn_blocking(move || writer.finish())
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let (created, status) = shared.apps.deploy_upload(name, params, staged).await?;
     let code = if created {
         StatusCode::CREATED

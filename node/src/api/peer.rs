@@ -160,7 +160,11 @@ async fn write(
         .consensus
         .write_as_leader(data)
         .await
-        .map_err(crate::apps::AppError::from)?;
+        .map_err(|e| match e {
+            // A 4xx tells the follower nothing was proposed (a 5xx: the outcome is unknown).
+            crate::raft::ConsensusError::NotLeader => ApiError::conflict(e.to_string()),
+            e => crate::apps::AppError::from(e).into(),
+        })?;
     Ok(Json(answer))
 }
 

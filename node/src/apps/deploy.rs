@@ -582,6 +582,6 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("migrated\n"), "{answer}");
         node.shutdown_token().cancel();
-        node.wait().await;
+        node.wait().await.unwrap();
     }
 }

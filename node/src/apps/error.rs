@@ -21,13 +21,17 @@ pub enum AppError {
     /// The node has no room for it (its memory budget).
     #[error("{0}")]
     OverBudget(String),
+    /// The node's disk is too full to take it: refused before anything was written.
+    #[error("{0}")]
+    DiskFull(String),
     /// It was done, but what it started did not become ready in time.
     #[error("{0}")]
     NotReady(String),
     /// The cluster cannot take the change now (no quorum, no leader); `code` says which.
     #[error("{message}")]
     Unavailable {
-        /// `no_quorum`, `no_leader`, `not_confirmed`, `consensus_failed`.
+        /// `no_quorum`, `no_leader`, `outcome_unknown` (a write that may or may not be
+        /// applied), `consensus_failed`.
         code: &'static str,
         /// What is missing, naming the voters.
         message: String,
@@ -41,9 +45,10 @@ impl From<crate::raft::ConsensusError> for AppError {
     fn from(e: crate::raft::ConsensusError) -> Self {
         use crate::raft::ConsensusError as E;
         let code = match &e {
+            E::DiskFull(message) => return AppError::DiskFull(message.clone()),
             E::NoQuorum { .. } => "no_quorum",
-            E::NoLeader(_) | E::Leader { .. } | E::Refused => "no_leader",
-            E::Timeout(_) => "not_confirmed",
+            E::NoLeader(_) | E::Leader { .. } | E::Refused | E::NotLeader => "no_leader",
+            E::Timeout(_) | E::Unknown(_) => "outcome_unknown",
             E::Fatal(_) => "consensus_failed",
         };
         AppError::Unavailable {
@@ -77,6 +82,16 @@ impl AppError {
         AppError::OverBudget(err.to_string())
     }
 
+    /// An image store's failure: a full disk as [`AppError::DiskFull`], anything
+    /// else as [`AppError::Internal`].
+    pub fn image(e: skiff_image::ImageError) -> Self {
+        if e.is_disk_full() {
+            AppError::DiskFull(e.to_string())
+        } else {
+            AppError::Internal(e.to_string())
+        }
+    }
+
     /// [`AppError::Internal`].
     pub fn internal(err: impl std::fmt::Display) -> Self {
         AppError::Internal(err.to_string())
@@ -89,6 +104,7 @@ impl AppError {
             AppError::Invalid { code, .. } => code,
             AppError::Conflict(_) => "conflict",
             AppError::OverBudget(_) => "over_budget",
+            AppError::DiskFull(_) => "insufficient_storage",
             AppError::NotReady(_) => "not_ready",
             AppError::Unavailable { code, .. } => code,
             AppError::Internal(_) => "internal",
@@ -101,6 +117,7 @@ impl AppError {
             AppError::NotFound(m)
             | AppError::Conflict(m)
             | AppError::OverBudget(m)
+            | AppError::DiskFull(m)
             | AppError::NotReady(m)
             | AppError::Internal(m) => m,
             AppError::Invalid { message, .. } | AppError::Unavailable { message, .. } => message,

@@ -7,6 +7,9 @@
 //! is asked for (at start, and for a follower that fell behind): none is kept, as a
 //! copy of the whole state held for the rare follower would be most of a node's
 //! memory. The meta of an installed snapshot is kept, so it is the one given back.
+//!
+//! A write that finds the disk full is tried again until space is back (`disk.rs`);
+//! any other failure of the store stops Raft on this node.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -18,8 +21,10 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::disk::DiskWait;
 use super::{Entry, NodeId, Peer, Reply, TypeConfig};
 use crate::desired::{self, DesiredStore, Versioned};
+use crate::state::StateError;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -38,6 +43,24 @@ pub struct Machine {
     installed: Option<SnapshotMeta<NodeId, Peer>>,
     /// Wakes the reconciler after a change.
     changed: Arc<tokio::sync::Notify>,
+    /// Where a write that finds the disk full waits for space.
+    wait: Arc<DiskWait>,
+}
+
+/// What the state machine's writes are called while they wait.
+const WAITER: &str = "the desired state";
+
+/// Whether the store failed because the disk is full.
+fn no_space(e: &StateError) -> bool {
+    matches!(e, StateError::NoSpace { .. })
+}
+
+/// A blocking task that died as a store error (fatal, as any but a full disk).
+fn died(e: tokio::task::JoinError) -> StateError {
+    StateError::Db {
+        op: "apply an entry",
+        message: e.to_string(),
+    }
 }
 
 fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
@@ -51,10 +74,11 @@ fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
 
 impl Machine {
     /// The machine over `store`, at the record it holds; `changed` is notified after
-    /// every entry that changed the state.
+    /// every entry that changed the state; writes that find the disk full wait on `wait`.
     pub fn new(
         store: Arc<DesiredStore>,
         changed: Arc<tokio::sync::Notify>,
+        wait: Arc<DiskWait>,
     ) -> anyhow::Result<Self> {
         let record = match store.raft_record() {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -68,6 +92,7 @@ impl Machine {
             record,
             installed: None,
             changed,
+            wait,
         })
     }
 
@@ -88,6 +113,15 @@ impl Machine {
         };
         Ok((meta, data))
     }
+}
+
+/// Why a snapshot was not installed.
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error("the snapshot is not a desired state: {0}")]
+    Parse(serde_json::Error),
+    #[error(transparent)]
+    Store(StateError),
 }
 
 /// Builds snapshots of the state as it is when asked.
@@ -135,14 +169,29 @@ impl RaftStateMachine<TypeConfig> for Machine {
                     None
                 }
             };
-            let bytes = serde_json::to_vec(&record).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            let store = self.store.clone();
+            let bytes =
+                Arc::new(serde_json::to_vec(&record).map_err(|e| sm_err(ErrorVerb::Write, e))?);
             let index = entry.log_id.index;
-            let result = tokio::task::spawn_blocking(move || store.apply(index, command, &bytes))
+            // A failed write changed nothing (the store undoes it in memory), so it is
+            // tried again while the disk is full; any other failure stops this node's
+            // Raft: openraft treats a storage error as fatal, and an entry half applied
+            // must not be acknowledged.
+            let result = self
+                .wait
+                .retry(
+                    WAITER,
+                    || {
+                        let (store, command, bytes) =
+                            (self.store.clone(), command.clone(), bytes.clone());
+                        async move {
+                            tokio::task::spawn_blocking(move || store.apply(index, command, &bytes))
+                                .await
+                                .unwrap_or_else(|e| Err(died(e)))
+                        }
+                    },
+                    no_space,
+                )
                 .await
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?
-                // A store that cannot write stops this node's Raft: openraft treats a
-                // storage error as fatal, and an entry half applied must not be acknowledged.
                 .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             self.record = record;
             changed |=
@@ -170,19 +219,36 @@ impl RaftStateMachine<TypeConfig> for Machine {
         meta: &SnapshotMeta<NodeId, Peer>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<()> {
-        let data = snapshot.into_inner();
-        let state: desired::Snapshot =
-            serde_json::from_slice(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let data = Arc::new(snapshot.into_inner());
         let record = Record {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let bytes = serde_json::to_vec(&record).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.restore(state, &bytes))
-            .await
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let bytes = Arc::new(serde_json::to_vec(&record).map_err(|e| sm_err(ErrorVerb::Write, e))?);
+        // Parsed in each try rather than copied: the state is most of a node's memory.
+        let restored: std::result::Result<(), RestoreError> = self
+            .wait
+            .retry(
+                WAITER,
+                || {
+                    let (store, data, bytes) = (self.store.clone(), data.clone(), bytes.clone());
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            let state: desired::Snapshot =
+                                serde_json::from_slice(&data).map_err(RestoreError::Parse)?;
+                            store.restore(state, &bytes).map_err(RestoreError::Store)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(RestoreError::Store(died(e))))
+                    }
+                },
+                |e| matches!(e, RestoreError::Store(e) if no_space(e)),
+            )
+            .await;
+        restored.map_err(|e| match e {
+            RestoreError::Parse(e) => sm_err(ErrorVerb::Read, e),
+            RestoreError::Store(e) => sm_err(ErrorVerb::Write, e),
+        })?;
         self.record = record;
         self.installed = Some(meta.clone());
         self.changed.notify_one();
@@ -201,5 +267,70 @@ impl RaftStateMachine<TypeConfig> for Machine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::desired::{Applied, Command};
+    use crate::state::StateStore;
+
+    fn cordon(index: u64, node: &str) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Versioned::V1(Command::Cordon {
+                node: node.into(),
+                unschedulable: true,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_finds_the_disk_full_is_applied_once_space_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (db, fail) = crate::state::testing::flaky_store(&path);
+        let store = Arc::new(DesiredStore::open(Arc::new(db)).unwrap());
+        let wait = Arc::new(DiskWait::new(dir.path(), CancellationToken::new()));
+        let mut machine = Machine::new(
+            store.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            wait.clone(),
+        )
+        .unwrap();
+        machine.apply([cordon(1, "a")]).await.unwrap();
+
+        fail.store(true, Ordering::SeqCst);
+        let applying = tokio::spawn(async move {
+            let replies = machine.apply([cordon(2, "b")]).await;
+            (machine, replies)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wait.health().is_ok() {
+            assert!(Instant::now() < deadline, "the entry did not wait");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Waiting, not half applied: memory matches the disk.
+        assert!(!store.snapshot().state.cordoned.contains("b"));
+        fail.store(false, Ordering::SeqCst);
+        let (mut machine, replies) = applying.await.unwrap();
+        assert_eq!(
+            replies.unwrap(),
+            [Some(Ok(Applied::Configured("node/b".into())))]
+        );
+        assert!(wait.health().is_ok());
+        let (applied, _) = machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        drop((machine, store));
+        let reopened = DesiredStore::open(Arc::new(StateStore::open(&path).unwrap())).unwrap();
+        let cordoned = reopened.snapshot().state.cordoned;
+        assert_eq!(cordoned.into_iter().collect::<Vec<_>>(), ["a", "b"]);
     }
 }

@@ -13,17 +13,26 @@
 //! gossip), a write fails at once, naming the voters it can reach; the node keeps
 //! serving what it runs. Reads are local; [`Consensus::linearize`] makes one
 //! linearizable (the leader confirms it still leads, and this node catches up to it).
+//!
+//! A full disk: a write is refused before it is proposed while the data dir's disk is
+//! below the state reserve (507, naming the data dir and the bytes free), so it never
+//! reaches the log. Once proposed, a write's fate is Raft's: when it is not confirmed
+//! (a timeout, Raft stopping, a leader that did not answer) the client is told the
+//! outcome is unknown, never that it failed, as it may still be applied. Storage that
+//! finds the disk full anyway waits for space rather than stopping Raft, and any other
+//! storage error makes the node exit to be restarted (`disk.rs` says why).
 
 // openraft's storage and RPC traits fix their error types, which are large.
 #![allow(clippy::result_large_err)]
 
+pub mod disk;
 pub mod log;
 pub mod machine;
 pub mod peer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +49,7 @@ use openraft::{ChangeMembers, Config, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use self::disk::DiskWait;
 use self::peer::{CallError, PeerClient};
 use crate::desired::{Applied, Command, DesiredStore, Rejected, Versioned};
 
@@ -100,8 +110,22 @@ pub enum ConsensusError {
     #[error("no Raft leader was elected within {0:?}; try again")]
     NoLeader(Duration),
     /// The write was sent but not known to be committed in time.
-    #[error("the write was not confirmed within {0:?}; it may still be applied")]
+    #[error(
+        "the write's outcome is unknown: it was not confirmed within {0:?} and may still be applied; read the object before trying again"
+    )]
     Timeout(Duration),
+    /// The write was proposed, then something failed before it was confirmed: it may
+    /// or may not be applied.
+    #[error(
+        "the write's outcome is unknown: {0}; it may still be applied, so read the object before trying again"
+    )]
+    Unknown(String),
+    /// The disk is too full to take a write: refused before it was proposed.
+    #[error("{0}")]
+    DiskFull(String),
+    /// A write forwarded here, to a node that no longer leads: nothing was proposed.
+    #[error("this node no longer leads the cluster; nothing was written")]
+    NotLeader,
     /// The leader could not be reached or refused.
     #[error("the Raft leader {leader} could not take the write: {message}")]
     Leader {
@@ -167,6 +191,13 @@ pub struct Consensus {
     liveness: Mutex<Liveness>,
     /// A voter dead this long is replaced by a live learner.
     grace: Duration,
+    /// The data dir, whose disk must keep `reserve` bytes free for a write to be taken.
+    dir: PathBuf,
+    reserve: u64,
+    /// Where storage that finds the disk full waits for space.
+    wait: Arc<DiskWait>,
+    /// The log (for its health).
+    log: log::LogStore,
 }
 
 #[derive(Default)]
@@ -197,7 +228,9 @@ fn config(cluster_id: &str) -> anyhow::Result<Config> {
 impl Consensus {
     /// Starts Raft as node `id` (`me`), on the log in `dir/raft.redb` and the state
     /// machine over `store`. `found` initializes a new cluster with this node as its
-    /// one voter when the log is empty; `changed` is woken after every change.
+    /// one voter when the log is empty; `changed` is woken after every change. Writes
+    /// are refused while `dir`'s disk has less than `reserve` bytes free; storage that
+    /// finds it full waits for space until `shutdown`.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         dir: &Path,
@@ -209,11 +242,15 @@ impl Consensus {
         client: PeerClient,
         found: bool,
         grace: Duration,
+        reserve: u64,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let mut log = log::LogStore::open(&dir.join("raft.redb"))?;
+        let wait = Arc::new(DiskWait::new(dir, shutdown));
+        let mut log = log::LogStore::open(&dir.join("raft.redb"), wait.clone())?;
         let empty = log.is_empty().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let machine = machine::Machine::new(store, changed)?;
+        let machine = machine::Machine::new(store, changed, wait.clone())?;
+        let log_health = log.clone();
         let book: AddressBook = Arc::default();
         let network = Network {
             client: client.clone(),
@@ -262,8 +299,52 @@ impl Consensus {
                 ..Liveness::default()
             }),
             grace,
+            dir: dir.to_path_buf(),
+            reserve,
+            wait,
+            log: log_health,
         };
         Ok(consensus)
+    }
+
+    /// `Err(why)` while Raft's storage cannot be written: it waits for disk space, or
+    /// its log could not be opened again after an I/O error.
+    pub fn health(&self) -> Result<(), String> {
+        self.wait.health().and_then(|()| self.log.health())
+    }
+
+    /// Resolves with why, if Raft stops on this node for another reason than being shut
+    /// down (a storage error: openraft stops its core for good then).
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(e) = &metrics.borrow().running_state
+                && !matches!(e, openraft::error::Fatal::Stopped)
+            {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                // The core's task ended without saying why (it panicked).
+                return match &metrics.borrow().running_state {
+                    Err(e) if !matches!(e, openraft::error::Fatal::Stopped) => e.to_string(),
+                    _ => "Raft's core task ended".to_string(),
+                };
+            }
+        }
+    }
+
+    /// `Ok` when this node's disk has room for `command`: refused before it is proposed
+    /// otherwise, so a full disk never fails a write inside the log. A deletion may use
+    /// half of the reserve: deleting is how images, and so space, are freed.
+    fn has_room(&self, command: &Command) -> Result<(), ConsensusError> {
+        let (reserve, what) = match command {
+            Command::DeleteDeployment { .. } | Command::DeleteService { .. } => {
+                (self.reserve / 2, "a deletion")
+            }
+            _ => (self.reserve, "a change to the node's state"),
+        };
+        skiff_image::disk::check(&self.dir, reserve, 0, what)
+            .map_err(|e| ConsensusError::DiskFull(e.to_string()))
     }
 
     /// The client for calls to peers.
@@ -471,6 +552,8 @@ impl Consensus {
     /// Applies `command` through the cluster's log; answers once it is applied on this
     /// node.
     pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
+        // This node applies the entry too, so it needs the room even when another leads.
+        self.has_room(&command)?;
         self.with_quorum(self.write_inner(command)).await
     }
 
@@ -498,7 +581,12 @@ impl Consensus {
                         other => return other,
                     }
                 }
-                Err(e) => return Err(ConsensusError::Fatal(e.to_string())),
+                // Raft stopped here after the entry may have reached the log.
+                Err(e) => {
+                    return Err(ConsensusError::Unknown(format!(
+                        "Raft stopped on this node ({e})"
+                    )));
+                }
             }
         }
     }
@@ -537,10 +625,27 @@ impl Consensus {
             .await
             .map_err(|e| match e {
                 CallError::Refused { .. } => ConsensusError::Refused,
-                e => ConsensusError::Leader {
-                    leader: leader.name.clone(),
-                    message: e.to_string(),
-                },
+                // Refused before it was proposed: the leader's disk is full.
+                CallError::Status {
+                    status, message, ..
+                } if status == http::StatusCode::INSUFFICIENT_STORAGE => {
+                    ConsensusError::DiskFull(format!(
+                        "the Raft leader {} refused the write: {message}",
+                        leader.name
+                    ))
+                }
+                // Refused as a request (not a peer's, not readable): nothing was proposed.
+                e @ CallError::Status { status, .. } if status.is_client_error() => {
+                    ConsensusError::Leader {
+                        leader: leader.name.clone(),
+                        message: e.to_string(),
+                    }
+                }
+                // It may have arrived and been proposed: whether it is applied is unknown.
+                e => ConsensusError::Unknown(format!(
+                    "the Raft leader {} did not confirm it ({e})",
+                    leader.name
+                )),
             })?;
         self.wait_applied(answer.index, deadline).await?;
         Ok(answer.reply)
@@ -558,6 +663,8 @@ impl Consensus {
 
     /// A write forwarded by a follower: applied here, as the leader, or refused.
     pub async fn write_as_leader(&self, data: Versioned) -> Result<Forwarded, ConsensusError> {
+        let Versioned::V1(command) = &data;
+        self.has_room(command)?;
         let outcome = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(data))
             .await
             .map_err(|_| ConsensusError::Timeout(WRITE_TIMEOUT))?;
@@ -566,7 +673,12 @@ impl Consensus {
                 index: r.log_id.index,
                 reply: r.data,
             }),
-            Err(e) => Err(ConsensusError::Fatal(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ConsensusError::NotLeader)
+            }
+            Err(e) => Err(ConsensusError::Unknown(format!(
+                "Raft stopped on the leader ({e})"
+            ))),
         }
     }
 

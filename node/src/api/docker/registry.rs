@@ -262,7 +262,7 @@ mod tests {
         assert!(!dir.path().join(".build-xyz").exists());
         assert!(dir.path().join("keep.pull-not").exists());
         node.shutdown_token().cancel();
-        node.wait().await;
+        node.wait().await.unwrap();
     }
 
     #[test]

@@ -1706,7 +1706,7 @@ mod tests {
         eventually(|| async { (gossiped().await.as_deref() == Some(",0,0,0,0")).then_some(()) })
             .await;
         node.shutdown_token().cancel();
-        node.wait().await;
+        node.wait().await.unwrap();
     }
 
     /// One request with headers; the status, headers and body.
@@ -2110,7 +2110,7 @@ mod tests {
         assert!(h["content-type"].to_str().unwrap().ends_with("+protobuf"));
 
         node.shutdown_token().cancel();
-        node.wait().await;
+        node.wait().await.unwrap();
     }
 
     #[tokio::test]
@@ -2151,6 +2151,6 @@ mod tests {
         assert_eq!(watch().await.unwrap().status(), StatusCode::OK);
         drop(open);
         node.shutdown_token().cancel();
-        node.wait().await;
+        node.wait().await.unwrap();
     }
 }
