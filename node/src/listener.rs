@@ -810,6 +810,13 @@ mod tests {
         (addr, stop)
     }
 
+    /// A connection to `addr` from loopback address `ip`.
+    async fn connect_from(ip: &str, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{ip}:0").parse().expect("an address"))?;
+        socket.connect(addr).await
+    }
+
     /// Reads until the server closes; how long that took.
     async fn until_closed(s: &mut TcpStream) -> Duration {
         let start = Instant::now();
@@ -878,11 +885,7 @@ mod tests {
             ..limits()
         };
         let (addr, _stop) = server_with(10, limits).await;
-        let from = |ip: &str| {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-            socket.connect(addr)
-        };
+        let from = |ip: &'static str| connect_from(ip, addr);
         let mut held = Vec::new();
         for _ in 0..2 {
             held.push(from("127.0.0.5").await.unwrap());
@@ -928,11 +931,7 @@ mod tests {
             ..limits()
         };
         let (addr, _stop) = server_with(10, limits).await;
-        let from = |ip: &str| {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-            socket.connect(addr)
-        };
+        let from = |ip: &'static str| connect_from(ip, addr);
         // Four places held by connections that send nothing (and one kept idle after a
         // request), all from one address: the listener is full.
         let mut held = Vec::new();

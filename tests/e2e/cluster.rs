@@ -163,21 +163,8 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
     // The CA's hash right, the secret wrong.
     let wrong = format!("{}::wrong", join[3].split_once("::").unwrap().0);
     let o = tokio::process::Command::new(crate::harness::SKIFF)
-        .args([
-            "up",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--ingress-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--gossip-addr",
-            "127.0.0.1:0",
-            "--join",
-            &join[1],
-            "--join-token",
-            &wrong,
-        ])
+        .args(crate::harness::UP)
+        .args(["--join", &join[1], "--join-token", &wrong])
         .arg("--data-dir")
         .arg(dir4.path())
         .output()

@@ -14,6 +14,17 @@ use serde_json::Value;
 
 pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
+/// `skiff up` with every listener on an ephemeral loopback port.
+pub const UP: [&str; 7] = [
+    "up",
+    "--api-addr",
+    "127.0.0.1:0",
+    "--ingress-addr",
+    "127.0.0.1:0",
+    "--gossip-addr",
+    "127.0.0.1:0",
+];
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -140,21 +151,13 @@ impl Node {
         customise: impl FnOnce(&mut Command),
     ) -> Node {
         let mut cmd = Command::new(SKIFF);
-        cmd.args([
-            "up",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--ingress-addr",
-            "127.0.0.1:0",
-            "--gossip-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.args(UP)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         customise(&mut cmd);
         let mut child = cmd.spawn().expect("start skiff up");
         let stdout = child.stdout.take().unwrap();

@@ -312,15 +312,7 @@ async fn up_fails(dir: &Path, args: &[&str]) -> String {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new(SKIFF)
-            .args([
-                "up",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--ingress-addr",
-                "127.0.0.1:0",
-                "--gossip-addr",
-                "127.0.0.1:0",
-            ])
+            .args(crate::harness::UP)
             .arg("--data-dir")
             .arg(dir)
             .args(args)
