@@ -9,8 +9,39 @@
 //! `$deleteFromPrimitiveList/<list>`. The keys are those of the Kubernetes types for
 //! the fields skiff's objects hold; any other list is replaced whole, as Kubernetes
 //! does for lists without a merge strategy.
+//!
+//! Patches are bounded as the objects they make are. A JSON patch can double its object
+//! with each `copy` (2.6 KB of them once asked a node for 7 GB), so its operations are
+//! applied one at a time, each admitted first against the object's serialized size and
+//! depth, kept up to date from what each operation adds and removes: a patch is refused
+//! at the first operation that would make the object larger than
+//! [`MAX_MANIFEST_BYTES`] (or than it already was), nest deeper than
+//! [`MAX_PATCHED_DEPTH`], or copy more than [`MAX_PATCH_COPY_BYTES`] in all, before
+//! that operation costs anything. It has at most [`MAX_PATCH_OPS`] operations. Merge
+//! and strategic merge patches make at most the object plus the patch, and are checked
+//! once applied. A refused patch leaves the object as it was.
 
+use json_patch::PatchOperation;
+use json_patch::jsonptr::Pointer;
 use serde_json::{Map, Value};
+
+use crate::manifest::MAX_MANIFEST_BYTES;
+
+/// Most operations one JSON patch may hold: Kubernetes' own limit
+/// (`maxJSONPatchOperations`).
+pub const MAX_PATCH_OPS: usize = 10_000;
+
+/// Deepest a patched object may nest (maps and lists within each other): as deep as
+/// serde_json reads a request body. Serializing and dropping a value recurse, so a
+/// patch that wrapped the object again and again would overflow the stack.
+pub const MAX_PATCHED_DEPTH: usize = 128;
+
+/// Most bytes the `copy` operations of one JSON patch may copy in all (Kubernetes bounds
+/// them by its request size too), values it moves to a deeper place counted too (they
+/// are measured). What the other operations add is in the patch itself, which is
+/// bounded; a copy and a remove, again and again, would keep a node busy copying
+/// without ever growing the object.
+pub const MAX_PATCH_COPY_BYTES: usize = MAX_MANIFEST_BYTES;
 
 /// How the body of a PATCH is to be read (its Content-Type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,37 +66,319 @@ impl PatchKind {
     }
 }
 
+/// Why a patch was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatchError {
+    /// The patch is not one, or does not apply to the object.
+    #[error("{0}")]
+    Invalid(String),
+    /// A JSON patch of more than [`MAX_PATCH_OPS`] operations.
+    #[error("the JSON patch has {ops} operations; a patch may have at most {MAX_PATCH_OPS}")]
+    TooManyOperations {
+        /// How many it has.
+        ops: usize,
+    },
+    /// The object would serialize to more than `limit` bytes.
+    #[error("the patched object would be larger than {}, the most an object may be{}", size(.limit), at(.op))]
+    TooLarge {
+        /// [`MAX_MANIFEST_BYTES`], or the object's size before the patch if larger.
+        limit: usize,
+        /// The JSON patch operation refused (from 0), if a JSON patch.
+        op: Option<usize>,
+    },
+    /// The object would nest deeper than [`MAX_PATCHED_DEPTH`].
+    #[error("the patched object would nest deeper than {MAX_PATCHED_DEPTH} levels{}", at(.op))]
+    TooDeep {
+        /// The JSON patch operation refused (from 0), if a JSON patch.
+        op: Option<usize>,
+    },
+    /// The patch's copies would add up to more than [`MAX_PATCH_COPY_BYTES`].
+    #[error("the JSON patch copies more than {} in all{}", size(&MAX_PATCH_COPY_BYTES), at_op(.op))]
+    TooMuchCopied {
+        /// The operation refused (from 0).
+        op: usize,
+    },
+}
+
+impl PatchError {
+    /// Whether the patch was refused for a bound (Kubernetes answers 413) rather than
+    /// for what it says (422).
+    pub fn is_over_limit(&self) -> bool {
+        !matches!(self, Self::Invalid(_))
+    }
+}
+
+fn size(bytes: &usize) -> String {
+    let bytes = *bytes;
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{bytes} bytes ({} MiB)", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+fn at(op: &Option<usize>) -> String {
+    op.as_ref().map(at_op).unwrap_or_default()
+}
+
+fn at_op(op: &usize) -> String {
+    format!(" (JSON patch operation {op})")
+}
+
 /// Applies `patch` (the request body) to `object`. `kind` names the object's kind
 /// (`Deployment`, `Service`, `Scale`, ...), which decides a strategic patch's list keys.
+/// On error `object` is left as it was.
 pub fn apply(
     kind: &str,
     object: &mut Value,
     patch_kind: PatchKind,
     patch: &[u8],
-) -> Result<(), String> {
-    let body: Value =
-        serde_json::from_slice(patch).map_err(|e| format!("the patch is not JSON: {e}"))?;
+) -> Result<(), PatchError> {
+    let body: Value = serde_json::from_slice(patch)
+        .map_err(|e| PatchError::Invalid(format!("the patch is not JSON: {e}")))?;
+    let (bytes, depth) = measure(object);
+    // An object the node already holds larger (its status counts here, not when
+    // stored) may still be patched, as long as the patch does not grow it.
+    let limit = bytes.max(MAX_MANIFEST_BYTES);
+    let mut patched = object.clone();
     match patch_kind {
         PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(body)
-                .map_err(|e| format!("the JSON patch is not a list of operations: {e}"))?;
-            json_patch::patch(object, &ops)
-                .map_err(|e| format!("the JSON patch does not apply: {e}"))
+            let growth = Growth {
+                bytes,
+                depth,
+                copied: 0,
+                limit,
+            };
+            apply_json(&mut patched, body, growth)?;
         }
         PatchKind::Merge => {
-            json_patch::merge(object, &body);
-            Ok(())
+            json_patch::merge(&mut patched, &body);
+            check(&patched, limit)?;
         }
         PatchKind::StrategicMerge => {
             let Value::Object(patch) = body else {
-                return Err("a strategic merge patch must be a JSON object".into());
+                return Err(PatchError::Invalid(
+                    "a strategic merge patch must be a JSON object".into(),
+                ));
             };
-            let Value::Object(target) = object else {
-                return Err("the object is not a JSON object".into());
+            let Value::Object(target) = &mut patched else {
+                return Err(PatchError::Invalid(
+                    "the object is not a JSON object".into(),
+                ));
             };
-            merge_map(kind, &mut Vec::new(), target, &patch)
+            merge_map(kind, &mut Vec::new(), target, &patch).map_err(PatchError::Invalid)?;
+            check(&patched, limit)?;
         }
     }
+    *object = patched;
+    Ok(())
+}
+
+/// The bytes `value` serializes to (compact JSON, as stored and sent).
+pub fn encoded_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a JSON value serializes");
+    count.0
+}
+
+/// How deep maps and lists nest in `value` (a scalar 0, `{}` 1).
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Serialized size and depth of `value`.
+fn measure(value: &Value) -> (usize, usize) {
+    (encoded_len(value), depth(value))
+}
+
+/// A merge patch's result, against the bounds.
+fn check(object: &Value, limit: usize) -> Result<(), PatchError> {
+    let (bytes, deep) = measure(object);
+    if bytes > limit {
+        return Err(PatchError::TooLarge { limit, op: None });
+    }
+    if deep > MAX_PATCHED_DEPTH {
+        return Err(PatchError::TooDeep { op: None });
+    }
+    Ok(())
+}
+
+fn apply_json(object: &mut Value, body: Value, mut growth: Growth) -> Result<(), PatchError> {
+    // Counted before the operations are read: reading them costs memory too.
+    if let Value::Array(ops) = &body
+        && ops.len() > MAX_PATCH_OPS
+    {
+        return Err(PatchError::TooManyOperations { ops: ops.len() });
+    }
+    let ops: json_patch::Patch = serde_json::from_value(body).map_err(|e| {
+        PatchError::Invalid(format!("the JSON patch is not a list of operations: {e}"))
+    })?;
+    for (i, op) in ops.iter().enumerate() {
+        growth.admit(object, op, i)?;
+        json_patch::patch_unsafe(object, std::slice::from_ref(op)).map_err(|e| {
+            PatchError::Invalid(format!(
+                "the JSON patch does not apply: operation '/{i}' failed at path '{}': {}",
+                e.path, e.kind
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// What a JSON patch has made of its object so far: its serialized size and depth (an
+/// upper bound of each; exact but for `move`, counted as never shrinking anything) and
+/// the bytes its copies added. Each operation is admitted before it is applied, from
+/// the sizes of the values it adds and of those it replaces or removes, so that a patch
+/// costs at most what its bounds allow: every byte measured was in the patch, in the
+/// object, or copied within the bound on copies.
+struct Growth {
+    bytes: usize,
+    depth: usize,
+    copied: usize,
+    limit: usize,
+}
+
+impl Growth {
+    /// Admits operation `i`, `op`, on `doc` as it is before it, or refuses it.
+    fn admit(&mut self, doc: &Value, op: &PatchOperation, i: usize) -> Result<(), PatchError> {
+        // The object's size and depth after the operation, and the bytes of the object
+        // it copies (or measures, which costs as much).
+        let (bytes, depth, copied) = match op {
+            PatchOperation::Add(op) => {
+                let (bytes, depth) = self.placed(doc, &op.path, measure(&op.value), true);
+                (bytes, depth, 0)
+            }
+            PatchOperation::Replace(op) => {
+                let (bytes, depth) = self.placed(doc, &op.path, measure(&op.value), false);
+                (bytes, depth, 0)
+            }
+            PatchOperation::Copy(op) => {
+                // A `from` that is not there fails when applied.
+                let Some(source) = doc.pointer(op.from.as_str()) else {
+                    return Ok(());
+                };
+                let (len, deep) = measure(source);
+                let (bytes, depth) = self.placed(doc, &op.path, (len, deep), true);
+                (bytes, depth, len)
+            }
+            PatchOperation::Move(op) => {
+                // The value leaves `from` and lands at `path`: the object grows by no
+                // more than a new member's key (what `path` held is not counted as
+                // gone: `from` may be within it). Moved deeper, the value's own depth
+                // decides how deep the object gets, so it is measured.
+                let (bytes, _) = self.placed(doc, &op.path, (0, 0), true);
+                let (depth, copied) = if op.path.count() > op.from.count()
+                    && let Some(moved) = doc.pointer(op.from.as_str())
+                {
+                    let (len, deep) = measure(moved);
+                    (self.depth.max(op.path.count() + deep), len)
+                } else {
+                    (self.depth, 0)
+                };
+                (bytes.max(self.bytes), depth, copied)
+            }
+            PatchOperation::Remove(op) => (
+                self.bytes.saturating_sub(removed(doc, &op.path)),
+                self.depth,
+                0,
+            ),
+            PatchOperation::Test(_) => (self.bytes, self.depth, 0),
+        };
+        let copied = self.copied.saturating_add(copied);
+        if bytes > self.limit {
+            return Err(PatchError::TooLarge {
+                limit: self.limit,
+                op: Some(i),
+            });
+        }
+        if depth > MAX_PATCHED_DEPTH {
+            return Err(PatchError::TooDeep { op: Some(i) });
+        }
+        if copied > MAX_PATCH_COPY_BYTES {
+            return Err(PatchError::TooMuchCopied { op: i });
+        }
+        self.bytes = bytes;
+        self.depth = depth;
+        self.copied = copied;
+        Ok(())
+    }
+
+    /// The object's size and depth once a value of `(len, depth)` is written at `path`:
+    /// a new member adds its key, a list element its comma; what was there goes.
+    /// `insert`: into a list, as `add` does (`replace` overwrites the element).
+    fn placed(
+        &self,
+        doc: &Value,
+        path: &Pointer,
+        (len, deep): (usize, usize),
+        insert: bool,
+    ) -> (usize, usize) {
+        let depth = self.depth.max(path.count() + deep);
+        let Some((parent, last)) = path.split_back() else {
+            // The whole object.
+            return (len, deep);
+        };
+        let (added, gone) = match doc.pointer(parent.as_str()) {
+            Some(Value::Object(map)) => {
+                let key = last.decoded();
+                match map.get(key.as_ref()) {
+                    Some(old) => (len, encoded_len(old)),
+                    None => (key_len(&key) + 1 + len + usize::from(!map.is_empty()), 0),
+                }
+            }
+            Some(Value::Array(items)) if insert => (len + usize::from(!items.is_empty()), 0),
+            Some(Value::Array(items)) => match element(&last, items.len()) {
+                Some(at) => (len, encoded_len(&items[at])),
+                None => (0, 0),
+            },
+            // The operation fails when applied.
+            _ => (0, 0),
+        };
+        ((self.bytes + added).saturating_sub(gone), depth)
+    }
+}
+
+/// The bytes removing `path` takes from the object: the value, and its key or comma.
+fn removed(doc: &Value, path: &Pointer) -> usize {
+    let Some((parent, last)) = path.split_back() else {
+        return 0;
+    };
+    match doc.pointer(parent.as_str()) {
+        Some(Value::Object(map)) => {
+            let key = last.decoded();
+            map.get(key.as_ref()).map_or(0, |old| {
+                key_len(&key) + 1 + encoded_len(old) + usize::from(map.len() > 1)
+            })
+        }
+        Some(Value::Array(items)) => element(&last, items.len()).map_or(0, |at| {
+            encoded_len(&items[at]) + usize::from(items.len() > 1)
+        }),
+        _ => 0,
+    }
+}
+
+/// The element of a list of `len` a pointer's last token names, if there is one.
+fn element(token: &json_patch::jsonptr::Token<'_>, len: usize) -> Option<usize> {
+    token.to_index().ok()?.for_len(len).ok()
+}
+
+/// A key as it is serialized: quoted and escaped.
+fn key_len(key: &str) -> usize {
+    encoded_len(&Value::String(key.to_string()))
 }
 
 /// The field a list's elements merge by, for the lists that have one.
@@ -285,9 +598,60 @@ fn merge_list(
 
 #[cfg(test)]
 mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
     use serde_json::json;
 
     use super::*;
+
+    /// Counts the bytes each thread holds, so that a test can bound what one call costs
+    /// (every test thread counts its own).
+    struct Counting;
+
+    thread_local! {
+        static HELD: Cell<usize> = const { Cell::new(0) };
+        static PEAK: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn held(change: impl FnOnce(usize) -> usize) {
+        // `try_with`: a thread being torn down still allocates.
+        let _ = HELD.try_with(|h| {
+            let now = change(h.get());
+            h.set(now);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            held(|h| h + layout.size());
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            held(|h| h.saturating_sub(layout.size()));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            held(|h| (h + new_size).saturating_sub(layout.size()));
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// What `f` gives, and the most bytes this thread held at once while it ran beyond
+    /// what it held before.
+    fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = HELD.with(Cell::get);
+        PEAK.with(|p| p.set(before));
+        let out = f();
+        (out, PEAK.with(Cell::get).saturating_sub(before))
+    }
 
     fn strategic(kind: &str, mut object: Value, patch: Value) -> Value {
         apply(
@@ -430,7 +794,9 @@ mod tests {
     fn bad_patches_name_what_is_wrong() {
         let mut object = deployment();
         let err = |kind, body: &str| {
-            apply("Deployment", &mut object.clone(), kind, body.as_bytes()).unwrap_err()
+            apply("Deployment", &mut object.clone(), kind, body.as_bytes())
+                .unwrap_err()
+                .to_string()
         };
         assert!(err(PatchKind::StrategicMerge, "[1]").contains("JSON object"));
         assert!(err(PatchKind::StrategicMerge, "{").contains("not JSON"));
@@ -470,5 +836,212 @@ mod tests {
             PatchKind::from_content_type("application/apply-patch+yaml"),
             None
         );
+    }
+
+    fn json_patch(ops: &[Value]) -> Vec<u8> {
+        Value::Array(ops.to_vec()).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_copy_doubling_patch_is_refused_before_it_costs_memory() {
+        // 30 copies of the whole object into itself: 2^30 times its size were it applied
+        // (a node once went to 7 GB on 23 of them). Refused at the copy that would pass
+        // 4 MiB, before it is made.
+        let bomb: Vec<Value> = (0..30)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")}))
+            .collect();
+        let mut object = deployment();
+        let started = std::time::Instant::now();
+        let (result, peak) = peak_of(|| {
+            apply(
+                "Deployment",
+                &mut object,
+                PatchKind::Json,
+                &json_patch(&bomb),
+            )
+        });
+        let err = result.unwrap_err();
+        let PatchError::TooLarge {
+            limit,
+            op: Some(op),
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(limit, MAX_MANIFEST_BYTES);
+        // The object is 200-odd bytes: 2^14 of it passes 4 MiB.
+        assert!((12..=16).contains(&op), "refused at operation {op}");
+        assert!(
+            err.to_string().contains("4194304 bytes (4 MiB)")
+                && err.to_string().contains("operation"),
+            "{err}"
+        );
+        assert!(err.is_over_limit());
+        // serde_json holds an object of small maps in some 27 times its serialized
+        // size: 3.5 MB of this one is 98 MB, and its last copy holds two of those.
+        assert!(peak < 64 * MAX_MANIFEST_BYTES, "held {peak} bytes at most");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(object, deployment(), "a refused patch changes nothing");
+    }
+
+    #[test]
+    fn a_json_patch_has_at_most_ten_thousand_operations() {
+        let test = json!({"op": "test", "path": "/spec/replicas", "value": 3});
+        let mut object = deployment();
+        apply(
+            "Deployment",
+            &mut object,
+            PatchKind::Json,
+            &json_patch(&vec![test.clone(); MAX_PATCH_OPS]),
+        )
+        .unwrap();
+        let err = apply(
+            "Deployment",
+            &mut object,
+            PatchKind::Json,
+            &json_patch(&vec![test; MAX_PATCH_OPS + 1]),
+        )
+        .unwrap_err();
+        assert_eq!(err, PatchError::TooManyOperations { ops: 10_001 });
+        assert!(err.to_string().contains("at most 10000"), "{err}");
+    }
+
+    #[test]
+    fn merge_and_strategic_patches_that_grow_past_the_limit_are_refused() {
+        let big = |n: usize| "y".repeat(n << 20);
+        let object = json!({"metadata": {"name": "web", "annotations": {"a": big(3)}},
+                            "spec": {"replicas": 1}});
+        let grow = json!({"metadata": {"annotations": {"b": big(2)}}});
+        for how in [PatchKind::Merge, PatchKind::StrategicMerge] {
+            let mut patched = object.clone();
+            let err =
+                apply("Deployment", &mut patched, how, grow.to_string().as_bytes()).unwrap_err();
+            assert_eq!(
+                err,
+                PatchError::TooLarge {
+                    limit: MAX_MANIFEST_BYTES,
+                    op: None
+                },
+                "{how:?}"
+            );
+            assert_eq!(patched, object);
+            // The same bytes in place of the old ones are no growth.
+            let replace = json!({"metadata": {"annotations": {"a": big(2), "b": "z"}}});
+            apply(
+                "Deployment",
+                &mut patched,
+                how,
+                replace.to_string().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(patched["metadata"]["annotations"]["b"], "z");
+        }
+    }
+
+    #[test]
+    fn copies_are_bounded_in_all_and_depth_is_bounded() {
+        // Copy 1 MiB and remove it again, over and over: the object never grows, but
+        // the node would copy without end.
+        let object = json!({"a": "y".repeat(1 << 20)});
+        let churn: Vec<Value> = (0..8)
+            .flat_map(|_| {
+                [
+                    json!({"op": "copy", "from": "/a", "path": "/b"}),
+                    json!({"op": "remove", "path": "/b"}),
+                ]
+            })
+            .collect();
+        let err = apply(
+            "Deployment",
+            &mut object.clone(),
+            PatchKind::Json,
+            &json_patch(&churn),
+        )
+        .unwrap_err();
+        assert_eq!(err, PatchError::TooMuchCopied { op: 6 });
+
+        // A 100-deep value, then the object moved into it, twice: the stack that
+        // serializes and drops it is bounded by its depth.
+        let mut deep = json!({});
+        let mut path = String::new();
+        for _ in 0..100 {
+            deep = json!({ "d": deep });
+            path.push_str("/d");
+        }
+        let wrap = [
+            json!({"op": "add", "path": "/w1", "value": deep}),
+            json!({"op": "move", "from": "/spec", "path": format!("/w1{path}/s")}),
+            json!({"op": "add", "path": "/w2", "value": deep}),
+            json!({"op": "move", "from": "/w1", "path": format!("/w2{path}/w")}),
+        ];
+        let err = apply(
+            "Deployment",
+            &mut deployment(),
+            PatchKind::Json,
+            &json_patch(&wrap),
+        )
+        .unwrap_err();
+        assert_eq!(err, PatchError::TooDeep { op: Some(3) });
+        // One wrapping is within the bound.
+        let mut object = deployment();
+        apply(
+            "Deployment",
+            &mut object,
+            PatchKind::Json,
+            &json_patch(&wrap[..2]),
+        )
+        .unwrap();
+        assert!(object.pointer(&format!("/w1{path}/s/replicas")).is_some());
+    }
+
+    #[test]
+    fn the_size_kept_op_by_op_is_the_objects_size() {
+        // Every kind of operation but move is counted exactly: keys, commas, escapes,
+        // lists, replaced and removed values. The last move takes a value out of what
+        // it replaces: counting what `path` held as gone would undercount.
+        let ops = [
+            json!({"op": "add", "path": "/metadata", "value": {}}),
+            json!({"op": "add", "path": "/metadata/la\"b~1el", "value": "x\n"}),
+            json!({"op": "add", "path": "/metadata/second", "value": [1, 2]}),
+            json!({"op": "add", "path": "/metadata/second/0", "value": {"k": null}}),
+            json!({"op": "add", "path": "/metadata/second/-", "value": "end"}),
+            json!({"op": "replace", "path": "/metadata/second/1", "value": "one"}),
+            json!({"op": "copy", "from": "/spec/template", "path": "/spec/copied"}),
+            json!({"op": "copy", "from": "/spec/copied", "path": "/spec/replicas"}),
+            json!({"op": "remove", "path": "/metadata/second/0"}),
+            json!({"op": "remove", "path": "/spec/template/spec/containers/1"}),
+            json!({"op": "remove", "path": "/spec/copied"}),
+            json!({"op": "replace", "path": "/spec", "value": {"only": true}}),
+            json!({"op": "add", "path": "/metadata/empty", "value": []}),
+            json!({"op": "add", "path": "/metadata/empty/0", "value": 1}),
+            json!({"op": "remove", "path": "/metadata/empty/0"}),
+            json!({"op": "test", "path": "/spec/only", "value": true}),
+            // A move is counted as never shrinking anything: an upper bound.
+            json!({"op": "move", "from": "/metadata", "path": "/spec/moved"}),
+            json!({"op": "move", "from": "/spec/moved/empty", "path": "/spec/moved"}),
+        ];
+        let mut object = deployment();
+        let (bytes, deep) = measure(&object);
+        let mut growth = Growth {
+            bytes,
+            depth: deep,
+            copied: 0,
+            limit: MAX_MANIFEST_BYTES,
+        };
+        for (i, op) in ops.iter().enumerate() {
+            let op: PatchOperation = serde_json::from_value(op.clone()).unwrap();
+            growth.admit(&object, &op, i).unwrap();
+            json_patch::patch_unsafe(&mut object, std::slice::from_ref(&op)).unwrap();
+            if matches!(op, PatchOperation::Move(_)) {
+                assert!(growth.bytes >= encoded_len(&object), "after {op}: {object}");
+            } else {
+                assert_eq!(growth.bytes, encoded_len(&object), "after {op}: {object}");
+            }
+            assert!(growth.depth >= depth(&object));
+        }
     }
 }

@@ -59,6 +59,15 @@ const WATCH_POLL: Duration = Duration::from_millis(500);
 /// The longest a watch stays open (clients watch again from where they were).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
 
+/// Patches and object checks running at once on a node. serde_json holds an object of
+/// small maps in some 27 times the bytes it serializes to, so one of up to 4 MiB may take
+/// a few hundred MB while it is patched or checked: their number bounds what they take
+/// together. More wait their turn (each takes a fraction of a second).
+const MAX_CHECKS_AT_ONCE: usize = 2;
+
+/// Turns at patching and checking objects, against [`MAX_CHECKS_AT_ONCE`].
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CHECKS_AT_ONCE);
+
 /// The revision annotation Kubernetes puts on Deployments and ReplicaSets.
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
@@ -354,11 +363,11 @@ async fn dispatch(
             update(shared, res, &name, object, &p, true).await
         }
         (Method::PATCH, Some(name), None) => {
-            patch_object(shared, res, &name, content_type, &body, &p).await
+            patch_object(shared, res, &name, content_type, body, &p).await
         }
         (Method::DELETE, Some(name), None) => delete(shared, res, &name).await,
         (method, Some(name), Some("scale")) if res.kind == Kind::Deployment => {
-            scale(shared, &name, method, content_type, &body).await
+            scale(shared, &name, method, content_type, body).await
         }
         (Method::PUT | Method::PATCH, Some(_), Some("status")) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -1039,13 +1048,7 @@ fn read_object(
     }
     strip_server_fields(&mut object);
     let text = object.to_string();
-    if text.len() > manifest::MAX_MANIFEST_BYTES {
-        return Err(ApiError::too_large(format!(
-            "the object is {} bytes; at most {}",
-            text.len(),
-            manifest::MAX_MANIFEST_BYTES
-        )));
-    }
+    within_limit(text.len())?;
     let mut docs = manifest::parse("the request", &text)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.message))?;
     let doc = docs
@@ -1059,6 +1062,23 @@ fn read_object(
         .filter(|w| !w.contains("\"status") && !w.contains("\"metadata."))
         .collect();
     Ok((doc.object, warnings))
+}
+
+/// [`read_object`] on the blocking pool, in turn: checking an object of up to 4 MiB
+/// takes long enough to hold up the other requests of an executor thread.
+async fn checked_object(
+    res: &'static Resource,
+    name: Option<&str>,
+    object: Value,
+) -> Result<(Object, Vec<String>), ApiError> {
+    let name = name.map(str::to_string);
+    let turn = CHECKS.acquire().await.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        read_object(res, name.as_deref(), object)
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// `Warning` headers, as kubectl prints them.
@@ -1110,7 +1130,7 @@ async fn create(
             format!("{} {name:?} already exists", res.qualified()),
         ));
     }
-    let (object, warnings) = read_object(res, None, object)?;
+    let (object, warnings) = checked_object(res, None, object).await?;
     let written = write(shared, res, &name, object, p).await?;
     Ok(warn(
         (StatusCode::CREATED, Json(written)).into_response(),
@@ -1166,7 +1186,7 @@ async fn update(
             res.qualified()
         )));
     }
-    let (object, warnings) = read_object(res, Some(name), object)?;
+    let (object, warnings) = checked_object(res, Some(name), object).await?;
     let written = write(shared, res, name, object, p).await?;
     Ok(warn(Json(written).into_response(), &warnings))
 }
@@ -1187,18 +1207,57 @@ fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
     })
 }
 
+/// Applies a patch on the blocking pool, in turn: a patch may cost up to the bounds of an
+/// object in time and memory (see [`patch`]), which must not hold up the requests this
+/// executor thread serves meanwhile. Refusals are `Status`es: 422 for a patch that does
+/// not apply, 413 naming the bound passed.
+async fn apply_patch(
+    kind: &'static str,
+    object: Value,
+    how: PatchKind,
+    body: Bytes,
+) -> Result<Value, ApiError> {
+    let turn = CHECKS.acquire().await.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let mut object = object;
+        patch::apply(kind, &mut object, how, &body).map(|()| object)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| {
+        if e.is_over_limit() {
+            ApiError::too_large(e.to_string())
+        } else {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+        }
+    })
+}
+
+/// Refuses an object that serializes to more than an object may be (a manifest file's
+/// size), whatever path wrote it.
+fn within_limit(bytes: usize) -> Result<(), ApiError> {
+    if bytes > manifest::MAX_MANIFEST_BYTES {
+        return Err(ApiError::too_large(format!(
+            "the object is {bytes} bytes; at most {} ({} MiB)",
+            manifest::MAX_MANIFEST_BYTES,
+            manifest::MAX_MANIFEST_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 async fn patch_object(
     shared: &Shared,
     res: &'static Resource,
     name: &str,
     content_type: &str,
-    body: &[u8],
+    body: Bytes,
     p: &Params,
 ) -> Result<Response, ApiError> {
     let how = patch_kind(content_type)?;
-    let mut object = get_object(shared, res, name).await?;
-    patch::apply(res.kind_name, &mut object, how, body)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e))?;
+    let object = get_object(shared, res, name).await?;
+    let object = apply_patch(res.kind_name, object, how, body).await?;
     if res.kind == Kind::Node {
         return patch_node(shared, name, &object).await;
     }
@@ -1207,6 +1266,8 @@ async fn patch_object(
 
 /// A node takes one change: `spec.unschedulable` (cordon, uncordon).
 async fn patch_node(shared: &Shared, name: &str, object: &Value) -> Result<Response, ApiError> {
+    // Only one field is read, but a node is bounded as every object written is.
+    within_limit(patch::encoded_len(object))?;
     let unschedulable = match &object["spec"]["unschedulable"] {
         Value::Bool(b) => *b,
         Value::Null => false,
@@ -1324,19 +1385,14 @@ async fn scale(
     name: &str,
     method: Method,
     content_type: &str,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let res = resource_of(Kind::Deployment);
     let current = scale_object(&get_object(shared, res, name).await?);
     let wanted = match method {
         Method::GET => return Ok(Json(current).into_response()),
-        Method::PUT => json_body(body)?,
-        Method::PATCH => {
-            let mut s = current;
-            patch::apply("Scale", &mut s, patch_kind(content_type)?, body)
-                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e))?;
-            s
-        }
+        Method::PUT => json_body(&body)?,
+        Method::PATCH => apply_patch("Scale", current, patch_kind(content_type)?, body).await?,
         other => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -1345,6 +1401,7 @@ async fn scale(
             ));
         }
     };
+    within_limit(patch::encoded_len(&wanted))?;
     let replicas = wanted["spec"]["replicas"]
         .as_i64()
         .and_then(|r| i32::try_from(r).ok())
@@ -1396,6 +1453,10 @@ async fn set_image(
     if body.image.trim().is_empty() {
         return Err(ApiError::bad_request("invalid", "the image is empty"));
     }
+    // The Deployment stays within an object's size with the new image in it (an upper
+    // bound: the old image's bytes are counted too).
+    let current = value(shared.apps.deployment(&name)?);
+    within_limit(patch::encoded_len(&current) + body.image.len())?;
     shared
         .apps
         .submit(Command::SetImage {
@@ -2152,5 +2213,68 @@ mod tests {
         drop(open);
         node.shutdown_token().cancel();
         node.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_copy_bomb_patch_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let token = node.shared.token.clone();
+        let t = token.as_str();
+        let (s, _, v) = post(
+            &router,
+            t,
+            "/apis/apps/v1/namespaces/default/deployments",
+            deployment_json("a:1"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        // 2.6 KB that double the object 30 times: a node once took 7 GB for 23.
+        let bomb = Value::Array(
+            (0..30)
+                .map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")}))
+                .collect(),
+        );
+        let json_patch = [("content-type", "application/json-patch+json")];
+        let node_path = format!("/api/v1/nodes/{}", node.shared.cluster.identity().name);
+        for path in [
+            "/apis/apps/v1/namespaces/default/deployments/api",
+            node_path.as_str(),
+        ] {
+            let (_, _, before) = get(&router, t, path).await;
+            let (s, _, e) = send(&router, t, "PATCH", path, &json_patch, Some(bomb.clone())).await;
+            assert_eq!(
+                (s, e["kind"].as_str(), e["reason"].as_str()),
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Some("Status"),
+                    Some("RequestEntityTooLarge")
+                ),
+                "{path}: {e}"
+            );
+            let message = e["message"].as_str().unwrap();
+            assert!(message.contains("4194304 bytes (4 MiB)"), "{message}");
+            // What is stored is as it was (status and heartbeats may move on).
+            let (_, _, after) = get(&router, t, path).await;
+            assert_eq!(after["spec"], before["spec"], "{path}");
+            assert_eq!(
+                after["metadata"]["generation"],
+                before["metadata"]["generation"]
+            );
+            assert!(after.get("x0").is_none());
+        }
+        // A JSON patch within the bounds still applies: a cordon.
+        let cordon = json!([{"op": "add", "path": "/spec/unschedulable", "value": true}]);
+        let (s, _, v) = send(&router, t, "PATCH", &node_path, &json_patch, Some(cordon)).await;
+        assert_eq!(
+            (s, &v["spec"]["unschedulable"]),
+            (StatusCode::OK, &json!(true)),
+            "{v}"
+        );
+        node.shutdown_token().cancel();
+        node.wait().await;
     }
 }
