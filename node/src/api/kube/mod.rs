@@ -2222,8 +2222,7 @@ mod tests {
             .await
             .unwrap();
         let router = crate::api::router(node.shared.clone());
-        let token = node.shared.token.clone();
-        let t = token.as_str();
+        let t = node.shared.token.plain().unwrap();
         let (s, _, v) = post(
             &router,
             t,
@@ -2275,6 +2274,6 @@ mod tests {
             "{v}"
         );
         node.shutdown_token().cancel();
-        node.wait().await;
+        node.wait().await.unwrap();
     }
 }
