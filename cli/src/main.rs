@@ -1090,6 +1090,11 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
     };
     config.state_reserve = args.min_free_disk_state;
     let node = skiff_node::start(config.clone()).await?;
+    // Listened for before the addresses are printed: whoever reads them may stop the
+    // node at once, and a signal without a handler would end it without a drain.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("failed to handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("failed to handle SIGTERM")?;
     let verb = if node.token_created {
         "created"
     } else {
@@ -1141,10 +1146,8 @@ async fn up(args: UpArgs, gateway: bool) -> anyhow::Result<()> {
     }
     let shutdown = node.shutdown_token();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down: draining in-flight requests");
