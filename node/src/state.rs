@@ -109,6 +109,12 @@ pub enum StateError {
         /// redb's message.
         message: String,
     },
+    /// The file is not a redb database, or its pages do not hold together.
+    #[error("state database is corrupt: {message}")]
+    Corrupt {
+        /// redb's message.
+        message: String,
+    },
     /// A record did not decode (written by an incompatible version, or corrupt).
     #[error("state database: record {key:?} is unreadable: {message}")]
     Decode {
@@ -123,6 +129,17 @@ fn db_err<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> StateErro
     move |e| StateError::Db {
         op,
         message: e.to_string(),
+    }
+}
+
+/// A redb failure as a [`StateError`], corruption told apart.
+fn redb_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StateError {
+    move |e| {
+        let e = e.into();
+        match crate::datafiles::corruption(&e) {
+            Some(message) => StateError::Corrupt { message },
+            None => db_err(op)(e),
+        }
     }
 }
 
@@ -160,15 +177,15 @@ impl StateStore {
     }
 
     fn with_opener(open: Opener) -> Result<Self, StateError> {
-        let db = open().map_err(db_err("open"))?;
-        let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
+        let db = open().map_err(redb_err("open"))?;
+        let txn = db.begin_write().map_err(redb_err("begin a transaction"))?;
         txn.open_table(APPS)
-            .map_err(db_err("create the apps table"))?;
+            .map_err(redb_err("create the apps table"))?;
         txn.open_table(CONTAINERS)
-            .map_err(db_err("create the containers table"))?;
+            .map_err(redb_err("create the containers table"))?;
         txn.open_table(DESIRED)
-            .map_err(db_err("create the desired-state table"))?;
-        txn.commit().map_err(db_err("commit"))?;
+            .map_err(redb_err("create the desired-state table"))?;
+        txn.commit().map_err(redb_err("commit"))?;
         Ok(Self {
             db: RwLock::new(Some(db)),
             open,
@@ -200,7 +217,7 @@ impl StateStore {
         let e = match first {
             Ok(v) => return Ok(v),
             Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => e,
-            Err(e) => return Err(db_err(op)(e)),
+            Err(e) => return Err(redb_err(op)(e)),
         };
         tracing::warn!(op, error = %e, "state database I/O failed; reopening it");
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +239,7 @@ impl StateStore {
             }
             Err(e) => {
                 *broken = Some(format!("state database: failed to {op}: {e}"));
-                Err(db_err(op)(e))
+                Err(redb_err(op)(e))
             }
         }
     }

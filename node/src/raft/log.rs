@@ -44,14 +44,16 @@ impl LogStore {
         use anyhow::Context as _;
         // Entries are read back rarely (a follower catching up): a small cache, not
         // redb's 1 GiB default, keeps the node's memory from growing with its log.
+        // Every failure as a `redb::Error`, so that a start can tell corruption apart.
         let db = redb::Builder::new()
             .set_cache_size(1 << 20)
             .create(path)
+            .map_err(redb::Error::from)
             .with_context(|| format!("failed to open the Raft log {}", path.display()))?;
-        let txn = db.begin_write()?;
-        txn.open_table(LOG)?;
-        txn.open_table(META)?;
-        txn.commit()?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(LOG).map_err(redb::Error::from)?;
+        txn.open_table(META).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
         Ok(Self { db: Arc::new(db) })
     }
 

@@ -211,7 +211,9 @@ impl Consensus {
         grace: Duration,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let mut log = log::LogStore::open(&dir.join("raft.redb"))?;
+        let mut log = crate::datafiles::open(crate::datafiles::DataFile::Raft, dir, || {
+            log::LogStore::open(&dir.join("raft.redb"))
+        })?;
         let empty = log.is_empty().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let machine = machine::Machine::new(store, changed)?;
         let book: AddressBook = Arc::default();
