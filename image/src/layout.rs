@@ -47,6 +47,15 @@ pub enum ImageError {
         /// Why.
         message: String,
     },
+    /// A database file of the layout (`tags.redb`) is not one, or its pages do not
+    /// hold together.
+    #[error("{path} is corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// redb's message.
+        message: String,
+    },
     /// The image is not something skiff can run.
     #[error("image {image}: {message}")]
     Unsupported {
@@ -271,10 +280,20 @@ impl ImageStore {
         let db_path = root.join("tags.redb");
         let db_err = |op: &'static str| {
             let path = db_path.clone();
-            move |e: redb::Error| ImageError::Index {
-                op,
-                path,
-                message: e.to_string(),
+            move |e: redb::Error| {
+                let message = e.to_string();
+                // Not a database, or pages that do not hold together: the node's start
+                // says what to do about that.
+                let corrupt = match &e {
+                    redb::Error::Corrupted(_) => true,
+                    redb::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+                    _ => false,
+                };
+                if corrupt {
+                    ImageError::Corrupt { path, message }
+                } else {
+                    ImageError::Index { op, path, message }
+                }
             }
         };
         let db = open_db().map_err(db_err("open"))?;

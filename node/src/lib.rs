@@ -38,6 +38,7 @@ pub mod api;
 pub mod apps;
 pub mod cluster;
 pub mod container;
+mod datafiles;
 pub mod desired;
 pub mod ingress;
 pub mod listener;
@@ -71,6 +72,7 @@ pub use skiff_image::layer::ExtractLimits as ImageExtractLimits;
 pub use skiff_runtime::{CompilerCommand, compile_worker};
 
 use crate::apps::Apps;
+use crate::datafiles::DataFile;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
 
@@ -502,7 +504,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     hex::decode_to_slice(key_hex.trim(), &mut cache_key)
         .context("node.key is not 64 hex digits")?;
 
-    let images = Arc::new(
+    let images = Arc::new(datafiles::open(DataFile::Tags, dir, || {
         ImageStore::open_reserving(
             &dir.join("images"),
             skiff_image::disk::Reserve {
@@ -510,11 +512,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 state: config.state_reserve,
             },
         )
-        .context("failed to open the image store")?,
-    );
-    let state = Arc::new(
-        StateStore::open(&dir.join("state.redb")).context("failed to open the state database")?,
-    );
+        .context("failed to open the image store")
+    })?);
+    // The desired state is read here too: a corrupt page may only show when read.
+    let (state, desired) = datafiles::open(DataFile::State, dir, || {
+        let state = Arc::new(
+            StateStore::open(&dir.join("state.redb"))
+                .context("failed to open the state database")?,
+        );
+        let desired = desired::DesiredStore::open(state.clone())
+            .context("failed to read the desired state")?;
+        Ok((state, Arc::new(desired)))
+    })?;
     let mut rt_config = RuntimeConfig::new(dir.join("cache"), cache_key);
     rt_config.pooling = config.pooling;
     rt_config.memory_budget = config.memory_budget;
@@ -584,9 +593,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     let url_suffix = format!("{}:{}/", config.domain, ingress_addr.port());
     let shutdown = CancellationToken::new();
-    let desired = Arc::new(
-        desired::DesiredStore::open(state.clone()).context("failed to read the desired state")?,
-    );
     let kick = Arc::new(tokio::sync::Notify::new());
     let identity = cluster.identity().clone();
     let raft_id = raft::raft_id(&identity.node_id)

@@ -119,6 +119,12 @@ pub enum StateError {
         /// redb's message.
         message: String,
     },
+    /// The file is not a redb database, or its pages do not hold together.
+    #[error("state database is corrupt: {message}")]
+    Corrupt {
+        /// redb's message.
+        message: String,
+    },
     /// The disk is full: nothing was written (see `skiff_image::disk`).
     #[error("state database: failed to {op}: the disk is full ({message})")]
     NoSpace {
@@ -151,7 +157,10 @@ fn state_err(op: &'static str) -> impl FnOnce(redb::Error) -> StateError {
             op,
             message: e.to_string(),
         },
-        _ => db_err(op)(e),
+        _ => match crate::datafiles::corruption(&e) {
+            Some(message) => StateError::Corrupt { message },
+            None => db_err(op)(e),
+        },
     }
 }
 
@@ -262,7 +271,8 @@ impl StateStore {
     }
 
     fn with_opener(open: Opener) -> Result<Self, StateError> {
-        let db = Reopening::open("state database", open).map_err(db_err("open"))?;
+        let db = Reopening::open("state database", open)
+            .map_err(|e| state_err("open")(redb::Error::from(e)))?;
         let store = Self { db };
         store.run("create the tables", |db| {
             let txn = db.begin_write()?;

@@ -278,7 +278,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/cluster/join",
             axum::routing::post(cluster_join).layer(DefaultBodyLimit::max(16 << 10)),
         )
-        // Called by other nodes: signed with the cluster's peer key instead.
+        // Called by other nodes: over mutual TLS, each request signed once for this node.
         .merge(peer::routes(shared.clone()))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such API endpoint") })

@@ -172,12 +172,16 @@ pub async fn prepare(
 ) -> anyhow::Result<(Identity, JoinToken)> {
     let identity_path = dir.join("cluster.json");
     let secret_path = dir.join("join-token");
-    let given = settings
-        .join_token
-        .as_deref()
-        .map(str::parse::<JoinToken>)
-        .transpose()
-        .context("--join-token")?;
+    // Read only to join: a stale SKIFF_JOIN_TOKEN in the environment stops no other start.
+    let given = match &settings.join {
+        Some(_) => settings
+            .join_token
+            .as_deref()
+            .map(str::parse::<JoinToken>)
+            .transpose()
+            .context("--join-token")?,
+        None => None,
+    };
     let mut identity = match std::fs::read(&identity_path) {
         Ok(bytes) => serde_json::from_slice::<Identity>(&bytes)
             .with_context(|| format!("{} is not valid", identity_path.display()))?,

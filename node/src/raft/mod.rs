@@ -247,7 +247,9 @@ impl Consensus {
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let wait = Arc::new(DiskWait::new(dir, shutdown));
-        let mut log = log::LogStore::open(&dir.join("raft.redb"), wait.clone())?;
+        let mut log = crate::datafiles::open(crate::datafiles::DataFile::Raft, dir, || {
+            log::LogStore::open(&dir.join("raft.redb"), wait.clone())
+        })?;
         let empty = log.is_empty().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let machine = machine::Machine::new(store, changed, wait.clone())?;
         let log_health = log.clone();
