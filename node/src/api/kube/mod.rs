@@ -1812,12 +1812,12 @@ mod tests {
     }
 
     /// The first `n` lines of a watch.
-    /// Watch events from `path` up to the first for which `found` holds (within 10 s).
+    /// Watch events from `path` until `done` holds of those read (within 10 s).
     async fn watch_until(
         router: &axum::Router,
         token: &str,
         path: &str,
-        found: impl Fn(&Value) -> bool,
+        done: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
         let req = Request::builder()
             .uri(path)
@@ -1836,12 +1836,12 @@ mod tests {
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
-            if events.iter().any(&found) {
+            if done(&events) {
                 return events;
             }
             let frame = tokio::time::timeout_at(deadline, body.frame())
                 .await
-                .unwrap_or_else(|_| panic!("no such watch event in 10 s: {events:?}"))
+                .unwrap_or_else(|_| panic!("watch events not in 10 s: {events:?}"))
                 .expect("the watch goes on")
                 .unwrap();
             if let Ok(data) = frame.into_data() {
@@ -1850,32 +1850,9 @@ mod tests {
         }
     }
 
+    /// At least `n` watch events from `path`.
     async fn watch_lines(router: &axum::Router, token: &str, path: &str, n: usize) -> Vec<Value> {
-        let req = Request::builder()
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        let resp = tower::ServiceExt::oneshot(router.clone(), req)
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut body = resp.into_body();
-        let mut text = String::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while text.lines().count() < n {
-            let frame = tokio::time::timeout_at(deadline, body.frame())
-                .await
-                .expect("watch events in time")
-                .expect("the watch goes on")
-                .unwrap();
-            if let Ok(data) = frame.into_data() {
-                text.push_str(std::str::from_utf8(&data).unwrap());
-            }
-        }
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        watch_until(router, token, path, |events| events.len() >= n).await
     }
 
     fn deployment_json(image: &str) -> Value {
@@ -2035,7 +2012,11 @@ mod tests {
             &router,
             t,
             &format!("{DEPLOYMENTS}?watch=true&resourceVersion={version}"),
-            |e| e["object"]["spec"]["template"]["spec"]["containers"][0]["image"] == "a:2",
+            |events| {
+                events.iter().any(|e| {
+                    e["object"]["spec"]["template"]["spec"]["containers"][0]["image"] == "a:2"
+                })
+            },
         )
         .await;
         assert!(events.iter().all(|e| e["type"] == "MODIFIED"), "{events:?}");
