@@ -135,14 +135,14 @@ impl RemoteWorkload {
         B::Error: Into<BoxError>,
     {
         let mut req = req;
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .map_or(&b""[..], |h| h.as_bytes())
-            .to_vec();
+        let host = req.headers().get(http::header::HOST);
         let mark = self
             .key
-            .sign(&self.route, &host, now_ms())
+            .sign(
+                &self.route,
+                host.map_or(&b""[..], |h| h.as_bytes()),
+                now_ms(),
+            )
             .ok_or_else(|| HandleError::BadRequest("the route is not a header value".into()))?;
         req.headers_mut().insert(FORWARDED, mark);
         proxy(

@@ -273,7 +273,14 @@ async fn a_cluster_joins_and_works_with_no_secret_token_or_key_in_clear_on_the_w
     }
     let _ = client;
 
-    // The local CLI over the node's unix socket: no token anywhere.
+    // The local CLI over the node's unix socket: no token anywhere, and only the data
+    // dir's owner may open it.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(second.dir.join("api.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "api.sock is {mode:o}");
     let out = tokio::process::Command::new(SKIFF)
         .args(["apps"])
         .env("SKIFF_DATA_DIR", &second.dir)
