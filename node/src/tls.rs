@@ -16,7 +16,9 @@
 //!   ([`peer_client`]): peers are reached by whatever address gossip gives, and every
 //!   certificate the CA signed is a member's;
 //! - a node joining checks the CA it is shown against the SHA-256 in its join token
-//!   before it sends anything ([`join_client`]).
+//!   before it sends anything ([`join_client`]); a node that joined before tokens held
+//!   that hash records the CA it is shown ([`first_seen_client`]) and trusts it only once
+//!   the member has proven the join secret over that CA's hash.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -227,11 +229,27 @@ pub(crate) fn join_client(pinned: &str) -> anyhow::Result<TlsConnector> {
     let mut pin = [0u8; 32];
     hex::decode_to_slice(pinned, &mut pin)
         .context("the join token's CA hash is not 64 hex digits")?;
+    join_connector(Roots::Pinned(pin))
+}
+
+/// The CA a [`first_seen_client`] was shown: the SHA-256 of its certificate.
+pub(crate) type SeenCa = Arc<std::sync::Mutex<Option<[u8; 32]>>>;
+
+/// A client for a node that knows the join secret but not the CA's hash (it joined
+/// before joins were pinned): it accepts any chain whose end certificate a CA in the
+/// chain signed, and records that CA's hash. Trust comes after, from both sides proving
+/// the secret over that hash (`cluster::join`), never from this handshake alone.
+pub(crate) fn first_seen_client() -> anyhow::Result<(TlsConnector, SeenCa)> {
+    let seen = SeenCa::default();
+    Ok((join_connector(Roots::FirstSeen(seen.clone()))?, seen))
+}
+
+fn join_connector(roots: Roots) -> anyhow::Result<TlsConnector> {
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SignedBy {
-            roots: Roots::Pinned(pin),
+            roots,
             algs: provider().signature_verification_algorithms,
         }))
         .with_no_client_auth();
@@ -246,6 +264,9 @@ enum Roots {
     /// Whichever certificate of the presented chain has this SHA-256 (a join: the CA is
     /// not known yet, its hash is).
     Pinned([u8; 32]),
+    /// Whichever certificate of the presented chain signed the end certificate; its
+    /// hash is recorded for the caller to prove the join secret over.
+    FirstSeen(SeenCa),
 }
 
 /// Accepts a server certificate signed by the trust anchor, whatever names it carries:
@@ -301,6 +322,29 @@ impl ServerCertVerifier for SignedBy {
                 store.add(shown.clone().into_owned())?;
                 pinned = store;
                 &pinned
+            }
+            Roots::FirstSeen(seen) => {
+                let cert = ParsedCertificate::try_from(end_entity)?;
+                for ca in intermediates {
+                    let mut store = RootCertStore::empty();
+                    if store.add(ca.clone().into_owned()).is_ok()
+                        && rustls::client::verify_server_cert_signed_by_trust_anchor(
+                            &cert,
+                            &store,
+                            &[],
+                            now,
+                            self.algs.all,
+                        )
+                        .is_ok()
+                    {
+                        *seen.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(sha2::Sha256::digest(ca.as_ref()).into());
+                        return Ok(ServerCertVerified::assertion());
+                    }
+                }
+                return Err(rustls::Error::General(
+                    "the server's certificate is not signed by a CA in its chain".into(),
+                ));
             }
         };
         let cert = ParsedCertificate::try_from(end_entity)?;
@@ -432,5 +476,34 @@ mod tests {
             err.contains("not the one the join token names") && err.contains(&pin),
             "{err}"
         );
+
+        // A node that knows no hash records the CA that signed the server's certificate
+        // (which the join then proves the secret over).
+        let (client, seen) = first_seen_client().unwrap();
+        handshake(client, a.acceptor.clone()).await.unwrap();
+        let seen = seen.lock().unwrap().map(hex::encode);
+        assert_eq!(seen.as_deref(), Some(pin.as_str()));
+        // A chain whose CA did not sign its end certificate records nothing.
+        let stranger_ca = der(&super::ca(&stranger.path().join("tls")).unwrap().cert).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["10.9.9.9".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mismatched = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone(), stranger_ca],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let (client, seen) = first_seen_client().unwrap();
+        let err = handshake(client, TlsAcceptor::from(Arc::new(mismatched)))
+            .await
+            .unwrap_err();
+        assert!(err.contains("not signed by a CA in its chain"), "{err}");
+        assert!(seen.lock().unwrap().is_none());
     }
 }

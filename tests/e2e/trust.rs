@@ -498,3 +498,80 @@ async fn a_clients_own_forwarded_mark_steers_nothing() {
         assert!(resp.headers().get("x-skiff-unserved").is_none(), "{forged}");
     }
 }
+
+/// A node that joined under the release before the cluster CA starts as it is, with no
+/// flags: gossip (sealed with the secret it has) finds a member, the member proves the
+/// secret back over the CA its TLS showed, and the node takes that CA.
+#[tokio::test]
+async fn a_node_that_joined_before_the_cluster_ca_starts_as_it_is() {
+    let one = Node::start_with(&["--node-name", "one"]).await;
+    let token = std::fs::read_to_string(one.dir.join("join-token")).unwrap();
+    let token = token.trim().to_string();
+    let addr = one.api.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let two = Node::start_in(
+        dir.path(),
+        &[
+            "--join",
+            &addr,
+            "--join-token",
+            &token,
+            "--node-name",
+            "two",
+        ],
+    )
+    .await;
+    let client = https(&one);
+    wait_for("2 ready nodes", Duration::from_secs(30), || async {
+        (ready_nodes(&one, &client).await == 2).then_some(())
+    })
+    .await;
+    two.stop().await;
+
+    // The data dir as the last release left a joined node's: no `cluster_ca` mark, the
+    // secret alone in join-token, the admin token itself in token, a CA of its own.
+    let path = dir.path().join("cluster.json");
+    let mut identity: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    identity.as_object_mut().unwrap().remove("cluster_ca");
+    std::fs::write(&path, identity.to_string()).unwrap();
+    let secret = token.split_once("::").unwrap().1;
+    std::fs::write(dir.path().join("join-token"), format!("{secret}\n")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{}\n", one.token)).unwrap();
+    std::fs::remove_file(dir.path().join("token.sha256")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("tls")).unwrap();
+
+    let two = Node::start_in(dir.path(), &[]).await;
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(
+        read(&dir.path().join("tls/ca.crt")),
+        read(&one.dir.join("tls/ca.crt")),
+        "it took the cluster CA"
+    );
+    assert_eq!(read(&dir.path().join("join-token")).trim(), token);
+    assert!(dir.path().join("token.sha256").exists());
+    // Both see both, over TLS with the one CA; a write through it reaches the leader
+    // over mutual TLS (its new certificate is a member's).
+    for n in [&one, &two] {
+        let client = https(n);
+        wait_for("2 ready nodes", Duration::from_secs(30), || async {
+            (ready_nodes(n, &client).await == 2).then_some(())
+        })
+        .await;
+    }
+    let upload = https(&two);
+    wait_for("an upload through it", Duration::from_secs(30), || async {
+        let resp = upload
+            .put(format!("{}/v1/apps/hello?replicas=1", https_api(&two)))
+            .bearer_auth(&two.token)
+            .body(hello_wasm())
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            503 => None,
+            s if (200..300).contains(&s) => Some(()),
+            s => panic!("{s}: {:?}", resp.text().await),
+        }
+    })
+    .await;
+}

@@ -101,21 +101,58 @@ pub struct JoinAnswer {
     pub ca_key: String,
     /// Hex SHA-256 of the cluster's admin token: what the node accepts from clients.
     pub admin_token_sha256: String,
+    /// The member's proof that it knows the secret too, over what it answers
+    /// ([`answer_proof`]): what a node that could not pin the CA trusts it by.
+    #[serde(default)]
+    pub proof: String,
+}
+
+/// An HMAC over `parts` with the key HKDF gives `secret` for `purpose`.
+fn mac(secret: &str, purpose: &[u8], parts: &[&str]) -> String {
+    let hk = Hkdf::<Sha256>::new(Some(b"skiff join v1"), secret.as_bytes());
+    let mut key = [0u8; 32];
+    hk.expand(purpose, &mut key)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+    for part in parts {
+        mac.update(part.as_bytes());
+        mac.update(b"\n");
+    }
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The proof of node `node_id` named `name` that it knows `secret`, for `nonce`, at the
 /// cluster whose CA hash is `ca_sha256`.
 pub fn proof(secret: &str, nonce: &str, node_id: &str, name: &str, ca_sha256: &str) -> String {
-    let hk = Hkdf::<Sha256>::new(Some(b"skiff join v1"), secret.as_bytes());
-    let mut key = [0u8; 32];
-    hk.expand(b"proof", &mut key)
-        .expect("32 bytes is a valid HKDF-SHA256 length");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-    for part in [nonce, node_id, name, ca_sha256] {
-        mac.update(part.as_bytes());
-        mac.update(b"\n");
-    }
-    hex::encode(mac.finalize().into_bytes())
+    mac(secret, b"proof", &[nonce, node_id, name, ca_sha256])
+}
+
+/// The member's proof, for the join of `node_id` over `nonce`, that it knows `secret` and
+/// answers with the CA of hash `ca_sha256`, the cluster `cluster_id` and the admin token
+/// hash `admin_sha256`.
+pub fn answer_proof(
+    secret: &str,
+    nonce: &str,
+    node_id: &str,
+    ca_sha256: &str,
+    cluster_id: &str,
+    admin_sha256: &str,
+) -> String {
+    mac(
+        secret,
+        b"answer",
+        &[nonce, node_id, ca_sha256, cluster_id, admin_sha256],
+    )
+}
+
+/// What a joining node knows of the cluster's CA.
+#[derive(Clone, Copy, Debug)]
+pub enum Pin<'a> {
+    /// Its SHA-256 (hex), from the join token: only that CA is talked to.
+    Ca(&'a str),
+    /// Nothing (a node that joined before tokens carried the hash): the CA the member
+    /// shows is trusted only when the member proves the secret over its hash.
+    FirstSeen,
 }
 
 /// How long a nonce stays good.
@@ -262,15 +299,23 @@ impl Gate {
     }
 }
 
-/// Joins through the member whose API is at `join`: TLS pinned to the token's CA hash,
-/// a challenge, the proof. Returns the member's answer.
+/// Joins through the member whose API is at `join`, proving `secret` as node `node_id`
+/// named `name`: TLS to the CA `pin` allows, a challenge, the proof; then the member's
+/// proof and its CA are checked. Returns the member's answer.
 pub async fn ask(
     join: &str,
-    token: &JoinToken,
+    pin: Pin<'_>,
+    secret: &str,
     node_id: &str,
     name: &str,
 ) -> anyhow::Result<JoinAnswer> {
-    let connector = crate::tls::join_client(&token.ca_sha256)?;
+    let (connector, seen) = match pin {
+        Pin::Ca(hash) => (crate::tls::join_client(hash)?, None),
+        Pin::FirstSeen => {
+            let (connector, seen) = crate::tls::first_seen_client()?;
+            (connector, Some(seen))
+        }
+    };
     let host = join
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
@@ -289,6 +334,13 @@ pub async fn ask(
         .await
         .with_context(|| format!("{join} did not finish the TLS handshake within 10 s"))?
         .with_context(|| format!("cannot join through {join}: TLS failed"))?;
+    let ca_sha256 = match (pin, seen) {
+        (Pin::Ca(hash), _) => hash.to_ascii_lowercase(),
+        (Pin::FirstSeen, seen) => hex::encode(
+            seen.and_then(|s| *s.lock().unwrap_or_else(|e| e.into_inner()))
+                .context("the TLS handshake recorded no CA")?,
+        ),
+    };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     let driver = tokio::spawn(connection);
@@ -296,17 +348,30 @@ pub async fn ask(
     let request = JoinRequest {
         node_id: node_id.to_string(),
         name: name.to_string(),
-        proof: proof(
-            &token.secret,
-            &challenge.nonce,
-            node_id,
-            name,
-            &token.ca_sha256,
-        ),
+        proof: proof(secret, &challenge.nonce, node_id, name, &ca_sha256),
         nonce: challenge.nonce,
     };
     let answer: JoinAnswer = post(&mut sender, join, "/v1/cluster/join", &request).await?;
     driver.abort();
+    let expected = answer_proof(
+        secret,
+        &request.nonce,
+        node_id,
+        &ca_sha256,
+        &answer.cluster_id,
+        &answer.admin_token_sha256,
+    );
+    use subtle::ConstantTimeEq as _;
+    if !bool::from(expected.as_bytes().ct_eq(answer.proof.as_bytes())) {
+        bail!("{join} let this node in without proving it knows the join secret: not trusted");
+    }
+    let ca = crate::tls::Ca {
+        cert: answer.ca_cert.clone(),
+        key: answer.ca_key.clone(),
+    };
+    if ca.sha256()? != ca_sha256 {
+        bail!("{join} answered with a CA other than the one its TLS showed");
+    }
     Ok(answer)
 }
 
@@ -456,5 +521,94 @@ mod tests {
             let _ = gate.admit(IpAddr::from(i.to_be_bytes()), now);
         }
         assert!(gate.clients.lock().unwrap().len() <= MAX_CLIENTS);
+    }
+}
+
+#[cfg(test)]
+mod impostor {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A member impostor over TLS with a CA of its own, which does not know the secret:
+    /// it hands out a nonce, then answers every join with its CA and `proof`.
+    async fn impostor(proof: &'static str) -> (String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = crate::tls::load(dir.path(), "00000000000000ee", &[], "").unwrap();
+        let ca = crate::tls::ca(&dir.path().join("tls")).unwrap();
+        let ca = Arc::new((ca.cert, ca.key));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, ca) = (tls.acceptor.clone(), ca.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let body = if req.uri().path().ends_with("/challenge") {
+                            serde_json::json!({"nonce": "n1"})
+                        } else {
+                            serde_json::to_value(JoinAnswer {
+                                cluster_id: "evil".into(),
+                                seeds: Vec::new(),
+                                ca_cert: ca.0.clone(),
+                                ca_key: ca.1.clone(),
+                                admin_token_sha256: "00".repeat(32),
+                                proof: proof.to_string(),
+                            })
+                            .unwrap()
+                        };
+                        let _: &hyper::body::Incoming = req.body();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body.to_string())),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, dir)
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_pin_trusts_no_member_that_does_not_prove_the_secret() {
+        for proof in ["", "made-up"] {
+            let (addr, _dir) = impostor(proof).await;
+            let err = ask(
+                &addr,
+                Pin::FirstSeen,
+                "the secret",
+                "00000000000000aa",
+                "old",
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("without proving it knows the join secret"),
+                "{err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_answer_proof_binds_the_ca_the_cluster_and_the_admin_hash() {
+        let good = answer_proof("s", "n", "id", "ca", "c", "admin");
+        assert_eq!(good, answer_proof("s", "n", "id", "ca", "c", "admin"));
+        for other in [
+            answer_proof("other", "n", "id", "ca", "c", "admin"),
+            answer_proof("s", "n2", "id", "ca", "c", "admin"),
+            answer_proof("s", "n", "id", "ca2", "c", "admin"),
+            answer_proof("s", "n", "id", "ca", "c2", "admin"),
+            answer_proof("s", "n", "id", "ca", "c", "admin2"),
+        ] {
+            assert_ne!(good, other);
+        }
+        // A join proof is not an answer proof for the same parts.
+        assert_ne!(proof("s", "n", "id", "ca", "c"), good);
     }
 }

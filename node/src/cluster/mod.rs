@@ -132,22 +132,21 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// The file a joined node keeps the admin token's SHA-256 in (it never has the token).
 pub const TOKEN_SHA256: &str = "token.sha256";
 
-/// Joins through `join` as `identity` and keeps what the member answers: the CA in
-/// `tls/`, the admin token's hash, the cluster id and seeds.
+/// Joins through `join` as `identity`, proving `secret` over the CA `pin` allows, and
+/// keeps what the member answers: the CA in `tls/`, the admin token's hash, the cluster
+/// id and seeds.
 async fn join_through(
     dir: &Path,
     join: &str,
-    token: &JoinToken,
+    pin: join::Pin<'_>,
+    secret: &str,
     identity: &mut Identity,
 ) -> anyhow::Result<()> {
-    let answer = join::ask(join, token, &identity.node_id, &identity.name).await?;
+    let answer = join::ask(join, pin, secret, &identity.node_id, &identity.name).await?;
     let ca = crate::tls::Ca {
         cert: answer.ca_cert,
         key: answer.ca_key,
     };
-    if ca.sha256()? != token.ca_sha256 {
-        bail!("{join} answered with a CA other than the one the join token names");
-    }
     let mut hash = [0u8; 32];
     hex::decode_to_slice(&answer.admin_token_sha256, &mut hash)
         .context("the join answer's admin token hash is not 64 hex digits")?;
@@ -161,6 +160,86 @@ async fn join_through(
     identity.joined = true;
     identity.cluster_ca = true;
     Ok(())
+}
+
+/// How long a node that joined before the cluster CA listens to gossip for a member
+/// to take the CA from.
+const FIND_MEMBER_WITHIN: Duration = Duration::from_secs(60);
+
+/// Takes the cluster CA for a node that joined before nodes talked over TLS and is
+/// started without `--join`: gossip (sealed with the secret it has) tells it where the
+/// members' APIs are, and it joins through the first that proves the secret back
+/// ([`join::Pin::FirstSeen`]). Its id, name and data stay.
+async fn take_ca_found_by_gossip(
+    dir: &Path,
+    settings: &ClusterSettings,
+    secret: &str,
+    identity: &mut Identity,
+) -> anyhow::Result<()> {
+    let apis = member_apis(identity, secret, settings, FIND_MEMBER_WITHIN).await?;
+    if apis.is_empty() {
+        bail!(
+            "this node joined its cluster before nodes talked over TLS and heard no member by gossip within {} s to take the cluster CA from: start it with the cluster up, or once with --join <a member's API address> --join-token <the token `skiff cluster join-token` prints on that member>",
+            FIND_MEMBER_WITHIN.as_secs()
+        );
+    }
+    let mut failures = Vec::new();
+    for api in &apis {
+        match join_through(dir, api, join::Pin::FirstSeen, secret, identity).await {
+            Ok(()) => {
+                tracing::info!(through = %api, "took the cluster CA from a member found by gossip (this node joined before nodes talked over TLS)");
+                return Ok(());
+            }
+            Err(e) => failures.push(format!("{api}: {e:#}")),
+        }
+    }
+    bail!(
+        "no member found by gossip gave this node the cluster CA: {}",
+        failures.join("; ")
+    )
+}
+
+/// Gossips as `identity` (its generation raised, so the real start after is newer still)
+/// until some live member advertises its API, for at most `within`; returns those API
+/// addresses (none at once when it knows no seeds).
+async fn member_apis(
+    identity: &mut Identity,
+    secret: &str,
+    settings: &ClusterSettings,
+    within: Duration,
+) -> anyhow::Result<Vec<String>> {
+    if identity.seeds.is_empty() {
+        return Ok(Vec::new());
+    }
+    identity.generation += 1;
+    let socket = tokio::net::UdpSocket::bind(settings.gossip_addr)
+        .await
+        .with_context(|| format!("failed to bind gossip to {}/UDP", settings.gossip_addr))?;
+    let bound = socket.local_addr()?;
+    let seal = Arc::new(Seal::new(secret, &identity.cluster_id));
+    let transport = SealedTransport::new(socket, seal, Arc::new(GossipStats::default()));
+    let config = gossip_config(identity, settings, bound);
+    let handle = chitchat::spawn_chitchat(config, Vec::new(), &transport)
+        .await
+        .context("failed to start gossip")?;
+    let deadline = tokio::time::Instant::now() + within;
+    let apis = loop {
+        let apis: Vec<String> = {
+            let chitchat = handle.chitchat();
+            let chitchat = chitchat.lock().await;
+            chitchat
+                .live_nodes()
+                .filter(|id| *id.node_id != *identity.node_id)
+                .filter_map(|id| chitchat.node_state(id)?.get(keys::API).map(str::to_string))
+                .collect()
+        };
+        if !apis.is_empty() || tokio::time::Instant::now() >= deadline {
+            break apis;
+        }
+        tokio::time::sleep(settings.gossip_interval).await;
+    };
+    let _ = handle.shutdown().await;
+    Ok(apis)
 }
 
 /// Reads (or makes, or joins) the data dir's cluster identity and raises its generation.
@@ -207,7 +286,14 @@ pub async fn prepare(
                     let token = given.clone().context(
                         "--join needs --join-token (what `skiff cluster join-token` prints on a member)",
                     )?;
-                    join_through(dir, join, &token, &mut identity).await?;
+                    join_through(
+                        dir,
+                        join,
+                        join::Pin::Ca(&token.ca_sha256),
+                        &token.secret,
+                        &mut identity,
+                    )
+                    .await?;
                     write_private(&secret_path, &format!("{token}\n"))?;
                 }
                 None => {
@@ -231,12 +317,22 @@ pub async fn prepare(
         // Joined before nodes talked over TLS: its CA is its own, not the cluster's.
         match (&settings.join, &given) {
             (Some(join), Some(token)) => {
-                join_through(dir, join, token, &mut identity).await?;
+                join_through(
+                    dir,
+                    join,
+                    join::Pin::Ca(&token.ca_sha256),
+                    &token.secret,
+                    &mut identity,
+                )
+                .await?;
                 tracing::info!(through = %join, "joined again to take the cluster CA");
             }
-            _ => bail!(
-                "this node joined its cluster before nodes talked over TLS: start it once more with --join <a member's API address> --join-token <the token `skiff cluster join-token` prints on that member>, which keeps its node id, name and data"
-            ),
+            _ => {
+                let stored = std::fs::read_to_string(&secret_path)
+                    .with_context(|| format!("cannot read {}", secret_path.display()))?;
+                let secret = stored.trim();
+                take_ca_found_by_gossip(dir, settings, secret, &mut identity).await?;
+            }
         }
     } else if settings.join.is_some() {
         tracing::info!("this data dir is in a cluster already; --join is ignored");
@@ -449,6 +545,40 @@ impl Member {
     }
 }
 
+/// Gossip's settings for `identity` bound at `bound`.
+fn gossip_config(
+    identity: &Identity,
+    settings: &ClusterSettings,
+    bound: SocketAddr,
+) -> ChitchatConfig {
+    let gossip_addr = advertised(bound, settings.advertise);
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(identity.node_id.clone(), identity.generation, gossip_addr),
+        cluster_id: identity.cluster_id.clone(),
+        gossip_interval: settings.gossip_interval,
+        listen_addr: bound,
+        seed_nodes: identity
+            .seeds
+            .iter()
+            .filter(|s| **s != gossip_addr.to_string())
+            .cloned()
+            .collect(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: settings.phi_threshold,
+            sampling_window_size: 1000,
+            max_interval: Duration::from_secs(10),
+            initial_interval: settings.gossip_interval,
+            dead_node_grace_period: Duration::from_secs(24 * 3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        // Live only once it says where its API and ingress are.
+        extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
+            state.get(keys::API).is_some() && state.get(keys::INGRESS).is_some()
+        })),
+    }
+}
+
 /// This node's membership: the gossip task and what it knows.
 pub struct Cluster {
     handle: ChitchatHandle,
@@ -487,35 +617,7 @@ impl Cluster {
         let stats = Arc::new(GossipStats::default());
         let seal = Arc::new(Seal::new(&token.secret, &identity.cluster_id));
         let transport = SealedTransport::new(socket, seal, stats.clone());
-        let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(
-                identity.node_id.clone(),
-                identity.generation,
-                gossip_addr,
-            ),
-            cluster_id: identity.cluster_id.clone(),
-            gossip_interval: settings.gossip_interval,
-            listen_addr: bound,
-            seed_nodes: identity
-                .seeds
-                .iter()
-                .filter(|s| **s != gossip_addr.to_string())
-                .cloned()
-                .collect(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: settings.phi_threshold,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: settings.gossip_interval,
-                dead_node_grace_period: Duration::from_secs(24 * 3600),
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            // Live only once it says where its API and ingress are.
-            extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
-                state.get(keys::API).is_some() && state.get(keys::INGRESS).is_some()
-            })),
-        };
+        let config = gossip_config(&identity, settings, bound);
         let started = skiff_image::build::rfc3339(std::time::SystemTime::now());
         let initial = vec![
             (keys::NAME.to_string(), identity.name.clone()),
@@ -657,6 +759,14 @@ impl Cluster {
             seeds.push(self.gossip_addr.to_string());
         }
         Ok(join::JoinAnswer {
+            proof: join::answer_proof(
+                &self.token.secret,
+                &request.nonce,
+                &request.node_id,
+                &self.token.ca_sha256,
+                &self.identity.cluster_id,
+                admin_sha256,
+            ),
             cluster_id: self.identity.cluster_id.clone(),
             seeds,
             ca_cert: ca.cert,
@@ -764,7 +874,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_node_that_joined_before_the_cluster_ca_is_told_how_to_take_it() {
+    async fn a_node_that_joined_before_the_cluster_ca_and_knows_no_member_is_told_how_to_take_it() {
         let dir = tempfile::tempdir().unwrap();
         legacy(dir.path(), true);
         let e = prepare(dir.path(), &ClusterSettings::default())
