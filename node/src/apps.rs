@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use skiff_image::layer::ExtractLimits;
 use skiff_image::oci::{Descriptor, RunConfig};
@@ -38,11 +38,9 @@ mod objects;
 mod pull;
 mod standalone;
 
-pub(crate) use deployments::spread::LOCAL_ROUTE;
 pub use error::AppError;
 pub(crate) use pull::REPLICA_HEADER;
 pub use standalone::Attached;
-pub(crate) use standalone::new_id;
 
 use crate::container::Container;
 use crate::desired::DesiredStore;
@@ -51,12 +49,6 @@ use crate::state::StateStore;
 
 /// Lines of output kept per app.
 const LOG_LINES: usize = 2000;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// An image made ready to run: compiled code, an extracted site, or a Linux image's
 /// extracted tree.
@@ -156,16 +148,6 @@ fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> Ap
         .cloned()
         .collect();
     spec
-}
-
-/// Now as RFC 3339 (UTC, seconds).
-pub(crate) fn now_rfc3339() -> String {
-    skiff_image::build::rfc3339(SystemTime::now())
-}
-
-/// A time in Unix ms as RFC 3339 (UTC, seconds).
-pub(crate) fn rfc3339_ms(ms: u64) -> String {
-    skiff_image::build::rfc3339(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// Where and how the supervisor works.
@@ -568,7 +550,7 @@ impl Apps {
             spec.name.clone(),
             workload,
             spec.limits.concurrency,
-            now_ms(),
+            crate::clock::now_ms(),
             spec.routes.clone(),
         ))
     }
@@ -620,7 +602,7 @@ impl Apps {
         // it) never sees the new blobs untagged.
         let images = self.images.clone();
         let image_name = ImageName::parse(&format!("{name}:latest")).map_err(AppError::internal)?;
-        let created = now_rfc3339();
+        let created = crate::clock::now_rfc3339();
         let tag_name = image_name.clone();
         let (desc, previous) = tokio::task::spawn_blocking(move || {
             let previous = images.resolve(&tag_name.to_string()).ok();

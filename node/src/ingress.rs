@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::apps::LOCAL_ROUTE;
 use crate::container::Container;
 use crate::metrics::Metrics;
+use crate::route::LOCAL_ROUTE;
 use skiff_gateway::Endpoint as _;
 
 /// Serves `target` on `listener` until `shutdown`, then lets in-flight requests finish
@@ -217,8 +217,8 @@ async fn handle(
             .headers()
             .get(header::HOST)
             .map_or(&b""[..], |h| h.as_bytes());
-        let route = shared.forward_key.verify(v, host, crate::apps::now_ms())?;
-        Some(format!("{LOCAL_ROUTE}{route}"))
+        let route = shared.forward_key.verify(v, host, crate::clock::now_ms())?;
+        Some(crate::route::local(route))
     });
     let (container, service) = match target {
         Target::ByHost | Target::Route(_) => {

@@ -36,16 +36,19 @@
 
 pub mod api;
 pub mod apps;
+mod clock;
 pub mod cluster;
 pub mod container;
 mod datafiles;
 pub mod desired;
+mod ids;
 pub mod ingress;
 pub mod listener;
 mod memory;
 pub mod metrics;
 pub mod placement;
 pub mod raft;
+mod route;
 pub mod state;
 mod tls;
 
@@ -259,7 +262,7 @@ impl AdminToken {
                 false,
             ));
         }
-        let (token, created) = load_or_create_secret(&token_path, || random_hex(32))?;
+        let (token, created) = load_or_create_secret(&token_path, || ids::random_hex(32))?;
         let sha256 = sha2::Sha256::digest(token.as_bytes()).into();
         Ok((
             Self {
@@ -336,12 +339,6 @@ pub(crate) fn load_or_create_secret(
     f.write_all(b"\n")?;
     f.sync_all()?;
     Ok((secret, true))
-}
-
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).expect("the OS has randomness");
-    hex::encode(bytes)
 }
 
 /// Tells consensus what gossip sees, every 250 ms: which nodes are live (for the quorum
@@ -499,7 +496,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let token_path = dir.join("token");
     let (identity, join_token) = cluster::prepare(dir, &config.cluster).await?;
     let (token, token_created) = AdminToken::load(dir, identity.joined)?;
-    let (key_hex, _) = load_or_create_secret(&dir.join("node.key"), || random_hex(32))?;
+    let (key_hex, _) = load_or_create_secret(&dir.join("node.key"), || ids::random_hex(32))?;
     let mut cache_key = [0u8; 32];
     hex::decode_to_slice(key_hex.trim(), &mut cache_key)
         .context("node.key is not 64 hex digits")?;

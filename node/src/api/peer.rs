@@ -50,7 +50,7 @@ async fn gate(
         .get::<crate::listener::ConnInfo>()
         .and_then(|c| c.peer_cert.clone())
         .ok_or_else(|| refused("no node certificate: peers call over mutual TLS"))?;
-    let now = crate::apps::now_ms();
+    let now = crate::clock::now_ms();
     let signed = shared
         .consensus
         .peer_key()
@@ -213,7 +213,7 @@ mod tests {
     ) -> axum::extract::Request {
         let shared = &node.shared;
         let envelope = Envelope {
-            ms: crate::apps::now_ms(),
+            ms: crate::clock::now_ms(),
             id,
             from,
             to: shared.consensus.id(),

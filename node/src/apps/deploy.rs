@@ -179,7 +179,7 @@ impl Apps {
             summary.digest,
             &image_ref,
             spec.kind,
-            &super::now_rfc3339(),
+            &crate::clock::now_rfc3339(),
         )?;
         let applied = self
             .apply_object(Object::Deployment(Box::new(deployment)))
@@ -478,7 +478,7 @@ impl Apps {
                     spec.image,
                     &image_ref,
                     spec.kind,
-                    &super::now_rfc3339(),
+                    &crate::clock::now_rfc3339(),
                 )
                 .map_err(|e| anyhow::anyhow!("app {name}: {e}"))?;
                 self.apply_object(Object::Deployment(Box::new(d)))

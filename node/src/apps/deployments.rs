@@ -44,7 +44,8 @@ use tracing::{info, warn};
 
 use super::error::AppError;
 use super::linux::{self, LinuxEvent, LinuxStart};
-use super::{Apps, LOG_LINES, Prepared, image_spec, now_ms};
+use super::{Apps, LOG_LINES, Prepared, image_spec};
+use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
 use crate::desired::{Applied, StoredDeployment};
@@ -197,7 +198,7 @@ struct Event {
 impl Event {
     fn info(&self) -> EventInfo {
         EventInfo {
-            at: super::rfc3339_ms(self.at_ms),
+            at: crate::clock::rfc3339_ms(self.at_ms),
             kind: self.kind.into(),
             reason: self.reason.into(),
             message: self.message.to_string(),
@@ -351,7 +352,7 @@ fn push_event(
         events.reserve_exact(1);
     }
     events.push_back(Event {
-        at_ms: super::now_ms(),
+        at_ms: crate::clock::now_ms(),
         kind,
         reason,
         message: message.into_boxed_str(),
@@ -769,7 +770,7 @@ impl Apps {
                                     hash.into(),
                                     labels,
                                     template,
-                                    super::now_rfc3339().into(),
+                                    crate::clock::now_rfc3339().into(),
                                 ),
                             );
                             inner.event(
@@ -876,7 +877,7 @@ impl Apps {
                     (container.clone(), limits.timeout() + Duration::from_secs(1));
                 p.state = PodState::Terminating {
                     container: container.clone(),
-                    since: super::now_rfc3339(),
+                    since: crate::clock::now_rfc3339(),
                 };
                 let labels = p.labels.clone();
                 let services: Vec<String> = inner
@@ -1029,7 +1030,7 @@ impl Apps {
                 let name = pod.to_string();
                 self.start_linux(
                     LinuxStart {
-                        id: &super::standalone::new_id(),
+                        id: &crate::ids::new_id(),
                         name: pod,
                         spec: &spec,
                         summary: &summary,
@@ -1099,7 +1100,7 @@ impl Apps {
         }
         let mut remotes_used = std::collections::BTreeSet::new();
         for (name, service) in services {
-            let local_name = format!("{}{name}", spread::LOCAL_ROUTE);
+            let local_name = crate::route::local(name);
             let Some(service) = service else {
                 inner.selectors.remove(name);
                 inner.node_port_wants.remove(name);
@@ -1166,7 +1167,7 @@ impl Apps {
                 .routes
                 .keys()
                 .filter(|n| {
-                    let service = n.strip_prefix(spread::LOCAL_ROUTE).unwrap_or(n);
+                    let service = n.strip_prefix(crate::route::LOCAL_ROUTE).unwrap_or(n);
                     !wanted.contains(service)
                 })
                 .cloned()

@@ -16,8 +16,9 @@ use skiff_runtime::{LogBook, Workload};
 use skiff_spec::AppSpec;
 use tracing::info;
 
+use super::Apps;
 use super::error::AppError;
-use super::{Apps, now_ms};
+use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
 use crate::state::OciOptions;
 

@@ -134,7 +134,7 @@ impl Apps {
     /// Creates or replaces one object (validated by the caller or by the manifest
     /// reader).
     pub(crate) async fn apply_object(&self, object: Object) -> Result<Applied, AppError> {
-        let at = super::now_rfc3339();
+        let at = crate::clock::now_rfc3339();
         let command = match object {
             Object::Deployment(deployment) => Command::ApplyDeployment { deployment, at },
             Object::Service(service) => {

@@ -19,8 +19,10 @@ use tracing::{info, warn};
 
 use super::error::AppError;
 use super::linux::LinuxEvent;
-use super::{Apps, LOG_LINES, now_ms};
+use super::{Apps, LOG_LINES};
+use crate::clock::now_ms;
 use crate::container::Container;
+use crate::ids::new_id;
 use crate::ingress::{self, Target};
 use crate::state::{ContainerRecord, OciOptions};
 
@@ -128,13 +130,6 @@ fn generated_name(taken: impl Fn(&str) -> bool) -> String {
             return name;
         }
     }
-}
-
-/// Whether `key` is the container's name or a prefix (4+ digits) of its id.
-pub(crate) fn new_id() -> String {
-    let mut id = [0u8; 32];
-    getrandom::fill(&mut id).expect("the OS has randomness");
-    hex::encode(id)
 }
 
 impl Apps {

@@ -234,7 +234,7 @@ impl Gate {
         {
             nonces.remove(&oldest);
         }
-        let nonce = crate::random_hex(32);
+        let nonce = crate::ids::random_hex(32);
         nonces.insert(nonce.clone(), now);
         Challenge { nonce }
     }

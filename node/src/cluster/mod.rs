@@ -265,7 +265,7 @@ pub async fn prepare(
         Ok(bytes) => serde_json::from_slice::<Identity>(&bytes)
             .with_context(|| format!("{} is not valid", identity_path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let node_id = crate::random_hex(8);
+            let node_id = crate::ids::random_hex(8);
             let name = settings
                 .node_name
                 .clone()
@@ -275,7 +275,7 @@ pub async fn prepare(
             let mut identity = Identity {
                 node_id,
                 name,
-                cluster_id: crate::random_hex(8),
+                cluster_id: crate::ids::random_hex(8),
                 seeds: Vec::new(),
                 generation: 0,
                 joined: false,
@@ -301,7 +301,7 @@ pub async fn prepare(
                     // only the secret: the same secret, now with its hash.
                     let secret = match std::fs::read_to_string(&secret_path) {
                         Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
-                        _ => crate::random_hex(32),
+                        _ => crate::ids::random_hex(32),
                     };
                     write_private(&secret_path, &format!("{secret}\n"))?;
                     identity.cluster_ca = true;

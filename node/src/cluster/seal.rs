@@ -221,7 +221,7 @@ impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
         let mut plain = Vec::with_capacity(message.serialized_len());
         message.serialize(&mut plain);
-        let datagram = self.seal.seal(crate::apps::now_ms(), &plain);
+        let datagram = self.seal.seal(crate::clock::now_ms(), &plain);
         if datagram.len() > MAX_DATAGRAM {
             // chitchat fills datagrams up to the UDP limit; ours carry a seal too. The
             // node's keys are small, so this means a very large cluster: say so.
@@ -249,7 +249,7 @@ impl Socket for SealedSocket {
             let opened = if len > MAX_DATAGRAM {
                 Err(Dropped::Oversize)
             } else {
-                self.seal.open(crate::apps::now_ms(), &self.buf[..len])
+                self.seal.open(crate::clock::now_ms(), &self.buf[..len])
             };
             let plain = match opened {
                 Ok(p) => p,

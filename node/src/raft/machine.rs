@@ -103,8 +103,8 @@ impl Machine {
         drop(snapshot);
         crate::memory::trim();
         let id = match record.applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, crate::random_hex(4)),
-            None => format!("none-{}", crate::random_hex(4)),
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, crate::ids::random_hex(4)),
+            None => format!("none-{}", crate::ids::random_hex(4)),
         };
         let meta = SnapshotMeta {
             last_log_id: record.applied,

@@ -294,9 +294,9 @@ impl PeerClient {
             message,
         };
         let body = serde_json::to_vec(body).map_err(|e| garbled(e.to_string()))?;
-        let id = crate::random_hex(16);
+        let id = crate::ids::random_hex(16);
         let envelope = Envelope {
-            ms: crate::apps::now_ms(),
+            ms: crate::clock::now_ms(),
             id: &id,
             from: self.me,
             to,

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::ContainerConfig;
-use super::http::OutboundPolicy;
+use super::outbound::OutboundPolicy;
 use crate::{HandleError, LogBook, LogStream, TrapKind};
 
 /// Memory and table bounds for one store, remembering whether it had to refuse growth

@@ -3,6 +3,7 @@
 mod cache;
 mod guest;
 mod http;
+mod outbound;
 mod wagi;
 
 use std::collections::HashMap;

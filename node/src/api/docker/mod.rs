@@ -378,7 +378,7 @@ async fn list(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> Answe
     let pairs = query_pairs(q);
     let all = truthy(&pairs, "all");
     let filters = filters(&pairs)?;
-    let now = crate::apps::now_ms();
+    let now = crate::clock::now_ms();
     let mut out = Vec::new();
     for c in shared.apps.list_containers(true).await {
         // A filter on status lists stopped ones too, as Docker's does.
@@ -1154,7 +1154,7 @@ async fn exec_create(
             format!("container {} is not running", c.id),
         ));
     }
-    let exec_id = crate::apps::new_id();
+    let exec_id = crate::ids::new_id();
     let mut execs = shared.docker_execs.0.lock().expect("execs lock");
     if execs.len() >= MAX_EXECS {
         let oldest_ended = execs
@@ -1186,7 +1186,7 @@ async fn exec_create(
                 workdir: body.working_dir.filter(|w| !w.is_empty()),
             },
             state: None,
-            made_ms: crate::apps::now_ms(),
+            made_ms: crate::clock::now_ms(),
         },
     );
     Ok((StatusCode::CREATED, Json(json!({"Id": exec_id}))).into_response())

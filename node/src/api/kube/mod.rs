@@ -1463,7 +1463,7 @@ async fn set_image(
             name: name.clone(),
             container: body.container,
             image: body.image,
-            at: crate::apps::now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
         })
         .await?;
     Ok(Json(shared.apps.deployment(&name)?))
@@ -1487,7 +1487,7 @@ async fn rollback(
             name: name.clone(),
             // kubectl's --to-revision=0 means "the previous one".
             to_revision: body.to_revision.filter(|r| *r != 0),
-            at: crate::apps::now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
         })
         .await?;
     Ok(Json(shared.apps.deployment(&name)?))

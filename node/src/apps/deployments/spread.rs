@@ -20,10 +20,6 @@ use skiff_spec::k8s::Service;
 /// Most endpoints one other node stands for in a route (it balances further itself).
 const MAX_REMOTE_PER_NODE: u32 = 16;
 
-/// The prefix of a Service's local-only route: what a request another node forwarded
-/// is served from (`:` is not in any Service name, so it cannot collide).
-pub(crate) const LOCAL_ROUTE: &str = "local:";
-
 /// What a pod of `d`'s current template takes of a node's memory when placed, as
 /// Kubernetes schedules: its memory request, else its limit (Kubernetes reads a limit
 /// without a request as the request), else nothing. A pod that names neither holds no
@@ -308,7 +304,7 @@ pub(super) fn remote_endpoints(
                     Workload::Remote(workload),
                     // The other node bounds its own pods' concurrency.
                     u32::MAX >> 3,
-                    crate::apps::now_ms(),
+                    crate::clock::now_ms(),
                     Vec::new(),
                 );
                 let _ = c.transition(ContainerState::Ready);

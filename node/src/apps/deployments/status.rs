@@ -105,7 +105,7 @@ impl Progress {
         };
         let (replicas, updated, ready, available_replicas) = self.counts;
         let revision = shown.revision;
-        let at = Some(crate::apps::rfc3339_ms(shown.at_ms));
+        let at = Some(crate::clock::rfc3339_ms(shown.at_ms));
         let available = available_replicas >= shown.desired - shown.max_unavailable;
         let condition = |kind: &str, ok: bool, reason: &str, message: String| Condition {
             kind: kind.into(),
