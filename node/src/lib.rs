@@ -71,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use crate::listener::ListenerLimits;
+pub use crate::tls::member_client;
 pub use skiff_image::layer::ExtractLimits as ImageExtractLimits;
 pub use skiff_runtime::{CompilerCommand, compile_worker};
 

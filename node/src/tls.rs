@@ -211,6 +211,17 @@ pub(crate) fn load(
     })
 }
 
+/// The TLS node `node_id` calls its peers with: a certificate for it, fresh from the CA
+/// in the data dir `data` (its `tls/`), as a start makes one. Whoever holds a member's
+/// data dir holds the CA key and can make it, which gives no trust the join secret in
+/// the same dir does not (see above); the end-to-end tests make one to call a node as a
+/// member whose data dir was stolen would.
+pub fn member_client(data: &Path, node_id: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let key = data.join("tls/ca.key");
+    anyhow::ensure!(key.exists(), "{} holds no cluster CA", data.display());
+    Ok(load(data, node_id, &[], "")?.peer)
+}
+
 /// The node a verified peer certificate names, if it is `claimed` (a node id the caller
 /// says it is: the certificate must be valid for `<claimed>.node.skiff`).
 pub(crate) fn node_of(cert: &CertificateDer<'_>, claimed: &str) -> bool {

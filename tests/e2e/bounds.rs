@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Node, hello_wasm, metric, wat};
 
-fn vm_kib(pid: i32, field: &str) -> u64 {
+pub(crate) fn vm_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()

@@ -222,7 +222,7 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
 
 /// Three nodes on loopback named one, two and three, the others joined to the first,
 /// each on its data dir in `dirs` (which outlive the processes, for restarts).
-async fn three_nodes(dirs: [&std::path::Path; 3]) -> (Node, Node, Node) {
+pub(crate) async fn three_nodes(dirs: [&std::path::Path; 3]) -> (Node, Node, Node) {
     let first = Node::start_in(dirs[0], &["--node-name", "one"]).await;
     let join = join_args(&first);
     let mut extra: Vec<&str> = join.iter().map(String::as_str).collect();
@@ -247,7 +247,7 @@ async fn three_nodes(dirs: [&std::path::Path; 3]) -> (Node, Node, Node) {
 
 /// Each node's Raft role, by name, as `get nodes -o json` shows it (kubectl's
 /// `node-role.kubernetes.io/<role>` labels).
-async fn roles(node: &Node) -> std::collections::BTreeMap<String, String> {
+pub(crate) async fn roles(node: &Node) -> std::collections::BTreeMap<String, String> {
     let out = skiff(node, &["get", "nodes", "-o", "json"]).await;
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let mut roles = std::collections::BTreeMap::new();

@@ -15,7 +15,7 @@ const DEPLOYMENT: &str = include_str!("../../samples/nginx-k8s/deployment.yaml")
 const SERVICE: &str = include_str!("../../samples/nginx-k8s/service.yaml");
 
 /// kubectl binaries beside the one on the PATH (`kubectl.1.NN`), oldest and newest.
-fn kubectls() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn kubectls() -> Option<(PathBuf, PathBuf)> {
     let path = std::env::var_os("PATH")?;
     let found = std::env::split_paths(&path)
         .map(|d| d.join("kubectl"))
@@ -40,10 +40,10 @@ fn kubectls() -> Option<(PathBuf, PathBuf)> {
 
 /// A kubectl with its own kubeconfig and cache (a fresh HOME: no discovery cache from
 /// another run).
-struct Kubectl {
-    bin: PathBuf,
-    config: PathBuf,
-    home: PathBuf,
+pub(crate) struct Kubectl {
+    pub(crate) bin: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) home: PathBuf,
 }
 
 impl Kubectl {
@@ -56,7 +56,7 @@ impl Kubectl {
         c
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         tokio::time::timeout(Duration::from_secs(90), self.command(args).output())
             .await
             .unwrap_or_else(|_| panic!("kubectl {args:?} did not return within 90 s"))
@@ -64,7 +64,7 @@ impl Kubectl {
     }
 
     /// Stdout of a command that must succeed.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args).await;
         assert!(
             o.status.success(),
@@ -77,7 +77,7 @@ impl Kubectl {
     }
 
     /// Stderr of a command that must fail.
-    async fn fails(&self, args: &[&str]) -> String {
+    pub(crate) async fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args).await;
         assert!(!o.status.success(), "kubectl {args:?} succeeded");
         String::from_utf8(o.stderr).unwrap()

@@ -3,6 +3,7 @@
 mod harness;
 
 mod api;
+mod attacks;
 mod bounds;
 mod cli;
 mod cluster;

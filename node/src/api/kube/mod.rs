@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -230,7 +231,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
                             method: Method,
                             RawQuery(query): RawQuery,
                             headers: HeaderMap,
-                            body: Bytes| {
+                            body: Result<Bytes, BytesRejection>| {
             let target = Target {
                 group,
                 namespace: params.get("ns").cloned(),
@@ -239,9 +240,12 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
                 sub: params.get("sub").cloned(),
             };
             async move {
-                dispatch(&state.0, target, method, query, &headers, body)
-                    .await
-                    .unwrap_or_else(IntoResponse::into_response)
+                match body {
+                    Ok(body) => dispatch(&state.0, target, method, query, &headers, body)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response),
+                    Err(e) => body_refused(&e).into_response(),
+                }
             }
         };
         for shape in [
@@ -260,6 +264,20 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         }
     }
     router.layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// A body that could not be read, as a `Status` (kubectl shows axum's plain-text
+/// rejection only as "the server responded with the status code 413").
+fn body_refused(e: &BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!(
+            "the request body is larger than {} bytes ({} MiB), the most an object or a patch of one may be",
+            manifest::MAX_MANIFEST_BYTES,
+            manifest::MAX_MANIFEST_BYTES >> 20
+        ))
+    } else {
+        ApiError::bad_request("bad_body", e.body_text())
+    }
 }
 
 /// What a request names.
