@@ -13,92 +13,37 @@
 //! ones go to the new pods. No request fails because of a redeploy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_image::layer::ExtractLimits;
 use skiff_image::oci::{Descriptor, RunConfig};
-use skiff_image::{
-    ImageError, ImageName, ImageStore, ImageSummary, Runnable, StagedBlob, detect_kind,
-};
-use skiff_runtime::{Compiled, ContainerConfig, LogBook, Runtime, StaticSite, Workload};
+use skiff_image::{ImageError, ImageName, ImageSummary, Runnable, StagedBlob, detect_kind};
+use skiff_runtime::{ContainerConfig, LogBook, Runtime, StaticSite, Workload};
 use skiff_spec::api::AppStatus;
 use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 mod deploy;
 mod deployments;
-mod error;
 pub(crate) mod events;
 mod linux;
 mod objects;
-mod pull;
 mod standalone;
 
-pub use error::AppError;
-pub(crate) use pull::REPLICA_HEADER;
+pub use crate::error::AppError;
 pub use standalone::Attached;
 
 use crate::container::Container;
 use crate::desired::DesiredStore;
+use crate::images::{Images, Prepared};
 use crate::ingress::Ingress;
 use crate::state::StateStore;
 
 /// Lines of output kept per app.
 const LOG_LINES: usize = 2000;
-
-/// An image made ready to run: compiled code, an extracted site, or a Linux image's
-/// extracted tree.
-enum Prepared {
-    Wasm(Arc<Compiled>),
-    Static {
-        tree: PathBuf,
-        site_root: PathBuf,
-        tag: String,
-    },
-    Oci {
-        root: PathBuf,
-    },
-}
-
-/// Where trees being extracted live until they are complete (the prefix marks them for
-/// garbage collection to leave alone, and for the next start to sweep).
-const EXTRACTING: &str = ".extract-";
-
-/// Scratch directories in the data dir: a Docker API build's context, a pull's layout.
-pub(crate) const BUILD_SCRATCH: &str = ".build-";
-pub(crate) const PULL_SCRATCH: &str = ".pull-";
-
-/// Extracts an image's layers beside `dest` and renames the tree into place last, so a
-/// tree under its digest's name is always whole: a crash or a failure leaves only a
-/// `.extract-*` directory, which nothing uses and the next start removes.
-fn extract_site(
-    images: &ImageStore,
-    layers: &[Descriptor],
-    sites: &Path,
-    dest: &Path,
-    limits: ExtractLimits,
-) -> Result<(), AppError> {
-    std::fs::create_dir_all(sites).map_err(AppError::internal)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(EXTRACTING)
-        .tempdir_in(sites)
-        .map_err(AppError::internal)?;
-    skiff_image::layer::extract(images.blobs(), layers, tmp.path(), limits)
-        .map_err(|e| AppError::invalid("unsupported_image", e.to_string()))?;
-    let tmp = tmp.keep();
-    if let Err(e) = std::fs::rename(&tmp, dest) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        // Another deploy of the same image won the race: its tree is identical.
-        if !dest.is_dir() {
-            return Err(AppError::internal(e));
-        }
-    }
-    Ok(())
-}
 
 /// Deploy parameters, with what the image itself says (env, `dev.skiff.*` limit labels)
 /// filling what the deploy left open.
@@ -152,8 +97,6 @@ fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> Ap
 
 /// Where and how the supervisor works.
 pub(crate) struct Settings {
-    /// Directory for extracted static sites.
-    pub(crate) sites: PathBuf,
     /// `{domain}:{port}/`, for app URLs.
     pub(crate) url_suffix: String,
     /// The node's shutdown: published-port listeners stop with it.
@@ -162,8 +105,6 @@ pub(crate) struct Settings {
     pub(crate) drain: Duration,
     /// The node's data dir.
     pub(crate) data: PathBuf,
-    /// Bounds on extracting an image.
-    pub(crate) extract: ExtractLimits,
     /// Deployments and Services.
     pub(crate) desired: Arc<DesiredStore>,
     /// The cluster's log, which every change goes through.
@@ -174,12 +115,8 @@ pub(crate) struct Settings {
     pub(crate) view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
     /// How long a request body forwarded to another node may stall.
     pub(crate) body_timeout: Duration,
-    /// This node's TLS client for other nodes (image copies present its certificate).
-    pub(crate) peer_tls: Arc<tokio_rustls::rustls::ClientConfig>,
     /// Marks requests forwarded to other nodes' ingresses.
     pub(crate) forward_key: skiff_runtime::ForwardKey,
-    /// The largest image archive pulled from a peer.
-    pub(crate) pull_cap: u64,
 }
 
 /// How far the node's start has brought its pods back.
@@ -189,26 +126,14 @@ pub(crate) struct Restore {
     done: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
-/// The body of requests to other nodes' APIs.
-type PeerBody = http_body_util::Full<bytes::Bytes>;
-
 /// The node's apps: desired state, running containers, routes.
 pub struct Apps {
     restore: Restore,
     runtime: Runtime,
-    images: Arc<ImageStore>,
-    /// Extracted static sites, by image digest.
-    sites: PathBuf,
-    /// Bounds on extracting an image.
-    extract: ExtractLimits,
+    images: Arc<Images>,
     state: Arc<StateStore>,
     /// Routing table and metrics, shared with the ingress listeners.
     ingress: Arc<Ingress>,
-    /// One deploy, removal or garbage collection at a time; compiles run outside it.
-    deploying: Mutex<()>,
-    /// Uploaded binaries already validated, by digest, and their kind: the same bytes
-    /// again (a deploy of many apps from one binary) are not parsed again.
-    validated: std::sync::Mutex<HashMap<Digest, AppKind>>,
     /// `skiff run` containers by id. Locked after `apps` when both are needed.
     standalone: Mutex<HashMap<String, standalone::Standalone>>,
     /// What happened to those containers, for `docker events`.
@@ -238,52 +163,28 @@ pub struct Apps {
     remote_client: deployments::spread::RemoteClient,
     /// How long a request body forwarded to another node may stall.
     body_timeout: Duration,
-    /// Other nodes' APIs, over TLS with this node's certificate.
-    peers: hyper_util::client::legacy::Client<crate::raft::peer::PeerConnector, PeerBody>,
-    /// The largest image archive pulled from a peer.
-    pull_cap: u64,
 }
 
 impl Apps {
     pub(crate) fn new(
         runtime: Runtime,
-        images: Arc<ImageStore>,
+        images: Arc<Images>,
         state: Arc<StateStore>,
         ingress: Arc<Ingress>,
         settings: Settings,
     ) -> Self {
         let Settings {
-            sites,
             url_suffix,
             shutdown,
             drain,
             data,
-            extract,
             desired,
             consensus,
             kick,
             view,
             body_timeout,
-            peer_tls,
             forward_key,
-            pull_cap,
         } = settings;
-        // Trees a killed node was extracting, builds and pulls it was in the middle of:
-        // never complete, never used.
-        for (dir, prefixes) in [
-            (&sites, &[EXTRACTING][..]),
-            (&data, &[BUILD_SCRATCH, PULL_SCRATCH][..]),
-        ] {
-            for d in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let name = d.file_name();
-                if prefixes
-                    .iter()
-                    .any(|p| name.to_string_lossy().starts_with(p))
-                {
-                    let _ = std::fs::remove_dir_all(d.path());
-                }
-            }
-        }
         let oci = skiff_runtime::oci::OciHost::probe(&data.join("runc")).map_err(|e| e.to_string());
         if let Err(why) = &oci {
             info!(reason = %why, "Linux containers are not available on this node; Wasm is");
@@ -292,12 +193,8 @@ impl Apps {
         Self {
             runtime,
             images,
-            sites,
-            extract,
             state,
             ingress,
-            deploying: Mutex::new(()),
-            validated: std::sync::Mutex::default(),
             standalone: Mutex::new(HashMap::new()),
             container_events: Default::default(),
             url_suffix,
@@ -320,10 +217,6 @@ impl Apps {
                 key: forward_key,
             },
             body_timeout,
-            peers:
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build(crate::raft::peer::connector(peer_tls)),
-            pull_cap,
         }
     }
 
@@ -378,134 +271,6 @@ impl Apps {
         self.restore_standalone().await
     }
 
-    /// The digest an image name or id on the node names.
-    async fn resolve(&self, reference: &str) -> Result<Digest, AppError> {
-        let images = self.images.clone();
-        let reference = reference.to_string();
-        tokio::task::spawn_blocking(move || images.resolve(&reference))
-            .await
-            .map_err(AppError::internal)?
-            .map_err(|e| match e {
-                ImageError::NotFound(_) | ImageError::Ambiguous(_) => {
-                    AppError::not_found(e.to_string())
-                }
-                other => AppError::internal(other),
-            })
-    }
-
-    async fn summary(&self, digest: Digest) -> Result<ImageSummary, AppError> {
-        let images = self.images.clone();
-        tokio::task::spawn_blocking(move || images.summary(&digest))
-            .await
-            .map_err(AppError::internal)?
-            .map_err(|e| match e {
-                ImageError::NotFound(_) => AppError::not_found(e.to_string()),
-                ImageError::Unsupported { .. } => {
-                    AppError::invalid("unsupported_image", e.to_string())
-                }
-                other => AppError::internal(other),
-            })
-    }
-
-    /// Compiles a Wasm image or extracts a static site: everything slow, before any
-    /// state changes.
-    async fn prepare(&self, summary: &ImageSummary) -> Result<Prepared, AppError> {
-        match &summary.runnable {
-            Runnable::Wasm { kind, layer } => {
-                let images = self.images.clone();
-                let layer = *layer;
-                let read = async move {
-                    tokio::task::spawn_blocking(move || images.blobs().read_verified(&layer))
-                        .await
-                        .map_err(AppError::internal)?
-                        .map_err(AppError::internal)
-                };
-                Ok(Prepared::Wasm(self.compile(layer, *kind, read).await?))
-            }
-            // The image's read-only tree, shared by its containers (each Linux container
-            // gets an overlay on it).
-            Runnable::Oci { layers } => Ok(Prepared::Oci {
-                root: self.extracted(summary.digest, layers).await?,
-            }),
-            Runnable::Static { layers, site_root } => {
-                let site_root = skiff_image::oci::image_path("dev.skiff.siteRoot", site_root)
-                    .map_err(|e| AppError::invalid("unsupported_image", e))?;
-                let tree = self.extracted(summary.digest, layers).await?;
-                let tag = summary.digest.to_string();
-                // Opened once here (beneath the tree, as it will be served) so a site root
-                // that is missing or leads out of the image is refused at deploy.
-                if let Err(e) = StaticSite::open(&tree, &site_root, &tag) {
-                    return Err(AppError::invalid(
-                        "unsupported_image",
-                        format!(
-                            "the image's site root /{} is not a directory inside the image: {e}",
-                            site_root.display()
-                        ),
-                    ));
-                }
-                Ok(Prepared::Static {
-                    tree,
-                    site_root,
-                    tag,
-                })
-            }
-        }
-    }
-
-    /// The image's layers extracted once, under `sites/<digest>`.
-    async fn extracted(&self, digest: Digest, layers: &[Descriptor]) -> Result<PathBuf, AppError> {
-        let dir = self.sites.join(digest.hex());
-        if !dir.is_dir() {
-            let images = self.images.clone();
-            let (layers, sites, dest) = (layers.to_vec(), self.sites.clone(), dir.clone());
-            let limits = self.extract;
-            tokio::task::spawn_blocking(move || {
-                extract_site(&images, &layers, &sites, &dest, limits)
-            })
-            .await
-            .map_err(AppError::internal)??;
-        }
-        Ok(dir)
-    }
-
-    /// The code of module `layer`: the code a running app holds (compiled, counted and
-    /// linked already; the module is not even read), else compiled or loaded from the
-    /// cache from the bytes `wasm` gives.
-    async fn compile(
-        &self,
-        layer: Digest,
-        kind: AppKind,
-        wasm: impl Future<Output = Result<Vec<u8>, AppError>>,
-    ) -> Result<Arc<Compiled>, AppError> {
-        if let Some(loaded) = self.runtime.loaded(layer, kind) {
-            return Ok(loaded);
-        }
-        let (compiled, fresh) = self
-            .runtime
-            .compile_or_share(layer, kind, wasm.await?.into())
-            .await
-            .map_err(|e| match e {
-                skiff_runtime::CompileError::Invalid { .. } => {
-                    AppError::invalid("invalid_wasm", e.to_string())
-                }
-                // The module's own doing: it costs more than a compile may.
-                skiff_runtime::CompileError::TimedOut { .. }
-                | skiff_runtime::CompileError::TooBig { .. } => {
-                    AppError::invalid("compile_limit", e.to_string())
-                }
-                other => AppError::internal(other),
-            })?;
-        if fresh {
-            self.ingress
-                .metrics
-                .compile(compiled.from_cache, compiled.took.as_secs_f64());
-        }
-        self.runtime
-            .check_links(&compiled)
-            .map_err(|e| AppError::invalid("unsupported_imports", e.to_string()))?;
-        Ok(compiled)
-    }
-
     /// A Wasm or static container named `name` running `spec`, in state `Starting`.
     fn in_process(
         &self,
@@ -555,23 +320,6 @@ impl Apps {
         ))
     }
 
-    /// The kind of the binary `digest`, if one with these bytes was validated before.
-    fn validated_kind(&self, digest: &Digest) -> Option<AppKind> {
-        let known = self.validated.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(digest).copied()
-    }
-
-    /// Records that the binary `digest` validated as `kind` (up to a thousand binaries;
-    /// when full, all are forgotten and the next uploads are parsed again).
-    fn remember_valid(&self, digest: Digest, kind: AppKind) {
-        const KEEP: usize = 1024;
-        let mut known = self.validated.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= KEEP && !known.contains_key(&digest) {
-            known.clear();
-        }
-        known.insert(digest, kind);
-    }
-
     /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
     /// it. Nothing changes unless the binary validates, compiles and links.
     pub async fn deploy_upload(
@@ -581,7 +329,7 @@ impl Apps {
         staged: StagedBlob,
     ) -> Result<(bool, AppStatus), AppError> {
         let layer = staged.digest();
-        let known = self.validated_kind(&layer);
+        let known = self.images.validated_kind(&layer);
         // Reading and parsing a large binary takes a while: off the async executor.
         let (staged, read) = tokio::task::spawn_blocking(move || {
             let read = staged.read().map(|wasm| {
@@ -594,13 +342,13 @@ impl Apps {
         .map_err(AppError::internal)?;
         let (wasm, kind) = read.map_err(AppError::internal)?;
         let kind = kind.map_err(|e| AppError::invalid("invalid_wasm", e.to_string()))?;
-        self.remember_valid(layer, kind);
-        let compiled = self.compile(layer, kind, async { Ok(wasm) }).await?;
+        self.images.remember_valid(layer, kind);
+        let compiled = self.images.compile(layer, kind, async { Ok(wasm) }).await?;
 
-        let guard = self.deploying.lock().await;
+        let guard = self.images.exclusive().await;
         // Stored and tagged under the lock, so garbage collection (which also runs under
         // it) never sees the new blobs untagged.
-        let images = self.images.clone();
+        let images = self.images.store().clone();
         let image_name = ImageName::parse(&format!("{name}:latest")).map_err(AppError::internal)?;
         let created = crate::clock::now_rfc3339();
         let tag_name = image_name.clone();
@@ -615,12 +363,13 @@ impl Apps {
         .await
         .map_err(AppError::internal)?
         .map_err(AppError::image)?;
-        let summary = self.summary(desc.digest).await?;
+        let summary = self.images.summary(desc.digest).await?;
         let image_ref = format!("{name}:latest");
         let app = name.to_string();
         let pinned_before = self.pinned_by(&app);
         // On a second node before it is acknowledged (then deployed).
         let installed = match self
+            .images
             .replicate(&[(Some(image_name.clone()), desc.digest)])
             .await
         {
@@ -638,7 +387,7 @@ impl Apps {
             candidates.insert(desc.digest);
             // A refused deploy leaves the name where it was: on the image that still runs
             // (or on none).
-            let images = self.images.clone();
+            let images = self.images.store().clone();
             let _ = tokio::task::spawn_blocking(move || match previous {
                 Some(digest) => {
                     let size = images.blobs().size(&digest)?;
@@ -672,11 +421,11 @@ impl Apps {
         reference: &str,
     ) -> Result<(bool, AppStatus), AppError> {
         let image_ref = reference.to_string();
-        let digest = self.resolve(reference).await?;
-        let summary = self.summary(digest).await?;
-        let prepared = self.prepare(&summary).await?;
-        let _guard = self.deploying.lock().await;
-        if !self.images.blobs().contains(&digest) {
+        let digest = self.images.resolve(reference).await?;
+        let summary = self.images.summary(digest).await?;
+        let prepared = self.images.prepare(&summary).await?;
+        let _guard = self.images.exclusive().await;
+        if !self.images.store().blobs().contains(&digest) {
             return Err(AppError::not_found(format!(
                 "image {digest} was removed during the deploy"
             )));
@@ -750,67 +499,18 @@ impl Apps {
         before.difference(&after).copied().collect()
     }
 
-    /// Deletes the images `candidates` (with their config and layers, and extracted
-    /// sites) that no tag, Deployment, pod or container holds any more. Costs the
-    /// candidates, not the node: pods and containers are looked at only for an image
-    /// nothing else holds. Callers hold `deploying`.
+    /// Deletes the images `candidates` that no tag, Deployment, pod or container holds
+    /// any more (pods and containers are looked at only for an image nothing else
+    /// holds). Callers hold [`Images::exclusive`].
     pub(crate) async fn collect_images(&self, candidates: BTreeSet<Digest>) {
-        let candidates: BTreeSet<Digest> = candidates
-            .into_iter()
-            .filter(|d| !self.desired.pinned(&d.to_string()))
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let mut in_use: BTreeSet<Digest> = self.pods.images().into_iter().map(|(d, _)| d).collect();
-        in_use.extend(self.standalone.lock().await.values().map(|c| c.image()));
-        let images = self.images.clone();
-        let sites = self.sites.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let removed = images.collect_images(&candidates, |d| in_use.contains(d))?;
-            for d in &removed {
-                let _ = std::fs::remove_dir_all(sites.join(d.hex()));
-            }
-            Ok::<_, ImageError>(removed.len())
-        })
-        .await;
-        match result {
-            Ok(Ok(n)) if n > 0 => info!(blobs = n, "collected unused image data"),
-            Ok(Err(e)) => warn!(error = %e, "garbage collection failed"),
-            _ => {}
-        }
-    }
-
-    /// Deletes blobs and extracted sites no tagged image, app or container refers to:
-    /// every image is read (the image verbs, and once at start). Callers hold
-    /// `deploying`.
-    async fn collect_garbage(&self) {
-        // Images of apps and of containers (running or stopped) stay.
-        let keep: BTreeSet<Digest> = self.image_users().await.into_keys().collect();
-        let images = self.images.clone();
-        let sites = self.sites.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let removed = images.collect_garbage(&keep)?;
-            // Extracted trees of images that are gone. Only complete trees (named by
-            // their digest) are considered: a `.extract-*` tree is a deploy in progress.
-            if let Ok(dirs) = std::fs::read_dir(&sites) {
-                for d in dirs.flatten() {
-                    let name = d.file_name().to_string_lossy().into_owned();
-                    let gone = Digest::from_hex(&name)
-                        .is_ok_and(|digest| !images.blobs().contains(&digest));
-                    if gone {
-                        let _ = std::fs::remove_dir_all(d.path());
-                    }
-                }
-            }
-            Ok::<_, ImageError>(removed)
-        })
-        .await;
-        match result {
-            Ok(Ok(n)) if n > 0 => info!(blobs = n, "collected unused image data"),
-            Ok(Err(e)) => warn!(error = %e, "garbage collection failed"),
-            _ => {}
-        }
+        self.images
+            .collect(candidates, &self.desired, async || {
+                let mut in_use: BTreeSet<Digest> =
+                    self.pods.images().into_iter().map(|(d, _)| d).collect();
+                in_use.extend(self.standalone.lock().await.values().map(|c| c.image()));
+                in_use
+            })
+            .await;
     }
 
     /// `/healthz`'s line about the pods a start brings back: how many are ready while
@@ -844,14 +544,16 @@ impl Apps {
     /// Collects `image` (and what only it refers to) if nothing holds it any more
     /// (after a container that ran it was removed).
     pub(crate) async fn collect_images_now(&self, image: Digest) {
-        let _guard = self.deploying.lock().await;
+        let _guard = self.images.exclusive().await;
         self.collect_images(BTreeSet::from([image])).await;
     }
 
     /// Runs garbage collection now (after an image was untagged).
     pub async fn collect_garbage_now(&self) {
-        let _guard = self.deploying.lock().await;
-        self.collect_garbage().await;
+        let _guard = self.images.exclusive().await;
+        // Images of apps and of containers (running or stopped) stay.
+        let keep: BTreeSet<Digest> = self.image_users().await.into_keys().collect();
+        self.images.collect_all(keep).await;
     }
 
     /// The log book of an app (a Deployment's pods).

@@ -41,7 +41,9 @@ pub mod cluster;
 pub mod container;
 mod datafiles;
 pub mod desired;
+pub mod error;
 mod ids;
+mod images;
 pub mod ingress;
 pub mod listener;
 mod memory;
@@ -153,7 +155,7 @@ impl NodeConfig {
 pub(crate) struct Shared {
     config: NodeConfig,
     token: AdminToken,
-    images: Arc<ImageStore>,
+    images: Arc<images::Images>,
     apps: Apps,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -626,21 +628,30 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         consensus.in_majority() && consensus.confirmed_since_a_voter_went(),
     );
     let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let images = Arc::new(images::Images::new(
+        images,
+        runtime.clone(),
+        metrics.clone(),
+        images::Settings {
+            sites: dir.join("sites"),
+            data: dir.clone(),
+            extract: config.extract,
+            view: view_rx.clone(),
+            peer_tls: node_tls.peer.clone(),
+            pull_cap: config.upload_cap,
+        },
+    ));
     let settings = apps::Settings {
-        sites: dir.join("sites"),
         url_suffix,
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
         data: dir.clone(),
-        extract: config.extract,
         desired,
         consensus: consensus.clone(),
         kick,
         view: view_rx,
         body_timeout: config.listener.body_timeout,
-        peer_tls: node_tls.peer.clone(),
         forward_key,
-        pull_cap: config.upload_cap,
     };
     let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;

@@ -47,7 +47,7 @@ async fn blocking<T: Send + 'static>(
 pub(super) async fn list(
     State(shared): State<Arc<Shared>>,
 ) -> Result<Json<Vec<ImageStatus>>, ApiError> {
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     let infos = blocking(move || images.list()).await?.map_err(image_err)?;
     let users = shared.apps.image_users().await;
     Ok(Json(
@@ -110,7 +110,7 @@ pub(super) async fn load(
     let cap = shared.config.upload_cap;
     // Spooled to a temp file under the cap, then checked and loaded off the executor.
     let spool = spool(&headers, body, cap, "image archive").await?;
-    let replicate = !headers.contains_key(crate::apps::REPLICA_HEADER);
+    let replicate = !headers.contains_key(crate::images::REPLICA_HEADER);
     let out = import(&shared, spool, replicate).await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -124,7 +124,7 @@ pub(super) async fn import(
     replicate: bool,
 ) -> Result<Vec<LoadedImage>, ApiError> {
     let cap = shared.config.upload_cap;
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     let loaded = blocking(move || {
         use std::io::Seek as _;
         spool
@@ -148,7 +148,7 @@ pub(super) async fn import(
                 (name, l.digest)
             })
             .collect();
-        shared.apps.replicate(&picked).await?;
+        shared.images.replicate(&picked).await?;
     }
     Ok(loaded
         .into_iter()
@@ -168,7 +168,7 @@ pub(super) async fn tag(
     let source = one(&pairs, "source")?;
     let target = ImageName::parse(&one(&pairs, "target")?)
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     blocking(move || {
         let digest = images.resolve(&source)?;
         let size = images.blobs().size(&digest)?;
@@ -198,7 +198,7 @@ pub(super) async fn remove(
     let force = pairs
         .iter()
         .any(|(k, v)| k == "force" && matches!(v.as_str(), "" | "1" | "true"));
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     let r = reference.clone();
     let (digest, tags) = blocking(move || {
         let digest = images.resolve(&r)?;
@@ -231,7 +231,7 @@ pub(super) async fn remove(
             )));
         }
     }
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     blocking(move || {
         for t in removing {
             images.untag(&ImageName::parse(&t).expect("stored names parse"))?;
@@ -260,7 +260,7 @@ pub(super) async fn save(
             "name at least one image: ref=NAME",
         ));
     }
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     let picked = blocking(move || {
         let mut picked = Vec::new();
         let mut seen = BTreeSet::new();
@@ -282,7 +282,7 @@ pub(super) async fn save(
     // Streamed: the tarball is written in chunks as the client takes them, never whole
     // in memory (images are gigabytes). A client that goes away stops the export.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-    let images = shared.images.clone();
+    let images = shared.images.store().clone();
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter {
             tx: tx.clone(),

@@ -142,9 +142,9 @@ impl ApiError {
 }
 
 /// The supervisor's errors as HTTP answers: the one place that maps them.
-impl From<crate::apps::AppError> for ApiError {
-    fn from(e: crate::apps::AppError) -> Self {
-        use crate::apps::AppError;
+impl From<crate::error::AppError> for ApiError {
+    fn from(e: crate::error::AppError) -> Self {
+        use crate::error::AppError;
         match e {
             AppError::NotFound(m) => ApiError::not_found(m),
             AppError::Invalid { code, message } => ApiError::bad_request(code, message),
@@ -449,7 +449,7 @@ async fn consistent_reads(
             .consensus
             .linearize()
             .await
-            .map_err(crate::apps::AppError::from)?;
+            .map_err(crate::error::AppError::from)?;
     }
     Ok(next.run(req).await)
 }
@@ -650,7 +650,7 @@ async fn put_app(
     if declared.is_some_and(|len| len > cap) {
         return Err(too_large());
     }
-    let mut writer = match shared.images.blobs().writer(cap) {
+    let mut writer = match shared.images.store().blobs().writer(cap) {
         Ok(writer) => writer,
         Err(e) => {
             // Refused before a byte is stored (the disk is full): read the upload to

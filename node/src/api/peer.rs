@@ -163,7 +163,7 @@ async fn write(
         .map_err(|e| match e {
             // A 4xx tells the follower nothing was proposed (a 5xx: the outcome is unknown).
             crate::raft::ConsensusError::NotLeader => ApiError::conflict(e.to_string()),
-            e => crate::apps::AppError::from(e).into(),
+            e => crate::error::AppError::from(e).into(),
         })?;
     Ok(Json(answer))
 }
@@ -174,7 +174,7 @@ async fn read_index(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Js
         .consensus
         .read_index_as_leader()
         .await
-        .map_err(crate::apps::AppError::from)?;
+        .map_err(crate::error::AppError::from)?;
     Ok(Json(index))
 }
 

@@ -21,9 +21,9 @@ use skiff_spec::manifest::{Object, validate_deployment, validate_service};
 use skiff_spec::{AppKind, AppName, DeployParams, Digest};
 use tracing::info;
 
-use super::error::AppError;
 use super::{Apps, image_spec};
 use crate::desired::{Applied, Command};
+use crate::error::AppError;
 use crate::state::AppRecord;
 
 /// The label that selects an app's pods.
@@ -305,7 +305,7 @@ impl Apps {
         self.ingress
             .metrics
             .set_apps(self.desired.read(|s| s.state.deployments.len()));
-        let _guard = self.deploying.lock().await;
+        let _guard = self.images.exclusive().await;
         self.collect_images(pinned).await;
         info!(app = %name, "app removed");
         Ok(())
@@ -383,8 +383,8 @@ impl Apps {
         let ready = pods.iter().filter(|(_, ready, _)| *ready).count() as u32;
         let replicas = u32::try_from(object.spec.replicas.unwrap_or(1)).unwrap_or(0);
         // The image as it runs: from the store when it is there (kind, size, defaults).
-        let summary = match self.resolve(&image).await {
-            Ok(digest) => self.summary(digest).await.ok(),
+        let summary = match self.images.resolve(&image).await {
+            Ok(digest) => self.images.summary(digest).await.ok(),
             Err(_) => None,
         };
         let waiting = pods.iter().find_map(|(_, _, why)| why.clone());

@@ -42,13 +42,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::error::AppError;
 use super::linux::{self, LinuxEvent, LinuxStart};
 use super::{Apps, LOG_LINES, Prepared, image_spec};
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
 use crate::desired::{Applied, StoredDeployment};
+use crate::error::AppError;
 use crate::state::OciOptions;
 use skiff_gateway::Endpoint as _;
 
@@ -1001,18 +1001,18 @@ impl Apps {
             .containers
             .first()
             .ok_or_else(|| AppError::invalid("invalid_manifest", "the pod has no container"))?;
-        let digest = match self.resolve(&c.image).await {
+        let digest = match self.images.resolve(&c.image).await {
             Err(AppError::NotFound(why)) => {
                 // Not here: another node may have it.
-                if !self.pull_from_peers(&c.image).await? {
+                if !self.images.pull_from_peers(&c.image).await? {
                     return Err(AppError::NotFound(why));
                 }
-                self.resolve(&c.image).await?
+                self.images.resolve(&c.image).await?
             }
             other => other?,
         };
-        let summary = self.summary(digest).await?;
-        let prepared = self.prepare(&summary).await?;
+        let summary = self.images.summary(digest).await?;
+        let prepared = self.images.prepare(&summary).await?;
         let spec = pod_spec(deployment, template, &summary)?;
         // Checked at apply too; a pod refuses what it cannot honour all the same.
         let (user, security) = skiff_spec::security::of_pod(&template.spec, 0, &summary.run.user)

@@ -17,9 +17,9 @@ use skiff_spec::AppSpec;
 use tracing::info;
 
 use super::Apps;
-use super::error::AppError;
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
+use crate::error::AppError;
 use crate::state::OciOptions;
 
 /// How long a Linux container gets between SIGTERM and SIGKILL when its deployment

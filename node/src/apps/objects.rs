@@ -12,8 +12,8 @@ use skiff_spec::k8s;
 use skiff_spec::manifest::{self, Object};
 
 use super::Apps;
-use super::error::AppError;
 use crate::desired::{Applied, Command, Rejected, StoredDeployment};
+use crate::error::AppError;
 
 /// Most manifest files in one request.
 pub const MAX_MANIFEST_FILES: usize = 64;

@@ -17,11 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::error::AppError;
 use super::linux::LinuxEvent;
 use super::{Apps, LOG_LINES};
 use crate::clock::now_ms;
 use crate::container::Container;
+use crate::error::AppError;
 use crate::ids::new_id;
 use crate::ingress::{self, Target};
 use crate::state::{ContainerRecord, OciOptions};
@@ -155,17 +155,17 @@ impl Apps {
         start: bool,
         attach: bool,
     ) -> Result<(ContainerInfo, Option<Attached>), AppError> {
-        let images = self.images.clone();
+        let images = self.images.store().clone();
         let reference = req.image.clone();
         let digest = tokio::task::spawn_blocking(move || images.resolve(&reference))
             .await
             .map_err(AppError::internal)?
             .map_err(|e| AppError::not_found(e.to_string()))?;
-        let summary = self.summary(digest).await?;
+        let summary = self.images.summary(digest).await?;
         // Compile (or extract) before taking the locks, so other deploys do not wait on
         // it; holding the result keeps it in the runtime's cache for the start below.
-        let _prepared = self.prepare(&summary).await?;
-        let _guard = self.deploying.lock().await;
+        let _prepared = self.images.prepare(&summary).await?;
+        let _guard = self.images.exclusive().await;
         let mut standalone = self.standalone.lock().await;
         let taken = |n: &str| {
             self.desired.read(|s| s.state.deployments.contains_key(n))
@@ -286,8 +286,8 @@ impl Apps {
         if entry.running.is_some() {
             return Ok(());
         }
-        let summary = self.summary(entry.record.spec.image).await?;
-        let prepared = self.prepare(&summary).await?;
+        let summary = self.images.summary(entry.record.spec.image).await?;
+        let prepared = self.images.prepare(&summary).await?;
         let mut spec = entry.record.spec.clone();
         spec.replicas = 1;
         // Ports first: a taken port fails the start before anything runs.

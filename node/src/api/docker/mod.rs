@@ -53,8 +53,8 @@ impl From<ApiError> for DockerError {
     }
 }
 
-impl From<crate::apps::AppError> for DockerError {
-    fn from(e: crate::apps::AppError) -> Self {
+impl From<crate::error::AppError> for DockerError {
+    fn from(e: crate::error::AppError) -> Self {
         ApiError::from(e).into()
     }
 }
@@ -242,7 +242,7 @@ async fn version() -> Json<Value> {
 async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let containers = shared.apps.list_containers(true).await;
     let running = containers.iter().filter(|c| c.state == "running").count();
-    let store = shared.images.clone();
+    let store = shared.images.store().clone();
     let images = tokio::task::spawn_blocking(move || store.list().map(|l| l.len()))
         .await
         .ok()
@@ -756,7 +756,7 @@ async fn create(
     let info = match shared.apps.create_container(run).await {
         Ok(info) => info,
         // Docker's CLI pulls on this message, then creates again.
-        Err(crate::apps::AppError::NotFound(_)) => {
+        Err(crate::error::AppError::NotFound(_)) => {
             return Err(DockerError::new(
                 StatusCode::NOT_FOUND,
                 format!("No such image: {image}"),
@@ -946,7 +946,7 @@ async fn remove(
     container(&shared, &id).await?;
     match shared.apps.remove_container(&id, force).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(crate::apps::AppError::Conflict(_)) => Err(DockerError::new(
+        Err(crate::error::AppError::Conflict(_)) => Err(DockerError::new(
             StatusCode::CONFLICT,
             format!(
                 "cannot remove container \"/{id}\": container is running: stop the container before removing or force remove"
@@ -1388,7 +1388,7 @@ async fn image_remove(
     } else {
         "false"
     };
-    let store = shared.images.clone();
+    let store = shared.images.store().clone();
     let wanted = name.clone();
     let tags = tokio::task::spawn_blocking(move || {
         let digest = store.resolve(&wanted).ok()?;
@@ -1461,7 +1461,7 @@ async fn image_get(
         _ => return Err(DockerError::new(StatusCode::NOT_FOUND, "page not found")),
     };
 
-    let store = shared.images.clone();
+    let store = shared.images.store().clone();
     let wanted = name.to_string();
     let found = tokio::task::spawn_blocking(move || {
         let digest = store.resolve(&wanted).ok()?;
@@ -1485,6 +1485,7 @@ async fn image_get(
     if history {
         let manifest = shared
             .images
+            .store()
             .manifest(&info.digest)
             .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let n = manifest.layers.len();
@@ -1570,7 +1571,7 @@ async fn build(
     let mut spool =
         super::images::spool(&headers, body, shared.config.upload_cap, "build context").await?;
     let (store, limits, scratch) = (
-        shared.images.clone(),
+        shared.images.store().clone(),
         shared.config.extract,
         shared.config.data_dir.clone(),
     );
@@ -1580,7 +1581,7 @@ async fn build(
             use std::io::{Read as _, Seek as _};
             let failed = BuildFailure::Failed;
             let dir = tempfile::Builder::new()
-                .prefix(crate::apps::BUILD_SCRATCH)
+                .prefix(crate::images::BUILD_SCRATCH)
                 .tempdir_in(&scratch)
                 .map_err(|e| failed(format!("no scratch directory: {e}")))?;
             let mut magic = [0u8; 2];
@@ -1654,7 +1655,7 @@ async fn build(
             } else {
                 picked
             };
-            match shared.apps.replicate(&picked).await {
+            match shared.images.replicate(&picked).await {
                 Ok(()) => Ok((steps, digest, tagged)),
                 Err(e) => Err(format!("the image was built but not replicated: {e}")),
             }
@@ -1725,7 +1726,7 @@ fn instructions(text: &str) -> Vec<String> {
 
 /// `GET /images/json`
 async fn images(State(shared): State<Arc<Shared>>) -> Answer<Json<Value>> {
-    let store = shared.images.clone();
+    let store = shared.images.store().clone();
     let list = tokio::task::spawn_blocking(move || store.list())
         .await
         .map_err(|e| DockerError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -145,7 +145,7 @@ async fn pull_into_node(
 ) -> Result<skiff_spec::Digest, String> {
     let data = shared.config.data_dir.clone();
     let scratch = tempfile::Builder::new()
-        .prefix(crate::apps::PULL_SCRATCH)
+        .prefix(crate::images::PULL_SCRATCH)
         .tempdir_in(&data)
         .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let store = skiff_image::ImageStore::open(scratch.path()).map_err(|e| e.to_string())?;
@@ -182,7 +182,7 @@ pub(super) async fn push(
     };
     let r = reference(&text)?;
     let local = r.local_name();
-    let store = shared.images.clone();
+    let store = shared.images.store().clone();
     let wanted = local.clone();
     let digest = tokio::task::spawn_blocking(move || store.resolve(&wanted))
         .await
@@ -202,8 +202,8 @@ pub(super) async fn push(
         let _ = tx
             .send(json!({"status": format!("The push refers to repository [{}/{}]", r.registry, r.repository)}))
             .await;
-        let size = shared.images.blobs().size(&digest).unwrap_or(0);
-        let line = match session.push(&shared.images, digest).await {
+        let size = shared.images.store().blobs().size(&digest).unwrap_or(0);
+        let line = match session.push(shared.images.store(), digest).await {
             Ok(_) => {
                 let _ = tx
                     .send(json!({"status": format!("{}: digest: {digest} size: {size}", r.tag)}))

@@ -5,6 +5,7 @@
 //! loads one: bounded, every blob checked against its digest.
 
 use std::io::{Seek as _, Write as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,15 +13,47 @@ use http_body_util::BodyExt as _;
 use skiff_image::archive;
 use tracing::{info, warn};
 
-use super::Apps;
-use super::error::AppError;
+use skiff_image::ImageStore;
+
+use crate::error::AppError;
 
 /// Longest a pull from one peer may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 
-impl Apps {
+/// The body of requests to other nodes' APIs.
+type PeerBody = http_body_util::Full<Bytes>;
+
+/// Image copies between this node and its peers.
+pub(super) struct Peers {
+    store: Arc<ImageStore>,
+    /// What this node sees of the cluster.
+    view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// Other nodes' APIs, over TLS with this node's certificate.
+    client: hyper_util::client::legacy::Client<crate::raft::peer::PeerConnector, PeerBody>,
+    /// The largest image archive pulled from a peer.
+    pull_cap: u64,
+}
+
+impl Peers {
+    pub(super) fn new(
+        store: Arc<ImageStore>,
+        view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+        tls: Arc<tokio_rustls::rustls::ClientConfig>,
+        pull_cap: u64,
+    ) -> Self {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(crate::raft::peer::connector(tls));
+        Self {
+            store,
+            view,
+            client,
+            pull_cap,
+        }
+    }
+
     /// Fetches `reference` from a live peer that has it. `Ok(false)`: none has it.
-    pub(super) async fn pull_from_peers(&self, reference: &str) -> Result<bool, AppError> {
+    pub(super) async fn pull(&self, reference: &str) -> Result<bool, AppError> {
         let view = self.view.borrow().clone();
         let peers: Vec<(String, String)> = view
             .nodes
@@ -60,7 +93,7 @@ impl Apps {
             .body(http_body_util::Full::default())
             .map_err(|e| e.to_string())?;
         let response = self
-            .peers
+            .client
             .request(request)
             .await
             .map_err(|e| e.to_string())?;
@@ -84,10 +117,10 @@ impl Apps {
                 spool.write_all(data).map_err(|e| e.to_string())?;
             }
         }
-        let images = self.images.clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             spool.rewind().map_err(|e| e.to_string())?;
-            archive::import(&images, spool, cap).map_err(|e| e.to_string())
+            archive::import(&store, spool, cap).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -99,12 +132,12 @@ impl Apps {
 /// on again).
 pub(crate) const REPLICA_HEADER: &str = "x-skiff-replica";
 
-impl Apps {
+impl Peers {
     /// Copies the images `loaded` (name or digest, manifest digest) to one other node, so
     /// a load, build or upload is on two nodes (all when there are fewer) before it is
     /// acknowledged. Peers are tried in an order fixed by the digest, so copies of an
     /// image land on the same node; the first that takes it ends the search.
-    pub(crate) async fn replicate(
+    pub(super) async fn replicate(
         &self,
         loaded: &[(Option<skiff_image::ImageName>, skiff_spec::Digest)],
     ) -> Result<(), AppError> {
@@ -126,11 +159,11 @@ impl Apps {
             use sha2::Digest as _;
             sha2::Sha256::digest(format!("{key}/{name}").as_bytes())
         });
-        let images = self.images.clone();
+        let store = self.store.clone();
         let picked = loaded.to_vec();
         let mut spool = tokio::task::spawn_blocking(move || {
             let mut spool = tempfile::tempfile().map_err(|e| e.to_string())?;
-            archive::export(&images, &picked, &mut spool).map_err(|e| e.to_string())?;
+            archive::export(&store, &picked, &mut spool).map_err(|e| e.to_string())?;
             spool.rewind().map_err(|e| e.to_string())?;
             Ok::<_, String>(spool)
         })
@@ -168,7 +201,7 @@ impl Apps {
             .body(http_body_util::Full::new(Bytes::from(archive)))
             .map_err(|e| e.to_string())?;
         let response = self
-            .peers
+            .client
             .request(request)
             .await
             .map_err(|e| e.to_string())?;
