@@ -13,34 +13,58 @@
 //! ones go to the new pods. No request fails because of a redeploy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_image::oci::{Descriptor, RunConfig};
 use skiff_image::{ImageError, ImageName, ImageSummary, Runnable, StagedBlob, detect_kind};
-use skiff_runtime::{ContainerConfig, LogBook, Runtime, StaticSite, Workload};
+use skiff_runtime::LogBook;
 use skiff_spec::api::AppStatus;
 use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 mod deploy;
 mod deployments;
 pub(crate) mod events;
-mod linux;
 mod objects;
 mod standalone;
 
 pub use crate::error::AppError;
 pub use standalone::Attached;
 
-use crate::container::Container;
 use crate::desired::DesiredStore;
 use crate::images::{Images, Prepared};
 use crate::ingress::Ingress;
+use crate::launcher::Launcher;
 use crate::state::StateStore;
+
+/// What happens to Linux containers behind the API's back.
+pub(crate) enum LinuxEvent {
+    /// A container's process ended.
+    Exited {
+        /// The container (record id).
+        id: String,
+        /// Which start of it (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: skiff_runtime::oci::Exit,
+    },
+    /// A restart the policy asked for, after its back-off.
+    Restart {
+        /// The container (record id).
+        id: String,
+    },
+    /// A Deployment's pod's process ended.
+    PodExited {
+        /// The pod.
+        pod: String,
+        /// Which start of it (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: skiff_runtime::oci::Exit,
+    },
+}
 
 /// Lines of output kept per app.
 const LOG_LINES: usize = 2000;
@@ -103,8 +127,6 @@ pub(crate) struct Settings {
     pub(crate) shutdown: CancellationToken,
     /// How long stops wait for requests in flight.
     pub(crate) drain: Duration,
-    /// The node's data dir.
-    pub(crate) data: PathBuf,
     /// Deployments and Services.
     pub(crate) desired: Arc<DesiredStore>,
     /// The cluster's log, which every change goes through.
@@ -129,7 +151,6 @@ pub(crate) struct Restore {
 /// The node's apps: desired state, running containers, routes.
 pub struct Apps {
     restore: Restore,
-    runtime: Runtime,
     images: Arc<Images>,
     state: Arc<StateStore>,
     /// Routing table and metrics, shared with the ingress listeners.
@@ -144,13 +165,11 @@ pub struct Apps {
     drain: Duration,
     /// `http://{name}.{domain}:{port}/`
     url_suffix: String,
-    /// The node's data dir (Linux containers' bundles live in `containers/`).
-    data: PathBuf,
-    /// runc, if this node can run Linux containers; else why not.
-    oci: Result<skiff_runtime::oci::OciHost, String>,
+    /// Starts every container, pods and `skiff run` ones alike.
+    launcher: Arc<Launcher>,
     /// Linux containers' exits, handled by [`Apps::run_exit_loop`].
-    exits: tokio::sync::mpsc::UnboundedSender<linux::LinuxEvent>,
-    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<linux::LinuxEvent>>>,
+    exits: tokio::sync::mpsc::UnboundedSender<LinuxEvent>,
+    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LinuxEvent>>>,
     /// Deployments and Services, as desired.
     desired: Arc<DesiredStore>,
     /// The cluster's log: every change to `desired` goes through it.
@@ -167,7 +186,7 @@ pub struct Apps {
 
 impl Apps {
     pub(crate) fn new(
-        runtime: Runtime,
+        launcher: Arc<Launcher>,
         images: Arc<Images>,
         state: Arc<StateStore>,
         ingress: Arc<Ingress>,
@@ -177,7 +196,6 @@ impl Apps {
             url_suffix,
             shutdown,
             drain,
-            data,
             desired,
             consensus,
             kick,
@@ -185,13 +203,8 @@ impl Apps {
             body_timeout,
             forward_key,
         } = settings;
-        let oci = skiff_runtime::oci::OciHost::probe(&data.join("runc")).map_err(|e| e.to_string());
-        if let Err(why) = &oci {
-            info!(reason = %why, "Linux containers are not available on this node; Wasm is");
-        }
         let (exits, exit_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
-            runtime,
             images,
             state,
             ingress,
@@ -200,8 +213,7 @@ impl Apps {
             url_suffix,
             shutdown,
             drain,
-            data,
-            oci,
+            launcher,
             exits,
             exit_rx: std::sync::Mutex::new(Some(exit_rx)),
             desired,
@@ -234,7 +246,7 @@ impl Apps {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = rx.recv() => match ev {
-                    Some(linux::LinuxEvent::PodExited { pod, instance, exit }) => {
+                    Some(LinuxEvent::PodExited { pod, instance, exit }) => {
                         self.on_pod_exit(&pod, &instance, &exit);
                     }
                     Some(ev) => self.on_exit(ev).await,
@@ -251,8 +263,8 @@ impl Apps {
         // runc outlives a killed node: whatever Linux containers it left (standalone or
         // replicas) go before anything starts. Nothing of this node runs yet, so every
         // bundle under containers/ is a leftover.
-        if let Ok(host) = &self.oci
-            && let Ok(dirs) = std::fs::read_dir(self.data.join("containers"))
+        if let Some(host) = self.launcher.oci()
+            && let Ok(dirs) = std::fs::read_dir(self.launcher.bundles())
         {
             for dir in dirs.flatten() {
                 let id = dir.file_name().to_string_lossy().into_owned();
@@ -269,55 +281,6 @@ impl Apps {
             .metrics
             .set_apps(self.desired.read(|s| s.state.deployments.len()));
         self.restore_standalone().await
-    }
-
-    /// A Wasm or static container named `name` running `spec`, in state `Starting`.
-    fn in_process(
-        &self,
-        name: String,
-        spec: &AppSpec,
-        prepared: &Prepared,
-        log: &Arc<LogBook>,
-    ) -> Result<Container, AppError> {
-        let workload = match prepared {
-            Prepared::Wasm(compiled) => {
-                let config = ContainerConfig {
-                    name: name.clone().into(),
-                    env: spec
-                        .env
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    args: spec.args.clone(),
-                    limits: spec.limits.clone(),
-                    allowed_hosts: spec.allowed_hosts.clone().into(),
-                    log: log.clone(),
-                };
-                self.runtime
-                    .prepare(compiled, config)
-                    .map_err(|e| AppError::invalid("unsupported_imports", e.to_string()))?
-            }
-            Prepared::Oci { .. } => {
-                return Err(AppError::internal(
-                    "a Linux image's containers are started with runc",
-                ));
-            }
-            Prepared::Static {
-                tree,
-                site_root,
-                tag,
-            } => Workload::Static(
-                StaticSite::open(tree, site_root, tag).map_err(AppError::internal)?,
-            ),
-        };
-        Ok(Container::new(
-            name,
-            spec.name.clone(),
-            workload,
-            spec.limits.concurrency,
-            crate::clock::now_ms(),
-            spec.routes.clone(),
-        ))
     }
 
     /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
@@ -571,13 +534,13 @@ impl Apps {
     /// Stops routing to every container and drains them (node shutdown).
     pub async fn drain_all(&self, grace: Duration) {
         self.stop_all_standalone().await;
-        if let Ok(host) = &self.oci {
+        if let Some(host) = self.launcher.oci() {
             host.shutdown();
         }
         let drains = self
             .pod_containers()
             .into_iter()
-            .map(|c| async move { linux::retire(&c, grace, grace).await });
+            .map(|c| async move { crate::launcher::retire(&c, grace, grace).await });
         futures_util::future::join_all(drains).await;
     }
 }

@@ -116,16 +116,6 @@ pub(crate) fn open<T>(
     )
 }
 
-/// redb's word that a file is corrupt: its pages do not hold together, or it is not a
-/// redb database at all.
-pub(crate) fn corruption(e: &redb::Error) -> Option<String> {
-    match e {
-        redb::Error::Corrupted(_) => Some(e.to_string()),
-        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Some(io.to_string()),
-        _ => None,
-    }
-}
-
 /// The corruption an error of the chain reports, if it is one.
 fn corruption_in(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(StateError::Corrupt { message }) = cause.downcast_ref() {
@@ -134,7 +124,9 @@ fn corruption_in(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(ImageError::Corrupt { message, .. }) = cause.downcast_ref() {
         return Some(message.clone());
     }
-    cause.downcast_ref::<redb::Error>().and_then(corruption)
+    cause
+        .downcast_ref::<redb::Error>()
+        .and_then(crate::state::corruption)
 }
 
 #[cfg(test)]

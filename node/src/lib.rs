@@ -42,9 +42,11 @@ pub mod container;
 mod datafiles;
 pub mod desired;
 pub mod error;
+mod files;
 mod ids;
 mod images;
 pub mod ingress;
+mod launcher;
 pub mod listener;
 mod memory;
 pub mod metrics;
@@ -54,10 +56,9 @@ mod route;
 pub mod state;
 mod tls;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::fs::{self, File};
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,7 +266,7 @@ impl AdminToken {
                 false,
             ));
         }
-        let (token, created) = load_or_create_secret(&token_path, || ids::random_hex(32))?;
+        let (token, created) = files::load_or_create_secret(&token_path, || ids::random_hex(32))?;
         let sha256 = sha2::Sha256::digest(token.as_bytes()).into();
         Ok((
             Self {
@@ -315,33 +316,6 @@ async fn exit_if_consensus_fails(
     tracing::error!("{why}");
     let _ = failure.set(why);
     shutdown.cancel();
-}
-
-/// Reads the token file, creating it (mode 0600) on first start.
-pub(crate) fn load_or_create_secret(
-    path: &Path,
-    make: impl FnOnce() -> String,
-) -> anyhow::Result<(String, bool)> {
-    match fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => return Ok((s.trim().to_string(), false)),
-        Ok(_) => bail!(
-            "{} is empty; delete it to have a new one made",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
-    }
-    let secret = make();
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to create {}", path.display()))?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    Ok((secret, true))
 }
 
 /// Tells consensus what gossip sees, every 250 ms: which nodes are live (for the quorum
@@ -499,7 +473,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let token_path = dir.join("token");
     let (identity, join_token) = cluster::prepare(dir, &config.cluster).await?;
     let (token, token_created) = AdminToken::load(dir, identity.joined)?;
-    let (key_hex, _) = load_or_create_secret(&dir.join("node.key"), || ids::random_hex(32))?;
+    let (key_hex, _) = files::load_or_create_secret(&dir.join("node.key"), || ids::random_hex(32))?;
     let mut cache_key = [0u8; 32];
     hex::decode_to_slice(key_hex.trim(), &mut cache_key)
         .context("node.key is not 64 hex digits")?;
@@ -645,7 +619,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         url_suffix,
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
-        data: dir.clone(),
         desired,
         consensus: consensus.clone(),
         kick,
@@ -653,7 +626,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         body_timeout: config.listener.body_timeout,
         forward_key,
     };
-    let apps = Apps::new(runtime, images.clone(), state, ingress.clone(), settings);
+    let launcher = Arc::new(launcher::Launcher::new(
+        runtime,
+        dir,
+        config.listener.body_timeout,
+    ));
+    let apps = Apps::new(launcher, images.clone(), state, ingress.clone(), settings);
     apps.restore().await?;
 
     let shared = Arc::new(Shared {

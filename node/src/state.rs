@@ -157,7 +157,7 @@ fn state_err(op: &'static str) -> impl FnOnce(redb::Error) -> StateError {
             op,
             message: e.to_string(),
         },
-        _ => match crate::datafiles::corruption(&e) {
+        _ => match corruption(&e) {
             Some(message) => StateError::Corrupt { message },
             None => db_err(op)(e),
         },
@@ -419,6 +419,16 @@ impl StateStore {
 }
 
 /// A store whose disk can be made to fail, for tests of what survives an I/O error.
+/// redb's word that a file is corrupt: its pages do not hold together, or it is not a
+/// redb database at all.
+pub(crate) fn corruption(e: &redb::Error) -> Option<String> {
+    match e {
+        redb::Error::Corrupted(_) => Some(e.to_string()),
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Some(io.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use std::path::Path;

@@ -87,7 +87,7 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
 pub(crate) fn ca(dir: &Path) -> anyhow::Result<Ca> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let key_path = dir.join("ca.key");
-    let (key, _) = crate::load_or_create_secret(&key_path, || {
+    let (key, _) = crate::files::load_or_create_secret(&key_path, || {
         KeyPair::generate()
             .expect("the OS has randomness")
             .serialize_pem()
@@ -113,8 +113,8 @@ pub(crate) fn adopt_ca(dir: &Path, ca: &Ca) -> anyhow::Result<()> {
     KeyPair::from_pem(&ca.key).context("the cluster CA key received is not a private key")?;
     der(&ca.cert).context("the cluster CA certificate received")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::cluster::write_private(&dir.join("ca.key"), &ca.key)?;
-    crate::cluster::write_private(&dir.join("ca.crt"), &ca.cert)?;
+    crate::files::write_private(&dir.join("ca.key"), &ca.key)?;
+    crate::files::write_private(&dir.join("ca.crt"), &ca.cert)?;
     Ok(())
 }
 

@@ -169,9 +169,7 @@ impl Apps {
         }
         let spec = image_spec(params.clone(), &summary, name.clone());
         if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
-            self.runtime
-                .admit(&spec.limits)
-                .map_err(AppError::over_budget)?;
+            self.launcher.admit(&spec.limits)?;
         }
         let (deployment, service) = app_objects(
             &name,

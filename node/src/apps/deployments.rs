@@ -42,13 +42,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::linux::{self, LinuxEvent, LinuxStart};
+use super::LinuxEvent;
 use super::{Apps, LOG_LINES, Prepared, image_spec};
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
 use crate::desired::{Applied, StoredDeployment};
 use crate::error::AppError;
+use crate::launcher::{self, LinuxStart};
 use crate::state::OciOptions;
 use skiff_gateway::Endpoint as _;
 
@@ -470,7 +471,7 @@ impl PodTable {
         );
         drop(inner);
         tokio::spawn(async move {
-            linux::retire(&dead, Duration::ZERO, linux::STOP_GRACE).await;
+            launcher::retire(&dead, Duration::ZERO, launcher::STOP_GRACE).await;
         });
         self.kick();
     }
@@ -889,7 +890,7 @@ impl Apps {
                 let (table, pod) = (self.pods.clone(), pod.to_string());
                 let metrics = self.ingress.metrics.clone();
                 tokio::spawn(async move {
-                    linux::retire(&container, grace, linux::STOP_GRACE).await;
+                    launcher::retire(&container, grace, launcher::STOP_GRACE).await;
                     let mut inner = table.lock();
                     if let Some(p) = inner.remove_pod(&pod) {
                         inner.dirty.deployments.insert(p.deployment.into());
@@ -930,7 +931,7 @@ impl Apps {
             // Stopped while it was being made.
             if let Ok((container, ..)) = made {
                 tokio::spawn(async move {
-                    linux::retire(&container, Duration::ZERO, Duration::ZERO).await;
+                    launcher::retire(&container, Duration::ZERO, Duration::ZERO).await;
                 });
             }
             return;
@@ -967,7 +968,7 @@ impl Apps {
                 let wait = backoff_ms(p.crashes);
                 let reason = match e.code() {
                     "not_found" => "ErrImagePull",
-                    linux::CONFIG_ERROR => "CreateContainerConfigError",
+                    launcher::CONFIG_ERROR => "CreateContainerConfigError",
                     _ => "CreateContainerError",
                 };
                 p.state = PodState::Waiting {
@@ -1016,7 +1017,7 @@ impl Apps {
         let spec = pod_spec(deployment, template, &summary)?;
         // Checked at apply too; a pod refuses what it cannot honour all the same.
         let (user, security) = skiff_spec::security::of_pod(&template.spec, 0, &summary.run.user)
-            .map_err(|e| AppError::invalid(linux::CONFIG_ERROR, e))?;
+            .map_err(|e| AppError::invalid(launcher::CONFIG_ERROR, e))?;
         let container = match &prepared {
             Prepared::Oci { root } => {
                 let milli_cpus = c
@@ -1028,45 +1029,52 @@ impl Apps {
                     .map_err(|e| AppError::invalid("invalid_manifest", e))?
                     .map(|m| u32::try_from(m).unwrap_or(u32::MAX));
                 let name = pod.to_string();
-                self.start_linux(
-                    LinuxStart {
-                        id: &crate::ids::new_id(),
-                        name: pod,
-                        spec: &spec,
-                        summary: &summary,
-                        root,
-                        log,
-                        oci: &OciOptions {
-                            memory_bytes: Some(spec.limits.memory_bytes),
-                            milli_cpus,
-                            user: Some(user),
-                            security,
-                            ..OciOptions::default()
+                self.launcher
+                    .start_linux(
+                        LinuxStart {
+                            id: &crate::ids::new_id(),
+                            name: pod,
+                            spec: &spec,
+                            summary: &summary,
+                            root,
+                            log,
+                            oci: &OciOptions {
+                                memory_bytes: Some(spec.limits.memory_bytes),
+                                milli_cpus,
+                                user: Some(user),
+                                security,
+                                ..OciOptions::default()
+                            },
+                            port: c
+                                .ports
+                                .first()
+                                .and_then(|p| u16::try_from(p.container_port).ok()),
+                            ready: false,
                         },
-                        port: c
-                            .ports
-                            .first()
-                            .and_then(|p| u16::try_from(p.container_port).ok()),
-                        ready: false,
-                    },
-                    move |instance, exit| LinuxEvent::PodExited {
-                        pod: name,
-                        instance,
-                        exit,
-                    },
-                )
-                .await?
+                        {
+                            let exits = self.exits.clone();
+                            move |instance, exit| {
+                                let _ = exits.send(LinuxEvent::PodExited {
+                                    pod: name,
+                                    instance,
+                                    exit,
+                                });
+                            }
+                        },
+                    )
+                    .await?
             }
             _ => {
                 security
                     .check_in_process(None)
-                    .map_err(|e| AppError::invalid(linux::CONFIG_ERROR, e))?;
+                    .map_err(|e| AppError::invalid(launcher::CONFIG_ERROR, e))?;
                 if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
-                    self.runtime
-                        .admit(&spec.limits)
-                        .map_err(AppError::over_budget)?;
+                    self.launcher.admit(&spec.limits)?;
                 }
-                Arc::new(self.in_process(pod.to_string(), &spec, &prepared, log)?)
+                Arc::new(
+                    self.launcher
+                        .in_process(pod.to_string(), &spec, &prepared, log)?,
+                )
             }
         };
         Ok((container, digest, spec.limits))

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::linux::LinuxEvent;
+use super::LinuxEvent;
 use super::{Apps, LOG_LINES};
 use crate::clock::now_ms;
 use crate::container::Container;
@@ -50,7 +50,7 @@ impl Running {
     /// Linux container then gets SIGTERM, SIGKILL after `grace`, and is cleaned up.
     /// Returns how it exited, for Linux containers.
     async fn finish(self, grace: std::time::Duration) -> Option<Exit> {
-        let exit = super::linux::retire(&self.container, grace, grace).await;
+        let exit = crate::launcher::retire(&self.container, grace, grace).await;
         for l in self.listeners {
             let _ = l.await;
         }
@@ -218,12 +218,10 @@ impl Apps {
         if spec.kind != AppKind::Oci {
             req.security
                 .check_in_process(req.workdir.as_deref())
-                .map_err(|e| AppError::invalid(super::linux::CONFIG_ERROR, e))?;
+                .map_err(|e| AppError::invalid(crate::launcher::CONFIG_ERROR, e))?;
         }
         if matches!(spec.kind, AppKind::Http | AppKind::Wagi) {
-            self.runtime
-                .admit(&spec.limits)
-                .map_err(AppError::over_budget)?;
+            self.launcher.admit(&spec.limits)?;
         }
         let now = now_ms();
         let record = ContainerRecord {
@@ -303,7 +301,9 @@ impl Apps {
         let container = match &prepared {
             super::Prepared::Oci { root } => self.start_oci(entry, &summary, root).await?,
             other => {
-                let c = self.in_process(spec.name.to_string(), &spec, other, &entry.log)?;
+                let c =
+                    self.launcher
+                        .in_process(spec.name.to_string(), &spec, other, &entry.log)?;
                 c.transition(crate::container::ContainerState::Ready)
                     .map_err(AppError::internal)?;
                 Arc::new(c)
@@ -350,21 +350,27 @@ impl Apps {
     ) -> Result<Arc<Container>, AppError> {
         let r = &entry.record;
         let id = r.id.clone();
-        self.start_linux(
-            super::linux::LinuxStart {
-                id: &r.id,
-                name: r.spec.name.as_str(),
-                spec: &r.spec,
-                summary,
-                root,
-                log: &entry.log,
-                oci: &r.oci,
-                port: r.ports.first().map(|p| p.container_port),
-                ready: true,
-            },
-            move |instance, exit| LinuxEvent::Exited { id, instance, exit },
-        )
-        .await
+        self.launcher
+            .start_linux(
+                crate::launcher::LinuxStart {
+                    id: &r.id,
+                    name: r.spec.name.as_str(),
+                    spec: &r.spec,
+                    summary,
+                    root,
+                    log: &entry.log,
+                    oci: &r.oci,
+                    port: r.ports.first().map(|p| p.container_port),
+                    ready: true,
+                },
+                {
+                    let exits = self.exits.clone();
+                    move |instance, exit| {
+                        let _ = exits.send(LinuxEvent::Exited { id, instance, exit });
+                    }
+                },
+            )
+            .await
     }
 
     /// A Linux container's process ended by itself: record it and apply the restart
@@ -729,7 +735,7 @@ impl Apps {
             .collect();
         drop(standalone);
         for (c, deployment, image, limits) in self.running_pods() {
-            let (ip_address, sandbox_key) = super::linux::network(&c);
+            let (ip_address, sandbox_key) = crate::launcher::network(&c);
             let app = self
                 .desired
                 .read(|s| s.state.deployments.get(&deployment).cloned());
@@ -858,7 +864,7 @@ impl Apps {
         let (ip_address, sandbox_key) = s
             .running
             .as_ref()
-            .map_or((None, None), |r| super::linux::network(&r.container));
+            .map_or((None, None), |r| crate::launcher::network(&r.container));
         ContainerInfo {
             id: r.id.clone(),
             name: r.spec.name.to_string(),

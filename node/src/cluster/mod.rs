@@ -111,24 +111,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
-/// Writes `text` to `path` (mode 0600) through a temporary file and a rename.
-pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("failed to write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(())
-}
-
 /// The file a joined node keeps the admin token's SHA-256 in (it never has the token).
 pub const TOKEN_SHA256: &str = "token.sha256";
 
@@ -151,7 +133,7 @@ async fn join_through(
     hex::decode_to_slice(&answer.admin_token_sha256, &mut hash)
         .context("the join answer's admin token hash is not 64 hex digits")?;
     crate::tls::adopt_ca(&dir.join("tls"), &ca)?;
-    write_private(
+    crate::files::write_private(
         &dir.join(TOKEN_SHA256),
         &format!("{}\n", answer.admin_token_sha256),
     )?;
@@ -294,7 +276,7 @@ pub async fn prepare(
                         &mut identity,
                     )
                     .await?;
-                    write_private(&secret_path, &format!("{token}\n"))?;
+                    crate::files::write_private(&secret_path, &format!("{token}\n"))?;
                 }
                 None => {
                     // A token of a data dir made before tokens carried the CA hash is
@@ -303,7 +285,7 @@ pub async fn prepare(
                         Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
                         _ => crate::ids::random_hex(32),
                     };
-                    write_private(&secret_path, &format!("{secret}\n"))?;
+                    crate::files::write_private(&secret_path, &format!("{secret}\n"))?;
                     identity.cluster_ca = true;
                 }
             }
@@ -356,10 +338,10 @@ pub async fn prepare(
         secret,
     };
     if stored != token.to_string() {
-        write_private(&secret_path, &format!("{token}\n"))?;
+        crate::files::write_private(&secret_path, &format!("{token}\n"))?;
     }
     identity.generation += 1;
-    write_private(&identity_path, &serde_json::to_string_pretty(&identity)?)?;
+    crate::files::write_private(&identity_path, &serde_json::to_string_pretty(&identity)?)?;
     Ok((identity, token))
 }
 
@@ -791,7 +773,7 @@ impl Cluster {
         let mut identity = self.identity.clone();
         identity.seeds.clone_from(&seeds);
         if let Ok(text) = serde_json::to_string_pretty(&identity)
-            && write_private(&dir.join("cluster.json"), &text).is_ok()
+            && crate::files::write_private(&dir.join("cluster.json"), &text).is_ok()
         {
             *saved = seeds;
         }

@@ -203,7 +203,7 @@ pub(super) fn pod_object(name: &str, p: &PodEntry, node: &str) -> k8s::Pod {
                     }),
                     ..K8sState::default()
                 },
-                linux::network(container).0,
+                launcher::network(container).0,
                 image,
                 Some(started),
             )

@@ -1,65 +1,41 @@
-//! Linux containers for both callers: `skiff run` containers and deployments' replicas.
+//! The one launcher of containers, for both callers: Deployments' pods and `skiff run`
+//! containers. It turns an image made ready ([`Prepared`]) and an [`AppSpec`] into a
+//! routable [`Container`]: a Wasm instance pre or a static site in process, or a runc
+//! process.
 //!
 //! A Linux container is a [`Container`] whose workload is an [`OciWorkload`]: the runc
 //! process and the proxy to its HTTP port travel together, so whoever retires the
 //! container (a rollout, a removal, a stop, node shutdown) finds the process to stop
-//! on it. A pod whose process exits by itself is restarted by the reconciler, a `skiff
-//! run` container by its restart policy.
+//! on it. When the process ends by itself the caller is told (a pod is restarted by the
+//! reconciler, a `skiff run` container by its restart policy).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_image::ImageSummary;
-use skiff_runtime::oci::{Exit, OciSpec, OciWorkload};
-use skiff_runtime::{LogBook, Workload};
-use skiff_spec::AppSpec;
+use skiff_runtime::oci::{Exit, OciHost, OciSpec, OciWorkload};
+use skiff_runtime::{ContainerConfig, LogBook, Runtime, StaticSite, Workload};
+use skiff_spec::{AppSpec, Limits};
 use tracing::info;
 
-use super::Apps;
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
 use crate::error::AppError;
+use crate::images::Prepared;
 use crate::state::OciOptions;
 
 /// How long a Linux container gets between SIGTERM and SIGKILL when its deployment
 /// retires it (Docker's and Kubernetes' default is 10 s and 30 s).
-pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The error code of a container whose settings cannot be run: a user its image does
 /// not have, root under `runAsNonRoot`, an option a Wasm container cannot honour (a
 /// pod waits with the reason `CreateContainerConfigError`).
 pub(crate) const CONFIG_ERROR: &str = "container_config";
 
-/// What happens to Linux containers behind the API's back.
-pub(crate) enum LinuxEvent {
-    /// A container's process ended.
-    Exited {
-        /// The container (record id).
-        id: String,
-        /// Which start of it (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: Exit,
-    },
-    /// A restart the policy asked for, after its back-off.
-    Restart {
-        /// The container (record id).
-        id: String,
-    },
-    /// A Deployment's pod's process ended.
-    PodExited {
-        /// The pod.
-        pod: String,
-        /// Which start of it (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: Exit,
-    },
-}
-
 /// One Linux container to start.
-pub(super) struct LinuxStart<'a> {
+pub(crate) struct LinuxStart<'a> {
     /// 64 hex digits: runc's id (its first 32) and the bundle's directory.
     pub id: &'a str,
     /// The container's name: hostname and log label.
@@ -98,7 +74,7 @@ fn http_port(given: Option<u16>, summary: &ImageSummary) -> u16 {
 /// Drains a retired container (requests in flight get up to `drain`), then stops its
 /// process if it is a Linux container (SIGTERM, SIGKILL after `stop`) and removes it.
 /// Returns how the process exited.
-pub(super) async fn retire(container: &Container, drain: Duration, stop: Duration) -> Option<Exit> {
+pub(crate) async fn retire(container: &Container, drain: Duration, stop: Duration) -> Option<Exit> {
     container.drain(drain).await;
     let process = container.workload().oci_process()?;
     let exit = process.stop(stop).await;
@@ -107,7 +83,7 @@ pub(super) async fn retire(container: &Container, drain: Duration, stop: Duratio
 }
 
 /// A Linux container's bridge address and network namespace, as inspect shows them.
-pub(super) fn network(container: &Container) -> (Option<String>, Option<String>) {
+pub(crate) fn network(container: &Container) -> (Option<String>, Option<String>) {
     let process = container.workload().oci_process();
     (
         process.and_then(|p| p.ip()).map(|ip| ip.to_string()),
@@ -117,14 +93,104 @@ pub(super) fn network(container: &Container) -> (Option<String>, Option<String>)
     )
 }
 
-impl Apps {
+/// Starts containers: Wasm and static ones in process, Linux ones with runc.
+pub(crate) struct Launcher {
+    runtime: Runtime,
+    /// runc, if this node can run Linux containers; else why not.
+    oci: Result<OciHost, String>,
+    /// Linux containers' bundles, by container id.
+    bundles: PathBuf,
+    /// How long a request body forwarded to a Linux container may stall.
+    body_timeout: Duration,
+}
+
+impl Launcher {
+    /// A launcher for the node whose data dir is `data` (runc is looked for there and
+    /// on the PATH; without it, only Wasm and static containers start).
+    pub(crate) fn new(runtime: Runtime, data: &Path, body_timeout: Duration) -> Self {
+        let oci = OciHost::probe(&data.join("runc")).map_err(|e| e.to_string());
+        if let Err(why) = &oci {
+            info!(reason = %why, "Linux containers are not available on this node; Wasm is");
+        }
+        Self {
+            runtime,
+            oci,
+            bundles: data.join("containers"),
+            body_timeout,
+        }
+    }
+
+    /// runc, when this node has it.
+    pub(crate) fn oci(&self) -> Option<&OciHost> {
+        self.oci.as_ref().ok()
+    }
+
+    /// Where Linux containers' bundles live.
+    pub(crate) fn bundles(&self) -> &Path {
+        &self.bundles
+    }
+
+    /// Refuses an instance whose memory limit the node's budget could never hold.
+    pub(crate) fn admit(&self, limits: &Limits) -> Result<(), AppError> {
+        self.runtime.admit(limits).map_err(AppError::over_budget)
+    }
+
+    /// A Wasm or static container named `name` running `spec`, in state `Starting`.
+    pub(crate) fn in_process(
+        &self,
+        name: String,
+        spec: &AppSpec,
+        prepared: &Prepared,
+        log: &Arc<LogBook>,
+    ) -> Result<Container, AppError> {
+        let workload = match prepared {
+            Prepared::Wasm(compiled) => {
+                let config = ContainerConfig {
+                    name: name.clone().into(),
+                    env: spec
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    args: spec.args.clone(),
+                    limits: spec.limits.clone(),
+                    allowed_hosts: spec.allowed_hosts.clone().into(),
+                    log: log.clone(),
+                };
+                self.runtime
+                    .prepare(compiled, config)
+                    .map_err(|e| AppError::invalid("unsupported_imports", e.to_string()))?
+            }
+            Prepared::Oci { .. } => {
+                return Err(AppError::internal(
+                    "a Linux image's containers are started with runc",
+                ));
+            }
+            Prepared::Static {
+                tree,
+                site_root,
+                tag,
+            } => Workload::Static(
+                StaticSite::open(tree, site_root, tag).map_err(AppError::internal)?,
+            ),
+        };
+        Ok(Container::new(
+            name,
+            spec.name.clone(),
+            workload,
+            spec.limits.concurrency,
+            now_ms(),
+            spec.routes.clone(),
+        ))
+    }
+
     /// Starts a Linux container with runc and makes it a routable [`Container`], ready at
     /// once (requests that arrive before its process listens are held until it does).
-    /// When the process ends, `exited(container id, how)` is sent to the event loop.
-    pub(super) async fn start_linux(
+    /// When the process ends, `exited(container id, how)` is called.
+    pub(crate) async fn start_linux(
         &self,
         s: LinuxStart<'_>,
-        exited: impl FnOnce(String, Exit) -> LinuxEvent + Send + 'static,
+        exited: impl FnOnce(String, Exit) + Send + 'static,
     ) -> Result<Arc<Container>, AppError> {
         let host = self
             .oci
@@ -141,7 +207,7 @@ impl Apps {
             id: s.id.to_string(),
             name: name.clone(),
             image_root: s.root.to_path_buf(),
-            dir: self.data.join("containers").join(&s.id[..32]),
+            dir: self.bundles.join(&s.id[..32]),
             args: s.spec.args.clone(),
             env: s.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             cwd: s
@@ -187,11 +253,7 @@ impl Apps {
         let container = Container::new(
             s.name.to_string(),
             s.spec.name.clone(),
-            Workload::Oci(OciWorkload::new(
-                addr,
-                process.clone(),
-                self.ingress.limits.body_timeout,
-            )),
+            Workload::Oci(OciWorkload::new(addr, process.clone(), self.body_timeout)),
             s.spec.limits.concurrency,
             now_ms(),
             s.spec.routes.clone(),
@@ -201,11 +263,11 @@ impl Apps {
                 .transition(ContainerState::Ready)
                 .map_err(AppError::internal)?;
         }
-        let (events, instance) = (self.exits.clone(), container.id.clone());
+        let instance = container.id.clone();
         tokio::spawn(async move {
             let exit = process.wait().await;
             drop(reservation);
-            let _ = events.send(exited(instance, exit));
+            exited(instance, exit);
         });
         info!(container = %s.name, %addr, "linux container started");
         Ok(Arc::new(container))
