@@ -485,7 +485,13 @@ pub fn validate_deployment(d: &Deployment) -> Vec<String> {
                             problems.push(format!("{path}: {e}"));
                         }
                     }
-                    if let (Some(Ok(0)), Some(Ok(0))) = (&surge, &unavailable) {
+                    // As the API server checks it: the values as written (0 or "0%"),
+                    // not scaled, so 25% of a Deployment scaled to zero is valid.
+                    let written = |v: Option<&IntOrString>| v.map(|v| v.scaled(100, true));
+                    if let (Some(Ok(0)), Some(Ok(0))) = (
+                        written(ru.max_surge.as_ref()),
+                        written(ru.max_unavailable.as_ref()),
+                    ) {
                         problems.push(
                             "spec.strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0"
                                 .into(),
@@ -771,6 +777,22 @@ mod tests {
         let e = parse("m.yaml", text).unwrap_err().to_string();
         assert_eq!(e.lines().count(), 1, "{e}");
         e
+    }
+
+    #[test]
+    fn a_rolling_update_is_refused_only_when_both_bounds_are_written_as_zero() {
+        let with = |replicas: u32, surge: &str, unavailable: &str| {
+            DEPLOYMENT.replace(
+                "  replicas: 3\n",
+                &format!(
+                    "  replicas: {replicas}\n  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}}}\n"
+                ),
+            )
+        };
+        // Scaled to zero, 25% of nothing is nothing: still valid, as the API server has it.
+        assert!(parse("m.yaml", &with(0, "25%", "25%")).is_ok());
+        assert!(parse("m.yaml", &with(1, "0", "'0%'")).is_err());
+        assert!(refused(&with(3, "'0%'", "0")).contains("cannot both be 0"));
     }
 
     #[test]
