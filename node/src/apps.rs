@@ -12,7 +12,7 @@
 //! new pods before it stops old ones, which drain: requests already on them finish, new
 //! ones go to the new pods. No request fails because of a redeploy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,49 +21,30 @@ use skiff_image::{ImageError, ImageName, ImageSummary, Runnable, StagedBlob, det
 use skiff_runtime::LogBook;
 use skiff_spec::api::AppStatus;
 use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 mod deploy;
 mod deployments;
-pub(crate) mod events;
 mod objects;
-mod standalone;
 
 pub use crate::error::AppError;
-pub use standalone::Attached;
+pub(crate) use deployments::PodTable;
 
 use crate::desired::DesiredStore;
 use crate::images::{Images, Prepared};
 use crate::ingress::Ingress;
 use crate::launcher::Launcher;
+use crate::standalone::Standalone;
 use crate::state::StateStore;
 
-/// What happens to Linux containers behind the API's back.
-pub(crate) enum LinuxEvent {
-    /// A container's process ended.
-    Exited {
-        /// The container (record id).
-        id: String,
-        /// Which start of it (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: skiff_runtime::oci::Exit,
-    },
-    /// A restart the policy asked for, after its back-off.
-    Restart {
-        /// The container (record id).
-        id: String,
-    },
-    /// A Deployment's pod's process ended.
-    PodExited {
-        /// The pod.
-        pod: String,
-        /// Which start of it (the Container object's id).
-        instance: String,
-        /// How it ended.
-        exit: skiff_runtime::oci::Exit,
-    },
+/// A Deployment's pod's Linux process ended (handled by [`Apps::run_exit_loop`]).
+pub(crate) struct PodExit {
+    /// The pod.
+    pub(crate) pod: String,
+    /// Which start of it (the Container object's id).
+    pub(crate) instance: String,
+    /// How it ended.
+    pub(crate) exit: skiff_runtime::oci::Exit,
 }
 
 /// Lines of output kept per app.
@@ -96,7 +77,7 @@ fn with_image_defaults(mut params: DeployParams, run: &RunConfig) -> DeployParam
 
 /// The spec of an app or container running `summary` under `name`: the deploy's
 /// parameters, the image's defaults for what they leave open, the image's routes.
-fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> AppSpec {
+pub(crate) fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> AppSpec {
     let kind = match &summary.runnable {
         Runnable::Wasm { kind, .. } => *kind,
         Runnable::Static { .. } => AppKind::Static,
@@ -131,8 +112,6 @@ pub(crate) struct Settings {
     pub(crate) desired: Arc<DesiredStore>,
     /// The cluster's log, which every change goes through.
     pub(crate) consensus: Arc<crate::raft::Consensus>,
-    /// Wakes the reconciler (the state machine rings it after a change).
-    pub(crate) kick: Arc<tokio::sync::Notify>,
     /// What this node sees of the cluster (placement and remote endpoints).
     pub(crate) view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
     /// How long a request body forwarded to another node may stall.
@@ -155,10 +134,8 @@ pub struct Apps {
     state: Arc<StateStore>,
     /// Routing table and metrics, shared with the ingress listeners.
     ingress: Arc<Ingress>,
-    /// `skiff run` containers by id. Locked after `apps` when both are needed.
-    standalone: Mutex<HashMap<String, standalone::Standalone>>,
-    /// What happened to those containers, for `docker events`.
-    pub(crate) container_events: events::ContainerEvents,
+    /// `skiff run` containers (their names and images count here too).
+    standalone: Arc<Standalone>,
     /// Stops published-port listeners with the node.
     shutdown: CancellationToken,
     /// How long stopping listeners wait for requests in flight.
@@ -167,15 +144,15 @@ pub struct Apps {
     url_suffix: String,
     /// Starts every container, pods and `skiff run` ones alike.
     launcher: Arc<Launcher>,
-    /// Linux containers' exits, handled by [`Apps::run_exit_loop`].
-    exits: tokio::sync::mpsc::UnboundedSender<LinuxEvent>,
-    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LinuxEvent>>>,
+    /// Pods' Linux processes' exits, handled by [`Apps::run_exit_loop`].
+    exits: tokio::sync::mpsc::UnboundedSender<PodExit>,
+    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PodExit>>>,
     /// Deployments and Services, as desired.
     desired: Arc<DesiredStore>,
     /// The cluster's log: every change to `desired` goes through it.
     consensus: Arc<crate::raft::Consensus>,
     /// Deployments' pods and what the reconciler knows of them.
-    pods: Arc<deployments::PodTable>,
+    pods: Arc<PodTable>,
     /// What this node sees of the cluster.
     view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
     /// Connections to other nodes' ingresses, for their pods.
@@ -188,6 +165,8 @@ impl Apps {
     pub(crate) fn new(
         launcher: Arc<Launcher>,
         images: Arc<Images>,
+        standalone: Arc<Standalone>,
+        pods: Arc<PodTable>,
         state: Arc<StateStore>,
         ingress: Arc<Ingress>,
         settings: Settings,
@@ -198,7 +177,6 @@ impl Apps {
             drain,
             desired,
             consensus,
-            kick,
             view,
             body_timeout,
             forward_key,
@@ -208,8 +186,7 @@ impl Apps {
             images,
             state,
             ingress,
-            standalone: Mutex::new(HashMap::new()),
-            container_events: Default::default(),
+            standalone,
             url_suffix,
             shutdown,
             drain,
@@ -218,7 +195,7 @@ impl Apps {
             exit_rx: std::sync::Mutex::new(Some(exit_rx)),
             desired,
             consensus,
-            pods: Arc::new(deployments::PodTable::new(kick)),
+            pods,
             restore: Restore {
                 started: std::time::Instant::now(),
                 done: tokio::sync::watch::Sender::new(None),
@@ -246,10 +223,9 @@ impl Apps {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = rx.recv() => match ev {
-                    Some(LinuxEvent::PodExited { pod, instance, exit }) => {
+                    Some(PodExit { pod, instance, exit }) => {
                         self.on_pod_exit(&pod, &instance, &exit);
                     }
-                    Some(ev) => self.on_exit(ev).await,
                     None => return,
                 },
             }
@@ -280,7 +256,7 @@ impl Apps {
         self.ingress
             .metrics
             .set_apps(self.desired.read(|s| s.state.deployments.len()));
-        self.restore_standalone().await
+        self.standalone.restore().await
     }
 
     /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
@@ -433,11 +409,11 @@ impl Apps {
         for (digest, pod) in self.pods.images() {
             users.entry(digest).or_default().push(format!("pod {pod}"));
         }
-        for c in self.standalone.lock().await.values() {
+        for (image, name) in self.standalone.images_in_use().await {
             users
-                .entry(c.image())
+                .entry(image)
                 .or_default()
-                .push(format!("container {}", c.name()));
+                .push(format!("container {name}"));
         }
         users
     }
@@ -470,7 +446,13 @@ impl Apps {
             .collect(candidates, &self.desired, async || {
                 let mut in_use: BTreeSet<Digest> =
                     self.pods.images().into_iter().map(|(d, _)| d).collect();
-                in_use.extend(self.standalone.lock().await.values().map(|c| c.image()));
+                in_use.extend(
+                    self.standalone
+                        .images_in_use()
+                        .await
+                        .into_iter()
+                        .map(|(d, _)| d),
+                );
                 in_use
             })
             .await;
@@ -504,13 +486,6 @@ impl Apps {
         self.state.health()
     }
 
-    /// Collects `image` (and what only it refers to) if nothing holds it any more
-    /// (after a container that ran it was removed).
-    pub(crate) async fn collect_images_now(&self, image: Digest) {
-        let _guard = self.images.exclusive().await;
-        self.collect_images(BTreeSet::from([image])).await;
-    }
-
     /// Runs garbage collection now (after an image was untagged).
     pub async fn collect_garbage_now(&self) {
         let _guard = self.images.exclusive().await;
@@ -533,11 +508,12 @@ impl Apps {
 
     /// Stops routing to every container and drains them (node shutdown).
     pub async fn drain_all(&self, grace: Duration) {
-        self.stop_all_standalone().await;
+        self.standalone.stop_all().await;
         if let Some(host) = self.launcher.oci() {
             host.shutdown();
         }
         let drains = self
+            .pods
             .pod_containers()
             .into_iter()
             .map(|c| async move { crate::launcher::retire(&c, grace, grace).await });

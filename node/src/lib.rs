@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod placement;
 pub mod raft;
 mod route;
+mod standalone;
 pub mod state;
 mod tls;
 
@@ -158,6 +159,8 @@ pub(crate) struct Shared {
     token: AdminToken,
     images: Arc<images::Images>,
     apps: Apps,
+    /// `skiff run` and `docker run` containers.
+    standalone: Arc<standalone::Standalone>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     cluster: cluster::Cluster,
@@ -454,6 +457,7 @@ fn view_of(
     cluster::View {
         me: me.clone(),
         nodes,
+        members: members.iter().map(|m| m.node_id.clone()).collect(),
         can_place: settled && majority,
     }
 }
@@ -615,23 +619,41 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             pull_cap: config.upload_cap,
         },
     ));
+    let launcher = Arc::new(launcher::Launcher::new(
+        runtime,
+        dir,
+        config.listener.body_timeout,
+    ));
+    let pods = Arc::new(apps::PodTable::new(kick));
+    let standalone = Arc::new(standalone::Standalone::new(standalone::Settings {
+        images: images.clone(),
+        launcher: launcher.clone(),
+        ingress: ingress.clone(),
+        state: state.clone(),
+        desired: desired.clone(),
+        pods: pods.clone(),
+        shutdown: shutdown.clone(),
+        drain: config.drain_timeout,
+    }));
     let settings = apps::Settings {
         url_suffix,
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
         desired,
         consensus: consensus.clone(),
-        kick,
         view: view_rx,
         body_timeout: config.listener.body_timeout,
         forward_key,
     };
-    let launcher = Arc::new(launcher::Launcher::new(
-        runtime,
-        dir,
-        config.listener.body_timeout,
-    ));
-    let apps = Apps::new(launcher, images.clone(), state, ingress.clone(), settings);
+    let apps = Apps::new(
+        launcher,
+        images.clone(),
+        standalone.clone(),
+        pods,
+        state,
+        ingress.clone(),
+        settings,
+    );
     apps.restore().await?;
 
     let shared = Arc::new(Shared {
@@ -639,6 +661,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         token,
         images,
         apps,
+        standalone,
         metrics,
         shutdown: shutdown.clone(),
         cluster,
@@ -654,7 +677,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let exits = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        tokio::spawn(async move { shared.apps.run_exit_loop(shutdown).await })
+        tokio::spawn(async move {
+            tokio::join!(
+                shared.apps.run_exit_loop(shutdown.clone()),
+                shared.standalone.run_exit_loop(shutdown),
+            );
+        })
     };
     let reconciler = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());

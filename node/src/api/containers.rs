@@ -12,7 +12,7 @@ use skiff_spec::api::ContainerInfo;
 
 use super::{ApiError, follow_until, log_response, query_pairs};
 use crate::Shared;
-use crate::apps::Attached;
+use crate::standalone::Attached;
 use axum::body::Body;
 use axum::http::header;
 use futures_util::StreamExt as _;
@@ -41,7 +41,7 @@ pub(super) async fn run(
     pairs.retain(|(k, _)| k != "attach");
     let run = RunParams::from_pairs(pairs)
         .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
-    let (info, attached) = shared.apps.run(run, attach).await?;
+    let (info, attached) = shared.standalone.run(run, attach).await?;
     let Some(Attached {
         past,
         lines,
@@ -86,7 +86,7 @@ pub(super) async fn run(
 pub(super) async fn stats(
     State(shared): State<Arc<Shared>>,
 ) -> Json<Vec<skiff_spec::api::ContainerStats>> {
-    Json(shared.apps.container_stats().await)
+    Json(shared.standalone.container_stats().await)
 }
 
 /// `GET /v1/containers?all=true`
@@ -96,7 +96,7 @@ pub(super) async fn list(
 ) -> Json<Vec<ContainerInfo>> {
     Json(
         shared
-            .apps
+            .standalone
             .list_containers(flag(&query_pairs(q), "all"))
             .await,
     )
@@ -107,7 +107,7 @@ pub(super) async fn inspect(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Json<ContainerInfo>, ApiError> {
-    Ok(Json(shared.apps.inspect_container(&key).await?))
+    Ok(Json(shared.standalone.inspect_container(&key).await?))
 }
 
 fn grace(q: Option<String>) -> Result<Duration, ApiError> {
@@ -126,7 +126,9 @@ pub(super) async fn stop(
     Path(key): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<ContainerInfo>, ApiError> {
-    Ok(Json(shared.apps.stop_container(&key, grace(q)?).await?))
+    Ok(Json(
+        shared.standalone.stop_container(&key, grace(q)?).await?,
+    ))
 }
 
 /// `POST /v1/containers/{key}/start`
@@ -134,7 +136,7 @@ pub(super) async fn start(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Json<ContainerInfo>, ApiError> {
-    Ok(Json(shared.apps.start_container(&key).await?))
+    Ok(Json(shared.standalone.start_container(&key).await?))
 }
 
 /// `POST /v1/containers/{key}/restart?t=10`
@@ -143,8 +145,8 @@ pub(super) async fn restart(
     Path(key): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<ContainerInfo>, ApiError> {
-    shared.apps.stop_container(&key, grace(q)?).await?;
-    Ok(Json(shared.apps.start_container(&key).await?))
+    shared.standalone.stop_container(&key, grace(q)?).await?;
+    Ok(Json(shared.standalone.start_container(&key).await?))
 }
 
 /// `DELETE /v1/containers/{key}?force=true`
@@ -154,7 +156,7 @@ pub(super) async fn remove(
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, ApiError> {
     shared
-        .apps
+        .standalone
         .remove_container(&key, flag(&query_pairs(q), "force"))
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -166,8 +168,8 @@ pub(super) async fn logs(
     Path(key): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let book = shared.apps.container_log(&key).await?;
-    let exit = shared.apps.container_exit(&key).await;
+    let book = shared.standalone.container_log(&key).await?;
+    let exit = shared.standalone.container_exit(&key).await;
     log_response(&shared, &book, q, exit)
 }
 
@@ -176,7 +178,7 @@ pub(super) async fn wait(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let code = shared.apps.wait_container(&key).await?;
+    let code = shared.standalone.wait_container(&key).await?;
     Ok(Json(serde_json::json!({ "exit_code": code })))
 }
 
@@ -221,7 +223,7 @@ pub(super) async fn exec(
         return Err(bad("workdir", format!("{w:?} is not an absolute path")));
     }
     let rx = shared
-        .apps
+        .standalone
         .exec_container(
             &key,
             ExecSpec {

@@ -470,13 +470,13 @@ async fn require_token(
         .unwrap_or("");
     let conn = req.extensions().get::<crate::listener::ConnInfo>();
     let local = conn.is_some_and(|c| c.kind == crate::listener::ConnKind::Unix);
-    // A certificate counts only as a member's: the CA signed it for a node this node
-    // knows (`<id>.node.skiff`).
+    // A certificate counts only as a member's: the CA signed it for a node this node's
+    // gossip has heard of (`<id>.node.skiff`).
     let node = conn.and_then(|c| c.peer_cert.as_ref()).is_some_and(|cert| {
         let view = shared.apps.view();
-        view.nodes
+        view.members
             .iter()
-            .any(|n| n.id != view.me && crate::tls::node_of(cert, &n.id))
+            .any(|id| *id != view.me && crate::tls::node_of(cert, id))
     });
     if local || node || shared.token.accepts(presented) {
         Ok(next.run(req).await)

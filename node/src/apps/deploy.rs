@@ -136,13 +136,7 @@ impl Apps {
         (summary, image_ref): (ImageSummary, String),
         _prepared: P,
     ) -> Result<(bool, AppStatus), AppError> {
-        if self
-            .standalone
-            .lock()
-            .await
-            .values()
-            .any(|c| c.name() == name.as_str())
-        {
+        if self.standalone.has_name(name.as_str()).await {
             return Err(AppError::conflict(format!(
                 "the name {name} is already used by a container"
             )));

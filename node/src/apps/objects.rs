@@ -157,12 +157,7 @@ impl Apps {
                     .get(name)
                     .is_some_and(|d| super::deploy::managed(&d.object.metadata))
             });
-        let container = self
-            .standalone
-            .lock()
-            .await
-            .values()
-            .any(|c| c.name() == name);
+        let container = self.standalone.has_name(name).await;
         if app || container {
             let what = if app { "an app" } else { "a container" };
             return Err(AppError::conflict(format!(

@@ -485,6 +485,10 @@ pub struct View {
     pub me: String,
     /// The live nodes, this one included.
     pub nodes: Vec<NodeView>,
+    /// Every node gossip has heard of, live or not: a peer's certificate is honoured
+    /// only for one of these (a node that joined a moment ago knows its peers from the
+    /// first gossip round, before it has heard enough to call them live).
+    pub members: std::collections::BTreeSet<String>,
     /// Whether this node may change where pods run: it reaches a majority of the voters
     /// (as gossip sees them, confirmed by Raft since the last voter went) and has heard
     /// from every member (or waited long enough to know it will not). Otherwise it

@@ -17,6 +17,10 @@ use skiff_image::ImageStore;
 
 use crate::error::AppError;
 
+/// How long a peer that answers 401 is asked again: a node that has just joined hears
+/// of the others within a gossip round or two.
+const UNKNOWN_FOR: Duration = Duration::from_secs(2);
+
 /// Longest a pull from one peer may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -194,21 +198,31 @@ impl Peers {
         })
     }
 
+    /// Sends `archive` to the peer at `api`. A peer that does not know this node yet
+    /// (401: it joined a moment ago and its gossip has not heard of this node) is asked
+    /// again for up to [`UNKNOWN_FOR`].
     async fn push_to(&self, api: &str, archive: Vec<u8>) -> Result<(), String> {
-        let request = http::Request::post(format!("https://{api}/v1/images"))
-            .header(http::header::CONTENT_TYPE, "application/x-tar")
-            .header(REPLICA_HEADER, "1")
-            .body(http_body_util::Full::new(Bytes::from(archive)))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("answered {}", response.status()))
+        let archive = Bytes::from(archive);
+        let deadline = tokio::time::Instant::now() + UNKNOWN_FOR;
+        loop {
+            let request = http::Request::post(format!("https://{api}/v1/images"))
+                .header(http::header::CONTENT_TYPE, "application/x-tar")
+                .header(REPLICA_HEADER, "1")
+                .body(http_body_util::Full::new(archive.clone()))
+                .map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            if status != http::StatusCode::UNAUTHORIZED || tokio::time::Instant::now() >= deadline {
+                return Err(format!("answered {status}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -104,7 +104,7 @@ pub(super) async fn list(
     let filters = filters(&pairs)?;
     let now = crate::clock::now_ms();
     let mut out = Vec::new();
-    for c in shared.apps.list_containers(true).await {
+    for c in shared.standalone.list_containers(true).await {
         // A filter on status lists stopped ones too, as Docker's does.
         if !(all || filters.contains_key("status") || c.state == "running")
             || !matches(&c, &filters)?
@@ -132,7 +132,7 @@ pub(super) async fn list(
 
 pub(super) async fn container(shared: &Shared, id: &str) -> Answer<ContainerInfo> {
     shared
-        .apps
+        .standalone
         .inspect_container(id)
         .await
         .map_err(|_| DockerError::new(StatusCode::NOT_FOUND, format!("No such container: {id}")))
@@ -217,7 +217,7 @@ pub(super) async fn start(
     if container(&shared, &id).await?.state == "running" {
         return Ok(StatusCode::NOT_MODIFIED);
     }
-    shared.apps.start_container(&id).await?;
+    shared.standalone.start_container(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -241,7 +241,7 @@ pub(super) async fn stop(
     if container(&shared, &id).await?.state != "running" {
         return Ok(StatusCode::NOT_MODIFIED);
     }
-    shared.apps.stop_container(&id, grace).await?;
+    shared.standalone.stop_container(&id, grace).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -253,8 +253,8 @@ pub(super) async fn restart(
 ) -> Answer<StatusCode> {
     let grace = grace(&query_pairs(q))?;
     container(&shared, &id).await?;
-    shared.apps.stop_container(&id, grace).await?;
-    shared.apps.start_container(&id).await?;
+    shared.standalone.stop_container(&id, grace).await?;
+    shared.standalone.start_container(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -269,7 +269,10 @@ pub(super) async fn kill(
             format!("cannot kill container: {id}: container is not running"),
         ));
     }
-    shared.apps.stop_container(&id, Duration::ZERO).await?;
+    shared
+        .standalone
+        .stop_container(&id, Duration::ZERO)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -286,7 +289,7 @@ pub(super) async fn wait(
         other => return Err(bad(format!("invalid condition: {other:?}"))),
     };
     container(&shared, &id).await?;
-    let waiter = shared.apps.container_waiter(&id, next).await?;
+    let waiter = shared.standalone.container_waiter(&id, next).await?;
     // The head goes out now (Docker's CLI waits for it before it starts the container),
     // the body once the container exits.
     let body = futures_util::stream::once(async move {
@@ -312,7 +315,7 @@ pub(super) async fn remove(
 ) -> Answer<StatusCode> {
     let force = truthy(&query_pairs(q), "force");
     container(&shared, &id).await?;
-    match shared.apps.remove_container(&id, force).await {
+    match shared.standalone.remove_container(&id, force).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(crate::error::AppError::Conflict(_)) => Err(DockerError::new(
             StatusCode::CONFLICT,
@@ -342,8 +345,8 @@ pub(super) async fn logs(
         Some(n) => n.parse().map_err(|_| bad(format!("invalid tail: {n:?}")))?,
     };
     container(&shared, &id).await?;
-    let book = shared.apps.container_log(&id).await?;
-    let exit = shared.apps.container_exit(&id).await;
+    let book = shared.standalone.container_log(&id).await?;
+    let exit = shared.standalone.container_exit(&id).await;
     let follow = truthy(&pairs, "follow") && exit.as_ref().is_some_and(|e| e.borrow().is_none());
     let (past, rx) = book.tail_and_subscribe(tail);
     let encode = move |l: LogLine| {
@@ -418,8 +421,8 @@ pub(super) async fn attach(
         ));
     }
     container(&shared, &id).await?;
-    let book = shared.apps.container_log(&id).await?;
-    let exit = shared.apps.container_exit(&id).await.ok_or_else(|| {
+    let book = shared.standalone.container_log(&id).await?;
+    let exit = shared.standalone.container_exit(&id).await.ok_or_else(|| {
         bad(format!(
             "container {id} belongs to a deployment: attach to its logs instead"
         ))

@@ -359,7 +359,7 @@ pub(super) async fn create(
         .map(|n| n.trim_start_matches('/').to_string());
     let image = body.image.clone();
     let run = run_params(body, name)?;
-    let info = match shared.apps.create_container(run).await {
+    let info = match shared.standalone.create_container(run).await {
         Ok(info) => info,
         // Docker's CLI pulls on this message, then creates again.
         Err(crate::error::AppError::NotFound(_)) => {

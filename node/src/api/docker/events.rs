@@ -1,5 +1,5 @@
 //! `GET /events`: `docker events`, for containers (`create`, `start`, `die`, `destroy`).
-//! Past events (`since`) come from the node's last [`crate::apps::events::KEPT`]; the
+//! Past events (`since`) come from the node's last [`crate::standalone::events::KEPT`]; the
 //! stream then follows new ones until `until`, the client leaves, or the node stops.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{Answer, DockerError, filters, param};
 use crate::Shared;
 use crate::api::query_pairs;
-use crate::apps::events::ContainerEvent;
+use crate::standalone::events::ContainerEvent;
 
 /// `1700000000` or `1700000000.5`: Unix seconds, as the CLI sends `--since`/`--until`.
 fn time_ns(pairs: &[(String, String)], key: &str) -> Answer<Option<u128>> {
@@ -95,7 +95,7 @@ pub(super) async fn events(
     }
     let since = time_ns(&pairs, "since")?;
     let until = time_ns(&pairs, "until")?;
-    let (kept, rx) = shared.apps.container_events.subscribe();
+    let (kept, rx) = shared.standalone.events.subscribe();
     let f = Arc::new(f);
     let past: Vec<String> = match since {
         Some(since) => kept

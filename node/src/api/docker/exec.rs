@@ -140,7 +140,7 @@ pub(super) async fn exec_start(
         exec.state = Some(state.clone());
         (exec.container.clone(), exec.spec.clone(), state)
     };
-    let mut outputs = match shared.apps.exec_container(&container, spec).await {
+    let mut outputs = match shared.standalone.exec_container(&container, spec).await {
         Ok(outputs) => outputs,
         Err(e) => {
             // It never ran: inspect says so (126, as Docker's for a command not run).

@@ -451,7 +451,11 @@ mod tests {
             json!({"message": "--privileged is not supported by skiff (HostConfig.Privileged): it runs no privileged containers"})
         );
         assert!(
-            node.shared.apps.list_containers(true).await.is_empty(),
+            node.shared
+                .standalone
+                .list_containers(true)
+                .await
+                .is_empty(),
             "nothing was made"
         );
     }

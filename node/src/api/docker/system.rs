@@ -63,7 +63,7 @@ pub(super) async fn version() -> Json<Value> {
 }
 
 pub(super) async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let containers = shared.apps.list_containers(true).await;
+    let containers = shared.standalone.list_containers(true).await;
     let running = containers.iter().filter(|c| c.state == "running").count();
     let store = shared.images.store().clone();
     let images = tokio::task::spawn_blocking(move || store.list().map(|l| l.len()))

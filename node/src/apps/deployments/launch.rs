@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::*;
-use crate::apps::LinuxEvent;
+use crate::apps::PodExit;
 use crate::apps::{Apps, LOG_LINES, Prepared, image_spec};
 use crate::clock::now_ms;
 use crate::container::Container;
@@ -272,7 +272,7 @@ impl Apps {
                         {
                             let exits = self.exits.clone();
                             move |instance, exit| {
-                                let _ = exits.send(LinuxEvent::PodExited {
+                                let _ = exits.send(PodExit {
                                     pod: name,
                                     instance,
                                     exit,

@@ -429,4 +429,55 @@ impl PodTable {
         });
         self.kick();
     }
+
+    /// A pod's container by name or id prefix, with its Deployment (for `ps`, `logs`).
+    pub(crate) fn pod_container(&self, key: &str) -> Option<(Arc<Container>, String)> {
+        let inner = self.lock();
+        inner.pods.values().find_map(|p| {
+            let c = match &p.state {
+                PodState::Running { container, .. } => container,
+                _ => return None,
+            };
+            (c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
+                .then(|| (c.clone(), p.deployment.to_string()))
+        })
+    }
+
+    /// Every running pod's container with its Deployment, image and limits (`ps`).
+    pub(crate) fn running_pods(&self) -> Vec<(Arc<Container>, String, Digest, skiff_spec::Limits)> {
+        let inner = self.lock();
+        inner
+            .pods
+            .values()
+            .filter_map(|p| match &p.state {
+                PodState::Running {
+                    container,
+                    image,
+                    limits,
+                    ..
+                } => Some((
+                    container.clone(),
+                    p.deployment.to_string(),
+                    *image,
+                    limits.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every pod's container (node shutdown drains them).
+    pub(crate) fn pod_containers(&self) -> Vec<Arc<Container>> {
+        let inner = self.lock();
+        inner
+            .pods
+            .values()
+            .filter_map(|p| match &p.state {
+                PodState::Running { container, .. } | PodState::Terminating { container, .. } => {
+                    Some(container.clone())
+                }
+                PodState::Waiting { .. } => None,
+            })
+            .collect()
+    }
 }

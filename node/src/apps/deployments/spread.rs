@@ -353,6 +353,7 @@ mod tests {
         View {
             me: "a".into(),
             nodes,
+            members: Default::default(),
             can_place: true,
         }
     }

@@ -1,11 +1,9 @@
 //! What the API reads of the reconciler's pods: Deployments and pods as Kubernetes
 //! objects, rollout history and progress, pod containers, the restore's progress.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_gateway::Endpoint as _;
-use skiff_spec::Digest;
 use skiff_spec::api::{ContainerStatus, RevisionInfo, RolloutHistory};
 use skiff_spec::k8s;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +11,6 @@ use tracing::info;
 
 use super::*;
 use crate::apps::Apps;
-use crate::container::Container;
 use crate::desired::StoredDeployment;
 use crate::error::AppError;
 
@@ -164,42 +161,6 @@ impl Apps {
             .collect()
     }
 
-    /// A pod's container by name or id prefix, with its Deployment (for `ps`, `logs`).
-    pub(crate) fn pod_container(&self, key: &str) -> Option<(Arc<Container>, String)> {
-        let inner = self.pods.lock();
-        inner.pods.values().find_map(|p| {
-            let c = match &p.state {
-                PodState::Running { container, .. } => container,
-                _ => return None,
-            };
-            (c.name == key || (key.len() >= 4 && c.id.starts_with(key)))
-                .then(|| (c.clone(), p.deployment.to_string()))
-        })
-    }
-
-    /// Every running pod's container with its Deployment, image and limits (`ps`).
-    pub(crate) fn running_pods(&self) -> Vec<(Arc<Container>, String, Digest, skiff_spec::Limits)> {
-        let inner = self.pods.lock();
-        inner
-            .pods
-            .values()
-            .filter_map(|p| match &p.state {
-                PodState::Running {
-                    container,
-                    image,
-                    limits,
-                    ..
-                } => Some((
-                    container.clone(),
-                    p.deployment.to_string(),
-                    *image,
-                    limits.clone(),
-                )),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// The pods restored so far: `(ready, total, settled)`, settled once the first pass
     /// has made every pod and each is ready or waiting after a failure.
     pub(crate) fn restore_progress(&self) -> (usize, usize, bool) {
@@ -260,20 +221,5 @@ impl Apps {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-    }
-
-    /// Every pod's container (node shutdown drains them).
-    pub(crate) fn pod_containers(&self) -> Vec<Arc<Container>> {
-        let inner = self.pods.lock();
-        inner
-            .pods
-            .values()
-            .filter_map(|p| match &p.state {
-                PodState::Running { container, .. } | PodState::Terminating { container, .. } => {
-                    Some(container.clone())
-                }
-                PodState::Waiting { .. } => None,
-            })
-            .collect()
     }
 }

@@ -17,17 +17,78 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::LinuxEvent;
-use super::{Apps, LOG_LINES};
+use crate::apps::PodTable;
 use crate::clock::now_ms;
 use crate::container::Container;
+use crate::desired::DesiredStore;
 use crate::error::AppError;
 use crate::ids::new_id;
-use crate::ingress::{self, Target};
-use crate::state::{ContainerRecord, OciOptions};
+use crate::images::Images;
+use crate::ingress::{self, Ingress, Target};
+use crate::launcher::Launcher;
+use crate::state::{ContainerRecord, OciOptions, StateStore};
+
+pub(crate) mod events;
+
+/// Lines of output kept per container.
+const LOG_LINES: usize = 2000;
+
+/// What happens to containers behind the API's back, handled by
+/// [`Standalone::run_exit_loop`].
+enum Event {
+    /// A Linux container's process ended.
+    Exited {
+        /// The container (record id).
+        id: String,
+        /// Which start of it (the Container object's id).
+        instance: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// A restart the policy asked for, after its back-off.
+    Restart {
+        /// The container (record id).
+        id: String,
+    },
+}
+
+/// What the containers' service works with.
+pub(crate) struct Settings {
+    pub(crate) images: Arc<Images>,
+    pub(crate) launcher: Arc<Launcher>,
+    pub(crate) ingress: Arc<Ingress>,
+    pub(crate) state: Arc<StateStore>,
+    /// Deployments and Services: their names are taken.
+    pub(crate) desired: Arc<DesiredStore>,
+    /// Pods, which the Docker API shows beside containers.
+    pub(crate) pods: Arc<PodTable>,
+    /// The node's shutdown: published-port listeners stop with it.
+    pub(crate) shutdown: CancellationToken,
+    /// How long stops wait for requests in flight.
+    pub(crate) drain: Duration,
+}
+
+/// `skiff run` (and `docker run`) containers: made, started, stopped, restarted by
+/// their policy, removed; their records survive node restarts.
+pub(crate) struct Standalone {
+    /// By id.
+    entries: tokio::sync::Mutex<HashMap<String, Entry>>,
+    /// What happened to them, for `docker events`.
+    pub(crate) events: events::ContainerEvents,
+    images: Arc<Images>,
+    launcher: Arc<Launcher>,
+    ingress: Arc<Ingress>,
+    state: Arc<StateStore>,
+    desired: Arc<DesiredStore>,
+    pods: Arc<PodTable>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    exits: tokio::sync::mpsc::UnboundedSender<Event>,
+    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
+}
 
 /// One `skiff run` container: its record and, while running, its container and ports.
-pub(super) struct Standalone {
+struct Entry {
     record: ContainerRecord,
     log: Arc<LogBook>,
     running: Option<Running>,
@@ -68,17 +129,99 @@ pub struct Attached {
     pub exit: watch::Receiver<Option<i32>>,
 }
 
-impl Apps {
+impl Standalone {
+    pub(crate) fn new(settings: Settings) -> Self {
+        let Settings {
+            images,
+            launcher,
+            ingress,
+            state,
+            desired,
+            pods,
+            shutdown,
+            drain,
+        } = settings;
+        let (exits, exit_rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            entries: tokio::sync::Mutex::default(),
+            events: events::ContainerEvents::default(),
+            images,
+            launcher,
+            ingress,
+            state,
+            desired,
+            pods,
+            shutdown,
+            drain,
+            exits,
+            exit_rx: std::sync::Mutex::new(Some(exit_rx)),
+        }
+    }
+
+    /// Handles Linux containers' exits and restarts until the node stops. Run once, by
+    /// the node.
+    pub(crate) async fn run_exit_loop(&self, shutdown: CancellationToken) {
+        let Some(mut rx) = self
+            .exit_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.on_exit(ev).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Whether a container is named `name`.
+    pub(crate) async fn has_name(&self, name: &str) -> bool {
+        self.entries.lock().await.values().any(|c| c.name() == name)
+    }
+
+    /// Every container's image and name.
+    pub(crate) async fn images_in_use(&self) -> Vec<(skiff_spec::Digest, String)> {
+        self.entries
+            .lock()
+            .await
+            .values()
+            .map(|c| (c.image(), c.name().to_string()))
+            .collect()
+    }
+
+    /// Collects `image` (and what only it refers to) if nothing holds it any more
+    /// (after a container that ran it was removed).
+    async fn collect_image(&self, image: skiff_spec::Digest) {
+        let _guard = self.images.exclusive().await;
+        self.images
+            .collect(
+                std::collections::BTreeSet::from([image]),
+                &self.desired,
+                async || {
+                    let mut in_use: std::collections::BTreeSet<skiff_spec::Digest> =
+                        self.pods.images().into_iter().map(|(d, _)| d).collect();
+                    in_use.extend(self.entries.lock().await.values().map(Entry::image));
+                    in_use
+                },
+            )
+            .await;
+    }
+
     /// Tells `wait`, `logs -f` and `docker events` that a container stopped.
-    fn ended(&self, entry: &Standalone) {
+    fn ended(&self, entry: &Entry) {
         entry.ended();
         let code = entry.record.exit_code.unwrap_or(0);
-        self.container_events
-            .record("die", &entry.record, Some(code));
+        self.events.record("die", &entry.record, Some(code));
     }
 }
 
-impl Standalone {
+impl Entry {
     fn new(record: ContainerRecord) -> Self {
         let exit = watch::Sender::new(record.exit_code.or(Some(0)));
         Self {
@@ -96,11 +239,11 @@ impl Standalone {
             .send_replace(Some(self.record.exit_code.unwrap_or(0)));
     }
 
-    pub(super) fn name(&self) -> &str {
+    fn name(&self) -> &str {
         self.record.spec.name.as_str()
     }
 
-    pub(super) fn image(&self) -> skiff_spec::Digest {
+    fn image(&self) -> skiff_spec::Digest {
         self.record.spec.image
     }
 }
@@ -132,7 +275,7 @@ fn generated_name(taken: impl Fn(&str) -> bool) -> String {
     }
 }
 
-impl Apps {
+impl Standalone {
     /// Creates and starts a container from an image (`docker run -d`); with `attach`,
     /// also its output from the first line on and its exit, taken before anything else
     /// (an exit, a `--rm`) can happen to it.
@@ -166,13 +309,13 @@ impl Apps {
         // it; holding the result keeps it in the runtime's cache for the start below.
         let _prepared = self.images.prepare(&summary).await?;
         let _guard = self.images.exclusive().await;
-        let mut standalone = self.standalone.lock().await;
+        let mut standalone = self.entries.lock().await;
         let taken = |n: &str| {
             self.desired.read(|s| s.state.deployments.contains_key(n))
                 || standalone
                     .values()
                     .any(|s| s.record.spec.name.as_str() == n)
-                || self.service_named(n)
+                || self.desired.read(|s| s.state.services.contains_key(n))
         };
         let name = match req.name {
             Some(n) => {
@@ -199,7 +342,7 @@ impl Apps {
             }
         }
         let memory_bytes = req.params.memory_bytes;
-        let mut spec = super::image_spec(req.params, &summary, name);
+        let mut spec = crate::apps::image_spec(req.params, &summary, name);
         match (req.entrypoint, req.args) {
             // As `docker run --entrypoint E IMAGE ARGS...`: the image's CMD goes too.
             (Some(entrypoint), args) => {
@@ -250,17 +393,17 @@ impl Apps {
             auto_remove: req.auto_remove,
             labels: req.labels,
         };
-        let mut entry = Standalone::new(record);
+        let mut entry = Entry::new(record);
         if start {
-            self.container_events.record("create", &entry.record, None);
+            self.events.record("create", &entry.record, None);
             if let Err(e) = self.start_entry(&mut entry).await {
                 // It never ran and is not kept.
-                self.container_events.record("destroy", &entry.record, None);
+                self.events.record("destroy", &entry.record, None);
                 return Err(e);
             }
         } else {
             self.persist(&entry.record).await?;
-            self.container_events.record("create", &entry.record, None);
+            self.events.record("create", &entry.record, None);
         }
         let info = self.info_of(&entry);
         // Still under the lock, which its exit must take: nothing is missed.
@@ -280,7 +423,7 @@ impl Apps {
     /// Starts a stopped (or new) container: prepares its image, binds its ports, routes
     /// its name, and persists that it runs. A port that cannot be bound fails the start
     /// and leaves the container stopped.
-    async fn start_entry(&self, entry: &mut Standalone) -> Result<(), AppError> {
+    async fn start_entry(&self, entry: &mut Entry) -> Result<(), AppError> {
         if entry.running.is_some() {
             return Ok(());
         }
@@ -299,7 +442,7 @@ impl Apps {
             );
         }
         let container = match &prepared {
-            super::Prepared::Oci { root } => self.start_oci(entry, &summary, root).await?,
+            crate::images::Prepared::Oci { root } => self.start_oci(entry, &summary, root).await?,
             other => {
                 let c =
                     self.launcher
@@ -337,14 +480,14 @@ impl Apps {
             listeners,
         });
         entry.exit.send_replace(None);
-        self.container_events.record("start", &entry.record, None);
+        self.events.record("start", &entry.record, None);
         Ok(())
     }
 
-    /// Starts a Linux container with runc; its exit comes back as [`LinuxEvent::Exited`].
+    /// Starts a Linux container with runc; its exit comes back as [`Event::Exited`].
     async fn start_oci(
         &self,
-        entry: &Standalone,
+        entry: &Entry,
         summary: &skiff_image::ImageSummary,
         root: &std::path::Path,
     ) -> Result<Arc<Container>, AppError> {
@@ -366,7 +509,7 @@ impl Apps {
                 {
                     let exits = self.exits.clone();
                     move |instance, exit| {
-                        let _ = exits.send(LinuxEvent::Exited { id, instance, exit });
+                        let _ = exits.send(Event::Exited { id, instance, exit });
                     }
                 },
             )
@@ -376,12 +519,11 @@ impl Apps {
     /// A Linux container's process ended by itself: record it and apply the restart
     /// policy, with Docker's back-off (100 ms doubling to 10 s while it keeps failing
     /// within 10 s of starting). Exits of containers being stopped are theirs to record.
-    pub(crate) async fn on_exit(&self, ev: LinuxEvent) {
+    async fn on_exit(&self, ev: Event) {
         let (id, instance, exit) = match ev {
-            LinuxEvent::Exited { id, instance, exit } => (id, instance, exit),
-            LinuxEvent::PodExited { .. } => return,
-            LinuxEvent::Restart { id } => {
-                let mut standalone = self.standalone.lock().await;
+            Event::Exited { id, instance, exit } => (id, instance, exit),
+            Event::Restart { id } => {
+                let mut standalone = self.entries.lock().await;
                 if let Some(entry) = standalone.get_mut(&id)
                     && entry.running.is_none()
                     && entry.record.restart != RestartPolicy::No
@@ -392,7 +534,7 @@ impl Apps {
                 return;
             }
         };
-        let mut standalone = self.standalone.lock().await;
+        let mut standalone = self.entries.lock().await;
         let Some(entry) = standalone.get_mut(&id) else {
             return;
         };
@@ -436,7 +578,7 @@ impl Apps {
             let events = self.exits.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = events.send(LinuxEvent::Restart { id });
+                let _ = events.send(Event::Restart { id });
             });
         }
     }
@@ -445,7 +587,7 @@ impl Apps {
     /// finish (up to `grace`), and records exit code 0.
     async fn stop_entry(
         &self,
-        entry: &mut Standalone,
+        entry: &mut Entry,
         grace: std::time::Duration,
     ) -> Result<(), AppError> {
         if let Some(running) = self.begin_stop(entry).await? {
@@ -461,7 +603,7 @@ impl Apps {
     /// The quick half of a stop, done under the lock: no new requests reach the container
     /// (route gone, ports closed) and the record says it exited. The caller drains the
     /// returned container, preferably after releasing the lock.
-    async fn begin_stop(&self, entry: &mut Standalone) -> Result<Option<Running>, AppError> {
+    async fn begin_stop(&self, entry: &mut Entry) -> Result<Option<Running>, AppError> {
         let Some(running) = entry.running.take() else {
             return Ok(None);
         };
@@ -484,7 +626,7 @@ impl Apps {
     }
 
     /// The id of the container named or id-prefixed by `key`.
-    fn find(standalone: &HashMap<String, Standalone>, key: &str) -> Result<String, AppError> {
+    fn find(standalone: &HashMap<String, Entry>, key: &str) -> Result<String, AppError> {
         if let Some(s) = standalone
             .values()
             .find(|s| s.record.spec.name.as_str() == key)
@@ -519,7 +661,7 @@ impl Apps {
         drop(standalone);
         if let Some(running) = running {
             let exit = running.finish(grace).await;
-            let mut standalone = self.standalone.lock().await;
+            let mut standalone = self.entries.lock().await;
             if let Some(entry) = standalone.get_mut(&id)
                 && entry.running.is_none()
             {
@@ -565,10 +707,10 @@ impl Apps {
         }
         self.delete_record(&id).await?;
         let entry = standalone.remove(&id).expect("found");
-        self.container_events.record("destroy", &entry.record, None);
+        self.events.record("destroy", &entry.record, None);
         info!(container = %entry.record.spec.name, "container removed");
         drop(standalone);
-        self.collect_images_now(entry.image()).await;
+        self.collect_image(entry.image()).await;
         Ok(())
     }
 
@@ -583,23 +725,19 @@ impl Apps {
     }
 
     /// `--rm`: removes a container that just stopped (its waiters were told its code).
-    async fn remove_entry(
-        &self,
-        mut standalone: MutexGuard<'_, HashMap<String, Standalone>>,
-        id: &str,
-    ) {
+    async fn remove_entry(&self, mut standalone: MutexGuard<'_, HashMap<String, Entry>>, id: &str) {
         if let Err(e) = self.delete_record(id).await {
             warn!(error = %e, "failed to remove a --rm container's record");
             return;
         }
         let image = standalone.remove(id).map(|entry| {
-            self.container_events.record("destroy", &entry.record, None);
+            self.events.record("destroy", &entry.record, None);
             info!(container = %entry.record.spec.name, "container removed (--rm)");
             entry.image()
         });
         drop(standalone);
         if let Some(image) = image {
-            self.collect_images_now(image).await;
+            self.collect_image(image).await;
         }
     }
 
@@ -645,7 +783,7 @@ impl Apps {
         key: &str,
         spec: skiff_runtime::oci::ExecSpec,
     ) -> Result<tokio::sync::mpsc::Receiver<skiff_runtime::oci::ExecOutput>, AppError> {
-        let standalone = self.standalone.lock().await;
+        let standalone = self.entries.lock().await;
         let container = match Self::find(&standalone, key) {
             Ok(id) => {
                 let entry = &standalone[&id];
@@ -661,7 +799,7 @@ impl Apps {
             }
             Err(e) => {
                 drop(standalone);
-                self.pod_container(key).map(|(c, _)| c).ok_or(e)?
+                self.pods.pod_container(key).map(|(c, _)| c).ok_or(e)?
             }
         };
         let Some(process) = container.workload().oci_process() else {
@@ -682,9 +820,9 @@ impl Apps {
         })
     }
 
-    /// A receiver of the container's exit (see [`Standalone::exit`]), if `key` is one.
+    /// A receiver of the container's exit (see [`Entry::exit`]), if `key` is one.
     pub async fn container_exit(&self, key: &str) -> Option<watch::Receiver<Option<i32>>> {
-        let standalone = self.standalone.lock().await;
+        let standalone = self.entries.lock().await;
         Self::find(&standalone, key)
             .ok()
             .map(|id| standalone[&id].exit.subscribe())
@@ -696,14 +834,14 @@ impl Apps {
     async fn locate(
         &self,
         key: &str,
-    ) -> Result<(MutexGuard<'_, HashMap<String, Standalone>>, String), AppError> {
-        let standalone = self.standalone.lock().await;
+    ) -> Result<(MutexGuard<'_, HashMap<String, Entry>>, String), AppError> {
+        let standalone = self.entries.lock().await;
         let not_found = match Self::find(&standalone, key) {
             Ok(id) => return Ok((standalone, id)),
             Err(e) => e,
         };
         drop(standalone);
-        let owner = self.pod_container(key);
+        let owner = self.pods.pod_container(key);
         Err(owner.map_or(not_found, |(container, app)| {
             AppError::conflict(format!(
                 "container {} belongs to deployment {app}; change or remove the deployment instead",
@@ -714,27 +852,28 @@ impl Apps {
 
     /// The log book of a container.
     pub async fn container_log(&self, key: &str) -> Result<Arc<LogBook>, AppError> {
-        let standalone = self.standalone.lock().await;
+        let standalone = self.entries.lock().await;
         if let Ok(id) = Self::find(&standalone, key) {
             return Ok(standalone[&id].log.clone());
         }
         drop(standalone);
         // A pod's output is in its deployment's log.
-        self.pod_container(key)
+        self.pods
+            .pod_container(key)
             .and_then(|(_, deployment)| self.pods.log(&deployment))
             .ok_or_else(|| AppError::not_found(format!("no such container: {key}")))
     }
 
     /// `docker ps [-a]`: standalone containers and the replicas of deployments.
     pub async fn list_containers(&self, all: bool) -> Vec<ContainerInfo> {
-        let standalone = self.standalone.lock().await;
+        let standalone = self.entries.lock().await;
         let mut out: Vec<ContainerInfo> = standalone
             .values()
             .filter(|s| all || s.running.is_some())
             .map(|s| self.info_of(s))
             .collect();
         drop(standalone);
-        for (c, deployment, image, limits) in self.running_pods() {
+        for (c, deployment, image, limits) in self.pods.running_pods() {
             let (ip_address, sandbox_key) = crate::launcher::network(&c);
             let app = self
                 .desired
@@ -792,7 +931,7 @@ impl Apps {
     /// this node) uses now. Static sites are listed with their requests untracked.
     pub async fn container_stats(&self) -> Vec<skiff_spec::api::ContainerStats> {
         let mut containers: Vec<(Arc<Container>, Option<u64>)> = {
-            let standalone = self.standalone.lock().await;
+            let standalone = self.entries.lock().await;
             standalone
                 .values()
                 .filter_map(|s| {
@@ -801,7 +940,7 @@ impl Apps {
                 })
                 .collect()
         };
-        containers.extend(self.pod_containers().into_iter().map(|c| (c, None)));
+        containers.extend(self.pods.pod_containers().into_iter().map(|c| (c, None)));
         let machine = skiff_runtime::machine_memory();
         let mut out = Vec::new();
         for (c, oci_limit) in containers {
@@ -854,7 +993,7 @@ impl Apps {
             .ok_or_else(|| AppError::not_found(format!("no such container: {key}")))
     }
 
-    fn info_of(&self, s: &Standalone) -> ContainerInfo {
+    fn info_of(&self, s: &Entry) -> ContainerInfo {
         let r = &s.record;
         let state = match (s.running.is_some(), r.started_ms) {
             (true, _) => "running",
@@ -899,10 +1038,10 @@ impl Apps {
     /// Brings back `skiff run` containers after a node start, per restart policy: a
     /// container that was running when the node died (not stopped) counts as exited
     /// with 255.
-    pub(super) async fn restore_standalone(&self) -> anyhow::Result<()> {
+    pub(crate) async fn restore(&self) -> anyhow::Result<()> {
         let state = self.state.clone();
         let records = tokio::task::spawn_blocking(move || state.containers()).await??;
-        let mut standalone = self.standalone.lock().await;
+        let mut standalone = self.entries.lock().await;
         for mut record in records {
             // (A killed node's Linux containers were removed by `restore`.)
             let crashed = record.running;
@@ -924,7 +1063,7 @@ impl Apps {
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 continue;
             }
-            let mut entry = Standalone::new(record);
+            let mut entry = Entry::new(record);
             if start {
                 if let Err(e) = self.start_entry(&mut entry).await {
                     warn!(container = %entry.record.spec.name, error = %e, "container could not be restarted");
@@ -942,8 +1081,8 @@ impl Apps {
     /// Node shutdown: stop every container at once (each gets the whole grace, so a
     /// shutdown takes one grace period however many ignore SIGTERM), recording how
     /// each exited.
-    pub(super) async fn stop_all_standalone(&self) {
-        let mut standalone = self.standalone.lock().await;
+    pub(crate) async fn stop_all(&self) {
+        let mut standalone = self.entries.lock().await;
         let mut stopping = Vec::new();
         for (id, entry) in standalone.iter_mut() {
             match self.begin_stop(entry).await {
