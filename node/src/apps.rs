@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_image::oci::{Descriptor, RunConfig};
-use skiff_image::{ImageError, ImageName, ImageSummary, Runnable, StagedBlob, detect_kind};
+use skiff_image::{ImageError, ImageName, StagedBlob, detect_kind};
 use skiff_runtime::LogBook;
 use skiff_spec::api::AppStatus;
-use skiff_spec::{AppKind, AppName, AppSpec, DeployParams, Digest, parse_bytes, parse_duration};
+use skiff_spec::{AppName, DeployParams, Digest};
 use tokio_util::sync::CancellationToken;
 
 mod deploy;
@@ -49,56 +49,6 @@ pub(crate) struct PodExit {
 
 /// Lines of output kept per app.
 const LOG_LINES: usize = 2000;
-
-/// Deploy parameters, with what the image itself says (env, `dev.skiff.*` limit labels)
-/// filling what the deploy left open.
-fn with_image_defaults(mut params: DeployParams, run: &RunConfig) -> DeployParams {
-    let mut env: Vec<(String, String)> = run
-        .env
-        .iter()
-        .filter_map(|e| e.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.retain(|(k, _)| !params.env.iter().any(|(pk, _)| pk == k));
-    env.append(&mut params.env);
-    params.env = env;
-    let label = |k: &str| run.labels.get(k).map(String::as_str);
-    if params.memory_bytes.is_none() {
-        params.memory_bytes = label("dev.skiff.memory").and_then(|m| parse_bytes(m).ok());
-    }
-    if params.timeout.is_none() {
-        params.timeout = label("dev.skiff.timeout").and_then(|t| parse_duration(t).ok());
-    }
-    if params.concurrency.is_none() {
-        params.concurrency = label("dev.skiff.concurrency").and_then(|c| c.parse().ok());
-    }
-    params
-}
-
-/// The spec of an app or container running `summary` under `name`: the deploy's
-/// parameters, the image's defaults for what they leave open, the image's routes.
-pub(crate) fn image_spec(params: DeployParams, summary: &ImageSummary, name: AppName) -> AppSpec {
-    let kind = match &summary.runnable {
-        Runnable::Wasm { kind, .. } => *kind,
-        Runnable::Static { .. } => AppKind::Static,
-        Runnable::Oci { .. } => AppKind::Oci,
-    };
-    let mut spec = with_image_defaults(params, &summary.run).into_spec(name, summary.digest, kind);
-    spec.routes = summary
-        .run
-        .labels
-        .get(skiff_image::build::ROUTES_LABEL)
-        .map(|r| r.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
-    spec.args = summary
-        .run
-        .entrypoint
-        .iter()
-        .chain(&summary.run.cmd)
-        .cloned()
-        .collect();
-    spec
-}
 
 /// Where and how the supervisor works.
 pub(crate) struct Settings {

@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::apps::PodTable;
 use crate::clock::now_ms;
 use crate::container::Container;
 use crate::desired::DesiredStore;
@@ -52,6 +51,28 @@ enum Event {
     },
 }
 
+/// What the Docker API shows of Deployments' pods beside containers, and what they
+/// hold: the reconciler's pod table answers.
+pub(crate) trait Pods: Send + Sync {
+    /// The running pod named (or id-prefixed, 4+ digits) `key`, and its Deployment.
+    fn pod_container(&self, key: &str) -> Option<(Arc<Container>, String)>;
+    /// Every running pod: its container, Deployment, image and limits.
+    fn running_pods(
+        &self,
+    ) -> Vec<(
+        Arc<Container>,
+        String,
+        skiff_spec::Digest,
+        skiff_spec::Limits,
+    )>;
+    /// Every pod with a container (running or terminating).
+    fn pod_containers(&self) -> Vec<Arc<Container>>;
+    /// Deployment `deployment`'s log book.
+    fn log(&self, deployment: &str) -> Option<Arc<LogBook>>;
+    /// The images pods run, with the pods' names.
+    fn images(&self) -> Vec<(skiff_spec::Digest, String)>;
+}
+
 /// What the containers' service works with.
 pub(crate) struct Settings {
     pub(crate) images: Arc<Images>,
@@ -61,7 +82,7 @@ pub(crate) struct Settings {
     /// Deployments and Services: their names are taken.
     pub(crate) desired: Arc<DesiredStore>,
     /// Pods, which the Docker API shows beside containers.
-    pub(crate) pods: Arc<PodTable>,
+    pub(crate) pods: Arc<dyn Pods>,
     /// The node's shutdown: published-port listeners stop with it.
     pub(crate) shutdown: CancellationToken,
     /// How long stops wait for requests in flight.
@@ -80,7 +101,7 @@ pub(crate) struct Standalone {
     ingress: Arc<Ingress>,
     state: Arc<StateStore>,
     desired: Arc<DesiredStore>,
-    pods: Arc<PodTable>,
+    pods: Arc<dyn Pods>,
     shutdown: CancellationToken,
     drain: Duration,
     exits: tokio::sync::mpsc::UnboundedSender<Event>,
@@ -342,7 +363,7 @@ impl Standalone {
             }
         }
         let memory_bytes = req.params.memory_bytes;
-        let mut spec = crate::apps::image_spec(req.params, &summary, name);
+        let mut spec = crate::images::image_spec(req.params, &summary, name);
         match (req.entrypoint, req.args) {
             // As `docker run --entrypoint E IMAGE ARGS...`: the image's CMD goes too.
             (Some(entrypoint), args) => {

@@ -21,9 +21,10 @@ use skiff_spec::manifest::{Object, validate_deployment, validate_service};
 use skiff_spec::{AppKind, AppName, DeployParams, Digest};
 use tracing::info;
 
-use super::{Apps, image_spec};
+use super::Apps;
 use crate::desired::{Applied, Command};
 use crate::error::AppError;
+use crate::images::image_spec;
 use crate::state::AppRecord;
 
 /// The label that selects an app's pods.

@@ -15,10 +15,11 @@ use tracing::{info, warn};
 
 use super::*;
 use crate::apps::PodExit;
-use crate::apps::{Apps, LOG_LINES, Prepared, image_spec};
+use crate::apps::{Apps, LOG_LINES, Prepared};
 use crate::clock::now_ms;
 use crate::container::Container;
 use crate::error::AppError;
+use crate::images::image_spec;
 use crate::launcher::{self, LinuxStart};
 use crate::state::OciOptions;
 

@@ -481,3 +481,25 @@ impl PodTable {
             .collect()
     }
 }
+
+impl crate::standalone::Pods for PodTable {
+    fn pod_container(&self, key: &str) -> Option<(Arc<Container>, String)> {
+        PodTable::pod_container(self, key)
+    }
+
+    fn running_pods(&self) -> Vec<(Arc<Container>, String, Digest, skiff_spec::Limits)> {
+        PodTable::running_pods(self)
+    }
+
+    fn pod_containers(&self) -> Vec<Arc<Container>> {
+        PodTable::pod_containers(self)
+    }
+
+    fn log(&self, deployment: &str) -> Option<Arc<LogBook>> {
+        PodTable::log(self, deployment)
+    }
+
+    fn images(&self) -> Vec<(Digest, String)> {
+        PodTable::images(self)
+    }
+}
