@@ -20,7 +20,10 @@
 
 mod discovery;
 mod journal;
+mod select;
 mod table;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +45,7 @@ use skiff_spec::manifest::{self, Object};
 use skiff_spec::patch::{self, PatchKind};
 
 pub(crate) use journal::Journal;
+use select::Filter;
 
 use super::ApiError;
 use crate::Shared;
@@ -398,141 +402,6 @@ fn namespace(ns: &str) -> Result<(), ApiError> {
 
 fn not_found(res: &Resource, name: &str) -> ApiError {
     ApiError::not_found(format!("{} {name:?} not found", res.qualified()))
-}
-
-/// One requirement of an equality-based label selector.
-#[derive(Debug, PartialEq, Eq)]
-enum Requirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    Absent(String),
-}
-
-/// Parses `app=web,tier!=db,canary,!legacy` (kubectl's `-l`; `--field-selector` takes
-/// the same shape without the bare forms).
-fn selector(text: &str, what: &str) -> Result<Vec<Requirement>, ApiError> {
-    let bad = |part: &str| {
-        ApiError::bad_request(
-            "invalid_selector",
-            format!("{what}: {part:?} is not key, !key, key=value or key!=value"),
-        )
-    };
-    let key_ok = |k: &str| {
-        !k.is_empty()
-            && k.len() <= 253
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-    };
-    let mut out = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let r = if let Some((k, v)) = part.split_once("!=") {
-            Requirement::NotEquals(k.trim().into(), v.trim().into())
-        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-            Requirement::Equals(k.trim().into(), v.trim().into())
-        } else if let Some(k) = part.strip_prefix('!') {
-            Requirement::Absent(k.trim().into())
-        } else {
-            Requirement::Exists(part.into())
-        };
-        let key = match &r {
-            Requirement::Equals(k, _)
-            | Requirement::NotEquals(k, _)
-            | Requirement::Exists(k)
-            | Requirement::Absent(k) => k,
-        };
-        if !key_ok(key) {
-            return Err(bad(part));
-        }
-        out.push(r);
-    }
-    Ok(out)
-}
-
-fn matches(reqs: &[Requirement], get: impl Fn(&str) -> Option<String>) -> bool {
-    reqs.iter().all(|r| match r {
-        Requirement::Equals(k, v) => get(k).as_ref() == Some(v),
-        Requirement::NotEquals(k, v) => get(k).as_ref() != Some(v),
-        Requirement::Exists(k) => get(k).is_some(),
-        Requirement::Absent(k) => get(k).is_none(),
-    })
-}
-
-/// The fields a field selector may name, beyond `metadata.name` and
-/// `metadata.namespace`.
-fn selectable(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Pod => &["spec.nodeName", "status.phase"],
-        Kind::Node => &["spec.unschedulable"],
-        Kind::Event => &[
-            "involvedObject.kind",
-            "involvedObject.name",
-            "involvedObject.namespace",
-            "involvedObject.uid",
-            "reason",
-            "type",
-        ],
-        Kind::Namespace => &["status.phase"],
-        _ => &[],
-    }
-}
-
-/// The value at a dotted path, as a field selector compares it.
-fn field(object: &Value, path: &str) -> String {
-    let mut v = object;
-    for part in path.split('.') {
-        v = &v[part];
-    }
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::Null if path == "spec.unschedulable" => "false".into(),
-        _ => String::new(),
-    }
-}
-
-/// Label and field selectors of a request, checked.
-struct Filter {
-    labels: Vec<Requirement>,
-    fields: Vec<Requirement>,
-}
-
-impl Filter {
-    fn new(kind: Kind, p: &Params) -> Result<Self, ApiError> {
-        let labels = selector(p.label_selector.as_deref().unwrap_or(""), "labelSelector")?;
-        let fields = selector(p.field_selector.as_deref().unwrap_or(""), "fieldSelector")?;
-        for r in &fields {
-            let (Requirement::Equals(k, _) | Requirement::NotEquals(k, _)) = r else {
-                return Err(ApiError::bad_request(
-                    "invalid_selector",
-                    "fieldSelector: only key=value and key!=value",
-                ));
-            };
-            if !(k == "metadata.name"
-                || k == "metadata.namespace"
-                || selectable(kind).contains(&k.as_str()))
-            {
-                return Err(ApiError::bad_request(
-                    "invalid_selector",
-                    format!(
-                        "field label not supported: {k} (metadata.name, metadata.namespace{})",
-                        selectable(kind)
-                            .iter()
-                            .map(|f| format!(", {f}"))
-                            .collect::<String>()
-                    ),
-                ));
-            }
-        }
-        Ok(Self { labels, fields })
-    }
-
-    fn admits(&self, object: &Value) -> bool {
-        let labels = &object["metadata"]["labels"];
-        matches(&self.labels, |k| labels[k].as_str().map(String::from))
-            && matches(&self.fields, |k| Some(field(object, k)))
-    }
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -1502,95 +1371,12 @@ async fn history(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use axum::body::Body;
     use http::{Request, StatusCode};
-    use http_body_util::BodyExt as _;
     use serde_json::{Value, json};
 
+    use super::testing::{call, eventually, get, post, send, watch_lines, watch_until};
     use super::*;
-
-    #[test]
-    fn label_selectors_as_kubectl_writes_them() {
-        let labels: BTreeMap<String, String> = [
-            ("app".to_string(), "web".to_string()),
-            ("tier".into(), "front".into()),
-        ]
-        .into();
-        let sel = |s: &str| {
-            matches(&selector(s, "labelSelector").unwrap(), |k| {
-                labels.get(k).cloned()
-            })
-        };
-        assert!(sel(""));
-        assert!(sel("app=web"));
-        assert!(sel("app==web,tier"));
-        assert!(sel("app!=db,!canary"));
-        assert!(!sel("app=db"));
-        assert!(!sel("tier!=front"));
-        assert!(!sel("canary"));
-        assert!(!sel("!app"));
-        assert!(selector("a b=c", "labelSelector").is_err());
-        assert!(selector("=x", "labelSelector").is_err());
-    }
-
-    /// Sends one request through the API's router (no socket), with the token.
-    async fn call(
-        router: &axum::Router,
-        token: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let (status, _, value) = answer(router, req).await;
-        (status, value)
-    }
-
-    /// Sends a request through the router; its status, headers and JSON body (null
-    /// when it is not JSON).
-    async fn answer(
-        router: &axum::Router,
-        req: Request<Body>,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        let resp = tower::ServiceExt::oneshot(router.clone(), req)
-            .await
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    /// Polls `check` until it gives a value; panics after 10 s.
-    async fn eventually<T, F, Fut>(mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
 
     const MANIFEST: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {tier: front}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: 'nope:v1', colour: blue}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
 
@@ -1768,91 +1554,6 @@ mod tests {
             .await;
         node.shutdown_token().cancel();
         node.wait().await.unwrap();
-    }
-
-    /// One request with headers; the status, headers and body.
-    async fn send(
-        router: &axum::Router,
-        token: &str,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        answer(router, req).await
-    }
-
-    /// A POST of `body` with the token.
-    async fn post(
-        router: &axum::Router,
-        token: &str,
-        path: &str,
-        body: Value,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        send(router, token, "POST", path, &[], Some(body)).await
-    }
-
-    /// A GET with the token.
-    async fn get(
-        router: &axum::Router,
-        token: &str,
-        path: &str,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        send(router, token, "GET", path, &[], None).await
-    }
-
-    /// The first `n` lines of a watch.
-    /// Watch events from `path` until `done` holds of those read (within 10 s).
-    async fn watch_until(
-        router: &axum::Router,
-        token: &str,
-        path: &str,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let req = Request::builder()
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        let resp = tower::ServiceExt::oneshot(router.clone(), req)
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut body = resp.into_body();
-        let mut text = String::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let events: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            if done(&events) {
-                return events;
-            }
-            let frame = tokio::time::timeout_at(deadline, body.frame())
-                .await
-                .unwrap_or_else(|_| panic!("watch events not in 10 s: {events:?}"))
-                .expect("the watch goes on")
-                .unwrap();
-            if let Ok(data) = frame.into_data() {
-                text.push_str(std::str::from_utf8(&data).unwrap());
-            }
-        }
-    }
-
-    /// At least `n` watch events from `path`.
-    async fn watch_lines(router: &axum::Router, token: &str, path: &str, n: usize) -> Vec<Value> {
-        watch_until(router, token, path, |events| events.len() >= n).await
     }
 
     fn deployment_json(image: &str) -> Value {
