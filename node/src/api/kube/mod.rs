@@ -18,6 +18,7 @@
 //! manifest files, read on the node, all or nothing) and
 //! `/v1/deployments/{name}/image|rollback|history`.
 
+mod defaults;
 mod discovery;
 mod journal;
 mod select;
@@ -464,39 +465,19 @@ fn value(object: impl serde::Serialize) -> Value {
     serde_json::to_value(object).expect("objects serialize")
 }
 
-/// A Deployment as served: with its status, current revision, and the strategy
-/// Kubernetes defaults (the pod template is left as stored: a default added there
-/// would make an undo's template a new revision).
+/// A Deployment as stored, with its status and current revision (Kubernetes' defaults
+/// are added when it is served, see [`defaults`]).
 fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
     let mut v = value(shared.apps.deployment_object(d));
     v["metadata"]["namespace"] = json!("default");
     v["metadata"]["annotations"][REVISION] = json!(d.current().number.to_string());
-    let strategy = &mut v["spec"]["strategy"];
-    if strategy["type"].is_null() {
-        strategy["type"] = json!("RollingUpdate");
-    }
-    if strategy["type"] == "RollingUpdate" {
-        for field in ["maxSurge", "maxUnavailable"] {
-            if strategy["rollingUpdate"][field].is_null() {
-                strategy["rollingUpdate"][field] = json!("25%");
-            }
-        }
-    }
     v
 }
 
-/// A Service as served: ports with the protocol and target port Kubernetes defaults.
+/// A Service as stored.
 fn service_value(s: k8s::Service) -> Value {
     let mut v = value(s);
     v["metadata"]["namespace"] = json!("default");
-    for port in v["spec"]["ports"].as_array_mut().into_iter().flatten() {
-        if port["protocol"].is_null() {
-            port["protocol"] = json!("TCP");
-        }
-        if port["targetPort"].is_null() {
-            port["targetPort"] = port["port"].clone();
-        }
-    }
     v
 }
 
@@ -658,6 +639,9 @@ async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
     for v in &mut out {
         v["apiVersion"] = json!(resource_of(kind).api_version());
         v["kind"] = json!(resource_of(kind).kind_name);
+        if let Some(fill) = defaults::of(kind) {
+            fill(v);
+        }
     }
     out.sort_by(|a, b| {
         a["metadata"]["name"]
@@ -1021,6 +1005,9 @@ async fn write(
             Object::Service(s) => value(s),
         };
         v["metadata"]["namespace"] = json!("default");
+        if let Some(fill) = defaults::of(res.kind) {
+            fill(&mut v);
+        }
         return Ok(v);
     }
     shared.apps.apply_object(object).await?;
@@ -1055,9 +1042,54 @@ async fn update(
             res.qualified()
         )));
     }
+    let mut object = object;
+    unfill(shared, res.kind, name, &mut object);
     let (object, warnings) = checked_object(res, Some(name), object).await?;
     let written = write(shared, res, name, object, p).await?;
     Ok(warn(Json(written).into_response(), &warnings))
+}
+
+/// Takes the defaults an object was served with out of it as it comes back (see
+/// [`defaults::unfill`]). A Deployment whose template is one of its revisions' as
+/// served (`rollout undo` sends a ReplicaSet's) gets that revision's template exactly,
+/// so it is that revision again.
+fn unfill(shared: &Shared, kind: Kind, name: &str, object: &mut Value) {
+    let Some(fill) = defaults::of(kind) else {
+        return;
+    };
+    let stored = match kind {
+        Kind::Deployment => shared
+            .apps
+            .stored_deployments()
+            .into_iter()
+            .find(|d| d.object.metadata.name == name)
+            .map(|d| {
+                let template = object["spec"]["template"].clone();
+                let revision = d.revisions.iter().rev().find_map(|r| {
+                    let raw = value(&r.template);
+                    let mut shown = json!({"spec": {"template": raw.clone()}});
+                    defaults::replica_set(&mut shown);
+                    (shown["spec"]["template"] == template).then_some(raw)
+                });
+                (deployment_value(shared, &d), revision)
+            }),
+        Kind::Service => shared
+            .apps
+            .services()
+            .into_iter()
+            .find(|s| s.metadata.name == name)
+            .map(|s| (service_value(s), None)),
+        _ => None,
+    };
+    let Some((stored, revision)) = stored else {
+        return;
+    };
+    defaults::unfill(object, &stored, fill);
+    if let Some(template) = revision
+        && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("template".into(), template);
+    }
 }
 
 fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
