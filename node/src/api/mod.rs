@@ -269,6 +269,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        // Public, as the API server makes them.
+        .merge(kube::health::routes())
         // Asked by a node that has no admin token: it proves the join secret instead.
         .route(
             "/v1/cluster/join/challenge",
@@ -416,7 +418,11 @@ async fn api_ca(State(shared): State<Arc<Shared>>) -> Response {
 /// waits for disk space); then how far
 /// the start has brought the pods back (`restoring: 40 of 10000 pods ready`, then
 /// `restored: pods back in 2100 ms`). The node serves while it restores.
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+/// With `?verbose` (or `exclude`), the API server's answer (see `kube::health`).
+async fn healthz(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    if kube::health::wants_checks(query.as_deref()) {
+        return kube::health::answer(&shared, "healthz", query);
+    }
     let restore = shared.apps.restore_line();
     // Raft's storage first: it names the data dir whose disk is full.
     match shared

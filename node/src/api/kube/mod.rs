@@ -20,6 +20,7 @@
 
 mod defaults;
 mod discovery;
+pub(super) mod health;
 mod journal;
 mod select;
 mod table;
