@@ -288,6 +288,7 @@ struct Params {
     limit: Option<usize>,
     continue_: Option<String>,
     dry_run: bool,
+    include_object: table::Include,
 }
 
 fn params(query: Option<String>) -> Result<Params, ApiError> {
@@ -315,6 +316,10 @@ fn params(query: Option<String>) -> Result<Params, ApiError> {
             }
             "continue" => p.continue_ = Some(v).filter(|v| !v.is_empty()),
             "dryRun" => p.dry_run = !v.is_empty(),
+            "includeObject" => {
+                p.include_object =
+                    table::Include::parse(&v).map_err(|e| ApiError::bad_request("invalid", e))?;
+            }
             // Read and ignored, as a server without these features ignores them.
             _ => {}
         }
@@ -347,7 +352,8 @@ async fn dispatch(
         _ => {}
     }
     let p = params(query)?;
-    let table = table::wanted(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let table = table::wanted(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+        .then_some(p.include_object);
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -358,8 +364,8 @@ async fn dispatch(
         (Method::POST, None, None) => create(shared, res, &p, &body).await,
         (Method::GET, Some(name), None | Some("status")) => {
             let object = get_object(shared, res, &name).await?;
-            Ok(if table {
-                Json(table::table(res.kind, &[object], "", None)).into_response()
+            Ok(if let Some(include) = table {
+                Json(table::table(res.kind, &[object], include, "", None)).into_response()
             } else {
                 Json(object).into_response()
             })
@@ -672,7 +678,7 @@ async fn list(
     shared: &Shared,
     res: &Resource,
     p: &Params,
-    table: bool,
+    table: Option<table::Include>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::new(res.kind, p)?;
     let (all, version) = objects(shared, res.kind).await;
@@ -702,10 +708,11 @@ async fn list(
             .and_then(|o| o["metadata"]["name"].as_str())
             .map(super::continue_token);
     }
-    if table {
+    if let Some(include) = table {
         return Ok(Json(table::table(
             res.kind,
             &items,
+            include,
             &version.to_string(),
             next.as_deref(),
         ))
@@ -738,12 +745,12 @@ impl Drop for WatchSlot {
 }
 
 /// One watch event as a line.
-fn event_line(change: &str, kind: Kind, object: &Value, table: bool) -> Bytes {
-    let object = if table {
+fn event_line(change: &str, kind: Kind, object: &Value, table: Option<table::Include>) -> Bytes {
+    let object = if let Some(include) = table {
         let version = object["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or_default();
-        table::table(kind, std::slice::from_ref(object), version, None)
+        table::table(kind, std::slice::from_ref(object), include, version, None)
     } else {
         object.clone()
     };
@@ -760,7 +767,7 @@ async fn watch(
     shared: Arc<Shared>,
     res: &'static Resource,
     p: Params,
-    table: bool,
+    table: Option<table::Include>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::new(res.kind, &p)?;
     let from = match p.resource_version.as_deref() {

@@ -16,6 +16,31 @@ pub(super) fn wanted(accept: Option<&str>) -> bool {
     })
 }
 
+/// What a row carries of its object (`?includeObject=`): its metadata as a
+/// `PartialObjectMetadata` (the default), the whole object (`kubectl get --sort-by`
+/// sorts rows by its fields), or nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Include {
+    #[default]
+    Metadata,
+    Object,
+    NoObject,
+}
+
+impl Include {
+    /// `Metadata`, `Object` or `None`, as the API server takes them.
+    pub(super) fn parse(v: &str) -> Result<Self, String> {
+        match v {
+            "" | "Metadata" => Ok(Include::Metadata),
+            "Object" => Ok(Include::Object),
+            "None" => Ok(Include::NoObject),
+            other => Err(format!(
+                "includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\""
+            )),
+        }
+    }
+}
+
 /// (name, type, priority, description)
 type Column = (&'static str, &'static str, u8, &'static str);
 
@@ -313,6 +338,7 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
 pub(super) fn table(
     kind: Kind,
     objects: &[Value],
+    include: Include,
     version: &str,
     continue_: Option<&str>,
 ) -> Value {
@@ -331,14 +357,16 @@ pub(super) fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            json!({
-                "cells": cells(kind, o),
-                "object": {
+            let object = match include {
+                Include::Metadata => json!({
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
                     "metadata": o["metadata"],
-                },
-            })
+                }),
+                Include::Object => o.clone(),
+                Include::NoObject => Value::Null,
+            };
+            json!({"cells": cells(kind, o), "object": object})
         })
         .collect();
     let mut metadata = json!({"resourceVersion": version});
@@ -370,7 +398,13 @@ mod tests {
             Kind::Namespace,
         ];
         for kind in kinds {
-            let t = table(kind, &[json!({"metadata": {"name": "x"}})], "1", None);
+            let t = table(
+                kind,
+                &[json!({"metadata": {"name": "x"}})],
+                Include::Metadata,
+                "1",
+                None,
+            );
             assert_eq!(
                 t["rows"][0]["cells"].as_array().unwrap().len(),
                 t["columnDefinitions"].as_array().unwrap().len(),
@@ -381,7 +415,13 @@ mod tests {
             "spec": {"containers": [{"name": "a"}], "nodeName": "n1"},
             "status": {"phase": "Pending", "containerStatuses": [
                 {"ready": false, "restartCount": 2, "state": {"waiting": {"reason": "ContainerCreating"}}}]}});
-        let t = table(Kind::Pod, &[pod], "1", None);
+        let t = table(
+            Kind::Pod,
+            std::slice::from_ref(&pod),
+            Include::Metadata,
+            "1",
+            None,
+        );
         assert_eq!(
             t["rows"][0]["cells"],
             json!([
@@ -401,5 +441,34 @@ mod tests {
         )));
         assert!(!wanted(Some("application/json")));
         assert!(!wanted(None));
+    }
+
+    #[test]
+    fn rows_carry_metadata_the_whole_object_or_nothing_as_asked() {
+        let event =
+            json!({"metadata": {"name": "e", "uid": "u"}, "lastTimestamp": "2000-01-01T00:00:00Z"});
+        let object = |include| {
+            table(
+                Kind::Event,
+                std::slice::from_ref(&event),
+                include,
+                "1",
+                None,
+            )["rows"][0]["object"]
+                .clone()
+        };
+        assert_eq!(
+            object(Include::parse("").unwrap()),
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                   "metadata": {"name": "e", "uid": "u"}})
+        );
+        // kubectl get --sort-by=.lastTimestamp sorts by the object's own fields.
+        assert_eq!(object(Include::parse("Object").unwrap()), event);
+        assert!(object(Include::parse("None").unwrap()).is_null());
+        let e = Include::parse("Everything").unwrap_err();
+        assert!(
+            e.contains("includeObject: Unsupported value: \"Everything\""),
+            "{e}"
+        );
     }
 }
