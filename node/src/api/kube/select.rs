@@ -64,17 +64,34 @@ fn matches(reqs: &[Requirement], get: impl Fn(&str) -> Option<String>) -> bool {
 }
 
 /// The fields a field selector may name, beyond `metadata.name` and
-/// `metadata.namespace`.
+/// `metadata.namespace`: those the API server's registry gives each kind (kubectl's
+/// own verbs send them: `events --for` the involved object's apiVersion, `drain` a
+/// pod's node).
 fn selectable(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::Pod => &["spec.nodeName", "status.phase"],
+        Kind::Pod => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        Kind::ReplicaSet => &["status.replicas"],
         Kind::Node => &["spec.unschedulable"],
         Kind::Event => &[
             "involvedObject.kind",
             "involvedObject.name",
             "involvedObject.namespace",
             "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
             "reason",
+            "reportingComponent",
+            "source",
             "type",
         ],
         Kind::Namespace => &["status.phase"],
@@ -82,8 +99,17 @@ fn selectable(kind: Kind) -> &'static [&'static str] {
     }
 }
 
-/// The value at a dotted path, as a field selector compares it.
+/// The value at a dotted path, as a field selector compares it (an unset boolean is
+/// `false`; an event's `source` is its source's component, else its reporting one).
 fn field(object: &Value, path: &str) -> String {
+    if path == "source" {
+        let component = field(object, "source.component");
+        return if component.is_empty() {
+            field(object, "reportingComponent")
+        } else {
+            component
+        };
+    }
     let mut v = object;
     for part in path.split('.') {
         v = &v[part];
@@ -92,7 +118,7 @@ fn field(object: &Value, path: &str) -> String {
         Value::String(s) => s.clone(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::Null if path == "spec.unschedulable" => "false".into(),
+        Value::Null if matches!(path, "spec.unschedulable" | "spec.hostNetwork") => "false".into(),
         _ => String::new(),
     }
 }
@@ -168,5 +194,131 @@ mod tests {
         assert!(!sel("!app"));
         assert!(selector("a b=c", "labelSelector").is_err());
         assert!(selector("=x", "labelSelector").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_field_selectors_kubectls_verbs_send_and_sorted_tables_are_served() {
+        use http::StatusCode;
+        use serde_json::json;
+
+        use super::super::testing::{eventually, get, post, send};
+
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let router = crate::api::router(node.shared.clone());
+        let t = node.shared.token.plain().unwrap();
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "nope:v1"}]}}}});
+        let (s, _, v) = post(
+            &router,
+            t,
+            "/apis/apps/v1/namespaces/default/deployments",
+            d,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+
+        // `kubectl events --for deployment/web`.
+        const EVENTS: &str = "/api/v1/namespaces/default/events";
+        let for_web = |version: &str| {
+            format!(
+                "{EVENTS}?fieldSelector=involvedObject.kind%3DDeployment%2CinvolvedObject.apiVersion%3D{version}%2CinvolvedObject.name%3Dweb"
+            )
+        };
+        let events = eventually(|| async {
+            let (s, _, v) = get(&router, t, &for_web("apps%2Fv1")).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (!items.is_empty()).then_some(items)
+        })
+        .await;
+        assert!(events.iter().all(|e| e["involvedObject"]["name"] == "web"));
+        let (_, _, v) = get(&router, t, &for_web("apps%2Fv2")).await;
+        assert_eq!(v["items"], json!([]));
+        let (_, _, v) = get(
+            &router,
+            t,
+            &format!("{EVENTS}?fieldSelector=source%3Dskiff"),
+        )
+        .await;
+        assert!(!v["items"].as_array().unwrap().is_empty(), "{v}");
+
+        // `kubectl get events --sort-by=.lastTimestamp`: rows with whole objects.
+        let table = [(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )];
+        let (s, _, tbl) = send(
+            &router,
+            t,
+            "GET",
+            &format!("{EVENTS}?includeObject=Object"),
+            &table,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{tbl}");
+        let row = &tbl["rows"][0]["object"];
+        assert_eq!(
+            (row["kind"].as_str(), row["lastTimestamp"].is_string()),
+            (Some("Event"), true),
+            "{row}"
+        );
+        let (s, _, _) = send(
+            &router,
+            t,
+            "GET",
+            &format!("{EVENTS}?includeObject=All"),
+            &table,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+
+        // Pods by the fields their defaults fill (what `kubectl drain` and friends send).
+        const PODS: &str = "/api/v1/namespaces/default/pods";
+        let pods = eventually(|| async {
+            let (_, _, v) = get(
+                &router,
+                t,
+                &format!(
+                    "{PODS}?fieldSelector=spec.restartPolicy%3DAlways%2Cspec.hostNetwork%3Dfalse"
+                ),
+            )
+            .await;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (items.len() == 2).then_some(items)
+        })
+        .await;
+        let node_name = pods[0]["spec"]["nodeName"].as_str().unwrap();
+        let (_, _, v) = get(
+            &router,
+            t,
+            &format!(
+                "{PODS}?fieldSelector=spec.nodeName%3D{node_name}%2Cstatus.phase%21%3DRunning"
+            ),
+        )
+        .await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+        let (s, _, e) = get(
+            &router,
+            t,
+            &format!("{PODS}?fieldSelector=spec.priority%3D0"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("field label not supported: spec.priority"),
+            "{e}"
+        );
+        node.shutdown_token().cancel();
+        node.wait().await.unwrap();
     }
 }
