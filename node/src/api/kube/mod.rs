@@ -18,10 +18,12 @@
 //! manifest files, read on the node, all or nothing) and
 //! `/v1/deployments/{name}/image|rollback|history`.
 
+mod body;
 mod defaults;
 mod discovery;
 pub(super) mod health;
 mod journal;
+mod protobuf;
 mod select;
 mod table;
 #[cfg(test)]
@@ -361,7 +363,7 @@ async fn dispatch(
     match (method, t.name, t.sub.as_deref()) {
         (Method::GET, None, None) if p.watch => watch(shared.clone(), res, p, table).await,
         (Method::GET, None, None) => list(shared, res, &p, table).await,
-        (Method::POST, None, None) => create(shared, res, &p, &body).await,
+        (Method::POST, None, None) => create(shared, res, &p, content_type, &body).await,
         (Method::GET, Some(name), None | Some("status")) => {
             let object = get_object(shared, res, &name).await?;
             Ok(if let Some(include) = table {
@@ -371,7 +373,8 @@ async fn dispatch(
             })
         }
         (Method::PUT, Some(name), None) => {
-            let object = json_body(&body)?;
+            changeable(res)?;
+            let object = body::object(res, content_type, &body)?;
             update(shared, res, &name, object, &p, true).await
         }
         (Method::PATCH, Some(name), None) => {
@@ -410,15 +413,6 @@ fn namespace(ns: &str) -> Result<(), ApiError> {
 
 fn not_found(res: &Resource, name: &str) -> ApiError {
     ApiError::not_found(format!("{} {name:?} not found", res.qualified()))
-}
-
-fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_object",
-            format!("the body is not a JSON object: {e}"),
-        )
-    })
 }
 
 /// This node's pods and every live peer's (a peer that does not answer within 2 s is
@@ -957,6 +951,7 @@ async fn create(
     shared: &Shared,
     res: &'static Resource,
     p: &Params,
+    content_type: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     if !matches!(res.kind, Kind::Deployment | Kind::Service) {
@@ -969,7 +964,7 @@ async fn create(
             ),
         ));
     }
-    let object = json_body(body)?;
+    let object = body::object(res, content_type, body)?;
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -1030,16 +1025,7 @@ async fn update(
     p: &Params,
     check_version: bool,
 ) -> Result<Response, ApiError> {
-    if !matches!(res.kind, Kind::Deployment | Kind::Service) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!(
-                "{} are not changed through the API on skiff",
-                res.qualified()
-            ),
-        ));
-    }
+    changeable(res)?;
     let current = get_object(shared, res, name).await?;
     if check_version
         && let Some(sent) = object["metadata"]["resourceVersion"].as_str()
@@ -1098,6 +1084,21 @@ fn unfill(shared: &Shared, kind: Kind, name: &str, object: &mut Value) {
     {
         spec.insert("template".into(), template);
     }
+}
+
+/// Deployments and Services are changed through the API; other kinds are skiff's.
+fn changeable(res: &Resource) -> Result<(), ApiError> {
+    if matches!(res.kind, Kind::Deployment | Kind::Service) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} are not changed through the API on skiff",
+            res.qualified()
+        ),
+    ))
 }
 
 fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
@@ -1300,7 +1301,7 @@ async fn scale(
     let current = scale_object(&get_object(shared, res, name).await?);
     let wanted = match method {
         Method::GET => return Ok(Json(current).into_response()),
-        Method::PUT => json_body(&body)?,
+        Method::PUT => body::json_or_yaml(content_type, &body)?,
         Method::PATCH => apply_patch("Scale", current, patch_kind(content_type)?, body).await?,
         other => {
             return Err(ApiError::new(
