@@ -21,6 +21,7 @@
 mod body;
 mod defaults;
 mod discovery;
+mod endpoints;
 pub(super) mod health;
 mod journal;
 mod protobuf;
@@ -89,6 +90,8 @@ pub(crate) enum Kind {
     Node,
     Event,
     Namespace,
+    Endpoints,
+    EndpointSlice,
 }
 
 /// A resource as discovery describes it.
@@ -108,11 +111,7 @@ pub(crate) struct Resource {
 
 impl Resource {
     fn api_version(&self) -> &'static str {
-        if self.group == "apps" {
-            "apps/v1"
-        } else {
-            "v1"
-        }
+        group_version(self.group)
     }
 
     /// `deployments.apps`, `pods`: as Kubernetes names a resource in messages.
@@ -125,12 +124,25 @@ impl Resource {
     }
 }
 
+/// The groups served, each at `v1`: the core group (`""`, at `/api/v1`), `apps`,
+/// and `discovery.k8s.io` (EndpointSlices).
+pub(crate) const GROUPS: [&str; 3] = ["", "apps", "discovery.k8s.io"];
+
+/// `v1`, `apps/v1`, `discovery.k8s.io/v1`.
+fn group_version(group: &str) -> &'static str {
+    match group {
+        "apps" => "apps/v1",
+        "discovery.k8s.io" => "discovery.k8s.io/v1",
+        _ => "v1",
+    }
+}
+
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
-pub(crate) const RESOURCES: [Resource; 7] = [
+pub(crate) const RESOURCES: [Resource; 9] = [
     Resource {
         kind: Kind::Deployment,
         plural: "deployments",
@@ -208,6 +220,28 @@ pub(crate) const RESOURCES: [Resource; 7] = [
         short_names: &["ns"],
         all: false,
     },
+    Resource {
+        kind: Kind::Endpoints,
+        plural: "endpoints",
+        singular: "endpoints",
+        kind_name: "Endpoints",
+        group: "",
+        namespaced: true,
+        verbs: READ,
+        short_names: &["ep"],
+        all: false,
+    },
+    Resource {
+        kind: Kind::EndpointSlice,
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind_name: "EndpointSlice",
+        group: "discovery.k8s.io",
+        namespaced: true,
+        verbs: READ,
+        short_names: &[],
+        all: false,
+    },
 ];
 
 fn resource(group: &str, plural: &str) -> Result<&'static Resource, ApiError> {
@@ -232,7 +266,12 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/deployments/{name}/rollback", post(rollback))
         .route("/v1/deployments/{name}/history", get(history))
         .merge(discovery::routes());
-    for (prefix, group) in [("/api/v1", ""), ("/apis/apps/v1", "apps")] {
+    for group in GROUPS {
+        let prefix = if group.is_empty() {
+            "/api/v1".to_string()
+        } else {
+            format!("/apis/{group}/v1")
+        };
         let handler = move |state: State<Arc<Shared>>,
                             Path(params): Path<HashMap<String, String>>,
                             method: Method,
@@ -442,6 +481,49 @@ pub(super) async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
     pods
 }
 
+/// Every pod as served, before its defaults: with a uid (derived from its name, which
+/// is unique) and the address of its node (`hostIP`, from the node's `InternalIP`).
+async fn served_pods(shared: &Shared) -> Vec<Value> {
+    let pods = all_pods(shared).await;
+    let addresses: HashMap<String, String> = nodes(shared)
+        .await
+        .into_iter()
+        .filter_map(|n| {
+            let ip = n
+                .status
+                .addresses
+                .iter()
+                .find(|a| a.kind == "InternalIP")?
+                .address
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok()?;
+            Some((n.metadata.name, ip.to_string()))
+        })
+        .collect();
+    pods.into_iter()
+        .map(|p| {
+            let host = p
+                .spec
+                .node_name
+                .as_ref()
+                .and_then(|n| addresses.get(n))
+                .cloned();
+            let mut v = value(p);
+            if v["metadata"]["uid"].is_null() {
+                let uid = derived_uid("pod", v["metadata"]["name"].as_str().unwrap_or_default());
+                v["metadata"]["uid"] = json!(uid);
+            }
+            if let Some(host) = host
+                && v["status"]["hostIP"].is_null()
+            {
+                v["status"]["hostIP"] = json!(host);
+            }
+            v
+        })
+        .collect()
+}
+
 /// Every node gossip knows, with its Raft role and whether it is cordoned.
 async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
     let roles = shared.consensus.roles();
@@ -620,7 +702,7 @@ async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
             let pods = all_pods(shared).await;
             replica_sets(shared, &stored(), &pods)
         }
-        Kind::Pod => all_pods(shared).await.into_iter().map(value).collect(),
+        Kind::Pod => served_pods(shared).await,
         Kind::Service => shared
             .apps
             .services()
@@ -629,6 +711,20 @@ async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
             .collect(),
         Kind::Node => nodes(shared).await.into_iter().map(value).collect(),
         Kind::Event => events(shared, &stored()),
+        Kind::Endpoints | Kind::EndpointSlice => {
+            let pods = served_pods(shared).await;
+            let mut out = Vec::new();
+            for service in shared.apps.services() {
+                let mut service = service_value(service);
+                defaults::service(&mut service);
+                if kind == Kind::Endpoints {
+                    out.extend(endpoints::endpoints(&service, &pods));
+                } else {
+                    out.extend(endpoints::slices(&service, &pods));
+                }
+            }
+            out
+        }
         Kind::Namespace => vec![json!({
             "apiVersion": "v1",
             "kind": "Namespace",

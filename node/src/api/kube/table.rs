@@ -119,6 +119,18 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("Message", "string", 0, "What happened."),
         ],
         Kind::Namespace => &[NAME, ("Status", "string", 0, "Active."), AGE],
+        Kind::Endpoints => &[
+            NAME,
+            ("Endpoints", "string", 0, "Ready pods' addresses and ports."),
+            AGE,
+        ],
+        Kind::EndpointSlice => &[
+            NAME,
+            ("AddressType", "string", 0, "IPv4 or IPv6."),
+            ("Ports", "string", 0, "The pods' ports."),
+            ("Endpoints", "string", 0, "The pods' addresses."),
+            AGE,
+        ],
     }
 }
 
@@ -178,6 +190,24 @@ fn containers(template: &Value) -> (String, String) {
             .join(",")
     };
     (join("name"), join("image"))
+}
+
+/// `ip:port`, `[ip]:port` for IPv6.
+fn host_port(ip: &str, port: &Value) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The first three, and how many more, as kubectl prints endpoints.
+fn at_most_three(list: Vec<String>) -> String {
+    match list.len() {
+        0 => "<none>".into(),
+        1..=3 => list.join(","),
+        n => format!("{} + {} more...", list[..3].join(","), n - 3),
+    }
 }
 
 /// A pod's STATUS: Terminating, the first waiting reason, or the phase.
@@ -330,6 +360,54 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             json!(text(&o["message"])),
         ],
         Kind::Namespace => vec![name, json!("Active"), json!(created)],
+        Kind::Endpoints => {
+            let mut list = Vec::new();
+            for subset in o["subsets"].as_array().into_iter().flatten() {
+                let ips = subset["addresses"].as_array().into_iter().flatten();
+                let ips: Vec<&str> = ips.filter_map(|a| a["ip"].as_str()).collect();
+                match subset["ports"].as_array().filter(|p| !p.is_empty()) {
+                    None => list.extend(ips.iter().map(|ip| ip.to_string())),
+                    Some(ports) => {
+                        for port in ports {
+                            for ip in &ips {
+                                list.push(host_port(ip, &port["port"]));
+                            }
+                        }
+                    }
+                }
+            }
+            vec![name, json!(at_most_three(list)), json!(created)]
+        }
+        Kind::EndpointSlice => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    p["port"]
+                        .as_i64()
+                        .map_or("<unset>".into(), |n| n.to_string())
+                })
+                .collect();
+            let addresses: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            vec![
+                name,
+                json!(text(&o["addressType"])),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(at_most_three(addresses)),
+                json!(created),
+            ]
+        }
     }
 }
 
@@ -396,6 +474,8 @@ mod tests {
             Kind::Node,
             Kind::Event,
             Kind::Namespace,
+            Kind::Endpoints,
+            Kind::EndpointSlice,
         ];
         for kind in kinds {
             let t = table(
@@ -441,6 +521,24 @@ mod tests {
         )));
         assert!(!wanted(Some("application/json")));
         assert!(!wanted(None));
+    }
+
+    #[test]
+    fn endpoints_show_three_addresses_and_how_many_more() {
+        let e = json!({"metadata": {"name": "web"}, "subsets": [
+            {"addresses": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}], "ports": [{"port": 80}, {"port": 81}]}]});
+        let t = table(Kind::Endpoints, &[e], Include::Metadata, "1", None);
+        assert_eq!(
+            t["rows"][0]["cells"][1],
+            "10.0.0.1:80,[fd00::1]:80,10.0.0.1:81 + 1 more..."
+        );
+        let s = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "ports": [{"name": "", "port": 80}], "endpoints": [{"addresses": ["10.0.0.1"]}]});
+        let t = table(Kind::EndpointSlice, &[s], Include::Metadata, "1", None);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["web-abcde", "IPv4", "80", "10.0.0.1", age(&Value::Null)])
+        );
     }
 
     #[test]
