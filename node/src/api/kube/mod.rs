@@ -1,18 +1,22 @@
 //! The Kubernetes API, as kubectl and client-go speak it, over skiff's objects.
 //!
 //! Served on the API port under the token: discovery (`/api`, `/apis`, `/api/v1`,
-//! `/apis/apps/v1`, `/version`), the OpenAPI v2 document kubectl validates with
-//! (`/openapi/v2`, JSON or protobuf), and the resources of the `default` namespace:
-//! `deployments` (with `scale` and `status`), `replicasets` (a Deployment's revisions,
-//! read-only), `pods` (read and delete), `services`, `events` (read-only), and the
-//! cluster's `nodes` and `namespaces`. Verbs: get, list (label and field selectors,
-//! `limit`/`continue`), watch (`?watch=true`, from a `resourceVersion`), create,
-//! update, patch (JSON, merge and strategic merge), delete; `Table` answers when
-//! `kubectl get` asks for them. Errors are `Status` objects (see `ApiError`).
+//! `/apis/apps/v1`, `/apis/discovery.k8s.io/v1`, `/version`), the OpenAPI v2 document
+//! kubectl validates with (`/openapi/v2`, JSON or protobuf), and the resources of the
+//! `default` namespace: `deployments` (with `scale` and `status`), `replicasets` (a
+//! Deployment's revisions, read-only), `pods` (read and delete), `services`, `events`,
+//! `endpoints` and `endpointslices` (read-only), and the cluster's `nodes` and
+//! `namespaces`. Verbs: get, list (label and field selectors, `limit`/`continue`),
+//! watch (`?watch=true`, from a `resourceVersion`), create, update, patch (JSON, merge
+//! and strategic merge), delete; `Table` answers when `kubectl get` asks for them.
+//! Errors are `Status` objects (see `ApiError`). `/livez` and `/readyz` ([`health`])
+//! are public.
 //!
-//! Writes go through the same manifest reader and commands as `skiff apply`: an object
-//! sent here is checked as a file would be, and unknown fields come back as `Warning`
-//! headers, which kubectl prints. resourceVersions come from the [`journal`].
+//! Objects are served as the API server defaults them ([`defaults`]); request bodies
+//! are read in JSON, YAML or protobuf ([`body`]). Writes go through the same manifest
+//! reader and commands as `skiff apply`: an object sent here is checked as a file would
+//! be, and unknown fields come back as `Warning` headers, which kubectl prints.
+//! resourceVersions come from the [`journal`].
 //!
 //! skiff's own CLI uses these paths too, plus `POST /v1/apply` and `/v1/delete` (whole
 //! manifest files, read on the node, all or nothing) and
