@@ -32,6 +32,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A Kubernetes `Status`'s `details` (which object), where known.
+    details: Option<Box<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -41,6 +43,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -50,6 +53,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -59,6 +63,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -68,6 +73,7 @@ impl ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -77,6 +83,7 @@ impl ApiError {
             status: StatusCode::CONFLICT,
             code: "conflict",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -86,6 +93,7 @@ impl ApiError {
             status: StatusCode::INSUFFICIENT_STORAGE,
             code: "over_budget",
             message: err.to_string(),
+            details: None,
         }
     }
 
@@ -95,6 +103,7 @@ impl ApiError {
             status: StatusCode::INSUFFICIENT_STORAGE,
             code: "insufficient_storage",
             message: err.to_string(),
+            details: None,
         }
     }
 
@@ -114,6 +123,7 @@ impl ApiError {
             code: "unauthorized",
             message: "missing or invalid bearer token (see the token file in the node's data dir)"
                 .into(),
+            details: None,
         }
     }
 
@@ -127,7 +137,15 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: format!("internal error (request id {id})"),
+            details: None,
         }
+    }
+
+    /// Names the object a Kubernetes `Status` is about (`{"name", "group", "kind"}`,
+    /// `kind` being the resource, as the API server writes it).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 
     /// The HTTP status.
@@ -207,6 +225,14 @@ impl IntoResponse for ApiError {
         body["message"] = self.message.into();
         body["reason"] = reason.into();
         body["code"] = self.status.as_u16().into();
+        // client-go reads a 404's details without checking they are there (`kubectl
+        // debug` tells a missing subresource by an empty name), as the API server
+        // always writes them.
+        match self.details {
+            Some(d) => body["details"] = *d,
+            None if self.status == StatusCode::NOT_FOUND => body["details"] = serde_json::json!({}),
+            None => {}
+        }
         (self.status, Json(body)).into_response()
     }
 }

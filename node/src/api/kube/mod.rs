@@ -119,6 +119,15 @@ impl Resource {
         group_version(self.group)
     }
 
+    /// A `Status`'s `details` about object `name` of this resource.
+    fn details(&self, name: &str) -> Value {
+        let mut d = json!({"name": name, "kind": self.plural});
+        if !self.group.is_empty() {
+            d["group"] = json!(self.group);
+        }
+        d
+    }
+
     /// `deployments.apps`, `pods`: as Kubernetes names a resource in messages.
     fn qualified(&self) -> String {
         if self.group.is_empty() {
@@ -457,6 +466,7 @@ fn namespace(ns: &str) -> Result<(), ApiError> {
 
 fn not_found(res: &Resource, name: &str) -> ApiError {
     ApiError::not_found(format!("{} {name:?} not found", res.qualified()))
+        .with_details(res.details(name))
 }
 
 async fn list(
@@ -642,7 +652,8 @@ async fn create(
             StatusCode::CONFLICT,
             "already_exists",
             format!("{} {name:?} already exists", res.qualified()),
-        ));
+        )
+        .with_details(res.details(&name)));
     }
     let (object, warnings) = checked_object(res, None, object).await?;
     let written = write(shared, res, &name, object, p).await?;
@@ -1567,6 +1578,24 @@ mod tests {
             (s, e["kind"].as_str()),
             (StatusCode::NOT_FOUND, Some("Status"))
         );
+        // Details, as the API server writes them: empty for what is not served at all
+        // (`kubectl debug` reads them so, unchecked), naming a missing object.
+        assert_eq!(e["details"], json!({}));
+        let (_, _, e) = get(&router, t, &format!("{DEPLOYMENTS}/gone")).await;
+        assert_eq!(
+            e["details"],
+            json!({"name": "gone", "group": "apps", "kind": "deployments"})
+        );
+        let (s, _, e) = send(
+            &router,
+            t,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/any/ephemeralcontainers",
+            &[("content-type", "application/strategic-merge-patch+json")],
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!((s, &e["details"]), (StatusCode::NOT_FOUND, &json!({})));
 
         // The OpenAPI document, both ways.
         let (s, h, doc) = get(&router, t, "/openapi/v2").await;
