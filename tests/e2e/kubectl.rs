@@ -1,8 +1,8 @@
 //! The real kubectl, the oldest and the newest on the machine, against a node through
 //! the kubeconfig `skiff kubeconfig` prints: the seed's manifests applied verbatim with
 //! validation on, get, scale, set image, rollout status/history/undo, get -w, delete;
-//! and kubectl's other verbs: create (protobuf since 1.32), describe of what the API
-//! server defaults, events, health, endpoints.
+//! and kubectl's other verbs: create (protobuf since 1.32), describe and debug of what
+//! the API server defaults, events, health, endpoints.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -445,9 +445,19 @@ async fn the_manners(node: &Node, k: &Kubectl, dir: &Path, name: &str) {
         "{verbose}"
     );
 
+    // kubectl debug reads a pod (its securityContext) and a 404's details: it says
+    // what it cannot do rather than crash.
+    let pod = a_pod(k, name).await;
+    let e = k
+        .fails(&["debug", &format!("pod/{pod}"), "--image=busybox"])
+        .await;
+    assert!(
+        e.contains("ephemeral containers are disabled for this cluster") && !e.contains("panic"),
+        "{e}"
+    );
+
     // A pod being deleted while it drains a request in flight is Terminating, with
     // its grace period.
-    let pod = a_pod(k, name).await;
     let (http, ingress, host) = (node.http.clone(), node.ingress, format!("{name}.localhost"));
     let in_flight = tokio::spawn(async move {
         let _ = http
