@@ -587,17 +587,23 @@ fn read_object(
     Ok((doc.object, warnings))
 }
 
-/// [`read_object`] on the blocking pool, in turn: checking an object of up to 4 MiB
-/// takes long enough to hold up the other requests of an executor thread.
+/// [`read_object`] on the blocking pool, in turn (after [`unfill`] when the object
+/// comes back over a `stored` one): checking an object of up to 4 MiB, or comparing it
+/// with its defaults, takes long enough to hold up the other requests of an executor
+/// thread.
 async fn checked_object(
     res: &'static Resource,
     name: Option<&str>,
-    object: Value,
+    mut object: Value,
+    stored: Option<Stored>,
 ) -> Result<(Object, Vec<String>), ApiError> {
     let name = name.map(str::to_string);
     let turn = CHECKS.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
+        if let Some(stored) = stored {
+            unfill(&mut object, &stored);
+        }
         read_object(res, name.as_deref(), object)
     })
     .await
@@ -655,7 +661,7 @@ async fn create(
         )
         .with_details(res.details(&name)));
     }
-    let (object, warnings) = checked_object(res, None, object).await?;
+    let (object, warnings) = checked_object(res, None, object, None).await?;
     let written = write(shared, res, &name, object, p).await?;
     Ok(warn(
         (StatusCode::CREATED, Json(written)).into_response(),
@@ -705,49 +711,65 @@ async fn update(
             res.qualified()
         )));
     }
-    let mut object = object;
-    unfill(shared, res.kind, name, &mut object);
-    let (object, warnings) = checked_object(res, Some(name), object).await?;
+    let stored = stored(shared, res.kind, name);
+    let (object, warnings) = checked_object(res, Some(name), object, stored).await?;
     let written = write(shared, res, name, object, p).await?;
     Ok(warn(Json(written).into_response(), &warnings))
+}
+
+/// What an object sent back is compared with to take its defaults out (see
+/// [`unfill`]): the object as stored and, for a Deployment, its revisions' templates.
+struct Stored {
+    kind: Kind,
+    object: Value,
+    templates: Vec<Value>,
+}
+
+/// The stored object `name` of `kind`, if the kind is defaulted and it exists.
+fn stored(shared: &Shared, kind: Kind, name: &str) -> Option<Stored> {
+    let (object, templates) = match kind {
+        Kind::Deployment => {
+            let d = shared
+                .apps
+                .stored_deployments()
+                .into_iter()
+                .find(|d| d.object.metadata.name == name)?;
+            let templates = d.revisions.iter().rev().map(|r| value(&r.template));
+            (deployment_value(shared, &d), templates.collect())
+        }
+        Kind::Service => {
+            let s = shared
+                .apps
+                .services()
+                .into_iter()
+                .find(|s| s.metadata.name == name)?;
+            (service_value(s), Vec::new())
+        }
+        _ => return None,
+    };
+    Some(Stored {
+        kind,
+        object,
+        templates,
+    })
 }
 
 /// Takes the defaults an object was served with out of it as it comes back (see
 /// [`defaults::unfill`]). A Deployment whose template is one of its revisions' as
 /// served (`rollout undo` sends a ReplicaSet's) gets that revision's template exactly,
 /// so it is that revision again.
-fn unfill(shared: &Shared, kind: Kind, name: &str, object: &mut Value) {
-    let Some(fill) = defaults::of(kind) else {
+fn unfill(object: &mut Value, stored: &Stored) {
+    let Some(fill) = defaults::of(stored.kind) else {
         return;
     };
-    let stored = match kind {
-        Kind::Deployment => shared
-            .apps
-            .stored_deployments()
-            .into_iter()
-            .find(|d| d.object.metadata.name == name)
-            .map(|d| {
-                let template = object["spec"]["template"].clone();
-                let revision = d.revisions.iter().rev().find_map(|r| {
-                    let raw = value(&r.template);
-                    let mut shown = json!({"spec": {"template": raw.clone()}});
-                    defaults::replica_set(&mut shown);
-                    (shown["spec"]["template"] == template).then_some(raw)
-                });
-                (deployment_value(shared, &d), revision)
-            }),
-        Kind::Service => shared
-            .apps
-            .services()
-            .into_iter()
-            .find(|s| s.metadata.name == name)
-            .map(|s| (service_value(s), None)),
-        _ => None,
-    };
-    let Some((stored, revision)) = stored else {
-        return;
-    };
-    defaults::unfill(object, &stored, fill);
+    let sent = &object["spec"]["template"];
+    let revision = stored.templates.iter().find(|raw| {
+        let mut shown = json!({"spec": {"template": raw}});
+        defaults::replica_set(&mut shown);
+        &shown["spec"]["template"] == sent
+    });
+    let revision = revision.cloned();
+    defaults::unfill(object, &stored.object, fill);
     if let Some(template) = revision
         && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
     {
