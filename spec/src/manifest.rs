@@ -189,6 +189,19 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
+/// One YAML (or JSON) document as a JSON value, read within the reader's budgets: a
+/// Kubernetes API request body sent as `application/yaml`.
+pub fn yaml_value(text: &str) -> Result<serde_json::Value, String> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "the body is {} bytes; objects are read up to {MAX_MANIFEST_BYTES}",
+            text.len()
+        ));
+    }
+    serde_saphyr::from_str_with_options(text, options())
+        .map_err(|e| one_line(&e.without_snippet().to_string()))
+}
+
 /// Reads every document of `text` (the contents of `source`), or refuses the file.
 pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     let error =
@@ -1010,6 +1023,17 @@ mod tests {
             let e = refused(&with(annotation, path));
             assert!(e.contains(needle), "{annotation} {path}: {e}");
         }
+    }
+
+    #[test]
+    fn a_yaml_body_reads_as_its_json_value_within_the_budgets() {
+        assert_eq!(
+            yaml_value("kind: Service\nspec:\n  ports: [{port: 80}]\n").unwrap(),
+            serde_json::json!({"kind": "Service", "spec": {"ports": [{"port": 80}]}})
+        );
+        assert!(yaml_value("a: 1\n---\nb: 2\n").is_err());
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
+        assert!(yaml_value(bomb).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn path(p: &Path) -> &str {
 }
 
 /// Builds the hello component as image `tag`, greeting with `greeting`.
-async fn build_hello(node: &Node, tag: &str, greeting: &str) {
+pub(crate) async fn build_hello(node: &Node, tag: &str, greeting: &str) {
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(ctx.path().join("hello.wasm"), hello_wasm()).unwrap();
     std::fs::write(

@@ -1,6 +1,8 @@
 //! The real kubectl, the oldest and the newest on the machine, against a node through
 //! the kubeconfig `skiff kubeconfig` prints: the seed's manifests applied verbatim with
-//! validation on, get, scale, set image, rollout status/history/undo, get -w, delete.
+//! validation on, get, scale, set image, rollout status/history/undo, get -w, delete;
+//! and kubectl's other verbs: create (protobuf since 1.32), describe and debug of what
+//! the API server defaults, events, health, endpoints.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -346,4 +348,172 @@ async fn the_api_port_drops_a_stalled_tls_handshake_and_still_serves_both() {
     // Plain HTTP on the same port still answers.
     let r = node.api_get("/api/v1/namespaces/default/pods").await;
     assert_eq!(r.status(), 200);
+}
+
+/// The value of `key:` in kubectl's describe output (aligned with tabs and spaces).
+fn described<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key:?} in {text}"))
+        .trim()
+}
+
+/// A pod of Deployment `app` (by its label), and its name.
+async fn a_pod(k: &Kubectl, app: &str) -> String {
+    let out = k
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .await;
+    assert!(out.starts_with(app), "{out}");
+    out
+}
+
+/// kubectl's own verbs beyond `apply`, as one kubectl runs them: create (1.32 and later
+/// send protobuf), describe of what the API server defaults, events, health, endpoints.
+async fn the_manners(node: &Node, k: &Kubectl, dir: &Path, name: &str) {
+    assert_eq!(
+        k.ok(&["create", "deployment", name, "--image=hello:v1"])
+            .await,
+        format!("deployment.apps/{name} created\n")
+    );
+    assert_eq!(
+        k.ok(&["create", "service", "clusterip", name, "--tcp=80:80"])
+            .await,
+        format!("service/{name} created\n")
+    );
+    let status = k
+        .ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let (code, body) = node.get(name, "/").await;
+    assert_eq!((code, body.as_str()), (200, "manners from skiff\n"));
+
+    // The Service's endpoints: its ready pod, at its node's address (a Wasm pod has
+    // none of its own).
+    let svc = k.ok(&["describe", "svc", name]).await;
+    assert_eq!(described(&svc, "Endpoints"), "127.0.0.1:80", "{svc}");
+    assert_eq!(described(&svc, "Type"), "ClusterIP", "{svc}");
+
+    // A Deployment applied without replicas describes (kubectl dereferences them).
+    let bare = dir.join(format!("{name}-bare.yaml"));
+    std::fs::write(
+        &bare,
+        format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}-bare\nspec:\n  selector:\n    matchLabels:\n      app: {name}-bare\n  template:\n    metadata:\n      labels:\n        app: {name}-bare\n    spec:\n      containers:\n      - name: hello\n        image: hello:v1\n"),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", bare.to_str().unwrap()]).await;
+    let deployment = k
+        .ok(&["describe", "deployment", &format!("{name}-bare")])
+        .await;
+    assert!(
+        described(&deployment, "Replicas").starts_with("1 desired"),
+        "{deployment}"
+    );
+    assert_eq!(
+        described(&deployment, "RollingUpdateStrategy"),
+        "25% max unavailable, 25% max surge"
+    );
+
+    // Events: sorted by kubectl from whole objects, and for one Deployment.
+    let sorted = k.ok(&["get", "events", "--sort-by=.lastTimestamp"]).await;
+    assert!(
+        sorted.starts_with("LAST SEEN") && sorted.contains(&format!("deployment/{name} ")),
+        "{sorted}"
+    );
+    let mine = k.ok(&["events", "--for", &format!("deploy/{name}")]).await;
+    assert!(
+        mine.contains(&format!("Deployment/{name}")) && !mine.contains(&format!("{name}-bare")),
+        "{mine}"
+    );
+
+    // Health, as the API server answers it.
+    assert_eq!(k.ok(&["get", "--raw", "/readyz"]).await, "ok");
+    let verbose = k.ok(&["get", "--raw", "/livez?verbose"]).await;
+    assert!(
+        verbose.starts_with("[+]ping ok\n") && verbose.ends_with("livez check passed\n"),
+        "{verbose}"
+    );
+
+    // kubectl debug reads a pod (its securityContext) and a 404's details: it says
+    // what it cannot do rather than crash.
+    let pod = a_pod(k, name).await;
+    let e = k
+        .fails(&["debug", &format!("pod/{pod}"), "--image=busybox"])
+        .await;
+    assert!(
+        e.contains("ephemeral containers are disabled for this cluster") && !e.contains("panic"),
+        "{e}"
+    );
+
+    // A pod being deleted while it drains a request in flight is Terminating, with
+    // its grace period.
+    let (http, ingress, host) = (node.http.clone(), node.ingress, format!("{name}.localhost"));
+    let in_flight = tokio::spawn(async move {
+        let _ = http
+            .get(format!("http://{ingress}/sleep?ms=25000"))
+            .header("host", host)
+            .send()
+            .await;
+    });
+    let series = format!("skiff_service_in_flight{{service=\"{name}\",endpoint=\"{pod}\"}}");
+    wait_for("the request in flight", Duration::from_secs(10), || async {
+        (crate::harness::metric(&node.metrics().await, &series) == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        k.ok(&["delete", "pod", &pod, "--wait=false"]).await,
+        format!("pod \"{pod}\" deleted\n")
+    );
+    let terminating = k.ok(&["describe", "pod", &pod]).await;
+    assert!(
+        described(&terminating, "Status").starts_with("Terminating (lasts"),
+        "{terminating}"
+    );
+    assert_eq!(described(&terminating, "Termination Grace Period"), "30s");
+    in_flight.abort();
+
+    let out = k
+        .ok(&["delete", "deployment", name, &format!("{name}-bare")])
+        .await;
+    assert!(out.contains(&format!("\"{name}-bare\" deleted")), "{out}");
+    k.ok(&["delete", "service", name]).await;
+}
+
+#[tokio::test]
+async fn kubectl_oldest_and_newest_create_describe_and_read_events_health_and_endpoints() {
+    let Some((oldest, newest)) = kubectls() else {
+        eprintln!("SKIPPED: no kubectl.1.NN beside a kubectl on the PATH");
+        return;
+    };
+    let node = Node::start().await;
+    crate::kube::build_hello(&node, "hello:v1", "manners").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(&config, ok(&skiff(&node, &["kubeconfig"]).await)).unwrap();
+    for bin in [oldest, newest] {
+        let home = tempfile::tempdir().unwrap();
+        let minor = bin
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("x")
+            .to_string();
+        let k = Kubectl {
+            bin,
+            config: config.clone(),
+            home: home.path().to_path_buf(),
+        };
+        the_manners(&node, &k, dir.path(), &format!("manners{minor}")).await;
+        eprintln!("{}: the manners passed", k.bin.display());
+    }
 }

@@ -32,6 +32,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A Kubernetes `Status`'s `details` (which object), where known.
+    details: Option<Box<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -41,6 +43,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -50,6 +53,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -59,6 +63,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -68,6 +73,7 @@ impl ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -77,6 +83,7 @@ impl ApiError {
             status: StatusCode::CONFLICT,
             code: "conflict",
             message: message.into(),
+            details: None,
         }
     }
 
@@ -86,6 +93,7 @@ impl ApiError {
             status: StatusCode::INSUFFICIENT_STORAGE,
             code: "over_budget",
             message: err.to_string(),
+            details: None,
         }
     }
 
@@ -95,6 +103,7 @@ impl ApiError {
             status: StatusCode::INSUFFICIENT_STORAGE,
             code: "insufficient_storage",
             message: err.to_string(),
+            details: None,
         }
     }
 
@@ -114,6 +123,7 @@ impl ApiError {
             code: "unauthorized",
             message: "missing or invalid bearer token (see the token file in the node's data dir)"
                 .into(),
+            details: None,
         }
     }
 
@@ -127,7 +137,15 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
             message: format!("internal error (request id {id})"),
+            details: None,
         }
+    }
+
+    /// Names the object a Kubernetes `Status` is about (`{"name", "group", "kind"}`,
+    /// `kind` being the resource, as the API server writes it).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 
     /// The HTTP status.
@@ -207,6 +225,14 @@ impl IntoResponse for ApiError {
         body["message"] = self.message.into();
         body["reason"] = reason.into();
         body["code"] = self.status.as_u16().into();
+        // client-go reads a 404's details without checking they are there (`kubectl
+        // debug` tells a missing subresource by an empty name), as the API server
+        // always writes them.
+        match self.details {
+            Some(d) => body["details"] = *d,
+            None if self.status == StatusCode::NOT_FOUND => body["details"] = serde_json::json!({}),
+            None => {}
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -269,6 +295,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        // Public, as the API server makes them.
+        .merge(kube::health::routes())
         // Asked by a node that has no admin token: it proves the join secret instead.
         .route(
             "/v1/cluster/join/challenge",
@@ -416,7 +444,11 @@ async fn api_ca(State(shared): State<Arc<Shared>>) -> Response {
 /// waits for disk space); then how far
 /// the start has brought the pods back (`restoring: 40 of 10000 pods ready`, then
 /// `restored: pods back in 2100 ms`). The node serves while it restores.
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+/// With `?verbose` (or `exclude`), the API server's answer (see `kube::health`).
+async fn healthz(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    if kube::health::wants_checks(query.as_deref()) {
+        return kube::health::answer(&shared, "healthz", query);
+    }
     let restore = shared.apps.restore_line();
     // Raft's storage first: it names the data dir whose disk is full.
     match shared

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::RESOURCES;
+use super::{GROUPS, RESOURCES, group_version};
 use crate::Shared;
 
 /// The Kubernetes release whose API this one follows (kubectl's version skew checks
@@ -21,17 +21,24 @@ const KUBE_MINOR: &str = "30";
 const OPENAPI_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
+    let mut router = Router::new()
         .route("/version", get(version))
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
         .route("/api/v1", get(|| async { Json(resource_list("")) }))
-        .route("/apis/apps", get(|| async { Json(apps_group()) }))
-        .route(
-            "/apis/apps/v1",
-            get(|| async { Json(resource_list("apps")) }),
-        )
-        .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v2", get(openapi_v2));
+    for name in GROUPS.into_iter().filter(|g| !g.is_empty()) {
+        router = router
+            .route(
+                &format!("/apis/{name}"),
+                get(move || async move { Json(group(name)) }),
+            )
+            .route(
+                &format!("/apis/{name}/v1"),
+                get(move || async move { Json(resource_list(name)) }),
+            );
+    }
+    router
 }
 
 async fn version() -> Json<Value> {
@@ -57,12 +64,13 @@ async fn api_versions() -> Json<Value> {
     }))
 }
 
-fn apps_group() -> Value {
-    let v = json!({"groupVersion": "apps/v1", "version": "v1"});
+/// The `APIGroup` of a named group (`apps`, `discovery.k8s.io`).
+fn group(name: &str) -> Value {
+    let v = json!({"groupVersion": group_version(name), "version": "v1"});
     json!({
         "kind": "APIGroup",
         "apiVersion": "v1",
-        "name": "apps",
+        "name": name,
         "versions": [v],
         "preferredVersion": v,
     })
@@ -70,12 +78,19 @@ fn apps_group() -> Value {
 
 /// Only the groups served: the core group is `/api`.
 async fn api_groups() -> Json<Value> {
-    let mut group = apps_group();
-    if let Some(g) = group.as_object_mut() {
-        g.remove("kind");
-        g.remove("apiVersion");
-    }
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}))
+    let groups: Vec<Value> = GROUPS
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|name| {
+            let mut g = group(name);
+            if let Some(g) = g.as_object_mut() {
+                g.remove("kind");
+                g.remove("apiVersion");
+            }
+            g
+        })
+        .collect();
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
 }
 
 /// `APIResourceList` of a group (`""`: core).
@@ -111,7 +126,7 @@ fn resource_list(group: &str) -> Value {
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": if group.is_empty() { "v1".to_string() } else { format!("{group}/v1") },
+        "groupVersion": group_version(group),
         "resources": resources,
     })
 }
@@ -162,9 +177,23 @@ mod tests {
                 "replicasets"
             ]
         );
-        for r in ["pods", "services", "nodes", "events", "namespaces"] {
+        for r in [
+            "pods",
+            "services",
+            "nodes",
+            "events",
+            "namespaces",
+            "endpoints",
+        ] {
             assert!(names(&core).contains(&r.to_string()), "{r}");
         }
         assert_eq!(apps["groupVersion"], "apps/v1");
+        let discovery = resource_list("discovery.k8s.io");
+        assert_eq!(names(&discovery), ["endpointslices"]);
+        assert_eq!(discovery["groupVersion"], "discovery.k8s.io/v1");
+        assert_eq!(
+            discovery["resources"][0]["verbs"],
+            json!(["get", "list", "watch"])
+        );
     }
 }

@@ -1,40 +1,52 @@
 //! The Kubernetes API, as kubectl and client-go speak it, over skiff's objects.
 //!
 //! Served on the API port under the token: discovery (`/api`, `/apis`, `/api/v1`,
-//! `/apis/apps/v1`, `/version`), the OpenAPI v2 document kubectl validates with
-//! (`/openapi/v2`, JSON or protobuf), and the resources of the `default` namespace:
-//! `deployments` (with `scale` and `status`), `replicasets` (a Deployment's revisions,
-//! read-only), `pods` (read and delete), `services`, `events` (read-only), and the
-//! cluster's `nodes` and `namespaces`. Verbs: get, list (label and field selectors,
-//! `limit`/`continue`), watch (`?watch=true`, from a `resourceVersion`), create,
-//! update, patch (JSON, merge and strategic merge), delete; `Table` answers when
-//! `kubectl get` asks for them. Errors are `Status` objects (see `ApiError`).
+//! `/apis/apps/v1`, `/apis/discovery.k8s.io/v1`, `/version`), the OpenAPI v2 document
+//! kubectl validates with (`/openapi/v2`, JSON or protobuf), and the resources of the
+//! `default` namespace: `deployments` (with `scale` and `status`), `replicasets` (a
+//! Deployment's revisions, read-only), `pods` (read and delete), `services`, `events`,
+//! `endpoints` and `endpointslices` (read-only), and the cluster's `nodes` and
+//! `namespaces`. Verbs: get, list (label and field selectors, `limit`/`continue`),
+//! watch (`?watch=true`, from a `resourceVersion`), create, update, patch (JSON, merge
+//! and strategic merge), delete; `Table` answers when `kubectl get` asks for them.
+//! Errors are `Status` objects (see `ApiError`). `/livez` and `/readyz` ([`health`])
+//! are public.
 //!
-//! Writes go through the same manifest reader and commands as `skiff apply`: an object
-//! sent here is checked as a file would be, and unknown fields come back as `Warning`
-//! headers, which kubectl prints. resourceVersions come from the [`journal`].
+//! Objects are served as the API server defaults them ([`defaults`]); request bodies
+//! are read in JSON, YAML or protobuf ([`body`]). Writes go through the same manifest
+//! reader and commands as `skiff apply`: an object sent here is checked as a file would
+//! be, and unknown fields come back as `Warning` headers, which kubectl prints.
+//! resourceVersions come from the [`journal`].
 //!
 //! skiff's own CLI uses these paths too, plus `POST /v1/apply` and `/v1/delete` (whole
 //! manifest files, read on the node, all or nothing) and
 //! `/v1/deployments/{name}/image|rollback|history`.
 
+mod body;
+mod defaults;
 mod discovery;
+mod endpoints;
+pub(super) mod health;
 mod journal;
+mod protobuf;
+mod select;
+mod served;
 mod table;
+#[cfg(test)]
+mod testing;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use skiff_spec::api::{ApplyResult, ManifestFiles, RolloutHistory};
@@ -43,10 +55,12 @@ use skiff_spec::manifest::{self, Object};
 use skiff_spec::patch::{self, PatchKind};
 
 pub(crate) use journal::Journal;
+use select::Filter;
+use served::{deployment_value, derived_uid, get_object, objects, service_value, value};
 
 use super::ApiError;
 use crate::Shared;
-use crate::desired::{Command, StoredDeployment};
+use crate::desired::Command;
 
 /// Largest request body of these routes (manifest files are bounded again one by one).
 const BODY_LIMIT: usize = 32 << 20;
@@ -82,6 +96,8 @@ pub(crate) enum Kind {
     Node,
     Event,
     Namespace,
+    Endpoints,
+    EndpointSlice,
 }
 
 /// A resource as discovery describes it.
@@ -101,11 +117,16 @@ pub(crate) struct Resource {
 
 impl Resource {
     fn api_version(&self) -> &'static str {
-        if self.group == "apps" {
-            "apps/v1"
-        } else {
-            "v1"
+        group_version(self.group)
+    }
+
+    /// A `Status`'s `details` about object `name` of this resource.
+    fn details(&self, name: &str) -> Value {
+        let mut d = json!({"name": name, "kind": self.plural});
+        if !self.group.is_empty() {
+            d["group"] = json!(self.group);
         }
+        d
     }
 
     /// `deployments.apps`, `pods`: as Kubernetes names a resource in messages.
@@ -118,12 +139,25 @@ impl Resource {
     }
 }
 
+/// The groups served, each at `v1`: the core group (`""`, at `/api/v1`), `apps`,
+/// and `discovery.k8s.io` (EndpointSlices).
+pub(crate) const GROUPS: [&str; 3] = ["", "apps", "discovery.k8s.io"];
+
+/// `v1`, `apps/v1`, `discovery.k8s.io/v1`.
+fn group_version(group: &str) -> &'static str {
+    match group {
+        "apps" => "apps/v1",
+        "discovery.k8s.io" => "discovery.k8s.io/v1",
+        _ => "v1",
+    }
+}
+
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
-pub(crate) const RESOURCES: [Resource; 7] = [
+pub(crate) const RESOURCES: [Resource; 9] = [
     Resource {
         kind: Kind::Deployment,
         plural: "deployments",
@@ -201,6 +235,28 @@ pub(crate) const RESOURCES: [Resource; 7] = [
         short_names: &["ns"],
         all: false,
     },
+    Resource {
+        kind: Kind::Endpoints,
+        plural: "endpoints",
+        singular: "endpoints",
+        kind_name: "Endpoints",
+        group: "",
+        namespaced: true,
+        verbs: READ,
+        short_names: &["ep"],
+        all: false,
+    },
+    Resource {
+        kind: Kind::EndpointSlice,
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind_name: "EndpointSlice",
+        group: "discovery.k8s.io",
+        namespaced: true,
+        verbs: READ,
+        short_names: &[],
+        all: false,
+    },
 ];
 
 fn resource(group: &str, plural: &str) -> Result<&'static Resource, ApiError> {
@@ -225,7 +281,12 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/deployments/{name}/rollback", post(rollback))
         .route("/v1/deployments/{name}/history", get(history))
         .merge(discovery::routes());
-    for (prefix, group) in [("/api/v1", ""), ("/apis/apps/v1", "apps")] {
+    for group in GROUPS {
+        let prefix = if group.is_empty() {
+            "/api/v1".to_string()
+        } else {
+            format!("/apis/{group}/v1")
+        };
         let handler = move |state: State<Arc<Shared>>,
                             Path(params): Path<HashMap<String, String>>,
                             method: Method,
@@ -300,6 +361,7 @@ struct Params {
     limit: Option<usize>,
     continue_: Option<String>,
     dry_run: bool,
+    include_object: table::Include,
 }
 
 fn params(query: Option<String>) -> Result<Params, ApiError> {
@@ -327,6 +389,10 @@ fn params(query: Option<String>) -> Result<Params, ApiError> {
             }
             "continue" => p.continue_ = Some(v).filter(|v| !v.is_empty()),
             "dryRun" => p.dry_run = !v.is_empty(),
+            "includeObject" => {
+                p.include_object =
+                    table::Include::parse(&v).map_err(|e| ApiError::bad_request("invalid", e))?;
+            }
             // Read and ignored, as a server without these features ignores them.
             _ => {}
         }
@@ -359,25 +425,27 @@ async fn dispatch(
         _ => {}
     }
     let p = params(query)?;
-    let table = table::wanted(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let table = table::wanted(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+        .then_some(p.include_object);
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match (method, t.name, t.sub.as_deref()) {
-        (Method::GET, None, None) if p.watch => watch(shared.clone(), res, p, table).await,
+        (Method::GET, None, None) if p.watch => watch::watch(shared.clone(), res, p, table).await,
         (Method::GET, None, None) => list(shared, res, &p, table).await,
-        (Method::POST, None, None) => create(shared, res, &p, &body).await,
+        (Method::POST, None, None) => create(shared, res, &p, content_type, &body).await,
         (Method::GET, Some(name), None | Some("status")) => {
             let object = get_object(shared, res, &name).await?;
-            Ok(if table {
-                Json(table::table(res.kind, &[object], "", None)).into_response()
+            Ok(if let Some(include) = table {
+                Json(table::table(res.kind, &[object], include, "", None)).into_response()
             } else {
                 Json(object).into_response()
             })
         }
         (Method::PUT, Some(name), None) => {
-            let object = json_body(&body)?;
+            changeable(res)?;
+            let object = body::object(res, content_type, &body)?;
             update(shared, res, &name, object, &p, true).await
         }
         (Method::PATCH, Some(name), None) => {
@@ -416,427 +484,14 @@ fn namespace(ns: &str) -> Result<(), ApiError> {
 
 fn not_found(res: &Resource, name: &str) -> ApiError {
     ApiError::not_found(format!("{} {name:?} not found", res.qualified()))
-}
-
-/// One requirement of an equality-based label selector.
-#[derive(Debug, PartialEq, Eq)]
-enum Requirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    Absent(String),
-}
-
-/// Parses `app=web,tier!=db,canary,!legacy` (kubectl's `-l`; `--field-selector` takes
-/// the same shape without the bare forms).
-fn selector(text: &str, what: &str) -> Result<Vec<Requirement>, ApiError> {
-    let bad = |part: &str| {
-        ApiError::bad_request(
-            "invalid_selector",
-            format!("{what}: {part:?} is not key, !key, key=value or key!=value"),
-        )
-    };
-    let key_ok = |k: &str| {
-        !k.is_empty()
-            && k.len() <= 253
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-    };
-    let mut out = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let r = if let Some((k, v)) = part.split_once("!=") {
-            Requirement::NotEquals(k.trim().into(), v.trim().into())
-        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-            Requirement::Equals(k.trim().into(), v.trim().into())
-        } else if let Some(k) = part.strip_prefix('!') {
-            Requirement::Absent(k.trim().into())
-        } else {
-            Requirement::Exists(part.into())
-        };
-        let key = match &r {
-            Requirement::Equals(k, _)
-            | Requirement::NotEquals(k, _)
-            | Requirement::Exists(k)
-            | Requirement::Absent(k) => k,
-        };
-        if !key_ok(key) {
-            return Err(bad(part));
-        }
-        out.push(r);
-    }
-    Ok(out)
-}
-
-fn matches(reqs: &[Requirement], get: impl Fn(&str) -> Option<String>) -> bool {
-    reqs.iter().all(|r| match r {
-        Requirement::Equals(k, v) => get(k).as_ref() == Some(v),
-        Requirement::NotEquals(k, v) => get(k).as_ref() != Some(v),
-        Requirement::Exists(k) => get(k).is_some(),
-        Requirement::Absent(k) => get(k).is_none(),
-    })
-}
-
-/// The fields a field selector may name, beyond `metadata.name` and
-/// `metadata.namespace`.
-fn selectable(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Pod => &["spec.nodeName", "status.phase"],
-        Kind::Node => &["spec.unschedulable"],
-        Kind::Event => &[
-            "involvedObject.kind",
-            "involvedObject.name",
-            "involvedObject.namespace",
-            "involvedObject.uid",
-            "reason",
-            "type",
-        ],
-        Kind::Namespace => &["status.phase"],
-        _ => &[],
-    }
-}
-
-/// The value at a dotted path, as a field selector compares it.
-fn field(object: &Value, path: &str) -> String {
-    let mut v = object;
-    for part in path.split('.') {
-        v = &v[part];
-    }
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::Null if path == "spec.unschedulable" => "false".into(),
-        _ => String::new(),
-    }
-}
-
-/// Label and field selectors of a request, checked.
-struct Filter {
-    labels: Vec<Requirement>,
-    fields: Vec<Requirement>,
-}
-
-impl Filter {
-    fn new(kind: Kind, p: &Params) -> Result<Self, ApiError> {
-        let labels = selector(p.label_selector.as_deref().unwrap_or(""), "labelSelector")?;
-        let fields = selector(p.field_selector.as_deref().unwrap_or(""), "fieldSelector")?;
-        for r in &fields {
-            let (Requirement::Equals(k, _) | Requirement::NotEquals(k, _)) = r else {
-                return Err(ApiError::bad_request(
-                    "invalid_selector",
-                    "fieldSelector: only key=value and key!=value",
-                ));
-            };
-            if !(k == "metadata.name"
-                || k == "metadata.namespace"
-                || selectable(kind).contains(&k.as_str()))
-            {
-                return Err(ApiError::bad_request(
-                    "invalid_selector",
-                    format!(
-                        "field label not supported: {k} (metadata.name, metadata.namespace{})",
-                        selectable(kind)
-                            .iter()
-                            .map(|f| format!(", {f}"))
-                            .collect::<String>()
-                    ),
-                ));
-            }
-        }
-        Ok(Self { labels, fields })
-    }
-
-    fn admits(&self, object: &Value) -> bool {
-        let labels = &object["metadata"]["labels"];
-        matches(&self.labels, |k| labels[k].as_str().map(String::from))
-            && matches(&self.fields, |k| Some(field(object, k)))
-    }
-}
-
-fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_object",
-            format!("the body is not a JSON object: {e}"),
-        )
-    })
-}
-
-/// This node's pods and every live peer's (a peer that does not answer within 2 s is
-/// left out: its pods show once it does).
-pub(super) async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
-    let mut pods = shared.apps.pod_objects(&shared.cluster.identity().name);
-    let view = shared.apps.view();
-    let asks = view
-        .nodes
-        .iter()
-        .filter(|n| n.id != view.me)
-        .filter_map(|n| Some((crate::raft::raft_id(&n.id)?, n.api.clone()?)))
-        .map(|(id, api)| async move {
-            shared
-                .consensus
-                .client()
-                .call::<_, Vec<k8s::Pod>>(id, &api, "/v1/peer/pods", &(), Duration::from_secs(2))
-                .await
-        });
-    for answer in futures_util::future::join_all(asks).await {
-        match answer {
-            Ok(remote) => pods.extend(remote),
-            Err(e) => tracing::debug!(error = %e, "a peer's pods are left out"),
-        }
-    }
-    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    pods
-}
-
-/// Every node gossip knows, with its Raft role and whether it is cordoned.
-async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
-    let roles = shared.consensus.roles();
-    let cordoned = shared.apps.cordoned();
-    shared
-        .cluster
-        .members()
-        .await
-        .iter()
-        .map(|m| {
-            let role = crate::raft::raft_id(&m.node_id)
-                .and_then(|id| roles.get(&id))
-                .map_or(crate::raft::Role::None, |r| *r);
-            let mut node = m.node(role.as_str());
-            node.spec.unschedulable = cordoned.contains(&node.metadata.name);
-            node
-        })
-        .collect()
-}
-
-fn value(object: impl serde::Serialize) -> Value {
-    serde_json::to_value(object).expect("objects serialize")
-}
-
-/// A Deployment as served: with its status, current revision, and the strategy
-/// Kubernetes defaults (the pod template is left as stored: a default added there
-/// would make an undo's template a new revision).
-fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
-    let mut v = value(shared.apps.deployment_object(d));
-    v["metadata"]["namespace"] = json!("default");
-    v["metadata"]["annotations"][REVISION] = json!(d.current().number.to_string());
-    let strategy = &mut v["spec"]["strategy"];
-    if strategy["type"].is_null() {
-        strategy["type"] = json!("RollingUpdate");
-    }
-    if strategy["type"] == "RollingUpdate" {
-        for field in ["maxSurge", "maxUnavailable"] {
-            if strategy["rollingUpdate"][field].is_null() {
-                strategy["rollingUpdate"][field] = json!("25%");
-            }
-        }
-    }
-    v
-}
-
-/// A Service as served: ports with the protocol and target port Kubernetes defaults.
-fn service_value(s: k8s::Service) -> Value {
-    let mut v = value(s);
-    v["metadata"]["namespace"] = json!("default");
-    for port in v["spec"]["ports"].as_array_mut().into_iter().flatten() {
-        if port["protocol"].is_null() {
-            port["protocol"] = json!("TCP");
-        }
-        if port["targetPort"].is_null() {
-            port["targetPort"] = port["port"].clone();
-        }
-    }
-    v
-}
-
-/// A stable uid for an object derived from another (a revision's ReplicaSet, an event).
-fn derived_uid(base: &str, part: &str) -> String {
-    crate::desired::uid_of(&format!("{base}/{part}"))
-}
-
-/// Every revision of every Deployment as a ReplicaSet: the current one wants the
-/// Deployment's replicas, an old one the pods it still has (none once rolled out).
-fn replica_sets(
-    shared: &Shared,
-    stored: &[Arc<StoredDeployment>],
-    pods: &[k8s::Pod],
-) -> Vec<Value> {
-    let mut out = Vec::new();
-    for d in stored {
-        let name = &d.object.metadata.name;
-        let uid = d.object.metadata.uid.clone().unwrap_or_default();
-        let current = d.current().number;
-        let status = shared.apps.deployment_object(d).status.unwrap_or_default();
-        for r in &d.revisions {
-            let mine: Vec<&k8s::Pod> = pods
-                .iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .get("pod-template-hash")
-                        .map(|h| h.as_str())
-                        == Some(r.hash.as_str())
-                        && p.metadata.name.starts_with(&format!("{name}-"))
-                })
-                .collect();
-            let ready = mine
-                .iter()
-                .filter(|p| {
-                    p.status.container_statuses.iter().all(|c| c.ready)
-                        && p.status.phase == "Running"
-                })
-                .count();
-            let wanted = if r.number == current {
-                d.object.spec.replicas.unwrap_or(1)
-            } else {
-                mine.iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .count() as i32
-            };
-            let mut template = value(&r.template);
-            template["metadata"]["labels"]["pod-template-hash"] = json!(r.hash);
-            let mut selector = value(&d.object.spec.selector);
-            selector["matchLabels"]["pod-template-hash"] = json!(r.hash);
-            let mut labels = template["metadata"]["labels"].clone();
-            labels["pod-template-hash"] = json!(r.hash);
-            out.push(json!({
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "metadata": {
-                    "name": format!("{name}-{}", r.hash),
-                    "namespace": "default",
-                    "uid": derived_uid(&uid, &r.hash),
-                    "creationTimestamp": r.at,
-                    "generation": 1,
-                    "labels": labels,
-                    "annotations": {
-                        REVISION: r.number.to_string(),
-                        "deployment.kubernetes.io/desired-replicas":
-                            d.object.spec.replicas.unwrap_or(1).to_string(),
-                    },
-                    "ownerReferences": [{
-                        "apiVersion": "apps/v1",
-                        "kind": "Deployment",
-                        "name": name,
-                        "uid": uid,
-                        "controller": true,
-                        "blockOwnerDeletion": true,
-                    }],
-                },
-                "spec": {"replicas": wanted, "selector": selector, "template": template},
-                "status": {
-                    "replicas": mine.len(),
-                    "fullyLabeledReplicas": mine.len(),
-                    "readyReplicas": ready,
-                    "availableReplicas": ready,
-                    "observedGeneration": status.observed_generation.unwrap_or(1).max(1),
-                },
-            }));
-        }
-    }
-    out
-}
-
-/// What happened to Deployments, as `v1 Event`s about them.
-fn events(shared: &Shared, stored: &[Arc<StoredDeployment>]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for d in stored {
-        let name = &d.object.metadata.name;
-        let uid = d.object.metadata.uid.clone().unwrap_or_default();
-        for e in shared.apps.history(d).events {
-            let id = derived_uid(&uid, &format!("{}/{}/{}", e.at, e.reason, e.message));
-            out.push(json!({
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {
-                    "name": format!("{name}.{}", &id[..8]),
-                    "namespace": "default",
-                    "uid": id,
-                    "creationTimestamp": e.at,
-                },
-                "involvedObject": {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "name": name,
-                    "namespace": "default",
-                    "uid": uid,
-                },
-                "reason": e.reason,
-                "message": e.message,
-                "type": e.kind,
-                "count": 1,
-                "firstTimestamp": e.at,
-                "lastTimestamp": e.at,
-                "source": {"component": "skiff"},
-                "reportingComponent": "skiff",
-            }));
-        }
-    }
-    out
-}
-
-/// The objects of `kind` now, before the journal versions them.
-async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
-    let stored = || -> Vec<Arc<StoredDeployment>> { shared.apps.stored_deployments() };
-    let mut out: Vec<Value> = match kind {
-        Kind::Deployment => stored()
-            .iter()
-            .map(|d| deployment_value(shared, d))
-            .collect(),
-        Kind::ReplicaSet => {
-            let pods = all_pods(shared).await;
-            replica_sets(shared, &stored(), &pods)
-        }
-        Kind::Pod => all_pods(shared).await.into_iter().map(value).collect(),
-        Kind::Service => shared
-            .apps
-            .services()
-            .into_iter()
-            .map(service_value)
-            .collect(),
-        Kind::Node => nodes(shared).await.into_iter().map(value).collect(),
-        Kind::Event => events(shared, &stored()),
-        Kind::Namespace => vec![json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": "default", "uid": derived_uid("namespace", "default")},
-            "spec": {"finalizers": ["kubernetes"]},
-            "status": {"phase": "Active"},
-        })],
-    };
-    for v in &mut out {
-        v["apiVersion"] = json!(resource_of(kind).api_version());
-        v["kind"] = json!(resource_of(kind).kind_name);
-    }
-    out.sort_by(|a, b| {
-        a["metadata"]["name"]
-            .as_str()
-            .cmp(&b["metadata"]["name"].as_str())
-    });
-    out
-}
-
-/// The objects of `kind` with their versions, and the journal's version.
-async fn objects(shared: &Shared, kind: Kind) -> (Vec<Value>, u64) {
-    let _reading = shared.kube_journal.reading.lock().await;
-    let now = read_kind(shared, kind).await;
-    shared.kube_journal.observe(kind, now)
-}
-
-async fn get_object(shared: &Shared, res: &Resource, name: &str) -> Result<Value, ApiError> {
-    objects(shared, res.kind)
-        .await
-        .0
-        .into_iter()
-        .find(|o| o["metadata"]["name"] == name)
-        .ok_or_else(|| not_found(res, name))
+        .with_details(res.details(name))
 }
 
 async fn list(
     shared: &Shared,
     res: &Resource,
     p: &Params,
-    table: bool,
+    table: Option<table::Include>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::new(res.kind, p)?;
     let (all, version) = objects(shared, res.kind).await;
@@ -866,10 +521,11 @@ async fn list(
             .and_then(|o| o["metadata"]["name"].as_str())
             .map(super::continue_token);
     }
-    if table {
+    if let Some(include) = table {
         return Ok(Json(table::table(
             res.kind,
             &items,
+            include,
             &version.to_string(),
             next.as_deref(),
         ))
@@ -887,139 +543,6 @@ async fn list(
         "items": items,
     }))
     .into_response())
-}
-
-/// Watches open now, against [`MAX_WATCHES`].
-static WATCHES: AtomicUsize = AtomicUsize::new(0);
-
-/// Holds a watch's place while it streams.
-struct WatchSlot;
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        WATCHES.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One watch event as a line.
-fn event_line(change: &str, kind: Kind, object: &Value, table: bool) -> Bytes {
-    let object = if table {
-        let version = object["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default();
-        table::table(kind, std::slice::from_ref(object), version, None)
-    } else {
-        object.clone()
-    };
-    let mut line =
-        serde_json::to_vec(&json!({"type": change, "object": object})).expect("events serialize");
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-/// `?watch=true`: `ADDED`/`MODIFIED`/`DELETED` lines from the version asked for (or
-/// every object now, then changes), until `timeoutSeconds`, a client that reads too
-/// slowly to keep up (it watches again from its last version), or the node stops.
-async fn watch(
-    shared: Arc<Shared>,
-    res: &'static Resource,
-    p: Params,
-    table: bool,
-) -> Result<Response, ApiError> {
-    let filter = Filter::new(res.kind, &p)?;
-    let from = match p.resource_version.as_deref() {
-        None | Some("") => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid",
-                format!("resourceVersion: {v:?} is not one this server gave"),
-            )
-        })?),
-    };
-    if WATCHES.fetch_add(1, Ordering::Relaxed) >= MAX_WATCHES {
-        WATCHES.fetch_sub(1, Ordering::Relaxed);
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_watches",
-            format!("{MAX_WATCHES} watches are open on this node; try again later"),
-        ));
-    }
-    let slot = WatchSlot;
-    // Read now, so the journal holds the objects as they are.
-    objects(&shared, res.kind).await;
-    let kind = res.kind;
-    let mut first: Vec<Bytes> = Vec::new();
-    let mut last = 0;
-    let rx = match shared.kube_journal.watch(kind, from) {
-        Ok((journal::Start::Now(objects, version), rx)) => {
-            for o in objects.iter().filter(|o| filter.admits(o)) {
-                first.push(event_line("ADDED", kind, o, table));
-            }
-            last = version;
-            Some(rx)
-        }
-        Ok((journal::Start::After(events), rx)) => {
-            for e in &events {
-                if filter.admits(&e.object) {
-                    first.push(event_line(e.change.as_str(), kind, &e.object, table));
-                }
-                last = e.version;
-            }
-            last = last.max(from.unwrap_or(0));
-            Some(rx)
-        }
-        Err(oldest) => {
-            let status = json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("too old resource version: {} ({oldest})", from.unwrap_or(0)),
-                "reason": "Expired", "code": 410,
-            });
-            let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
-                .expect("serializes");
-            line.push(b'\n');
-            first.push(Bytes::from(line));
-            None
-        }
-    };
-    let limit = p.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
-    let deadline = tokio::time::Instant::now() + limit;
-    let state = (shared, rx, filter, last, slot);
-    let live = futures_util::stream::unfold(
-        state,
-        move |(shared, rx, filter, mut last, slot)| async move {
-            let mut rx = rx?;
-            let mut poll = tokio::time::interval(WATCH_POLL);
-            loop {
-                tokio::select! {
-                    event = rx.recv() => match event {
-                        Ok(e) if e.kind == kind && e.version > last => {
-                            last = e.version;
-                            if filter.admits(&e.object) {
-                                let line = event_line(e.change.as_str(), kind, &e.object, table);
-                                return Some((line, (shared, Some(rx), filter, last, slot)));
-                            }
-                        }
-                        Ok(_) => {}
-                        // Fell behind or the journal is gone: end; the client watches again.
-                        Err(_) => return None,
-                    },
-                    _ = poll.tick() => {
-                        objects(&shared, kind).await;
-                    }
-                    () = tokio::time::sleep_until(deadline) => return None,
-                    () = shared.shutdown.cancelled() => return None,
-                }
-            }
-        },
-    );
-    let body = futures_util::stream::iter(first)
-        .chain(live)
-        .map(Ok::<_, std::convert::Infallible>);
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(body),
-    )
-        .into_response())
 }
 
 /// Annotations the node sets: never taken from what a client sends.
@@ -1082,17 +605,23 @@ fn read_object(
     Ok((doc.object, warnings))
 }
 
-/// [`read_object`] on the blocking pool, in turn: checking an object of up to 4 MiB
-/// takes long enough to hold up the other requests of an executor thread.
+/// [`read_object`] on the blocking pool, in turn (after [`unfill`] when the object
+/// comes back over a `stored` one): checking an object of up to 4 MiB, or comparing it
+/// with its defaults, takes long enough to hold up the other requests of an executor
+/// thread.
 async fn checked_object(
     res: &'static Resource,
     name: Option<&str>,
-    object: Value,
+    mut object: Value,
+    stored: Option<Stored>,
 ) -> Result<(Object, Vec<String>), ApiError> {
     let name = name.map(str::to_string);
     let turn = CHECKS.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
+        if let Some(stored) = stored {
+            unfill(&mut object, &stored);
+        }
         read_object(res, name.as_deref(), object)
     })
     .await
@@ -1114,6 +643,7 @@ async fn create(
     shared: &Shared,
     res: &'static Resource,
     p: &Params,
+    content_type: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     if !matches!(res.kind, Kind::Deployment | Kind::Service) {
@@ -1126,7 +656,7 @@ async fn create(
             ),
         ));
     }
-    let object = json_body(body)?;
+    let object = body::object(res, content_type, body)?;
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -1146,9 +676,10 @@ async fn create(
             StatusCode::CONFLICT,
             "already_exists",
             format!("{} {name:?} already exists", res.qualified()),
-        ));
+        )
+        .with_details(res.details(&name)));
     }
-    let (object, warnings) = checked_object(res, None, object).await?;
+    let (object, warnings) = checked_object(res, None, object, None).await?;
     let written = write(shared, res, &name, object, p).await?;
     Ok(warn(
         (StatusCode::CREATED, Json(written)).into_response(),
@@ -1170,6 +701,9 @@ async fn write(
             Object::Service(s) => value(s),
         };
         v["metadata"]["namespace"] = json!("default");
+        if let Some(fill) = defaults::of(res.kind) {
+            fill(&mut v);
+        }
         return Ok(v);
     }
     shared.apps.apply_object(object).await?;
@@ -1184,16 +718,7 @@ async fn update(
     p: &Params,
     check_version: bool,
 ) -> Result<Response, ApiError> {
-    if !matches!(res.kind, Kind::Deployment | Kind::Service) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!(
-                "{} are not changed through the API on skiff",
-                res.qualified()
-            ),
-        ));
-    }
+    changeable(res)?;
     let current = get_object(shared, res, name).await?;
     if check_version
         && let Some(sent) = object["metadata"]["resourceVersion"].as_str()
@@ -1204,9 +729,85 @@ async fn update(
             res.qualified()
         )));
     }
-    let (object, warnings) = checked_object(res, Some(name), object).await?;
+    let stored = stored(shared, res.kind, name);
+    let (object, warnings) = checked_object(res, Some(name), object, stored).await?;
     let written = write(shared, res, name, object, p).await?;
     Ok(warn(Json(written).into_response(), &warnings))
+}
+
+/// What an object sent back is compared with to take its defaults out (see
+/// [`unfill`]): the object as stored and, for a Deployment, its revisions' templates.
+struct Stored {
+    kind: Kind,
+    object: Value,
+    templates: Vec<Value>,
+}
+
+/// The stored object `name` of `kind`, if the kind is defaulted and it exists.
+fn stored(shared: &Shared, kind: Kind, name: &str) -> Option<Stored> {
+    let (object, templates) = match kind {
+        Kind::Deployment => {
+            let d = shared
+                .apps
+                .stored_deployments()
+                .into_iter()
+                .find(|d| d.object.metadata.name == name)?;
+            let templates = d.revisions.iter().rev().map(|r| value(&r.template));
+            (deployment_value(shared, &d), templates.collect())
+        }
+        Kind::Service => {
+            let s = shared
+                .apps
+                .services()
+                .into_iter()
+                .find(|s| s.metadata.name == name)?;
+            (service_value(s), Vec::new())
+        }
+        _ => return None,
+    };
+    Some(Stored {
+        kind,
+        object,
+        templates,
+    })
+}
+
+/// Takes the defaults an object was served with out of it as it comes back (see
+/// [`defaults::unfill`]). A Deployment whose template is one of its revisions' as
+/// served (`rollout undo` sends a ReplicaSet's) gets that revision's template exactly,
+/// so it is that revision again.
+fn unfill(object: &mut Value, stored: &Stored) {
+    let Some(fill) = defaults::of(stored.kind) else {
+        return;
+    };
+    let sent = &object["spec"]["template"];
+    let revision = stored.templates.iter().find(|raw| {
+        let mut shown = json!({"spec": {"template": raw}});
+        defaults::replica_set(&mut shown);
+        &shown["spec"]["template"] == sent
+    });
+    let revision = revision.cloned();
+    defaults::unfill(object, &stored.object, fill);
+    if let Some(template) = revision
+        && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("template".into(), template);
+    }
+}
+
+/// Deployments and Services are changed through the API; other kinds are skiff's.
+fn changeable(res: &Resource) -> Result<(), ApiError> {
+    if matches!(res.kind, Kind::Deployment | Kind::Service) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} are not changed through the API on skiff",
+            res.qualified()
+        ),
+    ))
 }
 
 fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
@@ -1409,7 +1010,7 @@ async fn scale(
     let current = scale_object(&get_object(shared, res, name).await?);
     let wanted = match method {
         Method::GET => return Ok(Json(current).into_response()),
-        Method::PUT => json_body(&body)?,
+        Method::PUT => body::json_or_yaml(content_type, &body)?,
         Method::PATCH => apply_patch("Scale", current, patch_kind(content_type)?, body).await?,
         other => {
             return Err(ApiError::new(
@@ -1520,95 +1121,12 @@ async fn history(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use axum::body::Body;
     use http::{Request, StatusCode};
-    use http_body_util::BodyExt as _;
     use serde_json::{Value, json};
 
+    use super::testing::{call, eventually, get, post, send, watch_lines, watch_until};
     use super::*;
-
-    #[test]
-    fn label_selectors_as_kubectl_writes_them() {
-        let labels: BTreeMap<String, String> = [
-            ("app".to_string(), "web".to_string()),
-            ("tier".into(), "front".into()),
-        ]
-        .into();
-        let sel = |s: &str| {
-            matches(&selector(s, "labelSelector").unwrap(), |k| {
-                labels.get(k).cloned()
-            })
-        };
-        assert!(sel(""));
-        assert!(sel("app=web"));
-        assert!(sel("app==web,tier"));
-        assert!(sel("app!=db,!canary"));
-        assert!(!sel("app=db"));
-        assert!(!sel("tier!=front"));
-        assert!(!sel("canary"));
-        assert!(!sel("!app"));
-        assert!(selector("a b=c", "labelSelector").is_err());
-        assert!(selector("=x", "labelSelector").is_err());
-    }
-
-    /// Sends one request through the API's router (no socket), with the token.
-    async fn call(
-        router: &axum::Router,
-        token: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let (status, _, value) = answer(router, req).await;
-        (status, value)
-    }
-
-    /// Sends a request through the router; its status, headers and JSON body (null
-    /// when it is not JSON).
-    async fn answer(
-        router: &axum::Router,
-        req: Request<Body>,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        let resp = tower::ServiceExt::oneshot(router.clone(), req)
-            .await
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    /// Polls `check` until it gives a value; panics after 10 s.
-    async fn eventually<T, F, Fut>(mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
 
     const MANIFEST: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {tier: front}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: 'nope:v1', colour: blue}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n";
 
@@ -1786,91 +1304,6 @@ mod tests {
             .await;
         node.shutdown_token().cancel();
         node.wait().await.unwrap();
-    }
-
-    /// One request with headers; the status, headers and body.
-    async fn send(
-        router: &axum::Router,
-        token: &str,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
-        answer(router, req).await
-    }
-
-    /// A POST of `body` with the token.
-    async fn post(
-        router: &axum::Router,
-        token: &str,
-        path: &str,
-        body: Value,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        send(router, token, "POST", path, &[], Some(body)).await
-    }
-
-    /// A GET with the token.
-    async fn get(
-        router: &axum::Router,
-        token: &str,
-        path: &str,
-    ) -> (StatusCode, http::HeaderMap, Value) {
-        send(router, token, "GET", path, &[], None).await
-    }
-
-    /// The first `n` lines of a watch.
-    /// Watch events from `path` until `done` holds of those read (within 10 s).
-    async fn watch_until(
-        router: &axum::Router,
-        token: &str,
-        path: &str,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let req = Request::builder()
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        let resp = tower::ServiceExt::oneshot(router.clone(), req)
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut body = resp.into_body();
-        let mut text = String::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let events: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            if done(&events) {
-                return events;
-            }
-            let frame = tokio::time::timeout_at(deadline, body.frame())
-                .await
-                .unwrap_or_else(|_| panic!("watch events not in 10 s: {events:?}"))
-                .expect("the watch goes on")
-                .unwrap();
-            if let Ok(data) = frame.into_data() {
-                text.push_str(std::str::from_utf8(&data).unwrap());
-            }
-        }
-    }
-
-    /// At least `n` watch events from `path`.
-    async fn watch_lines(router: &axum::Router, token: &str, path: &str, n: usize) -> Vec<Value> {
-        watch_until(router, token, path, |events| events.len() >= n).await
     }
 
     fn deployment_json(image: &str) -> Value {
@@ -2185,6 +1618,24 @@ mod tests {
             (s, e["kind"].as_str()),
             (StatusCode::NOT_FOUND, Some("Status"))
         );
+        // Details, as the API server writes them: empty for what is not served at all
+        // (`kubectl debug` reads them so, unchecked), naming a missing object.
+        assert_eq!(e["details"], json!({}));
+        let (_, _, e) = get(&router, t, &format!("{DEPLOYMENTS}/gone")).await;
+        assert_eq!(
+            e["details"],
+            json!({"name": "gone", "group": "apps", "kind": "deployments"})
+        );
+        let (s, _, e) = send(
+            &router,
+            t,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/any/ephemeralcontainers",
+            &[("content-type", "application/strategic-merge-patch+json")],
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!((s, &e["details"]), (StatusCode::NOT_FOUND, &json!({})));
 
         // The OpenAPI document, both ways.
         let (s, h, doc) = get(&router, t, "/openapi/v2").await;

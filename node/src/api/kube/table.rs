@@ -16,6 +16,31 @@ pub(super) fn wanted(accept: Option<&str>) -> bool {
     })
 }
 
+/// What a row carries of its object (`?includeObject=`): its metadata as a
+/// `PartialObjectMetadata` (the default), the whole object (`kubectl get --sort-by`
+/// sorts rows by its fields), or nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Include {
+    #[default]
+    Metadata,
+    Object,
+    NoObject,
+}
+
+impl Include {
+    /// `Metadata`, `Object` or `None`, as the API server takes them.
+    pub(super) fn parse(v: &str) -> Result<Self, String> {
+        match v {
+            "" | "Metadata" => Ok(Include::Metadata),
+            "Object" => Ok(Include::Object),
+            "None" => Ok(Include::NoObject),
+            other => Err(format!(
+                "includeObject: Unsupported value: {other:?}: supported values: \"Metadata\", \"None\", \"Object\""
+            )),
+        }
+    }
+}
+
 /// (name, type, priority, description)
 type Column = (&'static str, &'static str, u8, &'static str);
 
@@ -94,6 +119,18 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("Message", "string", 0, "What happened."),
         ],
         Kind::Namespace => &[NAME, ("Status", "string", 0, "Active."), AGE],
+        Kind::Endpoints => &[
+            NAME,
+            ("Endpoints", "string", 0, "Ready pods' addresses and ports."),
+            AGE,
+        ],
+        Kind::EndpointSlice => &[
+            NAME,
+            ("AddressType", "string", 0, "IPv4 or IPv6."),
+            ("Ports", "string", 0, "The pods' ports."),
+            ("Endpoints", "string", 0, "The pods' addresses."),
+            AGE,
+        ],
     }
 }
 
@@ -153,6 +190,24 @@ fn containers(template: &Value) -> (String, String) {
             .join(",")
     };
     (join("name"), join("image"))
+}
+
+/// `ip:port`, `[ip]:port` for IPv6.
+fn host_port(ip: &str, port: &Value) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The first three, and how many more, as kubectl prints endpoints.
+fn at_most_three(list: Vec<String>) -> String {
+    match list.len() {
+        0 => "<none>".into(),
+        1..=3 => list.join(","),
+        n => format!("{} + {} more...", list[..3].join(","), n - 3),
+    }
 }
 
 /// A pod's STATUS: Terminating, the first waiting reason, or the phase.
@@ -305,6 +360,54 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             json!(text(&o["message"])),
         ],
         Kind::Namespace => vec![name, json!("Active"), json!(created)],
+        Kind::Endpoints => {
+            let mut list = Vec::new();
+            for subset in o["subsets"].as_array().into_iter().flatten() {
+                let ips = subset["addresses"].as_array().into_iter().flatten();
+                let ips: Vec<&str> = ips.filter_map(|a| a["ip"].as_str()).collect();
+                match subset["ports"].as_array().filter(|p| !p.is_empty()) {
+                    None => list.extend(ips.iter().map(|ip| ip.to_string())),
+                    Some(ports) => {
+                        for port in ports {
+                            for ip in &ips {
+                                list.push(host_port(ip, &port["port"]));
+                            }
+                        }
+                    }
+                }
+            }
+            vec![name, json!(at_most_three(list)), json!(created)]
+        }
+        Kind::EndpointSlice => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    p["port"]
+                        .as_i64()
+                        .map_or("<unset>".into(), |n| n.to_string())
+                })
+                .collect();
+            let addresses: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            vec![
+                name,
+                json!(text(&o["addressType"])),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(at_most_three(addresses)),
+                json!(created),
+            ]
+        }
     }
 }
 
@@ -313,6 +416,7 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
 pub(super) fn table(
     kind: Kind,
     objects: &[Value],
+    include: Include,
     version: &str,
     continue_: Option<&str>,
 ) -> Value {
@@ -331,14 +435,16 @@ pub(super) fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            json!({
-                "cells": cells(kind, o),
-                "object": {
+            let object = match include {
+                Include::Metadata => json!({
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
                     "metadata": o["metadata"],
-                },
-            })
+                }),
+                Include::Object => o.clone(),
+                Include::NoObject => Value::Null,
+            };
+            json!({"cells": cells(kind, o), "object": object})
         })
         .collect();
     let mut metadata = json!({"resourceVersion": version});
@@ -368,9 +474,17 @@ mod tests {
             Kind::Node,
             Kind::Event,
             Kind::Namespace,
+            Kind::Endpoints,
+            Kind::EndpointSlice,
         ];
         for kind in kinds {
-            let t = table(kind, &[json!({"metadata": {"name": "x"}})], "1", None);
+            let t = table(
+                kind,
+                &[json!({"metadata": {"name": "x"}})],
+                Include::Metadata,
+                "1",
+                None,
+            );
             assert_eq!(
                 t["rows"][0]["cells"].as_array().unwrap().len(),
                 t["columnDefinitions"].as_array().unwrap().len(),
@@ -381,7 +495,13 @@ mod tests {
             "spec": {"containers": [{"name": "a"}], "nodeName": "n1"},
             "status": {"phase": "Pending", "containerStatuses": [
                 {"ready": false, "restartCount": 2, "state": {"waiting": {"reason": "ContainerCreating"}}}]}});
-        let t = table(Kind::Pod, &[pod], "1", None);
+        let t = table(
+            Kind::Pod,
+            std::slice::from_ref(&pod),
+            Include::Metadata,
+            "1",
+            None,
+        );
         assert_eq!(
             t["rows"][0]["cells"],
             json!([
@@ -401,5 +521,52 @@ mod tests {
         )));
         assert!(!wanted(Some("application/json")));
         assert!(!wanted(None));
+    }
+
+    #[test]
+    fn endpoints_show_three_addresses_and_how_many_more() {
+        let e = json!({"metadata": {"name": "web"}, "subsets": [
+            {"addresses": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}], "ports": [{"port": 80}, {"port": 81}]}]});
+        let t = table(Kind::Endpoints, &[e], Include::Metadata, "1", None);
+        assert_eq!(
+            t["rows"][0]["cells"][1],
+            "10.0.0.1:80,[fd00::1]:80,10.0.0.1:81 + 1 more..."
+        );
+        let s = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "ports": [{"name": "", "port": 80}], "endpoints": [{"addresses": ["10.0.0.1"]}]});
+        let t = table(Kind::EndpointSlice, &[s], Include::Metadata, "1", None);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["web-abcde", "IPv4", "80", "10.0.0.1", age(&Value::Null)])
+        );
+    }
+
+    #[test]
+    fn rows_carry_metadata_the_whole_object_or_nothing_as_asked() {
+        let event =
+            json!({"metadata": {"name": "e", "uid": "u"}, "lastTimestamp": "2000-01-01T00:00:00Z"});
+        let object = |include| {
+            table(
+                Kind::Event,
+                std::slice::from_ref(&event),
+                include,
+                "1",
+                None,
+            )["rows"][0]["object"]
+                .clone()
+        };
+        assert_eq!(
+            object(Include::parse("").unwrap()),
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                   "metadata": {"name": "e", "uid": "u"}})
+        );
+        // kubectl get --sort-by=.lastTimestamp sorts by the object's own fields.
+        assert_eq!(object(Include::parse("Object").unwrap()), event);
+        assert!(object(Include::parse("None").unwrap()).is_null());
+        let e = Include::parse("Everything").unwrap_err();
+        assert!(
+            e.contains("includeObject: Unsupported value: \"Everything\""),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,152 @@
+//! `?watch=true`: a stream of `ADDED`/`MODIFIED`/`DELETED` lines from the [`journal`],
+//! bounded in number, in length and by how fast the client reads.
+//!
+//! [`journal`]: super::journal
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+
+use super::select::Filter;
+use super::served::objects;
+use super::{Kind, MAX_WATCH, MAX_WATCHES, Params, Resource, WATCH_POLL, journal, table};
+use crate::Shared;
+use crate::api::ApiError;
+
+/// Watches open now, against [`MAX_WATCHES`].
+static WATCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// Holds a watch's place while it streams.
+struct WatchSlot;
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        WATCHES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One watch event as a line.
+fn event_line(change: &str, kind: Kind, object: &Value, table: Option<table::Include>) -> Bytes {
+    let object = if let Some(include) = table {
+        let version = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        table::table(kind, std::slice::from_ref(object), include, version, None)
+    } else {
+        object.clone()
+    };
+    let mut line =
+        serde_json::to_vec(&json!({"type": change, "object": object})).expect("events serialize");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// `?watch=true`: `ADDED`/`MODIFIED`/`DELETED` lines from the version asked for (or
+/// every object now, then changes), until `timeoutSeconds`, a client that reads too
+/// slowly to keep up (it watches again from its last version), or the node stops.
+pub(super) async fn watch(
+    shared: Arc<Shared>,
+    res: &'static Resource,
+    p: Params,
+    table: Option<table::Include>,
+) -> Result<Response, ApiError> {
+    let filter = Filter::new(res.kind, &p)?;
+    let from = match p.resource_version.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid",
+                format!("resourceVersion: {v:?} is not one this server gave"),
+            )
+        })?),
+    };
+    if WATCHES.fetch_add(1, Ordering::Relaxed) >= MAX_WATCHES {
+        WATCHES.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watches",
+            format!("{MAX_WATCHES} watches are open on this node; try again later"),
+        ));
+    }
+    let slot = WatchSlot;
+    // Read now, so the journal holds the objects as they are.
+    objects(&shared, res.kind).await;
+    let kind = res.kind;
+    let mut first: Vec<Bytes> = Vec::new();
+    let mut last = 0;
+    let rx = match shared.kube_journal.watch(kind, from) {
+        Ok((journal::Start::Now(objects, version), rx)) => {
+            for o in objects.iter().filter(|o| filter.admits(o)) {
+                first.push(event_line("ADDED", kind, o, table));
+            }
+            last = version;
+            Some(rx)
+        }
+        Ok((journal::Start::After(events), rx)) => {
+            for e in &events {
+                if filter.admits(&e.object) {
+                    first.push(event_line(e.change.as_str(), kind, &e.object, table));
+                }
+                last = e.version;
+            }
+            last = last.max(from.unwrap_or(0));
+            Some(rx)
+        }
+        Err(oldest) => {
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {} ({oldest})", from.unwrap_or(0)),
+                "reason": "Expired", "code": 410,
+            });
+            let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": status}))
+                .expect("serializes");
+            line.push(b'\n');
+            first.push(Bytes::from(line));
+            None
+        }
+    };
+    let limit = p.timeout.unwrap_or(MAX_WATCH).min(MAX_WATCH);
+    let deadline = tokio::time::Instant::now() + limit;
+    let state = (shared, rx, filter, last, slot);
+    let live = futures_util::stream::unfold(
+        state,
+        move |(shared, rx, filter, mut last, slot)| async move {
+            let mut rx = rx?;
+            let mut poll = tokio::time::interval(WATCH_POLL);
+            loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Ok(e) if e.kind == kind && e.version > last => {
+                            last = e.version;
+                            if filter.admits(&e.object) {
+                                let line = event_line(e.change.as_str(), kind, &e.object, table);
+                                return Some((line, (shared, Some(rx), filter, last, slot)));
+                            }
+                        }
+                        Ok(_) => {}
+                        // Fell behind or the journal is gone: end; the client watches again.
+                        Err(_) => return None,
+                    },
+                    _ = poll.tick() => {
+                        objects(&shared, kind).await;
+                    }
+                    () = tokio::time::sleep_until(deadline) => return None,
+                    () = shared.shutdown.cancelled() => return None,
+                }
+            }
+        },
+    );
+    let body = futures_util::stream::iter(first)
+        .chain(live)
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
