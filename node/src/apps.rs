@@ -95,8 +95,7 @@ pub struct Apps {
     /// Starts every container, pods and `skiff run` ones alike.
     launcher: Arc<Launcher>,
     /// Pods' Linux processes' exits, handled by [`Apps::run_exit_loop`].
-    exits: tokio::sync::mpsc::UnboundedSender<PodExit>,
-    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PodExit>>>,
+    exits: crate::launcher::Inbox<PodExit>,
     /// Deployments and Services, as desired.
     desired: Arc<DesiredStore>,
     /// The cluster's log: every change to `desired` goes through it.
@@ -131,7 +130,6 @@ impl Apps {
             body_timeout,
             forward_key,
         } = settings;
-        let (exits, exit_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             images,
             state,
@@ -141,8 +139,7 @@ impl Apps {
             shutdown,
             drain,
             launcher,
-            exits,
-            exit_rx: std::sync::Mutex::new(Some(exit_rx)),
+            exits: crate::launcher::Inbox::new(),
             desired,
             consensus,
             pods,
@@ -159,27 +156,21 @@ impl Apps {
         }
     }
 
-    /// Handles Linux containers' exits until the node stops. Run once, by the node.
+    /// Handles pods' Linux processes' exits until the node stops. Run once, by the node.
     pub(crate) async fn run_exit_loop(&self, shutdown: CancellationToken) {
-        let Some(mut rx) = self
-            .exit_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = rx.recv() => match ev {
-                    Some(PodExit { pod, instance, exit }) => {
-                        self.on_pod_exit(&pod, &instance, &exit);
-                    }
-                    None => return,
+        self.exits
+            .run(
+                shutdown,
+                |PodExit {
+                     pod,
+                     instance,
+                     exit,
+                 }| {
+                    self.on_pod_exit(&pod, &instance, &exit);
+                    std::future::ready(())
                 },
-            }
-        }
+            )
+            .await;
     }
 
     /// Brings the node back: leftovers of a killed node cleaned, Deployments' pods

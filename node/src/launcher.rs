@@ -34,6 +34,49 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// pod waits with the reason `CreateContainerConfigError`).
 pub(crate) const CONFIG_ERROR: &str = "container_config";
 
+/// Where a service's containers' exits (and its own later work, such as restarts) are
+/// sent, and the one loop that handles them.
+pub(crate) struct Inbox<T> {
+    tx: tokio::sync::mpsc::UnboundedSender<T>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<T>>>,
+}
+
+impl<T> Inbox<T> {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Where to send.
+    pub(crate) fn sender(&self) -> tokio::sync::mpsc::UnboundedSender<T> {
+        self.tx.clone()
+    }
+
+    /// Hands every message to `handle` until `shutdown`. Run once: a second call returns
+    /// at once.
+    pub(crate) async fn run<F: Future<Output = ()>>(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+        mut handle: impl FnMut(T) -> F,
+    ) {
+        let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = rx.recv() => match message {
+                    Some(message) => handle(message).await,
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
 /// One Linux container to start.
 pub(crate) struct LinuxStart<'a> {
     /// 64 hex digits: runc's id (its first 32) and the bundle's directory.

@@ -104,8 +104,7 @@ pub(crate) struct Standalone {
     pods: Arc<dyn Pods>,
     shutdown: CancellationToken,
     drain: Duration,
-    exits: tokio::sync::mpsc::UnboundedSender<Event>,
-    exit_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
+    exits: crate::launcher::Inbox<Event>,
 }
 
 /// One `skiff run` container: its record and, while running, its container and ports.
@@ -162,7 +161,6 @@ impl Standalone {
             shutdown,
             drain,
         } = settings;
-        let (exits, exit_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             entries: tokio::sync::Mutex::default(),
             events: events::ContainerEvents::default(),
@@ -174,31 +172,14 @@ impl Standalone {
             pods,
             shutdown,
             drain,
-            exits,
-            exit_rx: std::sync::Mutex::new(Some(exit_rx)),
+            exits: crate::launcher::Inbox::new(),
         }
     }
 
     /// Handles Linux containers' exits and restarts until the node stops. Run once, by
     /// the node.
     pub(crate) async fn run_exit_loop(&self, shutdown: CancellationToken) {
-        let Some(mut rx) = self
-            .exit_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = rx.recv() => match ev {
-                    Some(ev) => self.on_exit(ev).await,
-                    None => return,
-                },
-            }
-        }
+        self.exits.run(shutdown, |ev| self.on_exit(ev)).await;
     }
 
     /// Whether a container is named `name`.
@@ -528,7 +509,7 @@ impl Standalone {
                     ready: true,
                 },
                 {
-                    let exits = self.exits.clone();
+                    let exits = self.exits.sender();
                     move |instance, exit| {
                         let _ = exits.send(Event::Exited { id, instance, exit });
                     }
@@ -596,7 +577,7 @@ impl Standalone {
         if restart {
             let delay = Duration::from_millis(100u64 << entry.restarts.saturating_sub(1).min(7))
                 .min(Duration::from_secs(10));
-            let events = self.exits.clone();
+            let events = self.exits.sender();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let _ = events.send(Event::Restart { id });

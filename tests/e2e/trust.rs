@@ -77,6 +77,31 @@ async fn ready_nodes(node: &Node, client: &reqwest::Client) -> usize {
     })
 }
 
+/// Deploys the hello app through `node` over TLS, a write its leader takes (a node just
+/// listed ready may not be in Raft's membership yet: 503 until it is).
+async fn upload_hello(node: &Node) {
+    let upload = https(node);
+    wait_for(
+        "an upload through the node",
+        Duration::from_secs(30),
+        || async {
+            let resp = upload
+                .put(format!("{}/v1/apps/hello?replicas=1", https_api(node)))
+                .bearer_auth(&node.token)
+                .body(hello_wasm())
+                .send()
+                .await
+                .unwrap();
+            match resp.status().as_u16() {
+                503 => None,
+                s if (200..300).contains(&s) => Some(()),
+                s => panic!("{s}: {:?}", resp.text().await),
+            }
+        },
+    )
+    .await;
+}
+
 /// A packet capture of the loopback interface, from start until [`Capture::bytes`].
 struct Capture {
     child: tokio::process::Child,
@@ -203,27 +228,7 @@ async fn a_cluster_joins_and_works_with_no_secret_token_or_key_in_clear_on_the_w
     // Work that crosses between nodes: an upload through a follower (forwarded to the
     // leader, its image copied to a peer), pods listed from every node, requests
     // forwarded between ingresses.
-    // (A node just listed ready may not be in Raft's membership yet: 503 until it is.)
-    let upload = https(&third);
-    wait_for(
-        "an upload through the third node",
-        Duration::from_secs(30),
-        || async {
-            let resp = upload
-                .put(format!("{}/v1/apps/hello?replicas=1", https_api(&third)))
-                .bearer_auth(&third.token)
-                .body(hello_wasm())
-                .send()
-                .await
-                .unwrap();
-            match resp.status().as_u16() {
-                503 => None,
-                s if (200..300).contains(&s) => Some(()),
-                s => panic!("{s}: {:?}", resp.text().await),
-            }
-        },
-    )
-    .await;
+    upload_hello(&third).await;
     for n in [&first, &second, &third] {
         wait_for("hello served", Duration::from_secs(60), || async {
             let (status, body) = n.get("hello", "/").await;
@@ -558,20 +563,5 @@ async fn a_node_that_joined_before_the_cluster_ca_starts_as_it_is() {
         })
         .await;
     }
-    let upload = https(&two);
-    wait_for("an upload through it", Duration::from_secs(30), || async {
-        let resp = upload
-            .put(format!("{}/v1/apps/hello?replicas=1", https_api(&two)))
-            .bearer_auth(&two.token)
-            .body(hello_wasm())
-            .send()
-            .await
-            .unwrap();
-        match resp.status().as_u16() {
-            503 => None,
-            s if (200..300).contains(&s) => Some(()),
-            s => panic!("{s}: {:?}", resp.text().await),
-        }
-    })
-    .await;
+    upload_hello(&two).await;
 }

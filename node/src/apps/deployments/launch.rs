@@ -271,7 +271,7 @@ impl Apps {
                             ready: false,
                         },
                         {
-                            let exits = self.exits.clone();
+                            let exits = self.exits.sender();
                             move |instance, exit| {
                                 let _ = exits.send(PodExit {
                                     pod: name,
