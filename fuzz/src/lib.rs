@@ -11,6 +11,7 @@
 //! | `cgi` | WAGI guest output | parsing never panics |
 //! | `host` | `Host` headers and request paths | a label found is one DNS label of the host under the domain |
 //! | `manifest` | Kubernetes YAML mutated from real Deployments and Services | reading never panics; what it accepts validates |
+//! | `protobuf` | kubectl's own protobuf bodies (Deployments, Services) mutated: bytes, varints, length prefixes, nesting | decoding never panics; what it accepts is an object, at most 32 bytes of JSON a byte of body |
 //!
 //! `skiff-fuzz` (the binary) runs them for many inputs; `tests/smoke.rs` runs a few
 //! thousand of each in CI.
@@ -68,6 +69,11 @@ pub const TARGETS: &[Target] = &[
         name: "manifest",
         generate: gen_manifest,
         check: check_manifest,
+    },
+    Target {
+        name: "protobuf",
+        generate: gen_protobuf,
+        check: check_protobuf,
     },
 ];
 
@@ -809,4 +815,85 @@ fn check_manifest(input: &[u8]) -> bool {
             false
         }
     }
+}
+
+// ---- protobuf ------------------------------------------------------------------------
+
+/// What kubectl 1.33's `create deployment` and `create service` send.
+const PROTOBUF_BODIES: &[&[u8]] = &[
+    include_bytes!("../../spec/testdata/protobuf/create-deployment.pb"),
+    include_bytes!("../../spec/testdata/protobuf/create-deployment-port-replicas-command.pb"),
+    include_bytes!("../../spec/testdata/protobuf/create-service-clusterip.pb"),
+    include_bytes!("../../spec/testdata/protobuf/create-service-nodeport.pb"),
+];
+
+/// Protobuf's shapes: keys of every wire type, the longest varints, lengths that
+/// claim more than is there, nested messages, and the magic.
+const PROTOBUF_TOKENS: &[&[u8]] = &[
+    b"k8s\0",
+    &[0x0a, 0x00],
+    &[0x0a, 0x7f],
+    &[0x12, 0xff, 0xff, 0xff, 0xff, 0x0f],
+    &[
+        0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ],
+    &[
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ],
+    &[0x0b],
+    &[0x0c],
+    &[0x0d, 0, 0, 0, 0],
+    &[0x09, 0, 0, 0, 0, 0, 0, 0, 0],
+    &[0x0a, 0x04, 0x0a, 0x02, 0x0a, 0x00],
+    &[0x1a, 0x02, 0x08, 0x01],
+    &[0x22, 0x03, b'a', b'b', b'c'],
+];
+
+fn gen_protobuf(rng: &mut Rng) -> Vec<u8> {
+    let mut body = rng.pick(PROTOBUF_BODIES).to_vec();
+    if !rng.chance(8) {
+        mutate(rng, &mut body, PROTOBUF_TOKENS);
+    }
+    // Messages nested deep: a length prefix each, as a crafted body would.
+    if rng.chance(16) {
+        let mut nested = Vec::new();
+        for _ in 0..rng.below(200) {
+            let mut outer = vec![0x0a];
+            let mut n = nested.len();
+            loop {
+                let b = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    outer.push(b);
+                    break;
+                }
+                outer.push(b | 0x80);
+            }
+            outer.extend_from_slice(&nested);
+            nested = outer;
+        }
+        let at = rng.below(body.len() + 1);
+        body.splice(at..at, nested);
+    }
+    body
+}
+
+fn check_protobuf(input: &[u8]) -> bool {
+    use skiff_spec::protobuf::{Kind, decode};
+    let mut accepted = false;
+    for kind in [Kind::Deployment, Kind::Service] {
+        if let Ok(object) = decode(kind, input) {
+            assert!(object.is_object(), "decoded to a non-object: {object}");
+            // No amplification beyond field names: a byte of key becomes at most a
+            // quoted name, a byte of varint a few digits.
+            let size = serde_json::to_vec(&object).map_or(0, |v| v.len());
+            assert!(
+                size <= 32 * input.len() + 4096,
+                "{} bytes decoded to {size} bytes of JSON",
+                input.len()
+            );
+            accepted = true;
+        }
+    }
+    accepted
 }

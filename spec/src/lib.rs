@@ -5,7 +5,8 @@
 //! and how it is bounded ([`AppSpec`], [`Limits`]), the JSON the API speaks ([`api`]),
 //! the Kubernetes objects skiff applies ([`k8s`]) and the manifests they come in
 //! ([`manifest`]), the OpenAPI document kubectl validates them with ([`openapi`]) and
-//! the patches that change them ([`patch`]), and what confines a Linux container
+//! the patches that change them ([`patch`]), Kubernetes' protobuf bodies read as the
+//! JSON they stand for ([`protobuf`]), and what confines a Linux container
 //! ([`security`]).
 //! No tokio, no wasmtime: this crate is cheap to depend on from anywhere.
 
@@ -23,6 +24,7 @@ pub mod map;
 mod name;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod security;
 
 pub use app::{AppKind, AppSpec, DeployParams, ParamError, parse_env, route_matches};

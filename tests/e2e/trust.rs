@@ -414,6 +414,11 @@ async fn two_thousand_silent_connections_from_one_client_leave_others_served() {
     // SAFETY: setrlimit with a valid struct.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     let node = Node::start_with(&["--header-timeout", "3s"]).await;
+    let config = skiff_tls(&node, &["kubeconfig"]).await;
+    assert!(config.status.success(), "{config:?}");
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join("config");
+    std::fs::write(&kubeconfig, &config.stdout).unwrap();
     let api: std::net::SocketAddr = node.api.trim_start_matches("http://").parse().unwrap();
     let mut silent = Vec::new();
     for _ in 0..2000 {
@@ -442,6 +447,22 @@ async fn two_thousand_silent_connections_from_one_client_leave_others_served() {
         }
     };
     served("while one address holds 2,000 connections").await;
+    // And the real kubectl, with the node's kubeconfig.
+    let kubectl = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "nodes"])
+        .env("HOME", home.path())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(20), kubectl).await {
+        Ok(Ok(out)) => assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "kubectl get nodes while one address holds 2,000 connections: {out:?}"
+        ),
+        Ok(Err(e)) => println!("kubectl not run ({e}): the TLS client above stands for it"),
+        Err(_) => panic!("kubectl get nodes did not answer within 20 s during the flood"),
+    }
     // Ten addresses fill the listener's cap (1,024) between them: a newcomer takes the
     // place of one of theirs.
     for i in 10..20 {

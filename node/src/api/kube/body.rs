@@ -3,13 +3,15 @@
 //! Deployments and Services kubectl's typed clients send that way ([`protobuf`]).
 //! Anything else is 415 Unsupported Media Type, a `Status` naming what is read.
 //!
-//! [`protobuf`]: super::protobuf
+//! [`protobuf`]: skiff_spec::protobuf
 
 use axum::http::StatusCode;
 use serde_json::Value;
 use skiff_spec::manifest::MAX_MANIFEST_BYTES;
 
-use super::{Resource, protobuf};
+use skiff_spec::protobuf;
+
+use super::{Kind, Resource};
 use crate::api::ApiError;
 
 /// The media types an object may come in, as a 415 names them.
@@ -57,7 +59,17 @@ pub(super) fn object(res: &Resource, content_type: &str, body: &[u8]) -> Result<
             Refused(e) => e,
         });
     }
-    protobuf::decode(res.kind, body).map_err(|e| match e {
+    let kind = match res.kind {
+        Kind::Deployment => protobuf::Kind::Deployment,
+        Kind::Service => protobuf::Kind::Service,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_object",
+                "the protobuf body: skiff reads protobuf bodies of Deployments and Services only; send this one as JSON",
+            ));
+        }
+    };
+    protobuf::decode(kind, body).map_err(|e| match e {
         protobuf::Error::Invalid(m) => {
             ApiError::bad_request("invalid_object", format!("the protobuf body: {m}"))
         }
@@ -147,7 +159,7 @@ mod tests {
     fn golden(name: &str) -> Vec<u8> {
         std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("src/api/kube/testdata")
+                .join("../spec/testdata/protobuf")
                 .join(name),
         )
         .unwrap()

@@ -28,7 +28,6 @@ mod discovery;
 mod endpoints;
 pub(super) mod health;
 mod journal;
-mod protobuf;
 mod select;
 mod served;
 mod table;
