@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use skiff_spec::RunParams;
 use skiff_spec::api::ContainerInfo;
 
-use super::{ApiError, follow_until, log_response, query_pairs};
 use crate::Shared;
+use crate::api::error::ApiError;
+use crate::api::http::{follow_until, log_response, query_pairs};
 use crate::standalone::Attached;
 use axum::body::Body;
 use axum::http::header;

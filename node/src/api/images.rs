@@ -14,8 +14,9 @@ use skiff_image::archive::{self, ArchiveError};
 use skiff_image::{ImageError, ImageName};
 use skiff_spec::api::{ImageStatus, LoadedImage};
 
-use super::{ApiError, discard, query_pairs};
 use crate::Shared;
+use crate::api::error::ApiError;
+use crate::api::http::{discard, query_pairs};
 
 fn image_err(e: ImageError) -> ApiError {
     match e {

@@ -11,231 +11,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::StreamExt as _;
 use skiff_image::StoreError;
-use skiff_spec::api::{ErrorBody, ErrorDetail, LogLine};
 use skiff_spec::{AppName, DeployParams};
-use tokio::sync::{broadcast, watch};
-use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 use crate::Shared;
+use error::ApiError;
+use http::{continue_after, continue_token, discard, log_response, query_pairs};
 
 mod containers;
 pub(crate) mod docker;
+pub(crate) mod error;
+pub(crate) mod http;
 pub(crate) mod images;
 pub(crate) mod kube;
 mod peer;
-
-/// The API's one error type: a status, a stable code and a message. 4xx carry the
-/// detail; 5xx are logged with an id and the client sees only the id.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// A Kubernetes `Status`'s `details` (which object), where known.
-    details: Option<Box<serde_json::Value>>,
-}
-
-impl ApiError {
-    /// Any status with `code`.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// 404.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// 413.
-    pub fn too_large(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "payload_too_large",
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// 409: the request conflicts with what is running.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::CONFLICT,
-            code: "conflict",
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// 507: the node has no room for this (its memory budget).
-    pub fn over_budget(err: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::INSUFFICIENT_STORAGE,
-            code: "over_budget",
-            message: err.to_string(),
-            details: None,
-        }
-    }
-
-    /// 507: the node's disk is too full to take the write (nothing was written).
-    pub fn disk_full(err: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::INSUFFICIENT_STORAGE,
-            code: "insufficient_storage",
-            message: err.to_string(),
-            details: None,
-        }
-    }
-
-    /// A blob store's failure: a full disk is 507, anything else 500.
-    pub fn store(e: StoreError) -> Self {
-        if e.is_disk_full() {
-            ApiError::disk_full(e)
-        } else {
-            ApiError::internal(e)
-        }
-    }
-
-    /// 401.
-    pub fn unauthorized() -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: "missing or invalid bearer token (see the token file in the node's data dir)"
-                .into(),
-            details: None,
-        }
-    }
-
-    /// 500; the detail goes to the log only.
-    pub fn internal(err: impl std::fmt::Display) -> Self {
-        let mut id = [0u8; 6];
-        let _ = getrandom::fill(&mut id);
-        let id = hex::encode(id);
-        error!(request_id = %id, error = %err, "internal error");
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: format!("internal error (request id {id})"),
-            details: None,
-        }
-    }
-
-    /// Names the object a Kubernetes `Status` is about (`{"name", "group", "kind"}`,
-    /// `kind` being the resource, as the API server writes it).
-    pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(Box::new(details));
-        self
-    }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// What went wrong, in words.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-/// The supervisor's errors as HTTP answers: the one place that maps them.
-impl From<crate::error::AppError> for ApiError {
-    fn from(e: crate::error::AppError) -> Self {
-        use crate::error::AppError;
-        match e {
-            AppError::NotFound(m) => ApiError::not_found(m),
-            AppError::Invalid { code, message } => ApiError::bad_request(code, message),
-            AppError::Conflict(m) => ApiError::conflict(m),
-            AppError::OverBudget(m) => ApiError::over_budget(m),
-            AppError::DiskFull(m) => ApiError::disk_full(m),
-            AppError::NotReady(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_ready", m),
-            AppError::Unavailable { code, message } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-            }
-            AppError::Internal(m) => ApiError::internal(m),
-        }
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status, self.code, self.message)
-    }
-}
-
-/// The `reason` of a Kubernetes `Status` for an error.
-fn status_reason(status: StatusCode, code: &str) -> &'static str {
-    match (status.as_u16(), code) {
-        (409, "already_exists") => "AlreadyExists",
-        (400, _) => "BadRequest",
-        (401, _) => "Unauthorized",
-        (403, _) => "Forbidden",
-        (404, _) => "NotFound",
-        (405, _) => "MethodNotAllowed",
-        (409, _) => "Conflict",
-        (410, _) => "Expired",
-        (413, _) => "RequestEntityTooLarge",
-        (415, _) => "UnsupportedMediaType",
-        (422, _) => "Invalid",
-        (429, _) => "TooManyRequests",
-        (503, _) => "ServiceUnavailable",
-        (504, _) => "Timeout",
-        _ => "InternalError",
-    }
-}
-
-/// Every error is skiff's `{"error": {code, message}}` and, in the same object, a
-/// Kubernetes `Status`, so kubectl and client-go read the API's errors as a real
-/// server's.
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let reason = status_reason(self.status, self.code);
-        let mut body = serde_json::to_value(ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message.clone(),
-            },
-        })
-        .expect("errors serialize");
-        body["kind"] = "Status".into();
-        body["apiVersion"] = "v1".into();
-        body["metadata"] = serde_json::json!({});
-        body["status"] = "Failure".into();
-        body["message"] = self.message.into();
-        body["reason"] = reason.into();
-        body["code"] = self.status.as_u16().into();
-        // client-go reads a 404's details without checking they are there (`kubectl
-        // debug` tells a missing subresource by an empty name), as the API server
-        // always writes them.
-        match self.details {
-            Some(d) => body["details"] = *d,
-            None if self.status == StatusCode::NOT_FOUND => body["details"] = serde_json::json!({}),
-            None => {}
-        }
-        (self.status, Json(body)).into_response()
-    }
-}
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let authed = Router::new()
@@ -532,13 +320,6 @@ async fn close_after_refused_uploads(req: Request, next: Next) -> Response {
     resp
 }
 
-/// A request's query as (key, value) pairs, decoded.
-pub(super) fn query_pairs(query: Option<String>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
-}
-
 /// Hands Docker's paths to the Docker API router.
 async fn to_docker(State(docker): State<Router>, req: Request, next: Next) -> Response {
     if docker::is_docker_path(req.uri().path()) {
@@ -553,20 +334,6 @@ async fn to_docker(State(docker): State<Router>, req: Request, next: Next) -> Re
 
 fn app_name(name: String) -> Result<AppName, ApiError> {
     AppName::new(name).map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))
-}
-
-/// A continue token: lists go in name order, so the next page starts after the last
-/// name given (hex, so it is opaque and URL-safe).
-pub(super) fn continue_token(last: &str) -> String {
-    hex::encode(last.as_bytes())
-}
-
-/// The name a continue token says the next page starts after.
-pub(super) fn continue_after(token: &str) -> Result<String, ApiError> {
-    hex::decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid", "continue: not a token this server gave"))
 }
 
 /// Largest page a client may ask for.
@@ -734,20 +501,6 @@ async fn put_app(
 /// How much of an oversized upload is read (and dropped) before answering 413.
 const OVERSHOOT_DRAIN: u64 = 1 << 20;
 
-/// Reads and drops up to `limit` bytes of a body, for at most a second.
-pub(crate) async fn discard(stream: &mut axum::body::BodyDataStream, limit: u64) {
-    let drain = async {
-        let mut read = 0u64;
-        while let Some(Ok(chunk)) = stream.next().await {
-            read += chunk.len() as u64;
-            if read > limit {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
-}
-
 /// `GET /v1/apps/{name}/logs?tail=N&follow=true`: NDJSON lines of [`LogLine`].
 async fn logs(
     State(shared): State<Arc<Shared>>,
@@ -757,102 +510,6 @@ async fn logs(
     let name = app_name(name)?;
     let book = shared.apps.log(&name).await?;
     log_response(&shared, &book, query, None)
-}
-
-/// NDJSON lines of `book`: `tail=N|all` first, then, with `follow`, new lines as they
-/// come until the node shuts down, the log is dropped, or (a container's log) `exit`
-/// says the container stopped: a container that is not running has nothing to follow.
-pub(crate) fn log_response(
-    shared: &Shared,
-    book: &skiff_runtime::LogBook,
-    query: Option<String>,
-    exit: Option<watch::Receiver<Option<i32>>>,
-) -> Result<Response, ApiError> {
-    let mut tail = 100usize;
-    let mut follow = false;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match &*k {
-            "tail" => {
-                tail = if v == "all" {
-                    usize::MAX
-                } else {
-                    v.parse().map_err(|_| {
-                        ApiError::bad_request(
-                            "invalid_parameter",
-                            format!("invalid parameter tail: {v:?} is not a number or \"all\""),
-                        )
-                    })?
-                }
-            }
-            "follow" => follow = matches!(&*v, "" | "1" | "true" | "yes"),
-            other => {
-                return Err(ApiError::bad_request(
-                    "invalid_parameter",
-                    format!("invalid parameter {other}: unknown (known: tail, follow)"),
-                ));
-            }
-        }
-    }
-    if exit.as_ref().is_some_and(|e| e.borrow().is_some()) {
-        follow = false;
-    }
-    let (past, rx) = book.tail_and_subscribe(tail);
-    let encode = |l: &LogLine| {
-        let mut s = serde_json::to_string(l).expect("log lines serialize");
-        s.push('\n');
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))
-    };
-    // Encoded line by line as the client reads: a log of escapes (NUL bytes grow
-    // sixfold in JSON) is never built whole in memory.
-    let past = futures_util::stream::iter(past).map(move |l| encode(&l));
-    let body = if follow {
-        let shutdown: CancellationToken = shared.shutdown.clone();
-        let live = follow_until(rx, exit).map(move |l| encode(&l));
-        Body::from_stream(past.chain(live).take_until(shutdown.cancelled_owned()))
-    } else {
-        Body::from_stream(past)
-    };
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
-}
-
-/// A broadcast receiver as a stream that skips over lines it lagged behind on and ends
-/// when the app's log is dropped (the app was removed) or, given a container's `exit`,
-/// once the container stopped and the lines it wrote before are all out (its output is
-/// in the log before its exit is told).
-pub(crate) fn follow_until(
-    rx: broadcast::Receiver<LogLine>,
-    exit: Option<watch::Receiver<Option<i32>>>,
-) -> impl futures_util::Stream<Item = LogLine> {
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-    futures_util::stream::unfold(
-        (rx, exit, false),
-        |(mut rx, mut exit, mut stopped)| async move {
-            loop {
-                if stopped {
-                    match rx.try_recv() {
-                        Ok(line) => return Some((line, (rx, exit, stopped))),
-                        Err(TryRecvError::Lagged(_)) => continue,
-                        Err(_) => return None,
-                    }
-                }
-                let exited = async {
-                    match exit.as_mut() {
-                        Some(e) => drop(e.wait_for(Option::is_some).await),
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    line = rx.recv() => match line {
-                        Ok(line) => return Some((line, (rx, exit, stopped))),
-                        Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return None,
-                    },
-                    () = exited => stopped = true,
-                }
-            }
-        },
-    )
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

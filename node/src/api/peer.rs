@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
 use crate::Shared;
+use crate::api::error::ApiError;
 use crate::desired::Versioned;
 use crate::raft::{Forwarded, TypeConfig, peer};
 

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::*;
 use crate::Shared;
-use crate::api::query_pairs;
+use crate::api::http::query_pairs;
 
 /// The build's query keys that change the result and that skiff does not take.
 pub(super) const BUILD_UNSUPPORTED: &[&str] =

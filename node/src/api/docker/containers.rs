@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::Shared;
-use crate::api::{ApiError, follow_until, query_pairs};
+use crate::api::error::ApiError;
+use crate::api::http::{follow_until, query_pairs};
 
 pub(super) fn status_text(c: &ContainerInfo, now: u64) -> String {
     match c.state.as_str() {

@@ -14,7 +14,7 @@ use skiff_spec::{PortMapping, RestartPolicy, RunParams};
 
 use super::*;
 use crate::Shared;
-use crate::api::query_pairs;
+use crate::api::http::query_pairs;
 
 /// What `docker create` sends (the fields skiff reads; others are ignored, as an older
 /// Docker ignores fields it does not know, unless they would loosen the container's

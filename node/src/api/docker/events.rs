@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Answer, DockerError, filters, param};
 use crate::Shared;
-use crate::api::query_pairs;
+use crate::api::http::query_pairs;
 use crate::standalone::events::ContainerEvent;
 
 /// `1700000000` or `1700000000.5`: Unix seconds, as the CLI sends `--since`/`--until`.

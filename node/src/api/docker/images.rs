@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::Shared;
-use crate::api::{ApiError, query_pairs};
+use crate::api::error::ApiError;
+use crate::api::http::query_pairs;
 
 pub(super) fn encode(pairs: &[(&str, &str)]) -> Option<String> {
     let mut q = form_urlencoded::Serializer::new(String::new());

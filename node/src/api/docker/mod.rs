@@ -23,8 +23,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::ApiError;
 use crate::Shared;
+use crate::api::error::ApiError;
 
 mod build;
 mod containers;

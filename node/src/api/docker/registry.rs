@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::{Answer, DockerError, familiar, param};
 use crate::Shared;
-use crate::api::query_pairs;
+use crate::api::http::query_pairs;
 
 /// Docker's `AuthConfig`: the body of `POST /auth`, and what its client encodes into
 /// `X-Registry-Auth`.

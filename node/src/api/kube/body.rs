@@ -12,7 +12,7 @@ use skiff_spec::manifest::MAX_MANIFEST_BYTES;
 use skiff_spec::protobuf;
 
 use super::{Kind, Resource};
-use crate::api::ApiError;
+use crate::api::error::ApiError;
 
 /// The media types an object may come in, as a 415 names them.
 const OBJECTS: &str = "application/json, application/yaml, application/vnd.kubernetes.protobuf";

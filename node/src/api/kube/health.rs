@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::Shared;
-use crate::api::ApiError;
+use crate::api::error::ApiError;
 
 /// One check: its name and what it reads.
 struct Check {

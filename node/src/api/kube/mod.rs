@@ -57,8 +57,8 @@ pub(crate) use journal::Journal;
 use select::Filter;
 use served::{deployment_value, derived_uid, get_object, objects, service_value, value};
 
-use super::ApiError;
 use crate::Shared;
+use crate::api::error::ApiError;
 use crate::desired::Command;
 
 /// Largest request body of these routes (manifest files are bounded again one by one).
@@ -365,7 +365,7 @@ struct Params {
 
 fn params(query: Option<String>) -> Result<Params, ApiError> {
     let mut p = Params::default();
-    for (k, v) in super::query_pairs(query) {
+    for (k, v) in crate::api::http::query_pairs(query) {
         match k.as_str() {
             "labelSelector" => p.label_selector = Some(v),
             "fieldSelector" => p.field_selector = Some(v),
@@ -497,7 +497,7 @@ async fn list(
     let after = p
         .continue_
         .as_deref()
-        .map(super::continue_after)
+        .map(crate::api::http::continue_after)
         .transpose()?;
     let mut items: Vec<Value> = all
         .into_iter()
@@ -518,7 +518,7 @@ async fn list(
         next = items
             .last()
             .and_then(|o| o["metadata"]["name"].as_str())
-            .map(super::continue_token);
+            .map(crate::api::http::continue_token);
     }
     if let Some(include) = table {
         return Ok(Json(table::table(

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{Kind, Params};
-use crate::api::ApiError;
+use crate::api::error::ApiError;
 
 /// One requirement of an equality-based label selector.
 #[derive(Debug, PartialEq, Eq)]

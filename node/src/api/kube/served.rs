@@ -14,7 +14,7 @@ use skiff_spec::k8s;
 
 use super::{Kind, REVISION, Resource, defaults, endpoints, not_found, resource_of};
 use crate::Shared;
-use crate::api::ApiError;
+use crate::api::error::ApiError;
 use crate::desired::StoredDeployment;
 
 /// This node's pods and every live peer's (a peer that does not answer within 2 s is

@@ -16,7 +16,7 @@ use super::select::Filter;
 use super::served::objects;
 use super::{Kind, MAX_WATCH, MAX_WATCHES, Params, Resource, WATCH_POLL, journal, table};
 use crate::Shared;
-use crate::api::ApiError;
+use crate::api::error::ApiError;
 
 /// Watches open now, against [`MAX_WATCHES`].
 static WATCHES: AtomicUsize = AtomicUsize::new(0);
