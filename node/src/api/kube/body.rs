@@ -167,11 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn objects_are_read_in_json_yaml_and_protobuf_and_other_encodings_are_415() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap();
 
         // kubectl 1.32+ `create deployment web --image=hello:v1` and `create service

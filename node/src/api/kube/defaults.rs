@@ -518,11 +518,7 @@ mod router_tests {
 
     #[tokio::test]
     async fn defaults_are_served_and_what_comes_back_unchanged_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap();
         let merge = [("content-type", "application/merge-patch+json")];
         // As `kubectl apply` creates a manifest without replicas.

@@ -192,11 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_is_answered_as_the_api_server_answers_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         for path in ["/readyz", "/livez", "/readyz/ping", "/livez/raft-storage"] {
             assert_eq!(
                 public_get(&router, path).await,

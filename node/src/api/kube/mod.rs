@@ -1131,11 +1131,7 @@ mod tests {
 
     #[tokio::test]
     async fn objects_are_applied_listed_scaled_and_deleted_through_the_router() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let token = node.shared.token.plain();
         let files = |text: &str| json!({"files": [{"source": "web.yaml", "text": text}]});
 
@@ -1322,11 +1318,7 @@ mod tests {
 
     #[tokio::test]
     async fn security_settings_skiff_cannot_honour_are_invalid_not_warnings() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap().to_string();
         const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
         let with = |pod: Value, container: Value| {
@@ -1411,11 +1403,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_kubernetes_verbs_answer_as_a_real_server_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap();
         const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
         const SERVICES: &str = "/api/v1/namespaces/default/services";
@@ -1661,11 +1649,7 @@ mod tests {
 
     #[tokio::test]
     async fn watches_are_capped_and_a_closed_one_frees_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let watch = || {
             let req = Request::builder()
                 .uri("/api/v1/namespaces/default/pods?watch=1")
@@ -1702,11 +1686,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_bomb_patch_is_refused_and_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap();
         let (s, _, v) = post(
             &router,

@@ -203,11 +203,7 @@ mod tests {
 
         use super::super::testing::{eventually, get, post, send};
 
-        let dir = tempfile::tempdir().unwrap();
-        let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let router = crate::api::router(node.shared.clone());
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap();
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},

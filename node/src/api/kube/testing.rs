@@ -151,3 +151,14 @@ pub(super) async fn watch_lines(
 ) -> Vec<Value> {
     watch_until(router, token, path, |events| events.len() >= n).await
 }
+
+/// A node of its own for a test, in a temporary data dir (kept as long as the first
+/// value lives), and its API's router.
+pub(super) async fn served() -> (tempfile::TempDir, crate::RunningNode, axum::Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let router = crate::api::router(node.shared.clone());
+    (dir, node, router)
+}
