@@ -1,12 +1,11 @@
-//! The supervisor: images made ready to run (compiled, extracted), containers made from
-//! them, and the verbs that change what runs.
+//! Deployments and Services on this node, and the verbs that change them (what is left
+//! of the supervisor once images, the launcher and `skiff run` containers became
+//! services of their own):
 //!
 //! - `deployments`: the reconciler, the only thing that starts and stops a Deployment's
 //!   pods, with their probes and restart policy; Service routes and node ports.
 //! - `objects`: commands from the API (apply, delete, scale, set image, undo).
 //! - `deploy`: `skiff deploy` and the upload API as a Deployment and a Service.
-//! - `standalone`: `skiff run` containers.
-//! - `linux`: starting and retiring runc containers for both.
 //!
 //! A deploy validates and compiles the image before anything changes; a rollout starts
 //! new pods before it stops old ones, which drain: requests already on them finish, new

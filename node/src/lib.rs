@@ -2,17 +2,17 @@
 //!
 //! - [`api`]: the HTTP API (axum) on `--api-addr`: uploads, apps, logs, metrics; bearer
 //!   token auth with a constant-time comparison; one error type mapped to HTTP.
-//! - [`apps`]: the supervisor. Deployments and Services (desired state, see
-//!   [`desired`]) are turned into pods by the reconciler (`apps::deployments`), and the
-//!   gateway's routing table is pointed at them; `skiff deploy` and the upload API write
-//!   a Deployment and a Service of the app's name (`apps::deploy`). `skiff run`
-//!   containers are the same [`container`] objects with an id, published ports, a
-//!   restart policy and a stop/start lifecycle. Linux images run under runc
-//!   (`skiff_runtime::oci`); the process is part of the container's workload, so
-//!   whoever retires a container stops its process, and exits come back through an
-//!   event loop (restart policy, or the pod restarts). Logs are kept per Deployment
-//!   (pods share one book, each line naming its pod), so `logs -f` of an app follows it
-//!   across rollouts.
+//! - [`apps`]: Deployments and Services (desired state, see [`desired`]) turned into
+//!   pods by the reconciler (`apps::deployments`), with the gateway's routing table
+//!   pointed at them; `skiff deploy` and the upload API write a Deployment and a Service
+//!   of the app's name (`apps::deploy`). Logs are kept per Deployment (pods share one
+//!   book, each line naming its pod), so `logs -f` of an app follows it across rollouts.
+//! - `images`: the node's images as a service (prepare, validated uploads, peer copies,
+//!   collection); `launcher`: the one starter of every container, in process or under
+//!   runc, whose process is part of the container's workload, so whoever retires a
+//!   container stops its process; `standalone`: `skiff run` containers, the same
+//!   [`container`] objects with an id, published ports, a restart policy and a
+//!   stop/start lifecycle.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
 //!   replica, concurrency permits (503 when saturated), error mapping (504/500/502).
 //! - [`listener`]: how every HTTP listener (API, ingress, published ports) is served:
@@ -24,7 +24,8 @@
 //!   into pods and Service routes.
 //! - [`metrics`]: Prometheus exposition.
 //! - [`cluster`]: membership by sealed gossip (chitchat): identity, joining with the
-//!   join token, live members as Kubernetes nodes. Raft and placement are to come.
+//!   join token, live members as Kubernetes nodes; [`raft`] keeps the desired state, and
+//!   [`placement`] decides where pods run.
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
 //! `join-token` and `cluster.json` (the cluster, 0600), `lock` (one node per data dir),
