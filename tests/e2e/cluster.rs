@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Load, Node, err, ok, skiff, wait_for};
+use crate::harness::{Load, Node, err, hello_wasm, ok, skiff, wait_for};
 
 /// `get nodes -o json` as seen from `node`: (name, ready) pairs.
 async fn nodes(node: &Node) -> Vec<(String, bool)> {
@@ -50,6 +50,30 @@ pub(crate) fn join_args(first: &Node) -> Vec<String> {
         "--join-token".into(),
         token.trim().into(),
     ]
+}
+
+/// A write through a node that has just joined is taken: it waits for the leader to add
+/// it to the membership instead of failing for want of voters it cannot see yet.
+#[tokio::test]
+async fn a_write_through_a_node_that_has_just_joined_is_taken() {
+    let first = Node::start().await;
+    let join = join_args(&first);
+    let join: Vec<&str> = join.iter().map(String::as_str).collect();
+    let second = Node::start_with(&join).await;
+    // At once: not waiting for it to be listed ready, nor to be added.
+    let resp = second.deploy("early", hello_wasm(), "replicas=1").await;
+    let status = resp.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        resp.text().await.unwrap()
+    );
+    wait_for(
+        "the app served by the first node too",
+        Duration::from_secs(30),
+        || async { (first.get("early", "/").await.0 == 200).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]

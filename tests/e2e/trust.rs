@@ -77,8 +77,8 @@ async fn ready_nodes(node: &Node, client: &reqwest::Client) -> usize {
     })
 }
 
-/// Deploys the hello app through `node` over TLS, a write its leader takes (a node just
-/// listed ready may not be in Raft's membership yet: 503 until it is).
+/// Deploys the hello app through `node` over TLS, a write its leader takes (asked again
+/// while the cluster answers 503).
 async fn upload_hello(node: &Node) {
     let upload = https(node);
     wait_for(

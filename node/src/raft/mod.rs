@@ -179,6 +179,9 @@ impl Role {
 /// How long a write may take, forwarding and waiting included.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a write through a node that has just joined waits for the leader to add it.
+const JOINED_WAIT: Duration = Duration::from_secs(10);
+
 /// The consensus module of one node.
 pub struct Consensus {
     raft: Raft<TypeConfig>,
@@ -556,7 +559,29 @@ impl Consensus {
     pub async fn write(&self, command: Command) -> Result<Reply, ConsensusError> {
         // This node applies the entry too, so it needs the room even when another leads.
         self.has_room(&command)?;
+        self.wait_to_be_added().await;
         self.with_quorum(self.write_inner(command)).await
+    }
+
+    /// A node that has just joined is in no membership until the leader adds it (one
+    /// change a second): a write through it waits for that, up to [`JOINED_WAIT`],
+    /// instead of failing at once for want of voters it cannot see yet.
+    async fn wait_to_be_added(&self) {
+        let known = |m: &openraft::RaftMetrics<NodeId, Peer>| {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
+        };
+        if known(&self.raft.metrics().borrow()) {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(JOINED_WAIT))
+            .metrics(known, "this node added to the cluster's membership")
+            .await;
     }
 
     async fn write_inner(&self, command: Command) -> Result<Reply, ConsensusError> {
