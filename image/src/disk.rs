@@ -78,6 +78,70 @@ pub fn full(path: &Path, reserve: u64, what: &'static str) -> DiskFull {
     }
 }
 
+/// A database file whose writes fail with ENOSPC, as a full disk's do, while its flag
+/// is set: what tests of stores that must survive a full disk open their redb with.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug)]
+pub struct FlakyDisk {
+    file: redb::backends::FileBackend,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl FlakyDisk {
+    /// The file at `path` (made if missing), failing while `fail` is set.
+    pub fn open(
+        path: &Path,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, redb::DatabaseError> {
+        let io = |e| redb::DatabaseError::Storage(redb::StorageError::Io(e));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        Ok(Self {
+            file: redb::backends::FileBackend::new(file)?,
+            fail,
+        })
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            // ENOSPC: what a full disk answers.
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl redb::StorageBackend for FlakyDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.file.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

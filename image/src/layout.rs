@@ -1055,46 +1055,6 @@ mod tests {
         );
     }
 
-    /// A file backend whose writes fail with ENOSPC while `fail` is set.
-    #[derive(Debug)]
-    struct Flaky {
-        file: redb::backends::FileBackend,
-        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Flaky {
-        fn check(&self) -> std::io::Result<()> {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(std::io::Error::from_raw_os_error(28));
-            }
-            Ok(())
-        }
-    }
-
-    impl redb::StorageBackend for Flaky {
-        fn len(&self) -> std::io::Result<u64> {
-            self.file.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.file.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
-            self.file.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.check()?;
-            self.file.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.file.write(offset, data)
-        }
-        fn close(&self) -> std::io::Result<()> {
-            self.file.close()
-        }
-    }
-
     #[test]
     fn the_tags_heal_once_the_disk_has_room_again() {
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -1103,16 +1063,7 @@ mod tests {
         let path = dir.path().join("tags.redb");
         let failing = fail.clone();
         let opener: Opener = Box::new(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
-            let backend = Flaky {
-                file: redb::backends::FileBackend::new(file)?,
-                fail: failing.clone(),
-            };
+            let backend = crate::disk::FlakyDisk::open(&path, failing.clone())?;
             with_table(Database::builder().create_with_backend(backend)?)
         });
         let store = ImageStore::open_with(dir.path(), Reserve::default(), opener).unwrap();

@@ -439,47 +439,6 @@ pub(crate) mod testing {
 
     use super::StateStore;
 
-    /// A file backend whose writes fail while `fail` is set, as a full or failing disk's.
-    #[derive(Debug)]
-    struct Flaky {
-        file: redb::backends::FileBackend,
-        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Flaky {
-        fn check(&self) -> std::io::Result<()> {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                // ENOSPC: what a full disk answers.
-                return Err(std::io::Error::from_raw_os_error(28));
-            }
-            Ok(())
-        }
-    }
-
-    impl redb::StorageBackend for Flaky {
-        fn len(&self) -> std::io::Result<u64> {
-            self.file.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.file.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
-            self.file.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.check()?;
-            self.file.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.file.write(offset, data)
-        }
-        fn close(&self) -> std::io::Result<()> {
-            self.file.close()
-        }
-    }
-
     /// A store on `path` whose writes fail while the returned flag is set.
     pub(crate) fn flaky_store(path: &Path) -> (StateStore, Arc<AtomicBool>) {
         let (open, fail) = flaky_opener(path);
@@ -493,17 +452,7 @@ pub(crate) mod testing {
         let opener_fail = fail.clone();
         let path = path.to_path_buf();
         let open: super::Opener = Box::new(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-            let backend = Flaky {
-                file: redb::backends::FileBackend::new(file)?,
-                fail: opener_fail.clone(),
-            };
+            let backend = skiff_image::disk::FlakyDisk::open(&path, opener_fail.clone())?;
             Database::builder().create_with_backend(backend)
         });
         (open, fail)
