@@ -225,13 +225,22 @@ pub fn member_client(data: &Path, node_id: &str) -> anyhow::Result<Arc<rustls::C
 /// The node a verified peer certificate names, if it is `claimed` (a node id the caller
 /// says it is: the certificate must be valid for `<claimed>.node.skiff`).
 pub(crate) fn node_of(cert: &CertificateDer<'_>, claimed: &str) -> bool {
+    node_among(cert, [claimed])
+}
+
+/// Whether a verified peer certificate is valid for one of the node ids `ids` (the
+/// certificate is parsed once, however many ids are asked about).
+pub(crate) fn node_among<'a>(
+    cert: &CertificateDer<'_>,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> bool {
     let Ok(parsed) = ParsedCertificate::try_from(cert) else {
         return false;
     };
-    let Ok(name) = ServerName::try_from(format!("{claimed}{NODE_SUFFIX}")) else {
-        return false;
-    };
-    rustls::client::verify_server_name(&parsed, &name).is_ok()
+    ids.into_iter().any(|id| {
+        ServerName::try_from(format!("{id}{NODE_SUFFIX}"))
+            .is_ok_and(|name| rustls::client::verify_server_name(&parsed, &name).is_ok())
+    })
 }
 
 /// A client that joins: it trusts only a chain whose CA has SHA-256 `pinned` (hex), and
@@ -458,6 +467,8 @@ mod tests {
             .expect("the server sees the peer's certificate");
         assert!(node_of(&seen, "000000000000000b"));
         assert!(!node_of(&seen, "000000000000000a"), "not another node's");
+        assert!(node_among(&seen, ["000000000000000a", "000000000000000b"]));
+        assert!(!node_among(&seen, ["000000000000000a", "000000000000000c"]));
 
         // Another cluster's node is refused by both sides.
         let stranger = tempfile::tempdir().unwrap();

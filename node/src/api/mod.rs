@@ -294,9 +294,13 @@ async fn require_token(
     // gossip has heard of (`<id>.node.skiff`).
     let node = conn.and_then(|c| c.peer_cert.as_ref()).is_some_and(|cert| {
         let view = shared.apps.view();
-        view.members
-            .iter()
-            .any(|id| *id != view.me && crate::tls::node_of(cert, id))
+        crate::tls::node_among(
+            cert,
+            view.members
+                .iter()
+                .filter(|id| **id != view.me)
+                .map(String::as_str),
+        )
     });
     if local || node || shared.token.accepts(presented) {
         Ok(next.run(req).await)
