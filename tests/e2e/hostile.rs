@@ -856,6 +856,17 @@ impl Tmpfs {
         Ok(Tmpfs { dir })
     }
 
+    /// [`Tmpfs::mount`], or `None` with the reason the test is skipped printed.
+    fn mount_or_skip(size: &str) -> Option<Tmpfs> {
+        Self::mount(size)
+            .map_err(|why| {
+                eprintln!(
+                    "skipped: this machine cannot mount a tmpfs for the node's data dir: {why}"
+                )
+            })
+            .ok()
+    }
+
     fn path(&self) -> &std::path::Path {
         self.dir.path()
     }
@@ -942,12 +953,8 @@ async fn image_tags(node: &Node) -> Vec<String> {
 
 #[tokio::test]
 async fn a_full_disk_refuses_writes_and_the_node_takes_them_again_once_space_is_back() {
-    let tmpfs = match Tmpfs::mount("64m") {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("skipped: this machine cannot mount a tmpfs for the node's data dir: {why}");
-            return;
-        }
+    let Some(tmpfs) = Tmpfs::mount_or_skip("64m") else {
+        return;
     };
     let data = tmpfs.path().to_path_buf();
     let data_dir = data.display().to_string();
@@ -1120,12 +1127,8 @@ async fn a_full_disk_refuses_writes_and_the_node_takes_them_again_once_space_is_
 
 #[tokio::test]
 async fn a_disk_that_fills_under_raft_and_the_tags_wedges_nothing_and_fails_no_write_that_lands() {
-    let tmpfs = match Tmpfs::mount("64m") {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("skipped: this machine cannot mount a tmpfs for the node's data dir: {why}");
-            return;
-        }
+    let Some(tmpfs) = Tmpfs::mount_or_skip("64m") else {
+        return;
     };
     let data = tmpfs.path().to_path_buf();
     let data_dir = data.display().to_string();

@@ -1381,20 +1381,7 @@ async fn security_options_confine_the_process_and_what_cannot_be_honoured_is_ref
         "{e}"
     );
     ok(&skiff(&node, &["delete", "-f", manifest.to_str().unwrap()]).await);
-    wait_for(
-        "the pods' runc containers to go",
-        Duration::from_secs(30),
-        || async {
-            let listed = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(node.dir.join("runc"))
-                .args(["list", "-q"])
-                .output()
-                .unwrap();
-            listed.stdout.is_empty().then_some(())
-        },
-    )
-    .await;
+    runc_containers_gone(&node).await;
 }
 
 #[tokio::test]
@@ -1433,6 +1420,11 @@ async fn a_deployment_of_a_linux_image_is_ready_once_its_port_answers() {
         );
     }
     ok(&skiff(&node, &["delete", "-f", manifest.to_str().unwrap()]).await);
+    runc_containers_gone(&node).await;
+}
+
+/// Waits until runc lists no container of `node` (its pods were deleted).
+async fn runc_containers_gone(node: &Node) {
     wait_for(
         "the pods' runc containers to go",
         Duration::from_secs(30),
