@@ -1,7 +1,8 @@
 //! `/livez`, `/readyz` and `/healthz?verbose`, as the API server answers them: `ok`, or
 //! with `?verbose` one line per check (`[+]ping ok`) and `readyz check passed`; a
-//! failed check is `[-]name failed: reason withheld` and a 500 (the reason goes to the
-//! log: these paths are public, as Kubernetes makes them for anyone). `?exclude=name`
+//! failed check is `[-]name failed: reason withheld` and a 500, and `/readyz/<name>` of
+//! a failed check says `reason withheld` too (the reason goes to the log, at most a
+//! line per 10 s: these paths are public, as Kubernetes makes them for anyone). `?exclude=name`
 //! leaves a check out, and `/readyz/<name>` runs one. skiff's own `/healthz` (with the
 //! reason and the restore progress) is unchanged without `verbose`.
 
@@ -95,7 +96,7 @@ pub(in crate::api) fn routes() -> Router<Arc<Shared>> {
 /// Whether `/healthz` was asked the API server's way (`verbose`, `exclude`), which
 /// [`answer`] answers; skiff's own answer is for the bare path.
 pub(in crate::api) fn wants_checks(query: Option<&str>) -> bool {
-    super::super::query_pairs(query.map(String::from))
+    crate::api::http::query_pairs(query.map(String::from))
         .iter()
         .any(|(k, _)| k == "verbose" || k == "exclude")
 }
@@ -114,7 +115,7 @@ fn text(status: StatusCode, body: String) -> Response {
 
 /// Runs `endpoint`'s checks, less those excluded.
 pub(in crate::api) fn answer(shared: &Shared, endpoint: &str, query: Option<String>) -> Response {
-    let pairs = super::super::query_pairs(query);
+    let pairs = crate::api::http::query_pairs(query);
     let verbose = pairs.iter().any(|(k, _)| k == "verbose");
     let mut excluded: Vec<&str> = pairs
         .iter()
@@ -132,7 +133,7 @@ pub(in crate::api) fn answer(shared: &Shared, endpoint: &str, query: Option<Stri
         match (check.run)(shared) {
             Ok(()) => lines.push_str(&format!("[+]{} ok\n", check.name)),
             Err(why) => {
-                tracing::warn!(check = check.name, endpoint, reason = %why, "health check failed");
+                log_failure(check.name, endpoint, &why);
                 lines.push_str(&format!("[-]{} failed: reason withheld\n", check.name));
                 failed.push(check.name);
             }
@@ -158,7 +159,7 @@ pub(in crate::api) fn answer(shared: &Shared, endpoint: &str, query: Option<Stri
     }
 }
 
-/// `/readyz/<check>`: `ok`, or a 500 with why.
+/// `/readyz/<check>`: `ok`, or a 500 (the reason withheld).
 fn one(shared: &Shared, endpoint: &str, name: &str) -> Response {
     let Some(check) = checks(endpoint).iter().find(|c| c.name == name) else {
         return ApiError::not_found(format!("no health check {name:?} at /{endpoint}"))
@@ -166,10 +167,29 @@ fn one(shared: &Shared, endpoint: &str, name: &str) -> Response {
     };
     match (check.run)(shared) {
         Ok(()) => text(StatusCode::OK, "ok".into()),
-        Err(why) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal server error: {why}\n"),
-        ),
+        Err(why) => {
+            log_failure(check.name, endpoint, &why);
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error: reason withheld\n".into(),
+            )
+        }
+    }
+}
+
+/// Logs why a check failed, at most once per 10 s: anyone may ask these paths, as
+/// often as they like, and must not be able to flood the log.
+fn log_failure(check: &str, endpoint: &str, why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = crate::clock::now_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(check, endpoint, reason = %why, "health check failed (logged once per 10 s)");
     }
 }
 
@@ -231,9 +251,11 @@ mod tests {
                 && text.ends_with("readyz check failed\n"),
             "{text}"
         );
+        let (s, text) = public_get(&router, "/readyz/shutdown").await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
-            public_get(&router, "/readyz/shutdown").await.0,
-            StatusCode::INTERNAL_SERVER_ERROR
+            text, "internal server error: reason withheld\n",
+            "an anonymous client learns nothing of the node's state"
         );
         assert_eq!(public_get(&router, "/livez").await.0, StatusCode::OK);
         node.wait().await.unwrap();
