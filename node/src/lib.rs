@@ -170,8 +170,12 @@ pub(crate) struct Shared {
     view: tokio::sync::watch::Sender<Arc<cluster::View>>,
     /// Docker API execs: made by one call, started and inspected by others.
     docker_execs: api::docker::Execs,
-    /// The Kubernetes API's resourceVersions and watch events.
-    kube_journal: api::kube::Journal,
+    /// Deployments and Services, as desired (read; changed only through `consensus`).
+    desired: Arc<desired::DesiredStore>,
+    /// The Kubernetes API's objects as served, versioned, with their watch events.
+    kube_store: api::kube::Store,
+    /// This node's pods as peers fetch them (kept by the Kubernetes API's feed).
+    local_pods: tokio::sync::watch::Sender<api::kube::LocalPods>,
     /// The cluster CA (PEM), for kubeconfigs.
     api_ca: String,
     /// Where others reach this node's API (`host:port`).
@@ -640,7 +644,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         url_suffix,
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
-        desired,
+        desired: desired.clone(),
         consensus: consensus.clone(),
         view: view_rx,
         body_timeout: config.listener.body_timeout,
@@ -669,7 +673,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         consensus,
         view: view_tx,
         docker_execs: Default::default(),
-        kube_journal: Default::default(),
+        desired,
+        kube_store: api::kube::Store::new(),
+        local_pods: Default::default(),
         api_ca: node_tls.ca.clone(),
         api_advertised: cluster::advertised(api_addr, config.cluster.advertise).to_string(),
         peers: Default::default(),
@@ -692,6 +698,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let restore = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move { shared.apps.track_restore(shutdown).await })
+    };
+    let kube_feed = {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move { api::kube::run_feed(shared, shutdown).await })
     };
     let membership = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
@@ -771,6 +781,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             exits,
             reconciler,
             restore,
+            kube_feed,
             membership,
             consensus_watch,
         ]

@@ -105,6 +105,7 @@ pub struct Metrics {
     ejections: Family<EndpointLabels, Counter>,
     in_flight: Family<EndpointLabels, Gauge>,
     gossip_dropped: Family<ReasonLabel, Gauge>,
+    peer_pod_requests: Counter,
     /// Apps with series of their own.
     app_names: Labelled,
     /// Services with series of their own.
@@ -199,6 +200,12 @@ impl Default for Metrics {
             "Gossip datagrams dropped since start, by reason (forged, truncated, stale, garbled, oversize)",
             gossip_dropped.clone(),
         );
+        let peer_pod_requests = Counter::default();
+        registry.register(
+            "skiff_peer_pod_requests",
+            "Requests for this node's pods answered to peers (each peer follows them with one at a time, however many read them there)",
+            peer_pod_requests.clone(),
+        );
         let members = Gauge::default();
         registry.register(
             "skiff_cluster_live_members",
@@ -253,6 +260,7 @@ impl Default for Metrics {
             ejections,
             in_flight,
             gossip_dropped,
+            peer_pod_requests,
             app_names: Labelled::default(),
             service_names: Labelled::default(),
             members,
@@ -347,6 +355,11 @@ impl Metrics {
                 endpoint: endpoint.to_string(),
             });
         }
+    }
+
+    /// Counts a peer's request for this node's pods.
+    pub fn peer_pod_request(&self) {
+        self.peer_pod_requests.inc();
     }
 
     /// Sets the gossip figures (at scrape time).

@@ -313,6 +313,63 @@ async fn pods(node: &Node, selector: &str) -> Vec<(String, String, bool)> {
         .collect()
 }
 
+/// Watches open at once in the spread test.
+const WATCHERS: usize = 40;
+
+/// The pod requests `node` answered to its peers so far.
+async fn peer_pod_requests(node: &Node) -> u64 {
+    node.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("skiff_peer_pod_requests_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the peer pod requests counter")
+}
+
+/// Reads a pods watch until it has seen pod `gone` deleted (or terminating) and a pod
+/// not in `before` ready (in either order: the new pod may be on a quicker node); panics
+/// after 30 s.
+async fn watch_replacement(
+    mut response: reqwest::Response,
+    gone: String,
+    before: std::collections::BTreeSet<String>,
+) {
+    assert_eq!(response.status(), 200);
+    let (mut went, mut came) = (false, false);
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(went && came) {
+        let Ok(chunk) = tokio::time::timeout_at(deadline, response.chunk()).await else {
+            panic!(
+                "in 30 s the watch did not see {gone} go (seen: {went}) and another come ready (seen: {came}): {seen:#?}"
+            );
+        };
+        let chunk = chunk.unwrap().expect("the watch stays open");
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let e: Value = serde_json::from_slice(&line).unwrap();
+            let pod = &e["object"];
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            if name == gone
+                && (e["type"] == "DELETED" || !pod["metadata"]["deletionTimestamp"].is_null())
+            {
+                went = true;
+            }
+            seen.push(format!(
+                "{} {name} ready={} deleting={}",
+                e["type"],
+                pod["status"]["containerStatuses"][0]["ready"],
+                !pod["metadata"]["deletionTimestamp"].is_null()
+            ));
+            if !before.contains(name) && pod["status"]["containerStatuses"][0]["ready"] == true {
+                came = true;
+            }
+        }
+    }
+}
+
 /// Waits until `selector` has `n` ready pods on `nodes` distinct nodes.
 async fn wait_spread(
     node: &Node,
@@ -445,6 +502,19 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         .unwrap()
         .0
         .clone();
+    // Watchers of the pods on the first node see it go and its replacement come, pushed
+    // from the node's store: the other nodes are asked for their pods once per change,
+    // not once per watcher (the old way asked twice a second for every watch).
+    let before = peer_pod_requests(&second).await + peer_pod_requests(&third).await;
+    // Open (their answers' heads arrived: subscribed) before the pod is deleted.
+    let watches = futures_util::future::join_all((0..WATCHERS).map(|_| {
+        first.api_get("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dmy-web-app")
+    }))
+    .await;
+    let watchers: Vec<_> = watches
+        .into_iter()
+        .map(|w| tokio::spawn(watch_replacement(w, elsewhere.clone(), all.clone())))
+        .collect();
     assert_eq!(
         first
             .api_delete(&format!("/api/v1/namespaces/default/pods/{elsewhere}"))
@@ -462,6 +532,14 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
     .await;
     let status = ok(&skiff(&second, &["get", "deployment", "my-web-app"]).await);
     assert!(status.contains("3/3"), "{status}");
+    for w in watchers {
+        w.await.unwrap();
+    }
+    let asked = peer_pod_requests(&second).await + peer_pod_requests(&third).await - before;
+    assert!(
+        asked < WATCHERS as u64,
+        "{WATCHERS} watchers made the other nodes answer {asked} requests for their pods"
+    );
 
     // kill -9 the third node under load through the first: its pod runs elsewhere, and
     // once the node is seen dead no request fails.

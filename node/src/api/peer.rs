@@ -107,6 +107,7 @@ pub(super) fn routes(shared: Arc<Shared>) -> axum::Router<Arc<Shared>> {
         .route("/v1/raft/write", post(write))
         .route("/v1/raft/read-index", post(read_index))
         .route("/v1/peer/pods", post(pods))
+        .route("/v1/peer/pods/changes", post(pod_changes))
         .route("/v1/peer/delete-pod", post(delete_pod))
         .layer(DefaultBodyLimit::max(MAX_PEER_REQUEST))
         .route_layer(axum::middleware::from_fn_with_state(shared, gate))
@@ -184,9 +185,22 @@ async fn pods(
     body: Bytes,
 ) -> Result<Json<Vec<skiff_spec::k8s::Pod>>, ApiError> {
     let () = signed(&body)?;
+    shared.metrics.peer_pod_request();
     Ok(Json(
         shared.apps.pod_objects(&shared.cluster.identity().name),
     ))
+}
+
+/// This node's pods once they are newer than the version the peer has (held up to
+/// [`POLL_HOLD`](crate::api::kube) when they are not): the peer's Kubernetes API follows
+/// them with one request at a time, however many read them there.
+async fn pod_changes(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Json<crate::api::kube::LocalPods>, ApiError> {
+    let crate::api::kube::PodsAfter { after } = signed(&body)?;
+    shared.metrics.peer_pod_request();
+    Ok(Json(crate::api::kube::pods_after(&shared, after).await))
 }
 
 /// Deletes one of this node's pods, for a peer asked to (its Deployment makes another).

@@ -140,6 +140,17 @@ impl Apps {
         }
     }
 
+    /// What the reconciler's passes looked at since the last call: every Deployment
+    /// (`true`), or these. Their status or events may have changed.
+    pub(crate) fn take_looked_at(&self) -> (bool, BTreeSet<String>) {
+        std::mem::take(&mut self.pods.lock().looked_at)
+    }
+
+    /// A receiver that sees every pass of the reconciler end.
+    pub(crate) fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pods.passes()
+    }
+
     /// This node's pods of each Deployment whose counts changed since the last call
     /// (what it gossips; `None`: it has none any more). The work is the changes', not
     /// the number of Deployments.
@@ -152,7 +163,17 @@ impl Apps {
     /// first pods of a node restoring thousands serve while the rest are made), route
     /// each Service.
     pub(super) async fn reconcile(&self) {
-        let dirty = std::mem::take(&mut self.pods.lock().dirty);
+        let dirty = {
+            let mut inner = self.pods.lock();
+            let dirty = std::mem::take(&mut inner.dirty);
+            if dirty.all {
+                inner.looked_at.0 = true;
+            } else {
+                let names = dirty.deployments.iter().cloned();
+                inner.looked_at.1.extend(names);
+            }
+            dirty
+        };
         let full = dirty.all;
         let view = self.view.borrow().clone();
         let now = now_ms();

@@ -206,21 +206,22 @@ impl Apps {
             .ok_or_else(|| AppError::not_found(format!("deployment.apps/{name} not found")))
     }
 
+    /// The stored Deployment `name`, if there is one.
+    pub(crate) fn stored_deployment(&self, name: &str) -> Option<Arc<StoredDeployment>> {
+        self.desired
+            .read(|s| s.state.deployments.get(name).cloned())
+    }
+
+    /// The Service `name` as it is shown, if there is one.
+    pub(crate) fn service(&self, name: &str) -> Option<k8s::Service> {
+        self.desired
+            .read(|s| s.state.services.get(name).cloned())
+            .map(with_status)
+    }
+
     /// A Deployment with its status, or 404.
     pub(crate) fn deployment(&self, name: &str) -> Result<k8s::Deployment, AppError> {
         Ok(self.deployment_object(&*self.stored(name)?))
-    }
-
-    /// Every Service as it is shown.
-    pub(crate) fn services(&self) -> Vec<k8s::Service> {
-        self.desired.read(|s| {
-            s.state
-                .services
-                .values()
-                .cloned()
-                .map(with_status)
-                .collect()
-        })
     }
 
     /// A Deployment's revisions and events, or 404.
@@ -229,11 +230,5 @@ impl Apps {
         name: &str,
     ) -> Result<skiff_spec::api::RolloutHistory, AppError> {
         Ok(self.history(&*self.stored(name)?))
-    }
-
-    /// Every Deployment as stored, with its revisions.
-    pub(crate) fn stored_deployments(&self) -> Vec<Arc<StoredDeployment>> {
-        self.desired
-            .read(|s| s.state.deployments.values().cloned().collect())
     }
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 pub mod rollout;
 mod store;
 
-pub use store::{Change, DesiredStore, Snapshot};
+pub use store::{Change, DesiredStore, Snapshot, Touched};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};

@@ -26,6 +26,48 @@ pub struct Change {
     pub index: u64,
     /// What it did (never `Unchanged`: those are not sent).
     pub applied: Applied,
+    /// The object it changed.
+    pub object: Touched,
+}
+
+/// The object a command changes, by kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Touched {
+    /// A Deployment, by name.
+    Deployment(String),
+    /// A Service, by name.
+    Service(String),
+    /// A node (cordoned or not), by name.
+    Node(String),
+}
+
+impl Touched {
+    /// The object `command` changes.
+    pub fn of(command: &Command) -> Self {
+        match command {
+            Command::ApplyDeployment { deployment, .. } => {
+                Touched::Deployment(deployment.metadata.name.clone())
+            }
+            Command::ScaleDeployment { name, .. }
+            | Command::SetImage { name, .. }
+            | Command::Rollback { name, .. }
+            | Command::DeleteDeployment { name } => Touched::Deployment(name.clone()),
+            Command::ApplyService { service, .. } => {
+                Touched::Service(service.metadata.name.clone())
+            }
+            Command::DeleteService { name } => Touched::Service(name.clone()),
+            Command::Cordon { node, .. } => Touched::Node(node.clone()),
+        }
+    }
+
+    /// Its row's key in the store.
+    fn key(&self) -> String {
+        match self {
+            Touched::Deployment(name) => format!("deployments/{name}"),
+            Touched::Service(name) => format!("services/{name}"),
+            Touched::Node(name) => format!("nodes/{name}"),
+        }
+    }
 }
 
 /// The whole state at an index.
@@ -90,22 +132,6 @@ fn repin(pins: &mut BTreeMap<String, u32>, before: BTreeSet<String>, after: BTre
     }
     for image in after.difference(&before) {
         *pins.entry(image.clone()).or_default() += 1;
-    }
-}
-
-/// The rows of the objects a command touches.
-fn touched_key(command: &Command) -> String {
-    match command {
-        Command::ApplyDeployment { deployment, .. } => {
-            format!("deployments/{}", deployment.metadata.name)
-        }
-        Command::ScaleDeployment { name, .. }
-        | Command::SetImage { name, .. }
-        | Command::Rollback { name, .. }
-        | Command::DeleteDeployment { name } => format!("deployments/{name}"),
-        Command::ApplyService { service, .. } => format!("services/{}", service.metadata.name),
-        Command::DeleteService { name } => format!("services/{name}"),
-        Command::Cordon { node, .. } => format!("nodes/{node}"),
     }
 }
 
@@ -228,8 +254,11 @@ impl DesiredStore {
         ];
         let mut undo = None;
         let mut pinned = None;
+        let mut touched = None;
         let result = command.map(|command| {
-            let key = touched_key(&command);
+            let object = Touched::of(&command);
+            let key = object.key();
+            touched = Some(object);
             undo = Some((key.clone(), state.clone_entry(&key), state.version));
             let deployment = key.strip_prefix("deployments/").map(str::to_string);
             let before = deployment
@@ -261,11 +290,13 @@ impl DesiredStore {
         }
         if let Some(Ok(applied)) = &result
             && !matches!(applied, Applied::Unchanged(_))
+            && let Some(object) = touched
         {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Change {
                 index,
                 applied: applied.clone(),
+                object,
             });
         }
         Ok(result)

@@ -26,10 +26,11 @@ mod body;
 mod defaults;
 mod discovery;
 mod endpoints;
+mod feed;
 pub(super) mod health;
-mod journal;
 mod select;
 mod served;
+mod store;
 mod table;
 #[cfg(test)]
 mod testing;
@@ -53,9 +54,12 @@ use skiff_spec::k8s;
 use skiff_spec::manifest::{self, Object};
 use skiff_spec::patch::{self, PatchKind};
 
-pub(crate) use journal::Journal;
+pub(crate) use feed::{LocalPods, PodsAfter, pods_after, run as run_feed};
 use select::Filter;
-use served::{deployment_value, derived_uid, get_object, objects, service_value, value};
+use served::{
+    deployment_value, derived_uid, fresh_object, get_object, objects, service_value, value,
+};
+pub(crate) use store::Store;
 
 use crate::Shared;
 use crate::api::error::ApiError;
@@ -66,9 +70,6 @@ const BODY_LIMIT: usize = 32 << 20;
 
 /// Most watches open at once on a node.
 const MAX_WATCHES: usize = 256;
-
-/// How often a watch reads its kind again (pods and nodes change without a command).
-const WATCH_POLL: Duration = Duration::from_millis(500);
 
 /// The longest a watch stays open (clients watch again from where they were).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
@@ -493,6 +494,9 @@ async fn list(
     table: Option<table::Include>,
 ) -> Result<Response, ApiError> {
     let filter = Filter::new(res.kind, p)?;
+    if let Some(v) = p.resource_version.as_deref().and_then(|v| v.parse().ok()) {
+        shared.kube_store.witness(v);
+    }
     let (all, version) = objects(shared, res.kind).await;
     let after = p
         .continue_
@@ -706,7 +710,7 @@ async fn write(
         return Ok(v);
     }
     shared.apps.apply_object(object).await?;
-    get_object(shared, res, name).await
+    fresh_object(shared, res, name).await
 }
 
 async fn update(
@@ -719,6 +723,11 @@ async fn update(
 ) -> Result<Response, ApiError> {
     changeable(res)?;
     let current = get_object(shared, res, name).await?;
+    if let Some(sent) = object["metadata"]["resourceVersion"].as_str()
+        && let Ok(v) = sent.parse()
+    {
+        shared.kube_store.witness(v);
+    }
     if check_version
         && let Some(sent) = object["metadata"]["resourceVersion"].as_str()
         && Some(sent) != current["metadata"]["resourceVersion"].as_str()
@@ -746,20 +755,12 @@ struct Stored {
 fn stored(shared: &Shared, kind: Kind, name: &str) -> Option<Stored> {
     let (object, templates) = match kind {
         Kind::Deployment => {
-            let d = shared
-                .apps
-                .stored_deployments()
-                .into_iter()
-                .find(|d| d.object.metadata.name == name)?;
+            let d = shared.apps.stored_deployment(name)?;
             let templates = d.revisions.iter().rev().map(|r| value(&r.template));
             (deployment_value(shared, &d), templates.collect())
         }
         Kind::Service => {
-            let s = shared
-                .apps
-                .services()
-                .into_iter()
-                .find(|s| s.metadata.name == name)?;
+            let s = shared.apps.service(name)?;
             (service_value(s), Vec::new())
         }
         _ => return None,
@@ -904,7 +905,7 @@ async fn patch_node(shared: &Shared, name: &str, object: &Value) -> Result<Respo
             unschedulable,
         })
         .await?;
-    Ok(Json(get_object(shared, resource_of(Kind::Node), name).await?).into_response())
+    Ok(Json(fresh_object(shared, resource_of(Kind::Node), name).await?).into_response())
 }
 
 async fn delete(shared: &Shared, res: &'static Resource, name: &str) -> Result<Response, ApiError> {
@@ -934,6 +935,8 @@ async fn delete(shared: &Shared, res: &'static Resource, name: &str) -> Result<R
             ));
         }
     }
+    // Gone from what is read at once, not when the feed comes to it.
+    feed::refresh(shared, res.kind, name).await;
     Ok(Json(object).into_response())
 }
 
@@ -1040,7 +1043,7 @@ async fn scale(
             replicas,
         })
         .await?;
-    Ok(Json(scale_object(&get_object(shared, res, name).await?)).into_response())
+    Ok(Json(scale_object(&fresh_object(shared, res, name).await?)).into_response())
 }
 
 async fn apply(

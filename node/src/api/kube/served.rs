@@ -1,11 +1,12 @@
-//! The objects of each kind as served, read from where they live: the desired state
-//! (Deployments, their revisions as ReplicaSets, Services, events), every node's pods,
-//! gossip's members (nodes), and what is derived from them (Endpoints, EndpointSlices),
-//! with Kubernetes' defaults filled in; then versioned by the [`journal`].
+//! The objects of each kind as served, rendered one at a time from where they live: the
+//! desired state (Deployments, their revisions as ReplicaSets, Services, events), pods
+//! (the reconciler's, here and on every peer), gossip's members (nodes), and what is
+//! derived from them (Endpoints, EndpointSlices), with Kubernetes' defaults filled in.
+//! The [`feed`] puts them in the [`store`], where every read finds them.
 //!
-//! [`journal`]: super::journal
+//! [`feed`]: super::feed
+//! [`store`]: super::store
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,78 +18,11 @@ use crate::Shared;
 use crate::api::error::ApiError;
 use crate::desired::StoredDeployment;
 
-/// This node's pods and every live peer's (a peer that does not answer within 2 s is
-/// left out: its pods show once it does).
-async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
-    let mut pods = shared.apps.pod_objects(&shared.cluster.identity().name);
-    let view = shared.apps.view();
-    let asks = view
-        .nodes
-        .iter()
-        .filter(|n| n.id != view.me)
-        .filter_map(|n| Some((crate::raft::raft_id(&n.id)?, n.api.clone()?)))
-        .map(|(id, api)| async move {
-            shared
-                .consensus
-                .client()
-                .call::<_, Vec<k8s::Pod>>(id, &api, "/v1/peer/pods", &(), Duration::from_secs(2))
-                .await
-        });
-    for answer in futures_util::future::join_all(asks).await {
-        match answer {
-            Ok(remote) => pods.extend(remote),
-            Err(e) => tracing::debug!(error = %e, "a peer's pods are left out"),
-        }
-    }
-    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    pods
-}
-
-/// Every pod as served, before its defaults: with a uid (derived from its name, which
-/// is unique) and the address of its node (`hostIP`, from the node's `InternalIP`).
-async fn served_pods(shared: &Shared) -> Vec<Value> {
-    let pods = all_pods(shared).await;
-    let addresses: HashMap<String, String> = nodes(shared)
-        .await
-        .into_iter()
-        .filter_map(|n| {
-            let ip = n
-                .status
-                .addresses
-                .iter()
-                .find(|a| a.kind == "InternalIP")?
-                .address
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .ok()?;
-            Some((n.metadata.name, ip.to_string()))
-        })
-        .collect();
-    pods.into_iter()
-        .map(|p| {
-            let host = p
-                .spec
-                .node_name
-                .as_ref()
-                .and_then(|n| addresses.get(n))
-                .cloned();
-            let mut v = value(p);
-            if v["metadata"]["uid"].is_null() {
-                let uid = derived_uid("pod", v["metadata"]["name"].as_str().unwrap_or_default());
-                v["metadata"]["uid"] = json!(uid);
-            }
-            if let Some(host) = host
-                && v["status"]["hostIP"].is_null()
-            {
-                v["status"]["hostIP"] = json!(host);
-            }
-            v
-        })
-        .collect()
-}
+/// How long a read waits for the store's first filling after the node starts.
+const FILL_WAIT: Duration = Duration::from_secs(30);
 
 /// Every node gossip knows, with its Raft role and whether it is cordoned.
-async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
+pub(super) async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
     let roles = shared.consensus.roles();
     let cordoned = shared.apps.cordoned();
     shared
@@ -132,54 +66,110 @@ pub(super) fn derived_uid(base: &str, part: &str) -> String {
     crate::desired::uid_of(&format!("{base}/{part}"))
 }
 
-/// Every revision of every Deployment as a ReplicaSet: the current one wants the
+/// Gives `v` its kind's `apiVersion`, `kind` and the defaults the API server fills.
+pub(super) fn finish(kind: Kind, mut v: Value) -> Value {
+    v["apiVersion"] = json!(resource_of(kind).api_version());
+    v["kind"] = json!(resource_of(kind).kind_name);
+    if let Some(fill) = defaults::of(kind) {
+        fill(&mut v);
+    }
+    v
+}
+
+/// A pod as served: with a uid (derived from its name, which is unique) and the address
+/// of its node (`hostIP`), when known.
+pub(super) fn pod_value(pod: &k8s::Pod, host: Option<&str>) -> Value {
+    let mut v = value(pod);
+    if v["metadata"]["uid"].is_null() {
+        let uid = derived_uid("pod", v["metadata"]["name"].as_str().unwrap_or_default());
+        v["metadata"]["uid"] = json!(uid);
+    }
+    if let Some(host) = host
+        && v["status"]["hostIP"].is_null()
+    {
+        v["status"]["hostIP"] = json!(host);
+    }
+    finish(Kind::Pod, v)
+}
+
+/// The node's address pods show as their `hostIP` (its `InternalIP`).
+pub(super) fn host_ip(node: &k8s::Node) -> Option<String> {
+    let ip = node
+        .status
+        .addresses
+        .iter()
+        .find(|a| a.kind == "InternalIP")?
+        .address
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .ok()?;
+    Some(ip.to_string())
+}
+
+/// Whether `pod` (served) is one of Deployment `name`'s revision `hash`.
+fn of_revision(pod: &Value, name: &str, hash: &str) -> bool {
+    pod["metadata"]["labels"]["pod-template-hash"].as_str() == Some(hash)
+        && pod["metadata"]["name"]
+            .as_str()
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|n| n.strip_prefix('-'))
+            .and_then(|n| n.strip_prefix(hash))
+            .is_some_and(|n| n.starts_with('-'))
+}
+
+/// The Deployment a pod (served) belongs to, by its name `<deployment>-<hash>-<n>`.
+pub(super) fn deployment_of(pod: &Value) -> Option<String> {
+    let hash = pod["metadata"]["labels"]["pod-template-hash"].as_str()?;
+    let name = pod["metadata"]["name"].as_str()?;
+    let (rest, _) = name.rsplit_once('-')?;
+    let deployment = rest.strip_suffix(hash)?.strip_suffix('-')?;
+    Some(deployment.to_string())
+}
+
+/// Every revision of Deployment `d` as a ReplicaSet: the current one wants the
 /// Deployment's replicas, an old one the pods it still has (none once rolled out).
-fn replica_sets(
-    shared: &Shared,
-    stored: &[Arc<StoredDeployment>],
-    pods: &[k8s::Pod],
+/// `pods` are the Deployment's pods as served, wherever they run.
+pub(super) fn replica_sets(
+    d: &StoredDeployment,
+    status: &Value,
+    pods: &[Arc<Value>],
 ) -> Vec<Value> {
     let mut out = Vec::new();
-    for d in stored {
-        let name = &d.object.metadata.name;
-        let uid = d.object.metadata.uid.clone().unwrap_or_default();
-        let current = d.current().number;
-        let status = shared.apps.deployment_object(d).status.unwrap_or_default();
-        for r in &d.revisions {
-            let mine: Vec<&k8s::Pod> = pods
-                .iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .get("pod-template-hash")
-                        .map(|h| h.as_str())
-                        == Some(r.hash.as_str())
-                        && p.metadata.name.starts_with(&format!("{name}-"))
-                })
-                .collect();
-            let ready = mine
-                .iter()
-                .filter(|p| {
-                    p.status.container_statuses.iter().all(|c| c.ready)
-                        && p.status.phase == "Running"
-                })
-                .count();
-            let wanted = if r.number == current {
-                d.object.spec.replicas.unwrap_or(1)
-            } else {
-                mine.iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .count() as i32
-            };
-            let mut template = value(&r.template);
-            template["metadata"]["labels"]["pod-template-hash"] = json!(r.hash);
-            let mut selector = value(&d.object.spec.selector);
-            selector["matchLabels"]["pod-template-hash"] = json!(r.hash);
-            let mut labels = template["metadata"]["labels"].clone();
-            labels["pod-template-hash"] = json!(r.hash);
-            out.push(json!({
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
+    let name = &d.object.metadata.name;
+    let uid = d.object.metadata.uid.clone().unwrap_or_default();
+    let current = d.current().number;
+    let observed = status["observedGeneration"].as_i64().unwrap_or(1).max(1);
+    for r in &d.revisions {
+        let mine: Vec<&Value> = pods
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| of_revision(p, name, &r.hash))
+            .collect();
+        let ready = mine
+            .iter()
+            .filter(|p| {
+                p["status"]["phase"] == "Running"
+                    && p["status"]["containerStatuses"]
+                        .as_array()
+                        .is_none_or(|cs| cs.iter().all(|c| c["ready"] == true))
+            })
+            .count();
+        let wanted = if r.number == current {
+            d.object.spec.replicas.unwrap_or(1)
+        } else {
+            mine.iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .count() as i32
+        };
+        let mut template = value(&r.template);
+        template["metadata"]["labels"]["pod-template-hash"] = json!(r.hash);
+        let mut selector = value(&d.object.spec.selector);
+        selector["matchLabels"]["pod-template-hash"] = json!(r.hash);
+        let mut labels = template["metadata"]["labels"].clone();
+        labels["pod-template-hash"] = json!(r.hash);
+        out.push(finish(
+            Kind::ReplicaSet,
+            json!({
                 "metadata": {
                     "name": format!("{name}-{}", r.hash),
                     "namespace": "default",
@@ -207,115 +197,82 @@ fn replica_sets(
                     "fullyLabeledReplicas": mine.len(),
                     "readyReplicas": ready,
                     "availableReplicas": ready,
-                    "observedGeneration": status.observed_generation.unwrap_or(1).max(1),
+                    "observedGeneration": observed,
                 },
-            }));
-        }
+            }),
+        ));
     }
     out
 }
 
-/// What happened to Deployments, as `v1 Event`s about them.
-fn events(shared: &Shared, stored: &[Arc<StoredDeployment>]) -> Vec<Value> {
-    let mut out = Vec::new();
-    for d in stored {
-        let name = &d.object.metadata.name;
-        let uid = d.object.metadata.uid.clone().unwrap_or_default();
-        for e in shared.apps.history(d).events {
+/// What happened to Deployment `d`, as `v1 Event`s about it.
+pub(super) fn events(shared: &Shared, d: &StoredDeployment) -> Vec<Value> {
+    let name = &d.object.metadata.name;
+    let uid = d.object.metadata.uid.clone().unwrap_or_default();
+    shared
+        .apps
+        .history(d)
+        .events
+        .into_iter()
+        .map(|e| {
             let id = derived_uid(&uid, &format!("{}/{}/{}", e.at, e.reason, e.message));
-            out.push(json!({
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {
-                    "name": format!("{name}.{}", &id[..8]),
-                    "namespace": "default",
-                    "uid": id,
-                    "creationTimestamp": e.at,
-                },
-                "involvedObject": {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "name": name,
-                    "namespace": "default",
-                    "uid": uid,
-                },
-                "reason": e.reason,
-                "message": e.message,
-                "type": e.kind,
-                "count": 1,
-                "firstTimestamp": e.at,
-                "lastTimestamp": e.at,
-                "source": {"component": "skiff"},
-                "reportingComponent": "skiff",
-            }));
-        }
-    }
-    out
+            finish(
+                Kind::Event,
+                json!({
+                    "metadata": {
+                        "name": format!("{name}.{}", &id[..8]),
+                        "namespace": "default",
+                        "uid": id,
+                        "creationTimestamp": e.at,
+                    },
+                    "involvedObject": {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": name,
+                        "namespace": "default",
+                        "uid": uid,
+                    },
+                    "reason": e.reason,
+                    "message": e.message,
+                    "type": e.kind,
+                    "count": 1,
+                    "firstTimestamp": e.at,
+                    "lastTimestamp": e.at,
+                    "source": {"component": "skiff"},
+                    "reportingComponent": "skiff",
+                }),
+            )
+        })
+        .collect()
 }
 
-/// The objects of `kind` now, before the journal versions them.
-async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
-    let stored = || -> Vec<Arc<StoredDeployment>> { shared.apps.stored_deployments() };
-    let mut out: Vec<Value> = match kind {
-        Kind::Deployment => stored()
-            .iter()
-            .map(|d| deployment_value(shared, d))
-            .collect(),
-        Kind::ReplicaSet => {
-            let pods = all_pods(shared).await;
-            replica_sets(shared, &stored(), &pods)
-        }
-        Kind::Pod => served_pods(shared).await,
-        Kind::Service => shared
-            .apps
-            .services()
-            .into_iter()
-            .map(service_value)
-            .collect(),
-        Kind::Node => nodes(shared).await.into_iter().map(value).collect(),
-        Kind::Event => events(shared, &stored()),
-        Kind::Endpoints | Kind::EndpointSlice => {
-            let pods = served_pods(shared).await;
-            let mut out = Vec::new();
-            for service in shared.apps.services() {
-                let mut service = service_value(service);
-                defaults::service(&mut service);
-                if kind == Kind::Endpoints {
-                    out.extend(endpoints::endpoints(&service, &pods));
-                } else {
-                    out.extend(endpoints::slices(&service, &pods));
-                }
-            }
-            out
-        }
-        Kind::Namespace => vec![json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
+/// The only namespace.
+pub(super) fn default_namespace() -> Value {
+    finish(
+        Kind::Namespace,
+        json!({
             "metadata": {"name": "default", "uid": derived_uid("namespace", "default")},
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
-        })],
-    };
-    for v in &mut out {
-        v["apiVersion"] = json!(resource_of(kind).api_version());
-        v["kind"] = json!(resource_of(kind).kind_name);
-        if let Some(fill) = defaults::of(kind) {
-            fill(v);
-        }
-    }
-    out.sort_by(|a, b| {
-        a["metadata"]["name"]
-            .as_str()
-            .cmp(&b["metadata"]["name"].as_str())
-    });
-    out
+        }),
+    )
 }
 
-/// The objects of `kind` with their versions, and the journal's version.
+/// A Service's Endpoints and EndpointSlices, from its pods (as served).
+pub(super) fn service_endpoints(service: &Value, pods: &[Value]) -> (Option<Value>, Vec<Value>) {
+    let endpoints = endpoints::endpoints(service, pods).map(|e| finish(Kind::Endpoints, e));
+    let slices = endpoints::slices(service, pods)
+        .into_iter()
+        .map(|s| finish(Kind::EndpointSlice, s))
+        .collect();
+    (endpoints, slices)
+}
+
+/// The objects of `kind` with their versions, and the store's version.
 pub(super) async fn objects(shared: &Shared, kind: Kind) -> (Vec<Value>, u64) {
-    let _reading = shared.kube_journal.reading.lock().await;
-    let now = read_kind(shared, kind).await;
-    shared.kube_journal.observe(kind, now)
+    shared.kube_store.filled(FILL_WAIT).await;
+    let (objects, version) = shared.kube_store.list(kind);
+    (objects.iter().map(|o| (**o).clone()).collect(), version)
 }
 
 pub(super) async fn get_object(
@@ -323,10 +280,21 @@ pub(super) async fn get_object(
     res: &Resource,
     name: &str,
 ) -> Result<Value, ApiError> {
-    objects(shared, res.kind)
-        .await
-        .0
-        .into_iter()
-        .find(|o| o["metadata"]["name"] == name)
+    shared.kube_store.filled(FILL_WAIT).await;
+    shared
+        .kube_store
+        .get(res.kind, name)
+        .map(|o| (*o).clone())
         .ok_or_else(|| not_found(res, name))
+}
+
+/// Object `name` as it is after a write this request made: rendered again now (the feed
+/// would, a moment later) so the answer shows the write.
+pub(super) async fn fresh_object(
+    shared: &Shared,
+    res: &Resource,
+    name: &str,
+) -> Result<Value, ApiError> {
+    super::feed::refresh(shared, res.kind, name).await;
+    get_object(shared, res, name).await
 }

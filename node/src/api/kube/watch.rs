@@ -1,7 +1,9 @@
-//! `?watch=true`: a stream of `ADDED`/`MODIFIED`/`DELETED` lines from the [`journal`],
-//! bounded in number, in length and by how fast the client reads.
+//! `?watch=true`: a stream of `ADDED`/`MODIFIED`/`DELETED` lines pushed from the
+//! [`store`]'s change feed, bounded in number, in length and by how fast the client
+//! reads. A watch reads nothing itself: the store is kept current by one feed however
+//! many watch.
 //!
-//! [`journal`]: super::journal
+//! [`store`]: super::store
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +15,7 @@ use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::select::Filter;
-use super::served::objects;
-use super::{Kind, MAX_WATCH, MAX_WATCHES, Params, Resource, WATCH_POLL, journal, table};
+use super::{Kind, MAX_WATCH, MAX_WATCHES, Params, Resource, store, table};
 use crate::Shared;
 use crate::api::error::ApiError;
 
@@ -74,20 +75,25 @@ pub(super) async fn watch(
         ));
     }
     let slot = WatchSlot;
-    // Read now, so the journal holds the objects as they are.
-    objects(&shared, res.kind).await;
+    if let Some(v) = from {
+        shared.kube_store.witness(v);
+    }
+    shared
+        .kube_store
+        .filled(std::time::Duration::from_secs(30))
+        .await;
     let kind = res.kind;
     let mut first: Vec<Bytes> = Vec::new();
     let mut last = 0;
-    let rx = match shared.kube_journal.watch(kind, from) {
-        Ok((journal::Start::Now(objects, version), rx)) => {
+    let rx = match shared.kube_store.watch(kind, from) {
+        Ok((store::Start::Now(objects, version), rx)) => {
             for o in objects.iter().filter(|o| filter.admits(o)) {
                 first.push(event_line("ADDED", kind, o, table));
             }
             last = version;
             Some(rx)
         }
-        Ok((journal::Start::After(events), rx)) => {
+        Ok((store::Start::After(events), rx)) => {
             for e in &events {
                 if filter.admits(&e.object) {
                     first.push(event_line(e.change.as_str(), kind, &e.object, table));
@@ -97,7 +103,7 @@ pub(super) async fn watch(
             last = last.max(from.unwrap_or(0));
             Some(rx)
         }
-        Err(oldest) => {
+        Err(store::Expired { oldest }) => {
             let status = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": format!("too old resource version: {} ({oldest})", from.unwrap_or(0)),
@@ -117,11 +123,10 @@ pub(super) async fn watch(
         state,
         move |(shared, rx, filter, mut last, slot)| async move {
             let mut rx = rx?;
-            let mut poll = tokio::time::interval(WATCH_POLL);
             loop {
                 tokio::select! {
                     event = rx.recv() => match event {
-                        Ok(e) if e.kind == kind && e.version > last => {
+                        Ok(e) if e.version > last => {
                             last = e.version;
                             if filter.admits(&e.object) {
                                 let line = event_line(e.change.as_str(), kind, &e.object, table);
@@ -129,12 +134,9 @@ pub(super) async fn watch(
                             }
                         }
                         Ok(_) => {}
-                        // Fell behind or the journal is gone: end; the client watches again.
+                        // Fell behind or the store is gone: end; the client watches again.
                         Err(_) => return None,
                     },
-                    _ = poll.tick() => {
-                        objects(&shared, kind).await;
-                    }
                     () = tokio::time::sleep_until(deadline) => return None,
                     () = shared.shutdown.cancelled() => return None,
                 }

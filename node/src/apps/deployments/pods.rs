@@ -209,6 +209,9 @@ pub(super) struct Inner {
     pub(super) node_port_wants: BTreeMap<String, Vec<u16>>,
     /// What the next pass looks at.
     pub(super) dirty: Dirty,
+    /// What passes looked at since the Kubernetes API's feed last asked (all, names):
+    /// what their status and events may have changed.
+    pub(super) looked_at: (bool, BTreeSet<String>),
     /// Deployments whose counts here changed since they were last gossiped.
     pub(super) regossip: BTreeSet<String>,
     /// Deployments their last plan left waiting for something (a rollout, a back-off, a

@@ -1,0 +1,642 @@
+//! What keeps the [`store`] current: one task per node that follows every source of the
+//! objects the Kubernetes API serves, and renders an object again only when its source
+//! changed.
+//!
+//! | source | what it changes |
+//! |---|---|
+//! | the desired state's change feed (a command applied) | that Deployment (with its ReplicaSets and events) or Service (with its Endpoints and EndpointSlices); a cordon: the nodes |
+//! | a pass of the reconciler | this node's pods; the Deployments the pass looked at (status, events) |
+//! | a peer's pods (one long-poll per live peer, [`LocalPods`]) | that peer's pods |
+//! | gossip's view | nodes; the Deployments whose pod counts a node gossips changed; a node gone takes its pods with it |
+//! | a pod that changed | its Deployment's ReplicaSets, the Services whose selectors pick it |
+//!
+//! However many watch, each change is rendered once, here; and a peer's pods are asked
+//! for once per change, not per reader. A write through this node renders what it wrote
+//! at once ([`refresh`]) so its answer shows it.
+//!
+//! [`store`]: super::store
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use skiff_spec::k8s;
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Kind;
+use super::served::{self, finish};
+use crate::Shared;
+use crate::cluster::View;
+
+/// How long a peer holds a request for its pods before answering "no change".
+pub(crate) const POLL_HOLD: Duration = Duration::from_secs(20);
+
+/// How long to wait before asking a peer again after it failed to answer.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How often nodes are rendered again without a cause (their Raft roles change with no
+/// event of their own).
+const NODES_EVERY: Duration = Duration::from_secs(2);
+
+/// Most peers' answers queued for the feed: a peer waits its turn beyond it.
+const REMOTE_QUEUE: usize = 64;
+
+/// This node's pods as its peers fetch them: a new version each time they change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LocalPods {
+    /// Changes with every change of the pods (0: not yet known).
+    pub(crate) version: u64,
+    /// The pods (none in an answer that says "no change").
+    pub(crate) pods: Option<Arc<Vec<k8s::Pod>>>,
+}
+
+/// What a peer asks with: the version of this node's pods it has.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PodsAfter {
+    pub(crate) after: u64,
+}
+
+/// Answers a peer that has this node's pods at `after`: at once if they changed since,
+/// else when they change or after [`POLL_HOLD`] (with no pods: no change).
+pub(crate) async fn pods_after(shared: &Shared, after: u64) -> LocalPods {
+    let mut rx = shared.local_pods.subscribe();
+    let changed = tokio::time::timeout(POLL_HOLD, rx.wait_for(|p| p.version != after)).await;
+    match changed {
+        Ok(Ok(p)) => p.clone(),
+        _ => LocalPods {
+            version: after,
+            pods: None,
+        },
+    }
+}
+
+/// What changed and must be rendered again.
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    deployments: BTreeSet<String>,
+    services: BTreeSet<String>,
+    nodes: bool,
+    /// Labels of pods that came, changed or went (before and after): the Services
+    /// selecting them have new endpoints.
+    labels: Vec<Value>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        !self.all
+            && !self.nodes
+            && self.deployments.is_empty()
+            && self.services.is_empty()
+            && self.labels.is_empty()
+    }
+}
+
+/// The feed's memory between batches.
+struct Feed {
+    shared: Arc<Shared>,
+    /// This node's name.
+    me: String,
+    /// The pods in the store of each node, by node name.
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// Nodes' addresses, for pods' `hostIP`.
+    hosts: HashMap<String, String>,
+    view: Arc<View>,
+    /// Snapshots restored when last seen (a restore replaces the state without events).
+    restores: u64,
+    /// A long-poll per live peer, by node id.
+    followers: HashMap<String, Follower>,
+    remote: mpsc::Sender<(String, Vec<k8s::Pod>)>,
+}
+
+struct Follower {
+    name: String,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs the feed until `shutdown`.
+pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut changes = shared.desired.subscribe();
+    let mut passes = shared.apps.passes();
+    let mut views = shared.view.subscribe();
+    let (remote_tx, mut remote_rx) = mpsc::channel(REMOTE_QUEUE);
+    let mut feed = Feed {
+        me: shared.cluster.identity().name.clone(),
+        view: views.borrow_and_update().clone(),
+        restores: shared.desired.restores(),
+        by_node: HashMap::new(),
+        hosts: HashMap::new(),
+        followers: HashMap::new(),
+        remote: remote_tx,
+        shared,
+    };
+    feed.shared
+        .kube_store
+        .put(Kind::Namespace, served::default_namespace());
+    let mut dirty = Dirty {
+        all: true,
+        ..Dirty::default()
+    };
+    // Nodes first: pods show their node's address.
+    nodes(&feed.shared.clone(), &mut feed.hosts).await;
+    feed.follow_peers(&mut dirty);
+    feed.local_pods(&mut dirty);
+    feed.render(&mut dirty).await;
+    feed.shared.kube_store.set_filled();
+    let mut nodes_tick = tokio::time::interval(NODES_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            change = changes.recv() => feed.desired(change, &mut dirty),
+            r = passes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                feed.local_pods(&mut dirty);
+            }
+            r = views.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let view = views.borrow_and_update().clone();
+                feed.new_view(view, &mut dirty);
+            }
+            Some((node, pods)) = remote_rx.recv() => {
+                feed.set_pods(&node, &pods, &mut dirty);
+            }
+            _ = nodes_tick.tick() => dirty.nodes = true,
+        }
+        // Take in what else is waiting before rendering: one render for a burst.
+        loop {
+            match changes.try_recv() {
+                Ok(change) => feed.desired(Ok(change), &mut dirty),
+                Err(TryRecvError::Empty) => break,
+                Err(e @ (TryRecvError::Lagged(_) | TryRecvError::Closed)) => {
+                    feed.desired(Err(e.into_recv()), &mut dirty);
+                    break;
+                }
+            }
+        }
+        while let Ok((node, pods)) = remote_rx.try_recv() {
+            feed.set_pods(&node, &pods, &mut dirty);
+        }
+        let restores = feed.shared.desired.restores();
+        if restores != feed.restores {
+            feed.restores = restores;
+            dirty.all = true;
+        }
+        feed.render(&mut dirty).await;
+    }
+}
+
+trait IntoRecv {
+    fn into_recv(self) -> tokio::sync::broadcast::error::RecvError;
+}
+
+impl IntoRecv for TryRecvError {
+    fn into_recv(self) -> tokio::sync::broadcast::error::RecvError {
+        use tokio::sync::broadcast::error::RecvError;
+        match self {
+            TryRecvError::Lagged(n) => RecvError::Lagged(n),
+            _ => RecvError::Closed,
+        }
+    }
+}
+
+/// Renders object `name` of `kind` again now, with what derives from it (a write that
+/// answers with what it wrote).
+pub(super) async fn refresh(shared: &Shared, kind: Kind, name: &str) {
+    let _turn = shared.kube_store.render().await;
+    match kind {
+        Kind::Deployment => deployment(shared, name),
+        Kind::Service => {
+            let index = PodIndex::new(shared);
+            service(shared, name, &index);
+        }
+        Kind::Node => nodes(shared, &mut HashMap::new()).await,
+        _ => {}
+    }
+}
+
+impl Feed {
+    fn desired(
+        &mut self,
+        change: Result<crate::desired::Change, tokio::sync::broadcast::error::RecvError>,
+        dirty: &mut Dirty,
+    ) {
+        let Ok(change) = change else {
+            // Fell behind: everything may have changed.
+            dirty.all = true;
+            return;
+        };
+        match change.object {
+            crate::desired::Touched::Deployment(name) => {
+                dirty.deployments.insert(name);
+            }
+            crate::desired::Touched::Service(name) => {
+                dirty.services.insert(name);
+            }
+            crate::desired::Touched::Node(_) => dirty.nodes = true,
+        }
+    }
+
+    /// This node's pods after a pass of the reconciler, and the Deployments it looked at.
+    fn local_pods(&mut self, dirty: &mut Dirty) {
+        let (all, looked_at) = self.shared.apps.take_looked_at();
+        if all {
+            dirty.all = true;
+        }
+        dirty.deployments.extend(looked_at);
+        let pods = self.shared.apps.pod_objects(&self.me);
+        let me = self.me.clone();
+        if self.set_pods(&me, &pods, dirty) {
+            self.shared.local_pods.send_modify(|l| {
+                l.version += 1;
+                l.pods = Some(Arc::new(pods));
+            });
+        }
+    }
+
+    /// Puts node `node`'s pods; says whether any changed.
+    fn set_pods(&mut self, node: &str, pods: &[k8s::Pod], dirty: &mut Dirty) -> bool {
+        let store = &self.shared.kube_store;
+        let host = self.hosts.get(node).map(String::as_str);
+        let mut present = BTreeSet::new();
+        let mut changed = false;
+        for pod in pods {
+            let name = pod.metadata.name.clone();
+            let old = store.get(Kind::Pod, &name);
+            let new = store.put(Kind::Pod, served::pod_value(pod, host));
+            present.insert(name);
+            if old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &new)) {
+                continue;
+            }
+            changed = true;
+            if let Some(old) = old {
+                dirty.labels.push(old["metadata"]["labels"].clone());
+            }
+            dirty.labels.push(new["metadata"]["labels"].clone());
+            dirty.deployments.extend(served::deployment_of(&new));
+        }
+        let before = self.by_node.insert(node.to_string(), present);
+        let present = &self.by_node[node];
+        for gone in before.iter().flatten().filter(|n| !present.contains(*n)) {
+            if let Some(old) = store.get(Kind::Pod, gone) {
+                changed = true;
+                dirty.labels.push(old["metadata"]["labels"].clone());
+                dirty.deployments.extend(served::deployment_of(&old));
+                store.remove(Kind::Pod, gone);
+            }
+        }
+        changed
+    }
+
+    /// A new view of the cluster: nodes, the Deployments whose counts changed, and a
+    /// long-poll for each live peer.
+    fn new_view(&mut self, view: Arc<View>, dirty: &mut Dirty) {
+        dirty.nodes = true;
+        let counts = |v: &View| -> BTreeMap<(String, String), String> {
+            v.nodes
+                .iter()
+                .filter(|n| n.id != v.me)
+                .flat_map(|n| {
+                    n.pods
+                        .iter()
+                        .map(|(d, c)| ((d.clone(), n.id.clone()), format!("{c:?}")))
+                })
+                .collect()
+        };
+        let (old, new) = (counts(&self.view), counts(&view));
+        for (key, c) in &old {
+            if new.get(key) != Some(c) {
+                dirty.deployments.insert(key.0.clone());
+            }
+        }
+        for key in new.keys().filter(|k| !old.contains_key(*k)) {
+            dirty.deployments.insert(key.0.clone());
+        }
+        self.view = view;
+        self.follow_peers(dirty);
+    }
+
+    /// Starts a long-poll for each live peer that has none, stops those of peers gone
+    /// (and takes their pods out).
+    fn follow_peers(&mut self, dirty: &mut Dirty) {
+        let view = self.view.clone();
+        let live: HashMap<&str, (&str, Option<&String>)> = view
+            .nodes
+            .iter()
+            .filter(|n| n.id != view.me)
+            .map(|n| (n.id.as_str(), (n.name.as_str(), n.api.as_ref())))
+            .collect();
+        let gone: Vec<String> = self
+            .followers
+            .keys()
+            .filter(|id| !live.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(f) = self.followers.remove(&id) {
+                let name = f.name.clone();
+                drop(f);
+                self.set_pods(&name, &[], dirty);
+                self.by_node.remove(&name);
+            }
+        }
+        for (id, (name, api)) in live {
+            if self.followers.contains_key(id) {
+                continue;
+            }
+            let (Some(raft_id), Some(api)) = (crate::raft::raft_id(id), api) else {
+                continue;
+            };
+            let task = tokio::spawn(follow(
+                self.shared.clone(),
+                raft_id,
+                api.clone(),
+                name.to_string(),
+                self.remote.clone(),
+            ));
+            self.followers.insert(
+                id.to_string(),
+                Follower {
+                    name: name.to_string(),
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// Renders what is dirty, in one turn.
+    async fn render(&mut self, dirty: &mut Dirty) {
+        if dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(dirty);
+        let shared = self.shared.clone();
+        let store = &shared.kube_store;
+        let _turn = store.render().await;
+        let (mut deployments, mut services) = (dirty.deployments, dirty.services);
+        if dirty.all {
+            let (stored, svcs) = shared.desired.read(|s| {
+                (
+                    s.state.deployments.keys().cloned().collect::<Vec<_>>(),
+                    s.state.services.keys().cloned().collect::<Vec<_>>(),
+                )
+            });
+            deployments.extend(stored);
+            services.extend(svcs);
+            // And what the store has that may be gone.
+            for kind in [Kind::Deployment, Kind::Service] {
+                let (objects, _) = store.list(kind);
+                let names = objects.iter().map(|o| {
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                });
+                match kind {
+                    Kind::Deployment => deployments.extend(names),
+                    _ => services.extend(names),
+                }
+            }
+        }
+        if dirty.all || dirty.nodes {
+            nodes(&shared, &mut self.hosts).await;
+        }
+        if !dirty.labels.is_empty() {
+            let picked: Vec<String> = shared.desired.read(|s| {
+                s.state
+                    .services
+                    .values()
+                    .filter(|svc| {
+                        let selector = &svc.spec.selector;
+                        !selector.is_empty()
+                            && dirty.labels.iter().any(|labels| {
+                                selector
+                                    .iter()
+                                    .all(|(k, v)| labels[k.as_str()].as_str() == Some(v.as_str()))
+                            })
+                    })
+                    .map(|svc| svc.metadata.name.clone())
+                    .collect()
+            });
+            services.extend(picked);
+        }
+        for name in &deployments {
+            deployment(&shared, name);
+        }
+        if !services.is_empty() {
+            let index = PodIndex::new(&shared);
+            for name in &services {
+                service(&shared, name, &index);
+            }
+        }
+    }
+}
+
+/// Asks the peer `id` at `api` for its pods each time they change, and hands them to the
+/// feed as node `name`'s, until aborted.
+async fn follow(
+    shared: Arc<Shared>,
+    id: u64,
+    api: String,
+    name: String,
+    to: mpsc::Sender<(String, Vec<k8s::Pod>)>,
+) {
+    let mut after = 0;
+    loop {
+        let answer = shared
+            .consensus
+            .client()
+            .call::<_, LocalPods>(
+                id,
+                &api,
+                "/v1/peer/pods/changes",
+                &PodsAfter { after },
+                POLL_HOLD + Duration::from_secs(10),
+            )
+            .await;
+        match answer {
+            Ok(LocalPods {
+                version,
+                pods: Some(pods),
+            }) => {
+                after = version;
+                if to.send((name.clone(), pods.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Ok(LocalPods {
+                version,
+                pods: None,
+            }) => after = version,
+            Err(e) => {
+                tracing::debug!(node = %name, error = %e, "a peer's pods could not be fetched");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Renders Deployment `name` with its ReplicaSets and events, or takes them out if it is
+/// gone.
+fn deployment(shared: &Shared, name: &str) {
+    let store = &shared.kube_store;
+    let stored = shared.apps.stored_deployment(name);
+    let mut keep_sets = BTreeSet::new();
+    let mut keep_events = BTreeSet::new();
+    match &stored {
+        Some(d) => {
+            let v = store.put(
+                Kind::Deployment,
+                finish(Kind::Deployment, served::deployment_value(shared, d)),
+            );
+            let pods = store.with_prefix(Kind::Pod, &format!("{name}-"));
+            for rs in served::replica_sets(d, &v["status"], &pods) {
+                keep_sets.insert(
+                    rs["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                store.put(Kind::ReplicaSet, rs);
+            }
+            for e in served::events(shared, d) {
+                keep_events.insert(
+                    e["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                store.put(Kind::Event, e);
+            }
+        }
+        None => store.remove(Kind::Deployment, name),
+    }
+    for rs in store.with_prefix(Kind::ReplicaSet, &format!("{name}-")) {
+        let rs_name = rs["metadata"]["name"].as_str().unwrap_or_default();
+        if rs["metadata"]["ownerReferences"][0]["name"] == name && !keep_sets.contains(rs_name) {
+            store.remove(Kind::ReplicaSet, rs_name);
+        }
+    }
+    for e in store.with_prefix(Kind::Event, &format!("{name}.")) {
+        let e_name = e["metadata"]["name"].as_str().unwrap_or_default();
+        if e["involvedObject"]["name"] == name && !keep_events.contains(e_name) {
+            store.remove(Kind::Event, e_name);
+        }
+    }
+}
+
+/// Pods by each of their labels, for finding a Service's pods without reading all.
+struct PodIndex {
+    by_label: HashMap<(String, String), Vec<Arc<Value>>>,
+}
+
+impl PodIndex {
+    fn new(shared: &Shared) -> Self {
+        let (pods, _) = shared.kube_store.list(Kind::Pod);
+        let mut by_label: HashMap<(String, String), Vec<Arc<Value>>> = HashMap::new();
+        for pod in pods {
+            if let Some(labels) = pod["metadata"]["labels"].as_object() {
+                for (k, v) in labels {
+                    if let Some(v) = v.as_str() {
+                        by_label
+                            .entry((k.clone(), v.to_string()))
+                            .or_default()
+                            .push(pod.clone());
+                    }
+                }
+            }
+        }
+        Self { by_label }
+    }
+
+    /// The pods that carry the first of `selector`'s labels (a superset of its pods).
+    fn candidates<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        selector: impl IntoIterator<Item = (K, V)>,
+    ) -> Vec<Value> {
+        let Some((k, v)) = selector.into_iter().next() else {
+            return Vec::new();
+        };
+        self.by_label
+            .get(&(k.as_ref().to_string(), v.as_ref().to_string()))
+            .map(|pods| pods.iter().map(|p| (**p).clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Renders Service `name` with its Endpoints and EndpointSlices, or takes them out if it
+/// is gone.
+fn service(shared: &Shared, name: &str, index: &PodIndex) {
+    let store = &shared.kube_store;
+    let mut keep_slices = BTreeSet::new();
+    let mut endpoints = None;
+    match shared.apps.service(name) {
+        Some(s) => {
+            let pods = index.candidates(s.spec.selector.iter());
+            let v = store.put(
+                Kind::Service,
+                finish(Kind::Service, served::service_value(s)),
+            );
+            let (e, slices) = served::service_endpoints(&v, &pods);
+            endpoints = e;
+            for slice in slices {
+                keep_slices.insert(
+                    slice["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                store.put(Kind::EndpointSlice, slice);
+            }
+        }
+        None => store.remove(Kind::Service, name),
+    }
+    match endpoints {
+        Some(e) => {
+            store.put(Kind::Endpoints, e);
+        }
+        None => store.remove(Kind::Endpoints, name),
+    }
+    for slice in store.with_prefix(Kind::EndpointSlice, &format!("{name}-")) {
+        let slice_name = slice["metadata"]["name"].as_str().unwrap_or_default();
+        if slice["metadata"]["labels"]["kubernetes.io/service-name"] == name
+            && !keep_slices.contains(slice_name)
+        {
+            store.remove(Kind::EndpointSlice, slice_name);
+        }
+    }
+}
+
+/// Renders every node gossip knows, takes out those it forgot, and notes their
+/// addresses in `hosts`.
+async fn nodes(shared: &Shared, hosts: &mut HashMap<String, String>) {
+    let store = &shared.kube_store;
+    let nodes = served::nodes(shared).await;
+    let names: BTreeSet<String> = nodes.iter().map(|n| n.metadata.name.clone()).collect();
+    for node in nodes {
+        if let Some(ip) = served::host_ip(&node) {
+            hosts.insert(node.metadata.name.clone(), ip);
+        }
+        store.put(Kind::Node, finish(Kind::Node, served::value(node)));
+    }
+    let (all, _) = store.list(Kind::Node);
+    for node in all {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        if !names.contains(name) {
+            store.remove(Kind::Node, name);
+        }
+    }
+}
