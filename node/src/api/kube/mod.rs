@@ -12,6 +12,10 @@
 //! Errors are `Status` objects (see `ApiError`). `/livez` and `/readyz` ([`health`])
 //! are public.
 //!
+//! What each kind is (its discovery entry, defaults, Table columns, how the API writes
+//! it) is its file in `resources/`, an implementation of [`resource::Served`]; the
+//! code here routes and lists over every kind registered there.
+//!
 //! Objects are served as the API server defaults them ([`defaults`]); request bodies
 //! are read in JSON, YAML or protobuf ([`body`]). Writes go through the same manifest
 //! reader and commands as `skiff apply`: an object sent here is checked as a file would
