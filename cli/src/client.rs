@@ -227,6 +227,22 @@ impl Client {
             .with_context(|| format!("the API's answer to GET {path} is not what skiff expects"))
     }
 
+    /// GET `path` with `Accept: accept` (a Kubernetes `Table`); the answer as JSON.
+    pub(crate) async fn get_json_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> anyhow::Result<T> {
+        let req = self
+            .http
+            .get(self.url(path))
+            .header(reqwest::header::ACCEPT, accept);
+        let resp = self.send(req).await?;
+        resp.json()
+            .await
+            .with_context(|| format!("the API's answer to GET {path} is not what skiff expects"))
+    }
+
     /// `method` `path` with a JSON body; the answer as JSON.
     pub(crate) async fn send_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -961,23 +977,31 @@ fn human_size(n: u64) -> String {
 }
 
 pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+    print_grid(&header, &rows);
+}
+
+/// Prints `header` and `rows` in columns as wide as their widest cell, two spaces
+/// apart (as kubectl prints tables).
+pub(crate) fn print_grid(header: &[String], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: &[String]| {
         let parts: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(header.to_vec());
+    line(header);
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row);
     }
 }
 

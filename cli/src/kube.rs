@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use reqwest::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use skiff_spec::api::{ApplyResult, ManifestFile, ManifestFiles, RolloutHistory};
 use skiff_spec::k8s::{self, List};
 
-use crate::client::{Client, age, now_ms, print_table};
+use crate::client::{Client, age, now_ms, print_grid, print_table};
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const SERVICES: &str = "/api/v1/namespaces/default/services";
@@ -286,198 +286,173 @@ async fn fetch(
     Ok(f)
 }
 
-fn pod_rows(pods: &[k8s::Pod], wide: bool, prefix: bool) -> Vec<[String; 7]> {
-    pods.iter()
-        .map(|p| {
-            let statuses = &p.status.container_statuses;
-            let ready = statuses.iter().filter(|c| c.ready).count();
-            let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
-            let name = if prefix {
-                format!("pod/{}", p.metadata.name)
-            } else {
-                p.metadata.name.clone()
-            };
-            [
-                name,
-                format!("{ready}/{}", statuses.len().max(1)),
-                pod_status(p),
-                restarts.to_string(),
-                age_of(p.metadata.creation_timestamp.as_deref()),
-                if wide {
-                    p.status.pod_ip.clone().unwrap_or_else(|| "<none>".into())
-                } else {
-                    String::new()
-                },
-                if wide {
-                    p.spec.node_name.clone().unwrap_or_else(|| "<none>".into())
-                } else {
-                    String::new()
-                },
-            ]
-        })
-        .collect()
+/// What `get` asks for to print tables: the server's `meta.k8s.io/v1 Table`s, as
+/// kubectl asks (plain JSON if a server has none).
+const AS_TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+
+/// A column of a server's Table.
+#[derive(Clone, Debug, Deserialize)]
+struct Column {
+    name: String,
+    /// `name` for the column of objects' names.
+    #[serde(default)]
+    format: String,
+    /// 0: always shown; more: with `-o wide`.
+    #[serde(default)]
+    priority: u32,
 }
 
-fn deployment_rows(ds: &[k8s::Deployment], prefix: bool) -> Vec<[String; 8]> {
-    ds.iter()
-        .map(|d| {
-            let s = d.status.clone().unwrap_or_default();
-            let c = d.spec.template.spec.containers.first();
-            [
-                if prefix {
-                    format!("deployment.apps/{}", d.metadata.name)
-                } else {
-                    d.metadata.name.clone()
-                },
-                format!("{}/{}", s.ready_replicas, d.spec.replicas.unwrap_or(1)),
-                s.updated_replicas.to_string(),
-                s.available_replicas.to_string(),
-                age_of(d.metadata.creation_timestamp.as_deref()),
-                c.map(|c| c.name.clone()).unwrap_or_default(),
-                c.map(|c| c.image.clone()).unwrap_or_default(),
-                labels_text(&d.spec.selector.match_labels),
-            ]
-        })
-        .collect()
+/// A row of a server's Table, with its object (metadata only, unless asked for whole).
+#[derive(Clone, Debug, Deserialize)]
+struct Row {
+    cells: Vec<serde_json::Value>,
+    #[serde(default)]
+    object: serde_json::Value,
 }
 
-fn service_rows(ss: &[k8s::Service], prefix: bool) -> Vec<[String; 5]> {
-    ss.iter()
-        .map(|s| {
-            let ports = s
-                .spec
-                .ports
-                .iter()
-                .map(|p| match p.node_port {
-                    Some(np) => format!("{}:{np}/TCP", p.port),
-                    None => format!("{}/TCP", p.port),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            [
-                if prefix {
-                    format!("service/{}", s.metadata.name)
-                } else {
-                    s.metadata.name.clone()
-                },
-                s.spec.kind.clone().unwrap_or_else(|| "ClusterIP".into()),
-                ports,
-                labels_text(&s.spec.selector),
-                age_of(s.metadata.creation_timestamp.as_deref()),
-            ]
-        })
-        .collect()
+/// `meta.k8s.io/v1 Table`, the part `get` prints.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Table {
+    column_definitions: Vec<Column>,
+    #[serde(default)]
+    rows: Vec<Row>,
 }
 
-/// Prints every column (`-o wide`) or kubectl's first five.
-fn print_columns<const N: usize>(header: &[&str; N], rows: Vec<[String; N]>, wide: bool) {
-    if wide {
-        print_table(header, &rows);
-        return;
+/// The rows of one kind, under the server's columns.
+struct Rows {
+    kind: Kind,
+    columns: Vec<Column>,
+    rows: Vec<Row>,
+}
+
+/// `?labelSelector=...&includeObject=Object`, encoded, or nothing: whole objects when
+/// `objects` (a watch compares them).
+fn table_query(selector: Option<&str>, objects: bool) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(s) = selector {
+        q.append_pair("labelSelector", s);
     }
-    let head: [&str; 5] = std::array::from_fn(|i| header[i]);
-    let rows: Vec<[String; 5]> = rows
-        .into_iter()
+    if objects {
+        q.append_pair("includeObject", "Object");
+    }
+    let q = q.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
+}
+
+/// The server's Tables of the kinds asked for, one per kind.
+async fn fetch_tables(
+    client: &Client,
+    targets: &[(Kind, Vec<String>)],
+    selector: Option<&str>,
+    objects: bool,
+) -> anyhow::Result<Vec<Rows>> {
+    let mut out = Vec::new();
+    for (kind, names) in targets {
+        let mut tables: Vec<Table> = Vec::new();
+        if names.is_empty() {
+            let path = format!("{}{}", kind.path(), table_query(selector, objects));
+            tables.push(client.get_json_as(&path, AS_TABLE).await?);
+        } else {
+            for n in names {
+                let path = format!("{}/{n}{}", kind.path(), table_query(None, objects));
+                let one = client
+                    .get_json_as(&path, AS_TABLE)
+                    .await
+                    .with_context(|| format!("{} {n:?}", kind.prefix()))?;
+                tables.push(one);
+            }
+        }
+        let mut tables = tables.into_iter();
+        let Some(first) = tables.next() else { continue };
+        let mut rows = first.rows;
+        rows.extend(tables.flat_map(|t| t.rows));
+        out.push(Rows {
+            kind: *kind,
+            columns: first.column_definitions,
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+/// A cell as kubectl prints it.
+fn cell_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "<none>".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The header and cells of `t` as printed: the server's columns of priority 0 (all
+/// with `-o wide`), names prefixed with their kind when several kinds are shown, and
+/// for nodes their labels too (as `kubectl get nodes --show-labels` does), which skiff
+/// always shows.
+fn grid(t: &Rows, wide: bool, prefix: bool) -> (Vec<String>, Vec<Vec<String>>) {
+    let shown: Vec<&Column> = t
+        .columns
+        .iter()
+        .filter(|c| wide || c.priority == 0)
+        .collect();
+    let labels = t.kind == Kind::Node;
+    let mut header: Vec<String> = shown.iter().map(|c| c.name.to_uppercase()).collect();
+    if labels {
+        header.push("LABELS".into());
+    }
+    let rows: Vec<Vec<String>> = t
+        .rows
+        .iter()
         .map(|row| {
-            let mut cells = row.into_iter();
-            std::array::from_fn(|_| cells.next().unwrap_or_default())
+            let mut cells: Vec<String> = t
+                .columns
+                .iter()
+                .zip(&row.cells)
+                .filter(|(c, _)| wide || c.priority == 0)
+                .map(|(c, v)| {
+                    let text = cell_text(v);
+                    if prefix && c.format == "name" {
+                        format!("{}/{text}", t.kind.prefix())
+                    } else {
+                        text
+                    }
+                })
+                .collect();
+            if labels {
+                cells.push(labels_of(&row.object["metadata"]["labels"]));
+            }
+            cells
         })
         .collect();
-    print_table(&head, &rows);
+    (header, rows)
 }
 
-/// Prints tables of `f`: each kind with its header, a blank line between kinds.
-fn print_tables(f: &Fetched, output: Output, prefix: bool) {
+/// `k=v,...` of a JSON label map, or `<none>`.
+fn labels_of(labels: &serde_json::Value) -> String {
+    let pairs: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
+}
+
+/// Prints each kind's rows with its header, a blank line between kinds.
+fn print_tables(tables: &[Rows], output: Output, prefix: bool) {
     let wide = output == Output::Wide;
     let mut first = true;
-    let mut gap = || {
+    for t in tables.iter().filter(|t| !t.rows.is_empty()) {
         if !std::mem::take(&mut first) {
             println!();
         }
-    };
-    if !f.pods.is_empty() {
-        gap();
-        let rows = pod_rows(&f.pods, wide, prefix);
-        print_columns(
-            &["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
-            rows,
-            wide,
-        );
+        let (header, rows) = grid(t, wide, prefix);
+        print_grid(&header, &rows);
     }
-    if !f.deployments.is_empty() {
-        gap();
-        let rows = deployment_rows(&f.deployments, prefix);
-        print_columns(
-            &[
-                "NAME",
-                "READY",
-                "UP-TO-DATE",
-                "AVAILABLE",
-                "AGE",
-                "CONTAINERS",
-                "IMAGES",
-                "SELECTOR",
-            ],
-            rows,
-            wide,
-        );
-    }
-    if !f.services.is_empty() {
-        gap();
-        let rows = service_rows(&f.services, prefix);
-        print_table(&["NAME", "TYPE", "PORT(S)", "SELECTOR", "AGE"], &rows);
-    }
-    if !f.nodes.is_empty() {
-        gap();
-        print_table(
-            &[
-                "NAME", "STATUS", "ROLES", "AGE", "VERSION", "ADDRESS", "LABELS",
-            ],
-            &node_rows(&f.nodes),
-        );
-    }
-}
-
-fn node_rows(nodes: &[k8s::Node]) -> Vec<[String; 7]> {
-    nodes
-        .iter()
-        .map(|n| {
-            let ready = n
-                .status
-                .conditions
-                .iter()
-                .any(|c| c.kind == "Ready" && c.status == "True");
-            let mut status = if ready { "Ready" } else { "NotReady" }.to_string();
-            if n.spec.unschedulable {
-                status.push_str(",SchedulingDisabled");
-            }
-            // As kubectl reads roles: from `node-role.kubernetes.io/<role>` labels.
-            let roles: Vec<&str> = n
-                .metadata
-                .labels
-                .keys()
-                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                .collect();
-            [
-                n.metadata.name.clone(),
-                status,
-                if roles.is_empty() {
-                    "<none>".into()
-                } else {
-                    roles.join(",")
-                },
-                age_of(n.metadata.creation_timestamp.as_deref()),
-                n.status.node_info.kubelet_version.clone(),
-                n.status
-                    .addresses
-                    .iter()
-                    .find(|a| a.kind == "InternalIP")
-                    .map(|a| a.address.clone())
-                    .unwrap_or_default(),
-                labels_text(&n.metadata.labels),
-            ]
-        })
-        .collect()
 }
 
 /// The objects of `f` as JSON values, in kubectl's order.
@@ -521,6 +496,9 @@ pub(crate) async fn get(
     let output = output.unwrap_or(Output::Table);
     let named = targets.iter().any(|(_, n)| !n.is_empty());
     let prefix = targets.len() > 1 || args.first().is_some_and(|a| a == "all");
+    if matches!(output, Output::Table | Output::Wide) {
+        return get_tables(client, &targets, output, selector, watch, prefix).await;
+    }
     let f = fetch(client, &targets, selector).await?;
     match output {
         Output::Json | Output::Yaml => {
@@ -537,24 +515,7 @@ pub(crate) async fn get(
                 print_structured(&list, output)?;
             }
         }
-        Output::Name => {
-            for v in values(&f)? {
-                let kind = v["kind"].as_str().unwrap_or("").to_ascii_lowercase();
-                let kind = if kind == "deployment" {
-                    "deployment.apps".to_string()
-                } else {
-                    kind
-                };
-                println!("{kind}/{}", v["metadata"]["name"].as_str().unwrap_or(""));
-            }
-        }
-        Output::Table | Output::Wide => {
-            if values(&f)?.is_empty() {
-                eprintln!("No resources found in default namespace.");
-            } else {
-                print_tables(&f, output, prefix);
-            }
-        }
+        _ => print_names(&values(&f)?),
     }
     if !watch {
         return Ok(());
@@ -568,34 +529,74 @@ pub(crate) async fn get(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let f = fetch(client, &targets, selector).await?;
         let mut now: BTreeMap<String, String> = BTreeMap::new();
-        let mut changed = Fetched::default();
+        let mut changed = Vec::new();
         for v in values(&f)? {
             let (k, r) = (key(&v), row_key(&v));
             if seen.get(&k) != Some(&r) {
-                match v["kind"].as_str() {
-                    Some("Pod") => changed.pods.push(serde_json::from_value(v.clone())?),
-                    Some("Deployment") => {
-                        changed.deployments.push(serde_json::from_value(v.clone())?)
-                    }
-                    Some("Node") => changed.nodes.push(serde_json::from_value(v.clone())?),
-                    _ => changed.services.push(serde_json::from_value(v.clone())?),
-                }
+                changed.push(v);
             }
             now.insert(k, r);
         }
-        if !changed.pods.is_empty()
-            || !changed.deployments.is_empty()
-            || !changed.services.is_empty()
-        {
-            match output {
-                Output::Json | Output::Yaml => {
-                    for v in values(&changed)? {
-                        print_structured(&v, output)?;
-                    }
-                }
-                _ => print_tables(&changed, output, prefix),
+        if output == Output::Name {
+            print_names(&changed);
+        } else {
+            for v in &changed {
+                print_structured(v, output)?;
             }
         }
+        seen = now;
+    }
+}
+
+/// `-o name`: `kind/name`, as kubectl names objects.
+fn print_names(objects: &[serde_json::Value]) {
+    for v in objects {
+        let kind = v["kind"].as_str().unwrap_or("").to_ascii_lowercase();
+        let kind = if kind == "deployment" {
+            "deployment.apps".to_string()
+        } else {
+            kind
+        };
+        println!("{kind}/{}", v["metadata"]["name"].as_str().unwrap_or(""));
+    }
+}
+
+/// `skiff get` as tables: the server's columns and rows, as kubectl prints them; with
+/// `-w`, the rows whose object changed, again, each time one does (by polling).
+async fn get_tables(
+    client: &Client,
+    targets: &[(Kind, Vec<String>)],
+    output: Output,
+    selector: Option<&str>,
+    watch: bool,
+    prefix: bool,
+) -> anyhow::Result<()> {
+    let tables = fetch_tables(client, targets, selector, watch).await?;
+    if tables.iter().all(|t| t.rows.is_empty()) {
+        eprintln!("No resources found in default namespace.");
+    } else {
+        print_tables(&tables, output, prefix);
+    }
+    if !watch {
+        return Ok(());
+    }
+    let keys = |tables: &[Rows]| -> BTreeMap<String, String> {
+        tables
+            .iter()
+            .flat_map(|t| &t.rows)
+            .map(|r| (key(&r.object), row_key(&r.object)))
+            .collect()
+    };
+    let mut seen = keys(&tables);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut tables = fetch_tables(client, targets, selector, true).await?;
+        let now = keys(&tables);
+        for t in &mut tables {
+            t.rows
+                .retain(|r| seen.get(&key(&r.object)) != Some(&row_key(&r.object)));
+        }
+        print_tables(&tables, output, prefix);
         seen = now;
     }
 }
@@ -1143,5 +1144,45 @@ mod tests {
             ..k8s::Condition::default()
         });
         assert!(rollout_state(&d).is_err());
+    }
+
+    #[test]
+    fn tables_show_the_servers_columns_as_kubectl_does() {
+        let table: Table = serde_json::from_value(serde_json::json!({
+            "kind": "Table",
+            "columnDefinitions": [
+                {"name": "Name", "type": "string", "format": "name", "priority": 0},
+                {"name": "Port(s)", "type": "string", "format": "", "priority": 0},
+                {"name": "Selector", "type": "string", "format": "", "priority": 1},
+            ],
+            "rows": [{"cells": ["web", "80/TCP", "app=web"],
+                      "object": {"metadata": {"name": "web", "labels": {"b": "2", "a": "1"}}}}],
+        }))
+        .unwrap();
+        let rows = |kind| Rows {
+            kind,
+            columns: table.column_definitions.clone(),
+            rows: table.rows.clone(),
+        };
+        let (header, cells) = grid(&rows(Kind::Service), false, false);
+        assert_eq!(
+            (header, cells),
+            (
+                vec!["NAME".into(), "PORT(S)".into()],
+                vec![vec!["web".into(), "80/TCP".into()]]
+            )
+        );
+        let (header, cells) = grid(&rows(Kind::Service), true, true);
+        assert_eq!(header, ["NAME", "PORT(S)", "SELECTOR"]);
+        assert_eq!(cells[0], ["service/web", "80/TCP", "app=web"]);
+        // Nodes show their labels, which kubectl shows with --show-labels.
+        let (header, cells) = grid(&rows(Kind::Node), false, false);
+        assert_eq!(header.last().unwrap(), "LABELS");
+        assert_eq!(cells[0].last().unwrap(), "a=1,b=2");
+        assert_eq!(
+            table_query(Some("app=web"), true),
+            "?labelSelector=app%3Dweb&includeObject=Object"
+        );
+        assert_eq!(table_query(None, false), "");
     }
 }

@@ -84,7 +84,9 @@ fn kind(group: &str, version: &str, kind: &str, spec: &str) -> Value {
     out
 }
 
-fn definitions() -> Map<String, Value> {
+/// The definitions the kinds share: object metadata, label selectors and pod
+/// templates (with their containers, ports, probes and resources).
+pub fn common() -> Map<String, Value> {
     let mut d = Map::new();
     let mut add = |name: String, schema: Value| {
         d.insert(name, schema);
@@ -139,49 +141,6 @@ fn definitions() -> Map<String, Value> {
             &[],
             &["key", "operator"],
         ),
-    );
-    add(
-        format!("{APPS}Deployment"),
-        kind("apps", "v1", "Deployment", &format!("{APPS}DeploymentSpec")),
-    );
-    add(
-        format!("{APPS}DeploymentSpec"),
-        object(
-            vec![
-                ("replicas", integer()),
-                ("selector", reference(&format!("{META}LabelSelector"))),
-                ("template", reference(&format!("{CORE}PodTemplateSpec"))),
-                (
-                    "strategy",
-                    // As Kubernetes declares it: on the field, not the type.
-                    json!({
-                        "$ref": format!("#/definitions/{APPS}DeploymentStrategy"),
-                        "x-kubernetes-patch-strategy": "retainKeys",
-                    }),
-                ),
-                ("minReadySeconds", integer()),
-                ("revisionHistoryLimit", integer()),
-                ("progressDeadlineSeconds", integer()),
-            ],
-            &["paused"],
-            &["selector", "template"],
-        ),
-    );
-    let strategy = object(
-        vec![
-            ("type", string()),
-            (
-                "rollingUpdate",
-                reference(&format!("{APPS}RollingUpdateDeployment")),
-            ),
-        ],
-        &[],
-        &[],
-    );
-    add(format!("{APPS}DeploymentStrategy"), strategy);
-    add(
-        format!("{APPS}RollingUpdateDeployment"),
-        object(Vec::new(), &["maxSurge", "maxUnavailable"], &[]),
     );
     add(
         format!("{CORE}PodTemplateSpec"),
@@ -354,6 +313,67 @@ fn definitions() -> Map<String, Value> {
             &["port"],
         ),
     );
+    d
+}
+
+/// `apps/v1 Deployment` and the types only it has (its spec and strategy).
+pub fn deployment() -> Map<String, Value> {
+    let mut d = Map::new();
+    let mut add = |name: String, schema: Value| {
+        d.insert(name, schema);
+    };
+    add(
+        format!("{APPS}Deployment"),
+        kind("apps", "v1", "Deployment", &format!("{APPS}DeploymentSpec")),
+    );
+    add(
+        format!("{APPS}DeploymentSpec"),
+        object(
+            vec![
+                ("replicas", integer()),
+                ("selector", reference(&format!("{META}LabelSelector"))),
+                ("template", reference(&format!("{CORE}PodTemplateSpec"))),
+                (
+                    "strategy",
+                    // As Kubernetes declares it: on the field, not the type.
+                    json!({
+                        "$ref": format!("#/definitions/{APPS}DeploymentStrategy"),
+                        "x-kubernetes-patch-strategy": "retainKeys",
+                    }),
+                ),
+                ("minReadySeconds", integer()),
+                ("revisionHistoryLimit", integer()),
+                ("progressDeadlineSeconds", integer()),
+            ],
+            &["paused"],
+            &["selector", "template"],
+        ),
+    );
+    let strategy = object(
+        vec![
+            ("type", string()),
+            (
+                "rollingUpdate",
+                reference(&format!("{APPS}RollingUpdateDeployment")),
+            ),
+        ],
+        &[],
+        &[],
+    );
+    add(format!("{APPS}DeploymentStrategy"), strategy);
+    add(
+        format!("{APPS}RollingUpdateDeployment"),
+        object(Vec::new(), &["maxSurge", "maxUnavailable"], &[]),
+    );
+    d
+}
+
+/// `v1 Service` and the types only it has (its spec and ports).
+pub fn service() -> Map<String, Value> {
+    let mut d = Map::new();
+    let mut add = |name: String, schema: Value| {
+        d.insert(name, schema);
+    };
     add(
         format!("{CORE}Service"),
         kind("", "v1", "Service", &format!("{CORE}ServiceSpec")),
@@ -404,13 +424,22 @@ fn definitions() -> Map<String, Value> {
     d
 }
 
-/// The OpenAPI v2 document, as JSON.
+/// The OpenAPI v2 document of the kinds skiff takes, as JSON.
 pub fn document(version: &str) -> Value {
+    let mut definitions = common();
+    definitions.extend(deployment());
+    definitions.extend(service());
+    document_of(version, definitions)
+}
+
+/// An OpenAPI v2 document holding `definitions` (the node's are [`common`] and each
+/// served kind's own), as JSON.
+pub fn document_of(version: &str, definitions: Map<String, Value>) -> Value {
     json!({
         "swagger": "2.0",
         "info": {"title": "skiff", "version": version},
         "paths": {},
-        "definitions": definitions(),
+        "definitions": definitions,
     })
 }
 
@@ -520,7 +549,12 @@ fn named(name: &str, value: Pb) -> Pb {
 /// The document as gnostic's `openapi.v2.Document` in protobuf
 /// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`).
 pub fn document_protobuf(version: &str) -> Vec<u8> {
-    let doc = document(version);
+    protobuf_of(&document(version))
+}
+
+/// A document made by [`document_of`] as gnostic's `openapi.v2.Document` in protobuf.
+pub fn protobuf_of(doc: &Value) -> Vec<u8> {
+    let version = doc["info"]["version"].as_str().unwrap_or_default();
     let mut pb = Pb::default();
     pb.string(1, "2.0");
     let mut info = Pb::default();

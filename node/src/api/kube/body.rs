@@ -11,7 +11,7 @@ use skiff_spec::manifest::MAX_MANIFEST_BYTES;
 
 use skiff_spec::protobuf;
 
-use super::{Kind, Resource};
+use super::Resource;
 use crate::api::error::ApiError;
 
 /// The media types an object may come in, as a 415 names them.
@@ -59,15 +59,11 @@ pub(super) fn object(res: &Resource, content_type: &str, body: &[u8]) -> Result<
             Refused(e) => e,
         });
     }
-    let kind = match res.kind {
-        Kind::Deployment => protobuf::Kind::Deployment,
-        Kind::Service => protobuf::Kind::Service,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_object",
-                "the protobuf body: skiff reads protobuf bodies of Deployments and Services only; send this one as JSON",
-            ));
-        }
+    let Some(kind) = res.served().protobuf() else {
+        return Err(ApiError::bad_request(
+            "invalid_object",
+            "the protobuf body: skiff reads protobuf bodies of Deployments and Services only; send this one as JSON",
+        ));
     };
     protobuf::decode(kind, body).map_err(|e| match e {
         protobuf::Error::Invalid(m) => {

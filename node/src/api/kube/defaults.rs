@@ -5,8 +5,9 @@
 //! `kubectl describe` dereferences a Deployment's `spec.replicas` and a terminating pod's
 //! `metadata.deletionGracePeriodSeconds`, `kubectl debug` a pod's `securityContext`.
 //! skiff stores objects as they were written (a pod template's JSON is its revision's
-//! hash), so defaulting is a pass over the served value instead: [`deployment`],
-//! [`replica_set`], [`pod`], [`service`].
+//! hash), so defaulting is a pass over the served value instead: each kind's
+//! `defaults` (in `resources/`), built of the passes here that kinds share (pod specs
+//! and templates).
 //!
 //! An object a client read comes back with those defaults in it (`kubectl edit`,
 //! `set image`, `apply`'s patch of the object as served). [`unfill`] takes out the ones
@@ -19,19 +20,17 @@ use serde_json::{Value, json};
 
 use super::Kind;
 
-/// The defaulting pass of a kind (none for kinds nobody writes).
+/// The defaulting pass of a kind (none for kinds nobody writes): its
+/// [`Served::defaults`](super::resource::Served::defaults).
 pub(super) fn of(kind: Kind) -> Option<fn(&mut Value)> {
-    match kind {
-        Kind::Deployment => Some(deployment),
-        Kind::ReplicaSet => Some(replica_set),
-        Kind::Pod => Some(pod),
-        Kind::Service => Some(service),
-        _ => None,
-    }
+    kind.served().defaults()
 }
 
+/// A Service's defaults (Endpoints are derived from Services as served).
+pub(super) use super::resources::service::defaults as service;
+
 /// Sets `key` of the object `v` to `value` unless it has one.
-fn default(v: &mut Value, key: &str, value: Value) {
+pub(super) fn default(v: &mut Value, key: &str, value: Value) {
     if let Some(map) = v.as_object_mut() {
         let slot = map.entry(key).or_insert(Value::Null);
         if slot.is_null() {
@@ -42,13 +41,13 @@ fn default(v: &mut Value, key: &str, value: Value) {
 
 /// The object at `key` of `v`, made (empty) if `v` is an object without one; `None` if
 /// `v` or what is at `key` is not an object.
-fn object<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+pub(super) fn object<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Value> {
     default(v, key, json!({}));
     v.get_mut(key).filter(|o| o.is_object())
 }
 
 /// The elements of the array at `key` of `v` (none if it is not an array).
-fn each<'a>(v: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+pub(super) fn each<'a>(v: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
     v.get_mut(key)
         .and_then(Value::as_array_mut)
         .into_iter()
@@ -100,7 +99,7 @@ fn container(c: &mut Value) {
 }
 
 /// What every pod spec gets (templates included).
-fn pod_spec(spec: &mut Value) {
+pub(super) fn pod_spec(spec: &mut Value) {
     default(spec, "restartPolicy", json!("Always"));
     default(spec, "terminationGracePeriodSeconds", json!(30));
     default(spec, "dnsPolicy", json!("ClusterFirst"));
@@ -111,129 +110,9 @@ fn pod_spec(spec: &mut Value) {
     }
 }
 
-fn pod_template(template: &mut Value) {
+pub(super) fn pod_template(template: &mut Value) {
     if let Some(spec) = object(template, "spec") {
         pod_spec(spec);
-    }
-}
-
-/// A Deployment's replicas, strategy, history and deadline, and its template's defaults.
-pub(super) fn deployment(d: &mut Value) {
-    let Some(spec) = object(d, "spec") else {
-        return;
-    };
-    default(spec, "replicas", json!(1));
-    default(spec, "revisionHistoryLimit", json!(10));
-    default(spec, "progressDeadlineSeconds", json!(600));
-    if let Some(strategy) = object(spec, "strategy") {
-        default(strategy, "type", json!("RollingUpdate"));
-        if strategy["type"] == "RollingUpdate"
-            && let Some(rolling) = object(strategy, "rollingUpdate")
-        {
-            default(rolling, "maxUnavailable", json!("25%"));
-            default(rolling, "maxSurge", json!("25%"));
-        }
-    }
-    if let Some(template) = object(spec, "template") {
-        pod_template(template);
-    }
-}
-
-/// A ReplicaSet's template, defaulted as its Deployment's is (kubectl finds a
-/// Deployment's ReplicaSet by comparing the two).
-pub(super) fn replica_set(rs: &mut Value) {
-    if let Some(spec) = object(rs, "spec") {
-        default(spec, "replicas", json!(1));
-        if let Some(template) = object(spec, "template") {
-            pod_template(template);
-        }
-    }
-}
-
-/// A pod: its spec's defaults, what only pods get (service links, requests from
-/// limits), the grace period of one being deleted, and its QoS class.
-pub(super) fn pod(p: &mut Value) {
-    if let Some(spec) = object(p, "spec") {
-        pod_spec(spec);
-        default(spec, "enableServiceLinks", json!(true));
-        for c in each(spec, "containers") {
-            let limits = c["resources"]["limits"].clone();
-            if let (Some(limits), Some(resources)) = (limits.as_object(), object(c, "resources"))
-                && !limits.is_empty()
-                && let Some(requests) = object(resources, "requests")
-            {
-                for (k, v) in limits {
-                    default(requests, k, v.clone());
-                }
-            }
-        }
-    }
-    let grace = p["spec"]["terminationGracePeriodSeconds"].clone();
-    if !p["metadata"]["deletionTimestamp"].is_null()
-        && let Some(meta) = object(p, "metadata")
-    {
-        default(meta, "deletionGracePeriodSeconds", grace);
-    }
-    let qos = qos_class(&p["spec"]);
-    if let Some(status) = object(p, "status") {
-        default(status, "qosClass", json!(qos));
-    }
-}
-
-/// `Guaranteed` when every container's cpu and memory requests equal its limits,
-/// `BestEffort` when none asks for anything, else `Burstable` (as Kubernetes classes a
-/// pod when it is created).
-fn qos_class(spec: &Value) -> &'static str {
-    let containers = spec["containers"].as_array().map_or(&[][..], Vec::as_slice);
-    let asks = |c: &Value, which: &str| {
-        c["resources"][which]
-            .as_object()
-            .is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"))
-    };
-    if containers
-        .iter()
-        .all(|c| !asks(c, "requests") && !asks(c, "limits"))
-    {
-        return "BestEffort";
-    }
-    let guaranteed = containers.iter().all(|c| {
-        ["cpu", "memory"].iter().all(|r| {
-            let limit = &c["resources"]["limits"][r];
-            !limit.is_null() && &c["resources"]["requests"][r] == limit
-        })
-    });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
-/// A Service's type, session affinity, traffic policies, and its ports' protocol and
-/// target.
-pub(super) fn service(s: &mut Value) {
-    let Some(spec) = object(s, "spec") else {
-        return;
-    };
-    default(spec, "type", json!("ClusterIP"));
-    default(spec, "sessionAffinity", json!("None"));
-    let kind = spec["type"].as_str().unwrap_or_default().to_string();
-    if matches!(kind.as_str(), "ClusterIP" | "NodePort" | "LoadBalancer") {
-        default(spec, "internalTrafficPolicy", json!("Cluster"));
-    }
-    if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-        default(spec, "externalTrafficPolicy", json!("Cluster"));
-    }
-    for port in each(spec, "ports") {
-        default(port, "protocol", json!("TCP"));
-        // An unset target is 0 or "" in Go: the port itself.
-        let target = &port["targetPort"];
-        if (target.is_null() || *target == 0 || *target == "")
-            && let Some(p) = port.as_object_mut()
-        {
-            let number = p.get("port").cloned().unwrap_or(Value::Null);
-            p.insert("targetPort".into(), number);
-        }
     }
 }
 
@@ -336,6 +215,7 @@ fn put(root: &mut Value, path: &[Step], v: Value) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::resources::deployment::defaults as deployment;
     use super::*;
 
     fn stored_deployment() -> Value {
@@ -355,44 +235,6 @@ mod tests {
     }
 
     #[test]
-    fn a_deployment_is_served_as_kubernetes_defaults_it() {
-        let mut d = stored_deployment();
-        deployment(&mut d);
-        let spec = &d["spec"];
-        assert_eq!(spec["replicas"], 1);
-        assert_eq!(spec["revisionHistoryLimit"], 10);
-        assert_eq!(spec["progressDeadlineSeconds"], 600);
-        assert_eq!(
-            spec["strategy"],
-            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
-        );
-        let pod = &spec["template"]["spec"];
-        assert_eq!(pod["restartPolicy"], "Always");
-        assert_eq!(pod["dnsPolicy"], "ClusterFirst");
-        assert_eq!(pod["schedulerName"], "default-scheduler");
-        assert_eq!(pod["terminationGracePeriodSeconds"], 30);
-        assert_eq!(pod["securityContext"], json!({}));
-        let c = &pod["containers"][0];
-        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
-        assert_eq!(c["terminationMessagePolicy"], "File");
-        assert_eq!(c["resources"], json!({}));
-        assert_eq!(c["ports"][0]["protocol"], "TCP");
-        assert_eq!(
-            c["readinessProbe"],
-            json!({"httpGet": {"port": 80, "path": "/", "scheme": "HTTP"}, "timeoutSeconds": 1,
-                   "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
-        );
-        // A Recreate strategy has no rolling update; what is written is kept.
-        let mut d = stored_deployment();
-        d["spec"]["strategy"] = json!({"type": "Recreate"});
-        d["spec"]["replicas"] = json!(0);
-        deployment(&mut d);
-        assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
-        assert_eq!(d["spec"]["replicas"], 0);
-    }
-
-    #[test]
     fn pull_policies_follow_the_tag() {
         for (image, policy) in [
             ("web", "Always"),
@@ -404,49 +246,6 @@ mod tests {
         ] {
             assert_eq!(pull_policy(image), policy, "{image}");
         }
-    }
-
-    #[test]
-    fn a_terminating_pod_has_its_grace_period_and_every_pod_a_class() {
-        let mut p = json!({
-            "metadata": {"name": "web-1", "deletionTimestamp": "2025-01-01T00:00:00Z"},
-            "spec": {"containers": [{"name": "web", "image": "web:v1",
-                "resources": {"limits": {"memory": "64Mi", "cpu": "1"}}}]},
-            "status": {"phase": "Running"}
-        });
-        pod(&mut p);
-        assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 30);
-        assert_eq!(p["spec"]["enableServiceLinks"], true);
-        assert_eq!(
-            p["spec"]["containers"][0]["resources"]["requests"],
-            json!({"memory": "64Mi", "cpu": "1"})
-        );
-        assert_eq!(p["status"]["qosClass"], "Guaranteed");
-        let mut p = json!({"metadata": {"name": "web-2"},
-            "spec": {"containers": [{"name": "web", "image": "web"}]}});
-        pod(&mut p);
-        assert!(p["metadata"]["deletionGracePeriodSeconds"].is_null());
-        assert_eq!(p["status"]["qosClass"], "BestEffort");
-        let burstable = json!({"containers": [{"resources": {"requests": {"memory": "1Mi"}}}]});
-        assert_eq!(qos_class(&burstable), "Burstable");
-    }
-
-    #[test]
-    fn a_service_gets_its_type_affinity_policies_and_port_targets() {
-        let mut s = json!({"spec": {"ports": [{"port": 80}, {"port": 81, "targetPort": "http"},
-            {"port": 82, "targetPort": 0}]}});
-        service(&mut s);
-        assert_eq!(s["spec"]["type"], "ClusterIP");
-        assert_eq!(s["spec"]["sessionAffinity"], "None");
-        assert_eq!(s["spec"]["internalTrafficPolicy"], "Cluster");
-        assert!(s["spec"]["externalTrafficPolicy"].is_null());
-        let targets: Vec<&Value> = (0..3)
-            .map(|i| &s["spec"]["ports"][i]["targetPort"])
-            .collect();
-        assert_eq!(targets, [&json!(80), &json!("http"), &json!(82)]);
-        let mut s = json!({"spec": {"type": "NodePort", "ports": []}});
-        service(&mut s);
-        assert_eq!(s["spec"]["externalTrafficPolicy"], "Cluster");
     }
 
     #[test]

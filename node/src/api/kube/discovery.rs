@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{GROUPS, RESOURCES, group_version};
+use super::resources::{self, Kind, group_version};
 use crate::Shared;
 
 /// The Kubernetes release whose API this one follows (kubectl's version skew checks
@@ -27,7 +27,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/apis", get(api_groups))
         .route("/api/v1", get(|| async { Json(resource_list("")) }))
         .route("/openapi/v2", get(openapi_v2));
-    for name in GROUPS.into_iter().filter(|g| !g.is_empty()) {
+    for name in resources::groups().into_iter().filter(|g| !g.is_empty()) {
         router = router
             .route(
                 &format!("/apis/{name}"),
@@ -78,7 +78,7 @@ fn group(name: &str) -> Value {
 
 /// Only the groups served: the core group is `/api`.
 async fn api_groups() -> Json<Value> {
-    let groups: Vec<Value> = GROUPS
+    let groups: Vec<Value> = resources::groups()
         .into_iter()
         .filter(|g| !g.is_empty())
         .map(|name| {
@@ -95,8 +95,8 @@ async fn api_groups() -> Json<Value> {
 
 /// `APIResourceList` of a group (`""`: core).
 fn resource_list(group: &str) -> Value {
-    let mut resources = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group) {
+    let mut list = Vec::new();
+    for r in resources::all().filter(|r| r.group == group) {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -107,28 +107,27 @@ fn resource_list(group: &str) -> Value {
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
         }
-        if r.all {
-            entry["categories"] = json!(["all"]);
+        if !r.categories.is_empty() {
+            entry["categories"] = json!(r.categories);
         }
-        resources.push(entry);
-        if r.kind == super::Kind::Deployment {
-            resources.push(json!({
-                "name": "deployments/scale", "singularName": "", "namespaced": true,
-                "group": "autoscaling", "version": "v1", "kind": "Scale",
-                "verbs": ["get", "patch", "update"],
-            }));
-            resources.push(json!({
-                "name": "deployments/status", "singularName": "", "namespaced": true,
-                "kind": "Deployment", "verbs": ["get"],
-            }));
-        }
+        list.push(entry);
+        list.extend(r.served().subresources());
     }
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": group_version(group),
-        "resources": resources,
+        "resources": list,
     })
+}
+
+/// The OpenAPI v2 definitions: the types kinds share, and each kind's own.
+fn definitions() -> serde_json::Map<String, Value> {
+    let mut definitions = skiff_spec::openapi::common();
+    for kind in Kind::ALL {
+        kind.served().schema(&mut definitions);
+    }
+    definitions
 }
 
 /// The OpenAPI v2 document: protobuf when asked for it (kubectl always does), JSON
@@ -142,11 +141,17 @@ async fn openapi_v2(headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("protobuf"));
     if protobuf {
-        let body = PROTOBUF.get_or_init(|| skiff_spec::openapi::document_protobuf(version));
+        let body = PROTOBUF.get_or_init(|| {
+            skiff_spec::openapi::protobuf_of(&skiff_spec::openapi::document_of(
+                version,
+                definitions(),
+            ))
+        });
         ([(header::CONTENT_TYPE, OPENAPI_PROTOBUF)], body.clone()).into_response()
     } else {
         let body = JSON.get_or_init(|| {
-            serde_json::to_vec(&skiff_spec::openapi::document(version)).expect("serializes")
+            serde_json::to_vec(&skiff_spec::openapi::document_of(version, definitions()))
+                .expect("serializes")
         });
         ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
     }
@@ -194,6 +199,16 @@ mod tests {
         assert_eq!(
             discovery["resources"][0]["verbs"],
             json!(["get", "list", "watch"])
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_of_the_kinds_is_the_whole_document() {
+        let built = skiff_spec::openapi::document_of("1.2.3", definitions());
+        assert_eq!(built, skiff_spec::openapi::document("1.2.3"));
+        assert_eq!(
+            skiff_spec::openapi::protobuf_of(&built),
+            skiff_spec::openapi::document_protobuf("1.2.3")
         );
     }
 }

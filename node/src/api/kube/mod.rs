@@ -12,11 +12,15 @@
 //! Errors are `Status` objects (see `ApiError`). `/livez` and `/readyz` ([`health`])
 //! are public.
 //!
+//! What each kind is (its discovery entry, defaults, Table columns, how the API writes
+//! it) is its file in `resources/`, an implementation of [`resource::Served`]; the
+//! code here routes and lists over every kind registered there.
+//!
 //! Objects are served as the API server defaults them ([`defaults`]); request bodies
 //! are read in JSON, YAML or protobuf ([`body`]). Writes go through the same manifest
 //! reader and commands as `skiff apply`: an object sent here is checked as a file would
 //! be, and unknown fields come back as `Warning` headers, which kubectl prints.
-//! resourceVersions come from the [`journal`].
+//! Every read comes from the [`store`], which the [`feed`] keeps current.
 //!
 //! skiff's own CLI uses these paths too, plus `POST /v1/apply` and `/v1/delete` (whole
 //! manifest files, read on the node, all or nothing) and
@@ -28,6 +32,8 @@ mod discovery;
 mod endpoints;
 mod feed;
 pub(super) mod health;
+mod resource;
+mod resources;
 mod select;
 mod served;
 mod store;
@@ -56,9 +62,7 @@ use skiff_spec::patch::{self, PatchKind};
 
 pub(crate) use feed::{LocalPods, PodsAfter, pods_after, run as run_feed};
 use select::Filter;
-use served::{
-    deployment_value, derived_uid, fresh_object, get_object, objects, service_value, value,
-};
+use served::{derived_uid, fresh_object, get_object, objects, value};
 pub(crate) use store::Store;
 
 use crate::Shared;
@@ -86,191 +90,19 @@ static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CH
 /// The revision annotation Kubernetes puts on Deployments and ReplicaSets.
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
-/// The kinds served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Kind {
-    Deployment,
-    ReplicaSet,
-    Pod,
-    Service,
-    Node,
-    Event,
-    Namespace,
-    Endpoints,
-    EndpointSlice,
-}
+pub(crate) use resource::Resource;
+pub(crate) use resources::Kind;
 
-/// A resource as discovery describes it.
-pub(crate) struct Resource {
-    kind: Kind,
-    plural: &'static str,
-    singular: &'static str,
-    kind_name: &'static str,
-    /// `""` for the core group.
-    group: &'static str,
-    namespaced: bool,
-    verbs: &'static [&'static str],
-    short_names: &'static [&'static str],
-    /// In kubectl's `all` category.
-    all: bool,
-}
-
-impl Resource {
-    fn api_version(&self) -> &'static str {
-        group_version(self.group)
-    }
-
-    /// A `Status`'s `details` about object `name` of this resource.
-    fn details(&self, name: &str) -> Value {
-        let mut d = json!({"name": name, "kind": self.plural});
-        if !self.group.is_empty() {
-            d["group"] = json!(self.group);
-        }
-        d
-    }
-
-    /// `deployments.apps`, `pods`: as Kubernetes names a resource in messages.
-    fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
-    }
-}
-
-/// The groups served, each at `v1`: the core group (`""`, at `/api/v1`), `apps`,
-/// and `discovery.k8s.io` (EndpointSlices).
-pub(crate) const GROUPS: [&str; 3] = ["", "apps", "discovery.k8s.io"];
-
-/// `v1`, `apps/v1`, `discovery.k8s.io/v1`.
-fn group_version(group: &str) -> &'static str {
-    match group {
-        "apps" => "apps/v1",
-        "discovery.k8s.io" => "discovery.k8s.io/v1",
-        _ => "v1",
-    }
-}
-
-const READ: &[&str] = &["get", "list", "watch"];
-const WRITE: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
-
-pub(crate) const RESOURCES: [Resource; 9] = [
-    Resource {
-        kind: Kind::Deployment,
-        plural: "deployments",
-        singular: "deployment",
-        kind_name: "Deployment",
-        group: "apps",
-        namespaced: true,
-        verbs: WRITE,
-        short_names: &["deploy"],
-        all: true,
-    },
-    Resource {
-        kind: Kind::ReplicaSet,
-        plural: "replicasets",
-        singular: "replicaset",
-        kind_name: "ReplicaSet",
-        group: "apps",
-        namespaced: true,
-        verbs: READ,
-        short_names: &["rs"],
-        all: true,
-    },
-    Resource {
-        kind: Kind::Pod,
-        plural: "pods",
-        singular: "pod",
-        kind_name: "Pod",
-        group: "",
-        namespaced: true,
-        verbs: &["delete", "get", "list", "watch"],
-        short_names: &["po"],
-        all: true,
-    },
-    Resource {
-        kind: Kind::Service,
-        plural: "services",
-        singular: "service",
-        kind_name: "Service",
-        group: "",
-        namespaced: true,
-        verbs: WRITE,
-        short_names: &["svc"],
-        all: true,
-    },
-    Resource {
-        kind: Kind::Node,
-        plural: "nodes",
-        singular: "node",
-        kind_name: "Node",
-        group: "",
-        namespaced: false,
-        verbs: &["get", "list", "patch", "watch"],
-        short_names: &["no"],
-        all: false,
-    },
-    Resource {
-        kind: Kind::Event,
-        plural: "events",
-        singular: "event",
-        kind_name: "Event",
-        group: "",
-        namespaced: true,
-        verbs: READ,
-        short_names: &["ev"],
-        all: false,
-    },
-    Resource {
-        kind: Kind::Namespace,
-        plural: "namespaces",
-        singular: "namespace",
-        kind_name: "Namespace",
-        group: "",
-        namespaced: false,
-        verbs: READ,
-        short_names: &["ns"],
-        all: false,
-    },
-    Resource {
-        kind: Kind::Endpoints,
-        plural: "endpoints",
-        singular: "endpoints",
-        kind_name: "Endpoints",
-        group: "",
-        namespaced: true,
-        verbs: READ,
-        short_names: &["ep"],
-        all: false,
-    },
-    Resource {
-        kind: Kind::EndpointSlice,
-        plural: "endpointslices",
-        singular: "endpointslice",
-        kind_name: "EndpointSlice",
-        group: "discovery.k8s.io",
-        namespaced: true,
-        verbs: READ,
-        short_names: &[],
-        all: false,
-    },
-];
-
+/// The resource `plural` of `group`, if it is served.
 fn resource(group: &str, plural: &str) -> Result<&'static Resource, ApiError> {
-    RESOURCES
-        .iter()
+    resources::all()
         .find(|r| r.group == group && r.plural == plural)
         .ok_or_else(|| ApiError::not_found("the server could not find the requested resource"))
 }
 
+/// The discovery entry of `kind` (`kind.resource()`).
 fn resource_of(kind: Kind) -> &'static Resource {
-    RESOURCES
-        .iter()
-        .find(|r| r.kind == kind)
-        .expect("every kind is a resource")
+    kind.resource()
 }
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -281,7 +113,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/deployments/{name}/rollback", post(rollback))
         .route("/v1/deployments/{name}/history", get(history))
         .merge(discovery::routes());
-    for group in GROUPS {
+    for group in resources::groups() {
         let prefix = if group.is_empty() {
             "/api/v1".to_string()
         } else {
@@ -431,6 +263,21 @@ async fn dispatch(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // A subresource of the kind's own (`deployments/x/scale`); `status` is everyone's.
+    if let (Some(name), Some(sub)) = (t.name.as_deref(), t.sub.as_deref())
+        && sub != "status"
+    {
+        let request = resource::SubRequest {
+            name,
+            sub,
+            method: method.clone(),
+            content_type,
+            body: body.clone(),
+        };
+        if let Some(answer) = res.served().subresource(shared, request) {
+            return answer.await;
+        }
+    }
     match (method, t.name, t.sub.as_deref()) {
         (Method::GET, None, None) if p.watch => watch::watch(shared.clone(), res, p, table).await,
         (Method::GET, None, None) => list(shared, res, &p, table).await,
@@ -452,9 +299,6 @@ async fn dispatch(
             patch_object(shared, res, &name, content_type, body, &p).await
         }
         (Method::DELETE, Some(name), None) => delete(shared, res, &name).await,
-        (method, Some(name), Some("scale")) if res.kind == Kind::Deployment => {
-            scale(shared, &name, method, content_type, body).await
-        }
         (Method::PUT | Method::PATCH, Some(_), Some("status")) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -649,7 +493,7 @@ async fn create(
     content_type: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if !matches!(res.kind, Kind::Deployment | Kind::Service) {
+    if !res.served().writable() {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -737,39 +581,19 @@ async fn update(
             res.qualified()
         )));
     }
-    let stored = stored(shared, res.kind, name);
+    let stored = res.served().stored(shared, name);
     let (object, warnings) = checked_object(res, Some(name), object, stored).await?;
     let written = write(shared, res, name, object, p).await?;
     Ok(warn(Json(written).into_response(), &warnings))
 }
 
 /// What an object sent back is compared with to take its defaults out (see
-/// [`unfill`]): the object as stored and, for a Deployment, its revisions' templates.
-struct Stored {
-    kind: Kind,
-    object: Value,
-    templates: Vec<Value>,
-}
-
-/// The stored object `name` of `kind`, if the kind is defaulted and it exists.
-fn stored(shared: &Shared, kind: Kind, name: &str) -> Option<Stored> {
-    let (object, templates) = match kind {
-        Kind::Deployment => {
-            let d = shared.apps.stored_deployment(name)?;
-            let templates = d.revisions.iter().rev().map(|r| value(&r.template));
-            (deployment_value(shared, &d), templates.collect())
-        }
-        Kind::Service => {
-            let s = shared.apps.service(name)?;
-            (service_value(s), Vec::new())
-        }
-        _ => return None,
-    };
-    Some(Stored {
-        kind,
-        object,
-        templates,
-    })
+/// [`unfill`]): the object as stored and, for a Deployment, its revisions' templates
+/// (see [`resource::Served::stored`]).
+pub(crate) struct Stored {
+    pub(crate) kind: Kind,
+    pub(crate) object: Value,
+    pub(crate) templates: Vec<Value>,
 }
 
 /// Takes the defaults an object was served with out of it as it comes back (see
@@ -783,7 +607,7 @@ fn unfill(object: &mut Value, stored: &Stored) {
     let sent = &object["spec"]["template"];
     let revision = stored.templates.iter().find(|raw| {
         let mut shown = json!({"spec": {"template": raw}});
-        defaults::replica_set(&mut shown);
+        resources::replicaset::defaults(&mut shown);
         &shown["spec"]["template"] == sent
     });
     let revision = revision.cloned();
@@ -795,9 +619,9 @@ fn unfill(object: &mut Value, stored: &Stored) {
     }
 }
 
-/// Deployments and Services are changed through the API; other kinds are skiff's.
+/// Writable kinds are changed through the API; other kinds are skiff's.
 fn changeable(res: &Resource) -> Result<(), ApiError> {
-    if matches!(res.kind, Kind::Deployment | Kind::Service) {
+    if res.served().writable() {
         return Ok(());
     }
     Err(ApiError::new(
@@ -877,173 +701,28 @@ async fn patch_object(
     let how = patch_kind(content_type)?;
     let object = get_object(shared, res, name).await?;
     let object = apply_patch(res.kind_name, object, how, body).await?;
-    if res.kind == Kind::Node {
-        return patch_node(shared, name, &object).await;
+    if let Some(answer) = res.served().patched(shared, name, &object) {
+        return answer.await;
     }
     update(shared, res, name, object, p, false).await
 }
 
-/// A node takes one change: `spec.unschedulable` (cordon, uncordon).
-async fn patch_node(shared: &Shared, name: &str, object: &Value) -> Result<Response, ApiError> {
-    // Only one field is read, but a node is bounded as every object written is.
-    within_limit(patch::encoded_len(object))?;
-    let unschedulable = match &object["spec"]["unschedulable"] {
-        Value::Bool(b) => *b,
-        Value::Null => false,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!("spec.unschedulable must be true or false, not {other}"),
-            ));
-        }
-    };
-    shared
-        .apps
-        .submit(Command::Cordon {
-            node: name.to_string(),
-            unschedulable,
-        })
-        .await?;
-    Ok(Json(fresh_object(shared, resource_of(Kind::Node), name).await?).into_response())
-}
-
 async fn delete(shared: &Shared, res: &'static Resource, name: &str) -> Result<Response, ApiError> {
     let object = get_object(shared, res, name).await?;
-    match res.kind {
-        Kind::Deployment => {
-            shared
-                .apps
-                .submit(Command::DeleteDeployment { name: name.into() })
-                .await?;
-        }
-        Kind::Service => {
-            shared
-                .apps
-                .submit(Command::DeleteService { name: name.into() })
-                .await?;
-        }
-        Kind::Pod => delete_pod(shared, name, &object).await?,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!(
-                    "{} are not deleted through the API on skiff",
-                    res.qualified()
-                ),
-            ));
-        }
-    }
+    let Some(deletion) = res.served().delete(shared, name, &object) else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} are not deleted through the API on skiff",
+                res.qualified()
+            ),
+        ));
+    };
+    deletion.await?;
     // Gone from what is read at once, not when the feed comes to it.
     feed::refresh(shared, res.kind, name).await;
     Ok(Json(object).into_response())
-}
-
-/// Stops a pod wherever it runs: its Deployment starts a replacement.
-async fn delete_pod(shared: &Shared, name: &str, pod: &Value) -> Result<(), ApiError> {
-    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-    if node == shared.cluster.identity().name {
-        shared.apps.delete_pod(name)?;
-        return Ok(());
-    }
-    // Another node's pod: that node deletes it.
-    let view = shared.apps.view();
-    let (id, api) = view
-        .nodes
-        .iter()
-        .find(|n| n.name == node)
-        .and_then(|n| Some((crate::raft::raft_id(&n.id)?, n.api.clone()?)))
-        .ok_or_else(|| {
-            ApiError::conflict(format!(
-                "pod {name} runs on node {node}, which is not reachable now"
-            ))
-        })?;
-    shared
-        .consensus
-        .client()
-        .call::<_, ()>(
-            id,
-            &api,
-            "/v1/peer/delete-pod",
-            &name,
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| {
-            ApiError::conflict(format!(
-                "pod {name} runs on node {node}, which could not delete it: {e}"
-            ))
-        })
-}
-
-/// The `autoscaling/v1 Scale` of a Deployment.
-fn scale_object(d: &Value) -> Value {
-    json!({
-        "apiVersion": "autoscaling/v1",
-        "kind": "Scale",
-        "metadata": {
-            "name": d["metadata"]["name"],
-            "namespace": "default",
-            "uid": d["metadata"]["uid"],
-            "resourceVersion": d["metadata"]["resourceVersion"],
-            "creationTimestamp": d["metadata"]["creationTimestamp"],
-        },
-        "spec": {"replicas": d["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {
-            "replicas": d["status"]["replicas"].as_i64().unwrap_or(0),
-            "selector": d["spec"]["selector"]["matchLabels"]
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
-                .unwrap_or_default(),
-        },
-    })
-}
-
-/// The `scale` subresource: read, replaced (`PUT`) or patched (`kubectl scale`).
-async fn scale(
-    shared: &Shared,
-    name: &str,
-    method: Method,
-    content_type: &str,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let res = resource_of(Kind::Deployment);
-    let current = scale_object(&get_object(shared, res, name).await?);
-    let wanted = match method {
-        Method::GET => return Ok(Json(current).into_response()),
-        Method::PUT => body::json_or_yaml(content_type, &body)?,
-        Method::PATCH => apply_patch("Scale", current, patch_kind(content_type)?, body).await?,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{other} is not supported on deployments.apps/scale"),
-            ));
-        }
-    };
-    within_limit(patch::encoded_len(&wanted))?;
-    let replicas = wanted["spec"]["replicas"]
-        .as_i64()
-        .and_then(|r| i32::try_from(r).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!(
-                    "spec.replicas must be a number, not {}",
-                    wanted["spec"]["replicas"]
-                ),
-            )
-        })?;
-    shared
-        .apps
-        .submit(Command::ScaleDeployment {
-            name: name.to_string(),
-            replicas,
-        })
-        .await?;
-    Ok(Json(scale_object(&fresh_object(shared, res, name).await?)).into_response())
 }
 
 async fn apply(

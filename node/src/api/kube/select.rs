@@ -63,42 +63,6 @@ fn matches(reqs: &[Requirement], get: impl Fn(&str) -> Option<String>) -> bool {
     })
 }
 
-/// The fields a field selector may name, beyond `metadata.name` and
-/// `metadata.namespace`: those the API server's registry gives each kind (kubectl's
-/// own verbs send them: `events --for` the involved object's apiVersion, `drain` a
-/// pod's node).
-fn selectable(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Pod => &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        Kind::ReplicaSet => &["status.replicas"],
-        Kind::Node => &["spec.unschedulable"],
-        Kind::Event => &[
-            "involvedObject.kind",
-            "involvedObject.name",
-            "involvedObject.namespace",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        Kind::Namespace => &["status.phase"],
-        _ => &[],
-    }
-}
-
 /// The value at a dotted path, as a field selector compares it (an unset boolean is
 /// `false`; an event's `source` is its source's component, else its reporting one).
 fn field(object: &Value, path: &str) -> String {
@@ -142,13 +106,14 @@ impl Filter {
             };
             if !(k == "metadata.name"
                 || k == "metadata.namespace"
-                || selectable(kind).contains(&k.as_str()))
+                || kind.served().field_selectors().contains(&k.as_str()))
             {
                 return Err(ApiError::bad_request(
                     "invalid_selector",
                     format!(
                         "field label not supported: {k} (metadata.name, metadata.namespace{})",
-                        selectable(kind)
+                        kind.served()
+                            .field_selectors()
                             .iter()
                             .map(|f| format!(", {f}"))
                             .collect::<String>()
