@@ -26,9 +26,6 @@ pub(super) fn of(kind: Kind) -> Option<fn(&mut Value)> {
     kind.served().defaults()
 }
 
-/// A Service's defaults (Endpoints are derived from Services as served).
-pub(super) use super::resources::service::defaults as service;
-
 /// Sets `key` of the object `v` to `value` unless it has one.
 pub(super) fn default(v: &mut Value, key: &str, value: Value) {
     if let Some(map) = v.as_object_mut() {
@@ -280,6 +277,7 @@ mod tests {
         assert!(back["spec"]["replicas"].is_null());
 
         // A Service's target shown as its port stays when the port changes.
+        use super::super::resources::service::defaults as service;
         let stored = json!({"spec": {"ports": [{"port": 80}]}});
         let mut back = stored.clone();
         service(&mut back);

@@ -150,11 +150,11 @@ impl Store {
         Self {
             inner: Mutex::new(Inner {
                 version: start,
-                shelves: super::RESOURCES
+                shelves: Kind::ALL
                     .iter()
-                    .map(|r| {
+                    .map(|kind| {
                         (
-                            r.kind,
+                            *kind,
                             Shelf {
                                 oldest: start,
                                 ..Shelf::default()
@@ -163,9 +163,9 @@ impl Store {
                     })
                     .collect(),
             }),
-            feeds: super::RESOURCES
+            feeds: Kind::ALL
                 .iter()
-                .map(|r| (r.kind, broadcast::channel(HISTORY).0))
+                .map(|kind| (*kind, broadcast::channel(HISTORY).0))
                 .collect(),
             filled: tokio::sync::watch::Sender::new(false),
             rendering: tokio::sync::Mutex::new(()),
