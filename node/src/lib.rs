@@ -12,7 +12,8 @@
 //!   runc, whose process is part of the container's workload, so whoever retires a
 //!   container stops its process; `standalone`: `skiff run` containers, the same
 //!   [`container`] objects with an id, published ports, a restart policy and a
-//!   stop/start lifecycle.
+//!   stop/start lifecycle; `restart`: the one back-off both kinds of container use, with
+//!   Kubernetes' and Docker's presets.
 //! - [`ingress`]: the data plane on `--ingress-addr`: `Host: <app>.<domain>` to a ready
 //!   replica, concurrency permits (503 when saturated), error mapping (504/500/502).
 //! - [`listener`]: how every HTTP listener (API, ingress, published ports) is served:
@@ -53,6 +54,7 @@ mod memory;
 pub mod metrics;
 pub mod placement;
 pub mod raft;
+mod restart;
 mod route;
 mod standalone;
 pub mod state;

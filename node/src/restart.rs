@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         let d = Backoff::DOCKER;
         let waits: Vec<u128> = (1..=9).map(|n| d.delay(n).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
         assert_eq!(d.delay(u32::MAX), Duration::from_secs(10), "no overflow");
         assert_eq!(k.count(5, Duration::from_secs(61)), 1);
         assert_eq!(k.count(5, Duration::from_secs(59)), 6);

@@ -11,6 +11,8 @@ use skiff_runtime::LogBook;
 use skiff_runtime::oci::Exit;
 use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppKind, AppName, RestartPolicy, RunParams};
+
+use crate::restart::Backoff;
 use tokio::net::TcpListener;
 use tokio::sync::{MutexGuard, watch};
 use tokio::task::JoinHandle;
@@ -555,8 +557,8 @@ impl Standalone {
             process.cleanup().await;
         }
         let now = now_ms();
-        let quick = now.saturating_sub(entry.record.started_ms) < 10_000;
-        entry.restarts = if quick { entry.restarts + 1 } else { 0 };
+        let ran = Duration::from_millis(now.saturating_sub(entry.record.started_ms));
+        entry.restarts = Backoff::DOCKER.count(entry.restarts, ran);
         entry.record.running = false;
         entry.record.finished_ms = now;
         entry.record.exited(&exit);
@@ -570,14 +572,8 @@ impl Standalone {
             self.remove_entry(standalone, &id).await;
             return;
         }
-        let restart = match entry.record.restart {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => code != 0,
-            RestartPolicy::No => false,
-        };
-        if restart {
-            let delay = Duration::from_millis(100u64 << entry.restarts.saturating_sub(1).min(7))
-                .min(Duration::from_secs(10));
+        if entry.record.restart.restarts(Some(code)) {
+            let delay = Backoff::DOCKER.delay(entry.restarts);
             let events = self.exits.sender();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -759,11 +755,7 @@ impl Standalone {
                 record.exit_code = Some(255);
                 record.finished_ms = now_ms();
             }
-            let start = match record.restart {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => record.exit_code.is_some_and(|c| c != 0),
-                RestartPolicy::No => false,
-            };
+            let start = record.restart.restarts(record.exit_code);
             if record.auto_remove && !start {
                 // `--rm`: it stopped (with the node), so it goes.
                 let id = record.id.clone();

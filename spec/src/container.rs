@@ -17,6 +17,18 @@ pub enum RestartPolicy {
     Always,
 }
 
+impl RestartPolicy {
+    /// Whether a container that ended with `code` (none: it never ran to an end, as
+    /// after a node stopped) starts again.
+    pub fn restarts(self, code: Option<i32>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => code.is_some_and(|c| c != 0),
+            Self::No => false,
+        }
+    }
+}
+
 impl std::str::FromStr for RestartPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -23,9 +23,9 @@ use crate::desired::rollout::PodPhase;
 use crate::error::AppError;
 use crate::launcher::{self};
 
-/// The back-off before the `n`th retry of a pod (n from 1): 1 s doubling to 5 min.
+/// The back-off before the `n`th retry of a pod (n from 1), in ms.
 pub(super) fn backoff_ms(n: u32) -> u64 {
-    (1000u64 << n.saturating_sub(1).min(9)).min(300_000)
+    crate::restart::Backoff::KUBERNETES.delay(n).as_millis() as u64
 }
 
 /// Where a pod is.
@@ -408,7 +408,8 @@ impl PodTable {
         probes.cancel();
         let dead = container.clone();
         let ran_ms = now_ms().saturating_sub(dead.started_ms);
-        p.crashes = if ran_ms > 60_000 { 1 } else { p.crashes + 1 };
+        p.crashes =
+            crate::restart::Backoff::KUBERNETES.count(p.crashes, Duration::from_millis(ran_ms));
         p.restarts += 1;
         let wait = backoff_ms(p.crashes);
         p.state = PodState::Waiting {
