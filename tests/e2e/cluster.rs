@@ -313,6 +313,19 @@ async fn pods(node: &Node, selector: &str) -> Vec<(String, String, bool)> {
         .collect()
 }
 
+/// The resourceVersion of a pods list from `node` (given a version to list from).
+async fn pods_version(node: &Node, since: Option<u64>) -> u64 {
+    let path = match since {
+        Some(v) => format!("/api/v1/namespaces/default/pods?resourceVersion={v}"),
+        None => "/api/v1/namespaces/default/pods".to_string(),
+    };
+    let v: Value = node.api_get(&path).await.json().await.unwrap();
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// Watches open at once in the spread test.
 const WATCHERS: usize = 40;
 
@@ -540,6 +553,19 @@ async fn three_nodes_spread_a_deployment_route_across_nodes_and_move_pods_off_a_
         asked < WATCHERS as u64,
         "{WATCHERS} watchers made the other nodes answer {asked} requests for their pods"
     );
+    // A version one node served moves another's forward: what the second node lists
+    // next is newer, and a watch there from the first's version is not "too old".
+    let on_first = pods_version(&first, None).await;
+    assert!(pods_version(&second, Some(on_first)).await >= on_first);
+    let from_first = second
+        .api_get(&format!(
+            "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1&resourceVersion={on_first}"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!from_first.contains("\"ERROR\""), "{from_first}");
 
     // kill -9 the third node under load through the first: its pod runs elsewhere, and
     // once the node is seen dead no request fails.
