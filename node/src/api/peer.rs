@@ -185,14 +185,16 @@ async fn pods(
 ) -> Result<Json<Vec<skiff_spec::k8s::Pod>>, ApiError> {
     let () = signed(&body)?;
     Ok(Json(
-        shared.apps.pod_objects(&shared.cluster.identity().name),
+        shared
+            .reconciler
+            .pod_objects(&shared.cluster.identity().name),
     ))
 }
 
 /// Deletes one of this node's pods, for a peer asked to (its Deployment makes another).
 async fn delete_pod(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<()>, ApiError> {
     let name: String = signed(&body)?;
-    shared.apps.delete_pod(&name)?;
+    shared.reconciler.delete_pod(&name)?;
     Ok(Json(()))
 }
 

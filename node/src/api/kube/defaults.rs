@@ -505,7 +505,7 @@ mod router_tests {
     /// The templates of `web`'s revisions as stored, oldest first.
     fn stored_templates(shared: &crate::Shared) -> Vec<Value> {
         let d = shared
-            .apps
+            .objects
             .stored_deployments()
             .into_iter()
             .find(|d| d.object.metadata.name == "web")

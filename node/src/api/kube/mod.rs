@@ -705,7 +705,7 @@ async fn write(
         }
         return Ok(v);
     }
-    shared.apps.apply_object(object).await?;
+    shared.objects.apply_object(object).await?;
     get_object(shared, res, name).await
 }
 
@@ -747,7 +747,7 @@ fn stored(shared: &Shared, kind: Kind, name: &str) -> Option<Stored> {
     let (object, templates) = match kind {
         Kind::Deployment => {
             let d = shared
-                .apps
+                .objects
                 .stored_deployments()
                 .into_iter()
                 .find(|d| d.object.metadata.name == name)?;
@@ -756,7 +756,7 @@ fn stored(shared: &Shared, kind: Kind, name: &str) -> Option<Stored> {
         }
         Kind::Service => {
             let s = shared
-                .apps
+                .objects
                 .services()
                 .into_iter()
                 .find(|s| s.metadata.name == name)?;
@@ -898,7 +898,7 @@ async fn patch_node(shared: &Shared, name: &str, object: &Value) -> Result<Respo
         }
     };
     shared
-        .apps
+        .objects
         .submit(Command::Cordon {
             node: name.to_string(),
             unschedulable,
@@ -912,13 +912,13 @@ async fn delete(shared: &Shared, res: &'static Resource, name: &str) -> Result<R
     match res.kind {
         Kind::Deployment => {
             shared
-                .apps
+                .objects
                 .submit(Command::DeleteDeployment { name: name.into() })
                 .await?;
         }
         Kind::Service => {
             shared
-                .apps
+                .objects
                 .submit(Command::DeleteService { name: name.into() })
                 .await?;
         }
@@ -941,11 +941,11 @@ async fn delete(shared: &Shared, res: &'static Resource, name: &str) -> Result<R
 async fn delete_pod(shared: &Shared, name: &str, pod: &Value) -> Result<(), ApiError> {
     let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node == shared.cluster.identity().name {
-        shared.apps.delete_pod(name)?;
+        shared.reconciler.delete_pod(name)?;
         return Ok(());
     }
     // Another node's pod: that node deletes it.
-    let view = shared.apps.view();
+    let view = shared.reconciler.view();
     let (id, api) = view
         .nodes
         .iter()
@@ -1034,7 +1034,7 @@ async fn scale(
             )
         })?;
     shared
-        .apps
+        .objects
         .submit(Command::ScaleDeployment {
             name: name.to_string(),
             replicas,
@@ -1047,14 +1047,14 @@ async fn apply(
     State(shared): State<Arc<Shared>>,
     Json(files): Json<ManifestFiles>,
 ) -> Result<Json<ApplyResult>, ApiError> {
-    Ok(Json(shared.apps.apply_files(&files.files).await?))
+    Ok(Json(shared.objects.apply_files(&files.files).await?))
 }
 
 async fn delete_files(
     State(shared): State<Arc<Shared>>,
     Json(files): Json<ManifestFiles>,
 ) -> Result<Json<ApplyResult>, ApiError> {
-    Ok(Json(shared.apps.delete_files(&files.files).await?))
+    Ok(Json(shared.objects.delete_files(&files.files).await?))
 }
 
 #[derive(Deserialize)]
@@ -1073,10 +1073,10 @@ async fn set_image(
     }
     // The Deployment stays within an object's size with the new image in it (an upper
     // bound: the old image's bytes are counted too).
-    let current = value(shared.apps.deployment(&name)?);
+    let current = value(shared.objects.deployment(&name)?);
     within_limit(patch::encoded_len(&current) + body.image.len())?;
     shared
-        .apps
+        .objects
         .submit(Command::SetImage {
             name: name.clone(),
             container: body.container,
@@ -1084,7 +1084,7 @@ async fn set_image(
             at: crate::clock::now_rfc3339(),
         })
         .await?;
-    Ok(Json(shared.apps.deployment(&name)?))
+    Ok(Json(shared.objects.deployment(&name)?))
 }
 
 #[derive(Deserialize)]
@@ -1100,7 +1100,7 @@ async fn rollback(
     Json(body): Json<Rollback>,
 ) -> Result<Json<k8s::Deployment>, ApiError> {
     shared
-        .apps
+        .objects
         .submit(Command::Rollback {
             name: name.clone(),
             // kubectl's --to-revision=0 means "the previous one".
@@ -1108,14 +1108,14 @@ async fn rollback(
             at: crate::clock::now_rfc3339(),
         })
         .await?;
-    Ok(Json(shared.apps.deployment(&name)?))
+    Ok(Json(shared.objects.deployment(&name)?))
 }
 
 async fn history(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<RolloutHistory>, ApiError> {
-    Ok(Json(shared.apps.rollout_history(&name)?))
+    Ok(Json(shared.objects.rollout_history(&name)?))
 }
 
 #[cfg(test)]

@@ -20,8 +20,10 @@ use crate::desired::StoredDeployment;
 /// This node's pods and every live peer's (a peer that does not answer within 2 s is
 /// left out: its pods show once it does).
 async fn all_pods(shared: &Shared) -> Vec<k8s::Pod> {
-    let mut pods = shared.apps.pod_objects(&shared.cluster.identity().name);
-    let view = shared.apps.view();
+    let mut pods = shared
+        .reconciler
+        .pod_objects(&shared.cluster.identity().name);
+    let view = shared.reconciler.view();
     let asks = view
         .nodes
         .iter()
@@ -90,7 +92,7 @@ async fn served_pods(shared: &Shared) -> Vec<Value> {
 /// Every node gossip knows, with its Raft role and whether it is cordoned.
 async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
     let roles = shared.consensus.roles();
-    let cordoned = shared.apps.cordoned();
+    let cordoned = shared.objects.cordoned();
     shared
         .cluster
         .members()
@@ -114,7 +116,7 @@ pub(super) fn value(object: impl serde::Serialize) -> Value {
 /// A Deployment as stored, with its status and current revision (Kubernetes' defaults
 /// are added when it is served, see [`defaults`]).
 pub(super) fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
-    let mut v = value(shared.apps.deployment_object(d));
+    let mut v = value(shared.reconciler.deployment_object(d));
     v["metadata"]["namespace"] = json!("default");
     v["metadata"]["annotations"][REVISION] = json!(d.current().number.to_string());
     v
@@ -144,7 +146,11 @@ fn replica_sets(
         let name = &d.object.metadata.name;
         let uid = d.object.metadata.uid.clone().unwrap_or_default();
         let current = d.current().number;
-        let status = shared.apps.deployment_object(d).status.unwrap_or_default();
+        let status = shared
+            .reconciler
+            .deployment_object(d)
+            .status
+            .unwrap_or_default();
         for r in &d.revisions {
             let mine: Vec<&k8s::Pod> = pods
                 .iter()
@@ -221,7 +227,7 @@ fn events(shared: &Shared, stored: &[Arc<StoredDeployment>]) -> Vec<Value> {
     for d in stored {
         let name = &d.object.metadata.name;
         let uid = d.object.metadata.uid.clone().unwrap_or_default();
-        for e in shared.apps.history(d).events {
+        for e in shared.reconciler.history(d).events {
             let id = derived_uid(&uid, &format!("{}/{}/{}", e.at, e.reason, e.message));
             out.push(json!({
                 "apiVersion": "v1",
@@ -255,7 +261,7 @@ fn events(shared: &Shared, stored: &[Arc<StoredDeployment>]) -> Vec<Value> {
 
 /// The objects of `kind` now, before the journal versions them.
 async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
-    let stored = || -> Vec<Arc<StoredDeployment>> { shared.apps.stored_deployments() };
+    let stored = || -> Vec<Arc<StoredDeployment>> { shared.objects.stored_deployments() };
     let mut out: Vec<Value> = match kind {
         Kind::Deployment => stored()
             .iter()
@@ -267,7 +273,7 @@ async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
         }
         Kind::Pod => served_pods(shared).await,
         Kind::Service => shared
-            .apps
+            .objects
             .services()
             .into_iter()
             .map(service_value)
@@ -277,7 +283,7 @@ async fn read_kind(shared: &Shared, kind: Kind) -> Vec<Value> {
         Kind::Endpoints | Kind::EndpointSlice => {
             let pods = served_pods(shared).await;
             let mut out = Vec::new();
-            for service in shared.apps.services() {
+            for service in shared.objects.services() {
                 let mut service = service_value(service);
                 defaults::service(&mut service);
                 if kind == Kind::Endpoints {

@@ -10,7 +10,6 @@ use skiff_spec::manifest::{HASH_ON_ANNOTATION, LOAD_BALANCER_ANNOTATION};
 use tracing::{info, warn};
 
 use super::*;
-use crate::apps::Apps;
 use crate::container::Container;
 
 /// The reconciler's view of a Service's balancing.
@@ -28,7 +27,7 @@ pub(super) fn balancing(service: &Service) -> Balancing {
     }
 }
 
-impl Apps {
+impl Reconciler {
     /// Points each Service's route at the running pods its selector picks, here and on
     /// the other live nodes, and its local route (what requests other nodes forward are
     /// served from) at the ones here; swaps a route only when what it holds changed

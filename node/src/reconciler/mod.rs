@@ -1,15 +1,14 @@
-//! Deployments and Services on this node: the reconciler.
+//! The reconciler: makes this node's pods and routes match the desired state.
 //!
-//! Desired state lives in the [`DesiredStore`](crate::desired::DesiredStore); this
-//! module makes the node's pods match it. One task runs [`Apps::run_reconciler`]: woken
-//! by every change, by pod events (ready, exited, stopped) and twice a second, it takes
-//! what those marked (the whole picture at start, on node changes and every minute)
-//! and, for each Deployment, runs the rollout planner ([`rollout::plan`]) and carries
-//! out its actions; then it points each Service's route at the pods its selector
-//! picks. A pass costs what changed, not what the node holds. It is the only thing that
-//! starts or stops a
-//! Deployment's pods. Pods live in memory only: after a restart (or `kill -9`) the node
-//! has none, and the planner starts what the desired state asks for.
+//! Desired state lives in the [`DesiredStore`]; this module makes the node's pods match
+//! it. One task runs [`Reconciler::run`]: woken by every change, by pod events (ready,
+//! exited, stopped) and twice a second, it takes what those marked (the whole picture at
+//! start, on node changes and every minute) and, for each Deployment, runs the rollout
+//! planner ([`rollout::plan`]) and carries out its actions; then it points each
+//! Service's route at the pods its selector picks. A pass costs what changed, not what
+//! the node holds. It is the only thing that starts or stops a Deployment's pods. Pods
+//! live in memory only: after a restart (or `kill -9`) the node has none, and the
+//! planner starts what the desired state asks for.
 //!
 //! Restart policy lives here, once. A pod whose container cannot be made (image
 //! missing, compile or link refused, no memory budget) waits and is tried again; a pod
@@ -38,11 +37,18 @@ use skiff_spec::k8s::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::Apps;
+use skiff_runtime::LogBook;
+use skiff_spec::{AppName, Digest};
+
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
+use crate::desired::DesiredStore;
 use crate::desired::StoredDeployment;
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
+use crate::error::AppError;
+use crate::images::{Images, Prepared};
+use crate::ingress::Ingress;
+use crate::launcher::Launcher;
 use crate::launcher::{self};
 use skiff_gateway::Endpoint as _;
 
@@ -55,7 +61,7 @@ pub(crate) mod spread;
 mod status;
 mod views;
 
-pub(super) use launch::pod_spec;
+pub(crate) use launch::pod_spec;
 use launch::*;
 pub(crate) use pods::PodTable;
 use pods::*;
@@ -79,7 +85,213 @@ const LAUNCH_BATCH: usize = 64;
 /// `skiff deploy`, whose Linux replicas' proxy holds requests until they listen).
 pub(crate) const READY_ANNOTATION: &str = "skiff.dev/ready";
 
-impl Apps {
+/// Lines of output kept per app.
+const LOG_LINES: usize = 2000;
+
+/// A Deployment's pod's Linux process ended (handled by [`Reconciler::run_exit_loop`]).
+pub(crate) struct PodExit {
+    /// The pod.
+    pub(crate) pod: String,
+    /// Which start of it (the Container object's id).
+    pub(crate) instance: String,
+    /// How it ended.
+    pub(crate) exit: skiff_runtime::oci::Exit,
+}
+
+/// Where and how the reconciler works.
+pub(crate) struct Settings {
+    /// The node's shutdown: node port listeners stop with it.
+    pub(crate) shutdown: CancellationToken,
+    /// How long stops wait for requests in flight.
+    pub(crate) drain: Duration,
+    /// Deployments and Services, as desired.
+    pub(crate) desired: Arc<DesiredStore>,
+    /// What this node sees of the cluster (placement and remote endpoints).
+    pub(crate) view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// How long a request body forwarded to another node may stall.
+    pub(crate) body_timeout: Duration,
+    /// Marks requests forwarded to other nodes' ingresses.
+    pub(crate) forward_key: skiff_runtime::ForwardKey,
+}
+
+/// How far the node's start has brought its pods back.
+struct Restore {
+    started: std::time::Instant,
+    /// How long it took, once done.
+    done: tokio::sync::watch::Sender<Option<Duration>>,
+}
+
+/// This node's pods and routes, made to match the desired state: the pod table
+/// (observed state), launching and stopping pods, probes, this node's share of each
+/// Deployment, Services' routes and node ports, and the start's restore.
+pub(crate) struct Reconciler {
+    restore: Restore,
+    images: Arc<Images>,
+    /// Routing table and metrics, shared with the ingress listeners.
+    ingress: Arc<Ingress>,
+    /// Stops node port listeners with the node.
+    shutdown: CancellationToken,
+    /// How long stopping listeners wait for requests in flight.
+    drain: Duration,
+    /// Starts every container, pods and `skiff run` ones alike.
+    launcher: Arc<Launcher>,
+    /// Pods' Linux processes' exits, handled by [`Reconciler::run_exit_loop`].
+    exits: crate::launcher::Inbox<PodExit>,
+    /// Deployments and Services, as desired (read only: changes go through `Objects`).
+    desired: Arc<DesiredStore>,
+    /// Deployments' pods and what the reconciler knows of them.
+    pods: Arc<PodTable>,
+    /// What this node sees of the cluster.
+    view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// Connections to other nodes' ingresses, for their pods.
+    remote_client: spread::RemoteClient,
+    /// How long a request body forwarded to another node may stall.
+    body_timeout: Duration,
+}
+
+impl Reconciler {
+    pub(crate) fn new(
+        launcher: Arc<Launcher>,
+        images: Arc<Images>,
+        pods: Arc<PodTable>,
+        ingress: Arc<Ingress>,
+        settings: Settings,
+    ) -> Self {
+        let Settings {
+            shutdown,
+            drain,
+            desired,
+            view,
+            body_timeout,
+            forward_key,
+        } = settings;
+        Self {
+            images,
+            ingress,
+            shutdown,
+            drain,
+            launcher,
+            exits: crate::launcher::Inbox::new(),
+            desired,
+            pods,
+            restore: Restore {
+                started: std::time::Instant::now(),
+                done: tokio::sync::watch::Sender::new(None),
+            },
+            view,
+            remote_client: spread::RemoteClient {
+                client: skiff_runtime::RemoteWorkload::client(),
+                key: forward_key,
+            },
+            body_timeout,
+        }
+    }
+
+    /// Wakes the reconciler (after a change to the desired state).
+    pub(crate) fn kick(&self) {
+        self.pods.kick();
+    }
+
+    /// A receiver that sees every pass of the reconciler end.
+    pub(crate) fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pods.passes()
+    }
+
+    /// The images pods run, with the pods' names (garbage collection keeps them).
+    pub(crate) fn pod_images(&self) -> Vec<(Digest, String)> {
+        self.pods.images()
+    }
+
+    /// What this node sees of the cluster now.
+    pub(crate) fn view(&self) -> Arc<crate::cluster::View> {
+        self.view.borrow().clone()
+    }
+
+    /// Handles pods' Linux processes' exits until the node stops. Run once, by the node.
+    pub(crate) async fn run_exit_loop(&self, shutdown: CancellationToken) {
+        self.exits
+            .run(
+                shutdown,
+                |PodExit {
+                     pod,
+                     instance,
+                     exit,
+                 }| {
+                    self.on_pod_exit(&pod, &instance, &exit);
+                    std::future::ready(())
+                },
+            )
+            .await;
+    }
+
+    /// Cleans what a killed node left before anything starts: runc outlives it, so
+    /// whatever Linux containers it left (standalone or pods) go. Nothing of this node
+    /// runs yet, so every bundle under containers/ is a leftover.
+    pub(crate) async fn clean_leftovers(&self) {
+        if let Some(host) = self.launcher.oci()
+            && let Ok(dirs) = std::fs::read_dir(self.launcher.bundles())
+        {
+            for dir in dirs.flatten() {
+                let id = dir.file_name().to_string_lossy().into_owned();
+                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    host.clean_leftovers(&id, &dir.path()).await;
+                }
+            }
+        }
+    }
+
+    /// `/healthz`'s line about the pods a start brings back: how many are ready while
+    /// it is under way, how long it took once done.
+    pub fn restore_line(&self) -> String {
+        let done = *self.restore.done.borrow();
+        match done {
+            Some(took) => format!("restored: pods back in {} ms", took.as_millis()),
+            None => {
+                let (ready, total, _) = self.restore_progress();
+                format!("restoring: {ready} of {total} pods ready")
+            }
+        }
+    }
+
+    /// Waits until the start's pods are back (what `/healthz` then says).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub async fn wait_restored(&self) {
+        let _ = self
+            .restore
+            .done
+            .subscribe()
+            .wait_for(Option::is_some)
+            .await;
+    }
+
+    /// The log book of an app (a Deployment's pods).
+    pub async fn log(&self, name: &AppName) -> Result<Arc<LogBook>, AppError> {
+        self.pods
+            .log(name.as_str())
+            .or_else(|| {
+                self.desired
+                    .read(|s| s.state.deployments.contains_key(name.as_str()))
+                    .then(|| LogBook::new(1))
+            })
+            .ok_or_else(|| AppError::not_found(format!("app {name} not found")))
+    }
+
+    /// Stops routing to every pod and drains them (node shutdown, after `skiff run`
+    /// containers were stopped).
+    pub async fn drain_all(&self, grace: Duration) {
+        if let Some(host) = self.launcher.oci() {
+            host.shutdown();
+        }
+        let drains = self
+            .pods
+            .pod_containers()
+            .into_iter()
+            .map(|c| async move { crate::launcher::retire(&c, grace, grace).await });
+        futures_util::future::join_all(drains).await;
+    }
+}
+
+impl Reconciler {
     /// Runs the reconciler until the node stops. Run once, by the node.
     ///
     /// A pass plans what changed: the Deployments and Services the desired state's feed
@@ -87,7 +299,7 @@ impl Apps {
     /// the Deployments still waiting for something (a rollout, a back-off, a deadline).
     /// Every Deployment and Service is planned when the cluster's view changes, after a
     /// snapshot replaced the state, when the feed was missed, and every [`RESYNC`].
-    pub(crate) async fn run_reconciler(&self, shutdown: CancellationToken) {
+    pub(crate) async fn run(&self, shutdown: CancellationToken) {
         let mut view = self.view.clone();
         let mut seen = view.borrow_and_update().clone();
         let mut feed = self.desired.subscribe();
@@ -151,7 +363,7 @@ impl Apps {
     /// Deployment, stop and start pods (at most [`LAUNCH_BATCH`] made per pass, so the
     /// first pods of a node restoring thousands serve while the rest are made), route
     /// each Service.
-    pub(super) async fn reconcile(&self) {
+    async fn reconcile(&self) {
         let dirty = std::mem::take(&mut self.pods.lock().dirty);
         let full = dirty.all;
         let view = self.view.borrow().clone();
