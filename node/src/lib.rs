@@ -2,11 +2,14 @@
 //!
 //! - [`api`]: the HTTP API (axum) on `--api-addr`: uploads, apps, logs, metrics; bearer
 //!   token auth with a constant-time comparison; one error type mapped to HTTP.
-//! - [`apps`]: Deployments and Services (desired state, see [`desired`]) turned into
-//!   pods by the reconciler (`apps::deployments`), with the gateway's routing table
-//!   pointed at them; `skiff deploy` and the upload API write a Deployment and a Service
-//!   of the app's name (`apps::deploy`). Logs are kept per Deployment (pods share one
-//!   book, each line naming its pod), so `logs -f` of an app follows it across rollouts.
+//! - `objects`: Deployments and Services as desired (see [`desired`]) and the verbs
+//!   that change them, every one a command through Raft; `skiff deploy` and the upload
+//!   API write a Deployment and a Service of the app's name (`objects::deploy`).
+//! - `reconciler`: turns the desired state into this node's pods, with the gateway's
+//!   routing table pointed at them; one controller per kind (Deployment -> pods,
+//!   Service -> routes, NodePort Services -> listeners) fed by a work queue of typed
+//!   object references. Logs are kept per Deployment (pods share one book, each line
+//!   naming its pod), so `logs -f` of an app follows it across rollouts.
 //! - `images`: the node's images as a service (prepare, validated uploads, peer copies,
 //!   collection); `launcher`: the one starter of every container, in process or under
 //!   runc, whose process is part of the container's workload, so whoever retires a
@@ -20,8 +23,8 @@
 //!   a connection or an app's permits for ever.
 //! - [`desired`]: desired state as a deterministic state machine of Kubernetes objects
 //!   (Deployments, Services) changed by versioned commands, durable in redb with a
-//!   change feed; the rollout planner. The reconciler in `apps::deployments` turns it
-//!   into pods and Service routes.
+//!   change feed; the rollout planner. The `reconciler` turns it into pods and
+//!   Service routes.
 //! - [`metrics`]: Prometheus exposition.
 //! - [`cluster`]: membership by sealed gossip (chitchat): identity, joining with the
 //!   join token, live members as Kubernetes nodes; [`raft`] keeps the desired state, and
@@ -645,9 +648,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         images.clone(),
         pods,
         ingress.clone(),
+        Arc::new(ingress::NodePorts::new(
+            ingress.clone(),
+            shutdown.clone(),
+            config.drain_timeout,
+        )),
         reconciler::Settings {
-            shutdown: shutdown.clone(),
-            drain: config.drain_timeout,
             desired: desired.clone(),
             view: view_rx,
             body_timeout: config.listener.body_timeout,

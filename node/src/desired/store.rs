@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{Applied, Command, Rejected, State};
+use super::{Applied, Command, ObjectRef, Rejected, State};
 use crate::state::{StateError, StateStore};
 
 /// One change to the desired state, as the feed carries it.
@@ -26,6 +26,8 @@ pub struct Change {
     pub index: u64,
     /// What it did (never `Unchanged`: those are not sent).
     pub applied: Applied,
+    /// The object it touched.
+    pub object: ObjectRef,
 }
 
 /// The whole state at an index.
@@ -90,22 +92,6 @@ fn repin(pins: &mut BTreeMap<String, u32>, before: BTreeSet<String>, after: BTre
     }
     for image in after.difference(&before) {
         *pins.entry(image.clone()).or_default() += 1;
-    }
-}
-
-/// The rows of the objects a command touches.
-fn touched_key(command: &Command) -> String {
-    match command {
-        Command::ApplyDeployment { deployment, .. } => {
-            format!("deployments/{}", deployment.metadata.name)
-        }
-        Command::ScaleDeployment { name, .. }
-        | Command::SetImage { name, .. }
-        | Command::Rollback { name, .. }
-        | Command::DeleteDeployment { name } => format!("deployments/{name}"),
-        Command::ApplyService { service, .. } => format!("services/{}", service.metadata.name),
-        Command::DeleteService { name } => format!("services/{name}"),
-        Command::Cordon { node, .. } => format!("nodes/{node}"),
     }
 }
 
@@ -228,10 +214,15 @@ impl DesiredStore {
         ];
         let mut undo = None;
         let mut pinned = None;
+        let object = command.as_ref().map(Command::object);
         let result = command.map(|command| {
-            let key = touched_key(&command);
+            let touched = command.object();
+            let key = touched.key();
             undo = Some((key.clone(), state.clone_entry(&key), state.version));
-            let deployment = key.strip_prefix("deployments/").map(str::to_string);
+            let deployment = match touched {
+                ObjectRef::Deployment(name) => Some(name),
+                _ => None,
+            };
             let before = deployment
                 .as_ref()
                 .map(|n| images_of(state.deployments.get(n).map(|d| &**d)));
@@ -259,13 +250,14 @@ impl DesiredStore {
         if let Some((before, after)) = pinned {
             repin(&mut inner.pins, before, after);
         }
-        if let Some(Ok(applied)) = &result
+        if let (Some(Ok(applied)), Some(object)) = (&result, object)
             && !matches!(applied, Applied::Unchanged(_))
         {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Change {
                 index,
                 applied: applied.clone(),
+                object,
             });
         }
         Ok(result)

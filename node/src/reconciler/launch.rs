@@ -110,7 +110,7 @@ impl Reconciler {
                     launcher::retire(&container, grace, launcher::STOP_GRACE).await;
                     let mut inner = table.lock();
                     if let Some(p) = inner.remove_pod(&pod) {
-                        inner.dirty.deployments.insert(p.deployment.into());
+                        inner.queue.add(ObjectRef::Deployment(p.deployment.into()));
                     }
                     drop(inner);
                     metrics.forget_endpoint(&pod, services.iter().map(String::as_str));

@@ -43,19 +43,23 @@ use skiff_spec::{AppName, Digest};
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
 use crate::desired::DesiredStore;
+use crate::desired::ObjectRef;
 use crate::desired::StoredDeployment;
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
 use crate::error::AppError;
 use crate::images::{Images, Prepared};
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, NodePorts};
 use crate::launcher::Launcher;
 use crate::launcher::{self};
 use skiff_gateway::Endpoint as _;
 
+mod deployments;
 mod index;
 mod launch;
+mod node_ports;
 mod pods;
 mod probes;
+mod queue;
 mod services;
 pub(crate) mod spread;
 mod status;
@@ -66,13 +70,19 @@ use launch::*;
 pub(crate) use pods::PodTable;
 use pods::*;
 use probes::*;
+use queue::WorkQueue;
 use status::*;
 
 /// Events kept per Deployment.
 const EVENTS: usize = 50;
 
-/// How often the Deployments still waiting for something are planned again.
+/// How often the reconciler looks for work queued for later (the Deployments still
+/// waiting for something are due again by the next tick).
 const TICK: Duration = Duration::from_millis(500);
+
+/// How long after a pass a Deployment still waiting for something (a rollout, a
+/// back-off, a deadline) is looked at again: by the next tick.
+const REQUEUE_MS: u64 = TICK.as_millis() as u64 / 2;
 
 /// How often every Deployment and Service is planned, whatever changed (a safety net:
 /// every change names what it touches).
@@ -100,10 +110,6 @@ pub(crate) struct PodExit {
 
 /// Where and how the reconciler works.
 pub(crate) struct Settings {
-    /// The node's shutdown: node port listeners stop with it.
-    pub(crate) shutdown: CancellationToken,
-    /// How long stops wait for requests in flight.
-    pub(crate) drain: Duration,
     /// Deployments and Services, as desired.
     pub(crate) desired: Arc<DesiredStore>,
     /// What this node sees of the cluster (placement and remote endpoints).
@@ -129,10 +135,8 @@ pub(crate) struct Reconciler {
     images: Arc<Images>,
     /// Routing table and metrics, shared with the ingress listeners.
     ingress: Arc<Ingress>,
-    /// Stops node port listeners with the node.
-    shutdown: CancellationToken,
-    /// How long stopping listeners wait for requests in flight.
-    drain: Duration,
+    /// NodePort Services' listeners (the data plane binds them as the pass asks).
+    node_ports: Arc<NodePorts>,
     /// Starts every container, pods and `skiff run` ones alike.
     launcher: Arc<Launcher>,
     /// Pods' Linux processes' exits, handled by [`Reconciler::run_exit_loop`].
@@ -155,11 +159,10 @@ impl Reconciler {
         images: Arc<Images>,
         pods: Arc<PodTable>,
         ingress: Arc<Ingress>,
+        node_ports: Arc<NodePorts>,
         settings: Settings,
     ) -> Self {
         let Settings {
-            shutdown,
-            drain,
             desired,
             view,
             body_timeout,
@@ -168,8 +171,7 @@ impl Reconciler {
         Self {
             images,
             ingress,
-            shutdown,
-            drain,
+            node_ports,
             launcher,
             exits: crate::launcher::Inbox::new(),
             desired,
@@ -294,10 +296,11 @@ impl Reconciler {
 impl Reconciler {
     /// Runs the reconciler until the node stops. Run once, by the node.
     ///
-    /// A pass plans what changed: the Deployments and Services the desired state's feed
-    /// names, the Deployments whose pods moved (ready, ended, stopped), and on each tick
-    /// the Deployments still waiting for something (a rollout, a back-off, a deadline).
-    /// Every Deployment and Service is planned when the cluster's view changes, after a
+    /// Triggers only queue objects ([`WorkQueue`]); each pass takes what is due. The
+    /// desired state's feed names the Deployment, Service or node each change touched;
+    /// pods that moved (ready, ended, stopped) queue their Deployment; a Deployment
+    /// still waiting for something queues itself for later, taken on a tick. Every
+    /// Deployment and Service is queued when the cluster's nodes change, after a
     /// snapshot replaced the state, when the feed was missed, and every [`RESYNC`].
     pub(crate) async fn run(&self, shutdown: CancellationToken) {
         let mut view = self.view.clone();
@@ -307,28 +310,27 @@ impl Reconciler {
         let mut resync = tokio::time::Instant::now() + RESYNC;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.pods.lock().dirty.all = true;
+        self.pods.lock().queue.add_all();
         loop {
             {
                 let mut inner = self.pods.lock();
                 loop {
                     use tokio::sync::broadcast::error::TryRecvError;
                     match feed.try_recv() {
-                        Ok(change) => inner.dirty.mark(&change.applied),
-                        Err(TryRecvError::Lagged(_)) => inner.dirty.all = true,
+                        Ok(change) => inner.queue.add(change.object),
+                        Err(TryRecvError::Lagged(_)) => inner.queue.add_all(),
                         Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }
                 let now_restores = self.desired.restores();
                 if now_restores != restores || tokio::time::Instant::now() >= resync {
                     restores = now_restores;
-                    inner.dirty.all = true;
-                }
-                if inner.dirty.all {
-                    resync = tokio::time::Instant::now() + RESYNC;
+                    inner.queue.add_all();
                 }
             }
-            self.reconcile().await;
+            if self.reconcile().await {
+                resync = tokio::time::Instant::now() + RESYNC;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.pods.kick.notified() => {}
@@ -338,16 +340,17 @@ impl Reconciler {
                     let now = view.borrow_and_update().clone();
                     let mut inner = self.pods.lock();
                     match spread::view_changes(&seen, &now) {
-                        None => inner.dirty.all = true,
-                        Some(changed) => inner.dirty.deployments.extend(changed),
+                        None => inner.queue.add_all(),
+                        Some(changed) => {
+                            for d in changed {
+                                inner.queue.add(ObjectRef::Deployment(d));
+                            }
+                        }
                     }
                     seen = now;
                 }
-                _ = tick.tick() => {
-                    let mut inner = self.pods.lock();
-                    let waiting = inner.unsettled.clone();
-                    inner.dirty.deployments.extend(waiting);
-                }
+                // What was queued for later may be due.
+                _ = tick.tick() => {}
             }
         }
     }
@@ -359,15 +362,16 @@ impl Reconciler {
         spread::changed_pod_counts(&mut self.pods.lock())
     }
 
-    /// One pass over what is marked dirty (everything, the first time): plan each
-    /// Deployment, stop and start pods (at most [`LAUNCH_BATCH`] made per pass, so the
-    /// first pods of a node restoring thousands serve while the rest are made), route
-    /// each Service.
-    async fn reconcile(&self) {
-        let dirty = std::mem::take(&mut self.pods.lock().dirty);
-        let full = dirty.all;
-        let view = self.view.borrow().clone();
+    /// One pass over what the queue has due (everything, the first time): the
+    /// Deployment controller decides for each Deployment, its pods are stopped and
+    /// started (at most [`LAUNCH_BATCH`] made per pass, so the first pods of a node
+    /// restoring thousands serve while the rest are made), then the Service and
+    /// NodePort controllers route each Service. True when it looked at everything.
+    async fn reconcile(&self) -> bool {
         let now = now_ms();
+        let work = self.pods.lock().queue.take(now);
+        let full = work.all;
+        let view = self.view.borrow().clone();
         // The objects this pass looks at, copied before the pod table is locked.
         type Named<T> = Vec<(String, Option<T>)>;
         let (deployments, cordoned): (Named<Arc<StoredDeployment>>, _) = self.desired.read(|s| {
@@ -378,8 +382,7 @@ impl Reconciler {
                     .map(|(n, d)| (n.clone(), Some(d.clone())))
                     .collect()
             } else {
-                dirty
-                    .deployments
+                work.deployments
                     .iter()
                     .map(|n| (n.clone(), s.state.deployments.get(n).cloned()))
                     .collect()
@@ -390,7 +393,7 @@ impl Reconciler {
             // The Services changed, and those that pick these Deployments' pods or
             // templates (before and after the change).
             let inner = self.pods.lock();
-            let mut names = dirty.services.clone();
+            let mut names = work.services.clone();
             for (name, d) in &deployments {
                 for (_, p) in inner.pods_of(name) {
                     names.extend(
@@ -448,7 +451,6 @@ impl Reconciler {
                 let Inner {
                     progress,
                     logs,
-                    unsettled,
                     templates,
                     regossip,
                     ..
@@ -461,7 +463,6 @@ impl Reconciler {
                     keep
                 });
                 logs.retain(|name, _| wanted.contains(name.as_str()));
-                unsettled.retain(|name| wanted.contains(name.as_str()));
                 templates.clear();
             } else {
                 for (name, _) in deployments.iter().filter(|(_, d)| d.is_none()) {
@@ -475,7 +476,6 @@ impl Reconciler {
                         inner.regossip.insert(name.clone());
                     }
                     inner.logs.remove(name);
-                    inner.unsettled.remove(name);
                     inner.templates.remove(name);
                     inner.shares.remove(name);
                     spread::unplace(&mut inner, name);
@@ -488,21 +488,14 @@ impl Reconciler {
                 inner
                     .templates
                     .set(name, &d.object.spec.template.metadata.labels);
-                let hash = &d.current().hash;
-                let observed: Vec<rollout::Pod> = inner
-                    .pods_of(name)
-                    .map(|(n, p)| rollout::Pod {
-                        name: n.clone(),
-                        hash: p.hash.to_string(),
-                        phase: p.phase(),
-                    })
-                    .collect();
+                let observed: Vec<deployments::Observed> =
+                    inner.pods_of(name).map(|(n, p)| p.observed(n)).collect();
                 // This node's part of the Deployment, rolled out as a Deployment of its own.
                 let target = targets.get(name).copied().unwrap_or(0);
-                let plan = rollout::plan_replicas(&d.object, target, hash, &observed, now);
-                track(&mut inner, d, target, &plan, now);
-                let mut settled = plan.complete && plan.actions.is_empty();
-                for action in plan.actions {
+                let hash = &d.current().hash;
+                let decision = deployments::reconcile(&d.object, target, hash, &observed, now);
+                track(&mut inner, d, target, &decision.plan, now);
+                for action in decision.plan.actions {
                     match action {
                         Action::Start { hash } => {
                             let pod = format!("{name}-{hash}-{}", suffix());
@@ -528,6 +521,7 @@ impl Reconciler {
                                 "SuccessfulCreate",
                                 format!("Created pod: {pod}"),
                             );
+                            launchable.insert(pod);
                         }
                         Action::Stop { pod } => {
                             inner.event(
@@ -540,24 +534,11 @@ impl Reconciler {
                         }
                     }
                 }
-                for (pod, p) in inner.pods_of(name) {
-                    match &p.state {
-                        PodState::Waiting { retry_ms, .. } => {
-                            settled = false;
-                            if *retry_ms <= now {
-                                launchable.insert(pod.clone());
-                            }
-                        }
-                        PodState::Running { ready_since, .. } => {
-                            settled &= ready_since.is_some();
-                        }
-                        PodState::Terminating { .. } => settled = false,
-                    }
-                }
-                if settled {
-                    inner.unsettled.remove(name);
-                } else {
-                    inner.unsettled.insert(name.clone());
+                launchable.extend(decision.launch);
+                if !decision.settled {
+                    inner
+                        .queue
+                        .add_after(ObjectRef::Deployment(name.clone()), now + REQUEUE_MS);
                 }
             }
             // Made in name order, a batch a pass; the rest wait for the next pass.
@@ -588,8 +569,8 @@ impl Reconciler {
             let mut inner = self.pods.lock();
             for pod in to_stop.iter().chain(&to_launch) {
                 if let Some(p) = inner.pods.get(pod) {
-                    let d = p.deployment.to_string();
-                    inner.dirty.deployments.insert(d);
+                    let d = ObjectRef::Deployment(p.deployment.to_string());
+                    inner.queue.add(d);
                 }
             }
             !to_stop.is_empty() || !to_launch.is_empty() || !inner.backlog.is_empty()
@@ -602,13 +583,13 @@ impl Reconciler {
             crate::memory::trim();
         }
         self.pods.passes.send_modify(|n| *n += 1);
+        full
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::Applied;
     use skiff_gateway::Algorithm;
     use skiff_spec::{Labels, Str};
 
@@ -617,23 +598,6 @@ mod tests {
         // The manifest reader (spec) cannot see the gateway's list: both must agree.
         let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(names, skiff_spec::manifest::LOAD_BALANCERS);
-    }
-
-    #[test]
-    fn a_change_marks_only_the_object_it_names() {
-        let mut dirty = Dirty::default();
-        dirty.mark(&Applied::Created("deployment.apps/web".into()));
-        dirty.mark(&Applied::Deleted("service/web".into()));
-        dirty.mark(&Applied::Configured("deployment.apps/api".into()));
-        assert!(!dirty.all);
-        assert_eq!(
-            dirty.deployments,
-            BTreeSet::from(["api".to_string(), "web".to_string()])
-        );
-        assert_eq!(dirty.services, BTreeSet::from(["web".to_string()]));
-        // A cordon changes where everything may run.
-        dirty.mark(&Applied::Configured("node/one".into()));
-        assert!(dirty.all);
     }
 
     #[test]

@@ -73,8 +73,8 @@ impl Reconciler {
             let Some(p) = inner.pods.get(pod) else {
                 return Err(AppError::not_found(format!("pod {pod} not found")));
             };
-            let deployment = p.deployment.to_string();
-            inner.dirty.deployments.insert(deployment);
+            let deployment = ObjectRef::Deployment(p.deployment.to_string());
+            inner.queue.add(deployment);
         }
         self.stop_pod(pod);
         self.pods.kick();
