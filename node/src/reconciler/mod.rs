@@ -1,14 +1,18 @@
 //! The reconciler: makes this node's pods and routes match the desired state.
 //!
-//! Desired state lives in the [`DesiredStore`]; this module makes the node's pods match
-//! it. One task runs [`Reconciler::run`]: woken by every change, by pod events (ready,
-//! exited, stopped) and twice a second, it takes what those marked (the whole picture at
-//! start, on node changes and every minute) and, for each Deployment, runs the rollout
-//! planner ([`rollout::plan`]) and carries out its actions; then it points each
-//! Service's route at the pods its selector picks. A pass costs what changed, not what
-//! the node holds. It is the only thing that starts or stops a Deployment's pods. Pods
-//! live in memory only: after a restart (or `kill -9`) the node has none, and the
-//! planner starts what the desired state asks for.
+//! Desired state lives in the [`DesiredStore`] (changed only through `Objects`); this
+//! module makes the node's pods match it. One task runs [`Reconciler::run`]: triggers
+//! (the desired state's feed, pod events, other nodes' pods, a tick) put typed object
+//! references on its [`WorkQueue`]; each pass takes what is due (the whole picture at
+//! start, on node changes and every minute) and runs one controller per kind, each a
+//! function of plain values whose actions the pass carries out: the Deployment
+//! controller ([`deployments::reconcile`], over the rollout planner) says which pods to
+//! start, stop and make; the Service controller ([`services::reconcile`]) what each
+//! route holds; the NodePort controller ([`node_ports::reconcile`]) which listeners the
+//! data plane binds. A pass costs what changed, not what the node holds. It is the only
+//! thing that starts or stops a Deployment's pods. Pods live in memory only: after a
+//! restart (or `kill -9`) the node has none, and the planner starts what the desired
+//! state asks for.
 //!
 //! Restart policy lives here, once. A pod whose container cannot be made (image
 //! missing, compile or link refused, no memory budget) waits and is tried again; a pod
@@ -20,10 +24,11 @@
 //! passes; without one, a Wasm or static pod at once (its code was linked when it was
 //! made) and a Linux pod once its port accepts connections.
 //!
-//! This file is the loop and the pass; [`pods`] is the pod table, [`launch`] makes and
-//! stops pods, [`services`] points Services' routes, [`probes`] runs probes, [`status`]
-//! and [`views`] are what the API reads, [`spread`] is this node's share of a
-//! Deployment and the other nodes' endpoints, [`index`] finds pods by label.
+//! This file is the loop and the pass; [`queue`] is its work queue, [`deployments`],
+//! [`services`] and [`node_ports`] its controllers, [`pods`] the pod table, [`launch`]
+//! makes and stops pods, [`probes`] runs probes, [`status`] and [`views`] are what the
+//! API reads, [`spread`] is this node's share of a Deployment and the other nodes'
+//! endpoints, [`index`] finds pods by label.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
