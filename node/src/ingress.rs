@@ -1,5 +1,6 @@
 //! The data plane: HTTP/1.1 on the ingress address, `Host: <app>.<domain>` to the app's
-//! replicas through the gateway's routing table.
+//! replicas through the gateway's routing table; NodePort Services' listeners
+//! ([`NodePorts`], bound and unbound as the reconciler asks).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,10 @@ use skiff_runtime::{Guarded, HandleError, RequestInfo, ResponseBody, Workload};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+mod node_ports;
+
+pub(crate) use node_ports::NodePorts;
 
 use crate::container::Container;
 use crate::metrics::Metrics;

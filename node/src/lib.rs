@@ -2,11 +2,14 @@
 //!
 //! - [`api`]: the HTTP API (axum) on `--api-addr`: uploads, apps, logs, metrics; bearer
 //!   token auth with a constant-time comparison; one error type mapped to HTTP.
-//! - [`apps`]: Deployments and Services (desired state, see [`desired`]) turned into
-//!   pods by the reconciler (`apps::deployments`), with the gateway's routing table
-//!   pointed at them; `skiff deploy` and the upload API write a Deployment and a Service
-//!   of the app's name (`apps::deploy`). Logs are kept per Deployment (pods share one
-//!   book, each line naming its pod), so `logs -f` of an app follows it across rollouts.
+//! - `objects`: Deployments and Services as desired (see [`desired`]) and the verbs
+//!   that change them, every one a command through Raft; `skiff deploy` and the upload
+//!   API write a Deployment and a Service of the app's name (`objects::deploy`).
+//! - `reconciler`: turns the desired state into this node's pods, with the gateway's
+//!   routing table pointed at them; one controller per kind (Deployment -> pods,
+//!   Service -> routes, NodePort Services -> listeners) fed by a work queue of typed
+//!   object references. Logs are kept per Deployment (pods share one book, each line
+//!   naming its pod), so `logs -f` of an app follows it across rollouts.
 //! - `images`: the node's images as a service (prepare, validated uploads, peer copies,
 //!   collection); `launcher`: the one starter of every container, in process or under
 //!   runc, whose process is part of the container's workload, so whoever retires a
@@ -21,8 +24,8 @@
 //!   a connection or an app's permits for ever.
 //! - [`desired`]: desired state as a deterministic state machine of Kubernetes objects
 //!   (Deployments, Services) changed by versioned commands, durable in redb with a
-//!   change feed; the rollout planner. The reconciler in `apps::deployments` turns it
-//!   into pods and Service routes.
+//!   change feed; the rollout planner. The `reconciler` turns it into pods and
+//!   Service routes.
 //! - [`metrics`]: Prometheus exposition.
 //! - [`cluster`]: membership by sealed gossip (chitchat): identity, joining with the
 //!   join token, live members as Kubernetes nodes; [`raft`] keeps the desired state, and
@@ -37,7 +40,6 @@
 #![deny(missing_docs)]
 
 pub mod api;
-pub mod apps;
 mod clock;
 pub mod cluster;
 pub mod container;
@@ -52,8 +54,10 @@ mod launcher;
 pub mod listener;
 mod memory;
 pub mod metrics;
+mod objects;
 pub mod placement;
 pub mod raft;
+mod reconciler;
 mod restart;
 mod route;
 mod standalone;
@@ -82,7 +86,6 @@ pub use crate::tls::member_client;
 pub use skiff_image::layer::ExtractLimits as ImageExtractLimits;
 pub use skiff_runtime::{CompilerCommand, compile_worker};
 
-use crate::apps::Apps;
 use crate::datafiles::DataFile;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
@@ -161,7 +164,10 @@ pub(crate) struct Shared {
     config: NodeConfig,
     token: AdminToken,
     images: Arc<images::Images>,
-    apps: Apps,
+    /// Deployments and Services as desired, and the verbs that change them.
+    objects: objects::Objects,
+    /// This node's pods and routes, made to match the desired state.
+    reconciler: Arc<reconciler::Reconciler>,
     /// `skiff run` and `docker run` containers.
     standalone: Arc<standalone::Standalone>,
     metrics: Arc<Metrics>,
@@ -229,8 +235,9 @@ impl RunningNode {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.shared.standalone.stop_all().await;
         self.shared
-            .apps
+            .reconciler
             .drain_all(self.shared.config.drain_timeout)
             .await;
         let members = self.shared.cluster.members().await;
@@ -396,7 +403,7 @@ async fn follow_membership(shared: &Shared, shutdown: CancellationToken) {
         });
         shared
             .cluster
-            .publish_pods(shared.apps.changed_pod_counts())
+            .publish_pods(shared.reconciler.changed_pod_counts())
             .await;
         if n % 4 == 0 {
             shared.consensus.tend(&live).await;
@@ -631,7 +638,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         dir,
         config.listener.body_timeout,
     ));
-    let pods = Arc::new(apps::PodTable::new(kick));
+    let pods = Arc::new(reconciler::PodTable::new(kick));
     let standalone = Arc::new(standalone::Standalone::new(standalone::Settings {
         images: images.clone(),
         launcher: launcher.clone(),
@@ -642,32 +649,50 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shutdown: shutdown.clone(),
         drain: config.drain_timeout,
     }));
-    let settings = apps::Settings {
-        url_suffix,
-        shutdown: shutdown.clone(),
-        drain: config.drain_timeout,
-        desired: desired.clone(),
-        consensus: consensus.clone(),
-        view: view_rx,
-        body_timeout: config.listener.body_timeout,
-        forward_key,
-    };
-    let apps = Apps::new(
-        launcher,
+    let reconciler = Arc::new(reconciler::Reconciler::new(
+        launcher.clone(),
         images.clone(),
-        standalone.clone(),
         pods,
+        ingress.clone(),
+        Arc::new(ingress::NodePorts::new(
+            ingress.clone(),
+            shutdown.clone(),
+            config.drain_timeout,
+        )),
+        reconciler::Settings {
+            desired: desired.clone(),
+            view: view_rx,
+            body_timeout: config.listener.body_timeout,
+            forward_key,
+        },
+    ));
+    let objects = objects::Objects::new(
+        images.clone(),
         state,
         ingress.clone(),
-        settings,
+        standalone.clone(),
+        launcher,
+        reconciler.clone(),
+        objects::Settings {
+            url_suffix,
+            desired: desired.clone(),
+            consensus: consensus.clone(),
+        },
     );
-    apps.restore().await?;
+    // Brings the node back: leftovers of a killed node cleaned, apps of an older node
+    // made Deployments (their pods come back in the reconciler's first passes while the
+    // node serves), `skiff run` containers restarted. A pod that cannot start waits with
+    // its reason rather than stopping the node.
+    reconciler.clean_leftovers().await;
+    objects.restore().await?;
+    standalone.restore().await?;
 
     let shared = Arc::new(Shared {
         config: config.clone(),
         token,
         images,
-        apps,
+        objects,
+        reconciler,
         standalone,
         metrics,
         shutdown: shutdown.clone(),
@@ -688,18 +713,26 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             tokio::join!(
-                shared.apps.run_exit_loop(shutdown.clone()),
+                shared.reconciler.run_exit_loop(shutdown.clone()),
                 shared.standalone.run_exit_loop(shutdown),
             );
         })
     };
     let reconciler = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        tokio::spawn(async move { shared.apps.run_reconciler(shutdown).await })
+        tokio::spawn(async move { shared.reconciler.run(shutdown).await })
     };
     let restore = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        tokio::spawn(async move { shared.apps.track_restore(shutdown).await })
+        tokio::spawn(async move {
+            if shared.reconciler.track_restore(shutdown).await {
+                // What a killed node left (a blob written, its image never tagged) goes
+                // once, now that the pods have what they need.
+                shared.objects.collect_garbage_now().await;
+                // A restore allocates for every pod at once; what it freed goes back.
+                memory::trim();
+            }
+        })
     };
     let kube_feed = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());

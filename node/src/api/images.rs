@@ -50,7 +50,7 @@ pub(super) async fn list(
 ) -> Result<Json<Vec<ImageStatus>>, ApiError> {
     let images = shared.images.store().clone();
     let infos = blocking(move || images.list()).await?.map_err(image_err)?;
-    let users = shared.apps.image_users().await;
+    let users = shared.objects.image_users().await;
     Ok(Json(
         infos
             .into_iter()
@@ -184,7 +184,7 @@ pub(super) async fn tag(
     })
     .await?
     .map_err(image_err)?;
-    shared.apps.collect_garbage_now().await;
+    shared.objects.collect_garbage_now().await;
     Ok(StatusCode::CREATED)
 }
 
@@ -220,7 +220,7 @@ pub(super) async fn remove(
     let last = removing.len() == tags.len();
     if last && !force {
         let users = shared
-            .apps
+            .objects
             .image_users()
             .await
             .remove(&digest)
@@ -241,7 +241,7 @@ pub(super) async fn remove(
     })
     .await?
     .map_err(image_err)?;
-    shared.apps.collect_garbage_now().await;
+    shared.objects.collect_garbage_now().await;
     Ok(StatusCode::NO_CONTENT)
 }
 

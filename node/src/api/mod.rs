@@ -237,12 +237,12 @@ async fn healthz(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -
     if kube::health::wants_checks(query.as_deref()) {
         return kube::health::answer(&shared, "healthz", query);
     }
-    let restore = shared.apps.restore_line();
+    let restore = shared.reconciler.restore_line();
     // Raft's storage first: it names the data dir whose disk is full.
     match shared
         .consensus
         .health()
-        .and_then(|()| shared.apps.state_health())
+        .and_then(|()| shared.objects.state_health())
     {
         Ok(()) => format!("ok\n{restore}\n").into_response(),
         Err(why) => (
@@ -293,7 +293,7 @@ async fn require_token(
     // A certificate counts only as a member's: the CA signed it for a node this node's
     // gossip has heard of (`<id>.node.skiff`).
     let node = conn.and_then(|c| c.peer_cert.as_ref()).is_some_and(|cert| {
-        let view = shared.apps.view();
+        let view = shared.reconciler.view();
         crate::tls::node_among(
             cert,
             view.members
@@ -358,7 +358,7 @@ async fn list_apps(
             .map(|(_, v)| v.as_str())
     };
     let Some(limit) = get("limit") else {
-        return Ok(Json(shared.apps.list().await).into_response());
+        return Ok(Json(shared.objects.list().await).into_response());
     };
     let limit: usize = limit
         .parse()
@@ -374,7 +374,7 @@ async fn list_apps(
         .filter(|t| !t.is_empty())
         .map(continue_after)
         .transpose()?;
-    let (items, last, remaining) = shared.apps.list_page(after.as_deref(), limit).await;
+    let (items, last, remaining) = shared.objects.list_page(after.as_deref(), limit).await;
     let continue_token = last.filter(|_| remaining > 0).map(|l| continue_token(&l));
     Ok(Json(skiff_spec::api::Page {
         metadata: skiff_spec::api::PageMeta {
@@ -391,7 +391,7 @@ async fn get_app(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = app_name(name)?;
-    Ok(Json(shared.apps.status(&name).await?).into_response())
+    Ok(Json(shared.objects.status(&name).await?).into_response())
 }
 
 async fn delete_app(
@@ -399,7 +399,7 @@ async fn delete_app(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = app_name(name)?;
-    shared.apps.remove(&name).await?;
+    shared.objects.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -437,7 +437,7 @@ async fn put_app(
                 "give the app either a body (a .wasm) or image=, not both",
             ));
         }
-        let (created, status) = shared.apps.deploy_image(name, params, &image).await?;
+        let (created, status) = shared.objects.deploy_image(name, params, &image).await?;
         let code = if created {
             StatusCode::CREATED
         } else {
@@ -493,7 +493,7 @@ async fn put_app(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::store)?;
-    let (created, status) = shared.apps.deploy_upload(name, params, staged).await?;
+    let (created, status) = shared.objects.deploy_upload(name, params, staged).await?;
     let code = if created {
         StatusCode::CREATED
     } else {
@@ -512,14 +512,14 @@ async fn logs(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let name = app_name(name)?;
-    let book = shared.apps.log(&name).await?;
+    let book = shared.reconciler.log(&name).await?;
     log_response(&shared, &book, query, None)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared
         .metrics
-        .set_in_flight(shared.apps.service_in_flight());
+        .set_in_flight(shared.reconciler.service_in_flight());
     let live = shared
         .cluster
         .members()

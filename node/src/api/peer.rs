@@ -187,7 +187,9 @@ async fn pods(
     let () = signed(&body)?;
     shared.metrics.peer_pod_request();
     Ok(Json(
-        shared.apps.pod_objects(&shared.cluster.identity().name),
+        shared
+            .reconciler
+            .pod_objects(&shared.cluster.identity().name),
     ))
 }
 
@@ -206,7 +208,7 @@ async fn pod_changes(
 /// Deletes one of this node's pods, for a peer asked to (its Deployment makes another).
 async fn delete_pod(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<()>, ApiError> {
     let name: String = signed(&body)?;
-    shared.apps.delete_pod(&name)?;
+    shared.reconciler.delete_pod(&name)?;
     Ok(Json(()))
 }
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 pub mod rollout;
 mod store;
 
-pub use store::{Change, DesiredStore, Snapshot, Touched};
+pub use store::{Change, DesiredStore, Snapshot};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -85,6 +85,48 @@ pub enum Command {
         /// True to cordon.
         unschedulable: bool,
     },
+}
+
+/// The object a command touches, typed: what the reconciler is told to look at again.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectRef {
+    /// A Deployment, by name.
+    Deployment(String),
+    /// A Service, by name.
+    Service(String),
+    /// A node (cordoned or not), by name.
+    Node(String),
+}
+
+impl ObjectRef {
+    /// Its row in the store (`deployments/<name>`, ...).
+    pub(crate) fn key(&self) -> String {
+        match self {
+            ObjectRef::Deployment(name) => format!("deployments/{name}"),
+            ObjectRef::Service(name) => format!("services/{name}"),
+            ObjectRef::Node(name) => format!("nodes/{name}"),
+        }
+    }
+}
+
+impl Command {
+    /// The object it touches.
+    pub fn object(&self) -> ObjectRef {
+        match self {
+            Command::ApplyDeployment { deployment, .. } => {
+                ObjectRef::Deployment(deployment.metadata.name.clone())
+            }
+            Command::ScaleDeployment { name, .. }
+            | Command::SetImage { name, .. }
+            | Command::Rollback { name, .. }
+            | Command::DeleteDeployment { name } => ObjectRef::Deployment(name.clone()),
+            Command::ApplyService { service, .. } => {
+                ObjectRef::Service(service.metadata.name.clone())
+            }
+            Command::DeleteService { name } => ObjectRef::Service(name.clone()),
+            Command::Cordon { node, .. } => ObjectRef::Node(node.clone()),
+        }
+    }
 }
 
 /// A command as it travels and is stored: versioned, so a newer format is refused by
@@ -509,6 +551,44 @@ mod tests {
     use skiff_spec::manifest::{Object, parse};
 
     use super::*;
+
+    #[test]
+    fn every_command_names_the_object_it_touches() {
+        let name = || "web".to_string();
+        let cases = [
+            (
+                Command::ApplyDeployment {
+                    deployment: deployment("web:v1", 1),
+                    at: "t".into(),
+                },
+                ObjectRef::Deployment(name()),
+            ),
+            (
+                Command::ScaleDeployment {
+                    name: name(),
+                    replicas: 2,
+                },
+                ObjectRef::Deployment(name()),
+            ),
+            (
+                Command::DeleteService { name: name() },
+                ObjectRef::Service(name()),
+            ),
+            (
+                Command::Cordon {
+                    node: "one".into(),
+                    unschedulable: true,
+                },
+                ObjectRef::Node("one".into()),
+            ),
+        ];
+        for (command, object) in cases {
+            assert_eq!(command.object(), object);
+        }
+        assert_eq!(ObjectRef::Deployment(name()).key(), "deployments/web");
+        assert_eq!(ObjectRef::Service(name()).key(), "services/web");
+        assert_eq!(ObjectRef::Node("one".into()).key(), "nodes/one");
+    }
 
     fn deployment(image: &str, replicas: i32) -> Box<Deployment> {
         let yaml = format!(

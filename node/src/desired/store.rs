@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{Applied, Command, Rejected, State};
+use super::{Applied, Command, ObjectRef, Rejected, State};
 use crate::state::{StateError, StateStore};
 
 /// One change to the desired state, as the feed carries it.
@@ -26,48 +26,8 @@ pub struct Change {
     pub index: u64,
     /// What it did (never `Unchanged`: those are not sent).
     pub applied: Applied,
-    /// The object it changed.
-    pub object: Touched,
-}
-
-/// The object a command changes, by kind.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Touched {
-    /// A Deployment, by name.
-    Deployment(String),
-    /// A Service, by name.
-    Service(String),
-    /// A node (cordoned or not), by name.
-    Node(String),
-}
-
-impl Touched {
-    /// The object `command` changes.
-    pub fn of(command: &Command) -> Self {
-        match command {
-            Command::ApplyDeployment { deployment, .. } => {
-                Touched::Deployment(deployment.metadata.name.clone())
-            }
-            Command::ScaleDeployment { name, .. }
-            | Command::SetImage { name, .. }
-            | Command::Rollback { name, .. }
-            | Command::DeleteDeployment { name } => Touched::Deployment(name.clone()),
-            Command::ApplyService { service, .. } => {
-                Touched::Service(service.metadata.name.clone())
-            }
-            Command::DeleteService { name } => Touched::Service(name.clone()),
-            Command::Cordon { node, .. } => Touched::Node(node.clone()),
-        }
-    }
-
-    /// Its row's key in the store.
-    fn key(&self) -> String {
-        match self {
-            Touched::Deployment(name) => format!("deployments/{name}"),
-            Touched::Service(name) => format!("services/{name}"),
-            Touched::Node(name) => format!("nodes/{name}"),
-        }
-    }
+    /// The object it touched.
+    pub object: ObjectRef,
 }
 
 /// The whole state at an index.
@@ -254,13 +214,15 @@ impl DesiredStore {
         ];
         let mut undo = None;
         let mut pinned = None;
-        let mut touched = None;
+        let object = command.as_ref().map(Command::object);
         let result = command.map(|command| {
-            let object = Touched::of(&command);
-            let key = object.key();
-            touched = Some(object);
+            let touched = command.object();
+            let key = touched.key();
             undo = Some((key.clone(), state.clone_entry(&key), state.version));
-            let deployment = key.strip_prefix("deployments/").map(str::to_string);
+            let deployment = match touched {
+                ObjectRef::Deployment(name) => Some(name),
+                _ => None,
+            };
             let before = deployment
                 .as_ref()
                 .map(|n| images_of(state.deployments.get(n).map(|d| &**d)));
@@ -288,9 +250,8 @@ impl DesiredStore {
         if let Some((before, after)) = pinned {
             repin(&mut inner.pins, before, after);
         }
-        if let Some(Ok(applied)) = &result
+        if let (Some(Ok(applied)), Some(object)) = (&result, object)
             && !matches!(applied, Applied::Unchanged(_))
-            && let Some(object) = touched
         {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(Change {

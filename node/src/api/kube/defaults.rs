@@ -301,7 +301,7 @@ mod router_tests {
 
     /// The templates of `web`'s revisions as stored, oldest first.
     fn stored_templates(shared: &crate::Shared) -> Vec<Value> {
-        let d = shared.apps.stored_deployment("web").unwrap();
+        let d = shared.objects.stored_deployment("web").unwrap();
         d.revisions
             .iter()
             .map(|r| serde_json::to_value(&r.template).unwrap())

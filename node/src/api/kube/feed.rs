@@ -4,7 +4,7 @@
 //!
 //! | source | what it changes |
 //! |---|---|
-//! | the desired state's change feed (a command applied) | that Deployment (with its ReplicaSets and events) or Service (with its Endpoints and EndpointSlices); a cordon: the nodes |
+//! | the desired state's change feed (a command applied, its `ObjectRef`) | that Deployment (with its ReplicaSets and events) or Service (with its Endpoints and EndpointSlices); a cordon: the nodes |
 //! | a pass of the reconciler | this node's pods; the Deployments the pass looked at (status, events) |
 //! | a peer's pods (one long-poll per live peer, [`LocalPods`]) | that peer's pods |
 //! | gossip's view | nodes; the Deployments whose pod counts a node gossips changed; a node gone takes its pods with it |
@@ -127,7 +127,7 @@ impl Drop for Follower {
 /// Runs the feed until `shutdown`.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut changes = shared.desired.subscribe();
-    let mut passes = shared.apps.passes();
+    let mut passes = shared.reconciler.passes();
     let mut views = shared.view.subscribe();
     let (remote_tx, mut remote_rx) = mpsc::channel(REMOTE_QUEUE);
     let mut feed = Feed {
@@ -240,24 +240,24 @@ impl Feed {
             return;
         };
         match change.object {
-            crate::desired::Touched::Deployment(name) => {
+            crate::desired::ObjectRef::Deployment(name) => {
                 dirty.deployments.insert(name);
             }
-            crate::desired::Touched::Service(name) => {
+            crate::desired::ObjectRef::Service(name) => {
                 dirty.services.insert(name);
             }
-            crate::desired::Touched::Node(_) => dirty.nodes = true,
+            crate::desired::ObjectRef::Node(_) => dirty.nodes = true,
         }
     }
 
     /// This node's pods after a pass of the reconciler, and the Deployments it looked at.
     fn local_pods(&mut self, dirty: &mut Dirty) {
-        let (all, looked_at) = self.shared.apps.take_looked_at();
+        let (all, looked_at) = self.shared.reconciler.take_looked_at();
         if all {
             dirty.all = true;
         }
         dirty.deployments.extend(looked_at);
-        let pods = self.shared.apps.pod_objects(&self.me);
+        let pods = self.shared.reconciler.pod_objects(&self.me);
         let me = self.me.clone();
         if self.set_pods(&me, &pods, dirty) {
             self.shared.local_pods.send_modify(|l| {
@@ -493,7 +493,7 @@ async fn follow(
 /// gone.
 fn deployment(shared: &Shared, name: &str) {
     let store = &shared.kube_store;
-    let stored = shared.apps.stored_deployment(name);
+    let stored = shared.objects.stored_deployment(name);
     let mut keep_sets = BTreeSet::new();
     let mut keep_events = BTreeSet::new();
     match &stored {
@@ -583,7 +583,7 @@ fn service(shared: &Shared, name: &str, index: &PodIndex) {
     let store = &shared.kube_store;
     let mut keep_slices = BTreeSet::new();
     let mut endpoints = None;
-    match shared.apps.service(name) {
+    match shared.objects.service(name) {
         Some(s) => {
             let pods = index.candidates(s.spec.selector.iter());
             let v = store.put(

@@ -38,7 +38,7 @@ const RAFT: Check = Check {
 /// The desired state's store can be written.
 const STATE: Check = Check {
     name: "state-store",
-    run: |shared| shared.apps.state_health(),
+    run: |shared| shared.objects.state_health(),
 };
 
 /// The node is not stopping (a stopping API server is alive but not ready).

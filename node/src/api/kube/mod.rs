@@ -553,7 +553,7 @@ async fn write(
         }
         return Ok(v);
     }
-    shared.apps.apply_object(object).await?;
+    shared.objects.apply_object(object).await?;
     fresh_object(shared, res, name).await
 }
 
@@ -729,14 +729,14 @@ async fn apply(
     State(shared): State<Arc<Shared>>,
     Json(files): Json<ManifestFiles>,
 ) -> Result<Json<ApplyResult>, ApiError> {
-    Ok(Json(shared.apps.apply_files(&files.files).await?))
+    Ok(Json(shared.objects.apply_files(&files.files).await?))
 }
 
 async fn delete_files(
     State(shared): State<Arc<Shared>>,
     Json(files): Json<ManifestFiles>,
 ) -> Result<Json<ApplyResult>, ApiError> {
-    Ok(Json(shared.apps.delete_files(&files.files).await?))
+    Ok(Json(shared.objects.delete_files(&files.files).await?))
 }
 
 #[derive(Deserialize)]
@@ -755,10 +755,10 @@ async fn set_image(
     }
     // The Deployment stays within an object's size with the new image in it (an upper
     // bound: the old image's bytes are counted too).
-    let current = value(shared.apps.deployment(&name)?);
+    let current = value(shared.objects.deployment(&name)?);
     within_limit(patch::encoded_len(&current) + body.image.len())?;
     shared
-        .apps
+        .objects
         .submit(Command::SetImage {
             name: name.clone(),
             container: body.container,
@@ -766,7 +766,7 @@ async fn set_image(
             at: crate::clock::now_rfc3339(),
         })
         .await?;
-    Ok(Json(shared.apps.deployment(&name)?))
+    Ok(Json(shared.objects.deployment(&name)?))
 }
 
 #[derive(Deserialize)]
@@ -782,7 +782,7 @@ async fn rollback(
     Json(body): Json<Rollback>,
 ) -> Result<Json<k8s::Deployment>, ApiError> {
     shared
-        .apps
+        .objects
         .submit(Command::Rollback {
             name: name.clone(),
             // kubectl's --to-revision=0 means "the previous one".
@@ -790,14 +790,14 @@ async fn rollback(
             at: crate::clock::now_rfc3339(),
         })
         .await?;
-    Ok(Json(shared.apps.deployment(&name)?))
+    Ok(Json(shared.objects.deployment(&name)?))
 }
 
 async fn history(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
 ) -> Result<Json<RolloutHistory>, ApiError> {
-    Ok(Json(shared.apps.rollout_history(&name)?))
+    Ok(Json(shared.objects.rollout_history(&name)?))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ const FILL_WAIT: Duration = Duration::from_secs(30);
 /// Every node gossip knows, with its Raft role and whether it is cordoned.
 pub(super) async fn nodes(shared: &Shared) -> Vec<k8s::Node> {
     let roles = shared.consensus.roles();
-    let cordoned = shared.apps.cordoned();
+    let cordoned = shared.objects.cordoned();
     shared
         .cluster
         .members()
@@ -48,7 +48,7 @@ pub(super) fn value(object: impl serde::Serialize) -> Value {
 /// A Deployment as stored, with its status and current revision (Kubernetes' defaults
 /// are added when it is served, see [`defaults`]).
 pub(super) fn deployment_value(shared: &Shared, d: &StoredDeployment) -> Value {
-    let mut v = value(shared.apps.deployment_object(d));
+    let mut v = value(shared.reconciler.deployment_object(d));
     v["metadata"]["namespace"] = json!("default");
     v["metadata"]["annotations"][REVISION] = json!(d.current().number.to_string());
     v
@@ -210,7 +210,7 @@ pub(super) fn events(shared: &Shared, d: &StoredDeployment) -> Vec<Value> {
     let name = &d.object.metadata.name;
     let uid = d.object.metadata.uid.clone().unwrap_or_default();
     shared
-        .apps
+        .reconciler
         .history(d)
         .events
         .into_iter()

@@ -99,7 +99,7 @@ impl Served for Deployment {
     /// The Deployment as stored and its revisions' templates, newest first (`rollout
     /// undo` sends one back as served).
     fn stored(&self, shared: &Shared, name: &str) -> Option<Stored> {
-        let d = shared.apps.stored_deployment(name)?;
+        let d = shared.objects.stored_deployment(name)?;
         let templates = d.revisions.iter().rev().map(|r| value(&r.template));
         Some(Stored {
             kind: Kind::Deployment,
@@ -116,7 +116,7 @@ impl Served for Deployment {
     ) -> Option<Answer<'a, ()>> {
         Some(Box::pin(async move {
             shared
-                .apps
+                .objects
                 .submit(Command::DeleteDeployment { name: name.into() })
                 .await?;
             Ok(())
@@ -214,7 +214,7 @@ async fn scale(shared: &Shared, request: SubRequest<'_>) -> Result<Response, Api
             )
         })?;
     shared
-        .apps
+        .objects
         .submit(Command::ScaleDeployment {
             name: name.to_string(),
             replicas,

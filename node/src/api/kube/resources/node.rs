@@ -116,7 +116,7 @@ async fn cordon(shared: &Shared, name: &str, object: &Value) -> Result<Response,
         }
     };
     shared
-        .apps
+        .objects
         .submit(Command::Cordon {
             node: name.to_string(),
             unschedulable,

@@ -182,11 +182,11 @@ fn qos_class(spec: &Value) -> &'static str {
 async fn delete_pod(shared: &Shared, name: &str, pod: &Value) -> Result<(), ApiError> {
     let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node == shared.cluster.identity().name {
-        shared.apps.delete_pod(name)?;
+        shared.reconciler.delete_pod(name)?;
         return Ok(());
     }
     // Another node's pod: that node deletes it.
-    let view = shared.apps.view();
+    let view = shared.reconciler.view();
     let (id, api) = view
         .nodes
         .iter()

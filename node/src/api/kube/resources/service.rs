@@ -90,7 +90,7 @@ impl Served for Service {
     }
 
     fn stored(&self, shared: &Shared, name: &str) -> Option<Stored> {
-        let s = shared.apps.service(name)?;
+        let s = shared.objects.service(name)?;
         Some(Stored {
             kind: Kind::Service,
             object: service_value(s),
@@ -106,7 +106,7 @@ impl Served for Service {
     ) -> Option<Answer<'a, ()>> {
         Some(Box::pin(async move {
             shared
-                .apps
+                .objects
                 .submit(Command::DeleteService { name: name.into() })
                 .await?;
             Ok(())

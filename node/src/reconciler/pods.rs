@@ -1,6 +1,6 @@
 //! The pod table: this node's pods of every Deployment, what the reconciler knows of
-//! them (state, restarts, events, what each route was last given), and what marks a
-//! Deployment or Service to be planned again.
+//! them (state, restarts, events, what each route was last given), and the queue of
+//! what the next passes look at.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,8 +18,8 @@ use tracing::warn;
 use super::*;
 use crate::clock::now_ms;
 use crate::container::Container;
-use crate::desired::Applied;
-use crate::desired::rollout::PodPhase;
+use crate::desired::ObjectRef;
+use crate::desired::rollout::{self, PodPhase};
 use crate::error::AppError;
 use crate::launcher::{self};
 
@@ -110,6 +110,21 @@ impl PodEntry {
         }
     }
 
+    /// The pod as the Deployment controller reads it.
+    pub(super) fn observed(&self, name: &str) -> super::deployments::Observed {
+        super::deployments::Observed {
+            pod: rollout::Pod {
+                name: name.to_string(),
+                hash: self.hash.to_string(),
+                phase: self.phase(),
+            },
+            retry_ms: match &self.state {
+                PodState::Waiting { retry_ms, .. } => Some(*retry_ms),
+                _ => None,
+            },
+        }
+    }
+
     pub(super) fn running(&self) -> Option<&Arc<Container>> {
         match &self.state {
             PodState::Running { container, .. } => Some(container),
@@ -191,10 +206,6 @@ pub(super) struct Inner {
     pub(super) routes: BTreeMap<String, RouteKey>,
     /// One log book per Deployment: its pods' lines, each naming its pod.
     pub(super) logs: BTreeMap<String, Arc<LogBook>>,
-    /// NodePort listeners: port -> (Service, what stops it).
-    pub(super) node_ports: BTreeMap<u16, (String, CancellationToken)>,
-    /// Ports that could not be bound (warned about once).
-    pub(super) unbindable: BTreeMap<u16, String>,
     /// Pods of each Deployment this node decided to run, last time it could decide.
     pub(super) shares: BTreeMap<String, i32>,
     /// Endpoints standing for other nodes' pods: (node, Service, n, ingress).
@@ -205,53 +216,21 @@ pub(super) struct Inner {
     pub(super) selectors: index::LabelIndex,
     /// Deployments by their template's labels: whose pods on other nodes a Service picks.
     pub(super) templates: index::LabelIndex,
-    /// The node ports of NodePort Services.
+    /// The node ports of NodePort Services (what the NodePort controller reads).
     pub(super) node_port_wants: BTreeMap<String, Vec<u16>>,
-    /// What the next pass looks at.
-    pub(super) dirty: Dirty,
+    /// What the next passes look at.
+    pub(super) queue: WorkQueue,
     /// What passes looked at since the Kubernetes API's feed last asked (all, names):
     /// what their status and events may have changed.
     pub(super) looked_at: (bool, BTreeSet<String>),
     /// Deployments whose counts here changed since they were last gossiped.
     pub(super) regossip: BTreeSet<String>,
-    /// Deployments their last plan left waiting for something (a rollout, a back-off, a
-    /// deadline): each tick plans them again.
-    pub(super) unsettled: BTreeSet<String>,
     /// Pods to make beyond the last pass's batch.
     pub(super) backlog: BTreeSet<String>,
     /// Where the last placement put each Deployment: a pod's memory, pods by node.
     pub(super) placed: BTreeMap<String, (u64, skiff_spec::SortedMap<String, u32>)>,
     /// Memory the placed pods take on each node.
     pub(super) placed_memory: BTreeMap<String, u64>,
-}
-
-/// What the reconciler's next pass must look at.
-#[derive(Default)]
-pub(super) struct Dirty {
-    /// Every Deployment and Service.
-    pub(super) all: bool,
-    pub(super) deployments: BTreeSet<String>,
-    pub(super) services: BTreeSet<String>,
-}
-
-impl Dirty {
-    /// Marks what a change to the desired state touched.
-    pub(super) fn mark(&mut self, applied: &Applied) {
-        let (Applied::Created(r)
-        | Applied::Configured(r)
-        | Applied::Unchanged(r)
-        | Applied::Deleted(r)) = applied;
-        match r.split_once('/') {
-            Some(("deployment.apps", name)) => {
-                self.deployments.insert(name.to_string());
-            }
-            Some(("service", name)) => {
-                self.services.insert(name.to_string());
-            }
-            // Nodes cordoned or not change placement everywhere.
-            _ => self.all = true,
-        }
-    }
 }
 
 impl Inner {
@@ -376,8 +355,8 @@ impl PodTable {
             && container.id == instance
         {
             *ready_since = Some(now_ms());
-            let deployment = deployment.to_string();
-            inner.dirty.deployments.insert(deployment);
+            let deployment = ObjectRef::Deployment(deployment.to_string());
+            inner.queue.add(deployment);
         }
         drop(inner);
         self.kick();
@@ -419,7 +398,7 @@ impl PodTable {
             failure: None,
         };
         let deployment = p.deployment.to_string();
-        inner.dirty.deployments.insert(deployment.clone());
+        inner.queue.add(ObjectRef::Deployment(deployment.clone()));
         warn!(pod, %message, "pod container ended; restarting it after a back-off");
         inner.event(
             &deployment,

@@ -10,11 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::*;
-use crate::apps::Apps;
 use crate::desired::StoredDeployment;
 use crate::error::AppError;
 
-impl Apps {
+impl Reconciler {
     /// The Deployment `name` as stored, with the status the reconciler last saw.
     pub(crate) fn deployment_object(&self, d: &StoredDeployment) -> k8s::Deployment {
         let mut object = d.object.clone();
@@ -74,8 +73,8 @@ impl Apps {
             let Some(p) = inner.pods.get(pod) else {
                 return Err(AppError::not_found(format!("pod {pod} not found")));
             };
-            let deployment = p.deployment.to_string();
-            inner.dirty.deployments.insert(deployment);
+            let deployment = ObjectRef::Deployment(p.deployment.to_string());
+            inner.queue.add(deployment);
         }
         self.stop_pod(pod);
         self.pods.kick();
@@ -188,8 +187,10 @@ impl Apps {
 
     /// Follows the node's first passes until its pods are back, logging progress each
     /// second and recording the time it took (what `/healthz` reports). The node serves
-    /// meanwhile: each pod takes requests as soon as it is ready.
-    pub(crate) async fn track_restore(&self, shutdown: CancellationToken) {
+    /// meanwhile: each pod takes requests as soon as it is ready. True once they are
+    /// back (false: the node stopped first); the caller then collects what a killed
+    /// node left and gives back what the restore allocated.
+    pub(crate) async fn track_restore(&self, shutdown: CancellationToken) -> bool {
         let mut passes = self.pods.passes();
         let mut logged = tokio::time::Instant::now();
         loop {
@@ -203,20 +204,15 @@ impl Apps {
                     ms = took.as_millis() as u64,
                     "pods restored"
                 );
-                // What a killed node left (a blob written, its image never tagged) goes
-                // once, now that the pods have what they need.
-                self.collect_garbage_now().await;
-                // A restore allocates for every pod at once; what it freed goes back.
-                crate::memory::trim();
-                return;
+                return true;
             }
             if logged.elapsed() >= Duration::from_secs(1) {
                 logged = tokio::time::Instant::now();
                 info!(ready, pods = total, "restoring pods");
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = passes.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return false,
+                changed = passes.changed() => if changed.is_err() { return false },
                 // Readiness arrives between passes too.
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }

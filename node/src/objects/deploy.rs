@@ -11,17 +11,19 @@
 //! new pods cannot start, the Deployment goes back to what it was and the deploy fails
 //! with the pods' error.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_image::ImageSummary;
+use skiff_image::oci::{Descriptor, RunConfig};
+use skiff_image::{ImageError, ImageName, ImageSummary, StagedBlob, detect_kind};
 use skiff_spec::api::AppStatus;
 use skiff_spec::k8s::{self, Deployment, Service};
 use skiff_spec::manifest::{Object, validate_deployment, validate_service};
 use skiff_spec::{AppKind, AppName, DeployParams, Digest};
 use tracing::info;
 
-use super::Apps;
+use super::Objects;
 use crate::desired::{Applied, Command};
 use crate::error::AppError;
 use crate::images::image_spec;
@@ -76,7 +78,7 @@ fn app_objects(
     if kind == AppKind::Oci {
         // As `deploy` always did: a Linux replica takes requests at once, and its proxy
         // holds them until the process listens.
-        put(super::deployments::READY_ANNOTATION, "at-start".into());
+        put(crate::reconciler::READY_ANNOTATION, "at-start".into());
     }
     let mut container = serde_json::json!({
         "name": name.as_str(),
@@ -126,7 +128,127 @@ fn app_objects(
     Ok((deployment, service))
 }
 
-impl Apps {
+impl Objects {
+    /// The upload shortcut: stores the binary as the image `<name>:latest`, then deploys
+    /// it. Nothing changes unless the binary validates, compiles and links.
+    pub async fn deploy_upload(
+        &self,
+        name: AppName,
+        params: DeployParams,
+        staged: StagedBlob,
+    ) -> Result<(bool, AppStatus), AppError> {
+        let layer = staged.digest();
+        let known = self.images.validated_kind(&layer);
+        // Reading and parsing a large binary takes a while: off the async executor.
+        let (staged, read) = tokio::task::spawn_blocking(move || {
+            let read = staged.read().map(|wasm| {
+                let kind = known.map_or_else(|| detect_kind(&wasm), Ok);
+                (wasm, kind)
+            });
+            (staged, read)
+        })
+        .await
+        .map_err(AppError::internal)?;
+        let (wasm, kind) = read.map_err(AppError::internal)?;
+        let kind = kind.map_err(|e| AppError::invalid("invalid_wasm", e.to_string()))?;
+        self.images.remember_valid(layer, kind);
+        let compiled = self.images.compile(layer, kind, async { Ok(wasm) }).await?;
+
+        let guard = self.images.exclusive().await;
+        // Stored and tagged under the lock, so garbage collection (which also runs under
+        // it) never sees the new blobs untagged.
+        let images = self.images.store().clone();
+        let image_name = ImageName::parse(&format!("{name}:latest")).map_err(AppError::internal)?;
+        let created = crate::clock::now_rfc3339();
+        let tag_name = image_name.clone();
+        let (desc, previous) = tokio::task::spawn_blocking(move || {
+            let previous = images.resolve(&tag_name.to_string()).ok();
+            let size = staged.len();
+            let layer = staged.commit()?;
+            let desc = images.add_wasm(layer, size, kind, RunConfig::default(), &created)?;
+            images.tag(&tag_name, &desc)?;
+            Ok::<_, ImageError>((desc, previous))
+        })
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::image)?;
+        let summary = self.images.summary(desc.digest).await?;
+        let image_ref = format!("{name}:latest");
+        let app = name.to_string();
+        let pinned_before = self.pinned_by(&app);
+        // On a second node before it is acknowledged (then deployed).
+        let installed = match self
+            .images
+            .replicate(&[(Some(image_name.clone()), desc.digest)])
+            .await
+        {
+            Ok(()) => {
+                self.install(name, params, (summary, image_ref), compiled)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        // What may be garbage now: the image the tag named before, the revisions' images
+        // the Deployment dropped, and (when refused) the new image.
+        let mut candidates: BTreeSet<Digest> = previous.into_iter().collect();
+        candidates.extend(self.unpinned_since(&app, pinned_before));
+        if installed.is_err() {
+            candidates.insert(desc.digest);
+            // A refused deploy leaves the name where it was: on the image that still runs
+            // (or on none).
+            let images = self.images.store().clone();
+            let _ = tokio::task::spawn_blocking(move || match previous {
+                Some(digest) => {
+                    let size = images.blobs().size(&digest)?;
+                    images
+                        .tag(
+                            &image_name,
+                            &Descriptor {
+                                media_type: skiff_image::oci::MANIFEST_V1.into(),
+                                digest,
+                                size,
+                                annotations: skiff_spec::Labels::new(),
+                                platform: None,
+                            },
+                        )
+                        .map(drop)
+                }
+                None => images.untag(&image_name).map(drop),
+            })
+            .await;
+        }
+        self.collect_images(candidates).await;
+        drop(guard);
+        installed
+    }
+
+    /// Deploys (or redeploys) `name` from an image in the store.
+    pub async fn deploy_image(
+        &self,
+        name: AppName,
+        params: DeployParams,
+        reference: &str,
+    ) -> Result<(bool, AppStatus), AppError> {
+        let image_ref = reference.to_string();
+        let digest = self.images.resolve(reference).await?;
+        let summary = self.images.summary(digest).await?;
+        let prepared = self.images.prepare(&summary).await?;
+        let _guard = self.images.exclusive().await;
+        if !self.images.store().blobs().contains(&digest) {
+            return Err(AppError::not_found(format!(
+                "image {digest} was removed during the deploy"
+            )));
+        }
+        let pinned_before = self.pinned_by(name.as_str());
+        let app = name.to_string();
+        let installed = self
+            .install(name, params, (summary, image_ref), prepared)
+            .await;
+        self.collect_images(self.unpinned_since(&app, pinned_before))
+            .await;
+        installed
+    }
+
     /// Writes app `name`'s Deployment and Service and waits for its pods: `(created,
     /// status)`. The image was checked and prepared by the caller; `_prepared` keeps its
     /// compiled code warm until the pods have it.
@@ -233,14 +355,14 @@ impl Apps {
     /// Waits until Deployment `name`'s rollout is done, or fails with why its new pods
     /// cannot start.
     async fn wait_rollout(&self, name: &str) -> Result<(), AppError> {
-        let mut passes = self.pods.passes();
+        let mut passes = self.reconciler.passes();
         let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
         loop {
             let d = self
                 .desired
                 .read(|s| s.state.deployments.get(name).cloned())
                 .ok_or_else(|| AppError::not_found(format!("app {name} was removed")))?;
-            let (done, failure) = self.rollout_progress(&d);
+            let (done, failure) = self.reconciler.rollout_progress(&d);
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -286,7 +408,7 @@ impl Apps {
             .await?;
         }
         // The next pass takes the route and the pods away.
-        let mut passes = self.pods.passes();
+        let mut passes = self.reconciler.passes();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while self.ingress.table.get(name.as_str()).is_some() {
                 if passes.changed().await.is_err() {
@@ -372,7 +494,7 @@ impl Apps {
             .first()
             .map(|c| c.image.clone())
             .unwrap_or_default();
-        let pods = self.pod_statuses(&object.metadata.name);
+        let pods = self.reconciler.pod_statuses(&object.metadata.name);
         let ready = pods.iter().filter(|(_, ready, _)| *ready).count() as u32;
         let replicas = u32::try_from(object.spec.replicas.unwrap_or(1)).unwrap_or(0);
         // The image as it runs: from the store when it is there (kind, size, defaults).
@@ -394,7 +516,7 @@ impl Apps {
         let updated_ms = ms(&d.current().at);
         let (kind, digest, size, limits, env_keys, allowed_hosts) = match &summary {
             Some(summary) => {
-                let spec = super::deployments::pod_spec(name.as_str(), template, summary)?;
+                let spec = crate::reconciler::pod_spec(name.as_str(), template, summary)?;
                 (
                     spec.kind,
                     summary.digest,
@@ -549,11 +671,14 @@ mod tests {
         let node = crate::start(crate::NodeConfig::for_test(dir.path().to_path_buf()))
             .await
             .unwrap();
-        let apps = &node.shared.apps;
+        let apps = &node.shared.objects;
         // The node serves while it restores: the app answers once its pods are back.
-        tokio::time::timeout(std::time::Duration::from_secs(30), apps.wait_restored())
-            .await
-            .expect("restored within 30 s");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            node.shared.reconciler.wait_restored(),
+        )
+        .await
+        .expect("restored within 30 s");
         let d = apps.deployment("old").unwrap();
         assert_eq!(d.spec.replicas, Some(2));
         assert!(apps.service_named("old"));

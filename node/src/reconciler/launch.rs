@@ -14,8 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::*;
-use crate::apps::PodExit;
-use crate::apps::{Apps, LOG_LINES, Prepared};
 use crate::clock::now_ms;
 use crate::container::Container;
 use crate::error::AppError;
@@ -74,7 +72,7 @@ pub(crate) fn pod_spec(
     Ok(spec)
 }
 
-impl Apps {
+impl Reconciler {
     /// Stops a pod: out of its Services, drained, its process stopped, then forgotten.
     pub(super) fn stop_pod(&self, pod: &str) {
         let mut inner = self.pods.lock();
@@ -112,7 +110,7 @@ impl Apps {
                     launcher::retire(&container, grace, launcher::STOP_GRACE).await;
                     let mut inner = table.lock();
                     if let Some(p) = inner.remove_pod(&pod) {
-                        inner.dirty.deployments.insert(p.deployment.into());
+                        inner.queue.add(ObjectRef::Deployment(p.deployment.into()));
                     }
                     drop(inner);
                     metrics.forget_endpoint(&pod, services.iter().map(String::as_str));

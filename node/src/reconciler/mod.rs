@@ -1,15 +1,18 @@
-//! Deployments and Services on this node: the reconciler.
+//! The reconciler: makes this node's pods and routes match the desired state.
 //!
-//! Desired state lives in the [`DesiredStore`](crate::desired::DesiredStore); this
-//! module makes the node's pods match it. One task runs [`Apps::run_reconciler`]: woken
-//! by every change, by pod events (ready, exited, stopped) and twice a second, it takes
-//! what those marked (the whole picture at start, on node changes and every minute)
-//! and, for each Deployment, runs the rollout planner ([`rollout::plan`]) and carries
-//! out its actions; then it points each Service's route at the pods its selector
-//! picks. A pass costs what changed, not what the node holds. It is the only thing that
-//! starts or stops a
-//! Deployment's pods. Pods live in memory only: after a restart (or `kill -9`) the node
-//! has none, and the planner starts what the desired state asks for.
+//! Desired state lives in the [`DesiredStore`] (changed only through `Objects`); this
+//! module makes the node's pods match it. One task runs [`Reconciler::run`]: triggers
+//! (the desired state's feed, pod events, other nodes' pods, a tick) put typed object
+//! references on its [`WorkQueue`]; each pass takes what is due (the whole picture at
+//! start, on node changes and every minute) and runs one controller per kind, each a
+//! function of plain values whose actions the pass carries out: the Deployment
+//! controller ([`deployments::reconcile`], over the rollout planner) says which pods to
+//! start, stop and make; the Service controller ([`services::reconcile`]) what each
+//! route holds; the NodePort controller ([`node_ports::reconcile`]) which listeners the
+//! data plane binds. A pass costs what changed, not what the node holds. It is the only
+//! thing that starts or stops a Deployment's pods. Pods live in memory only: after a
+//! restart (or `kill -9`) the node has none, and the planner starts what the desired
+//! state asks for.
 //!
 //! Restart policy lives here, once. A pod whose container cannot be made (image
 //! missing, compile or link refused, no memory budget) waits and is tried again; a pod
@@ -21,10 +24,11 @@
 //! passes; without one, a Wasm or static pod at once (its code was linked when it was
 //! made) and a Linux pod once its port accepts connections.
 //!
-//! This file is the loop and the pass; [`pods`] is the pod table, [`launch`] makes and
-//! stops pods, [`services`] points Services' routes, [`probes`] runs probes, [`status`]
-//! and [`views`] are what the API reads, [`spread`] is this node's share of a
-//! Deployment and the other nodes' endpoints, [`index`] finds pods by label.
+//! This file is the loop and the pass; [`queue`] is its work queue, [`deployments`],
+//! [`services`] and [`node_ports`] its controllers, [`pods`] the pod table, [`launch`]
+//! makes and stops pods, [`probes`] runs probes, [`status`] and [`views`] are what the
+//! API reads, [`spread`] is this node's share of a Deployment and the other nodes'
+//! endpoints, [`index`] finds pods by label.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -38,35 +42,52 @@ use skiff_spec::k8s::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::Apps;
+use skiff_runtime::LogBook;
+use skiff_spec::{AppName, Digest};
+
 use crate::clock::now_ms;
 use crate::container::{Container, ContainerState};
+use crate::desired::DesiredStore;
+use crate::desired::ObjectRef;
 use crate::desired::StoredDeployment;
 use crate::desired::rollout::{self, Action, Plan, PodPhase};
+use crate::error::AppError;
+use crate::images::{Images, Prepared};
+use crate::ingress::{Ingress, NodePorts};
+use crate::launcher::Launcher;
 use crate::launcher::{self};
 use skiff_gateway::Endpoint as _;
 
+mod deployments;
 mod index;
 mod launch;
+mod node_ports;
 mod pods;
 mod probes;
+mod queue;
 mod services;
 pub(crate) mod spread;
 mod status;
 mod views;
 
-pub(super) use launch::pod_spec;
+pub(crate) use launch::pod_spec;
 use launch::*;
 pub(crate) use pods::PodTable;
 use pods::*;
 use probes::*;
+use queue::WorkQueue;
 use status::*;
 
 /// Events kept per Deployment.
 const EVENTS: usize = 50;
 
-/// How often the Deployments still waiting for something are planned again.
+/// How often the reconciler looks for work queued for later (the Deployments still
+/// waiting for something are due again by the next tick).
 const TICK: Duration = Duration::from_millis(500);
+
+/// How long after a pass a Deployment still waiting for something (a rollout, a
+/// back-off, a deadline) is looked at again: by the next tick.
+const REQUEUE_MS: u64 = TICK.as_millis() as u64 / 2;
 
 /// How often every Deployment and Service is planned, whatever changed (a safety net:
 /// every change names what it touches).
@@ -79,15 +100,214 @@ const LAUNCH_BATCH: usize = 64;
 /// `skiff deploy`, whose Linux replicas' proxy holds requests until they listen).
 pub(crate) const READY_ANNOTATION: &str = "skiff.dev/ready";
 
-impl Apps {
+/// Lines of output kept per app.
+const LOG_LINES: usize = 2000;
+
+/// A Deployment's pod's Linux process ended (handled by [`Reconciler::run_exit_loop`]).
+pub(crate) struct PodExit {
+    /// The pod.
+    pub(crate) pod: String,
+    /// Which start of it (the Container object's id).
+    pub(crate) instance: String,
+    /// How it ended.
+    pub(crate) exit: skiff_runtime::oci::Exit,
+}
+
+/// Where and how the reconciler works.
+pub(crate) struct Settings {
+    /// Deployments and Services, as desired.
+    pub(crate) desired: Arc<DesiredStore>,
+    /// What this node sees of the cluster (placement and remote endpoints).
+    pub(crate) view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// How long a request body forwarded to another node may stall.
+    pub(crate) body_timeout: Duration,
+    /// Marks requests forwarded to other nodes' ingresses.
+    pub(crate) forward_key: skiff_runtime::ForwardKey,
+}
+
+/// How far the node's start has brought its pods back.
+struct Restore {
+    started: std::time::Instant,
+    /// How long it took, once done.
+    done: tokio::sync::watch::Sender<Option<Duration>>,
+}
+
+/// This node's pods and routes, made to match the desired state: the pod table
+/// (observed state), launching and stopping pods, probes, this node's share of each
+/// Deployment, Services' routes and node ports, and the start's restore.
+pub(crate) struct Reconciler {
+    restore: Restore,
+    images: Arc<Images>,
+    /// Routing table and metrics, shared with the ingress listeners.
+    ingress: Arc<Ingress>,
+    /// NodePort Services' listeners (the data plane binds them as the pass asks).
+    node_ports: Arc<NodePorts>,
+    /// Starts every container, pods and `skiff run` ones alike.
+    launcher: Arc<Launcher>,
+    /// Pods' Linux processes' exits, handled by [`Reconciler::run_exit_loop`].
+    exits: crate::launcher::Inbox<PodExit>,
+    /// Deployments and Services, as desired (read only: changes go through `Objects`).
+    desired: Arc<DesiredStore>,
+    /// Deployments' pods and what the reconciler knows of them.
+    pods: Arc<PodTable>,
+    /// What this node sees of the cluster.
+    view: tokio::sync::watch::Receiver<Arc<crate::cluster::View>>,
+    /// Connections to other nodes' ingresses, for their pods.
+    remote_client: spread::RemoteClient,
+    /// How long a request body forwarded to another node may stall.
+    body_timeout: Duration,
+}
+
+impl Reconciler {
+    pub(crate) fn new(
+        launcher: Arc<Launcher>,
+        images: Arc<Images>,
+        pods: Arc<PodTable>,
+        ingress: Arc<Ingress>,
+        node_ports: Arc<NodePorts>,
+        settings: Settings,
+    ) -> Self {
+        let Settings {
+            desired,
+            view,
+            body_timeout,
+            forward_key,
+        } = settings;
+        Self {
+            images,
+            ingress,
+            node_ports,
+            launcher,
+            exits: crate::launcher::Inbox::new(),
+            desired,
+            pods,
+            restore: Restore {
+                started: std::time::Instant::now(),
+                done: tokio::sync::watch::Sender::new(None),
+            },
+            view,
+            remote_client: spread::RemoteClient {
+                client: skiff_runtime::RemoteWorkload::client(),
+                key: forward_key,
+            },
+            body_timeout,
+        }
+    }
+
+    /// Wakes the reconciler (after a change to the desired state).
+    pub(crate) fn kick(&self) {
+        self.pods.kick();
+    }
+
+    /// A receiver that sees every pass of the reconciler end.
+    pub(crate) fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pods.passes()
+    }
+
+    /// The images pods run, with the pods' names (garbage collection keeps them).
+    pub(crate) fn pod_images(&self) -> Vec<(Digest, String)> {
+        self.pods.images()
+    }
+
+    /// What this node sees of the cluster now.
+    pub(crate) fn view(&self) -> Arc<crate::cluster::View> {
+        self.view.borrow().clone()
+    }
+
+    /// Handles pods' Linux processes' exits until the node stops. Run once, by the node.
+    pub(crate) async fn run_exit_loop(&self, shutdown: CancellationToken) {
+        self.exits
+            .run(
+                shutdown,
+                |PodExit {
+                     pod,
+                     instance,
+                     exit,
+                 }| {
+                    self.on_pod_exit(&pod, &instance, &exit);
+                    std::future::ready(())
+                },
+            )
+            .await;
+    }
+
+    /// Cleans what a killed node left before anything starts: runc outlives it, so
+    /// whatever Linux containers it left (standalone or pods) go. Nothing of this node
+    /// runs yet, so every bundle under containers/ is a leftover.
+    pub(crate) async fn clean_leftovers(&self) {
+        if let Some(host) = self.launcher.oci()
+            && let Ok(dirs) = std::fs::read_dir(self.launcher.bundles())
+        {
+            for dir in dirs.flatten() {
+                let id = dir.file_name().to_string_lossy().into_owned();
+                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    host.clean_leftovers(&id, &dir.path()).await;
+                }
+            }
+        }
+    }
+
+    /// `/healthz`'s line about the pods a start brings back: how many are ready while
+    /// it is under way, how long it took once done.
+    pub fn restore_line(&self) -> String {
+        let done = *self.restore.done.borrow();
+        match done {
+            Some(took) => format!("restored: pods back in {} ms", took.as_millis()),
+            None => {
+                let (ready, total, _) = self.restore_progress();
+                format!("restoring: {ready} of {total} pods ready")
+            }
+        }
+    }
+
+    /// Waits until the start's pods are back (what `/healthz` then says).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub async fn wait_restored(&self) {
+        let _ = self
+            .restore
+            .done
+            .subscribe()
+            .wait_for(Option::is_some)
+            .await;
+    }
+
+    /// The log book of an app (a Deployment's pods).
+    pub async fn log(&self, name: &AppName) -> Result<Arc<LogBook>, AppError> {
+        self.pods
+            .log(name.as_str())
+            .or_else(|| {
+                self.desired
+                    .read(|s| s.state.deployments.contains_key(name.as_str()))
+                    .then(|| LogBook::new(1))
+            })
+            .ok_or_else(|| AppError::not_found(format!("app {name} not found")))
+    }
+
+    /// Stops routing to every pod and drains them (node shutdown, after `skiff run`
+    /// containers were stopped).
+    pub async fn drain_all(&self, grace: Duration) {
+        if let Some(host) = self.launcher.oci() {
+            host.shutdown();
+        }
+        let drains = self
+            .pods
+            .pod_containers()
+            .into_iter()
+            .map(|c| async move { crate::launcher::retire(&c, grace, grace).await });
+        futures_util::future::join_all(drains).await;
+    }
+}
+
+impl Reconciler {
     /// Runs the reconciler until the node stops. Run once, by the node.
     ///
-    /// A pass plans what changed: the Deployments and Services the desired state's feed
-    /// names, the Deployments whose pods moved (ready, ended, stopped), and on each tick
-    /// the Deployments still waiting for something (a rollout, a back-off, a deadline).
-    /// Every Deployment and Service is planned when the cluster's view changes, after a
+    /// Triggers only queue objects ([`WorkQueue`]); each pass takes what is due. The
+    /// desired state's feed names the Deployment, Service or node each change touched;
+    /// pods that moved (ready, ended, stopped) queue their Deployment; a Deployment
+    /// still waiting for something queues itself for later, taken on a tick. Every
+    /// Deployment and Service is queued when the cluster's nodes change, after a
     /// snapshot replaced the state, when the feed was missed, and every [`RESYNC`].
-    pub(crate) async fn run_reconciler(&self, shutdown: CancellationToken) {
+    pub(crate) async fn run(&self, shutdown: CancellationToken) {
         let mut view = self.view.clone();
         let mut seen = view.borrow_and_update().clone();
         let mut feed = self.desired.subscribe();
@@ -95,28 +315,27 @@ impl Apps {
         let mut resync = tokio::time::Instant::now() + RESYNC;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.pods.lock().dirty.all = true;
+        self.pods.lock().queue.add_all();
         loop {
             {
                 let mut inner = self.pods.lock();
                 loop {
                     use tokio::sync::broadcast::error::TryRecvError;
                     match feed.try_recv() {
-                        Ok(change) => inner.dirty.mark(&change.applied),
-                        Err(TryRecvError::Lagged(_)) => inner.dirty.all = true,
+                        Ok(change) => inner.queue.add(change.object),
+                        Err(TryRecvError::Lagged(_)) => inner.queue.add_all(),
                         Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }
                 let now_restores = self.desired.restores();
                 if now_restores != restores || tokio::time::Instant::now() >= resync {
                     restores = now_restores;
-                    inner.dirty.all = true;
-                }
-                if inner.dirty.all {
-                    resync = tokio::time::Instant::now() + RESYNC;
+                    inner.queue.add_all();
                 }
             }
-            self.reconcile().await;
+            if self.reconcile().await {
+                resync = tokio::time::Instant::now() + RESYNC;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.pods.kick.notified() => {}
@@ -126,16 +345,17 @@ impl Apps {
                     let now = view.borrow_and_update().clone();
                     let mut inner = self.pods.lock();
                     match spread::view_changes(&seen, &now) {
-                        None => inner.dirty.all = true,
-                        Some(changed) => inner.dirty.deployments.extend(changed),
+                        None => inner.queue.add_all(),
+                        Some(changed) => {
+                            for d in changed {
+                                inner.queue.add(ObjectRef::Deployment(d));
+                            }
+                        }
                     }
                     seen = now;
                 }
-                _ = tick.tick() => {
-                    let mut inner = self.pods.lock();
-                    let waiting = inner.unsettled.clone();
-                    inner.dirty.deployments.extend(waiting);
-                }
+                // What was queued for later may be due.
+                _ = tick.tick() => {}
             }
         }
     }
@@ -146,11 +366,6 @@ impl Apps {
         std::mem::take(&mut self.pods.lock().looked_at)
     }
 
-    /// A receiver that sees every pass of the reconciler end.
-    pub(crate) fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.pods.passes()
-    }
-
     /// This node's pods of each Deployment whose counts changed since the last call
     /// (what it gossips; `None`: it has none any more). The work is the changes', not
     /// the number of Deployments.
@@ -158,25 +373,26 @@ impl Apps {
         spread::changed_pod_counts(&mut self.pods.lock())
     }
 
-    /// One pass over what is marked dirty (everything, the first time): plan each
-    /// Deployment, stop and start pods (at most [`LAUNCH_BATCH`] made per pass, so the
-    /// first pods of a node restoring thousands serve while the rest are made), route
-    /// each Service.
-    pub(super) async fn reconcile(&self) {
-        let dirty = {
+    /// One pass over what the queue has due (everything, the first time): the
+    /// Deployment controller decides for each Deployment, its pods are stopped and
+    /// started (at most [`LAUNCH_BATCH`] made per pass, so the first pods of a node
+    /// restoring thousands serve while the rest are made), then the Service and
+    /// NodePort controllers route each Service. True when it looked at everything.
+    async fn reconcile(&self) -> bool {
+        let now = now_ms();
+        let work = {
             let mut inner = self.pods.lock();
-            let dirty = std::mem::take(&mut inner.dirty);
-            if dirty.all {
+            let work = inner.queue.take(now);
+            if work.all {
                 inner.looked_at.0 = true;
             } else {
-                let names = dirty.deployments.iter().cloned();
+                let names = work.deployments.iter().cloned();
                 inner.looked_at.1.extend(names);
             }
-            dirty
+            work
         };
-        let full = dirty.all;
+        let full = work.all;
         let view = self.view.borrow().clone();
-        let now = now_ms();
         // The objects this pass looks at, copied before the pod table is locked.
         type Named<T> = Vec<(String, Option<T>)>;
         let (deployments, cordoned): (Named<Arc<StoredDeployment>>, _) = self.desired.read(|s| {
@@ -187,8 +403,7 @@ impl Apps {
                     .map(|(n, d)| (n.clone(), Some(d.clone())))
                     .collect()
             } else {
-                dirty
-                    .deployments
+                work.deployments
                     .iter()
                     .map(|n| (n.clone(), s.state.deployments.get(n).cloned()))
                     .collect()
@@ -199,7 +414,7 @@ impl Apps {
             // The Services changed, and those that pick these Deployments' pods or
             // templates (before and after the change).
             let inner = self.pods.lock();
-            let mut names = dirty.services.clone();
+            let mut names = work.services.clone();
             for (name, d) in &deployments {
                 for (_, p) in inner.pods_of(name) {
                     names.extend(
@@ -257,7 +472,6 @@ impl Apps {
                 let Inner {
                     progress,
                     logs,
-                    unsettled,
                     templates,
                     regossip,
                     ..
@@ -270,7 +484,6 @@ impl Apps {
                     keep
                 });
                 logs.retain(|name, _| wanted.contains(name.as_str()));
-                unsettled.retain(|name| wanted.contains(name.as_str()));
                 templates.clear();
             } else {
                 for (name, _) in deployments.iter().filter(|(_, d)| d.is_none()) {
@@ -284,7 +497,6 @@ impl Apps {
                         inner.regossip.insert(name.clone());
                     }
                     inner.logs.remove(name);
-                    inner.unsettled.remove(name);
                     inner.templates.remove(name);
                     inner.shares.remove(name);
                     spread::unplace(&mut inner, name);
@@ -297,21 +509,14 @@ impl Apps {
                 inner
                     .templates
                     .set(name, &d.object.spec.template.metadata.labels);
-                let hash = &d.current().hash;
-                let observed: Vec<rollout::Pod> = inner
-                    .pods_of(name)
-                    .map(|(n, p)| rollout::Pod {
-                        name: n.clone(),
-                        hash: p.hash.to_string(),
-                        phase: p.phase(),
-                    })
-                    .collect();
+                let observed: Vec<deployments::Observed> =
+                    inner.pods_of(name).map(|(n, p)| p.observed(n)).collect();
                 // This node's part of the Deployment, rolled out as a Deployment of its own.
                 let target = targets.get(name).copied().unwrap_or(0);
-                let plan = rollout::plan_replicas(&d.object, target, hash, &observed, now);
-                track(&mut inner, d, target, &plan, now);
-                let mut settled = plan.complete && plan.actions.is_empty();
-                for action in plan.actions {
+                let hash = &d.current().hash;
+                let decision = deployments::reconcile(&d.object, target, hash, &observed, now);
+                track(&mut inner, d, target, &decision.plan, now);
+                for action in decision.plan.actions {
                     match action {
                         Action::Start { hash } => {
                             let pod = format!("{name}-{hash}-{}", suffix());
@@ -337,6 +542,7 @@ impl Apps {
                                 "SuccessfulCreate",
                                 format!("Created pod: {pod}"),
                             );
+                            launchable.insert(pod);
                         }
                         Action::Stop { pod } => {
                             inner.event(
@@ -349,24 +555,11 @@ impl Apps {
                         }
                     }
                 }
-                for (pod, p) in inner.pods_of(name) {
-                    match &p.state {
-                        PodState::Waiting { retry_ms, .. } => {
-                            settled = false;
-                            if *retry_ms <= now {
-                                launchable.insert(pod.clone());
-                            }
-                        }
-                        PodState::Running { ready_since, .. } => {
-                            settled &= ready_since.is_some();
-                        }
-                        PodState::Terminating { .. } => settled = false,
-                    }
-                }
-                if settled {
-                    inner.unsettled.remove(name);
-                } else {
-                    inner.unsettled.insert(name.clone());
+                launchable.extend(decision.launch);
+                if !decision.settled {
+                    inner
+                        .queue
+                        .add_after(ObjectRef::Deployment(name.clone()), now + REQUEUE_MS);
                 }
             }
             // Made in name order, a batch a pass; the rest wait for the next pass.
@@ -397,8 +590,8 @@ impl Apps {
             let mut inner = self.pods.lock();
             for pod in to_stop.iter().chain(&to_launch) {
                 if let Some(p) = inner.pods.get(pod) {
-                    let d = p.deployment.to_string();
-                    inner.dirty.deployments.insert(d);
+                    let d = ObjectRef::Deployment(p.deployment.to_string());
+                    inner.queue.add(d);
                 }
             }
             !to_stop.is_empty() || !to_launch.is_empty() || !inner.backlog.is_empty()
@@ -411,13 +604,13 @@ impl Apps {
             crate::memory::trim();
         }
         self.pods.passes.send_modify(|n| *n += 1);
+        full
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::Applied;
     use skiff_gateway::Algorithm;
     use skiff_spec::{Labels, Str};
 
@@ -426,23 +619,6 @@ mod tests {
         // The manifest reader (spec) cannot see the gateway's list: both must agree.
         let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(names, skiff_spec::manifest::LOAD_BALANCERS);
-    }
-
-    #[test]
-    fn a_change_marks_only_the_object_it_names() {
-        let mut dirty = Dirty::default();
-        dirty.mark(&Applied::Created("deployment.apps/web".into()));
-        dirty.mark(&Applied::Deleted("service/web".into()));
-        dirty.mark(&Applied::Configured("deployment.apps/api".into()));
-        assert!(!dirty.all);
-        assert_eq!(
-            dirty.deployments,
-            BTreeSet::from(["api".to_string(), "web".to_string()])
-        );
-        assert_eq!(dirty.services, BTreeSet::from(["web".to_string()]));
-        // A cordon changes where everything may run.
-        dirty.mark(&Applied::Configured("node/one".into()));
-        assert!(dirty.all);
     }
 
     #[test]
