@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::Kind;
 
 /// The defaulting pass of a kind (none for kinds nobody writes): its
-/// [`Served::defaults`](super::resource::Served::defaults).
+/// [`Served::defaults`](super::resources::Served::defaults).
 pub(super) fn of(kind: Kind) -> Option<fn(&mut Value)> {
     kind.served().defaults()
 }

@@ -27,9 +27,10 @@ use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Kind;
 use super::served::{self, finish};
+use super::{Kind, Resource};
 use crate::Shared;
+use crate::api::error::ApiError;
 use crate::cluster::View;
 
 /// How long a peer holds a request for its pods before answering "no change".
@@ -211,6 +212,17 @@ impl IntoRecv for TryRecvError {
             _ => RecvError::Closed,
         }
     }
+}
+
+/// Object `name` as it is after a write this request made: rendered again now (the feed
+/// would, a moment later) so the answer shows the write.
+pub(super) async fn fresh_object(
+    shared: &Shared,
+    res: &Resource,
+    name: &str,
+) -> Result<Value, ApiError> {
+    refresh(shared, res.kind, name).await;
+    served::get_object(shared, res, name).await
 }
 
 /// Renders object `name` of `kind` again now, with what derives from it (a write that

@@ -13,7 +13,7 @@
 //! are public.
 //!
 //! What each kind is (its discovery entry, defaults, Table columns, how the API writes
-//! it) is its file in `resources/`, an implementation of [`resource::Served`]; the
+//! it) is its file in `resources/`, an implementation of [`resources::Served`]; the
 //! code here routes and lists over every kind registered there.
 //!
 //! Objects are served as the API server defaults them ([`defaults`]); request bodies
@@ -32,7 +32,6 @@ mod discovery;
 mod endpoints;
 mod feed;
 pub(super) mod health;
-mod resource;
 mod resources;
 mod select;
 mod served;
@@ -60,9 +59,10 @@ use skiff_spec::k8s;
 use skiff_spec::manifest::{self, Object};
 use skiff_spec::patch::{self, PatchKind};
 
+use feed::fresh_object;
 pub(crate) use feed::{LocalPods, PodsAfter, pods_after, run as run_feed};
 use select::Filter;
-use served::{derived_uid, fresh_object, get_object, objects, value};
+use served::{derived_uid, get_object, objects, value};
 pub(crate) use store::Store;
 
 use crate::Shared;
@@ -90,8 +90,8 @@ static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CH
 /// The revision annotation Kubernetes puts on Deployments and ReplicaSets.
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
-pub(crate) use resource::Resource;
 pub(crate) use resources::Kind;
+pub(crate) use resources::Resource;
 
 /// The resource `plural` of `group`, if it is served.
 fn resource(group: &str, plural: &str) -> Result<&'static Resource, ApiError> {
@@ -267,7 +267,7 @@ async fn dispatch(
     if let (Some(name), Some(sub)) = (t.name.as_deref(), t.sub.as_deref())
         && sub != "status"
     {
-        let request = resource::SubRequest {
+        let request = resources::SubRequest {
             name,
             sub,
             method: method.clone(),
@@ -589,7 +589,7 @@ async fn update(
 
 /// What an object sent back is compared with to take its defaults out (see
 /// [`unfill`]): the object as stored and, for a Deployment, its revisions' templates
-/// (see [`resource::Served::stored`]).
+/// (see [`resources::Served::stored`]).
 pub(crate) struct Stored {
     pub(crate) kind: Kind,
     pub(crate) object: Value,

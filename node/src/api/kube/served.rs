@@ -287,14 +287,3 @@ pub(super) async fn get_object(
         .map(|o| (*o).clone())
         .ok_or_else(|| not_found(res, name))
 }
-
-/// Object `name` as it is after a write this request made: rendered again now (the feed
-/// would, a moment later) so the answer shows the write.
-pub(super) async fn fresh_object(
-    shared: &Shared,
-    res: &Resource,
-    name: &str,
-) -> Result<Value, ApiError> {
-    super::feed::refresh(shared, res.kind, name).await;
-    get_object(shared, res, name).await
-}

@@ -1,6 +1,6 @@
 //! `meta.k8s.io/v1 Table`: the rows `kubectl get` prints, with the columns a real
 //! server gives each kind (those with priority 1 show with `-o wide`). The columns and
-//! cells are each kind's ([`super::resource::Served`]); this is the framing, and the
+//! cells are each kind's ([`super::resources::Served`]); this is the framing, and the
 //! helpers kinds format their cells with.
 
 use std::time::SystemTime;
@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::Kind;
-use super::resource::Column;
+use super::resources::Column;
 
 /// Whether the client asked for Tables (`Accept: application/json;as=Table;...`).
 pub(super) fn wanted(accept: Option<&str>) -> bool {

@@ -6,8 +6,9 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Map, Value, json};
 use skiff_spec::protobuf;
 
-use super::super::resource::{Answer, Column, Resource, Served, SubRequest, WRITE};
-use super::super::served::{deployment_value, fresh_object, get_object, value};
+use super::{Answer, Column, Resource, Served, SubRequest, WRITE};
+use super::super::feed::fresh_object;
+use super::super::served::{deployment_value, get_object, value};
 use super::super::table::{AGE, NAME, age, containers, int, selector_text};
 use super::super::{Stored, apply_patch, body, defaults, patch_kind, within_limit};
 use super::Kind;

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::super::resource::{Column, READ, Resource, Served};
+use super::{Column, READ, Resource, Served};
 use super::super::table::{AGE, NAME, age, at_most_three, host_port};
 use super::Kind;
 

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::super::resource::{Column, READ, Resource, Served};
+use super::{Column, READ, Resource, Served};
 use super::super::table::{age, text};
 use super::Kind;
 

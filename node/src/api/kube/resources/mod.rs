@@ -2,7 +2,9 @@
 //! makes a kind's module, its [`Kind`] variant and its place in discovery (in the order
 //! listed). Everything else about a kind is its [`Served`] implementation.
 
-use super::resource::{Resource, Served};
+mod kind;
+
+pub(crate) use kind::{Answer, Column, READ, Resource, Served, SubRequest, WRITE};
 
 /// Declares the kinds: `Variant => module::Type`, where `Type` is a unit struct of
 /// `module` implementing [`Served`].

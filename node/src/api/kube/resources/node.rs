@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Value, json};
 
-use super::super::resource::{Answer, Column, Resource, Served};
-use super::super::served::fresh_object;
+use super::{Answer, Column, Resource, Served};
+use super::super::feed::fresh_object;
 use super::super::table::{AGE, NAME, age, text};
 use super::super::within_limit;
 use super::Kind;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::super::defaults;
-use super::super::resource::{Answer, Column, Resource, Served};
+use super::{Answer, Column, Resource, Served};
 use super::super::table::{AGE, NAME, age, text};
 use super::Kind;
 use crate::Shared;

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::super::defaults;
-use super::super::resource::{Column, READ, Resource, Served};
+use super::{Column, READ, Resource, Served};
 use super::super::table::{AGE, NAME, age, containers, int, selector_text};
 use super::Kind;
 

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use skiff_spec::protobuf;
 
 use super::super::defaults;
-use super::super::resource::{Answer, Column, Resource, Served, WRITE};
+use super::{Answer, Column, Resource, Served, WRITE};
 use super::super::served::service_value;
 use super::super::table::{AGE, NAME, age, selector_text, text};
 use super::super::Stored;

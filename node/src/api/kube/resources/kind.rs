@@ -2,7 +2,7 @@
 //! [`Served`] trait, which carries everything else the generic code asks of a kind
 //! (its OpenAPI definitions, defaults, field selectors, Table columns, and how the API
 //! changes its objects). Each kind implements it in its own file under `resources/`,
-//! registered once in `resources/mod.rs`.
+//! registered once in `resources/mod.rs`, which re-exports what is here.
 //!
 //! A kind is a description, not a store: how its objects are rendered from where they
 //! live is `served.rs`, when they are rendered the feed's (`feed.rs`), and their
@@ -15,8 +15,8 @@ use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use skiff_spec::protobuf;
 
-use super::Stored;
-use super::resources::Kind;
+use super::super::Stored;
+use super::Kind;
 use crate::Shared;
 use crate::api::error::ApiError;
 
