@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::served::{self, finish};
+use super::store::{Put, parse};
 use super::{Kind, Resource};
 use crate::Shared;
 use crate::api::error::ApiError;
@@ -231,10 +232,7 @@ pub(super) async fn refresh(shared: &Shared, kind: Kind, name: &str) {
     let _turn = shared.kube_store.render().await;
     match kind {
         Kind::Deployment => deployment(shared, name),
-        Kind::Service => {
-            let index = PodIndex::new(shared);
-            service(shared, name, &index);
-        }
+        Kind::Service => service(shared, name),
         Kind::Node => nodes(shared, &mut HashMap::new()).await,
         _ => {}
     }
@@ -287,27 +285,31 @@ impl Feed {
         let mut changed = false;
         for pod in pods {
             let name = pod.metadata.name.clone();
-            let old = store.get(Kind::Pod, &name);
-            let new = store.put(Kind::Pod, served::pod_value(pod, host));
+            let new = served::pod_value(pod, host);
+            let (labels, deployment) = (
+                new["metadata"]["labels"].clone(),
+                served::deployment_of(&new),
+            );
             present.insert(name);
-            if old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &new)) {
-                continue;
+            match store.put(Kind::Pod, new) {
+                Put::Same => continue,
+                Put::Added => {}
+                Put::Modified(old) => {
+                    dirty.labels.push(parse(&old)["metadata"]["labels"].take());
+                }
             }
             changed = true;
-            if let Some(old) = old {
-                dirty.labels.push(old["metadata"]["labels"].clone());
-            }
-            dirty.labels.push(new["metadata"]["labels"].clone());
-            dirty.deployments.extend(served::deployment_of(&new));
+            dirty.labels.push(labels);
+            dirty.deployments.extend(deployment);
         }
         let before = self.by_node.insert(node.to_string(), present);
         let present = &self.by_node[node];
         for gone in before.iter().flatten().filter(|n| !present.contains(*n)) {
-            if let Some(old) = store.get(Kind::Pod, gone) {
+            if let Some(old) = store.remove(Kind::Pod, gone) {
                 changed = true;
-                dirty.labels.push(old["metadata"]["labels"].clone());
+                let mut old = parse(&old);
                 dirty.deployments.extend(served::deployment_of(&old));
-                store.remove(Kind::Pod, gone);
+                dirty.labels.push(old["metadata"]["labels"].take());
             }
         }
         changed
@@ -409,19 +411,8 @@ impl Feed {
             deployments.extend(stored);
             services.extend(svcs);
             // And what the store has that may be gone.
-            for kind in [Kind::Deployment, Kind::Service] {
-                let (objects, _) = store.list(kind);
-                let names = objects.iter().map(|o| {
-                    o["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string()
-                });
-                match kind {
-                    Kind::Deployment => deployments.extend(names),
-                    _ => services.extend(names),
-                }
-            }
+            deployments.extend(store.names(Kind::Deployment));
+            services.extend(store.names(Kind::Service));
         }
         if dirty.all || dirty.nodes {
             nodes(&shared, &mut self.hosts).await;
@@ -448,11 +439,8 @@ impl Feed {
         for name in &deployments {
             deployment(&shared, name);
         }
-        if !services.is_empty() {
-            let index = PodIndex::new(&shared);
-            for name in &services {
-                service(&shared, name, &index);
-            }
+        for name in &services {
+            service(&shared, name);
         }
     }
 }
@@ -510,12 +498,11 @@ fn deployment(shared: &Shared, name: &str) {
     let mut keep_events = BTreeSet::new();
     match &stored {
         Some(d) => {
-            let v = store.put(
-                Kind::Deployment,
-                finish(Kind::Deployment, served::deployment_value(shared, d)),
-            );
+            let v = finish(Kind::Deployment, served::deployment_value(shared, d));
+            let status = v["status"].clone();
+            store.put(Kind::Deployment, v);
             let pods = store.with_prefix(Kind::Pod, &format!("{name}-"));
-            for rs in served::replica_sets(d, &v["status"], &pods) {
+            for rs in served::replica_sets(d, &status, &pods) {
                 keep_sets.insert(
                     rs["metadata"]["name"]
                         .as_str()
@@ -534,7 +521,9 @@ fn deployment(shared: &Shared, name: &str) {
                 store.put(Kind::Event, e);
             }
         }
-        None => store.remove(Kind::Deployment, name),
+        None => {
+            store.remove(Kind::Deployment, name);
+        }
     }
     for rs in store.with_prefix(Kind::ReplicaSet, &format!("{name}-")) {
         let rs_name = rs["metadata"]["name"].as_str().unwrap_or_default();
@@ -550,59 +539,25 @@ fn deployment(shared: &Shared, name: &str) {
     }
 }
 
-/// Pods by each of their labels, for finding a Service's pods without reading all.
-struct PodIndex {
-    by_label: HashMap<(String, String), Vec<Arc<Value>>>,
-}
-
-impl PodIndex {
-    fn new(shared: &Shared) -> Self {
-        let (pods, _) = shared.kube_store.list(Kind::Pod);
-        let mut by_label: HashMap<(String, String), Vec<Arc<Value>>> = HashMap::new();
-        for pod in pods {
-            if let Some(labels) = pod["metadata"]["labels"].as_object() {
-                for (k, v) in labels {
-                    if let Some(v) = v.as_str() {
-                        by_label
-                            .entry((k.clone(), v.to_string()))
-                            .or_default()
-                            .push(pod.clone());
-                    }
-                }
-            }
-        }
-        Self { by_label }
-    }
-
-    /// The pods that carry the first of `selector`'s labels (a superset of its pods).
-    fn candidates<K: AsRef<str>, V: AsRef<str>>(
-        &self,
-        selector: impl IntoIterator<Item = (K, V)>,
-    ) -> Vec<Value> {
-        let Some((k, v)) = selector.into_iter().next() else {
-            return Vec::new();
-        };
-        self.by_label
-            .get(&(k.as_ref().to_string(), v.as_ref().to_string()))
-            .map(|pods| pods.iter().map(|p| (**p).clone()).collect())
-            .unwrap_or_default()
-    }
-}
-
 /// Renders Service `name` with its Endpoints and EndpointSlices, or takes them out if it
 /// is gone.
-fn service(shared: &Shared, name: &str, index: &PodIndex) {
+fn service(shared: &Shared, name: &str) {
     let store = &shared.kube_store;
     let mut keep_slices = BTreeSet::new();
     let mut endpoints = None;
     match shared.objects.service(name) {
         Some(s) => {
-            let pods = index.candidates(s.spec.selector.iter());
-            let v = store.put(
-                Kind::Service,
-                finish(Kind::Service, served::service_value(s)),
-            );
+            // The pods with the selector's first label: those it picks are among them.
+            let pods = s
+                .spec
+                .selector
+                .iter()
+                .next()
+                .map(|(k, v)| store.with_label(Kind::Pod, k, v))
+                .unwrap_or_default();
+            let v = finish(Kind::Service, served::service_value(s));
             let (e, slices) = served::service_endpoints(&v, &pods);
+            store.put(Kind::Service, v);
             endpoints = e;
             for slice in slices {
                 keep_slices.insert(
@@ -614,13 +569,17 @@ fn service(shared: &Shared, name: &str, index: &PodIndex) {
                 store.put(Kind::EndpointSlice, slice);
             }
         }
-        None => store.remove(Kind::Service, name),
+        None => {
+            store.remove(Kind::Service, name);
+        }
     }
     match endpoints {
         Some(e) => {
             store.put(Kind::Endpoints, e);
         }
-        None => store.remove(Kind::Endpoints, name),
+        None => {
+            store.remove(Kind::Endpoints, name);
+        }
     }
     for slice in store.with_prefix(Kind::EndpointSlice, &format!("{name}-")) {
         let slice_name = slice["metadata"]["name"].as_str().unwrap_or_default();
@@ -644,11 +603,9 @@ async fn nodes(shared: &Shared, hosts: &mut HashMap<String, String>) {
         }
         store.put(Kind::Node, finish(Kind::Node, served::value(node)));
     }
-    let (all, _) = store.list(Kind::Node);
-    for node in all {
-        let name = node["metadata"]["name"].as_str().unwrap_or_default();
-        if !names.contains(name) {
-            store.remove(Kind::Node, name);
+    for name in store.names(Kind::Node) {
+        if !names.contains(&name) {
+            store.remove(Kind::Node, &name);
         }
     }
 }

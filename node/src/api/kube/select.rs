@@ -124,6 +124,11 @@ impl Filter {
         Ok(Self { labels, fields })
     }
 
+    /// Whether it admits every object (no selector).
+    pub(super) fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     pub(super) fn admits(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
         matches(&self.labels, |k| labels[k].as_str().map(String::from))

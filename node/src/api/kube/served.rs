@@ -7,7 +7,6 @@
 //! [`feed`]: super::feed
 //! [`store`]: super::store
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -129,11 +128,7 @@ pub(super) fn deployment_of(pod: &Value) -> Option<String> {
 /// Every revision of Deployment `d` as a ReplicaSet: the current one wants the
 /// Deployment's replicas, an old one the pods it still has (none once rolled out).
 /// `pods` are the Deployment's pods as served, wherever they run.
-pub(super) fn replica_sets(
-    d: &StoredDeployment,
-    status: &Value,
-    pods: &[Arc<Value>],
-) -> Vec<Value> {
+pub(super) fn replica_sets(d: &StoredDeployment, status: &Value, pods: &[Value]) -> Vec<Value> {
     let mut out = Vec::new();
     let name = &d.object.metadata.name;
     let uid = d.object.metadata.uid.clone().unwrap_or_default();
@@ -142,7 +137,6 @@ pub(super) fn replica_sets(
     for r in &d.revisions {
         let mine: Vec<&Value> = pods
             .iter()
-            .map(|p| &**p)
             .filter(|p| of_revision(p, name, &r.hash))
             .collect();
         let ready = mine
@@ -272,7 +266,10 @@ pub(super) fn service_endpoints(service: &Value, pods: &[Value]) -> (Option<Valu
 pub(super) async fn objects(shared: &Shared, kind: Kind) -> (Vec<Value>, u64) {
     shared.kube_store.filled(FILL_WAIT).await;
     let (objects, version) = shared.kube_store.list(kind);
-    (objects.iter().map(|o| (**o).clone()).collect(), version)
+    (
+        objects.iter().map(|o| super::store::parse(o)).collect(),
+        version,
+    )
 }
 
 pub(super) async fn get_object(
@@ -284,6 +281,6 @@ pub(super) async fn get_object(
     shared
         .kube_store
         .get(res.kind, name)
-        .map(|o| (*o).clone())
+        .map(|o| super::store::parse(&o))
         .ok_or_else(|| not_found(res, name))
 }

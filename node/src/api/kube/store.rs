@@ -1,7 +1,9 @@
 //! The objects the Kubernetes API serves, kept as they are served: one versioned store
 //! per node with a change feed (the shape of kine's, over an in-memory map).
 //!
-//! What fills it is the [`feed`]: it renders an object again only when what it is made
+//! Objects are kept as the JSON they are served as (a tenth of the memory of parsed
+//! values), with a digest to tell a rendering that changes nothing and an index of
+//! their labels. What fills it is the [`feed`]: it renders an object again only when what it is made
 //! from changed (a command applied to the desired state, a pass of the reconciler, a
 //! peer's pods, gossip's view) and puts it here. A put that changes nothing costs a
 //! comparison; one that changes the object gives it the next version and sends an event
@@ -19,17 +21,22 @@
 //!
 //! [`feed`]: super::feed
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
 use super::Kind;
 
 /// Events kept per kind for watches that resume from a version.
 pub(crate) const HISTORY: usize = 4096;
+
+/// Bytes of events kept per kind, whatever their number.
+const HISTORY_BYTES: usize = 4 << 20;
 
 /// How far ahead of this node's clock a version a client brings may move it: further
 /// is a clock gone wrong or a made-up version, and is not followed.
@@ -53,21 +60,56 @@ impl Change {
     }
 }
 
-/// One change of one object, with the object as it then was.
+/// One change of one object, with the object as it then was (its JSON).
 #[derive(Debug)]
 pub(crate) struct Event {
     pub(crate) version: u64,
     pub(crate) change: Change,
-    pub(crate) object: Arc<Value>,
+    pub(crate) object: Bytes,
 }
 
-/// One kind's objects and recent events.
+/// What a put did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// The object was there, the same.
+    Same,
+    /// A new object.
+    Added,
+    /// The object changed; it was this (its JSON).
+    Modified(Bytes),
+}
+
+/// An object as kept: its JSON as served (with its version), and a digest of it
+/// without the version, to tell a new rendering that changes nothing.
+struct Entry {
+    json: Bytes,
+    digest: [u8; 16],
+    labels: Vec<(String, String)>,
+}
+
+/// One kind's objects, their labels and recent events.
 #[derive(Default)]
 struct Shelf {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Entry>,
+    /// Names by label (key, value).
+    labelled: HashMap<(String, String), BTreeSet<String>>,
     history: VecDeque<Arc<Event>>,
+    history_bytes: usize,
     /// Events before this version are forgotten.
     oldest: u64,
+}
+
+impl Shelf {
+    fn unlabel(&mut self, name: &str, labels: &[(String, String)]) {
+        for l in labels {
+            if let Some(names) = self.labelled.get_mut(l) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.labelled.remove(l);
+                }
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -96,43 +138,28 @@ fn name_of(object: &Value) -> &str {
     object["metadata"]["name"].as_str().unwrap_or_default()
 }
 
-fn set_version(object: &mut Value, version: u64) {
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(version.to_string()));
-    }
+fn labels_of(object: &Value) -> Vec<(String, String)> {
+    object["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect()
 }
 
-/// Whether `a` and `b` are the same object but for their versions.
-fn same(a: &Value, b: &Value) -> bool {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return a == b;
-    };
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().all(|(k, va)| {
-        let Some(vb) = b.get(k) else { return false };
-        if k != "metadata" {
-            return va == vb;
-        }
-        let (Some(ma), Some(mb)) = (va.as_object(), vb.as_object()) else {
-            return va == vb;
-        };
-        let n = |m: &serde_json::Map<String, Value>| {
-            m.len() - usize::from(m.contains_key("resourceVersion"))
-        };
-        n(ma) == n(mb)
-            && ma
-                .iter()
-                .filter(|(k, _)| *k != "resourceVersion")
-                .all(|(k, v)| mb.get(k) == Some(v))
-    })
+fn encode(object: &Value) -> Vec<u8> {
+    serde_json::to_vec(object).expect("objects serialize")
+}
+
+/// Parses JSON the store made.
+pub(crate) fn parse(json: &[u8]) -> Value {
+    serde_json::from_slice(json).expect("the store holds JSON it wrote")
 }
 
 /// Where a watch starts.
 pub(crate) enum Start {
-    /// Every object now, as `ADDED`, and the version they are at.
-    Now(Vec<Arc<Value>>, u64),
+    /// Every object now (their JSON), as `ADDED`, and the version they are at.
+    Now(Vec<Bytes>, u64),
     /// The events after the version asked for.
     After(Vec<Arc<Event>>),
 }
@@ -218,115 +245,171 @@ impl Store {
         inner.version
     }
 
-    /// Puts `object` (of `kind`, named by its `metadata.name`) as it is now; gives it
-    /// back with its version. The same object again changes nothing.
-    pub(crate) fn put(&self, kind: Kind, mut object: Value) -> Arc<Value> {
-        let mut inner = self.lock();
-        let name = name_of(&object).to_string();
-        let shelf = inner.shelves.get(&kind);
-        let old = shelf.and_then(|s| s.objects.get(&name));
-        if let Some(old) = old
-            && same(old, &object)
-        {
-            return old.clone();
+    /// Puts `object` (of `kind`, named by its `metadata.name`) as it is now. The same
+    /// object again changes nothing.
+    pub(crate) fn put(&self, kind: Kind, mut object: Value) -> Put {
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
         }
-        let change = if old.is_some() {
-            Change::Modified
-        } else {
-            Change::Added
-        };
-        let version = Self::tick(&mut inner);
-        set_version(&mut object, version);
-        let object = Arc::new(object);
-        self.record(&mut inner, kind, name, change, object.clone(), version);
-        object
-    }
-
-    /// Removes object `name` of `kind`, if there is one.
-    pub(crate) fn remove(&self, kind: Kind, name: &str) {
+        let digest: [u8; 16] = Sha256::digest(encode(&object))[..16]
+            .try_into()
+            .expect("16 bytes");
+        let name = name_of(&object).to_string();
+        let labels = labels_of(&object);
         let mut inner = self.lock();
-        let Some(old) = inner
+        let old = inner
             .shelves
             .get(&kind)
-            .and_then(|s| s.objects.get(name))
-            .cloned()
-        else {
-            return;
-        };
+            .and_then(|s| s.objects.get(&name))
+            .map(|e| (e.digest, e.json.clone()));
+        if let Some((d, _)) = &old
+            && *d == digest
+        {
+            return Put::Same;
+        }
         let version = Self::tick(&mut inner);
-        let mut object = (*old).clone();
-        set_version(&mut object, version);
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(version.to_string()));
+        }
+        let json = Bytes::from(encode(&object));
+        let shelf = inner.shelves.entry(kind).or_default();
+        if let Some(old) = shelf.objects.get(&name) {
+            let old_labels = old.labels.clone();
+            shelf.unlabel(&name, &old_labels);
+        }
+        for l in &labels {
+            shelf
+                .labelled
+                .entry(l.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        shelf.objects.insert(
+            name,
+            Entry {
+                json: json.clone(),
+                digest,
+                labels,
+            },
+        );
+        let (change, put) = match old {
+            Some((_, old)) => (Change::Modified, Put::Modified(old)),
+            None => (Change::Added, Put::Added),
+        };
+        self.record(&mut inner, kind, change, json, version);
+        put
+    }
+
+    /// Removes object `name` of `kind`, if there is one; gives back what it was.
+    pub(crate) fn remove(&self, kind: Kind, name: &str) -> Option<Bytes> {
+        let mut inner = self.lock();
+        let shelf = inner.shelves.get_mut(&kind)?;
+        let old = shelf.objects.remove(name)?;
+        shelf.unlabel(name, &old.labels);
+        let version = Self::tick(&mut inner);
+        let mut object = parse(&old.json);
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(version.to_string()));
+        }
         self.record(
             &mut inner,
             kind,
-            name.to_string(),
             Change::Deleted,
-            Arc::new(object),
+            Bytes::from(encode(&object)),
             version,
         );
+        Some(old.json)
     }
 
-    fn record(
-        &self,
-        inner: &mut Inner,
-        kind: Kind,
-        name: String,
-        change: Change,
-        object: Arc<Value>,
-        version: u64,
-    ) {
+    fn record(&self, inner: &mut Inner, kind: Kind, change: Change, object: Bytes, version: u64) {
         let shelf = inner.shelves.entry(kind).or_default();
-        if change == Change::Deleted {
-            shelf.objects.remove(&name);
-        } else {
-            shelf.objects.insert(name, object.clone());
-        }
         let event = Arc::new(Event {
             version,
             change,
             object,
         });
-        if shelf.history.len() == HISTORY
-            && let Some(dropped) = shelf.history.pop_front()
-        {
+        shelf.history_bytes += event.object.len();
+        shelf.history.push_back(event.clone());
+        while shelf.history.len() > HISTORY || shelf.history_bytes > HISTORY_BYTES {
+            let Some(dropped) = shelf.history.pop_front() else {
+                break;
+            };
+            shelf.history_bytes -= dropped.object.len();
             shelf.oldest = dropped.version;
         }
-        shelf.history.push_back(event.clone());
         if let Some(feed) = self.feeds.get(&kind) {
             // No receiver is fine: nobody watches.
             let _ = feed.send(event);
         }
     }
 
-    /// Object `name` of `kind`.
-    pub(crate) fn get(&self, kind: Kind, name: &str) -> Option<Arc<Value>> {
-        self.lock().shelves.get(&kind)?.objects.get(name).cloned()
+    /// Object `name` of `kind` (its JSON).
+    pub(crate) fn get(&self, kind: Kind, name: &str) -> Option<Bytes> {
+        Some(
+            self.lock()
+                .shelves
+                .get(&kind)?
+                .objects
+                .get(name)?
+                .json
+                .clone(),
+        )
     }
 
     /// The objects of `kind` whose names start with `prefix`, by name.
-    pub(crate) fn with_prefix(&self, kind: Kind, prefix: &str) -> Vec<Arc<Value>> {
-        let inner = self.lock();
-        let Some(shelf) = inner.shelves.get(&kind) else {
-            return Vec::new();
+    pub(crate) fn with_prefix(&self, kind: Kind, prefix: &str) -> Vec<Value> {
+        let found: Vec<Bytes> = {
+            let inner = self.lock();
+            let Some(shelf) = inner.shelves.get(&kind) else {
+                return Vec::new();
+            };
+            shelf
+                .objects
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(n, _)| n.starts_with(prefix))
+                .map(|(_, e)| e.json.clone())
+                .collect()
         };
-        shelf
-            .objects
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(n, _)| n.starts_with(prefix))
-            .map(|(_, o)| o.clone())
-            .collect()
+        found.iter().map(|j| parse(j)).collect()
     }
 
-    /// Every object of `kind` by name, and the version they are at.
-    pub(crate) fn list(&self, kind: Kind) -> (Vec<Arc<Value>>, u64) {
+    /// The objects of `kind` labelled `key=value`, by name.
+    pub(crate) fn with_label(&self, kind: Kind, key: &str, value: &str) -> Vec<Value> {
+        let found: Vec<Bytes> = {
+            let inner = self.lock();
+            let Some(shelf) = inner.shelves.get(&kind) else {
+                return Vec::new();
+            };
+            shelf
+                .labelled
+                .get(&(key.to_string(), value.to_string()))
+                .into_iter()
+                .flatten()
+                .filter_map(|n| Some(shelf.objects.get(n)?.json.clone()))
+                .collect()
+        };
+        found.iter().map(|j| parse(j)).collect()
+    }
+
+    /// The names of `kind`'s objects, in order.
+    pub(crate) fn names(&self, kind: Kind) -> Vec<String> {
+        self.lock()
+            .shelves
+            .get(&kind)
+            .map(|s| s.objects.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every object of `kind` by name (their JSON), and the version they are at.
+    pub(crate) fn list(&self, kind: Kind) -> (Vec<Bytes>, u64) {
         let inner = self.lock();
         let objects = inner
             .shelves
             .get(&kind)
-            .map(|s| s.objects.values().cloned().collect())
+            .map(|s| s.objects.values().map(|e| e.json.clone()).collect())
             .unwrap_or_default();
         (objects, inner.version)
     }
@@ -358,7 +441,10 @@ impl Store {
                         .collect(),
                 )
             }
-            _ => Start::Now(shelf.objects.values().cloned().collect(), inner.version),
+            _ => Start::Now(
+                shelf.objects.values().map(|e| e.json.clone()).collect(),
+                inner.version,
+            ),
         };
         Ok((start, rx))
     }
@@ -371,38 +457,47 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, phase: &str) -> Value {
-        json!({"metadata": {"name": name}, "status": {"phase": phase}})
+        json!({"metadata": {"name": name, "labels": {"app": "a"}}, "status": {"phase": phase}})
+    }
+
+    fn version_of(json: &[u8]) -> u64 {
+        parse(json)["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     fn changes(events: &[Arc<Event>]) -> Vec<(Change, String)> {
         events
             .iter()
-            .map(|e| (e.change, name_of(&e.object).to_string()))
+            .map(|e| (e.change, name_of(&parse(&e.object)).to_string()))
             .collect()
     }
 
     #[test]
     fn changes_get_versions_and_events_in_order_and_old_watches_are_gone() {
         let s = Store::new();
-        let a = s.put(Kind::Pod, pod("a", "Pending"));
-        let v0: u64 = a["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        // Unchanged: same version, no event.
-        let again = s.put(Kind::Pod, pod("a", "Pending"));
-        assert_eq!(again["metadata"]["resourceVersion"], v0.to_string());
+        assert_eq!(s.put(Kind::Pod, pod("a", "Pending")), Put::Added);
+        let v0 = version_of(&s.get(Kind::Pod, "a").unwrap());
+        // Unchanged (whatever version it is sent with): same version, no event.
+        let mut again = pod("a", "Pending");
+        again["metadata"]["resourceVersion"] = json!("1");
+        assert_eq!(s.put(Kind::Pod, again), Put::Same);
+        assert_eq!(version_of(&s.get(Kind::Pod, "a").unwrap()), v0);
         assert_eq!(s.version(), v0);
         let Ok((Start::After(none), _)) = s.watch(Kind::Pod, Some(v0)) else {
             panic!()
         };
         assert!(none.is_empty());
 
-        s.put(Kind::Pod, pod("a", "Running"));
+        let Put::Modified(old) = s.put(Kind::Pod, pod("a", "Running")) else {
+            panic!("a change is a modification")
+        };
+        assert_eq!(parse(&old)["status"]["phase"], "Pending", "what it was");
         s.put(Kind::Pod, pod("b", "Pending"));
-        s.remove(Kind::Pod, "a");
-        s.remove(Kind::Pod, "nothing");
+        assert!(s.remove(Kind::Pod, "a").is_some());
+        assert!(s.remove(Kind::Pod, "nothing").is_none());
         // Other kinds do not show in a pod watch.
         s.put(Kind::Service, json!({"metadata": {"name": "s"}}));
         let Ok((Start::After(events), _)) = s.watch(Kind::Pod, Some(v0)) else {
@@ -417,14 +512,15 @@ mod tests {
             ]
         );
         assert!(events.windows(2).all(|w| w[0].version < w[1].version));
-        assert_eq!(
-            events[2].object["metadata"]["resourceVersion"],
-            events[2].version.to_string()
-        );
+        assert_eq!(version_of(&events[2].object), events[2].version);
         let (now, _) = s.list(Kind::Pod);
         assert_eq!(now.len(), 1);
-        assert_eq!(s.get(Kind::Pod, "b").unwrap()["status"]["phase"], "Pending");
+        assert_eq!(
+            parse(&s.get(Kind::Pod, "b").unwrap())["status"]["phase"],
+            "Pending"
+        );
         assert!(s.get(Kind::Pod, "a").is_none());
+        assert_eq!(s.names(Kind::Pod), ["b"]);
 
         // Past the history: 410.
         for i in 0..HISTORY {
@@ -434,6 +530,23 @@ mod tests {
         assert!(s.watch(Kind::Pod, Some(s.version())).is_ok());
         // Another kind's history is its own.
         assert!(s.watch(Kind::Service, Some(v0)).is_ok());
+    }
+
+    #[test]
+    fn the_history_is_bounded_in_bytes_too() {
+        let s = Store::new();
+        let big = "x".repeat(64 << 10);
+        s.put(Kind::Pod, pod("a", "0"));
+        let v0 = version_of(&s.get(Kind::Pod, "a").unwrap());
+        for i in 0..100 {
+            s.put(Kind::Pod, pod("a", &format!("{i}{big}")));
+        }
+        let inner = s.lock();
+        let shelf = &inner.shelves[&Kind::Pod];
+        assert!(shelf.history_bytes <= HISTORY_BYTES);
+        assert!(shelf.history.len() < 100);
+        drop(inner);
+        assert!(s.watch(Kind::Pod, Some(v0)).is_err(), "forgotten: 410");
     }
 
     #[test]
@@ -456,12 +569,8 @@ mod tests {
         let s = Store::new();
         let ahead = now_micros() + 5_000_000;
         s.witness(ahead);
-        let put = s.put(Kind::Pod, pod("a", "Pending"));
-        let v: u64 = put["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        s.put(Kind::Pod, pod("a", "Pending"));
+        let v = version_of(&s.get(Kind::Pod, "a").unwrap());
         assert!(v > ahead, "a version after one a client has seen is newer");
         let before = s.version();
         s.witness(u64::MAX - 1);
@@ -469,16 +578,35 @@ mod tests {
     }
 
     #[test]
-    fn objects_from_a_prefix_are_only_those() {
+    fn objects_are_found_by_prefix_and_by_label() {
         let s = Store::new();
         for n in ["web-1", "web-2", "web2", "webx", "a"] {
-            s.put(Kind::ReplicaSet, json!({"metadata": {"name": n}}));
+            s.put(
+                Kind::ReplicaSet,
+                json!({"metadata": {"name": n, "labels": {"app": n.trim_end_matches(['1', '2', 'x'])}}}),
+            );
         }
-        let found: Vec<String> = s
-            .with_prefix(Kind::ReplicaSet, "web-")
-            .iter()
-            .map(|o| name_of(o).to_string())
-            .collect();
-        assert_eq!(found, ["web-1", "web-2"]);
+        let names = |found: Vec<Value>| -> Vec<String> {
+            found.iter().map(|o| name_of(o).to_string()).collect()
+        };
+        assert_eq!(
+            names(s.with_prefix(Kind::ReplicaSet, "web-")),
+            ["web-1", "web-2"]
+        );
+        assert_eq!(
+            names(s.with_label(Kind::ReplicaSet, "app", "web-")),
+            ["web-1", "web-2"]
+        );
+        // Labels follow changes and removals.
+        s.put(
+            Kind::ReplicaSet,
+            json!({"metadata": {"name": "web-1", "labels": {"app": "other"}}}),
+        );
+        s.remove(Kind::ReplicaSet, "web-2");
+        assert!(s.with_label(Kind::ReplicaSet, "app", "web-").is_empty());
+        assert_eq!(
+            names(s.with_label(Kind::ReplicaSet, "app", "other")),
+            ["web-1"]
+        );
     }
 }

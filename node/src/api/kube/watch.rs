@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::select::Filter;
 use super::{Kind, MAX_WATCH, MAX_WATCHES, Params, Resource, store, table};
@@ -31,20 +31,40 @@ impl Drop for WatchSlot {
     }
 }
 
-/// One watch event as a line.
-fn event_line(change: &str, kind: Kind, object: &Value, table: Option<table::Include>) -> Bytes {
+/// One watch event as a line, for object `json` (as the store keeps it) if `filter`
+/// admits it. An object that needs no reading (no selector, no Table) is not parsed.
+fn event_line(
+    change: &str,
+    kind: Kind,
+    json: &Bytes,
+    filter: &Filter,
+    table: Option<table::Include>,
+) -> Option<Bytes> {
+    if filter.is_everything() && table.is_none() {
+        let mut line = Vec::with_capacity(json.len() + 40);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(change.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(json);
+        line.extend_from_slice(b"}\n");
+        return Some(Bytes::from(line));
+    }
+    let object = store::parse(json);
+    if !filter.admits(&object) {
+        return None;
+    }
     let object = if let Some(include) = table {
         let version = object["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or_default();
-        table::table(kind, std::slice::from_ref(object), include, version, None)
+        table::table(kind, std::slice::from_ref(&object), include, version, None)
     } else {
-        object.clone()
+        object
     };
     let mut line =
         serde_json::to_vec(&json!({"type": change, "object": object})).expect("events serialize");
     line.push(b'\n');
-    Bytes::from(line)
+    Some(Bytes::from(line))
 }
 
 /// `?watch=true`: `ADDED`/`MODIFIED`/`DELETED` lines from the version asked for (or
@@ -87,17 +107,23 @@ pub(super) async fn watch(
     let mut last = 0;
     let rx = match shared.kube_store.watch(kind, from) {
         Ok((store::Start::Now(objects, version), rx)) => {
-            for o in objects.iter().filter(|o| filter.admits(o)) {
-                first.push(event_line("ADDED", kind, o, table));
-            }
+            first.extend(
+                objects
+                    .iter()
+                    .filter_map(|o| event_line("ADDED", kind, o, &filter, table)),
+            );
             last = version;
             Some(rx)
         }
         Ok((store::Start::After(events), rx)) => {
             for e in &events {
-                if filter.admits(&e.object) {
-                    first.push(event_line(e.change.as_str(), kind, &e.object, table));
-                }
+                first.extend(event_line(
+                    e.change.as_str(),
+                    kind,
+                    &e.object,
+                    &filter,
+                    table,
+                ));
                 last = e.version;
             }
             last = last.max(from.unwrap_or(0));
@@ -128,8 +154,8 @@ pub(super) async fn watch(
                     event = rx.recv() => match event {
                         Ok(e) if e.version > last => {
                             last = e.version;
-                            if filter.admits(&e.object) {
-                                let line = event_line(e.change.as_str(), kind, &e.object, table);
+                            let line = event_line(e.change.as_str(), kind, &e.object, &filter, table);
+                            if let Some(line) = line {
                                 return Some((line, (shared, Some(rx), filter, last, slot)));
                             }
                         }
