@@ -1,6 +1,8 @@
 //! The data plane: HTTP/1.1 on the ingress address, `Host: <app>.<domain>` to the app's
 //! replicas through the gateway's routing table; NodePort Services' listeners
-//! ([`NodePorts`], bound and unbound as the reconciler asks).
+//! ([`NodePorts`], bound and unbound as the reconciler asks) and containers' published
+//! ports ([`published`], bound as the container supervisor asks): every listener of
+//! an app is bound here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 mod node_ports;
+pub(crate) mod published;
 
 pub(crate) use node_ports::NodePorts;
 

@@ -13,7 +13,6 @@ use skiff_spec::api::ContainerInfo;
 use skiff_spec::{AppKind, AppName, RestartPolicy, RunParams};
 
 use crate::restart::Backoff;
-use tokio::net::TcpListener;
 use tokio::sync::{MutexGuard, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use crate::desired::DesiredStore;
 use crate::error::AppError;
 use crate::ids::new_id;
 use crate::images::Images;
-use crate::ingress::{self, Ingress, Target};
+use crate::ingress::{self, Ingress};
 use crate::launcher::Launcher;
 use crate::state::{ContainerRecord, OciOptions, StateStore};
 
@@ -437,15 +436,15 @@ impl Standalone {
         let mut spec = entry.record.spec.clone();
         spec.replicas = 1;
         // Ports first: a taken port fails the start before anything runs.
-        let mut bound = Vec::new();
-        for p in &entry.record.ports {
-            let addr = std::net::SocketAddr::new(p.host_ip, p.host_port);
-            bound.push(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| AppError::conflict(format!("cannot publish {addr}: {e}")))?,
-            );
-        }
+        let addrs: Vec<std::net::SocketAddr> = entry
+            .record
+            .ports
+            .iter()
+            .map(|p| std::net::SocketAddr::new(p.host_ip, p.host_port))
+            .collect();
+        let bound = ingress::published::bind(&addrs)
+            .await
+            .map_err(|(addr, e)| AppError::conflict(format!("cannot publish {addr}: {e}")))?;
         let container = match &prepared {
             crate::images::Prepared::Oci { root } => self.start_oci(entry, &summary, root).await?,
             other => {
@@ -458,18 +457,7 @@ impl Standalone {
             }
         };
         let ports = self.shutdown.child_token();
-        let listeners = bound
-            .into_iter()
-            .map(|listener| {
-                tokio::spawn(ingress::serve(
-                    listener,
-                    self.ingress.clone(),
-                    Target::Fixed(container.clone()),
-                    ports.clone(),
-                    self.drain,
-                ))
-            })
-            .collect();
+        let listeners = bound.serve(&self.ingress, &container, &ports, self.drain);
         self.ingress
             .table
             .set(spec.name.as_str(), vec![container.clone()]);
