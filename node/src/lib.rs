@@ -183,7 +183,7 @@ pub(crate) struct Shared {
     /// The Kubernetes API's objects as served, versioned, with their watch events.
     kube_store: api::kube::Store,
     /// This node's pods as peers fetch them (kept by the Kubernetes API's feed).
-    local_pods: tokio::sync::watch::Sender<api::kube::LocalPods>,
+    local_pods: api::kube::PodLog,
     /// The cluster CA (PEM), for kubeconfigs.
     api_ca: String,
     /// Where others reach this node's API (`host:port`).

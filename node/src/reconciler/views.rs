@@ -38,6 +38,20 @@ impl Reconciler {
             .collect()
     }
 
+    /// The pods of Deployments `deployments`, as [`Reconciler::pod_objects`] shows them.
+    pub(crate) fn pod_objects_of(
+        &self,
+        node: &str,
+        deployments: &std::collections::BTreeSet<String>,
+    ) -> Vec<k8s::Pod> {
+        let inner = self.pods.lock();
+        deployments
+            .iter()
+            .flat_map(|d| inner.pods_of(d))
+            .map(|(name, p)| pod_object(name, p, node))
+            .collect()
+    }
+
     /// A Deployment's revisions and events.
     pub(crate) fn history(&self, d: &StoredDeployment) -> RolloutHistory {
         let inner = self.pods.lock();

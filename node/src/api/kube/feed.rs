@@ -6,7 +6,7 @@
 //! |---|---|
 //! | the desired state's change feed (a command applied, its `ObjectRef`) | that Deployment (with its ReplicaSets and events) or Service (with its Endpoints and EndpointSlices); a cordon: the nodes |
 //! | a pass of the reconciler | this node's pods; the Deployments the pass looked at (status, events) |
-//! | a peer's pods (one long-poll per live peer, [`LocalPods`]) | that peer's pods |
+//! | a peer's pods (one long-poll per live peer, [`peers`]: what changed since the last) | that peer's pods |
 //! | gossip's view | nodes; the Deployments whose pod counts a node gossips changed; a node gone takes its pods with it |
 //! | a pod that changed | its Deployment's ReplicaSets, the Services whose selectors pick it |
 //!
@@ -15,18 +15,19 @@
 //! at once ([`refresh`]) so its answer shows it.
 //!
 //! [`store`]: super::store
+//! [`peers`]: super::peers
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skiff_spec::k8s;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::peers::{self, Remote};
 use super::served::{self, finish};
 use super::store::{Put, parse};
 use super::{Kind, Resource};
@@ -34,47 +35,12 @@ use crate::Shared;
 use crate::api::error::ApiError;
 use crate::cluster::View;
 
-/// How long a peer holds a request for its pods before answering "no change".
-pub(crate) const POLL_HOLD: Duration = Duration::from_secs(20);
-
-/// How long to wait before asking a peer again after it failed to answer.
-const RETRY: Duration = Duration::from_secs(1);
-
 /// How often nodes are rendered again without a cause (their Raft roles change with no
 /// event of their own).
 const NODES_EVERY: Duration = Duration::from_secs(2);
 
 /// Most peers' answers queued for the feed: a peer waits its turn beyond it.
 const REMOTE_QUEUE: usize = 64;
-
-/// This node's pods as its peers fetch them: a new version each time they change.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct LocalPods {
-    /// Changes with every change of the pods (0: not yet known).
-    pub(crate) version: u64,
-    /// The pods (none in an answer that says "no change").
-    pub(crate) pods: Option<Arc<Vec<k8s::Pod>>>,
-}
-
-/// What a peer asks with: the version of this node's pods it has.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct PodsAfter {
-    pub(crate) after: u64,
-}
-
-/// Answers a peer that has this node's pods at `after`: at once if they changed since,
-/// else when they change or after [`POLL_HOLD`] (with no pods: no change).
-pub(crate) async fn pods_after(shared: &Shared, after: u64) -> LocalPods {
-    let mut rx = shared.local_pods.subscribe();
-    let changed = tokio::time::timeout(POLL_HOLD, rx.wait_for(|p| p.version != after)).await;
-    match changed {
-        Ok(Ok(p)) => p.clone(),
-        _ => LocalPods {
-            version: after,
-            pods: None,
-        },
-    }
-}
 
 /// What changed and must be rendered again.
 #[derive(Default)]
@@ -103,8 +69,10 @@ struct Feed {
     shared: Arc<Shared>,
     /// This node's name.
     me: String,
-    /// The pods in the store of each node, by node name.
-    by_node: HashMap<String, BTreeSet<String>>,
+    /// The pods in the store of each node (with their Deployments), by node name.
+    by_node: HashMap<String, BTreeMap<String, Option<String>>>,
+    /// Whether this node's pods were all read once (after that, a pass's are enough).
+    local_loaded: bool,
     /// Nodes' addresses, for pods' `hostIP`.
     hosts: HashMap<String, String>,
     view: Arc<View>,
@@ -112,7 +80,7 @@ struct Feed {
     restores: u64,
     /// A long-poll per live peer, by node id.
     followers: HashMap<String, Follower>,
-    remote: mpsc::Sender<(String, Vec<k8s::Pod>)>,
+    remote: mpsc::Sender<Remote>,
 }
 
 struct Follower {
@@ -137,6 +105,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         view: views.borrow_and_update().clone(),
         restores: shared.desired.restores(),
         by_node: HashMap::new(),
+        local_loaded: false,
         hosts: HashMap::new(),
         followers: HashMap::new(),
         remote: remote_tx,
@@ -173,9 +142,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 let view = views.borrow_and_update().clone();
                 feed.new_view(view, &mut dirty);
             }
-            Some((node, pods)) = remote_rx.recv() => {
-                feed.set_pods(&node, &pods, &mut dirty);
-            }
+            Some(news) = remote_rx.recv() => feed.remote(news, &mut dirty),
             _ = nodes_tick.tick() => dirty.nodes = true,
         }
         // Take in what else is waiting before rendering: one render for a burst.
@@ -189,8 +156,8 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 }
             }
         }
-        while let Ok((node, pods)) = remote_rx.try_recv() {
-            feed.set_pods(&node, &pods, &mut dirty);
+        while let Ok(news) = remote_rx.try_recv() {
+            feed.remote(news, &mut dirty);
         }
         let restores = feed.shared.desired.restores();
         if restores != feed.restores {
@@ -260,29 +227,75 @@ impl Feed {
         }
     }
 
-    /// This node's pods after a pass of the reconciler, and the Deployments it looked at.
+    /// This node's pods after passes of the reconciler: those of the Deployments they
+    /// looked at (a pod changes only in a pass that looks at its Deployment), every pod
+    /// after a pass that looked at everything; what changed goes in the log peers follow.
     fn local_pods(&mut self, dirty: &mut Dirty) {
         let (all, looked_at) = self.shared.reconciler.take_looked_at();
-        if all {
-            dirty.all = true;
-        }
-        dirty.deployments.extend(looked_at);
-        let pods = self.shared.reconciler.pod_objects(&self.me);
         let me = self.me.clone();
-        if self.set_pods(&me, &pods, dirty) {
-            self.shared.local_pods.send_modify(|l| {
-                l.version += 1;
-                l.pods = Some(Arc::new(pods));
-            });
+        let whole = all || !self.local_loaded;
+        if !whole && looked_at.is_empty() {
+            return;
+        }
+        let pods = if whole {
+            dirty.all = true;
+            self.local_loaded = true;
+            self.shared.reconciler.pod_objects(&me)
+        } else {
+            self.shared.reconciler.pod_objects_of(&me, &looked_at)
+        };
+        let (changed, gone) = self.set_pods(&me, &pods, (!whole).then_some(&looked_at), dirty);
+        let changed: Vec<k8s::Pod> = pods
+            .into_iter()
+            .filter(|p| changed.contains(&p.metadata.name))
+            .collect();
+        self.shared.local_pods.record(changed, gone);
+        dirty.deployments.extend(looked_at);
+    }
+
+    /// What a peer's answer says of its pods.
+    fn remote(&mut self, news: Remote, dirty: &mut Dirty) {
+        match news {
+            Remote::All(node, pods) => {
+                self.set_pods(&node, &pods, None, dirty);
+            }
+            Remote::Changed(node, changed, removed) => {
+                self.set_pods(&node, &changed, Some(&BTreeSet::new()), dirty);
+                self.remove_pods(&node, &removed, dirty);
+            }
         }
     }
 
-    /// Puts node `node`'s pods; says whether any changed.
-    fn set_pods(&mut self, node: &str, pods: &[k8s::Pod], dirty: &mut Dirty) -> bool {
+    /// Takes node `node`'s pods `names` out.
+    fn remove_pods(&mut self, node: &str, names: &[String], dirty: &mut Dirty) {
+        if let Some(known) = self.by_node.get_mut(node) {
+            for name in names {
+                known.remove(name);
+            }
+        }
+        for name in names {
+            if let Some(old) = self.shared.kube_store.remove(Kind::Pod, name) {
+                let mut old = parse(&old);
+                dirty.deployments.extend(served::deployment_of(&old));
+                dirty.labels.push(old["metadata"]["labels"].take());
+            }
+        }
+    }
+
+    /// Puts node `node`'s pods: all of them, or (`of`) those of these Deployments (a pod
+    /// of another is left as it is); gives the names of those that came or changed, and
+    /// of those that went.
+    fn set_pods(
+        &mut self,
+        node: &str,
+        pods: &[k8s::Pod],
+        of: Option<&BTreeSet<String>>,
+        dirty: &mut Dirty,
+    ) -> (BTreeSet<String>, Vec<String>) {
         let store = &self.shared.kube_store;
         let host = self.hosts.get(node).map(String::as_str);
-        let mut present = BTreeSet::new();
-        let mut changed = false;
+        let mut present = BTreeMap::new();
+        let mut changed = BTreeSet::new();
         for pod in pods {
             let name = pod.metadata.name.clone();
             let new = served::pod_value(pod, host);
@@ -290,7 +303,7 @@ impl Feed {
                 new["metadata"]["labels"].clone(),
                 served::deployment_of(&new),
             );
-            present.insert(name);
+            present.insert(name.clone(), deployment.clone());
             match store.put(Kind::Pod, new) {
                 Put::Same => continue,
                 Put::Added => {}
@@ -298,21 +311,30 @@ impl Feed {
                     dirty.labels.push(parse(&old)["metadata"]["labels"].take());
                 }
             }
-            changed = true;
+            changed.insert(name);
             dirty.labels.push(labels);
             dirty.deployments.extend(deployment);
         }
-        let before = self.by_node.insert(node.to_string(), present);
-        let present = &self.by_node[node];
-        for gone in before.iter().flatten().filter(|n| !present.contains(*n)) {
+        let known = self.by_node.entry(node.to_string()).or_default();
+        // Those not shown again, of what was asked about.
+        let gone: Vec<String> = known
+            .iter()
+            .filter(|(n, _)| !present.contains_key(*n))
+            .filter(|(_, d)| of.is_none_or(|of| d.as_ref().is_some_and(|d| of.contains(d))))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &gone {
+            known.remove(n);
+        }
+        known.extend(present);
+        for gone in &gone {
             if let Some(old) = store.remove(Kind::Pod, gone) {
-                changed = true;
                 let mut old = parse(&old);
                 dirty.deployments.extend(served::deployment_of(&old));
                 dirty.labels.push(old["metadata"]["labels"].take());
             }
         }
-        changed
+        (changed, gone)
     }
 
     /// A new view of the cluster: nodes, the Deployments whose counts changed, and a
@@ -363,7 +385,7 @@ impl Feed {
             if let Some(f) = self.followers.remove(&id) {
                 let name = f.name.clone();
                 drop(f);
-                self.set_pods(&name, &[], dirty);
+                self.set_pods(&name, &[], None, dirty);
                 self.by_node.remove(&name);
             }
         }
@@ -374,7 +396,7 @@ impl Feed {
             let (Some(raft_id), Some(api)) = (crate::raft::raft_id(id), api) else {
                 continue;
             };
-            let task = tokio::spawn(follow(
+            let task = tokio::spawn(peers::follow(
                 self.shared.clone(),
                 raft_id,
                 api.clone(),
@@ -441,50 +463,6 @@ impl Feed {
         }
         for name in &services {
             service(&shared, name);
-        }
-    }
-}
-
-/// Asks the peer `id` at `api` for its pods each time they change, and hands them to the
-/// feed as node `name`'s, until aborted.
-async fn follow(
-    shared: Arc<Shared>,
-    id: u64,
-    api: String,
-    name: String,
-    to: mpsc::Sender<(String, Vec<k8s::Pod>)>,
-) {
-    let mut after = 0;
-    loop {
-        let answer = shared
-            .consensus
-            .client()
-            .call::<_, LocalPods>(
-                id,
-                &api,
-                "/v1/peer/pods/changes",
-                &PodsAfter { after },
-                POLL_HOLD + Duration::from_secs(10),
-            )
-            .await;
-        match answer {
-            Ok(LocalPods {
-                version,
-                pods: Some(pods),
-            }) => {
-                after = version;
-                if to.send((name.clone(), pods.to_vec())).await.is_err() {
-                    return;
-                }
-            }
-            Ok(LocalPods {
-                version,
-                pods: None,
-            }) => after = version,
-            Err(e) => {
-                tracing::debug!(node = %name, error = %e, "a peer's pods could not be fetched");
-                tokio::time::sleep(RETRY).await;
-            }
         }
     }
 }

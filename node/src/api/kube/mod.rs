@@ -32,6 +32,7 @@ mod discovery;
 mod endpoints;
 mod feed;
 pub(super) mod health;
+mod peers;
 mod resources;
 mod select;
 mod served;
@@ -60,7 +61,8 @@ use skiff_spec::manifest::{self, Object};
 use skiff_spec::patch::{self, PatchKind};
 
 use feed::fresh_object;
-pub(crate) use feed::{LocalPods, PodsAfter, pods_after, run as run_feed};
+pub(crate) use feed::run as run_feed;
+pub(crate) use peers::{LocalPods, PodLog, PodsAfter, pods_after};
 use select::Filter;
 use served::{derived_uid, get_object, objects, value};
 pub(crate) use store::Store;

@@ -118,8 +118,14 @@ fn of_revision(pod: &Value, name: &str, hash: &str) -> bool {
 
 /// The Deployment a pod (served) belongs to, by its name `<deployment>-<hash>-<n>`.
 pub(super) fn deployment_of(pod: &Value) -> Option<String> {
-    let hash = pod["metadata"]["labels"]["pod-template-hash"].as_str()?;
-    let name = pod["metadata"]["name"].as_str()?;
+    owner(
+        pod["metadata"]["name"].as_str()?,
+        pod["metadata"]["labels"]["pod-template-hash"].as_str()?,
+    )
+}
+
+/// The Deployment of pod `name` of revision `hash` (`<deployment>-<hash>-<n>`).
+fn owner(name: &str, hash: &str) -> Option<String> {
     let (rest, _) = name.rsplit_once('-')?;
     let deployment = rest.strip_suffix(hash)?.strip_suffix('-')?;
     Some(deployment.to_string())
