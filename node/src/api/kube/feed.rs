@@ -128,7 +128,13 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            change = changes.recv() => feed.desired(change, &mut dirty),
+            change = changes.recv() => {
+                if matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    // The desired state is gone: the node is stopping.
+                    return;
+                }
+                feed.desired(change, &mut dirty);
+            }
             r = passes.changed() => {
                 if r.is_err() {
                     return;
@@ -253,8 +259,13 @@ impl Feed {
         dirty.deployments.extend(looked_at);
     }
 
-    /// What a peer's answer says of its pods.
+    /// What a peer's answer says of its pods (an answer that arrives after its node left
+    /// the view is dropped: the node's pods went with it).
     fn remote(&mut self, news: Remote, dirty: &mut Dirty) {
+        let (Remote::All(node, _) | Remote::Changed(node, _, _)) = &news;
+        if !self.followers.values().any(|f| &f.name == node) {
+            return;
+        }
         match news {
             Remote::All(node, pods) => {
                 self.set_pods(&node, &pods, None, dirty);
