@@ -213,23 +213,8 @@ fn put(root: &mut Value, path: &[Step], v: Value) {
 #[cfg(test)]
 mod tests {
     use super::super::resources::deployment::defaults as deployment;
+    use super::super::testing::stored_deployment;
     use super::*;
-
-    fn stored_deployment() -> Value {
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "web", "image": "web:v1",
-                        "ports": [{"containerPort": 80}],
-                        "readinessProbe": {"httpGet": {"port": 80}}}]}
-                }
-            }
-        })
-    }
 
     #[test]
     fn pull_policies_follow_the_tag() {

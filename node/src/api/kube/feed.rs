@@ -478,106 +478,94 @@ impl Feed {
     }
 }
 
+/// Puts `objects` of `kind` (those derived from one object) and takes out those of its
+/// that are not among them any more: the objects named `prefix...` that `owned` says
+/// derive from it.
+fn replace_derived(
+    store: &super::Store,
+    kind: Kind,
+    objects: Vec<Value>,
+    prefix: &str,
+    owned: impl Fn(&Value) -> bool,
+) {
+    let mut keep = BTreeSet::new();
+    for o in objects {
+        keep.insert(
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        store.put(kind, o);
+    }
+    for o in store.with_prefix(kind, prefix) {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        if owned(&o) && !keep.contains(name) {
+            store.remove(kind, name);
+        }
+    }
+}
+
+/// Puts `object` of `kind` named `name`, or takes it out when there is none.
+fn put_or_remove(store: &super::Store, kind: Kind, name: &str, object: Option<Value>) {
+    match object {
+        Some(o) => {
+            store.put(kind, o);
+        }
+        None => {
+            store.remove(kind, name);
+        }
+    }
+}
+
 /// Renders Deployment `name` with its ReplicaSets and events, or takes them out if it is
 /// gone.
 fn deployment(shared: &Shared, name: &str) {
     let store = &shared.kube_store;
-    let stored = shared.objects.stored_deployment(name);
-    let mut keep_sets = BTreeSet::new();
-    let mut keep_events = BTreeSet::new();
-    match &stored {
-        Some(d) => {
-            let v = finish(Kind::Deployment, served::deployment_value(shared, d));
-            let status = v["status"].clone();
-            store.put(Kind::Deployment, v);
-            let pods = store.with_prefix(Kind::Pod, &format!("{name}-"));
-            for rs in served::replica_sets(d, &status, &pods) {
-                keep_sets.insert(
-                    rs["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-                store.put(Kind::ReplicaSet, rs);
-            }
-            for e in served::events(shared, d) {
-                keep_events.insert(
-                    e["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-                store.put(Kind::Event, e);
-            }
-        }
-        None => {
-            store.remove(Kind::Deployment, name);
-        }
+    let (mut sets, mut events, mut object) = (Vec::new(), Vec::new(), None);
+    if let Some(d) = shared.objects.stored_deployment(name) {
+        let v = finish(Kind::Deployment, served::deployment_value(shared, &d));
+        let pods = store.with_prefix(Kind::Pod, &format!("{name}-"));
+        sets = served::replica_sets(&d, &v["status"], &pods);
+        events = served::events(shared, &d);
+        object = Some(v);
     }
-    for rs in store.with_prefix(Kind::ReplicaSet, &format!("{name}-")) {
-        let rs_name = rs["metadata"]["name"].as_str().unwrap_or_default();
-        if rs["metadata"]["ownerReferences"][0]["name"] == name && !keep_sets.contains(rs_name) {
-            store.remove(Kind::ReplicaSet, rs_name);
-        }
-    }
-    for e in store.with_prefix(Kind::Event, &format!("{name}.")) {
-        let e_name = e["metadata"]["name"].as_str().unwrap_or_default();
-        if e["involvedObject"]["name"] == name && !keep_events.contains(e_name) {
-            store.remove(Kind::Event, e_name);
-        }
-    }
+    put_or_remove(store, Kind::Deployment, name, object);
+    replace_derived(store, Kind::ReplicaSet, sets, &format!("{name}-"), |rs| {
+        rs["metadata"]["ownerReferences"][0]["name"] == name
+    });
+    replace_derived(store, Kind::Event, events, &format!("{name}."), |e| {
+        e["involvedObject"]["name"] == name
+    });
 }
 
 /// Renders Service `name` with its Endpoints and EndpointSlices, or takes them out if it
 /// is gone.
 fn service(shared: &Shared, name: &str) {
     let store = &shared.kube_store;
-    let mut keep_slices = BTreeSet::new();
-    let mut endpoints = None;
-    match shared.objects.service(name) {
-        Some(s) => {
-            // The pods with the selector's first label: those it picks are among them.
-            let pods = s
-                .spec
-                .selector
-                .iter()
-                .next()
-                .map(|(k, v)| store.with_label(Kind::Pod, k, v))
-                .unwrap_or_default();
-            let v = finish(Kind::Service, served::service_value(s));
-            let (e, slices) = served::service_endpoints(&v, &pods);
-            store.put(Kind::Service, v);
-            endpoints = e;
-            for slice in slices {
-                keep_slices.insert(
-                    slice["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-                store.put(Kind::EndpointSlice, slice);
-            }
-        }
-        None => {
-            store.remove(Kind::Service, name);
-        }
+    let (mut endpoints, mut slices, mut object) = (None, Vec::new(), None);
+    if let Some(s) = shared.objects.service(name) {
+        // The pods with the selector's first label: those it picks are among them.
+        let pods = s
+            .spec
+            .selector
+            .iter()
+            .next()
+            .map(|(k, v)| store.with_label(Kind::Pod, k, v))
+            .unwrap_or_default();
+        let v = finish(Kind::Service, served::service_value(s));
+        (endpoints, slices) = served::service_endpoints(&v, &pods);
+        object = Some(v);
     }
-    match endpoints {
-        Some(e) => {
-            store.put(Kind::Endpoints, e);
-        }
-        None => {
-            store.remove(Kind::Endpoints, name);
-        }
-    }
-    for slice in store.with_prefix(Kind::EndpointSlice, &format!("{name}-")) {
-        let slice_name = slice["metadata"]["name"].as_str().unwrap_or_default();
-        if slice["metadata"]["labels"]["kubernetes.io/service-name"] == name
-            && !keep_slices.contains(slice_name)
-        {
-            store.remove(Kind::EndpointSlice, slice_name);
-        }
-    }
+    put_or_remove(store, Kind::Service, name, object);
+    put_or_remove(store, Kind::Endpoints, name, endpoints);
+    replace_derived(
+        store,
+        Kind::EndpointSlice,
+        slices,
+        &format!("{name}-"),
+        |slice| slice["metadata"]["labels"]["kubernetes.io/service-name"] == name,
+    );
 }
 
 /// Renders every node gossip knows, takes out those it forgot, and notes their

@@ -356,13 +356,18 @@ impl Store {
         )
     }
 
+    /// The objects `pick` finds in `kind`'s shelf, parsed outside the lock.
+    fn found(&self, kind: Kind, pick: impl FnOnce(&Shelf) -> Vec<Bytes>) -> Vec<Value> {
+        let found = match self.lock().shelves.get(&kind) {
+            Some(shelf) => pick(shelf),
+            None => return Vec::new(),
+        };
+        found.iter().map(|j| parse(j)).collect()
+    }
+
     /// The objects of `kind` whose names start with `prefix`, by name.
     pub(crate) fn with_prefix(&self, kind: Kind, prefix: &str) -> Vec<Value> {
-        let found: Vec<Bytes> = {
-            let inner = self.lock();
-            let Some(shelf) = inner.shelves.get(&kind) else {
-                return Vec::new();
-            };
+        self.found(kind, |shelf| {
             shelf
                 .objects
                 .range::<str, _>((
@@ -372,17 +377,12 @@ impl Store {
                 .take_while(|(n, _)| n.starts_with(prefix))
                 .map(|(_, e)| e.json.clone())
                 .collect()
-        };
-        found.iter().map(|j| parse(j)).collect()
+        })
     }
 
     /// The objects of `kind` labelled `key=value`, by name.
     pub(crate) fn with_label(&self, kind: Kind, key: &str, value: &str) -> Vec<Value> {
-        let found: Vec<Bytes> = {
-            let inner = self.lock();
-            let Some(shelf) = inner.shelves.get(&kind) else {
-                return Vec::new();
-            };
+        self.found(kind, |shelf| {
             shelf
                 .labelled
                 .get(&(key.to_string(), value.to_string()))
@@ -390,8 +390,7 @@ impl Store {
                 .flatten()
                 .filter_map(|n| Some(shelf.objects.get(n)?.json.clone()))
                 .collect()
-        };
-        found.iter().map(|j| parse(j)).collect()
+        })
     }
 
     /// The names of `kind`'s objects, in order.

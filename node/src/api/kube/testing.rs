@@ -162,3 +162,21 @@ pub(super) async fn served() -> (tempfile::TempDir, crate::RunningNode, axum::Ro
     let router = crate::api::router(node.shared.clone());
     (dir, node, router)
 }
+
+/// A Deployment as a client writes it (nothing defaulted): `web`, one container with a
+/// port and a readiness probe.
+pub(super) fn stored_deployment() -> Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "web:v1",
+                    "ports": [{"containerPort": 80}],
+                    "readinessProbe": {"httpGet": {"port": 80}}}]}
+            }
+        }
+    })
+}

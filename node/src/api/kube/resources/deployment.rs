@@ -226,23 +226,8 @@ async fn scale(shared: &Shared, request: SubRequest<'_>) -> Result<Response, Api
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::testing::stored_deployment;
     use super::*;
-
-    fn stored_deployment() -> Value {
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "web", "image": "web:v1",
-                        "ports": [{"containerPort": 80}],
-                        "readinessProbe": {"httpGet": {"port": 80}}}]}
-                }
-            }
-        })
-    }
 
     #[test]
     fn a_deployment_is_served_as_kubernetes_defaults_it() {
