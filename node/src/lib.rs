@@ -701,7 +701,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         view: view_tx,
         docker_execs: Default::default(),
         desired,
-        kube_store: api::kube::Store::new(),
+        kube_store: api::kube::Store::open(dir.join("kube-versions")),
         local_pods: Default::default(),
         api_ca: node_tls.ca.clone(),
         api_advertised: cluster::advertised(api_addr, config.cluster.advertise).to_string(),

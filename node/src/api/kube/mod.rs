@@ -328,6 +328,19 @@ fn namespace(ns: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A resourceVersion from too far ahead, as the API server answers it (client-go lists
+/// again).
+fn too_large(version: u64, e: store::TooLarge) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "Too large resource version: {version}, current: {}",
+            e.current
+        ),
+    )
+}
+
 fn not_found(res: &Resource, name: &str) -> ApiError {
     ApiError::not_found(format!("{} {name:?} not found", res.qualified()))
         .with_details(res.details(name))
@@ -341,7 +354,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let filter = Filter::new(res.kind, p)?;
     if let Some(v) = p.resource_version.as_deref().and_then(|v| v.parse().ok()) {
-        shared.kube_store.witness(v);
+        shared.kube_store.witness(v).map_err(|e| too_large(v, e))?;
     }
     let (all, version) = objects(shared, res.kind).await;
     let after = p
@@ -572,7 +585,7 @@ async fn update(
     if let Some(sent) = object["metadata"]["resourceVersion"].as_str()
         && let Ok(v) = sent.parse()
     {
-        shared.kube_store.witness(v);
+        shared.kube_store.witness(v).map_err(|e| too_large(v, e))?;
     }
     if check_version
         && let Some(sent) = object["metadata"]["resourceVersion"].as_str()
@@ -1364,6 +1377,31 @@ mod tests {
         open.pop();
         assert_eq!(watch().await.unwrap().status(), StatusCode::OK);
         drop(open);
+        node.shutdown_token().cancel();
+        node.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_resource_version_from_far_ahead_is_refused_not_waited_for() {
+        let (_dir, node, router) = crate::api::kube::testing::served().await;
+        let t = node.shared.token.plain().unwrap();
+        // Made up, or from a clock far ahead: the API server's "Too large resource
+        // version" (a watch that took it would wait for ever, silent).
+        for path in [
+            "/api/v1/namespaces/default/pods?watch=1&resourceVersion=18446744073709551615",
+            "/api/v1/namespaces/default/pods?resourceVersion=18446744073709551615",
+        ] {
+            let (status, body) = call(&router, Some(t), "GET", path, None).await;
+            assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{path}: {body}");
+            assert_eq!(body["reason"], "Timeout");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Too large resource version: 18446744073709551615"),
+                "{body}"
+            );
+        }
         node.shutdown_token().cancel();
         node.wait().await.unwrap();
     }

@@ -123,7 +123,7 @@ impl PodLog {
     }
 
     /// What a peer at version `after` is missing.
-    fn since(&self, after: u64) -> LocalPods {
+    pub(crate) fn since(&self, after: u64) -> LocalPods {
         let log = self.lock();
         if after == log.version {
             return LocalPods {
@@ -166,9 +166,13 @@ impl PodLog {
     }
 }
 
-/// Answers a peer that has this node's pods at `after` (see [`PodLog::after`]).
+/// Answers a peer that has this node's pods at `after` (see [`PodLog::after`]); at once
+/// when the node stops, so a held request does not hold up its drain.
 pub(crate) async fn pods_after(shared: &Shared, after: u64) -> LocalPods {
-    shared.local_pods.after(after, POLL_HOLD).await
+    tokio::select! {
+        answer = shared.local_pods.after(after, POLL_HOLD) => answer,
+        () = shared.shutdown.cancelled() => shared.local_pods.since(after),
+    }
 }
 
 /// Asks the peer `id` at `api` for its pods each time they change, and hands them to the

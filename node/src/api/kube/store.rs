@@ -42,6 +42,19 @@ const HISTORY_BYTES: usize = 4 << 20;
 /// is a clock gone wrong or a made-up version, and is not followed.
 const MAX_AHEAD: Duration = Duration::from_secs(600);
 
+/// A version a client brings this far ahead of the clock is written down before it is
+/// followed, so the node starts past it after a restart (a restart takes longer than
+/// this, so what is closer needs no writing).
+const REMEMBER_AHEAD: Duration = Duration::from_secs(1);
+
+/// A version a client brought from too far ahead (Kubernetes' "Too large resource
+/// version").
+#[derive(Debug)]
+pub(crate) struct TooLarge {
+    /// The version now.
+    pub(crate) current: u64,
+}
+
 /// What happened to an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -114,12 +127,16 @@ impl Shelf {
 
 struct Inner {
     version: u64,
+    /// The high-water mark on disk: versions up to it are safe to give out after a restart.
+    remembered: u64,
     shelves: HashMap<Kind, Shelf>,
 }
 
 /// The store: one per node.
 pub(crate) struct Store {
     inner: Mutex<Inner>,
+    /// Where the high-water mark of versions is kept (none: in tests).
+    mark: Option<std::path::PathBuf>,
     feeds: HashMap<Kind, broadcast::Sender<Arc<Event>>>,
     /// Whether the feed has filled every kind once (reads wait for it).
     filled: tokio::sync::watch::Sender<bool>,
@@ -171,12 +188,31 @@ pub(crate) struct Expired {
 }
 
 impl Store {
-    /// An empty store whose versions start at the clock's now.
+    /// An empty store whose versions start at the clock's now, kept only in memory.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
-        let start = now_micros();
+        Self::start(now_micros(), None)
+    }
+
+    /// An empty store whose versions start past the clock's now and past the high-water
+    /// mark in `mark` (a version a client brought from ahead before a restart), which it
+    /// keeps there.
+    pub(crate) fn open(mark: std::path::PathBuf) -> Self {
+        let remembered = std::fs::read_to_string(&mark)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut store = Self::start(now_micros().max(remembered), Some(mark));
+        store.inner.get_mut().expect("new").remembered = remembered;
+        store
+    }
+
+    fn start(start: u64, mark: Option<std::path::PathBuf>) -> Self {
         Self {
+            mark,
             inner: Mutex::new(Inner {
                 version: start,
+                remembered: 0,
                 shelves: Kind::ALL
                     .iter()
                     .map(|kind| {
@@ -231,13 +267,35 @@ impl Store {
 
     /// Moves the clock past `version`, one a client brings (from this node or another):
     /// what this node versions next is newer than what the client has seen. A version
-    /// far ahead of the clock is not followed.
-    pub(crate) fn witness(&self, version: u64) {
-        let limit = now_micros().saturating_add(MAX_AHEAD.as_micros() as u64);
-        if version <= limit {
-            let mut inner = self.lock();
-            inner.version = inner.version.max(version);
+    /// far ahead of the clock is not followed: it is refused, with the version now.
+    /// One well ahead of the clock is remembered on disk first (see [`Store::open`]).
+    pub(crate) fn witness(&self, version: u64) -> Result<(), TooLarge> {
+        let now = now_micros();
+        if version > now.saturating_add(MAX_AHEAD.as_micros() as u64) {
+            return Err(TooLarge {
+                current: self.lock().version,
+            });
         }
+        let mut inner = self.lock();
+        if version <= inner.version {
+            return Ok(());
+        }
+        if version > inner.remembered && version > now + REMEMBER_AHEAD.as_micros() as u64 {
+            // Remembered a little further than asked, so a client pushing it forward a
+            // step at a time writes once per step of REMEMBER_AHEAD.
+            let mark = version + REMEMBER_AHEAD.as_micros() as u64;
+            if let Some(path) = &self.mark
+                && let Err(e) = crate::files::write_private(path, &mark.to_string())
+            {
+                tracing::warn!(error = %e, "the versions' high-water mark could not be written; a version this far ahead is refused");
+                return Err(TooLarge {
+                    current: inner.version,
+                });
+            }
+            inner.remembered = mark;
+        }
+        inner.version = version;
+        Ok(())
     }
 
     fn tick(inner: &mut Inner) -> u64 {
@@ -567,13 +625,37 @@ mod tests {
     fn versions_follow_a_clients_version_but_not_one_from_far_ahead() {
         let s = Store::new();
         let ahead = now_micros() + 5_000_000;
-        s.witness(ahead);
+        s.witness(ahead).unwrap();
         s.put(Kind::Pod, pod("a", "Pending"));
         let v = version_of(&s.get(Kind::Pod, "a").unwrap());
         assert!(v > ahead, "a version after one a client has seen is newer");
         let before = s.version();
-        s.witness(u64::MAX - 1);
+        let too_far = s.witness(u64::MAX - 1).unwrap_err();
+        assert_eq!(too_far.current, before);
         assert_eq!(s.version(), before, "a made-up version is not followed");
+    }
+
+    #[test]
+    fn a_version_brought_from_ahead_is_remembered_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("kube-versions");
+        let ahead = now_micros() + 300_000_000;
+        {
+            let s = Store::open(mark.clone());
+            s.witness(ahead).unwrap();
+            // Close to now: nothing written.
+        }
+        let s = Store::open(mark.clone());
+        s.put(Kind::Pod, pod("a", "Pending"));
+        let v = version_of(&s.get(Kind::Pod, "a").unwrap());
+        assert!(
+            v > ahead,
+            "after a restart, versions are past any given out before"
+        );
+        // One second ahead or less is not written (a restart takes longer).
+        let near = Store::open(dir.path().join("near"));
+        near.witness(now_micros() + 500_000).unwrap();
+        assert!(!dir.path().join("near").exists());
     }
 
     #[test]

@@ -96,7 +96,10 @@ pub(super) async fn watch(
     }
     let slot = WatchSlot;
     if let Some(v) = from {
-        shared.kube_store.witness(v);
+        shared
+            .kube_store
+            .witness(v)
+            .map_err(|e| super::too_large(v, e))?;
     }
     shared
         .kube_store
