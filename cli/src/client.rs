@@ -793,6 +793,12 @@ pub(crate) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N
 /// Prints `header` and `rows` in columns as wide as their widest cell, two spaces
 /// apart (as kubectl prints tables).
 pub(crate) fn print_grid(header: &[String], rows: &[Vec<String>]) {
+    print_grid_as(header, rows, true);
+}
+
+/// As [`print_grid`], the header left out unless `with_header` (rows that follow
+/// others, as kubectl's watch prints them), the columns still as wide as it.
+pub(crate) fn print_grid_as(header: &[String], rows: &[Vec<String>], with_header: bool) {
     let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -807,7 +813,9 @@ pub(crate) fn print_grid(header: &[String], rows: &[Vec<String>]) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(header);
+    if with_header {
+        line(header);
+    }
     for row in rows {
         line(row);
     }

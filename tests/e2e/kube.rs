@@ -216,7 +216,18 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
     let out = ok(&child.wait_with_output().await.unwrap());
     assert_eq!(out, "service/my-web-app unchanged\n");
 
-    // Scale 3 -> 5 -> 1.
+    // Scale 3 -> 5 -> 1, watched by `skiff get pods -w`.
+    let mut watcher = tokio::process::Command::new(crate::harness::SKIFF)
+        .args(["get", "pods", "-w"])
+        .env("SKIFF_API", &node.api)
+        .env("SKIFF_TOKEN", &node.token)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        watcher.stdout.take().unwrap(),
+    ));
     ok(&skiff(
         &node,
         &["scale", "deployment/my-web-app", "--replicas", "5"],
@@ -230,6 +241,35 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
     .await);
     let one = wait_pods(&node, "app=my-web-app", 1).await;
     let left = one[0]["metadata"]["name"].as_str().unwrap().to_string();
+    // The watch shows the first pods, and again each of them that went, under one
+    // header (not one per change). (It polls: pods that came and went between two
+    // polls may not show.)
+    let went: Vec<String> = three
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .filter(|n| *n != left)
+        .collect();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !went.iter().all(|p| {
+        seen.iter()
+            .filter(|l: &&String| l.starts_with(p.as_str()))
+            .count()
+            >= 2
+    }) {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the watch did not show {went:?} go: {seen:#?}"))
+            .unwrap()
+            .expect("the watch keeps printing");
+        seen.push(line);
+    }
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "one header: {seen:#?}"
+    );
+    drop(watcher);
     for _ in 0..5 {
         let r = node
             .app(reqwest::Method::GET, "my-web-app", "/")

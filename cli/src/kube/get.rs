@@ -5,7 +5,6 @@
 use serde::Deserialize;
 
 use super::*;
-use crate::client::print_grid;
 
 /// Output formats of `get`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,14 +191,20 @@ fn labels_of(labels: &serde_json::Value) -> String {
 
 /// Prints each kind's rows with its header, a blank line between kinds.
 fn print_tables(tables: &[Rows], output: Output, prefix: bool) {
+    print_tables_as(tables, output, prefix, true);
+}
+
+/// As [`print_tables`]; without headers (and blank lines between kinds) unless
+/// `headers`: the rows a watch prints after the first.
+fn print_tables_as(tables: &[Rows], output: Output, prefix: bool, headers: bool) {
     let wide = output == Output::Wide;
     let mut first = true;
     for t in tables.iter().filter(|t| !t.rows.is_empty()) {
-        if !std::mem::take(&mut first) {
+        if !std::mem::take(&mut first) && headers {
             println!();
         }
         let (header, rows) = grid(t, wide, prefix);
-        print_grid(&header, &rows);
+        crate::client::print_grid_as(&header, &rows, headers);
     }
 }
 
@@ -268,23 +273,32 @@ pub(crate) async fn get(
     if !watch {
         return Ok(());
     }
-    // -w: print each object again when it changes (kubectl's watch output, by polling).
-    let mut seen: BTreeMap<String, String> = values(&f)?
-        .into_iter()
-        .map(|v| (key(&v), row_key(&v)))
-        .collect();
+    // -w: print each object again when it changes (kubectl's watch output, by polling),
+    // and once more as it was when it goes.
+    let mut last: BTreeMap<String, serde_json::Value> =
+        values(&f)?.into_iter().map(|v| (key(&v), v)).collect();
+    let mut seen: BTreeMap<String, String> =
+        last.iter().map(|(k, v)| (k.clone(), row_key(v))).collect();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let f = fetch(client, &targets, selector).await?;
         let mut now: BTreeMap<String, String> = BTreeMap::new();
         let mut changed = Vec::new();
-        for v in values(&f)? {
-            let (k, r) = (key(&v), row_key(&v));
-            if seen.get(&k) != Some(&r) {
-                changed.push(v);
+        let current: BTreeMap<String, serde_json::Value> =
+            values(&f)?.into_iter().map(|v| (key(&v), v)).collect();
+        for (k, v) in &current {
+            let r = row_key(v);
+            if seen.get(k) != Some(&r) {
+                changed.push(v.clone());
             }
-            now.insert(k, r);
+            now.insert(k.clone(), r);
         }
+        changed.extend(
+            last.iter()
+                .filter(|(k, _)| !current.contains_key(*k))
+                .map(|(_, v)| v.clone()),
+        );
+        last = current;
         if output == Output::Name {
             print_names(&changed);
         } else {
@@ -336,17 +350,40 @@ async fn get_tables(
             .collect()
     };
     let mut seen = keys(&tables);
+    // The rows last shown, by object: one that goes is shown once more, as it was (as
+    // kubectl shows a deleted object).
+    let mut last: BTreeMap<String, (usize, Row)> = rows_by_key(&tables);
+    let mut headers = tables.iter().all(|t| t.rows.is_empty());
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut tables = fetch_tables(client, targets, selector, true).await?;
         let now = keys(&tables);
-        for t in &mut tables {
+        let current = rows_by_key(&tables);
+        for (i, t) in tables.iter_mut().enumerate() {
             t.rows
                 .retain(|r| seen.get(&key(&r.object)) != Some(&row_key(&r.object)));
+            t.rows.extend(
+                last.iter()
+                    .filter(|(k, (kind, _))| *kind == i && !now.contains_key(*k))
+                    .map(|(_, (_, row))| row.clone()),
+            );
         }
-        print_tables(&tables, output, prefix);
+        print_tables_as(&tables, output, prefix, headers);
+        if tables.iter().any(|t| !t.rows.is_empty()) {
+            headers = false;
+        }
         seen = now;
+        last = current;
     }
+}
+
+/// Each row of `tables` by its object's key, with the index of its table.
+fn rows_by_key(tables: &[Rows]) -> BTreeMap<String, (usize, Row)> {
+    tables
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| t.rows.iter().map(move |r| (key(&r.object), (i, r.clone()))))
+        .collect()
 }
 
 fn key(v: &serde_json::Value) -> String {
