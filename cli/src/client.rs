@@ -224,6 +224,41 @@ impl Client {
             .with_context(|| format!("the API's answer to GET {path} is not what skiff expects"))
     }
 
+    /// GET `path` with `Accept: accept`; the answer's lines as they come (a watch).
+    pub(crate) async fn get_lines(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = anyhow::Result<Vec<u8>>> + Unpin> {
+        let req = self
+            .http
+            .get(self.url(path))
+            .header(reqwest::header::ACCEPT, accept);
+        let resp = self.send(req).await?;
+        let chunks = resp.bytes_stream();
+        Ok(Box::pin(futures_util::stream::unfold(
+            (chunks, Vec::new()),
+            |(mut chunks, mut buf)| async move {
+                loop {
+                    if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        return Some((Ok(line), (chunks, buf)));
+                    }
+                    match chunks.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            return Some((
+                                Err(anyhow::Error::new(e).context("the watch broke")),
+                                (chunks, Vec::new()),
+                            ));
+                        }
+                        None => return None,
+                    }
+                }
+            },
+        )))
+    }
+
     /// `method` `path` with a JSON body; the answer as JSON.
     pub(crate) async fn send_json<T: serde::de::DeserializeOwned>(
         &self,

@@ -233,7 +233,7 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
         &["scale", "deployment/my-web-app", "--replicas", "5"],
     )
     .await);
-    wait_pods(&node, "app=my-web-app", 5).await;
+    let five = wait_pods(&node, "app=my-web-app", 5).await;
     ok(&skiff(
         &node,
         &["scale", "deployment/my-web-app", "--replicas", "1"],
@@ -241,10 +241,9 @@ async fn the_nginx_example_applies_unchanged_scales_and_deletes() {
     .await);
     let one = wait_pods(&node, "app=my-web-app", 1).await;
     let left = one[0]["metadata"]["name"].as_str().unwrap().to_string();
-    // The watch shows the first pods, and again each of them that went, under one
-    // header (not one per change). (It polls: pods that came and went between two
-    // polls may not show.)
-    let went: Vec<String> = three
+    // The watch (the server's, pushed) shows every pod that came, and again each that
+    // went, under one header (not one per change).
+    let went: Vec<String> = five
         .iter()
         .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
         .filter(|n| *n != left)

@@ -61,16 +61,28 @@ struct Row {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Table {
+    #[serde(default)]
     column_definitions: Vec<Column>,
     #[serde(default)]
     rows: Vec<Row>,
+    #[serde(default)]
+    metadata: TableMeta,
 }
 
-/// The rows of one kind, under the server's columns.
+/// A Table's version (a list's; none for one object).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TableMeta {
+    #[serde(default)]
+    resource_version: String,
+}
+
+/// The rows of one kind, under the server's columns, and the version they are at.
 struct Rows {
     kind: Kind,
     columns: Vec<Column>,
     rows: Vec<Row>,
+    version: String,
 }
 
 /// `?labelSelector=...&includeObject=Object`, encoded, or nothing: whole objects when
@@ -118,6 +130,7 @@ async fn fetch_tables(
             kind: *kind,
             columns: first.column_definitions,
             rows,
+            version: first.metadata.resource_version,
         });
     }
     Ok(out)
@@ -342,48 +355,101 @@ async fn get_tables(
     if !watch {
         return Ok(());
     }
-    let keys = |tables: &[Rows]| -> BTreeMap<String, String> {
-        tables
-            .iter()
-            .flat_map(|t| &t.rows)
-            .map(|r| (key(&r.object), row_key(&r.object)))
-            .collect()
-    };
-    let mut seen = keys(&tables);
-    // The rows last shown, by object: one that goes is shown once more, as it was (as
-    // kubectl shows a deleted object).
-    let mut last: BTreeMap<String, (usize, Row)> = rows_by_key(&tables);
-    let mut headers = tables.iter().all(|t| t.rows.is_empty());
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut tables = fetch_tables(client, targets, selector, true).await?;
-        let now = keys(&tables);
-        let current = rows_by_key(&tables);
-        for (i, t) in tables.iter_mut().enumerate() {
-            t.rows
-                .retain(|r| seen.get(&key(&r.object)) != Some(&row_key(&r.object)));
-            t.rows.extend(
-                last.iter()
-                    .filter(|(k, (kind, _))| *kind == i && !now.contains_key(*k))
-                    .map(|(_, (_, row))| row.clone()),
-            );
+    // -w: the server's watch of each kind (of each object named), from the version
+    // listed; every event's row as it comes, a deleted object's too (as kubectl shows it).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Row)>(256);
+    for (i, ((kind, names), t)) in targets.iter().zip(&tables).enumerate() {
+        let mut watches = Vec::new();
+        if names.is_empty() {
+            watches.push((table_query(selector, true), t.version.clone()));
+        } else {
+            for row in &t.rows {
+                let name = row.object["metadata"]["name"].as_str().unwrap_or_default();
+                let version = row.object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let q = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("fieldSelector", &format!("metadata.name={name}"))
+                    .append_pair("includeObject", "Object")
+                    .finish();
+                watches.push((format!("?{q}"), version));
+            }
         }
-        print_tables_as(&tables, output, prefix, headers);
-        if tables.iter().any(|t| !t.rows.is_empty()) {
-            headers = false;
+        for (query, version) in watches {
+            let (client, tx, path) = (client.clone(), tx.clone(), kind.path());
+            tokio::spawn(async move {
+                if let Err(e) = follow(&client, path, &query, version, i, &tx).await {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(1);
+                }
+            });
         }
-        seen = now;
-        last = current;
     }
+    drop(tx);
+    let mut headers = tables.iter().all(|t| t.rows.is_empty());
+    while let Some((i, row)) = rx.recv().await {
+        let shown = Rows {
+            kind: tables[i].kind,
+            columns: tables[i].columns.clone(),
+            rows: vec![row],
+            version: String::new(),
+        };
+        print_tables_as(std::slice::from_ref(&shown), output, prefix, headers);
+        headers = false;
+    }
+    Ok(())
 }
 
-/// Each row of `tables` by its object's key, with the index of its table.
-fn rows_by_key(tables: &[Rows]) -> BTreeMap<String, (usize, Row)> {
-    tables
-        .iter()
-        .enumerate()
-        .flat_map(|(i, t)| t.rows.iter().map(move |r| (key(&r.object), (i, r.clone()))))
-        .collect()
+/// Follows the watch of `path` + `query` from `version`, handing each event's rows on
+/// as table `i`'s; watches again from where it was when the server ends a watch, and
+/// from now when its version is too old (410).
+async fn follow(
+    client: &Client,
+    path: &str,
+    query: &str,
+    mut version: String,
+    i: usize,
+    to: &tokio::sync::mpsc::Sender<(usize, Row)>,
+) -> anyhow::Result<()> {
+    #[derive(Deserialize)]
+    struct Event {
+        #[serde(rename = "type")]
+        kind: String,
+        object: serde_json::Value,
+    }
+    loop {
+        let sep = if query.is_empty() { '?' } else { '&' };
+        let mut url = format!("{path}{query}{sep}watch=true");
+        if !version.is_empty() {
+            url.push_str(&format!("&resourceVersion={version}"));
+        }
+        let mut lines = client.get_lines(&url, AS_TABLE).await?;
+        while let Some(line) = futures_util::StreamExt::next(&mut lines).await {
+            // A watch that breaks is watched again from where it was.
+            let Ok(line) = line else { break };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event: Event =
+                serde_json::from_slice(&line).context("a watch event is not what skiff expects")?;
+            if event.kind == "ERROR" {
+                // Too old a version: from now (what is there comes again as ADDED).
+                version.clear();
+                break;
+            }
+            let table: Table = serde_json::from_value(event.object)
+                .context("a watch event's Table is not what skiff expects")?;
+            for row in table.rows {
+                if let Some(v) = row.object["metadata"]["resourceVersion"].as_str() {
+                    version = v.to_string();
+                }
+                if to.send((i, row)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 fn key(v: &serde_json::Value) -> String {
@@ -428,6 +494,7 @@ mod tests {
             kind,
             columns: table.column_definitions.clone(),
             rows: table.rows.clone(),
+            version: String::new(),
         };
         let (header, cells) = grid(&rows(Kind::Service), false, false);
         assert_eq!(
