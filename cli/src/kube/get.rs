@@ -337,7 +337,7 @@ fn print_names(objects: &[serde_json::Value]) {
 }
 
 /// `skiff get` as tables: the server's columns and rows, as kubectl prints them; with
-/// `-w`, the rows whose object changed, again, each time one does (by polling).
+/// `-w`, then a row for every event of the server's watch as it comes.
 async fn get_tables(
     client: &Client,
     targets: &[(Kind, Vec<String>)],
