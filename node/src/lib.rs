@@ -33,9 +33,10 @@
 //!
 //! Data dir layout: `token` (API token, 0600), `node.key` (seals compiled code, 0600),
 //! `join-token` and `cluster.json` (the cluster, 0600), `lock` (one node per data dir),
-//! `state.redb`, `images/` (an OCI image layout), `sites/<image>/` (extracted static
-//! sites and Linux image trees), `cache/…` (compiled code), `containers/<id>/` (runc
-//! bundles), `runc/` (runc state).
+//! `state.redb`, `kube-versions` (the Kubernetes API's version high-water mark),
+//! `images/` (an OCI image layout), `sites/<image>/` (extracted static sites and Linux
+//! image trees), `cache/…` (compiled code), `containers/<id>/` (runc bundles), `runc/`
+//! (runc state).
 
 #![deny(missing_docs)]
 
