@@ -179,7 +179,8 @@ async fn read_index(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Js
     Ok(Json(index))
 }
 
-/// This node's pods, for a peer listing the cluster's.
+/// This node's pods, for a peer listing the cluster's (what nodes before the pod log of
+/// `/v1/peer/pods/changes` ask; none of this release does).
 async fn pods(
     State(shared): State<Arc<Shared>>,
     body: Bytes,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use skiff_spec::k8s;
-use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -128,13 +128,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            change = changes.recv() => {
-                if matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    // The desired state is gone: the node is stopping.
-                    return;
-                }
-                feed.desired(change, &mut dirty);
-            }
+            change = changes.recv() => match change {
+                Ok(change) => feed.desired(Some(change), &mut dirty),
+                Err(RecvError::Lagged(_)) => feed.desired(None, &mut dirty),
+                // The desired state is gone: the node is stopping.
+                Err(RecvError::Closed) => return,
+            },
             r = passes.changed() => {
                 if r.is_err() {
                     return;
@@ -154,12 +153,9 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         // Take in what else is waiting before rendering: one render for a burst.
         loop {
             match changes.try_recv() {
-                Ok(change) => feed.desired(Ok(change), &mut dirty),
-                Err(TryRecvError::Empty) => break,
-                Err(e @ (TryRecvError::Lagged(_) | TryRecvError::Closed)) => {
-                    feed.desired(Err(e.into_recv()), &mut dirty);
-                    break;
-                }
+                Ok(change) => feed.desired(Some(change), &mut dirty),
+                Err(TryRecvError::Lagged(_)) => feed.desired(None, &mut dirty),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
         while let Ok(news) = remote_rx.try_recv() {
@@ -171,20 +167,6 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             dirty.all = true;
         }
         feed.render(&mut dirty).await;
-    }
-}
-
-trait IntoRecv {
-    fn into_recv(self) -> tokio::sync::broadcast::error::RecvError;
-}
-
-impl IntoRecv for TryRecvError {
-    fn into_recv(self) -> tokio::sync::broadcast::error::RecvError {
-        use tokio::sync::broadcast::error::RecvError;
-        match self {
-            TryRecvError::Lagged(n) => RecvError::Lagged(n),
-            _ => RecvError::Closed,
-        }
     }
 }
 
@@ -212,13 +194,9 @@ pub(super) async fn refresh(shared: &Shared, kind: Kind, name: &str) {
 }
 
 impl Feed {
-    fn desired(
-        &mut self,
-        change: Result<crate::desired::Change, tokio::sync::broadcast::error::RecvError>,
-        dirty: &mut Dirty,
-    ) {
-        let Ok(change) = change else {
-            // Fell behind: everything may have changed.
+    /// A command applied (none: the feed was missed, so everything may have changed).
+    fn desired(&mut self, change: Option<crate::desired::Change>, dirty: &mut Dirty) {
+        let Some(change) = change else {
             dirty.all = true;
             return;
         };
@@ -352,14 +330,14 @@ impl Feed {
     /// long-poll for each live peer.
     fn new_view(&mut self, view: Arc<View>, dirty: &mut Dirty) {
         dirty.nodes = true;
-        let counts = |v: &View| -> BTreeMap<(String, String), String> {
+        let counts = |v: &View| -> BTreeMap<(String, String), crate::cluster::PodCounts> {
             v.nodes
                 .iter()
                 .filter(|n| n.id != v.me)
                 .flat_map(|n| {
                     n.pods
                         .iter()
-                        .map(|(d, c)| ((d.clone(), n.id.clone()), format!("{c:?}")))
+                        .map(|(d, c)| ((d.clone(), n.id.clone()), c.clone()))
                 })
                 .collect()
         };

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use skiff_spec::k8s;
@@ -73,9 +73,7 @@ impl Default for PodLog {
     fn default() -> Self {
         // From the clock: a version a peer holds from before a restart is older than the
         // log's floor (everything is sent again), never taken for a recent one.
-        let start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
+        let start = crate::clock::now_micros();
         Self {
             log: Mutex::new(Log {
                 version: start,

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use serde_json::Value;
@@ -31,6 +31,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
 use super::Kind;
+use crate::clock::now_micros;
 
 /// Events kept per kind for watches that resume from a version.
 pub(crate) const HISTORY: usize = 4096;
@@ -143,12 +144,6 @@ pub(crate) struct Store {
     /// Serialises rendering with putting, so an object rendered from an older state
     /// never lands after one rendered from a newer (see [`Store::render`]).
     rendering: tokio::sync::Mutex<()>,
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
 }
 
 fn name_of(object: &Value) -> &str {
@@ -276,25 +271,32 @@ impl Store {
                 current: self.lock().version,
             });
         }
-        let mut inner = self.lock();
-        if version <= inner.version {
-            return Ok(());
-        }
-        if version > inner.remembered && version > now + REMEMBER_AHEAD.as_micros() as u64 {
-            // Remembered a little further than asked, so a client pushing it forward a
-            // step at a time writes once per step of REMEMBER_AHEAD.
-            let mark = version + REMEMBER_AHEAD.as_micros() as u64;
-            if let Some(path) = &self.mark
-                && let Err(e) = crate::files::write_private(path, &mark.to_string())
-            {
-                tracing::warn!(error = %e, "the versions' high-water mark could not be written; a version this far ahead is refused");
-                return Err(TooLarge {
-                    current: inner.version,
-                });
+        let remembered = {
+            let mut inner = self.lock();
+            if version <= inner.version {
+                return Ok(());
             }
-            inner.remembered = mark;
+            if version <= inner.remembered || version <= now + REMEMBER_AHEAD.as_micros() as u64 {
+                inner.version = version;
+                return Ok(());
+            }
+            inner.remembered
+        };
+        // Remembered a little further than asked, so a client pushing it forward a step
+        // at a time writes once per step of REMEMBER_AHEAD; written without holding the
+        // store, which every read takes.
+        let mark = version + REMEMBER_AHEAD.as_micros() as u64;
+        if let Some(path) = &self.mark
+            && let Err(e) = crate::files::write_private(path, &mark.to_string())
+        {
+            tracing::warn!(error = %e, "the versions' high-water mark could not be written; a version this far ahead is refused");
+            return Err(TooLarge {
+                current: self.lock().version,
+            });
         }
-        inner.version = version;
+        let mut inner = self.lock();
+        inner.remembered = inner.remembered.max(mark).max(remembered);
+        inner.version = inner.version.max(version);
         Ok(())
     }
 
@@ -643,7 +645,6 @@ mod tests {
         {
             let s = Store::open(mark.clone());
             s.witness(ahead).unwrap();
-            // Close to now: nothing written.
         }
         let s = Store::open(mark.clone());
         s.put(Kind::Pod, pod("a", "Pending"));
