@@ -226,7 +226,12 @@ async fn nodes_join_with_the_token_detect_a_dead_one_and_take_it_back() {
         Some(format!("{}.{}", now_ms - 3_600_000, "ab".repeat(32))),
         Some("garbage".to_string()),
     ] {
-        for path in ["/v1/raft/vote", "/v1/raft/write", "/v1/peer/pods"] {
+        for path in [
+            "/v1/raft/vote",
+            "/v1/raft/write",
+            "/v1/peer/pods",
+            "/v1/peer/pods/changes",
+        ] {
             let mut r = first
                 .http
                 .post(format!("{}{path}", first.api))
