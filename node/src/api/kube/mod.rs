@@ -227,6 +227,16 @@ fn params(query: Option<String>) -> Result<Params, ApiError> {
                 p.include_object =
                     table::Include::parse(&v).map_err(|e| ApiError::bad_request("invalid", e))?;
             }
+            // A watch that streams the list first (client-go's WatchList) waits for a
+            // bookmark skiff does not send: refused as the API server refuses it when the
+            // feature is off, and client-go lists and watches instead.
+            "sendInitialEvents" if v == "true" => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                ));
+            }
             // Read and ignored, as a server without these features ignores them.
             _ => {}
         }
@@ -1382,7 +1392,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_resource_version_from_far_ahead_is_refused_not_waited_for() {
+    async fn watches_a_client_would_wait_on_for_ever_are_refused() {
         let (_dir, node, router) = crate::api::kube::testing::served().await;
         let t = node.shared.token.plain().unwrap();
         // Made up, or from a clock far ahead: the API server's "Too large resource
@@ -1402,6 +1412,18 @@ mod tests {
                 "{body}"
             );
         }
+        // A watch that would wait for a bookmark never sent: refused, so client-go
+        // lists and watches instead.
+        let (status, body) = call(
+            &router,
+            Some(t),
+            "GET",
+            "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["reason"], "Invalid");
         node.shutdown_token().cancel();
         node.wait().await.unwrap();
     }
