@@ -34,6 +34,16 @@ struct Reaper {
     done: bool,
 }
 
+/// How long a reader that went away waits for runc to write the command's pid.
+const PID_FILE_WAIT: Duration = Duration::from_secs(5);
+
+impl Reaper {
+    /// Whether runc has written the command's pid.
+    fn written(&self) -> bool {
+        std::fs::read_to_string(&self.pid_file).is_ok_and(|p| p.trim().parse::<i32>().is_ok())
+    }
+}
+
 impl Drop for Reaper {
     fn drop(&mut self) {
         if !self.done
@@ -140,8 +150,17 @@ impl OciProcess {
             };
             let (failure, status) = tokio::select! {
                 done = work => done,
-                // Nobody reads any more: the reaper kills the command.
-                () = tx.closed() => return,
+                // Nobody reads any more: the reaper kills the command, by the pid runc
+                // writes once the command runs, which may be a moment after its first
+                // output: a reader gone that quickly is waited out (for a bounded time)
+                // so the command is not left running in the container.
+                () = tx.closed() => {
+                    let deadline = tokio::time::Instant::now() + PID_FILE_WAIT;
+                    while !reaper.written() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    return;
+                }
             };
             let code = status.ok().map_or(255, |s| {
                 use std::os::unix::process::ExitStatusExt as _;
